@@ -1,0 +1,20 @@
+"""gio_core: the numerics of gio-spark (pure NumPy/JAX; no Spark, no I/O).
+
+Public API:
+  select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
+  knn_kl, averaged_kl                                  -- the two KL estimators
+  GIOKL                                                -- drop-in for the GIO source's class
+"""
+from gio_core._estimators import averaged_kl, knn_kl
+from gio_core._selection import PoolFraction, SelectionResult, UniformStart, select
+
+__all__ = ["select", "SelectionResult", "UniformStart", "PoolFraction", "knn_kl", "averaged_kl",
+           "GIOKL"]
+
+
+def __getattr__(name):
+    # The compatibility class is imported lazily so that ``import gio_core`` stays light.
+    if name == "GIOKL":
+        from gio_core.compat import GIOKL
+        return GIOKL
+    raise AttributeError(f"module 'gio_core' has no attribute {name!r}")

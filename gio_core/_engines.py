@@ -1,0 +1,451 @@
+"""Incremental KL state for greedy selection, one engine per estimator.
+
+An engine keeps the selected set as sufficient statistics (never as a growing
+array), so every pick costs the same and nothing is re-traced: shapes are fixed,
+the pool is a static array with an availability mask, and the hot loops are
+jitted. The driver in ``_selection.py`` asks an engine to
+
+* ``propose_exact(state, available)``: the best remaining pool row and the KL
+  after adding it, scoring every row;
+* ``propose_gradient(state, available, v, steps, lr_scale)``: descend in
+  embedding space on a smooth form of the KL, then take the nearest remaining row;
+* ``accept(state, row)``: the state with that row added.
+
+States are immutable NamedTuples, so a driver can keep an old one to roll back.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gio_core._estimators import (
+    EMPTY_SLOT, averaged_columns, averaged_constant, insert_sorted, list_score, row_chunks,
+    self_term_table, sq_distances, target_self_neighbours)
+
+_CHUNK_SIZES = (8, 32, 128, 512)
+
+
+def _chunk_size(count: int) -> int:
+    for size in _CHUNK_SIZES:
+        if count <= size:
+            return size
+    return _CHUNK_SIZES[-1]
+
+
+def _pad_rows(x, multiple, fill=0.0):
+    rows = x.shape[0]
+    padded = -(-rows // multiple) * multiple
+    if padded == rows:
+        return x
+    pad = jnp.full((padded - rows,) + x.shape[1:], fill, x.dtype)
+    return jnp.concatenate([x, pad])
+
+
+# ---------------------------------------------------------------------------
+# Shared jitted pieces
+# ---------------------------------------------------------------------------
+
+@jax.jit
+def _nearest_available(pool, available, v):
+    d2 = jnp.sum((pool - v[None, :]) ** 2, axis=1)
+    return jnp.argmin(jnp.where(available, d2, jnp.inf))
+
+
+def _descend(surrogate, v, steps, lr_scale, *args):
+    grad_fn = jax.grad(surrogate)
+
+    def body(_, v):
+        return v - lr_scale * grad_fn(v, *args)
+
+    return jax.lax.fori_loop(0, steps, body, v)
+
+
+def _point_log_dist(target, v):
+    return 0.5 * jnp.log(sq_distances(target, v[None, :])[:, 0])
+
+
+# ---------------------------------------------------------------------------
+# knn engine
+# ---------------------------------------------------------------------------
+
+class KnnState(NamedTuple):
+    lists_ld: jax.Array   # [n, k] log-distances to the nearest selected points, ascending
+    lists_w: jax.Array    # [n, k] their weights
+    count: int            # m, selected points so far
+    total_w: float        # B, their total weight
+    gains: jax.Array | None = None   # [M_pad] sum_i abar_i F_i(list_i + row), exact method
+    gains_ranks: int = 0             # rank count the gains were computed for
+
+
+def _knn_surrogate(v, target, abar, kth_ld, n_ranks, dim, smoothing):
+    """Smooth form of the KL change when ``v`` joins the selected set.
+
+    A target point's rank-averaged log-distance drops by ``log nu_K - log |t - v|``
+    when ``v`` lands inside its K-th neighbour radius and is unchanged otherwise;
+    a softplus with width ``smoothing`` (in log-distance units) replaces that hinge
+    so that far-away targets still pull.
+    """
+    z = _point_log_dist(target, v) - kth_ld
+    hinge = -smoothing * jax.nn.softplus(-z / smoothing)
+    return jnp.sum(abar * hinge) * dim / n_ranks
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _knn_score_with(target, abar, lists_ld, lists_w, point, weight, n_ranks, dim):
+    """``sum_i abar_i F_i(list_i + point)``: the list part of the KL after adding one point."""
+    new_ld, new_w = insert_sorted(lists_ld, lists_w, _point_log_dist(target, point), weight)
+    return jnp.sum(abar * list_score(new_ld, new_w, n_ranks, dim))
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _knn_gradient_step(target, abar, lists_ld, lists_w, pool, pool_w, available, v, steps,
+                       lr_scale, choice_ranks, n_ranks, dim, smoothing):
+    kth_ld = lists_ld[:, choice_ranks - 1]
+    v = _descend(_knn_surrogate, v, steps, lr_scale, target, abar, kth_ld, choice_ranks, dim,
+                 smoothing)
+    row = _nearest_available(pool, available, v)
+    score = _knn_score_with(target, abar, lists_ld, lists_w, pool[row], pool_w[row], n_ranks, dim)
+    return v, row, score
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _knn_surrogate_grad(target, abar, lists_ld, v, choice_ranks, dim, smoothing):
+    return jax.grad(_knn_surrogate)(v, target, abar, lists_ld[:, choice_ranks - 1], choice_ranks,
+                                    dim, smoothing)
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _knn_gain_kernel(target, abar, lists_ld, lists_w, idx, valid, pool_block, pool_w_block,
+                     n_ranks, dim):
+    """``sum_{i in chunk} abar_i F_i(list_i + p)`` for every row p of a pool block."""
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))           # [C, B]
+    new_ld, new_w = insert_sorted(lists_ld[idx][:, None, :], lists_w[idx][:, None, :],
+                                  ld, pool_w_block[None, :])            # [C, B, k]
+    weight = jnp.where(valid, abar[idx], 0.0)
+    return weight @ list_score(new_ld, new_w, n_ranks, dim)
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _knn_gain_delta_kernel(target, abar, old_ld, old_w, new_ld, new_w, idx, valid, pool_block,
+                           pool_w_block, n_ranks, dim):
+    """Change of the gains when the lists of the targets in ``idx`` went from old to new."""
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+    pw = pool_w_block[None, :]
+    f_new = list_score(*insert_sorted(new_ld[idx][:, None, :], new_w[idx][:, None, :], ld, pw),
+                       n_ranks, dim)
+    f_old = list_score(*insert_sorted(old_ld[idx][:, None, :], old_w[idx][:, None, :], ld, pw),
+                       n_ranks, dim)
+    weight = jnp.where(valid, abar[idx], 0.0)
+    return weight @ (f_new - f_old)
+
+
+@partial(jax.jit, static_argnames=("k",))
+def _lists_from_points(target, idx, points, weights, k):
+    ld = 0.5 * jnp.log(sq_distances(target[idx], points))
+    pad = jnp.full((ld.shape[0], k), EMPTY_SLOT, ld.dtype)
+    ld = jnp.concatenate([ld, pad], axis=1)
+    w = jnp.concatenate([weights, jnp.zeros((k,), weights.dtype)])
+    neg, nbr = jax.lax.top_k(-ld, k)
+    return -neg, w[nbr]
+
+
+@jax.jit
+def _insert_point(target, lists_ld, lists_w, point, weight):
+    r = _point_log_dist(target, point)
+    changed = r < lists_ld[:, -1]
+    new_ld, new_w = insert_sorted(lists_ld, lists_w, r, weight)
+    return new_ld, new_w, changed
+
+
+class KnnEngine:
+    """Greedy selection state for the rank-averaged Wang-Kulkarni-Verdu estimator.
+
+    Until the selected set holds ``k`` points the estimator averages fewer ranks, so its
+    values are not comparable from one pick to the next; those first picks are chosen by
+    the nearest-neighbour form (rank 1 only, which credits a point for covering any
+    target region at once) and the driver accepts them without applying stopping rules.
+    """
+
+    def __init__(self, target, target_w, pool, pool_w, k, *, block_size=4096, smoothing=1.0):
+        self.target = target
+        self.n, self.dim = target.shape
+        self.k = k
+        self.smoothing = float(smoothing)
+        a = target_w
+        self.abar = a / jnp.sum(a)
+        self.self_table = self_term_table(*target_self_neighbours(target, k), a, self.dim)
+        self.self_means = jnp.sum(self.abar[:, None] * self.self_table, axis=0)   # [k]
+        self.target_const = float(jnp.sum(self.abar * jnp.log(jnp.sum(a) - a)))
+        self.pool_rows = pool.shape[0]
+        self.block = min(block_size, -(-self.pool_rows // 128) * 128)
+        self.pool = pool
+        self.pool_w = pool_w
+        self.pool_padded = _pad_rows(pool, self.block)
+        self.pool_w_padded = _pad_rows(pool_w, self.block, 1.0)
+
+    # -- state ---------------------------------------------------------------
+    def initial_state(self, points=None, weights=None) -> KnnState:
+        if points is None or points.shape[0] == 0:
+            ld = jnp.full((self.n, self.k), EMPTY_SLOT, jnp.float32)
+            return KnnState(ld, jnp.zeros((self.n, self.k), jnp.float32), 0, 0.0)
+        lds, lws = [], []
+        for idx, valid in row_chunks(self.n, min(512, self.n)):
+            ld, lw = _lists_from_points(self.target, jnp.asarray(idx), points, weights, self.k)
+            lds.append(ld[valid])
+            lws.append(lw[valid])
+        return KnnState(jnp.concatenate(lds), jnp.concatenate(lws), int(points.shape[0]),
+                        float(jnp.sum(weights)))
+
+    def ranks_after_adding(self, state) -> int:
+        return min(self.k, state.count + 1)
+
+    def choice_ranks(self, state) -> int:
+        return self.k if state.count >= self.k else 1
+
+    def comparable(self, state) -> bool:
+        """Whether the KL before the next pick is comparable with the KL after it."""
+        return state.count >= self.k
+
+    def kl(self, state) -> float:
+        if state.count == 0:
+            return float("inf")
+        ranks = min(self.k, state.count)
+        score = jnp.sum(self.abar * list_score(state.lists_ld, state.lists_w, ranks, self.dim))
+        return self._kl_from_score(float(score), state.total_w, ranks)
+
+    def _kl_from_score(self, score, total_w, ranks):
+        return score - float(self.self_means[ranks - 1]) + float(np.log(total_w)) - self.target_const
+
+    def accept(self, state: KnnState, row: int) -> KnnState:
+        weight = self.pool_w[row]
+        new_ld, new_w, changed = _insert_point(self.target, state.lists_ld, state.lists_w,
+                                               self.pool[row], weight)
+        new = state._replace(lists_ld=new_ld, lists_w=new_w, count=state.count + 1,
+                             total_w=state.total_w + float(weight))
+        if state.gains is None:
+            return new
+        if self.choice_ranks(new) != state.gains_ranks:
+            return new._replace(gains=None, gains_ranks=0)
+        changed = np.flatnonzero(np.asarray(changed))
+        gains = state.gains
+        if changed.size:
+            gains = gains + self._gain_pass(_knn_gain_delta_kernel, changed, state.gains_ranks,
+                                            (state.lists_ld, state.lists_w, new_ld, new_w))
+        return new._replace(gains=gains)
+
+    # -- exact -----------------------------------------------------------------
+    def _gain_pass(self, kernel, target_rows, ranks, lists):
+        size = _chunk_size(len(target_rows))
+        out = []
+        for start in range(0, self.pool_padded.shape[0], self.block):
+            pool_block = self.pool_padded[start:start + self.block]
+            w_block = self.pool_w_padded[start:start + self.block]
+            acc = jnp.zeros((self.block,), jnp.float32)
+            for lo in range(0, len(target_rows), size):
+                part = target_rows[lo:lo + size]
+                idx = np.zeros(size, np.int32)
+                idx[:len(part)] = part
+                valid = np.arange(size) < len(part)
+                acc = acc + kernel(self.target, self.abar, *lists, jnp.asarray(idx),
+                                   jnp.asarray(valid), pool_block, w_block, ranks, self.dim)
+            out.append(acc)
+        return jnp.concatenate(out)
+
+    def with_gains(self, state: KnnState) -> KnnState:
+        ranks = self.choice_ranks(state)
+        if state.gains is not None and state.gains_ranks == ranks:
+            return state
+        gains = self._gain_pass(_knn_gain_kernel, np.arange(self.n), ranks,
+                                (state.lists_ld, state.lists_w))
+        return state._replace(gains=gains, gains_ranks=ranks)
+
+    def propose_exact(self, state: KnnState, available):
+        scores = state.gains[:self.pool_rows] + jnp.log(state.total_w + self.pool_w)
+        row = int(jnp.argmin(jnp.where(available, scores, jnp.inf)))
+        ranks = self.ranks_after_adding(state)
+        if ranks == state.gains_ranks:
+            score = float(state.gains[row])
+        else:
+            score = float(_knn_score_with(self.target, self.abar, state.lists_ld, state.lists_w,
+                                          self.pool[row], self.pool_w[row], ranks, self.dim))
+        return row, self._kl_from_score(score, state.total_w + float(self.pool_w[row]), ranks)
+
+    # -- gradient --------------------------------------------------------------
+    def gradient_norm(self, state, v) -> float:
+        g = _knn_surrogate_grad(self.target, self.abar, state.lists_ld, v,
+                                self.choice_ranks(state), self.dim, self.smoothing)
+        return float(jnp.linalg.norm(g))
+
+    def propose_gradient(self, state, available, v, steps, lr_scale):
+        ranks = self.ranks_after_adding(state)
+        v, row, score = _knn_gradient_step(
+            self.target, self.abar, state.lists_ld, state.lists_w, self.pool, self.pool_w,
+            available, v, steps, lr_scale, self.choice_ranks(state), ranks, self.dim,
+            self.smoothing)
+        row = int(row)
+        kl = self._kl_from_score(float(score), state.total_w + float(self.pool_w[row]), ranks)
+        return v, row, kl
+
+
+# ---------------------------------------------------------------------------
+# averaged engine (the source's estimator)
+# ---------------------------------------------------------------------------
+
+class AveragedState(NamedTuple):
+    weighted_sum: float      # U = sum_j b_j col_j
+    count: int               # m
+    total_w: float           # B
+    # Only with discard_nearest_for_xy (unit weights): per-target sums and nearest distances.
+    row_sums: jax.Array | None = None   # [n] sum_j log(r_ij + eps)
+    nearest: jax.Array | None = None    # [n] min_j r_ij
+
+
+def _averaged_surrogate(v, target, abar, per_point, eps, dim):
+    r = jnp.sqrt(sq_distances(target, v[None, :])[:, 0])
+    return dim * jnp.sum(abar * jnp.log(r + eps)) * per_point
+
+
+def _averaged_discard_surrogate(v, target, abar, per_point, eps, dim, nearest):
+    r = jnp.sqrt(sq_distances(target, v[None, :])[:, 0])
+    kept = r > nearest           # v's own entry is the one discarded where it is nearest
+    return dim * jnp.sum(jnp.where(kept, abar * jnp.log(r + eps), 0.0)) * per_point
+
+
+@partial(jax.jit, static_argnames=("dim", "discard"))
+def _averaged_gradient_step(target, abar, pool, available, v, steps, lr_scale, per_point, eps,
+                            dim, discard, nearest):
+    if discard:
+        v = _descend(_averaged_discard_surrogate, v, steps, lr_scale, target, abar, per_point,
+                     eps, dim, nearest)
+    else:
+        v = _descend(_averaged_surrogate, v, steps, lr_scale, target, abar, per_point, eps, dim)
+    row = _nearest_available(pool, available, v)
+    r = jnp.sqrt(sq_distances(target, pool[row][None, :])[:, 0])
+    return v, row, jnp.sum(abar * jnp.log(r + eps)), r
+
+
+@partial(jax.jit, static_argnames=("dim", "discard"))
+def _averaged_surrogate_grad(target, abar, v, per_point, eps, dim, discard, nearest):
+    if discard:
+        return jax.grad(_averaged_discard_surrogate)(v, target, abar, per_point, eps, dim, nearest)
+    return jax.grad(_averaged_surrogate)(v, target, abar, per_point, eps, dim)
+
+
+class AveragedEngine:
+    """Greedy selection state for the source's averaged estimator."""
+
+    def __init__(self, target, target_w, pool, pool_w, k, *, eps=1e-8,
+                 discard_nearest_for_xy=False, block_size=4096):
+        self.target = target
+        self.n, self.dim = target.shape
+        self.k = k
+        self.eps = float(eps)
+        self.discard = bool(discard_nearest_for_xy)
+        self.abar = target_w / jnp.sum(target_w)
+        self_sq, _ = target_self_neighbours(target, k)
+        self.rho_term = float(jnp.sum(self.abar * jnp.log(jnp.sqrt(self_sq[:, -1]) + self.eps)))
+        self.pool = pool
+        self.pool_w = pool_w
+        self.pool_rows = pool.shape[0]
+        self.block_size = block_size
+        self._columns = None
+
+    def columns(self, points):
+        """``col_j = sum_i abar_i log(|t_i - p_j| + eps)`` for a set of points, in blocks."""
+        out = []
+        for start in range(0, points.shape[0], self.block_size):
+            block = points[start:start + self.block_size]
+            acc = jnp.zeros((block.shape[0],), jnp.float32)
+            for idx, valid in row_chunks(self.n, min(512, self.n)):
+                acc = acc + averaged_columns(self.target, jnp.where(valid, self.abar[idx], 0.0),
+                                             jnp.asarray(idx), block, self.eps)
+            out.append(acc)
+        return jnp.concatenate(out)
+
+    def initial_state(self, points=None, weights=None) -> AveragedState:
+        if points is None or points.shape[0] == 0:
+            state = AveragedState(0.0, 0, 0.0)
+            if self.discard:
+                state = state._replace(row_sums=jnp.zeros((self.n,), jnp.float32),
+                                       nearest=jnp.full((self.n,), jnp.inf, jnp.float32))
+            return state
+        cols = self.columns(points)
+        state = AveragedState(float(jnp.sum(weights * cols)), int(points.shape[0]),
+                              float(jnp.sum(weights)))
+        if self.discard:
+            r = jnp.sqrt(sq_distances(self.target, points))
+            state = state._replace(row_sums=jnp.sum(jnp.log(r + self.eps), axis=1),
+                                   nearest=jnp.min(r, axis=1))
+        return state
+
+    def comparable(self, state) -> bool:
+        return True
+
+    def _kl(self, weighted_sum, total_w, count, row_sums=None, nearest=None):
+        if count == 0:
+            return float("inf")
+        if self.discard:
+            if count < 2:
+                return float("inf")
+            kept = row_sums - jnp.log(nearest + self.eps)
+            mean_log = float(jnp.sum(self.abar * kept)) / (count - 1)
+        else:
+            mean_log = weighted_sum / total_w
+        return (self.dim * mean_log - self.dim * self.rho_term
+                + float(averaged_constant(self.k, count, self.n)))
+
+    def kl(self, state) -> float:
+        return self._kl(state.weighted_sum, state.total_w, state.count, state.row_sums,
+                        state.nearest)
+
+    def accept(self, state: AveragedState, row: int) -> AveragedState:
+        w = float(self.pool_w[row])
+        point = self.pool[row][None, :]
+        col = float(self.columns(point)[0])
+        new = AveragedState(state.weighted_sum + w * col, state.count + 1, state.total_w + w)
+        if self.discard:
+            r = jnp.sqrt(sq_distances(self.target, point)[:, 0])
+            new = new._replace(row_sums=state.row_sums + jnp.log(r + self.eps),
+                               nearest=jnp.minimum(state.nearest, r))
+        return new
+
+    def with_gains(self, state):
+        if self._columns is None:
+            self._columns = self.columns(self.pool)
+        return state
+
+    def propose_exact(self, state, available):
+        # The source's estimator scores a row by its own column only: the order never changes.
+        sums = (state.weighted_sum + self.pool_w * self._columns) / (state.total_w + self.pool_w)
+        row = int(jnp.argmin(jnp.where(available, sums, jnp.inf)))
+        return row, self._kl(float(sums[row]) * (state.total_w + float(self.pool_w[row])),
+                             state.total_w + float(self.pool_w[row]), state.count + 1)
+
+    def _per_point(self, state):
+        # The new point's share of the mean: 1/(m+1), or 1/m once its own nearest is dropped.
+        return 1.0 / (state.count if self.discard and state.count else state.count + 1)
+
+    def _nearest_arg(self, state):
+        return state.nearest if self.discard else jnp.zeros((self.n,), jnp.float32)
+
+    def gradient_norm(self, state, v) -> float:
+        g = _averaged_surrogate_grad(self.target, self.abar, v, self._per_point(state), self.eps,
+                                     self.dim, self.discard, self._nearest_arg(state))
+        return float(jnp.linalg.norm(g))
+
+    def propose_gradient(self, state, available, v, steps, lr_scale):
+        v, row, col, r = _averaged_gradient_step(
+            self.target, self.abar, self.pool, available, v, steps, lr_scale,
+            self._per_point(state), self.eps, self.dim, self.discard, self._nearest_arg(state))
+        row = int(row)
+        w = float(self.pool_w[row])
+        if self.discard:
+            kl = self._kl(0.0, 0.0, state.count + 1, state.row_sums + jnp.log(r + self.eps),
+                          jnp.minimum(state.nearest, r))
+        else:
+            kl = self._kl(state.weighted_sum + w * float(col), state.total_w + w, state.count + 1)
+        return v, row, kl

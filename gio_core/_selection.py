@@ -1,0 +1,335 @@
+"""``gio_core.select``: greedy KL-minimising selection of pool rows.
+
+Each pick adds the pool row that lowers the estimated KL(target || selected)
+the most (``method="exact"``), or the pool row nearest to a point found by
+gradient descent in embedding space (``method="gradient"``, the GIO source's
+method). Stopping rules decide when to stop; a budget caps the picks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Union
+
+import jax.numpy as jnp
+import numpy as np
+
+from gio_core._engines import AveragedEngine, KnnEngine
+from gio_core._validation import (
+    as_points, as_weights, check_choice, check_k, check_number, same_dim)
+
+ESTIMATORS = ("knn", "averaged")
+METHODS = ("exact", "gradient")
+STOP_CRITERIA = ("increase", "max_resets", "min_difference", "sequential_increase_tolerance",
+                 "min_kl", "data_size", "none")
+V_INITS = ("mean", "prev_opt", "jump")
+
+
+@dataclass(frozen=True)
+class UniformStart:
+    """Start from ``size`` points drawn uniformly from ``[low, high]^d``.
+
+    With ``normalize`` each point is scaled to unit length (as embeddings often are).
+    """
+    low: float = -1.0
+    high: float = 1.0
+    size: int = 20
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class PoolFraction:
+    """Start from a random ``fraction`` of the pool rows (they are then not picked again)."""
+    fraction: float
+
+
+Init = Union[None, np.ndarray, UniformStart, PoolFraction]
+
+
+class SelectionResult(NamedTuple):
+    """What :func:`select` chose.
+
+    Attributes:
+      indices: int array ``[picks]``, rows of ``pool`` in pick order (the start set excluded).
+      kl: float array ``[picks]``, the KL estimate after each pick.
+      kl_start: KL of the start set alone (``inf`` when the selection starts empty).
+      stop_reason: why it stopped: ``increase``, ``max_resets``, ``min_difference``,
+        ``sequential_increase_tolerance``, ``min_kl``, ``data_size``, ``max_iter`` or
+        ``pool_exhausted``.
+      init_rows: int array, pool rows used as the start set (``PoolFraction``), else empty.
+      init_points: float array ``[s, d]``, the start set.
+      resets: how many times the pool was reset (duplicates allowed after a reset).
+    """
+    indices: np.ndarray
+    kl: np.ndarray
+    kl_start: float
+    stop_reason: str
+    init_rows: np.ndarray
+    init_points: np.ndarray
+    resets: int
+
+
+def _rng(seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int or a numpy Generator; got {seed!r}.")
+    return np.random.default_rng(int(seed))
+
+
+def uniform_points(spec: UniformStart, dim: int, draw: Callable) -> np.ndarray:
+    """``spec.size`` uniform points in ``dim`` dimensions from ``draw(low, high, shape)``."""
+    points = np.asarray(draw(spec.low, spec.high, (spec.size, dim)), np.float64)
+    if spec.normalize:
+        norms = np.linalg.norm(points, axis=1, keepdims=True)
+        points = np.where(norms == 0, points, points / np.where(norms == 0, 1, norms))
+    return points.astype(np.float32)
+
+
+def _start_set(init, init_weights, pool, pool_w, dim, rng):
+    """Returns (points, weights, pool rows used)."""
+    no_rows = np.zeros((0,), np.int64)
+    if init is None:
+        return np.zeros((0, dim), np.float32), np.zeros((0,), np.float32), no_rows
+    if isinstance(init, UniformStart):
+        check_number("UniformStart.size", init.size, low=1, integer=True)
+        check_number("UniformStart.low", init.low)
+        check_number("UniformStart.high", init.high)
+        if not init.high > init.low:
+            raise ValueError(f"UniformStart needs high > low; got low={init.low}, high={init.high}.")
+        return (uniform_points(init, dim, lambda lo, hi, shape: rng.uniform(lo, hi, shape)),
+                np.ones((init.size,), np.float32), no_rows)
+    if isinstance(init, PoolFraction):
+        check_number("PoolFraction.fraction", init.fraction, low=0, high=1, low_open=True)
+        count = int(init.fraction * pool.shape[0])
+        if count == 0:
+            raise ValueError(f"PoolFraction({init.fraction}) of {pool.shape[0]} pool rows is 0 "
+                             "rows; use a larger fraction or init=None.")
+        rows = np.sort(rng.choice(pool.shape[0], size=count, replace=False))
+        return pool[rows], pool_w[rows], rows
+    points = as_points("init", init)
+    same_dim(pool=pool, init=points)
+    return points, as_weights("init_weights", init_weights, points.shape[0]), no_rows
+
+
+def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "exact",
+           seed=0, max_iter: int | None = None, stop_criterion: str = "increase",
+           min_difference: float = 0.0, resets_allowed: bool = False, max_resets: int = 2,
+           max_data_size: float = 1.0, min_kl: float = 0.0, max_sequential_increases: int = 3,
+           init: Init = None, init_weights=None, target_weights=None, pool_weights=None,
+           lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
+           scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
+           eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
+           callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
+    """Choose pool rows, one at a time, that minimise KL(target || selected).
+
+    Args:
+      target: array ``[n, d]``, a sample of the distribution to match (``n > k``).
+      pool: array ``[M, d]``, the candidates (rows, or K-means centroids).
+      k: neighbour ranks of the estimator.
+      estimator: ``"knn"`` (default; rank-averaged Wang-Kulkarni-Verdu, covers the target)
+        or ``"averaged"`` (the GIO source's estimator; collapses onto the target's centre).
+      method: ``"exact"`` scores every remaining row's KL and takes the best, in pool blocks of
+        ``block_size`` rows (memory ``O(chunk * block_size * k)``); ``"gradient"`` descends
+        ``grad_desc_iter`` steps in embedding space (three times as many on the first pick,
+        after a reset and, with probability ``random_restart_prob``, on any pick) and takes the
+        nearest remaining row.
+      seed: int or ``numpy.random.Generator``; the only source of randomness (start sets,
+        ``v_init="jump"``, random restarts). Same inputs and seed, same picks.
+      max_iter: at most this many picks (``None``: no cap but the pool).
+      stop_criterion: ``"increase"`` stops before a pick that would raise the KL;
+        ``"max_resets"`` does the same after ``max_resets`` resets (needs ``resets_allowed``);
+        ``"min_difference"`` stops when a pick would lower the KL by less than
+        ``min_difference``; ``"sequential_increase_tolerance"`` accepts picks that raise the KL
+        until ``max_sequential_increases`` of them come in a row, then stops and drops that run;
+        ``"min_kl"`` stops after the first pick whose KL is ``<= min_kl``; ``"data_size"`` stops
+        at ``int(max_data_size * M)`` picks; ``"none"``: only ``max_iter`` and the pool.
+      resets_allowed: when a pick would raise the KL, make every pool row available again
+        (duplicates allowed) instead of stopping, at most ``max_resets`` times.
+      init: ``None`` (start empty), an array ``[s, d]`` (with ``init_weights``), a
+        :class:`UniformStart` or a :class:`PoolFraction`. The start set counts in the KL; it is
+        not returned among the picks; pool rows used by it are not picked again before a reset.
+      target_weights, pool_weights: positive weights (for example K-means cluster sizes).
+      lr, v_init, scale_factor: descent settings. ``v_init``: ``"mean"`` restarts each descent
+        at the target mean, ``"prev_opt"`` from the previous optimum, ``"jump"`` at a random
+        target point. ``scale_factor="auto"`` scales the gradient so that the first step moves
+        ``lr`` times the target's RMS spread.
+      smoothing: width, in log-distance units, of the softplus that smooths the knn
+        estimator for the descent.
+      eps, discard_nearest_for_xy: the averaged estimator's epsilon and its option to drop each
+        target point's nearest selected point (``method="gradient"`` only).
+      block_size: pool rows scored per block by the exact method.
+      callback: called as ``callback(pick_number, pool_row, kl)`` after each accepted pick.
+
+    Returns:
+      A :class:`SelectionResult`.
+
+    Example:
+      >>> result = select(target, pool, k=5, max_iter=200)
+      >>> chosen = pool[result.indices]
+    """
+    target = as_points("target", target)
+    pool = as_points("pool", pool)
+    same_dim(target=target, pool=pool)
+    k = check_k(k, target.shape[0])
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("method", method, METHODS)
+    check_choice("stop_criterion", stop_criterion, STOP_CRITERIA)
+    check_choice("v_init", v_init, V_INITS)
+    if max_iter is not None:
+        check_number("max_iter", max_iter, low=1, integer=True)
+    check_number("min_difference", min_difference)
+    check_number("max_resets", max_resets, low=0, integer=True)
+    check_number("max_data_size", max_data_size, low=0, high=1, low_open=True)
+    check_number("min_kl", min_kl)
+    check_number("max_sequential_increases", max_sequential_increases, low=1, integer=True)
+    check_number("lr", lr, low=0, low_open=True)
+    check_number("grad_desc_iter", grad_desc_iter, low=1, integer=True)
+    check_number("random_restart_prob", random_restart_prob, low=0, high=1)
+    check_number("smoothing", smoothing, low=0, low_open=True)
+    check_number("eps", eps, low=0)
+    check_number("block_size", block_size, low=1, integer=True)
+    if scale_factor != "auto":
+        check_number("scale_factor", scale_factor, low=0, low_open=True)
+    if stop_criterion == "max_resets" and not resets_allowed:
+        raise ValueError("stop_criterion='max_resets' needs resets_allowed=True.")
+    if discard_nearest_for_xy and (estimator != "averaged" or method != "gradient"):
+        raise ValueError("discard_nearest_for_xy applies to estimator='averaged' with "
+                         "method='gradient' only.")
+    if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
+        raise ValueError("discard_nearest_for_xy does not support weights.")
+    target_w = as_weights("target_weights", target_weights, target.shape[0])
+    pool_w = as_weights("pool_weights", pool_weights, pool.shape[0])
+    rng = _rng(seed)
+
+    start, start_w, start_rows = _start_set(init, init_weights, pool, pool_w, target.shape[1], rng)
+    available = np.ones(pool.shape[0], bool)
+    available[start_rows] = False
+    if not available.any():
+        raise ValueError("the pool is exhausted before the first pick: the start set uses every "
+                         "pool row. Use a smaller PoolFraction.")
+
+    target_j, pool_j = jnp.asarray(target), jnp.asarray(pool)
+    if estimator == "knn":
+        engine = KnnEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
+                           block_size=block_size, smoothing=smoothing)
+    else:
+        engine = AveragedEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
+                                eps=eps, discard_nearest_for_xy=discard_nearest_for_xy,
+                                block_size=block_size)
+    state = engine.initial_state(jnp.asarray(start), jnp.asarray(start_w))
+    kl_start = engine.kl(state)
+
+    budget = pool.shape[0] if max_iter is None else int(max_iter)
+    if resets_allowed and max_iter is None:
+        budget = pool.shape[0] * (max_resets + 1)
+    if stop_criterion == "data_size":
+        budget = min(budget, max(1, int(max_data_size * pool.shape[0])))
+
+    driver = _Driver(engine, state, available, method, rng, target_w, target,
+                     lr=lr, grad_desc_iter=grad_desc_iter, v_init=v_init,
+                     scale_factor=scale_factor, random_restart_prob=random_restart_prob)
+    picks, kls, reason, resets = driver.run(
+        kl_start, budget, stop_criterion, min_difference=min_difference,
+        resets_allowed=resets_allowed, max_resets=max_resets, min_kl=min_kl,
+        max_sequential_increases=max_sequential_increases, callback=callback,
+        budget_reason="data_size" if stop_criterion == "data_size"
+        and budget < (max_iter or np.inf) else "max_iter")
+    return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
+                           float(kl_start), reason, start_rows, start, resets)
+
+
+class _Driver:
+    """The pick loop: proposals from an engine, stopping rules, resets and roll-back."""
+
+    def __init__(self, engine, state, available, method, rng, target_w, target, *, lr,
+                 grad_desc_iter, v_init, scale_factor, random_restart_prob):
+        self.engine = engine
+        self.state = state
+        self.available = available
+        self.method = method
+        self.rng = rng
+        self.target = target
+        self.grad_desc_iter = grad_desc_iter
+        self.v_init = v_init
+        self.random_restart_prob = random_restart_prob
+        if method == "gradient":
+            abar = target_w / target_w.sum()
+            self.mean = (abar[:, None] * target).sum(axis=0)
+            self.v = self._fresh_v(first=True)
+            if scale_factor == "auto":
+                spread = float(np.sqrt((abar * ((target - self.mean) ** 2).sum(axis=1)).sum()))
+                gnorm = engine.gradient_norm(state, jnp.asarray(self.v))
+                scale_factor = spread / gnorm if gnorm > 0 else 1.0
+            self.lr_scale = float(lr * scale_factor)
+
+    def _fresh_v(self, first=False):
+        if self.v_init == "jump":
+            return self.target[self.rng.integers(self.target.shape[0])]
+        if self.v_init == "prev_opt" and not first:
+            return self.v
+        return self.mean
+
+    def propose(self, long_descent):
+        if self.method == "exact":
+            self.state = self.engine.with_gains(self.state)
+            return self.engine.propose_exact(self.state, jnp.asarray(self.available))
+        steps = self.grad_desc_iter
+        if long_descent or (self.random_restart_prob > 0
+                            and self.rng.random() < self.random_restart_prob):
+            steps *= 3
+        v, row, kl = self.engine.propose_gradient(self.state, jnp.asarray(self.available),
+                                                  jnp.asarray(self.v), steps, self.lr_scale)
+        self.v = np.asarray(v)
+        return row, kl
+
+    def run(self, kl_prev, budget, stop_criterion, *, min_difference, resets_allowed,
+            max_resets, min_kl, max_sequential_increases, callback, budget_reason):
+        picks, kls = [], []
+        resets, just_reset = 0, False
+        run_start = None        # (len(picks), state, kl_prev) where a run of increases began
+        reason = budget_reason
+        while len(picks) < budget:
+            if not self.available.any():
+                reason = "pool_exhausted"
+                break
+            row, kl = self.propose(long_descent=not picks or just_reset)
+            if self.method == "gradient":
+                self.v = self._fresh_v()
+            rules_apply = self.engine.comparable(self.state)
+            rises = rules_apply and kl > kl_prev
+            if rises and stop_criterion in ("increase", "max_resets"):
+                if resets_allowed and resets < max_resets:
+                    resets += 1
+                    just_reset = True
+                    self.available[:] = True
+                    continue
+                reason = stop_criterion
+                break
+            if (stop_criterion == "min_difference" and rules_apply
+                    and kl_prev - kl < min_difference):
+                reason = "min_difference"
+                break
+            if stop_criterion == "sequential_increase_tolerance":
+                if rises and run_start is None:
+                    run_start = (len(picks), self.state, kl_prev)
+                elif not rises:
+                    run_start = None
+            just_reset = False
+            self.state = self.engine.accept(self.state, row)
+            self.available[row] = False
+            picks.append(row)
+            kls.append(kl)
+            if callback is not None:
+                callback(len(picks), row, kl)
+            if run_start is not None and len(picks) - run_start[0] >= max_sequential_increases:
+                undone = picks[run_start[0]:]
+                del picks[run_start[0]:], kls[run_start[0]:]
+                self.state = run_start[1]
+                self.available[undone] = True
+                reason = "sequential_increase_tolerance"
+                break
+            if stop_criterion == "min_kl" and kl <= min_kl:
+                reason = "min_kl"
+                break
+            kl_prev = kl
+        return picks, kls, reason, resets

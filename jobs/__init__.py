@@ -1,0 +1,1 @@
+"""jobs: gio-spark's entry points and everything that does I/O (Spark, Delta, files)."""

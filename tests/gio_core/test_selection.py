@@ -1,0 +1,198 @@
+import numpy as np
+import pytest
+
+import gio_core
+from gio_core import PoolFraction, UniformStart, averaged_kl, knn_kl, select
+from tests.conftest import mixture
+
+
+def total_variation(picked_components, target_components, weights):
+    counts = np.bincount(picked_components, minlength=10) / len(picked_components)
+    want = np.zeros(10)
+    want[list(target_components)] = weights
+    return 0.5 * np.abs(counts - want).sum()
+
+
+def test_knn_covers_the_target_where_averaged_collapses(mix16):
+    pool, comp, target, _, _ = mix16
+    knn = select(target, pool)
+    picked = comp[knn.indices]
+    assert knn.stop_reason == "increase"
+    assert len(knn.indices) >= 30
+    assert np.isin(picked, [0, 1, 2]).mean() >= 0.95
+    assert total_variation(picked, (0, 1, 2), (0.5, 0.3, 0.2)) < 0.15
+
+    averaged = select(target, pool, estimator="averaged", stop_criterion="none",
+                      max_iter=len(knn.indices))
+    avg_picked = comp[averaged.indices]
+    # The source's estimator ranks rows by their mean log-distance to the whole target:
+    # it fills the component nearest the target's centre and ignores the proportions.
+    assert total_variation(avg_picked, (0, 1, 2), (0.5, 0.3, 0.2)) > 0.3
+    assert knn_kl(target, pool[knn.indices]) < knn_kl(target, pool[averaged.indices]) - 1.0
+
+
+@pytest.mark.parametrize("estimator", ["knn", "averaged"])
+@pytest.mark.parametrize("method", ["exact", "gradient"])
+def test_reported_kl_equals_the_estimator_on_the_selection(mix16, estimator, method):
+    pool, _, target, _, _ = mix16
+    result = select(target, pool, estimator=estimator, method=method, stop_criterion="none",
+                    max_iter=25, v_init="jump", init=UniformStart(-5, 5, 8, False), seed=3)
+    assert len(result.indices) == 25
+    chosen = np.concatenate([result.init_points, pool[result.indices]])
+    score = knn_kl if estimator == "knn" else averaged_kl
+    assert result.kl[-1] == pytest.approx(score(target, chosen), abs=2e-3)
+    assert result.kl_start == pytest.approx(score(target, result.init_points), abs=2e-3)
+
+
+def test_exact_and_gradient_agree_on_separated_clusters(rng):
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    target = np.concatenate([c + rng.normal(0, 0.5, (20, 2)) for c in centres])
+    distractors = rng.uniform(200, 300, (30, 2))
+    pool = np.concatenate([distractors, centres])
+    exact = select(target, pool, k=3, stop_criterion="none", max_iter=3)
+    grad = select(target, pool, k=3, method="gradient", v_init="jump", stop_criterion="none",
+                  max_iter=3, seed=1)
+    assert set(exact.indices) == set(grad.indices) == {30, 31, 32}
+
+
+def test_seeded_runs_repeat_and_seeds_matter(mix16):
+    pool, _, target, _, _ = mix16
+    kw = dict(method="gradient", v_init="jump", init=PoolFraction(0.01), max_iter=20,
+              stop_criterion="none", random_restart_prob=0.3)
+    a = select(target, pool, seed=7, **kw)
+    b = select(target, pool, seed=7, **kw)
+    c = select(target, pool, seed=8, **kw)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.init_rows, b.init_rows)
+    assert not np.array_equal(a.init_rows, c.init_rows)
+
+
+def test_pool_rows_of_the_start_set_are_not_picked(mix16):
+    pool, _, target, _, _ = mix16
+    result = select(target, pool, init=PoolFraction(0.05), stop_criterion="none", max_iter=50)
+    assert len(result.init_rows) == 150
+    assert not set(result.indices) & set(result.init_rows)
+    assert len(set(result.indices)) == 50
+
+
+def test_budget_and_data_size(mix16):
+    pool, _, target, _, _ = mix16
+    capped = select(target, pool, stop_criterion="none", max_iter=12)
+    assert (len(capped.indices), capped.stop_reason) == (12, "max_iter")
+    sized = select(target, pool, stop_criterion="data_size", max_data_size=0.005)
+    assert (len(sized.indices), sized.stop_reason) == (15, "data_size")
+
+
+def test_increase_rule_keeps_kl_decreasing_after_warm_up(mix16):
+    pool, _, target, _, _ = mix16
+    result = select(target, pool, k=5)
+    assert result.stop_reason == "increase"
+    assert np.all(np.diff(result.kl[4:]) <= 0)
+
+
+def test_min_kl_stops_at_the_first_pick_below(mix16):
+    pool, _, target, _, _ = mix16
+    free = select(target, pool)
+    threshold = float(np.median(free.kl[5:]))
+    result = select(target, pool, stop_criterion="min_kl", min_kl=threshold)
+    assert result.stop_reason == "min_kl"
+    assert result.kl[-1] <= threshold and np.all(result.kl[5:-1] > threshold)
+
+
+def test_min_difference_stops_on_small_gains(mix16):
+    pool, _, target, _, _ = mix16
+    result = select(target, pool, stop_criterion="min_difference", min_difference=0.02)
+    assert result.stop_reason == "min_difference"
+    assert np.all(-np.diff(result.kl[4:]) >= 0.02)
+    free = select(target, pool)
+    assert len(result.indices) < len(free.indices)
+
+
+def test_sequential_increase_tolerance_fires_and_drops_the_rising_run(mix16):
+    pool, _, target, _, _ = mix16
+    plain = select(target, pool)
+    tolerant = select(target, pool, stop_criterion="sequential_increase_tolerance",
+                      max_sequential_increases=3)
+    assert tolerant.stop_reason == "sequential_increase_tolerance"
+    # With exact greedy picks every later pick also rises, so the run is dropped again.
+    np.testing.assert_array_equal(tolerant.indices, plain.indices)
+
+
+def test_resets_allow_duplicates_and_max_resets_fires(mix16):
+    pool, _, target, _, _ = mix16
+    result = select(target, pool, stop_criterion="max_resets", resets_allowed=True,
+                    max_resets=2)
+    plain = select(target, pool)
+    assert result.stop_reason == "max_resets" and result.resets == 2
+    assert len(result.indices) >= len(plain.indices)
+    assert result.kl[-1] <= plain.kl[-1] + 1e-9
+
+
+def test_target_weights_shift_the_selection(rng):
+    pool, comp, target, tcomp, _ = mixture(rng, target_weights=(0.5, 0.5, 0.0),
+                                           target_components=(0, 1, 2))
+    weights = np.where(tcomp == 0, 3.0, 1.0)
+    result = select(target, pool, target_weights=weights)
+    share0 = np.mean(comp[result.indices] == 0) / np.mean(np.isin(comp[result.indices], [0, 1]))
+    assert 0.62 < share0 < 0.88          # target mass 0.75 on component 0
+
+
+def test_pool_weight_scale_does_not_change_picks(mix16):
+    pool, _, target, _, _ = mix16
+    w = np.random.default_rng(2).uniform(1, 10, len(pool))
+    a = select(target, pool, pool_weights=w, max_iter=30)
+    b = select(target, pool, pool_weights=5 * w, max_iter=30)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+def test_callback_sees_every_pick(mix16):
+    pool, _, target, _, _ = mix16
+    seen = []
+    result = select(target, pool, max_iter=10, stop_criterion="none",
+                    callback=lambda n, row, kl: seen.append((n, row, kl)))
+    assert [s[0] for s in seen] == list(range(1, 11))
+    assert [s[1] for s in seen] == list(result.indices)
+
+
+def test_negative_consistency_far_pool_gets_no_picks(rng):
+    target = rng.normal([3, 4], 0.7, (100, 2))
+    far = rng.normal([300, 400], 0.7, (100, 2))
+    for estimator in ("knn", "averaged"):
+        result = select(target, far, estimator=estimator,
+                        init=UniformStart(0, 8, 100, normalize=False), seed=0)
+        assert len(result.indices) == 0 and result.stop_reason == "increase"
+
+
+def bad_calls(rng):
+    t = rng.normal(size=(20, 4))
+    p = rng.normal(size=(50, 4))
+    nan_pool = p.copy()
+    nan_pool[7, 2] = np.nan
+    return [
+        (dict(target=t, pool=p, k=20), "k=20 is too large"),
+        (dict(target=t, pool=p, k=0), "k must be a positive integer"),
+        (dict(target=t, pool=rng.normal(size=(50, 3))), "dimension mismatch"),
+        (dict(target=t, pool=nan_pool), "pool has 1 row(s) with NaN or inf values (first at row 7)"),
+        (dict(target=t, pool=np.zeros((0, 4))), "pool is empty"),
+        (dict(target=t[0], pool=p), "target must be 2-D"),
+        (dict(target=t, pool=p, estimator="mean"), "estimator='mean' is not one of"),
+        (dict(target=t, pool=p, init=PoolFraction(1.0)), "pool is exhausted"),
+        (dict(target=t, pool=p, stop_criterion="max_resets"), "needs resets_allowed=True"),
+        (dict(target=t, pool=p, pool_weights=np.ones(49)), "pool_weights must have shape (50,)"),
+        (dict(target=t, pool=p, target_weights=-np.ones(20)), "strictly positive"),
+        (dict(target=t, pool=p, init=rng.normal(size=(3, 5))), "dimension mismatch"),
+        (dict(target=t, pool=p, lr=0), "lr must be > 0"),
+        (dict(target=t, pool=p, discard_nearest_for_xy=True), "discard_nearest_for_xy applies"),
+    ]
+
+
+def test_bad_input_messages(rng):
+    for kwargs, message in bad_calls(rng):
+        with pytest.raises(ValueError) as err:
+            select(**kwargs)
+        assert message in str(err.value), (message, str(err.value))
+
+
+def test_public_api_is_exported():
+    assert gio_core.select is select
+    assert {"select", "knn_kl", "averaged_kl", "GIOKL"} <= set(gio_core.__all__)
