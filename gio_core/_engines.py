@@ -77,8 +77,12 @@ class KnnState(NamedTuple):
     lists_w: jax.Array    # [n, k] their weights
     count: int            # m, selected points so far
     total_w: float        # B, their total weight
-    gains: jax.Array | None = None   # [M_pad] sum_i abar_i F_i(list_i + row), exact method
-    gains_ranks: int = 0             # rank count the gains were computed for
+    unit: bool = True     # every selected weight is 1 (enables the closed-form rescoring)
+    # Exact method: sum_i abar_i F_i(list_i + row) for every pool row (``relative``: minus
+    # sum_i abar_i F_i(list_i)), computed for ``gains_ranks`` ranks.
+    gains: jax.Array | None = None
+    gains_ranks: int = 0
+    relative: bool = False
 
 
 def _knn_surrogate(v, target, abar, kth_ld, n_ranks, dim, smoothing):
@@ -143,6 +147,40 @@ def _knn_gain_delta_kernel(target, abar, old_ld, old_w, new_ld, new_w, idx, vali
     return weight @ (f_new - f_old)
 
 
+def _fast_gain(ld, weight, kth, n_ranks, dim):
+    """Unit weights: adding p to a full list changes its score by ``dim/K * min(0, ld - L_K)``."""
+    return weight @ (jnp.minimum(0.0, ld - kth[:, None]) * (dim / n_ranks))
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _fast_gain_kernel(target, abar, kth, idx, valid, pool_block, n_ranks, dim):
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+    return _fast_gain(ld, jnp.where(valid, abar[idx], 0.0), kth[idx], n_ranks, dim)
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _fast_gain_kernel_cached(abar, kth, idx, valid, cache_block, n_ranks, dim):
+    return _fast_gain(cache_block[idx], jnp.where(valid, abar[idx], 0.0), kth[idx], n_ranks, dim)
+
+
+def _fast_delta(ld, weight, old_kth, new_kth, n_ranks, dim):
+    change = (jnp.minimum(0.0, ld - new_kth[:, None]) - jnp.minimum(0.0, ld - old_kth[:, None]))
+    return weight @ change * (dim / n_ranks)
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _fast_delta_kernel(target, abar, old_kth, new_kth, idx, valid, pool_block, n_ranks, dim):
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+    return _fast_delta(ld, jnp.where(valid, abar[idx], 0.0), old_kth[idx], new_kth[idx],
+                       n_ranks, dim)
+
+
+@partial(jax.jit, static_argnames=("dim",))
+def _fast_delta_kernel_cached(abar, old_kth, new_kth, idx, valid, cache_block, n_ranks, dim):
+    return _fast_delta(cache_block[idx], jnp.where(valid, abar[idx], 0.0), old_kth[idx],
+                       new_kth[idx], n_ranks, dim)
+
+
 @partial(jax.jit, static_argnames=("k",))
 def _lists_from_points(target, idx, points, weights, k):
     ld = 0.5 * jnp.log(sq_distances(target[idx], points))
@@ -154,9 +192,11 @@ def _lists_from_points(target, idx, points, weights, k):
 
 
 @jax.jit
-def _insert_point(target, lists_ld, lists_w, point, weight):
+def _insert_point(target, lists_ld, lists_w, point, weight, watched_slot):
+    """Adds one point to every list; ``changed`` flags lists whose first slots up to
+    ``watched_slot`` changed (only those change the gains computed with that many ranks)."""
     r = _point_log_dist(target, point)
-    changed = r < lists_ld[:, -1]
+    changed = r < lists_ld[:, watched_slot]
     new_ld, new_w = insert_sorted(lists_ld, lists_w, r, weight)
     return new_ld, new_w, changed
 
@@ -170,7 +210,8 @@ class KnnEngine:
     target region at once) and the driver accepts them without applying stopping rules.
     """
 
-    def __init__(self, target, target_w, pool, pool_w, k, *, block_size=4096, smoothing=1.0):
+    def __init__(self, target, target_w, pool, pool_w, k, *, block_size=4096, smoothing=1.0,
+                 cache_bytes=2 ** 32):
         self.target = target
         self.n, self.dim = target.shape
         self.k = k
@@ -186,19 +227,35 @@ class KnnEngine:
         self.pool_w = pool_w
         self.pool_padded = _pad_rows(pool, self.block)
         self.pool_w_padded = _pad_rows(pool_w, self.block, 1.0)
+        self.unit_pool = bool(jnp.all(pool_w == 1.0))
+        # Target-to-pool log-distances, one [n, block] array per pool block, when they fit.
+        self.use_cache = self.n * self.pool_padded.shape[0] * 4 <= cache_bytes
+        self._cache = None
+
+    def _cache_blocks(self):
+        if self._cache is None:
+            self._cache = []
+            for start in range(0, self.pool_padded.shape[0], self.block):
+                block = self.pool_padded[start:start + self.block]
+                self._cache.append(jnp.concatenate([
+                    0.5 * jnp.log(sq_distances(self.target[idx], block))[valid]
+                    for idx, valid in row_chunks(self.n, min(512, self.n))]))
+        return self._cache
 
     # -- state ---------------------------------------------------------------
     def initial_state(self, points=None, weights=None) -> KnnState:
         if points is None or points.shape[0] == 0:
             ld = jnp.full((self.n, self.k), EMPTY_SLOT, jnp.float32)
-            return KnnState(ld, jnp.zeros((self.n, self.k), jnp.float32), 0, 0.0)
+            return KnnState(ld, jnp.zeros((self.n, self.k), jnp.float32), 0, 0.0,
+                            unit=self.unit_pool)
         lds, lws = [], []
         for idx, valid in row_chunks(self.n, min(512, self.n)):
             ld, lw = _lists_from_points(self.target, jnp.asarray(idx), points, weights, self.k)
             lds.append(ld[valid])
             lws.append(lw[valid])
         return KnnState(jnp.concatenate(lds), jnp.concatenate(lws), int(points.shape[0]),
-                        float(jnp.sum(weights)))
+                        float(jnp.sum(weights)),
+                        unit=self.unit_pool and bool(jnp.all(weights == 1.0)))
 
     def ranks_after_adding(self, state) -> int:
         return min(self.k, state.count + 1)
@@ -222,36 +279,58 @@ class KnnEngine:
 
     def accept(self, state: KnnState, row: int) -> KnnState:
         weight = self.pool_w[row]
+        watched = max(state.gains_ranks, 1) - 1
         new_ld, new_w, changed = _insert_point(self.target, state.lists_ld, state.lists_w,
-                                               self.pool[row], weight)
+                                               self.pool[row], weight, watched)
         new = state._replace(lists_ld=new_ld, lists_w=new_w, count=state.count + 1,
                              total_w=state.total_w + float(weight))
         if state.gains is None:
             return new
-        if self.choice_ranks(new) != state.gains_ranks:
-            return new._replace(gains=None, gains_ranks=0)
+        ranks = state.gains_ranks
+        if self.choice_ranks(new) != ranks or (not state.relative and self._fast(new)):
+            return new._replace(gains=None, gains_ranks=0, relative=False)
         changed = np.flatnonzero(np.asarray(changed))
-        gains = state.gains
-        if changed.size:
-            gains = gains + self._gain_pass(_knn_gain_delta_kernel, changed, state.gains_ranks,
-                                            (state.lists_ld, state.lists_w, new_ld, new_w))
-        return new._replace(gains=gains)
+        if not changed.size:
+            return new
+        if state.relative:
+            lists = (state.lists_ld[:, ranks - 1], new_ld[:, ranks - 1])
+            delta = self._gain_pass(_fast_delta_kernel, _fast_delta_kernel_cached, changed,
+                                    ranks, lists)
+        else:
+            delta = self._gain_pass(_knn_gain_delta_kernel, None, changed, ranks,
+                                    (state.lists_ld, state.lists_w, new_ld, new_w))
+        return new._replace(gains=state.gains + delta)
 
-    # -- exact -----------------------------------------------------------------
-    def _gain_pass(self, kernel, target_rows, ranks, lists):
+    def _fast(self, state) -> bool:
+        """The closed form applies: unit weights and the ranks scored are all filled."""
+        return state.unit and state.count >= self.choice_ranks(state)
+
+    def _gain_pass(self, kernel, cached_kernel, target_rows, ranks, lists):
+        """Runs a gain kernel over chunks of ``target_rows`` and every pool block."""
         size = _chunk_size(len(target_rows))
+        cache = self._cache_blocks() if cached_kernel is not None and self.use_cache else None
+        chunks = []
+        for lo in range(0, len(target_rows), size):
+            part = target_rows[lo:lo + size]
+            idx = np.zeros(size, np.int32)
+            idx[:len(part)] = part
+            chunks.append((jnp.asarray(idx), jnp.asarray(np.arange(size) < len(part))))
         out = []
-        for start in range(0, self.pool_padded.shape[0], self.block):
-            pool_block = self.pool_padded[start:start + self.block]
-            w_block = self.pool_w_padded[start:start + self.block]
+        for b, start in enumerate(range(0, self.pool_padded.shape[0], self.block)):
             acc = jnp.zeros((self.block,), jnp.float32)
-            for lo in range(0, len(target_rows), size):
-                part = target_rows[lo:lo + size]
-                idx = np.zeros(size, np.int32)
-                idx[:len(part)] = part
-                valid = np.arange(size) < len(part)
-                acc = acc + kernel(self.target, self.abar, *lists, jnp.asarray(idx),
-                                   jnp.asarray(valid), pool_block, w_block, ranks, self.dim)
+            for idx, valid in chunks:
+                if cache is not None:
+                    acc = acc + cached_kernel(self.abar, *lists, idx, valid, cache[b], ranks,
+                                              self.dim)
+                elif cached_kernel is not None:        # fast kernel, distances computed
+                    acc = acc + kernel(self.target, self.abar, *lists, idx, valid,
+                                       self.pool_padded[start:start + self.block], ranks,
+                                       self.dim)
+                else:
+                    acc = acc + kernel(self.target, self.abar, *lists, idx, valid,
+                                       self.pool_padded[start:start + self.block],
+                                       self.pool_w_padded[start:start + self.block], ranks,
+                                       self.dim)
             out.append(acc)
         return jnp.concatenate(out)
 
@@ -259,9 +338,14 @@ class KnnEngine:
         ranks = self.choice_ranks(state)
         if state.gains is not None and state.gains_ranks == ranks:
             return state
-        gains = self._gain_pass(_knn_gain_kernel, np.arange(self.n), ranks,
+        rows = np.arange(self.n)
+        if self._fast(state):
+            gains = self._gain_pass(_fast_gain_kernel, _fast_gain_kernel_cached, rows, ranks,
+                                    (state.lists_ld[:, ranks - 1],))
+            return state._replace(gains=gains, gains_ranks=ranks, relative=True)
+        gains = self._gain_pass(_knn_gain_kernel, None, rows, ranks,
                                 (state.lists_ld, state.lists_w))
-        return state._replace(gains=gains, gains_ranks=ranks)
+        return state._replace(gains=gains, gains_ranks=ranks, relative=False)
 
     def propose_exact(self, state: KnnState, available):
         scores = state.gains[:self.pool_rows] + jnp.log(state.total_w + self.pool_w)
@@ -269,6 +353,9 @@ class KnnEngine:
         ranks = self.ranks_after_adding(state)
         if ranks == state.gains_ranks:
             score = float(state.gains[row])
+            if state.relative:
+                score += float(jnp.sum(self.abar * list_score(state.lists_ld, state.lists_w,
+                                                              ranks, self.dim)))
         else:
             score = float(_knn_score_with(self.target, self.abar, state.lists_ld, state.lists_w,
                                           self.pool[row], self.pool_w[row], ranks, self.dim))

@@ -119,7 +119,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
-           callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
+           cache_bytes: int = 2 ** 32, callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
     Args:
@@ -158,6 +158,9 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
       eps, discard_nearest_for_xy: the averaged estimator's epsilon and its option to drop each
         target point's nearest selected point (``method="gradient"`` only).
       block_size: pool rows scored per block by the exact method.
+      cache_bytes: the exact method keeps the ``[n, M]`` target-to-pool log-distances (4 bytes
+        each) when they fit in this many bytes (default 4 GiB), so rescoring after a pick costs
+        no distance computations; above it, distances are recomputed block by block.
       callback: called as ``callback(pick_number, pool_row, kl)`` after each accepted pick.
 
     Returns:
@@ -188,6 +191,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     check_number("smoothing", smoothing, low=0, low_open=True)
     check_number("eps", eps, low=0)
     check_number("block_size", block_size, low=1, integer=True)
+    check_number("cache_bytes", cache_bytes, low=0, integer=True)
     if scale_factor != "auto":
         check_number("scale_factor", scale_factor, low=0, low_open=True)
     if stop_criterion == "max_resets" and not resets_allowed:
@@ -211,7 +215,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     target_j, pool_j = jnp.asarray(target), jnp.asarray(pool)
     if estimator == "knn":
         engine = KnnEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
-                           block_size=block_size, smoothing=smoothing)
+                           block_size=block_size, smoothing=smoothing, cache_bytes=cache_bytes)
     else:
         engine = AveragedEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
                                 eps=eps, discard_nearest_for_xy=discard_nearest_for_xy,
