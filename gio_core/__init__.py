@@ -2,14 +2,14 @@
 
 Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
-  knn_kl, averaged_kl                                  -- the two KL estimators
+  knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   GIOKL                                                -- drop-in for the GIO source's class
 """
-from gio_core._estimators import averaged_kl, knn_kl
+from gio_core._estimators import averaged_kl, intrinsic_dimension, knn_kl
 from gio_core._selection import PoolFraction, SelectionResult, UniformStart, select
 
 __all__ = ["select", "SelectionResult", "UniformStart", "PoolFraction", "knn_kl", "averaged_kl",
-           "GIOKL"]
+           "intrinsic_dimension", "GIOKL"]
 
 
 def __getattr__(name):

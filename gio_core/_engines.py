@@ -98,14 +98,14 @@ def _knn_surrogate(v, target, abar, kth_ld, n_ranks, dim, smoothing):
     return jnp.sum(abar * hinge) * dim / n_ranks
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _knn_score_with(target, abar, lists_ld, lists_w, point, weight, n_ranks, dim):
     """``sum_i abar_i F_i(list_i + point)``: the list part of the KL after adding one point."""
     new_ld, new_w = insert_sorted(lists_ld, lists_w, _point_log_dist(target, point), weight)
     return jnp.sum(abar * list_score(new_ld, new_w, n_ranks, dim))
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _knn_gradient_step(target, abar, lists_ld, lists_w, pool, pool_w, available, v, steps,
                        lr_scale, choice_ranks, n_ranks, dim, smoothing):
     kth_ld = lists_ld[:, choice_ranks - 1]
@@ -116,13 +116,13 @@ def _knn_gradient_step(target, abar, lists_ld, lists_w, pool, pool_w, available,
     return v, row, score
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _knn_surrogate_grad(target, abar, lists_ld, v, choice_ranks, dim, smoothing):
     return jax.grad(_knn_surrogate)(v, target, abar, lists_ld[:, choice_ranks - 1], choice_ranks,
                                     dim, smoothing)
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _knn_gain_kernel(target, abar, lists_ld, lists_w, idx, valid, pool_block, pool_w_block,
                      n_ranks, dim):
     """``sum_{i in chunk} abar_i F_i(list_i + p)`` for every row p of a pool block."""
@@ -133,7 +133,7 @@ def _knn_gain_kernel(target, abar, lists_ld, lists_w, idx, valid, pool_block, po
     return weight @ list_score(new_ld, new_w, n_ranks, dim)
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _knn_gain_delta_kernel(target, abar, old_ld, old_w, new_ld, new_w, idx, valid, pool_block,
                            pool_w_block, n_ranks, dim):
     """Change of the gains when the lists of the targets in ``idx`` went from old to new."""
@@ -152,13 +152,13 @@ def _fast_gain(ld, weight, kth, n_ranks, dim):
     return weight @ (jnp.minimum(0.0, ld - kth[:, None]) * (dim / n_ranks))
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _fast_gain_kernel(target, abar, kth, idx, valid, pool_block, n_ranks, dim):
     ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
     return _fast_gain(ld, jnp.where(valid, abar[idx], 0.0), kth[idx], n_ranks, dim)
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _fast_gain_kernel_cached(abar, kth, idx, valid, cache_block, n_ranks, dim):
     return _fast_gain(cache_block[idx], jnp.where(valid, abar[idx], 0.0), kth[idx], n_ranks, dim)
 
@@ -168,14 +168,14 @@ def _fast_delta(ld, weight, old_kth, new_kth, n_ranks, dim):
     return weight @ change * (dim / n_ranks)
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _fast_delta_kernel(target, abar, old_kth, new_kth, idx, valid, pool_block, n_ranks, dim):
     ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
     return _fast_delta(ld, jnp.where(valid, abar[idx], 0.0), old_kth[idx], new_kth[idx],
                        n_ranks, dim)
 
 
-@partial(jax.jit, static_argnames=("dim",))
+@jax.jit
 def _fast_delta_kernel_cached(abar, old_kth, new_kth, idx, valid, cache_block, n_ranks, dim):
     return _fast_delta(cache_block[idx], jnp.where(valid, abar[idx], 0.0), old_kth[idx],
                        new_kth[idx], n_ranks, dim)
@@ -211,9 +211,10 @@ class KnnEngine:
     """
 
     def __init__(self, target, target_w, pool, pool_w, k, *, block_size=4096, smoothing=1.0,
-                 cache_bytes=2 ** 32):
+                 cache_bytes=2 ** 32, dim=None):
         self.target = target
-        self.n, self.dim = target.shape
+        self.n = target.shape[0]
+        self.dim = float(target.shape[1] if dim is None else dim)
         self.k = k
         self.smoothing = float(smoothing)
         a = target_w
@@ -402,7 +403,7 @@ def _averaged_discard_surrogate(v, target, abar, per_point, eps, dim, nearest):
     return dim * jnp.sum(jnp.where(kept, abar * jnp.log(r + eps), 0.0)) * per_point
 
 
-@partial(jax.jit, static_argnames=("dim", "discard"))
+@partial(jax.jit, static_argnames=("discard",))
 def _averaged_gradient_step(target, abar, pool, available, v, steps, lr_scale, per_point, eps,
                             dim, discard, nearest):
     if discard:
@@ -415,7 +416,7 @@ def _averaged_gradient_step(target, abar, pool, available, v, steps, lr_scale, p
     return v, row, jnp.sum(abar * jnp.log(r + eps)), r
 
 
-@partial(jax.jit, static_argnames=("dim", "discard"))
+@partial(jax.jit, static_argnames=("discard",))
 def _averaged_surrogate_grad(target, abar, v, per_point, eps, dim, discard, nearest):
     if discard:
         return jax.grad(_averaged_discard_surrogate)(v, target, abar, per_point, eps, dim, nearest)
@@ -426,9 +427,10 @@ class AveragedEngine:
     """Greedy selection state for the source's averaged estimator."""
 
     def __init__(self, target, target_w, pool, pool_w, k, *, eps=1e-8,
-                 discard_nearest_for_xy=False, block_size=4096):
+                 discard_nearest_for_xy=False, block_size=4096, dim=None):
         self.target = target
-        self.n, self.dim = target.shape
+        self.n = target.shape[0]
+        self.dim = float(target.shape[1] if dim is None else dim)
         self.k = k
         self.eps = float(eps)
         self.discard = bool(discard_nearest_for_xy)

@@ -136,12 +136,49 @@ def self_term_table(self_sq, self_nbr, target_w, dim):
     return jnp.cumsum(term, axis=1) / jnp.arange(1, k + 1)
 
 
+def intrinsic_dimension(target, k: int = 10, chunk: int = 512) -> float:
+    """Levina-Bickel maximum-likelihood estimate of the data's intrinsic dimension.
+
+    ``(mean_i [1/(k-1) sum_{j<k} log(T_k(i) / T_j(i))])^-1`` over the ``k`` nearest other points
+    (MacKay and Ghahramani's average of the inverse). Embeddings from a 384-dimensional model
+    typically lie near a manifold of a few dozen dimensions or fewer.
+
+    Args:
+      target: array ``[n, d]`` with ``n > k``.
+      k: neighbours used (capped at ``n - 1``).
+    """
+    target = jnp.asarray(target, jnp.float32)
+    k = int(min(k, target.shape[0] - 1))
+    if k < 2:
+        return float(target.shape[1])
+    sq, _ = target_self_neighbours(target, k, chunk)
+    ld = 0.5 * jnp.log(sq)
+    inv = jnp.mean(ld[:, -1:] - ld[:, :-1], axis=1)
+    value = 1.0 / float(jnp.mean(inv))
+    return float(min(max(value, 1.0), target.shape[1]))
+
+
+def resolve_dim(dim, target) -> float:
+    """The dimension used in the estimators: the ambient one for ``None``, the intrinsic
+    estimate for ``"auto"``, or the given positive number."""
+    if dim is None:
+        return float(np.shape(target)[1])
+    if isinstance(dim, str):
+        if dim != "auto":
+            raise ValueError(f"dim must be None, 'auto' or a positive number; got {dim!r}.")
+        return intrinsic_dimension(target)
+    if isinstance(dim, bool) or not isinstance(dim, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(dim) or dim <= 0:
+        raise ValueError(f"dim must be None, 'auto' or a positive number; got {dim!r}.")
+    return float(dim)
+
+
 def _weights_or_ones(w, n):
     return jnp.ones((n,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
 
 
 def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=None,
-           chunk: int = 512) -> float:
+           dim=None, chunk: int = 512) -> float:
     """KL(target || selected) by the rank-averaged Wang-Kulkarni-Verdu estimator.
 
     ``sum_i a_i/A * mean_{l<=K} [d log(nu_l(i)/rho_l(i)) + log(C^t_l(i)/C^s_l(i))]
@@ -153,12 +190,15 @@ def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=N
       selected: array of shape ``[m, d]``, ``m >= 1``.
       k: neighbour ranks averaged.
       target_weights, selected_weights: optional positive weights, ``[n]`` / ``[m]``.
+      dim: the ``d`` of the estimator: ``None`` for the ambient dimension, ``"auto"`` for the
+        target's intrinsic dimension (:func:`intrinsic_dimension`), or a number.
     Returns:
       The estimate, a Python float.
     """
     target = jnp.asarray(target, jnp.float32)
     selected = jnp.asarray(selected, jnp.float32)
-    n, dim = target.shape
+    n = target.shape[0]
+    dim = resolve_dim(dim, target)
     m = selected.shape[0]
     a = _weights_or_ones(target_weights, n)
     b = _weights_or_ones(selected_weights, m)
@@ -175,7 +215,7 @@ def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=N
     return float(value)
 
 
-@partial(jax.jit, static_argnames=("n_ranks", "dim"))
+@partial(jax.jit, static_argnames=("n_ranks",))
 def _knn_selected_chunk(target, idx, selected, sel_w, n_ranks, dim):
     ld = log_distances(target[idx], selected)
     neg, nbr = jax.lax.top_k(-ld, n_ranks)
@@ -215,7 +255,7 @@ def averaged_kl_reference(x, y, k: int = 5, eps: float = 1e-8,
 
 
 def averaged_kl(target, selected, k: int = 5, eps: float = 1e-8, target_weights=None,
-                selected_weights=None, chunk: int = 512) -> float:
+                selected_weights=None, dim=None, chunk: int = 512) -> float:
     """The source's estimator without the ``[n, m]`` matrix, with optional weights.
 
     ``d * sum_ij a_i b_j log(|t_i - s_j| + eps) / (A B) - d * sum_i a_i log(rho_k(i) + eps) / A
@@ -223,7 +263,8 @@ def averaged_kl(target, selected, k: int = 5, eps: float = 1e-8, target_weights=
     """
     target = jnp.asarray(target, jnp.float32)
     selected = jnp.asarray(selected, jnp.float32)
-    n, dim = target.shape
+    n = target.shape[0]
+    dim = resolve_dim(dim, target)
     m = selected.shape[0]
     a = _weights_or_ones(target_weights, n)
     b = _weights_or_ones(selected_weights, m)

@@ -58,6 +58,7 @@ class SelectionResult(NamedTuple):
       init_rows: int array, pool rows used as the start set (``PoolFraction``), else empty.
       init_points: float array ``[s, d]``, the start set.
       resets: how many times the pool was reset (duplicates allowed after a reset).
+      dim: the dimension ``d`` the estimator used (see ``select``'s ``dim``).
     """
     indices: np.ndarray
     kl: np.ndarray
@@ -66,6 +67,7 @@ class SelectionResult(NamedTuple):
     init_rows: np.ndarray
     init_points: np.ndarray
     resets: int
+    dim: float
 
 
 def _rng(seed) -> np.random.Generator:
@@ -119,7 +121,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
-           cache_bytes: int = 2 ** 32, callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
+           cache_bytes: int = 2 ** 32, dim=None, callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
     Args:
@@ -161,6 +163,11 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
       cache_bytes: the exact method keeps the ``[n, M]`` target-to-pool log-distances (4 bytes
         each) when they fit in this many bytes (default 4 GiB), so rescoring after a pick costs
         no distance computations; above it, distances are recomputed block by block.
+      dim: the ``d`` in the estimators' ``d * log(distance)`` terms. ``None`` (default): the
+        ambient dimension of the arrays. ``"auto"``: the target's intrinsic dimension by the
+        Levina-Bickel estimate, better for embeddings, which lie near a low-dimensional
+        manifold: with the ambient 384 the distance terms swamp the ``log m`` term and the
+        selection grows broad. Or a positive number.
       callback: called as ``callback(pick_number, pool_row, kl)`` after each accepted pick.
 
     Returns:
@@ -201,6 +208,8 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
                          "method='gradient' only.")
     if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
         raise ValueError("discard_nearest_for_xy does not support weights.")
+    from gio_core._estimators import resolve_dim
+    dim = resolve_dim(dim, target)
     target_w = as_weights("target_weights", target_weights, target.shape[0])
     pool_w = as_weights("pool_weights", pool_weights, pool.shape[0])
     rng = _rng(seed)
@@ -215,11 +224,12 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     target_j, pool_j = jnp.asarray(target), jnp.asarray(pool)
     if estimator == "knn":
         engine = KnnEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
-                           block_size=block_size, smoothing=smoothing, cache_bytes=cache_bytes)
+                           block_size=block_size, smoothing=smoothing, cache_bytes=cache_bytes,
+                           dim=dim)
     else:
         engine = AveragedEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
                                 eps=eps, discard_nearest_for_xy=discard_nearest_for_xy,
-                                block_size=block_size)
+                                block_size=block_size, dim=dim)
     state = engine.initial_state(jnp.asarray(start), jnp.asarray(start_w))
     kl_start = engine.kl(state)
 
@@ -239,7 +249,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         budget_reason="data_size" if stop_criterion == "data_size"
         and budget < (max_iter or np.inf) else "max_iter")
     return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
-                           float(kl_start), reason, start_rows, start, resets)
+                           float(kl_start), reason, start_rows, start, resets, dim)
 
 
 class _Driver:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gio_core import averaged_kl, knn_kl
+from gio_core import averaged_kl, intrinsic_dimension, knn_kl
 from gio_core._estimators import averaged_kl_reference, insert_sorted, list_score
 from tests.conftest import mixture
 
@@ -89,3 +89,23 @@ def test_list_score_uses_cumulative_weights():
     w = jnp.asarray([[1.0, 2.0, 3.0]])
     # ranks 2, dim 3: mean(3*0 - log 1, 3*1 - log 3)
     assert float(list_score(ld, w, 2, 3)[0]) == pytest.approx((0 - 0 + 3 - np.log(3)) / 2)
+
+
+def test_intrinsic_dimension_of_a_subspace(rng):
+    basis = np.linalg.qr(rng.normal(size=(40, 3)))[0]          # a 3-D subspace of R^40
+    points = rng.normal(size=(800, 3)) @ basis.T
+    assert 2.4 < intrinsic_dimension(points) < 3.6
+    assert 12 < intrinsic_dimension(rng.normal(size=(800, 16))) <= 16
+
+
+def test_knn_with_intrinsic_dim_scores_a_fresh_sample_near_zero(rng):
+    basis = np.linalg.qr(rng.normal(size=(40, 3)))[0]
+    target = rng.normal(size=(500, 3)) @ basis.T
+    fresh = rng.normal(size=(500, 3)) @ basis.T
+    shifted = (rng.normal(size=(500, 3)) + [1.5, 0, 0]) @ basis.T
+    auto = knn_kl(target, fresh, dim="auto")
+    assert abs(auto) < 0.15
+    assert knn_kl(target, shifted, dim="auto") > auto + 0.5
+    assert knn_kl(target, fresh, dim=3) == pytest.approx(auto, abs=0.1)
+    with pytest.raises(ValueError, match="dim must be"):
+        knn_kl(target, fresh, dim="intrinsic")

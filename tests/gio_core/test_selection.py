@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import gio_core
-from gio_core import PoolFraction, UniformStart, averaged_kl, knn_kl, select
+from gio_core import PoolFraction, UniformStart, averaged_kl, intrinsic_dimension, knn_kl, select
 from tests.conftest import mixture
 
 
@@ -33,15 +33,18 @@ def test_knn_covers_the_target_where_averaged_collapses(mix16):
 
 @pytest.mark.parametrize("estimator", ["knn", "averaged"])
 @pytest.mark.parametrize("method", ["exact", "gradient"])
-def test_reported_kl_equals_the_estimator_on_the_selection(mix16, estimator, method):
+@pytest.mark.parametrize("dim", [None, "auto"])
+def test_reported_kl_equals_the_estimator_on_the_selection(mix16, estimator, method, dim):
     pool, _, target, _, _ = mix16
     result = select(target, pool, estimator=estimator, method=method, stop_criterion="none",
-                    max_iter=25, v_init="jump", init=UniformStart(-5, 5, 8, False), seed=3)
+                    max_iter=25, v_init="jump", init=UniformStart(-5, 5, 8, False), seed=3,
+                    dim=dim)
     assert len(result.indices) == 25
+    assert result.dim == (16.0 if dim is None else pytest.approx(intrinsic_dimension(target)))
     chosen = np.concatenate([result.init_points, pool[result.indices]])
     score = knn_kl if estimator == "knn" else averaged_kl
-    assert result.kl[-1] == pytest.approx(score(target, chosen), abs=2e-3)
-    assert result.kl_start == pytest.approx(score(target, result.init_points), abs=2e-3)
+    assert result.kl[-1] == pytest.approx(score(target, chosen, dim=dim), abs=2e-3)
+    assert result.kl_start == pytest.approx(score(target, result.init_points, dim=dim), abs=2e-3)
 
 
 def test_exact_and_gradient_agree_on_separated_clusters(rng):
