@@ -1,0 +1,90 @@
+"""The one place where SparkSessions are built, with Delta Lake configured.
+
+Delta's JVM jars come one of three ways:
+
+* by default, delta-spark's ``configure_spark_with_delta_pip`` adds the Maven coordinates of the
+  installed delta-spark release to ``spark.jars.packages`` and Ivy resolves them from Maven
+  Central once; Ivy's cache (``~/.ivy2.5.2``, or ``$GIO_SPARK_IVY_DIR``) keeps them, so later
+  sessions and test runs start without downloading;
+* under ``spark-submit`` the JVM starts before this code runs, so the jars must come from the
+  command line: ``spark-submit --properties-file conf/spark-defaults.conf ...`` (or
+  ``--packages io.delta:delta-spark_2.13:4.0.1``); a session without them is refused with a
+  message saying so;
+* where Ivy cannot reach a repository, set ``spark.jars`` (in the config's ``spark.conf`` or with
+  ``$GIO_SPARK_JARS``) to a comma-separated list of pre-downloaded jars, for example the output
+  of ``mvn dependency:copy-dependencies`` on ``io.delta:delta-spark_2.13:4.0.1``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+# Quiet, small-machine defaults; every key can be overridden by the caller's conf.
+LOCAL_DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.driver.memory": "4g",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.rpc.message.maxSize": "512",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+
+
+def build_session(app_name: str = "gio-spark", master: str | None = None,
+                  conf: Mapping[str, str] | None = None):
+    """A SparkSession with Delta Lake, for local and cluster runs alike.
+
+    Args:
+      app_name: the Spark application name.
+      master: ``local[*]``, ``spark://host:port``...; ``None`` leaves it to spark-submit.
+      conf: extra Spark settings; they win over the defaults here.
+    Returns:
+      The active SparkSession (an existing one is reused, with these settings applied where
+      Spark allows it at run time).
+
+    Example:
+      >>> spark = build_session(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"})
+    """
+    from pyspark.sql import SparkSession
+
+    if master and master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # Local Python workers run this interpreter (the project's environment), not whatever
+        # python3 is first on PATH. On a cluster, PYSPARK_PYTHON says which one to use.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    settings = dict(LOCAL_DEFAULTS)
+    settings.update(DELTA_CONF)
+    if os.environ.get("GIO_SPARK_IVY_DIR"):
+        settings["spark.jars.ivy"] = os.environ["GIO_SPARK_IVY_DIR"]
+    settings.update({str(k): str(v) for k, v in (conf or {}).items()})
+    jars = settings.get("spark.jars") or os.environ.get("GIO_SPARK_JARS")
+
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if jars:
+        builder = builder.config("spark.jars", jars)
+    else:
+        from delta import configure_spark_with_delta_pip
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    check_delta(spark)
+    return spark
+
+
+def check_delta(spark) -> None:
+    """Raises ConfigError when the running JVM has no Delta Lake classes."""
+    from py4j.java_gateway import JavaClass
+
+    from jobs.config import ConfigError
+    if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
+        raise ConfigError("this Spark session has no Delta Lake jars. With spark-submit, add "
+                          "--properties-file conf/spark-defaults.conf (or --packages "
+                          "io.delta:delta-spark_2.13:4.0.1).")

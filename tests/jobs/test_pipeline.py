@@ -1,0 +1,191 @@
+"""End to end with the real model, real Spark and real Delta tables."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.config import ConfigError, load_config
+from jobs.pipeline import run_pipeline
+from jobs import tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def text_config(tmp_path, docstrings, **sets):
+    pool, target = docstrings
+    pool_path, target_path = str(tmp_path / "pool.parquet"), str(tmp_path / "target.parquet")
+    pd.DataFrame(pool).to_parquet(pool_path)
+    pd.DataFrame(target).to_parquet(target_path)
+    overrides = [f"pool.path={pool_path}", f"target.path={target_path}", "pool.format=parquet",
+                 "target.format=parquet", "quantize.pool_k=40", "quantize.target_k=8",
+                 "select.k=3", f"output.path={tmp_path / 'out'}", "spark.master=local[2]"]
+    overrides += [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
+    return load_config(os.path.join(ROOT, "conf", "demo.yaml"), overrides)
+
+
+def versions(spark, cfg, name):
+    from delta.tables import DeltaTable
+    return DeltaTable.forPath(spark, tables.table_path(cfg.output.path, name)).history().count()
+
+
+@pytest.fixture(scope="module")
+def text_run(spark, tmp_path_factory, docstrings):
+    tmp = tmp_path_factory.mktemp("text_run")
+    cfg = text_config(tmp, docstrings)
+    summary = run_pipeline(spark, cfg)
+    return cfg, summary
+
+
+def test_end_to_end_tables(spark, text_run, docstrings):
+    cfg, summary = text_run
+    out = cfg.output.path
+    selected = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+    selection = tables.read_table(spark, out, "selection").where(F.col("run_id") == summary["run_id"])
+    assignments = tables.read_table(spark, out, "pool_assignments")
+    # The pool's own columns plus the three added ones.
+    assert selected.columns == ["doc_id", "module", "package", "text", "cluster_id", "rank", "run_id"]
+    chosen = {r["cluster_id"]: r["rank"] for r in selection.collect()}
+    rows = selected.collect()
+    assert rows and all(chosen[r["cluster_id"]] == r["rank"] for r in rows)
+    # Every row of every chosen cluster, and nothing else.
+    want = assignments.where(F.col("cluster_id").isin(list(chosen))).count()
+    assert len(rows) == want == summary["selected_rows"]
+    sizes = {r["cluster_id"]: r["cluster_size"] for r in selection.collect()}
+    assert sum(sizes.values()) == want
+    # The target is email/http/urllib: selected rows come from those packages far more often
+    # than the pool's base rate.
+    base = np.mean([r["package"] in ("email", "http", "urllib") for r in docstrings[0]])
+    share = np.mean([r["package"] in ("email", "http", "urllib") for r in rows])
+    assert share > 2 * base
+    run = tables.read_table(spark, out, "runs").where(F.col("run_id") == summary["run_id"]).first()
+    assert run["picks"] == len(chosen) and len(run["kl_curve"]) == run["picks"]
+    assert os.path.exists(os.path.join(out, "plots", f"{summary['run_id']}_kl_curve.png"))
+
+
+def test_rerun_reuses_and_never_duplicates(spark, text_run):
+    cfg, summary = text_run
+    before = {n: versions(spark, cfg, n) for n in ("pool_embeddings", "centroids", "selection",
+                                                    "selected_rows")}
+    again = run_pipeline(spark, cfg)
+    assert again["selected_rows"] == summary["selected_rows"]
+    assert {n: versions(spark, cfg, n) for n in before} == before      # nothing rewritten
+    # A new select parameter: only select and explode run again, replacing nothing of the first run.
+    cfg2 = dataclasses.replace(cfg, select=dataclasses.replace(cfg.select, k=4))
+    third = run_pipeline(spark, cfg2)
+    assert third["run_id"] != summary["run_id"]
+    assert versions(spark, cfg, "pool_embeddings") == before["pool_embeddings"]
+    assert versions(spark, cfg, "centroids") == before["centroids"]
+    selected = spark.read.format("delta").load(os.path.join(cfg.output.path, "selected_rows"))
+    assert selected.where(F.col("run_id") == summary["run_id"]).count() == summary["selected_rows"]
+    assert selected.select("run_id").distinct().count() == 2
+
+
+def test_same_inputs_and_seed_same_selection(spark, text_run, tmp_path, docstrings):
+    cfg, summary = text_run
+    fresh = text_config(tmp_path, docstrings)
+    other = run_pipeline(spark, fresh)
+    a = tables.read_table(spark, cfg.output.path, "selection").where(
+        F.col("run_id") == summary["run_id"]).orderBy("rank").collect()
+    b = tables.read_table(spark, fresh.output.path, "selection").where(
+        F.col("run_id") == other["run_id"]).orderBy("rank").collect()
+    assert [r["cluster_id"] for r in a] == [r["cluster_id"] for r in b]
+    assert [r["kl_after"] for r in a] == pytest.approx([r["kl_after"] for r in b], abs=1e-5)
+
+
+def vectors_config(tmp_path, pool_vecs, target_vecs, **sets):
+    pool_path, target_path = str(tmp_path / "pv.parquet"), str(tmp_path / "tv.parquet")
+    pd.DataFrame({"id": range(len(pool_vecs)), "vec": list(pool_vecs)}).to_parquet(pool_path)
+    pd.DataFrame({"id": range(len(target_vecs)), "vec": list(target_vecs)}).to_parquet(target_path)
+    overrides = [f"pool.path={pool_path}", f"target.path={target_path}"]
+    for side in ("pool", "target"):
+        overrides += [f"{side}.format=parquet", f"{side}.id_column=id",
+                      f"{side}.embedding_column=vec"]
+    overrides += ["quantize.pool_k=30", "quantize.target_k=10", "select.k=3",
+                  f"output.path={tmp_path / 'out'}"]
+    overrides += [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
+    return load_config(os.path.join(ROOT, "conf", "demo.yaml"), overrides)
+
+
+def clustered_vectors(seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 6, (6, 8))
+    comp = rng.integers(0, 6, 600)
+    pool = (centres[comp] + rng.normal(0, 1, (600, 8))).astype(np.float32)
+    target = (centres[rng.integers(0, 2, 80)] + rng.normal(0, 1, (80, 8))).astype(np.float32)
+    return pool, comp, target
+
+
+def test_precomputed_embeddings_skip_the_model(spark, tmp_path):
+    pool, comp, target = clustered_vectors()
+    cfg = vectors_config(tmp_path, pool, target, embed__model="/no/such/model")
+    summary = run_pipeline(spark, cfg)
+    rows = spark.read.format("delta").load(summary["table"]).select("id").collect()
+    picked = comp[[r["id"] for r in rows]]
+    assert len(rows) > 0 and np.isin(picked, [0, 1]).mean() > 0.9
+    assert not os.path.exists(os.path.join(cfg.output.path, "pool_embeddings"))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "pool.path"),
+    ("column", "pool.embedding_column 'nope' is not a column"),
+    ("empty", "has no rows"),
+    ("dims", "embedding dimension mismatch: pool 8, target 5"),
+    ("nan", "NaN, inf or null"),
+    ("small_target", "needs at least 4"),
+])
+def test_bad_inputs_fail_before_writing(spark, tmp_path, case, message):
+    pool, _, target = clustered_vectors()
+    sets = {}
+    if case == "dims":
+        target = target[:, :5]
+    if case == "nan":
+        pool[3, 1] = np.nan
+    if case == "small_target":
+        target = target[:3]
+    cfg = vectors_config(tmp_path, pool, target)
+    if case == "missing":
+        cfg.pool.path = str(tmp_path / "nowhere.parquet")
+    if case == "column":
+        cfg.pool.embedding_column = "nope"
+    if case == "empty":
+        spark.createDataFrame([], "id long, vec array<float>").write.parquet(
+            str(tmp_path / "empty.parquet"))
+        cfg.target.path = str(tmp_path / "empty.parquet")
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(spark, cfg)
+    assert message in str(err.value)
+    assert not os.path.exists(cfg.output.path)
+
+
+def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
+    pool, _, target = clustered_vectors(1)
+    cfg_args = []
+    cfg = vectors_config(tmp_path, pool, target)
+    for side in ("pool", "target"):
+        src = getattr(cfg, side)
+        cfg_args += ["--set", f"{side}.path={src.path}", "--set", f"{side}.format=parquet",
+                     "--set", f"{side}.id_column=id", "--set", f"{side}.embedding_column=vec"]
+    cfg_args += ["--set", "quantize.pool_k=20", "--set", "quantize.target_k=8",
+                 "--set", f"output.path={tmp_path / 'sub'}", "--set", "spark.master=local[1]"]
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    ok = subprocess.run([os.path.join(bin_dir, "spark-submit"), "--master", "local[1]",
+                         "--properties-file", os.path.join(ROOT, "conf", "spark-defaults.conf"),
+                         os.path.join(ROOT, "jobs", "pipeline.py"), "--config",
+                         os.path.join(ROOT, "conf", "demo.yaml"), *cfg_args],
+                        capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    errors = [line for line in ok.stderr.splitlines() if "gio-spark: error" in line
+              or "Error" in line]
+    assert ok.returncode == 0, (ok.returncode, errors[-10:], ok.stdout[-2000:])
+    assert "explode: run" in ok.stdout
+    assert os.path.exists(tmp_path / "sub" / "selected_rows" / "_delta_log")
+    bad = subprocess.run([os.path.join(bin_dir, "gio-spark"), "run", "--config",
+                          os.path.join(ROOT, "conf", "demo.yaml"), "--set", "select.k=-1"],
+                         capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "gio-spark: error: select.k must be an integer >= 1."
