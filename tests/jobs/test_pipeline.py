@@ -189,3 +189,19 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
                          capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert bad.returncode == 2
     assert bad.stderr.strip() == "gio-spark: error: select.k must be an integer >= 1."
+
+
+@pytest.mark.slow
+def test_readme_main_command_on_the_demo_data(tmp_path):
+    """What `make demo` runs: the whole pipeline on the standard library's docstrings."""
+    exe = os.path.join(os.path.dirname(sys.executable), "gio-spark")
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    run = subprocess.run([exe, "run", "--config", os.path.join(ROOT, "conf", "demo.yaml"),
+                          "--set", f"output.path={tmp_path / 'demo'}"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = next(l for l in run.stdout.splitlines() if l.startswith("demo: "))
+    share = float(line.split("; ")[1].split("%")[0])
+    base = float(line.split("against ")[1].split("%")[0])
+    assert share > 3 * base, line
+    assert "examples (first picks first):" in run.stdout
