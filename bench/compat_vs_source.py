@@ -26,16 +26,11 @@ from bench._common import clustered, timed  # noqa: E402
 
 
 def quick_start():
-    def sample(seed):
-        np.random.seed(seed)
-        x, y = np.random.multivariate_normal([3, 4], [[0.5, 0], [0, 0.5]], 100).T
-        return jnp.array([[x[i], y[i]] for i in range(len(x))])
-    target = sample(1)
-    pool = sample(5)
-    start = np.random.uniform(low=0, high=8, size=(100, 2))
-    return "quick_start_2d", pool, target, jnp.asarray(start), dict(uniform_low=0, uniform_high=8,
-                                                                   uniform_start_size=100, dim=2), \
-        dict(normalize=False)
+    from tests.gio_core.test_compat import quick_start_data   # the source README's data
+    pool, target, start = quick_start_data()
+    return ("quick_start_2d", pool, target, jnp.asarray(start),
+            dict(uniform_low=0, uniform_high=8, uniform_start_size=100, dim=2),
+            dict(normalize=False))
 
 
 def embeddings_64():

@@ -12,10 +12,10 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for the PNGs (default out/demo)")
     demo.add_argument("--seed", type=int, default=0)
     stages = {"run": "jobs.pipeline", "embed": "jobs.embed", "quantize": "jobs.quantize",
-              "select": "jobs.gio_select", "explode": "jobs.explode"}
+              "select": "jobs.gio_select", "explode": "jobs.explode", "package": "jobs.package"}
+    helps = {"run": "the whole pipeline", "package": "build what spark-submit ships to a cluster"}
     for name in stages:
-        sub.add_parser(name, add_help=False,
-                       help="the whole pipeline" if name == "run" else f"the {name} stage alone")
+        sub.add_parser(name, add_help=False, help=helps.get(name, f"the {name} stage alone"))
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "demo":

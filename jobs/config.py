@@ -2,7 +2,8 @@
 
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
 ``select`` and ``output`` (plus an optional top-level ``run_id``). ``--set a.b=value`` overrides
-one key (the value is parsed as YAML: ``--set select.k=7``, ``--set quantize.pool_k=null``).
+one key (the value is parsed as YAML: ``--set select.k=7``, ``--set quantize.pool_k=null``;
+``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
 Unknown keys are rejected with the list of valid ones; every value is checked here, so a bad
 config fails in a second with exit code 2 instead of after an hour of embedding.
 """
@@ -63,6 +64,7 @@ class QuantizeSection:
     tol: float = 1e-4
     distance: str = "euclidean"       # euclidean or cosine
     init_steps: int = 2
+    partitions: int = 8               # K-means input partitions (part of the seed: see quantize)
 
 
 @dataclass
@@ -87,6 +89,9 @@ class SelectSection:
     smoothing: float = 1.0
     dim: Any = "auto"                 # estimator's d: auto (intrinsic), null (ambient) or a number
     use_weights: bool = True          # weight centroids by their cluster sizes
+    jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
+    jax_memory_fraction: float | None = None   # share of the driver GPU's memory JAX may take
+    jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
     max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
 
 
@@ -137,6 +142,9 @@ def _build(cls, data: Any, where: str):
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
+    if dotted.startswith("spark.conf."):          # Spark keys have dots of their own
+        data.setdefault("spark", {}).setdefault("conf", {})[dotted[len("spark.conf."):]] = value
+        return
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
@@ -202,7 +210,7 @@ def validate(cfg: JobConfig) -> None:
     _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")
     _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
     q = cfg.quantize
-    for key in ("pool_k", "target_k", "max_iter", "init_steps"):
+    for key in ("pool_k", "target_k", "max_iter", "init_steps", "partitions"):
         _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
                f"quantize.{key} must be an integer >= 1.")
     _check(_is_int(q.seed), "quantize.seed must be an integer.")
@@ -227,6 +235,10 @@ def validate(cfg: JobConfig) -> None:
            "select.scale_factor must be 'auto' or a number > 0.")
     _check(s.dim is None or s.dim == "auto" or (_is_num(s.dim) and s.dim > 0),
            "select.dim must be auto, null (the ambient dimension) or a number > 0.")
+    _check(s.jax_platform in ("auto", "cpu", "gpu"), "select.jax_platform must be auto, cpu or gpu.")
+    _check(s.jax_memory_fraction is None
+           or (_is_num(s.jax_memory_fraction) and 0 < s.jax_memory_fraction <= 1),
+           "select.jax_memory_fraction must be null or in (0, 1].")
     _check(not (s.stop_criterion == "max_resets" and not s.resets_allowed),
            "select.stop_criterion=max_resets needs select.resets_allowed=true.")
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",

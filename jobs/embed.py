@@ -39,6 +39,22 @@ def load_model(name: str, device: str = "auto", threads: int | None = None):
     return _MODELS[key]
 
 
+def task_device(device: str) -> str:
+    """The device for this Spark task: the GPU Spark assigned to it (``spark.task.resource.gpu
+    .amount``), else ``cuda`` when ``auto`` sees one, else ``cpu``."""
+    if device == "cpu":
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        if gpus is not None and gpus.addresses:
+            return f"cuda:{gpus.addresses[0]}"
+    except Exception:  # noqa: BLE001 - no task context (driver) or no resources API
+        pass
+    return device
+
+
 def model_dimension(name: str) -> int:
     model = load_model(name, "cpu")
     get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -50,7 +66,7 @@ def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: 
     """A function for ``DataFrame.mapInPandas``: (row_id, text) batches -> (row_id, embedding)."""
 
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        st = load_model(model, device, threads)
+        st = load_model(model, task_device(device), threads)
         for batch in batches:
             texts = batch[text_column].fillna("").astype(str).tolist()
             vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize,

@@ -87,8 +87,25 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     plt.close(fig)
 
 
+def configure_jax(s) -> None:
+    """Driver-side JAX settings from the config, applied before JAX starts its backend.
+
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless ``jax_preallocate`` (JAX would otherwise take
+    75% of the GPU at start, starving torch on a shared card); ``XLA_PYTHON_CLIENT_MEM_FRACTION``
+    from ``jax_memory_fraction``; ``JAX_PLATFORMS=cpu`` for ``jax_platform: cpu``. Variables the
+    user already set win."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "true" if s.jax_preallocate else "false")
+    if s.jax_memory_fraction is not None:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(s.jax_memory_fraction))
+    if s.jax_platform == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    elif s.jax_platform == "gpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cuda")
+
+
 def run_select(spark, cfg) -> str:
     """Runs GIO on the centroids and writes ``selection`` and ``runs``; returns the run id."""
+    configure_jax(cfg.select)
     import gio_core
     from jobs import runner, tables
     from jobs.config import ConfigError
@@ -120,7 +137,7 @@ def run_select(spark, cfg) -> str:
             runner.log(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
 
     options = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
-               if f.name not in ("use_weights", "max_centroids")}
+               if f.name not in ("use_weights", "max_centroids") and not f.name.startswith("jax_")}
     runner.log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
                f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
     t1 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
 cluster). ``k`` is capped at a side's row count with a warning; clusters that end up empty are
-dropped. The pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``.
+dropped. The pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``, each
+on its rows hash-partitioned by ``row_id`` into ``quantize.partitions`` partitions and sorted, so
+the same inputs and seed give the same clusters on one machine or many.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
     from pyspark.sql import functions as F
     from pyspark import StorageLevel
 
-    vectors = embeddings.select("row_id", array_to_vector("embedding").alias("features"))
+    # K-means|| samples per partition, so the input's layout is part of the seed: a fixed number
+    # of partitions by row_id, sorted within each, gives the same clusters on any cluster size.
+    vectors = (embeddings.select("row_id", array_to_vector("embedding").alias("features"))
+               .repartition(qcfg.partitions, "row_id").sortWithinPartitions("row_id"))
     vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
     rows = vectors.count()
     if k > rows:

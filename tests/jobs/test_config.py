@@ -4,14 +4,18 @@ from jobs.config import ConfigError, load_config
 
 
 def test_demo_config_loads_with_overrides():
-    cfg = load_config("conf/demo.yaml", ["select.k=7", "quantize.pool_k=50", "run_id=abc"])
+    cfg = load_config("conf/demo.yaml", ["select.k=7", "quantize.pool_k=50", "run_id=abc",
+                                         "spark.conf.spark.sql.shuffle.partitions=64"])
     assert cfg.select.k == 7 and cfg.quantize.pool_k == 50 and cfg.run_id == "abc"
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 64
     assert cfg.pool.format == "demo" and cfg.spark.master == "local[*]"
 
 
-def test_cluster_template_is_valid():
+def test_cluster_templates_are_valid():
     cfg = load_config("conf/cluster.yaml")
     assert cfg.spark.master is None and cfg.quantize.pool_k == 1500
+    gpu = load_config("conf/cluster-gpu.yaml")
+    assert gpu.select.jax_memory_fraction == 0.5 and gpu.embed.batch_size == 512
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -25,6 +29,8 @@ def test_cluster_template_is_valid():
     (["select.stop_criterion=max_resets"], "needs select.resets_allowed=true"),
     (["select.k"], "expected key=value"),
     (["embed.batch_size=-1"], "embed.batch_size must be an integer >= 1"),
+    (["select.jax_memory_fraction=1.5"], "select.jax_memory_fraction must be null or in (0, 1]"),
+    (["select.dim=-3"], "select.dim must be auto, null"),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(ConfigError) as err:

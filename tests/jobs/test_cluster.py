@@ -1,0 +1,119 @@
+"""A real Spark standalone cluster on 127.0.0.1: one master, two one-core workers, started from the
+installed pyspark with the commands of jobs/cluster.py (the ones docker-compose runs), and the
+pipeline submitted to it with the code shipped as the --py-files zip. Its Delta output must equal a
+local run's on the same data and seed. Every process the test starts is stopped, also on failure.
+
+The workers run this machine's interpreter (spark.pyspark.python), where the project is also
+installed, so this checks the cluster path and its commands, not that the zip alone suffices.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import cluster, tables
+from jobs.package import build_zip
+from jobs.pipeline import run_pipeline
+from tests.jobs.test_pipeline import ROOT, clustered_vectors, vectors_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not come up within {seconds} s")
+
+
+def alive_workers(webui_port) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{webui_port}/json/", timeout=2) as r:
+        return int(json.load(r).get("aliveworkers", 0))
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(tmp_path / "work"),
+               SPARK_LOG_DIR=str(tmp_path / "logs"), PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    port, webui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    commands = [cluster.master_command("127.0.0.1", port, webui)]
+    commands += [cluster.worker_command(url, "127.0.0.1", cores=1, memory="2g",
+                                        webui_port=free_port()) for _ in range(2)]
+    procs = []
+    try:
+        for i, cmd in enumerate(commands):
+            log = open(tmp_path / f"daemon{i}.log", "w")
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+            if i == 0:
+                wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1), 90, "master")
+        wait_for(lambda: alive_workers(webui) == 2, 90, "two workers")
+        yield url, env
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_cluster_output_equals_local(spark, standalone, tmp_path):
+    url, env = standalone
+    pool, _, target = clustered_vectors(2)
+    local_cfg = vectors_config(tmp_path, pool, target)
+    local_summary = run_pipeline(spark, local_cfg)
+
+    zip_path = build_zip(str(tmp_path / "dist"))
+    overrides = ["spark.master=null", f"output.path={tmp_path / 'cluster'}"]
+    for side in ("pool", "target"):
+        src = getattr(local_cfg, side)
+        overrides += [f"{side}.path={src.path}", f"{side}.format=parquet", f"{side}.id_column=id",
+                      f"{side}.embedding_column=vec"]
+    overrides += ["quantize.pool_k=30", "quantize.target_k=10", "select.k=3"]
+    cmd = cluster.submit_command(url, "conf/demo.yaml", overrides, py_files=zip_path, conf={
+        "spark.pyspark.python": sys.executable, "spark.executor.memory": "1g",
+        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "explode: run" in run.stdout
+
+    def selection(out, run_id):
+        return [(r["rank"], r["cluster_id"], round(r["kl_after"], 4)) for r in
+                tables.read_table(spark, out, "selection").where(F.col("run_id") == run_id)
+                .orderBy("rank").collect()]
+
+    def rows(out, run_id):
+        return sorted((r["id"], r["cluster_id"], r["rank"]) for r in
+                      spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+                      .where(F.col("run_id") == run_id).collect())
+
+    cluster_out = str(tmp_path / "cluster")
+    run_id = local_summary["run_id"]
+    assert selection(cluster_out, run_id) == selection(local_cfg.output.path, run_id)
+    assert rows(cluster_out, run_id) == rows(local_cfg.output.path, run_id)
+    assert len(rows(cluster_out, run_id)) == local_summary["selected_rows"] > 0

@@ -1,0 +1,41 @@
+"""Static checks of docker/: no Docker engine runs here, so the files are parsed and compared
+with the commands the cluster test runs (jobs/cluster.py)."""
+import pathlib
+
+import yaml
+
+from jobs import cluster
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+
+
+def test_compose_services_and_volumes():
+    services = COMPOSE["services"]
+    assert set(services) == {"local", "spark-master", "spark-worker-1", "spark-worker-2", "submit"}
+    for name, svc in services.items():
+        assert svc["build"]["dockerfile"] == "docker/Dockerfile", name
+        assert "../out:/out" in svc["volumes"] and "../data:/data" in svc["volumes"], name
+    assert set(services["submit"]["depends_on"]) == {"spark-master", "spark-worker-1",
+                                                     "spark-worker-2"}
+
+
+def test_compose_commands_are_the_cluster_test_commands():
+    services = COMPOSE["services"]
+    url = "spark://spark-master:7077"
+    assert services["spark-master"]["command"] == cluster.master_command("spark-master", 7077, 8080)
+    for i in (1, 2):
+        assert services[f"spark-worker-{i}"]["command"] == cluster.worker_command(
+            url, f"spark-worker-{i}", cores=2, memory="4g", webui_port=8081)
+    assert services["submit"]["command"] == cluster.submit_command(
+        url, "conf/demo.yaml", ["spark.master=null", "output.path=/out/cluster"])
+
+
+def test_dockerfile_bakes_python_java_jars_and_model():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11" in text
+    assert "openjdk-17-jre-headless" in text
+    assert "build_session('warm-up', 'local[1]')" in text          # Delta jars into Ivy's cache
+    assert "model_dimension('bundled') == 384" in text             # the model, loaded offline
+    for path in ("setup.cfg", "gio_core", "jobs", "conf"):
+        assert f"COPY {path}" in text
