@@ -39,3 +39,21 @@ def test_dockerfile_bakes_python_java_jars_and_model():
     assert "model_dimension('bundled') == 384" in text             # the model, loaded offline
     for path in ("setup.cfg", "gio_core", "jobs", "conf"):
         assert f"COPY {path}" in text
+
+
+def test_docker_compose_validates_the_file(tmp_path):
+    """Debian's docker-compose parses and validates the file without an engine (make test
+    installs it where apt-get may run)."""
+    import shutil
+    import subprocess
+    import pytest
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    (ROOT / "data").mkdir(exist_ok=True)
+    run = subprocess.run([exe, "-f", str(ROOT / "docker" / "docker-compose.yml"), "config"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rendered = yaml.safe_load(run.stdout)
+    assert rendered["services"]["submit"]["command"][:3] == ["spark-submit", "--master",
+                                                            "spark://spark-master:7077"]
