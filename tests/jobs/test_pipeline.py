@@ -205,3 +205,22 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
     base = float(line.split("against ")[1].split("%")[0])
     assert share > 3 * base, line
     assert "examples (first picks first):" in run.stdout
+
+
+def test_each_stage_runs_alone_through_its_entry_point(spark, tmp_path):
+    from jobs import embed, explode, gio_select, quantize
+    pool, comp, target = clustered_vectors(3)
+    cfg = vectors_config(tmp_path, pool, target)
+    argv = ["--config", os.path.join(ROOT, "conf", "demo.yaml"), "--set", "spark.master=local[2]"]
+    for side in ("pool", "target"):
+        src = getattr(cfg, side)
+        argv += ["--set", f"{side}.path={src.path}", "--set", f"{side}.format=parquet",
+                 "--set", f"{side}.id_column=id", "--set", f"{side}.embedding_column=vec"]
+    argv += ["--set", "quantize.pool_k=30", "--set", "quantize.target_k=10", "--set", "select.k=3",
+             "--set", f"output.path={cfg.output.path}", "--set", "run_id=alone"]
+    assert gio_select.main(argv) == 2                     # nothing to select from yet
+    for stage in (embed, quantize, gio_select, explode):
+        assert stage.main(argv) == 0, stage.__name__
+    rows = spark.read.format("delta").load(os.path.join(cfg.output.path, "selected_rows"))
+    assert rows.where(F.col("run_id") == "alone").count() > 0
+    assert set(rows.select("run_id").distinct().toPandas()["run_id"]) == {"alone"}
