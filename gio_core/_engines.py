@@ -388,8 +388,8 @@ class AveragedState(NamedTuple):
     count: int               # m
     total_w: float           # B
     # Only with discard_nearest_for_xy (unit weights): per-target sums and nearest distances.
-    row_sums: jax.Array | None = None   # [n] sum_j log(r_ij + eps)
-    nearest: jax.Array | None = None    # [n] min_j r_ij
+    row_sums: np.ndarray | None = None   # [n] sum_j log(r_ij + eps)
+    nearest: np.ndarray | None = None    # [n] min_j r_ij
 
 
 def _averaged_surrogate(v, target, abar, per_point, eps, dim):
@@ -416,6 +416,19 @@ def _averaged_gradient_step(target, abar, pool, available, v, steps, lr_scale, p
     return v, row, jnp.sum(abar * jnp.log(r + eps)), r
 
 
+@jax.jit
+def _point_stats(target, abar, point, eps):
+    """A point's column ``sum_i abar_i log(r_i + eps)`` and its distances ``r`` to the targets."""
+    r = jnp.sqrt(sq_distances(target, point[None, :])[:, 0])
+    return jnp.sum(abar * jnp.log(r + eps)), r
+
+
+@jax.jit
+def _discard_stats(target, points, eps):
+    r = jnp.sqrt(sq_distances(target, points))
+    return jnp.sum(jnp.log(r + eps), axis=1), jnp.min(r, axis=1)
+
+
 @partial(jax.jit, static_argnames=("discard",))
 def _averaged_surrogate_grad(target, abar, v, per_point, eps, dim, discard, nearest):
     if discard:
@@ -424,7 +437,11 @@ def _averaged_surrogate_grad(target, abar, v, per_point, eps, dim, discard, near
 
 
 class AveragedEngine:
-    """Greedy selection state for the source's averaged estimator."""
+    """Greedy selection state for the source's averaged estimator.
+
+    Its state is a few numbers (and two ``[n]`` vectors with ``discard_nearest_for_xy``), kept on
+    the host in NumPy; only the distance work runs in jitted kernels.
+    """
 
     def __init__(self, target, target_w, pool, pool_w, k, *, eps=1e-8,
                  discard_nearest_for_xy=False, block_size=4096, dim=None):
@@ -434,41 +451,49 @@ class AveragedEngine:
         self.k = k
         self.eps = float(eps)
         self.discard = bool(discard_nearest_for_xy)
-        self.abar = target_w / jnp.sum(target_w)
+        abar = np.asarray(target_w, np.float64)
+        abar = abar / abar.sum()
+        self.abar_np = abar
+        self.abar = jnp.asarray(abar, jnp.float32)
         self_sq, _ = target_self_neighbours(target, k)
-        self.rho_term = float(jnp.sum(self.abar * jnp.log(jnp.sqrt(self_sq[:, -1]) + self.eps)))
+        self.rho_term = float(np.sum(abar * np.log(np.sqrt(np.asarray(self_sq)[:, -1])
+                                                   + self.eps)))
         self.pool = pool
-        self.pool_w = pool_w
+        self.pool_np = np.asarray(pool)
+        self.pool_w = np.asarray(pool_w, np.float64)
         self.pool_rows = pool.shape[0]
         self.block_size = block_size
         self._columns = None
+        self._no_nearest = jnp.zeros((self.n,), jnp.float32)
 
-    def columns(self, points):
+    def columns(self, points) -> np.ndarray:
         """``col_j = sum_i abar_i log(|t_i - p_j| + eps)`` for a set of points, in blocks."""
+        points = jnp.asarray(points)
         out = []
         for start in range(0, points.shape[0], self.block_size):
             block = points[start:start + self.block_size]
-            acc = jnp.zeros((block.shape[0],), jnp.float32)
+            acc = np.zeros((block.shape[0],), np.float64)
             for idx, valid in row_chunks(self.n, min(512, self.n)):
-                acc = acc + averaged_columns(self.target, jnp.where(valid, self.abar[idx], 0.0),
-                                             jnp.asarray(idx), block, self.eps)
+                acc += np.asarray(averaged_columns(self.target, self.abar, jnp.asarray(idx),
+                                                   jnp.asarray(valid), block, self.eps))
             out.append(acc)
-        return jnp.concatenate(out)
+        return np.concatenate(out)
 
     def initial_state(self, points=None, weights=None) -> AveragedState:
         if points is None or points.shape[0] == 0:
             state = AveragedState(0.0, 0, 0.0)
             if self.discard:
-                state = state._replace(row_sums=jnp.zeros((self.n,), jnp.float32),
-                                       nearest=jnp.full((self.n,), jnp.inf, jnp.float32))
+                state = state._replace(row_sums=np.zeros((self.n,)),
+                                       nearest=np.full((self.n,), np.inf))
             return state
+        weights = np.asarray(weights, np.float64)
         cols = self.columns(points)
-        state = AveragedState(float(jnp.sum(weights * cols)), int(points.shape[0]),
-                              float(jnp.sum(weights)))
+        state = AveragedState(float(np.sum(weights * cols)), int(points.shape[0]),
+                              float(np.sum(weights)))
         if self.discard:
-            r = jnp.sqrt(sq_distances(self.target, points))
-            state = state._replace(row_sums=jnp.sum(jnp.log(r + self.eps), axis=1),
-                                   nearest=jnp.min(r, axis=1))
+            row_sums, nearest = _discard_stats(self.target, jnp.asarray(points), self.eps)
+            state = state._replace(row_sums=np.asarray(row_sums, np.float64),
+                                   nearest=np.asarray(nearest, np.float64))
         return state
 
     def comparable(self, state) -> bool:
@@ -480,12 +505,12 @@ class AveragedEngine:
         if self.discard:
             if count < 2:
                 return float("inf")
-            kept = row_sums - jnp.log(nearest + self.eps)
-            mean_log = float(jnp.sum(self.abar * kept)) / (count - 1)
+            kept = row_sums - np.log(nearest + self.eps)
+            mean_log = float(np.sum(self.abar_np * kept)) / (count - 1)
         else:
             mean_log = weighted_sum / total_w
         return (self.dim * mean_log - self.dim * self.rho_term
-                + float(averaged_constant(self.k, count, self.n)))
+                + averaged_constant(self.k, count, self.n))
 
     def kl(self, state) -> float:
         return self._kl(state.weighted_sum, state.total_w, state.count, state.row_sums,
@@ -493,13 +518,13 @@ class AveragedEngine:
 
     def accept(self, state: AveragedState, row: int) -> AveragedState:
         w = float(self.pool_w[row])
-        point = self.pool[row][None, :]
-        col = float(self.columns(point)[0])
-        new = AveragedState(state.weighted_sum + w * col, state.count + 1, state.total_w + w)
+        col, r = _point_stats(self.target, self.abar, jnp.asarray(self.pool_np[row]), self.eps)
+        new = AveragedState(state.weighted_sum + w * float(col), state.count + 1,
+                            state.total_w + w)
         if self.discard:
-            r = jnp.sqrt(sq_distances(self.target, point)[:, 0])
-            new = new._replace(row_sums=state.row_sums + jnp.log(r + self.eps),
-                               nearest=jnp.minimum(state.nearest, r))
+            r = np.asarray(r, np.float64)
+            new = new._replace(row_sums=state.row_sums + np.log(r + self.eps),
+                               nearest=np.minimum(state.nearest, r))
         return new
 
     def with_gains(self, state):
@@ -510,21 +535,21 @@ class AveragedEngine:
     def propose_exact(self, state, available):
         # The source's estimator scores a row by its own column only: the order never changes.
         sums = (state.weighted_sum + self.pool_w * self._columns) / (state.total_w + self.pool_w)
-        row = int(jnp.argmin(jnp.where(available, sums, jnp.inf)))
-        return row, self._kl(float(sums[row]) * (state.total_w + float(self.pool_w[row])),
-                             state.total_w + float(self.pool_w[row]), state.count + 1)
+        row = int(np.argmin(np.where(np.asarray(available), sums, np.inf)))
+        total = state.total_w + float(self.pool_w[row])
+        return row, self._kl(float(sums[row]) * total, total, state.count + 1)
 
     def _per_point(self, state):
         # The new point's share of the mean: 1/(m+1), or 1/m once its own nearest is dropped.
         return 1.0 / (state.count if self.discard and state.count else state.count + 1)
 
     def _nearest_arg(self, state):
-        return state.nearest if self.discard else jnp.zeros((self.n,), jnp.float32)
+        return jnp.asarray(state.nearest, jnp.float32) if self.discard else self._no_nearest
 
     def gradient_norm(self, state, v) -> float:
         g = _averaged_surrogate_grad(self.target, self.abar, v, self._per_point(state), self.eps,
                                      self.dim, self.discard, self._nearest_arg(state))
-        return float(jnp.linalg.norm(g))
+        return float(np.linalg.norm(np.asarray(g, np.float64)))
 
     def propose_gradient(self, state, available, v, steps, lr_scale):
         v, row, col, r = _averaged_gradient_step(
@@ -533,8 +558,9 @@ class AveragedEngine:
         row = int(row)
         w = float(self.pool_w[row])
         if self.discard:
-            kl = self._kl(0.0, 0.0, state.count + 1, state.row_sums + jnp.log(r + self.eps),
-                          jnp.minimum(state.nearest, r))
+            r = np.asarray(r, np.float64)
+            kl = self._kl(0.0, 0.0, state.count + 1, state.row_sums + np.log(r + self.eps),
+                          np.minimum(state.nearest, r))
         else:
             kl = self._kl(state.weighted_sum + w * float(col), state.total_w + w, state.count + 1)
         return v, row, kl

@@ -20,6 +20,7 @@ Distances use the expansion ``|a|^2 + |b|^2 - 2 a.b`` clipped at ``1e-10``
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -78,9 +79,10 @@ def target_self_neighbours(target: jax.Array, k: int, chunk: int = 512):
     dists, nbrs = [], []
     for idx, valid in row_chunks(n, chunk):
         dd, nn = _self_knn_chunk(target, jnp.asarray(idx), k)
-        dists.append(dd[valid])
-        nbrs.append(nn[valid])
-    return jnp.concatenate(dists), jnp.concatenate(nbrs)
+        dists.append(np.asarray(dd)[valid])
+        nbrs.append(np.asarray(nn)[valid])
+    # Host-side assembly: eager jax.numpy ops here would each compile for their shape.
+    return jnp.asarray(np.concatenate(dists)), jnp.asarray(np.concatenate(nbrs))
 
 
 # ---------------------------------------------------------------------------
@@ -123,6 +125,7 @@ def list_score(lists_ld, lists_w, n_ranks, dim):
     return jnp.sum(jnp.where(used, term, 0.0), axis=-1) / n_ranks
 
 
+@jax.jit
 def self_term_table(self_sq, self_nbr, target_w, dim):
     """Target-side term of the knn estimator for every rank count ``K = 1..k``.
 
@@ -226,10 +229,9 @@ def _knn_selected_chunk(target, idx, selected, sel_w, n_ranks, dim):
 # averaged estimator (the source's), reproduced term for term
 # ---------------------------------------------------------------------------
 
-def averaged_constant(k: int, m, n: int):
+def averaged_constant(k: int, m: int, n: int) -> float:
     """``mean_{l=1..m} log(k m / (l (n-1)))``, the source's normalising term."""
-    m = jnp.asarray(m, jnp.float32)
-    return jnp.log(k * m / (n - 1)) - jax.scipy.special.gammaln(m + 1.0) / m
+    return math.log(k * m / (n - 1)) - math.lgamma(m + 1.0) / m
 
 
 def averaged_kl_reference(x, y, k: int = 5, eps: float = 1e-8,
@@ -269,19 +271,24 @@ def averaged_kl(target, selected, k: int = 5, eps: float = 1e-8, target_weights=
     a = _weights_or_ones(target_weights, n)
     b = _weights_or_ones(selected_weights, m)
     abar = a / jnp.sum(a)
-    cols = jnp.zeros((m,), jnp.float32)
+    cols = np.zeros((m,), np.float64)
     for idx, valid in row_chunks(n, min(chunk, n)):
-        cols = cols + averaged_columns(target, jnp.where(valid, abar[idx], 0.0),
-                                       jnp.asarray(idx), selected, eps)
+        cols += np.asarray(averaged_columns(target, abar, jnp.asarray(idx), jnp.asarray(valid),
+                                            selected, eps))
     self_sq, _ = target_self_neighbours(target, k, chunk)
-    rho_term = jnp.sum(abar * jnp.log(jnp.sqrt(self_sq[:, -1]) + eps))
-    value = (dim * jnp.sum(b * cols) / jnp.sum(b) - dim * rho_term
-             + averaged_constant(k, m, n))
-    return float(value)
+    rho_term = float(np.sum(np.asarray(abar) * np.log(np.sqrt(np.asarray(self_sq)[:, -1]) + eps)))
+    b = np.asarray(b, np.float64)
+    return float(dim * np.sum(b * cols) / np.sum(b) - dim * rho_term + averaged_constant(k, m, n))
 
 
 @jax.jit
-def averaged_columns(target, abar_chunk, idx, points, eps):
-    """``sum_i abar_i log(|t_i - p_j| + eps)`` over one chunk of targets, shape ``[len(points)]``."""
+def averaged_columns(target, abar, idx, valid, points, eps):
+    """``sum_{i in chunk} abar_i log(|t_i - p_j| + eps)``, shape ``[len(points)]``."""
     r = jnp.sqrt(sq_distances(target[idx], points))
-    return jnp.sum(abar_chunk[:, None] * jnp.log(r + eps), axis=0)
+    weight = jnp.where(valid, abar[idx], 0.0)
+    return jnp.sum(weight[:, None] * jnp.log(r + eps), axis=0)
+
+
+# The source's formula compiled once per shape, for repeated calls (the compatibility class).
+averaged_kl_reference_jit = jax.jit(averaged_kl_reference,
+                                    static_argnames=("k", "discard_nearest_for_xy"))

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gio_core._engines import AveragedEngine
-from gio_core._estimators import averaged_kl_reference
+from gio_core._estimators import averaged_kl_reference, averaged_kl_reference_jit
 from gio_core._selection import UniformStart, uniform_points
 from gio_core._validation import as_points, check_choice, check_k, same_dim
 
@@ -138,7 +138,8 @@ class GIOKL:
                                 jnp.asarray(pool), ones((pool.shape[0],), jnp.float32), k,
                                 discard_nearest_for_xy=discard_nearest_for_xy)
         state = engine.initial_state(jnp.asarray(start), ones((start.shape[0],), jnp.float32))
-        kl_prev = float(averaged_kl_reference(target, start, k, 1e-8, discard_nearest_for_xy))
+        kl_prev = float(averaged_kl_reference_jit(target, start, k, 1e-8,
+                                                  discard_nearest_for_xy=discard_nearest_for_xy))
         log.info("Starting KL: %s", kl_prev)
 
         def fresh_v():
