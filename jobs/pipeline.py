@@ -64,16 +64,15 @@ def run_pipeline(spark, cfg) -> dict:
     return run_explode(spark, cfg, run_id, frames["pool"])
 
 
-def demo_report(spark, cfg, summary: dict, examples: int = 8) -> str:
+def demo_report(spark, summary: dict, examples: int = 8) -> str:
     """For the demo data: how much of the selection came from the target's packages."""
     from pyspark.sql import functions as F
 
-    from jobs.demo_data import TARGET_PACKAGES
+    from jobs.demo_data import TARGET_PACKAGES, demo_rows
     selected = spark.read.format("delta").load(summary["table"]).where(
         F.col("run_id") == summary["run_id"])
     in_target = F.col("package").isin(*TARGET_PACKAGES)
     sel_share = selected.select(F.avg(in_target.cast("double"))).first()[0] or 0.0
-    from jobs.demo_data import demo_rows
     pool_rows = demo_rows("pool")
     base = sum(r["package"] in TARGET_PACKAGES for r in pool_rows) / len(pool_rows)
     top = (selected.groupBy("package").count().orderBy(F.desc("count"), "package").limit(8)
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     def body(spark, cfg):
         summary = run_pipeline(spark, cfg)
         if cfg.pool.format == "demo":
-            print(demo_report(spark, cfg, summary), flush=True)
+            print(demo_report(spark, summary), flush=True)
 
     return runner.run_main("gio-spark: the whole pipeline", body, argv)
 
