@@ -1,6 +1,5 @@
 import jax.numpy as jnp
 import numpy as np
-from pyspark.sql import functions as F
 
 from jobs.compat import GIOKL
 

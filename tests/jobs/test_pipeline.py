@@ -140,7 +140,6 @@ def test_precomputed_embeddings_skip_the_model(spark, tmp_path):
 ])
 def test_bad_inputs_fail_before_writing(spark, tmp_path, case, message):
     pool, _, target = clustered_vectors()
-    sets = {}
     if case == "dims":
         target = target[:, :5]
     if case == "nan":
