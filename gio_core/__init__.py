@@ -2,13 +2,15 @@
 
 Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
+  check_select_options                                 -- the one validator of select's options
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   GIOKL                                                -- drop-in for the GIO source's class
 """
 from gio_core._estimators import averaged_kl, intrinsic_dimension, knn_kl
-from gio_core._selection import PoolFraction, SelectionResult, UniformStart, select
+from gio_core._selection import (
+    PoolFraction, SelectionResult, UniformStart, check_select_options, select)
 
-__all__ = ["select", "SelectionResult", "UniformStart", "PoolFraction", "knn_kl", "averaged_kl",
+__all__ = ["select", "check_select_options", "SelectionResult", "UniformStart", "PoolFraction", "knn_kl", "averaged_kl",
            "intrinsic_dimension", "GIOKL"]
 
 

@@ -176,8 +176,16 @@ def resolve_dim(dim, target) -> float:
     return float(dim)
 
 
-def _weights_or_ones(w, n):
-    return jnp.ones((n,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
+def _checked(target, selected, k, target_weights, selected_weights):
+    """Validates an estimator's inputs; returns float32 arrays (target, selected, a, b)."""
+    from gio_core._validation import as_points, as_weights, check_k, same_dim
+    target = as_points("target", target)
+    selected = as_points("selected", selected)
+    same_dim(target=target, selected=selected)
+    check_k(k, target.shape[0])
+    a = as_weights("target_weights", target_weights, target.shape[0])
+    b = as_weights("selected_weights", selected_weights, selected.shape[0])
+    return (jnp.asarray(target), jnp.asarray(selected), jnp.asarray(a), jnp.asarray(b))
 
 
 def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=None,
@@ -191,20 +199,19 @@ def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=N
     Args:
       target: array of shape ``[n, d]``, ``n > k``.
       selected: array of shape ``[m, d]``, ``m >= 1``.
-      k: neighbour ranks averaged.
+      k: neighbour ranks averaged, ``1 <= k <= n - 1``.
       target_weights, selected_weights: optional positive weights, ``[n]`` / ``[m]``.
       dim: the ``d`` of the estimator: ``None`` for the ambient dimension, ``"auto"`` for the
         target's intrinsic dimension (:func:`intrinsic_dimension`), or a number.
     Returns:
       The estimate, a Python float.
+    Raises:
+      ValueError: empty, non-finite or mismatched arrays, ``k`` out of range, bad weights.
     """
-    target = jnp.asarray(target, jnp.float32)
-    selected = jnp.asarray(selected, jnp.float32)
+    target, selected, a, b = _checked(target, selected, k, target_weights, selected_weights)
     n = target.shape[0]
     dim = resolve_dim(dim, target)
     m = selected.shape[0]
-    a = _weights_or_ones(target_weights, n)
-    b = _weights_or_ones(selected_weights, m)
     n_ranks = min(k, m)
     self_sq, self_nbr = target_self_neighbours(target, k, chunk)
     rho = self_term_table(self_sq, self_nbr, a, dim)[:, n_ranks - 1]
@@ -263,13 +270,10 @@ def averaged_kl(target, selected, k: int = 5, eps: float = 1e-8, target_weights=
     ``d * sum_ij a_i b_j log(|t_i - s_j| + eps) / (A B) - d * sum_i a_i log(rho_k(i) + eps) / A
     + mean_{l=1..m} log(k m / (l (n-1)))``. Equals :func:`averaged_kl_reference` for unit weights.
     """
-    target = jnp.asarray(target, jnp.float32)
-    selected = jnp.asarray(selected, jnp.float32)
+    target, selected, a, b = _checked(target, selected, k, target_weights, selected_weights)
     n = target.shape[0]
     dim = resolve_dim(dim, target)
     m = selected.shape[0]
-    a = _weights_or_ones(target_weights, n)
-    b = _weights_or_ones(selected_weights, m)
     abar = a / jnp.sum(a)
     cols = np.zeros((m,), np.float64)
     for idx, valid in row_chunks(n, min(chunk, n)):

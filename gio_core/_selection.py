@@ -15,7 +15,7 @@ import numpy as np
 
 from gio_core._engines import AveragedEngine, KnnEngine
 from gio_core._validation import (
-    as_points, as_weights, check_choice, check_k, check_number, same_dim)
+    as_points, as_weights, check_bool, check_choice, check_k, check_number, same_dim)
 
 ESTIMATORS = ("knn", "averaged")
 METHODS = ("exact", "gradient")
@@ -113,6 +113,71 @@ def _start_set(init, init_weights, pool, pool_w, dim, rng):
     return points, as_weights("init_weights", init_weights, points.shape[0]), no_rows
 
 
+# Rules that fire when the KL stops falling; only these can reset the pool instead of stopping.
+RESETTABLE = ("increase", "max_resets", "min_difference", "sequential_increase_tolerance")
+
+
+def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_iter=None,
+                         stop_criterion="increase", min_difference=0.0, resets_allowed=False,
+                         max_resets=2, max_data_size=1.0, min_kl=0.0,
+                         max_sequential_increases=3, lr=0.01, grad_desc_iter=50,
+                         v_init="mean", scale_factor="auto", random_restart_prob=0.0,
+                         smoothing=1.0, eps=1e-8, discard_nearest_for_xy=False,
+                         block_size=4096, cache_bytes=2 ** 32, dim=None) -> None:
+    """Checks every option of :func:`select` that does not depend on the data.
+
+    The one validator of these options: :func:`select` calls it, and so does the pipeline's
+    config check (before Spark starts), so both accept and refuse the same values with the same
+    words. Each message starts with the option's name.
+
+    Raises:
+      ValueError: naming the first bad option and what it must be.
+
+    Example:
+      >>> check_select_options(k=5, stop_criterion="min_kl", min_kl=0.1)
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}.")
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("method", method, METHODS)
+    check_choice("stop_criterion", stop_criterion, STOP_CRITERIA)
+    check_choice("v_init", v_init, V_INITS)
+    if not isinstance(seed, np.random.Generator):
+        check_number("seed", seed, low=0, high=2 ** 63 - 1, integer=True)
+    if max_iter is not None:
+        check_number("max_iter", max_iter, low=1, integer=True)
+    check_number("min_difference", min_difference)
+    check_bool("resets_allowed", resets_allowed)
+    check_number("max_resets", max_resets, low=0, integer=True)
+    check_number("max_data_size", max_data_size, low=0, high=1, low_open=True)
+    check_number("min_kl", min_kl)
+    check_number("max_sequential_increases", max_sequential_increases, low=1, integer=True)
+    check_number("lr", lr, low=0, low_open=True)
+    check_number("grad_desc_iter", grad_desc_iter, low=1, integer=True)
+    check_number("random_restart_prob", random_restart_prob, low=0, high=1)
+    check_number("smoothing", smoothing, low=0, low_open=True)
+    check_number("eps", eps, low=0)
+    check_bool("discard_nearest_for_xy", discard_nearest_for_xy)
+    check_number("block_size", block_size, low=1, integer=True)
+    check_number("cache_bytes", cache_bytes, low=0, integer=True)
+    if not (isinstance(scale_factor, str) and scale_factor == "auto"):
+        check_number("scale_factor", scale_factor, low=0, low_open=True)
+    if dim is not None and not (isinstance(dim, str) and dim == "auto"):
+        if isinstance(dim, str) or isinstance(dim, bool) or not isinstance(
+                dim, (int, float, np.integer, np.floating)) or not np.isfinite(dim) or dim <= 0:
+            raise ValueError(f"dim must be None (the ambient dimension), 'auto' (intrinsic) or a "
+                             f"positive number; got {dim!r}.")
+    if stop_criterion == "max_resets" and not resets_allowed:
+        raise ValueError("stop_criterion='max_resets' needs resets_allowed=True.")
+    if resets_allowed and stop_criterion not in RESETTABLE:
+        raise ValueError(f"resets_allowed has no effect with stop_criterion={stop_criterion!r}: a "
+                         "reset replaces a stop caused by the KL no longer falling "
+                         f"({', '.join(RESETTABLE)}). Choose one of those, or resets_allowed=False.")
+    if discard_nearest_for_xy and (estimator != "averaged" or method != "gradient"):
+        raise ValueError("discard_nearest_for_xy applies to estimator='averaged' with "
+                         "method='gradient' only.")
+
+
 def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "exact",
            seed=0, max_iter: int | None = None, stop_criterion: str = "increase",
            min_difference: float = 0.0, resets_allowed: bool = False, max_resets: int = 2,
@@ -121,7 +186,8 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
-           cache_bytes: int = 2 ** 32, dim=None, callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
+           cache_bytes: int = 2 ** 32, dim=None,
+           callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
     Args:
@@ -145,8 +211,10 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         until ``max_sequential_increases`` of them come in a row, then stops and drops that run;
         ``"min_kl"`` stops after the first pick whose KL is ``<= min_kl``; ``"data_size"`` stops
         at ``int(max_data_size * M)`` picks; ``"none"``: only ``max_iter`` and the pool.
-      resets_allowed: when a pick would raise the KL, make every pool row available again
-        (duplicates allowed) instead of stopping, at most ``max_resets`` times.
+      resets_allowed: when a rule fires because the KL stopped falling (``increase``,
+        ``max_resets``, ``min_difference``, ``sequential_increase_tolerance``), make every pool
+        row available again (duplicates allowed) instead of stopping, at most ``max_resets``
+        times. It is refused with the other rules, where it could never act.
       init: ``None`` (start empty), an array ``[s, d]`` (with ``init_weights``), a
         :class:`UniformStart` or a :class:`PoolFraction`. The start set counts in the KL; it is
         not returned among the picks; pool rows used by it are not picked again before a reset.
@@ -180,32 +248,16 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     target = as_points("target", target)
     pool = as_points("pool", pool)
     same_dim(target=target, pool=pool)
+    check_select_options(
+        k=k, estimator=estimator, method=method, seed=seed, max_iter=max_iter,
+        stop_criterion=stop_criterion, min_difference=min_difference,
+        resets_allowed=resets_allowed, max_resets=max_resets, max_data_size=max_data_size,
+        min_kl=min_kl, max_sequential_increases=max_sequential_increases, lr=lr,
+        grad_desc_iter=grad_desc_iter, v_init=v_init, scale_factor=scale_factor,
+        random_restart_prob=random_restart_prob, smoothing=smoothing, eps=eps,
+        discard_nearest_for_xy=discard_nearest_for_xy, block_size=block_size,
+        cache_bytes=cache_bytes, dim=dim)
     k = check_k(k, target.shape[0])
-    check_choice("estimator", estimator, ESTIMATORS)
-    check_choice("method", method, METHODS)
-    check_choice("stop_criterion", stop_criterion, STOP_CRITERIA)
-    check_choice("v_init", v_init, V_INITS)
-    if max_iter is not None:
-        check_number("max_iter", max_iter, low=1, integer=True)
-    check_number("min_difference", min_difference)
-    check_number("max_resets", max_resets, low=0, integer=True)
-    check_number("max_data_size", max_data_size, low=0, high=1, low_open=True)
-    check_number("min_kl", min_kl)
-    check_number("max_sequential_increases", max_sequential_increases, low=1, integer=True)
-    check_number("lr", lr, low=0, low_open=True)
-    check_number("grad_desc_iter", grad_desc_iter, low=1, integer=True)
-    check_number("random_restart_prob", random_restart_prob, low=0, high=1)
-    check_number("smoothing", smoothing, low=0, low_open=True)
-    check_number("eps", eps, low=0)
-    check_number("block_size", block_size, low=1, integer=True)
-    check_number("cache_bytes", cache_bytes, low=0, integer=True)
-    if scale_factor != "auto":
-        check_number("scale_factor", scale_factor, low=0, low_open=True)
-    if stop_criterion == "max_resets" and not resets_allowed:
-        raise ValueError("stop_criterion='max_resets' needs resets_allowed=True.")
-    if discard_nearest_for_xy and (estimator != "averaged" or method != "gradient"):
-        raise ValueError("discard_nearest_for_xy applies to estimator='averaged' with "
-                         "method='gradient' only.")
     if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
         raise ValueError("discard_nearest_for_xy does not support weights.")
     from gio_core._estimators import resolve_dim
@@ -233,11 +285,15 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     state = engine.initial_state(jnp.asarray(start), jnp.asarray(start_w))
     kl_start = engine.kl(state)
 
-    budget = pool.shape[0] if max_iter is None else int(max_iter)
-    if resets_allowed and max_iter is None:
-        budget = pool.shape[0] * (max_resets + 1)
+    # Budgets: max_iter and data_size cap the picks; without them the loop ends when a rule
+    # fires or the pool is used up (reported as pool_exhausted, not as a budget).
+    budget, budget_reason = np.inf, "max_iter"
+    if max_iter is not None:
+        budget = int(max_iter)
     if stop_criterion == "data_size":
-        budget = min(budget, max(1, int(max_data_size * pool.shape[0])))
+        size_cap = max(1, int(max_data_size * pool.shape[0]))
+        if size_cap < budget:
+            budget, budget_reason = size_cap, "data_size"
 
     driver = _Driver(engine, state, available, method, rng, target_w, target,
                      lr=lr, grad_desc_iter=grad_desc_iter, v_init=v_init,
@@ -246,8 +302,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         kl_start, budget, stop_criterion, min_difference=min_difference,
         resets_allowed=resets_allowed, max_resets=max_resets, min_kl=min_kl,
         max_sequential_increases=max_sequential_increases, callback=callback,
-        budget_reason="data_size" if stop_criterion == "data_size"
-        and budget < (max_iter or np.inf) else "max_iter")
+        budget_reason=budget_reason)
     return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
                            float(kl_start), reason, start_rows, start, resets, dim)
 
@@ -296,33 +351,49 @@ class _Driver:
         self.v = np.asarray(v)
         return row, kl
 
+    def _reset(self) -> None:
+        """Every pool row becomes available again (duplicates allowed from now on)."""
+        self.available[:] = True
+
     def run(self, kl_prev, budget, stop_criterion, *, min_difference, resets_allowed,
             max_resets, min_kl, max_sequential_increases, callback, budget_reason):
+        """Picks until a rule fires, the budget is spent or the pool is used up.
+
+        A rule that fires because the KL stopped falling (``RESETTABLE``) resets the pool
+        instead of stopping while ``resets_allowed`` and fewer than ``max_resets`` resets were
+        made; the pick that fired it is not added (for ``sequential_increase_tolerance`` the
+        whole rising run is rolled back first).
+        """
         picks, kls = [], []
         resets, just_reset = 0, False
         run_start = None        # (len(picks), state, kl_prev) where a run of increases began
-        reason = budget_reason
-        while len(picks) < budget:
+
+        def may_reset() -> bool:
+            return resets_allowed and resets < max_resets
+
+        while True:
+            if len(picks) >= budget:
+                return picks, kls, budget_reason, resets
             if not self.available.any():
-                reason = "pool_exhausted"
-                break
+                return picks, kls, "pool_exhausted", resets
             row, kl = self.propose(long_descent=not picks or just_reset)
             if self.method == "gradient":
                 self.v = self._fresh_v()
             rules_apply = self.engine.comparable(self.state)
             rises = rules_apply and kl > kl_prev
+            fired = None
             if rises and stop_criterion in ("increase", "max_resets"):
-                if resets_allowed and resets < max_resets:
+                fired = stop_criterion
+            elif (stop_criterion == "min_difference" and rules_apply
+                  and kl_prev - kl < min_difference):
+                fired = "min_difference"
+            if fired is not None:
+                if may_reset():
                     resets += 1
                     just_reset = True
-                    self.available[:] = True
+                    self._reset()
                     continue
-                reason = stop_criterion
-                break
-            if (stop_criterion == "min_difference" and rules_apply
-                    and kl_prev - kl < min_difference):
-                reason = "min_difference"
-                break
+                return picks, kls, fired, resets
             if stop_criterion == "sequential_increase_tolerance":
                 if rises and run_start is None:
                     run_start = (len(picks), self.state, kl_prev)
@@ -336,14 +407,16 @@ class _Driver:
             if callback is not None:
                 callback(len(picks), row, kl)
             if run_start is not None and len(picks) - run_start[0] >= max_sequential_increases:
-                undone = picks[run_start[0]:]
-                del picks[run_start[0]:], kls[run_start[0]:]
-                self.state = run_start[1]
+                first, self.state, kl = run_start
+                undone = picks[first:]
+                del picks[first:], kls[first:]
                 self.available[undone] = True
-                reason = "sequential_increase_tolerance"
-                break
+                run_start = None
+                if not may_reset():
+                    return picks, kls, "sequential_increase_tolerance", resets
+                resets += 1
+                just_reset = True
+                self._reset()
             if stop_criterion == "min_kl" and kl <= min_kl:
-                reason = "min_kl"
-                break
+                return picks, kls, "min_kl", resets
             kl_prev = kl
-        return picks, kls, reason, resets

@@ -66,6 +66,12 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false; got {value!r}.")
+    return bool(value)
+
+
 def check_number(name: str, value, *, low=None, high=None, low_open=False, integer=False):
     kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value):

@@ -109,3 +109,22 @@ def test_knn_with_intrinsic_dim_scores_a_fresh_sample_near_zero(rng):
     assert knn_kl(target, fresh, dim=3) == pytest.approx(auto, abs=0.1)
     with pytest.raises(ValueError, match="dim must be"):
         knn_kl(target, fresh, dim="intrinsic")
+
+
+@pytest.mark.parametrize("estimator", [knn_kl, averaged_kl])
+def test_estimators_refuse_bad_input(rng, estimator):
+    x = rng.normal(size=(20, 3))
+    nan_target = x.copy()
+    nan_target[5, 1] = np.nan
+    cases = [
+        (dict(target=x, selected=np.zeros((0, 3))), "selected is empty"),
+        (dict(target=x, selected=x[:4], k=20), "k=20 is too large"),
+        (dict(target=x, selected=x[:4, :2]), "dimension mismatch"),
+        (dict(target=x, selected=x[:4], selected_weights=np.ones(3)),
+         "selected_weights must have shape (4,)"),
+        (dict(target=nan_target, selected=x[:4]), "target has 1 row(s) with NaN or inf"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            estimator(**kwargs)
+        assert message in str(err.value), (message, str(err.value))

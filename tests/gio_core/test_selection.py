@@ -131,6 +131,39 @@ def test_resets_allow_duplicates_and_max_resets_fires(mix16):
     assert result.kl[-1] <= plain.kl[-1] + 1e-9
 
 
+def test_using_up_the_pool_is_reported_as_such(rng):
+    target = rng.normal(size=(30, 3)).astype(np.float32)
+    pool = rng.normal(size=(12, 3)).astype(np.float32)
+    result = select(target, pool, stop_criterion="none")
+    assert (len(result.indices), result.stop_reason) == (12, "pool_exhausted")
+    assert sorted(result.indices) == list(range(12))
+    capped = select(target, pool, stop_criterion="none", max_iter=12)
+    assert capped.stop_reason == "max_iter"
+
+
+@pytest.mark.parametrize("rule,extra", [
+    ("min_difference", dict(min_difference=0.02)),
+    ("sequential_increase_tolerance", dict(max_sequential_increases=2)),
+    ("increase", {}),
+])
+def test_resets_apply_to_every_rule_that_fires_when_the_kl_stops_falling(mix16, rule, extra):
+    pool, _, target, _, _ = mix16
+    plain = select(target, pool, stop_criterion=rule, **extra)
+    reset = select(target, pool, stop_criterion=rule, resets_allowed=True, max_resets=2, **extra)
+    assert plain.resets == 0 and reset.resets == 2
+    assert reset.stop_reason == rule
+    assert len(reset.indices) > len(plain.indices)
+    # The picks before the first reset are the plain run's picks.
+    np.testing.assert_array_equal(reset.indices[:len(plain.indices)], plain.indices)
+
+
+@pytest.mark.parametrize("rule", ["min_kl", "data_size", "none"])
+def test_resets_are_refused_where_they_could_never_act(mix16, rule):
+    pool, _, target, _, _ = mix16
+    with pytest.raises(ValueError, match=f"resets_allowed has no effect with stop_criterion='{rule}'"):
+        select(target, pool, stop_criterion=rule, resets_allowed=True)
+
+
 def test_target_weights_shift_the_selection(rng):
     pool, comp, target, tcomp, _ = mixture(rng, target_weights=(0.5, 0.5, 0.0),
                                            target_components=(0, 1, 2))
@@ -186,6 +219,12 @@ def bad_calls(rng):
         (dict(target=t, pool=p, init=rng.normal(size=(3, 5))), "dimension mismatch"),
         (dict(target=t, pool=p, lr=0), "lr must be > 0"),
         (dict(target=t, pool=p, discard_nearest_for_xy=True), "discard_nearest_for_xy applies"),
+        (dict(target=t, pool=p, seed=-1), "seed must be >= 0"),
+        (dict(target=t, pool=p, max_resets=-1), "max_resets must be >= 0"),
+        (dict(target=t, pool=p, resets_allowed="yes"), "resets_allowed must be true or false"),
+        (dict(target=t, pool=p, smoothing=0), "smoothing must be > 0"),
+        (dict(target=t, pool=p, dim="ambient"), "dim must be None"),
+        (dict(target=t, pool=p, grad_desc_iter=0), "grad_desc_iter must be >= 1"),
     ]
 
 
@@ -194,6 +233,19 @@ def test_bad_input_messages(rng):
         with pytest.raises(ValueError) as err:
             select(**kwargs)
         assert message in str(err.value), (message, str(err.value))
+
+
+def test_options_are_checked_by_one_validator_without_data():
+    from gio_core import check_select_options
+    for kwargs, message in bad_calls(np.random.default_rng(0)):
+        options = {key: v for key, v in kwargs.items() if key not in ("target", "pool")}
+        if set(options) & {"init", "pool_weights", "target_weights"} or not options or (
+                options.get("k") == 20):
+            continue                      # these depend on the data
+        with pytest.raises(ValueError) as err:
+            check_select_options(**options)
+        assert message in str(err.value)
+    check_select_options(k=3, stop_criterion="min_kl", min_kl=-1.0, dim="auto", seed=2 ** 40)
 
 
 def test_public_api_is_exported():
