@@ -74,7 +74,8 @@ def check_bool(name: str, value) -> bool:
 
 def check_number(name: str, value, *, low=None, high=None, low_open=False, integer=False):
     kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kind) or (
+            not isinstance(value, (int, np.integer)) and not np.isfinite(value)):
         raise ValueError(f"{name} must be a finite {'integer' if integer else 'number'}; "
                          f"got {value!r}.")
     if low is not None and (value <= low if low_open else value < low):

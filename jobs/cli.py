@@ -1,8 +1,12 @@
-"""The ``gio-spark`` command line."""
+"""The ``gio-spark`` command line (and, through ``jobs/submit.py``, the spark-submit entry)."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+from jobs import package
+from jobs.pipeline import COMMANDS
+from jobs.runner import run_main
 
 
 def main(argv=None) -> int:
@@ -11,11 +15,9 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="GIO selection on a synthetic 2-D mixture, with plots")
     demo.add_argument("--out", default="out/demo", help="folder for the PNGs (default out/demo)")
     demo.add_argument("--seed", type=int, default=0)
-    stages = {"run": "jobs.pipeline", "embed": "jobs.embed", "quantize": "jobs.quantize",
-              "select": "jobs.gio_select", "explode": "jobs.explode", "package": "jobs.package"}
-    helps = {"run": "the whole pipeline", "package": "build what spark-submit ships to a cluster"}
-    for name in stages:
-        sub.add_parser(name, add_help=False, help=helps.get(name, f"the {name} stage alone"))
+    sub.add_parser("package", add_help=False, help="build what spark-submit ships to a cluster")
+    for name, (description, _) in COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=description)
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "demo":
@@ -24,8 +26,10 @@ def main(argv=None) -> int:
         from jobs.demo import format_summary, run_demo
         print(format_summary(run_demo(args.out, seed=args.seed)))
         return 0
-    import importlib
-    return importlib.import_module(stages[args.command]).main(rest)
+    if args.command == "package":
+        return package.main(rest)
+    description, body = COMMANDS[args.command]
+    return run_main(f"gio-spark {args.command}", description, body, rest)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def submit_command(master_url: str, config: str, overrides: list[str] | None = N
         cmd += ["--conf", f"{key}={value}"]
     if py_files:
         cmd += ["--py-files", py_files]
-    cmd += ["jobs/pipeline.py", "--config", config]
+    cmd += ["jobs/submit.py", "run", "--config", config]
     for item in overrides or []:
         cmd += ["--set", item]
     return cmd

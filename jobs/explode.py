@@ -1,74 +1,76 @@
 """The explode stage: from chosen clusters back to rows.
 
-``broadcast(selection of this run) JOIN pool_assignments JOIN pool rows`` gives every pool row of
-every chosen cluster, with its own columns plus ``cluster_id``, ``rank`` (the pick that chose its
-cluster) and ``run_id``. Written to ``selected_rows``, replacing this run's rows in one
-transaction, and summarised on stdout.
+``broadcast(selection of this run) JOIN pool_assignments (of the run's clustering) JOIN pool rows``
+gives every usable pool row of every chosen cluster, with its own columns plus ``cluster_id``,
+``rank`` (the pick that chose its cluster) and ``run_id``. Written to ``selected_rows``, replacing
+this run's rows in one transaction, and summarised on stdout.
+
+Before it writes, it checks that the run's ``selection`` and ``runs`` rows are the ones this run's
+select committed; if a concurrent run with the same ``run_id`` and other parameters replaced them,
+it stops with a :class:`ConcurrentRunError` instead of mixing the two.
 """
 from __future__ import annotations
 
-import os
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs import reuse, tables
+from jobs.config import JobConfig
+from jobs.errors import ConcurrentRunError, InputError
+from jobs.inputs import ROW_ID, Side
+from jobs.log import log
 
 
-def explode_frame(selection, assignments, pool_rows):
+def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
+                  own_columns: list[str]) -> DataFrame:
     """The selected rows, as a DataFrame (no I/O). A cluster picked twice (after a reset)
     keeps its first rank."""
-    from pyspark.sql import functions as F
-
     chosen = selection.groupBy("cluster_id").agg(F.min("rank").alias("rank"),
                                                  F.first("run_id").alias("run_id"))
-    rows = (F.broadcast(chosen).join(assignments.dropDuplicates(["row_id"]), "cluster_id")
-            .select("row_id", "cluster_id", "rank", "run_id"))
-    original = [c for c in pool_rows.columns if c != "row_id" and c != "embedding"]
-    return pool_rows.join(rows, "row_id").select(*original, "cluster_id", "rank", "run_id")
+    rows = (F.broadcast(chosen).join(assignments, "cluster_id")
+            .select(ROW_ID, "cluster_id", "rank", "run_id"))
+    return pool_rows.join(rows, ROW_ID).select(*own_columns, "cluster_id", "rank", "run_id")
 
 
-def run_explode(spark, cfg, run_id: str, pool_frame=None) -> dict:
-    """Writes ``selected_rows`` for ``run_id``; returns the summary it prints."""
-    from pyspark.sql import functions as F
+def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
+    run_id = plan.run_id
+    if not reuse.is_done(spark, cfg.output.path, "select", run_id, plan.select):
+        raise InputError(f"run {run_id} has no selection for these inputs and select settings "
+                         f"under {cfg.output.path!r}; run select (or the whole pipeline) first.")
+    record = tables.read_key(spark, cfg.output.path, "runs", run_id).first()
+    selection = (tables.read_key(spark, cfg.output.path, "selection", run_id)
+                 .where(F.col("select_fingerprint") == plan.select))
+    if (record is None or record["select_fingerprint"] != plan.select
+            or selection.count() != record["picks"]):
+        raise ConcurrentRunError(
+            f"the selection of run {run_id} was replaced by another run with the same run_id and "
+            "other parameters while this one ran. Give each config its own run_id (or none), "
+            "then run again.")
+    return selection
 
-    from jobs import runner, tables
-    from jobs.gio_select import select_fingerprint
-    from jobs.sources import read_side
 
-    selection = (tables.read_table(spark, cfg.output.path, "selection")
-                 .where(F.col("run_id") == run_id))
-    assignments = tables.read_table(spark, cfg.output.path, "pool_assignments")
-    pool = pool_frame if pool_frame is not None else read_side(spark, "pool", cfg.pool)
-    fp = runner.fingerprint("explode", select_fingerprint(spark, cfg), run_id)
-    stage = f"explode:{run_id}"
-    path = tables.table_path(cfg.output.path, "selected_rows")
-    if not runner.stage_done(spark, cfg, stage, fp, "selected_rows"):
-        out = explode_frame(selection, assignments, pool)
-        tables.replace_where(spark, out, path, "run_id", run_id, partition_by="run_id")
-        runner.record_stage(spark, cfg, stage, fp)
+def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
+    """Commits ``selected_rows`` for the run (unless done); returns the summary it prints."""
+    run_id, fp = plan.run_id, plan.explode
+    schema = tables.selected_rows_schema(pool.schema)
+    selection = _checked_selection(spark, cfg, plan)
+    assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
+    if reuse.is_done(spark, cfg.output.path, "explode", run_id, fp):
+        log(f"explode: reusing the selected rows of run {run_id}")
     else:
-        runner.log(f"explode: reusing the selected rows of run {run_id}")
-    written = spark.read.format("delta").load(path).where(F.col("run_id") == run_id)
+        reuse.record(spark, cfg.output.path, "explode", run_id, fp, "started")
+        own = [f.name for f in pool.schema.fields]
+        out = explode_frame(selection, assignments, pool.frame, own)
+        tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)
+        reuse.record(spark, cfg.output.path, "explode", run_id, fp, "done")
+    path = tables.table_path(cfg.output.path, "selected_rows")
+    written = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
     summary = {"run_id": run_id, "selected_rows": written.count(),
-               "pool_rows": assignments.count(),
+               "pool_rows": pool.report["kept"],
                "clusters": selection.select("cluster_id").distinct().count(),
                "table": path}
     summary["fraction_of_pool"] = summary["selected_rows"] / max(1, summary["pool_rows"])
-    runner.log(f"explode: run {run_id}: {summary['selected_rows']} rows "
-               f"({100 * summary['fraction_of_pool']:.2f}% of the pool's "
-               f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path}")
+    log(f"explode: run {run_id}: {summary['selected_rows']} rows "
+        f"({100 * summary['fraction_of_pool']:.2f}% of the pool's "
+        f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path}")
     return summary
-
-
-def main(argv=None) -> int:
-    from jobs import runner
-
-    def body(spark, cfg):
-        from jobs.gio_select import resolve_run_id
-        run_explode(spark, cfg, resolve_run_id(spark, cfg))
-
-    return runner.run_main("gio-spark explode: chosen clusters back to rows", body, argv)
-
-
-if __name__ == "__main__":
-    if __package__ in (None, ""):       # spark-submit jobs/explode.py: import from the checkout
-        import sys
-        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from jobs.explode import main as _main
-    raise SystemExit(_main())

@@ -1,73 +1,82 @@
-"""The whole pipeline in one Spark application: embed -> quantize -> select -> explode.
+"""The stages as commands, and the whole pipeline in one Spark application:
+embed -> quantize -> select -> explode.
 
     gio-spark run --config conf/demo.yaml [--set select.k=7 ...]
-    spark-submit jobs/pipeline.py --config conf/demo.yaml
+    spark-submit --properties-file conf/spark-defaults.conf jobs/submit.py run --config ...
 
 Inputs are read and checked before anything heavy runs (and before anything is written); each
 stage reuses its committed output when its inputs and parameters are unchanged, so a re-run after
-a failure resumes.
+a failure resumes (see :mod:`jobs.reuse`).
 """
 from __future__ import annotations
 
-import os
+from typing import Callable
+
+from pyspark.sql import functions as F
+
+from jobs import reuse
+from jobs.config import JobConfig
+from jobs.embed import side_embeddings
+from jobs.explode import run_explode
+from jobs.gio_select import run_select
+from jobs.inputs import check_outputs, prepare_inputs, read_only
+from jobs.log import log
+from jobs.quantize import run_quantize
 
 
-def validate_inputs(spark, cfg) -> dict:
-    """Reads both sides and checks everything that can be checked cheaply.
-
-    Returns:
-      ``{"pool": DataFrame, "target": DataFrame, "dim": int}``.
-    Raises:
-      ConfigError: unreadable or empty sides, missing columns, bad precomputed embeddings,
-        a dimension mismatch, a target smaller than ``select.k + 1`` rows.
-    """
-    from jobs.config import ConfigError
-    from jobs.embed import model_dimension
-    from jobs.sources import check_embeddings, read_side
-
-    frames = {side: read_side(spark, side, getattr(cfg, side)) for side in ("pool", "target")}
-    dims = {}
-    for side, df in frames.items():
-        if getattr(cfg, side).embedding_column:
-            dims[side] = check_embeddings(df, side)
-    if len(dims) < 2:
-        try:
-            model_dim = model_dimension(cfg.embed.model)
-        except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
-            raise ConfigError(f"embed.model {cfg.embed.model!r} cannot be loaded: {err}. Give a "
-                              "sentence-transformers model directory, or 'bundled'.") from None
-        for side in ("pool", "target"):
-            dims.setdefault(side, model_dim)
-    if dims["pool"] != dims["target"]:
-        raise ConfigError(f"embedding dimension mismatch: pool {dims['pool']}, target "
-                          f"{dims['target']}; use the same model for both sides.")
-    target_rows = frames["target"].select("row_id").distinct().count()
-    if target_rows <= cfg.select.k:
-        raise ConfigError(f"the target has {target_rows} distinct rows; select.k="
-                          f"{cfg.select.k} needs at least {cfg.select.k + 1}. Lower select.k or "
-                          "give a larger target sample.")
-    return {**frames, "dim": dims["pool"]}
-
-
-def run_pipeline(spark, cfg) -> dict:
+def run_pipeline(spark, cfg: JobConfig) -> dict:
     """Runs every stage; returns the explode summary."""
-    from jobs.embed import side_embeddings
-    from jobs.explode import run_explode
-    from jobs.gio_select import run_select
-    from jobs.quantize import run_quantize
+    plan = reuse.make_plan(spark, cfg)
+    log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
+    inputs = prepare_inputs(spark, cfg, plan, log)
+    run_quantize(spark, cfg, plan, inputs)
+    run_select(spark, cfg, plan, inputs.reports())
+    return run_explode(spark, cfg, plan, inputs.pool)
 
-    frames = validate_inputs(spark, cfg)
-    pool_emb = side_embeddings(spark, cfg, "pool", frames["pool"])
-    target_emb = side_embeddings(spark, cfg, "target", frames["target"])
-    run_quantize(spark, cfg, pool_emb, target_emb)
-    run_id = run_select(spark, cfg)
-    return run_explode(spark, cfg, run_id, frames["pool"])
+
+def embed_command(spark, cfg: JobConfig) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    inputs = prepare_inputs(spark, cfg, plan, log)
+    for side in (inputs.pool, inputs.target):
+        side_embeddings(spark, cfg, plan, side)
+
+
+def quantize_command(spark, cfg: JobConfig) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    run_quantize(spark, cfg, plan, prepare_inputs(spark, cfg, plan, log))
+
+
+def select_command(spark, cfg: JobConfig) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    check_outputs(spark, cfg, None)
+    run_select(spark, cfg, plan)
+
+
+def explode_command(spark, cfg: JobConfig) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    pool = read_only(spark, cfg, plan, "pool", log)
+    check_outputs(spark, cfg, pool.schema)
+    run_explode(spark, cfg, plan, pool)
+
+
+def run_command(spark, cfg: JobConfig) -> None:
+    summary = run_pipeline(spark, cfg)
+    if cfg.pool.format == "demo":
+        print(demo_report(spark, summary), flush=True)
+
+
+# The Spark commands of `gio-spark` and `jobs/submit.py`: name -> (help, body(spark, cfg)).
+COMMANDS: dict[str, tuple[str, Callable]] = {
+    "run": ("the whole pipeline: embed, quantize, select, explode", run_command),
+    "embed": ("the embed stage alone: sentence embeddings of pool and target", embed_command),
+    "quantize": ("the quantize stage alone: K-means on pool and target", quantize_command),
+    "select": ("the select stage alone: GIO on the centroids", select_command),
+    "explode": ("the explode stage alone: chosen clusters back to rows", explode_command),
+}
 
 
 def demo_report(spark, summary: dict, examples: int = 8) -> str:
     """For the demo data: how much of the selection came from the target's packages."""
-    from pyspark.sql import functions as F
-
     from jobs.demo_data import TARGET_PACKAGES, demo_rows
     selected = spark.read.format("delta").load(summary["table"]).where(
         F.col("run_id") == summary["run_id"])
@@ -86,22 +95,3 @@ def demo_report(spark, summary: dict, examples: int = 8) -> str:
         first = r["text"].strip().splitlines()[0][:90]
         lines.append(f"    [{r['rank']:>3}] {r['module']}: {first}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    from jobs import runner
-
-    def body(spark, cfg):
-        summary = run_pipeline(spark, cfg)
-        if cfg.pool.format == "demo":
-            print(demo_report(spark, summary), flush=True)
-
-    return runner.run_main("gio-spark: the whole pipeline", body, argv)
-
-
-if __name__ == "__main__":
-    if __package__ in (None, ""):       # spark-submit jobs/pipeline.py: import from the checkout
-        import sys
-        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from jobs.pipeline import main as _main
-    raise SystemExit(_main())

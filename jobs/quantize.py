@@ -1,29 +1,33 @@
 """The quantize stage: MLlib K-means on the pool and on the target, separately.
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
-cluster). ``k`` is capped at a side's row count with a warning; clusters that end up empty are
-dropped. The pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``, each
-on its rows hash-partitioned by ``row_id`` into ``quantize.partitions`` partitions and sorted, so
-the same inputs and seed give the same clusters on one machine or many.
+cluster) under the run's ``clustering_id``. ``k`` is capped at a side's row count with a warning;
+clusters that end up empty are dropped. The pool is clustered with ``quantize.seed``, the target
+with ``quantize.seed + 1``, each on its rows hash-partitioned by ``row_id`` into
+``quantize.partitions`` partitions and sorted, so the same inputs and seed give the same clusters
+on one machine or many, whatever the row order of the sources.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from pyspark import StorageLevel
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import functions as F
+
+from jobs import reuse, tables
+from jobs.config import JobConfig
+from jobs.embed import side_embeddings
+from jobs.inputs import Inputs
+from jobs.log import log
 
 
 def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
     """Fits K-means on one side's (row_id, embedding) rows.
 
     Returns:
-      ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, model)``.
+      ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input)``.
     """
-    from pyspark.ml.clustering import KMeans
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-    from pyspark import StorageLevel
-
     # K-means|| samples per partition, so the input's layout is part of the seed: a fixed number
     # of partitions by row_id, sorted within each, gives the same clusters on any cluster size.
     vectors = (embeddings.select("row_id", array_to_vector("embedding").alias("features"))
@@ -45,53 +49,28 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
     return centroid_rows, assignments, vectors
 
 
-def quantize_fingerprint(spark, cfg) -> str:
-    from jobs import runner
-    from jobs.embed import embed_fingerprint
-    return runner.fingerprint("quantize", embed_fingerprint(spark, cfg, "pool"),
-                              embed_fingerprint(spark, cfg, "target"), vars(cfg.quantize))
-
-
-def run_quantize(spark, cfg, pool_embeddings=None, target_embeddings=None) -> None:
-    """Clusters both sides and writes the tables, unless done already for the same inputs."""
-    from jobs import runner, tables
-    from jobs.embed import side_embeddings
-
-    fp = quantize_fingerprint(spark, cfg)
-    if runner.stage_done(spark, cfg, "quantize", fp, "centroids", "pool_assignments"):
-        runner.log("quantize: reusing centroids and assignments")
-        return
+def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str:
+    """Clusters both sides and commits the tables, unless done already; returns the
+    clustering id."""
+    key, fp = plan.clustering_id, plan.quantize
+    if reuse.is_done(spark, cfg.output.path, "quantize", key, fp):
+        log(f"quantize: reusing clustering {key}")
+        return key
     q = cfg.quantize
-    pool = pool_embeddings if pool_embeddings is not None else side_embeddings(spark, cfg, "pool")
-    target = (target_embeddings if target_embeddings is not None
-              else side_embeddings(spark, cfg, "target"))
-    warn = lambda msg: runner.log(f"warning: {msg}")       # noqa: E731
+    pool = side_embeddings(spark, cfg, plan, inputs.pool)
+    target = side_embeddings(spark, cfg, plan, inputs.target)
+    reuse.record(spark, cfg.output.path, "quantize", key, fp, "started")
+    warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
     pool_rows, assignments, cached = kmeans_side(pool, q.pool_k, q, q.seed, "pool", warn)
     target_rows, _, cached_t = kmeans_side(target, q.target_k, q, q.seed + 1, "target", warn)
-    runner.log(f"quantize: {len(pool_rows)} pool clusters, {len(target_rows)} target clusters")
-    centroids = spark.createDataFrame(pool_rows + target_rows, tables.CENTROIDS)
-    tables.overwrite(spark, centroids, tables.table_path(cfg.output.path, "centroids"))
-    tables.overwrite(spark, tables.conform(assignments, tables.ASSIGNMENTS),
-                     tables.table_path(cfg.output.path, "pool_assignments"))
+    log(f"quantize: {len(pool_rows)} pool clusters, {len(target_rows)} target clusters")
+    centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
+                                      tables.CENTROIDS)
+    tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
+    tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
+                       cfg.output.path, "pool_assignments", key)
     cached.unpersist()
     cached_t.unpersist()
-    runner.record_stage(spark, cfg, "quantize", fp)
-
-
-def main(argv=None) -> int:
-    from jobs import runner
-
-    def body(spark, cfg):
-        from jobs.pipeline import validate_inputs
-        validate_inputs(spark, cfg)
-        run_quantize(spark, cfg)
-
-    return runner.run_main("gio-spark quantize: K-means on pool and target", body, argv)
-
-
-if __name__ == "__main__":
-    if __package__ in (None, ""):       # spark-submit jobs/quantize.py: import from the checkout
-        import sys
-        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from jobs.quantize import main as _main
-    raise SystemExit(_main())
+    reuse.record(spark, cfg.output.path, "quantize", key, fp, "done",
+                 {"pool_clusters": len(pool_rows), "target_clusters": len(target_rows)})
+    return key

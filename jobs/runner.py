@@ -1,103 +1,76 @@
-"""What every entry point shares: argument parsing, exit codes, stage fingerprints and reuse.
+"""How every Spark command runs: arguments, checks before the JVM, the session, exit codes.
 
-Exit codes: 0 success, 2 a problem with the config or the inputs (one message on stderr, nothing
-written), 1 anything else.
-
-A stage's *fingerprint* hashes its parameters and the identity of its inputs (a Delta table's
-version; files' names, sizes and modification times; the upstream stages' fingerprints). After a
-stage commits its output it records ``(stage, fingerprint)`` in the ``stages`` table; a later run
-with the same fingerprint reuses the output instead of recomputing it, so a pipeline that failed
-half-way resumes where it stopped.
+Exit codes (see :mod:`jobs.errors`): 0 success; 2 bad input, one line on stderr, nothing
+written; 75 a concurrent run got in the way, run again; 1 anything else, with the traceback and a
+line saying what to do. The error is always the last line printed: the Spark session (when this
+command started it) is stopped before it is written.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import json
-import os
 import sys
+import traceback
 from typing import Callable
 
-from jobs.config import ConfigError, JobConfig, SourceSection, load_config
-from jobs.sources import _REMOTE
+from jobs.config import JobConfig, load_config
+from jobs.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
+                         InputError)
+from jobs.inputs import preflight
 
 
-def fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def source_identity(spark, src: SourceSection) -> dict:
-    """What identifies a source's content without reading it."""
-    ident = {"format": src.format, "path": src.path, "text": src.text_column,
-             "id": src.id_column, "embedding": src.embedding_column,
-             "options": src.options}
-    if src.format == "demo":
-        ident["python"] = sys.version
-    elif src.format == "delta":
-        from delta.tables import DeltaTable
-        last = DeltaTable.forPath(spark, src.path).history(1).select("version").first()
-        ident["version"] = int(last[0])
-    elif not src.path.startswith(_REMOTE):
-        files = []
-        if os.path.isfile(src.path):
-            st = os.stat(src.path)
-            files.append((os.path.basename(src.path), st.st_size, st.st_mtime_ns))
-        for root, _, names in sorted(os.walk(src.path)):
-            for name in sorted(names):
-                st = os.stat(os.path.join(root, name))
-                files.append((os.path.relpath(os.path.join(root, name), src.path), st.st_size,
-                              st.st_mtime_ns))
-        ident["files"] = files
-    return ident
-
-
-def stage_done(spark, cfg: JobConfig, stage: str, fp: str, *tables: str) -> bool:
-    """Whether ``stage`` already committed its output for this fingerprint."""
-    from pyspark.sql import functions as F
-
-    from jobs.tables import exists, table_path
-    stages = table_path(cfg.output.path, "stages")
-    if not exists(spark, stages):
-        return False
-    if not all(exists(spark, table_path(cfg.output.path, t)) for t in tables):
-        return False
-    found = (spark.read.format("delta").load(stages)
-             .where((F.col("stage") == stage) & (F.col("fingerprint") == fp)).take(1))
-    return bool(found)
-
-
-def record_stage(spark, cfg: JobConfig, stage: str, fp: str) -> None:
-    from jobs.tables import STAGES, replace_where, table_path
-    row = spark.createDataFrame([(stage, fp, dt.datetime.now())], STAGES)
-    replace_where(spark, row, table_path(cfg.output.path, "stages"), "stage", stage)
-
-
-def log(message: str) -> None:
-    print(f"[gio-spark] {message}", flush=True)
-
-
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", help="YAML job config (see conf/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, for example select.k=7 (repeatable)")
     return p
 
 
-def run_main(description: str, body: Callable, argv=None) -> int:
-    """Parses ``--config``/``--set``, validates, builds the session and runs ``body(spark, cfg)``."""
-    args = parser(description).parse_args(argv)
+def _stop(spark) -> None:
+    if spark is not None:
+        try:
+            spark.stop()
+        except Exception:  # noqa: BLE001 - the error being reported matters more
+            pass
+
+
+def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
+             argv=None) -> int:
+    """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
+    the session and runs ``body(spark, cfg)``; returns the exit code."""
+    args = parser(prog, description).parse_args(argv)
+    spark = None
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as err:
-        print(f"gio-spark: error: {err}", file=sys.stderr)
-        return 2
-    from jobs.session import build_session
-    try:
-        spark = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf)
-        body(spark, cfg)
-    except ConfigError as err:
-        print(f"gio-spark: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        preflight(cfg)
+        from pyspark.sql import SparkSession
+
+        from jobs.session import build_session
+        existing = SparkSession.getActiveSession()
+        session = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf)
+        spark = session if existing is None else None      # stop only a session made here
+        body(session, cfg)
+        _stop(spark)
+        return EXIT_OK
+    except InputError as err:
+        _stop(spark)
+        print(f"gio-spark: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except ConcurrentRunError as err:
+        _stop(spark)
+        print(f"gio-spark: retry: {err}", file=sys.stderr, flush=True)
+        return EXIT_RETRY
+    except KeyboardInterrupt:
+        _stop(spark)
+        print("gio-spark: interrupted; committed stages are kept and a re-run resumes.",
+              file=sys.stderr, flush=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: report and exit 1
+        trace = traceback.format_exc()
+        _stop(spark)
+        print(trace, file=sys.stderr, end="")
+        print(f"gio-spark: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+              "\ngio-spark: committed stages are kept and a re-run resumes. Unless the cause is "
+              "the environment (memory, disk, network), please report this with the traceback "
+              "above.", file=sys.stderr, flush=True)
+        return EXIT_FAILED

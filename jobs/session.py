@@ -80,11 +80,11 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
 
 
 def check_delta(spark) -> None:
-    """Raises ConfigError when the running JVM has no Delta Lake classes."""
+    """Raises InputError when the running JVM has no Delta Lake classes."""
     from py4j.java_gateway import JavaClass
 
-    from jobs.config import ConfigError
+    from jobs.errors import InputError
     if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
-        raise ConfigError("this Spark session has no Delta Lake jars. With spark-submit, add "
+        raise InputError("this Spark session has no Delta Lake jars. With spark-submit, add "
                           "--properties-file conf/spark-defaults.conf (or --packages "
                           "io.delta:delta-spark_2.13:4.0.1).")

@@ -1,44 +1,70 @@
-"""The Delta tables gio-spark writes: their schemas (declared here and nowhere else), where they
-live, and the helpers that write each output as one Delta transaction.
+"""The Delta tables gio-spark writes: their schemas (declared here and nowhere else), how they are
+created and written, and the checks that protect a user's other data.
 
 Under ``output.path``:
 
-| table | columns | written by |
-| --- | --- | --- |
-| ``pool_embeddings``, ``target_embeddings`` | row_id, embedding | embed (text sources only) |
-| ``centroids`` | side, cluster_id, centroid, size | quantize (replaces that side's rows) |
-| ``pool_assignments`` | row_id, cluster_id | quantize |
-| ``selection`` | run_id, rank, cluster_id, cluster_size, kl_after | select (replaces that run's rows) |
-| ``runs`` | run_id, params, kl_start, kl_curve, stop_reason, ... | select (replaces that run's row) |
-| ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | explode (replaces that run's rows) |
-| ``stages`` | stage, fingerprint, finished_at | every stage, after its output is committed |
+| table | columns | key (partition) | written by |
+| --- | --- | --- | --- |
+| ``pool_embeddings``, ``target_embeddings`` | embeddings_id, row_id, embedding | embeddings_id | embed (text sources) |
+| ``centroids`` | clustering_id, side, cluster_id, centroid, size | clustering_id | quantize |
+| ``pool_assignments`` | clustering_id, row_id, cluster_id | clustering_id | quantize |
+| ``selection`` | run_id, select_fingerprint, rank, cluster_id, cluster_size, kl_after | run_id | select |
+| ``runs`` | run_id, select_fingerprint, clustering_id, params, KL curve, inputs, ... | run_id | select |
+| ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | run_id | explode |
+| ``stages`` | stage, key, fingerprint, status, at, detail | (append-only log) | every stage |
+
+Rules every write follows:
+
+* a table is created explicitly (schema, partition column and the ``gio-spark.table`` /
+  ``gio-spark.schema`` properties) before its first write; two runs creating it at once both
+  succeed;
+* a write replaces exactly one key's partition (``replaceWhere`` on the key) in one transaction,
+  never the whole table, so runs with other keys keep their rows, and a re-run replaces its own
+  rows instead of duplicating them; a concurrent-commit conflict is retried a bounded number of
+  times;
+* gio-spark never writes into a table it did not create: a table without its properties, of
+  another schema version or with other columns is refused before any heavy work.
 """
 from __future__ import annotations
 
+import json
 import os
+import random
+import time
+from typing import Callable, TypeVar
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import ConfigError
+from jobs import faults
+from jobs.errors import InputError
+
+SCHEMA_VERSION = "2"
+TABLE_PROPERTY = "gio-spark.table"
+SCHEMA_PROPERTY = "gio-spark.schema"
 
 EMBEDDINGS = T.StructType([
+    T.StructField("embeddings_id", T.StringType(), False),
     T.StructField("row_id", T.StringType(), False),
     T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
 ])
 CENTROIDS = T.StructType([
+    T.StructField("clustering_id", T.StringType(), False),
     T.StructField("side", T.StringType(), False),
     T.StructField("cluster_id", T.IntegerType(), False),
     T.StructField("centroid", T.ArrayType(T.FloatType(), False), False),
     T.StructField("size", T.LongType(), False),
 ])
 ASSIGNMENTS = T.StructType([
+    T.StructField("clustering_id", T.StringType(), False),
     T.StructField("row_id", T.StringType(), False),
     T.StructField("cluster_id", T.IntegerType(), False),
 ])
 SELECTION = T.StructType([
     T.StructField("run_id", T.StringType(), False),
+    T.StructField("select_fingerprint", T.StringType(), False),
     T.StructField("rank", T.IntegerType(), False),
     T.StructField("cluster_id", T.IntegerType(), False),
     T.StructField("cluster_size", T.LongType(), False),
@@ -46,6 +72,8 @@ SELECTION = T.StructType([
 ])
 RUNS = T.StructType([
     T.StructField("run_id", T.StringType(), False),
+    T.StructField("select_fingerprint", T.StringType(), False),
+    T.StructField("clustering_id", T.StringType(), False),
     T.StructField("started_at", T.TimestampType(), False),
     T.StructField("finished_at", T.TimestampType(), False),
     T.StructField("params", T.StringType(), False),          # JSON of the whole config
@@ -56,19 +84,34 @@ RUNS = T.StructType([
     T.StructField("pool_centroids", T.IntegerType(), False),
     T.StructField("target_centroids", T.IntegerType(), False),
     T.StructField("dim", T.DoubleType(), False),             # the estimator's d
+    T.StructField("inputs", T.StringType(), True),           # JSON: rows read and dropped per side
     T.StructField("timings", T.StringType(), False),         # JSON: seconds per step
     T.StructField("versions", T.StringType(), False),        # JSON: library versions
 ])
 STAGES = T.StructType([
     T.StructField("stage", T.StringType(), False),
+    T.StructField("key", T.StringType(), False),
     T.StructField("fingerprint", T.StringType(), False),
-    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("status", T.StringType(), False),          # started or done
+    T.StructField("at", T.TimestampType(), False),
+    T.StructField("at_ns", T.LongType(), False),             # orders records of one instant
+    T.StructField("detail", T.StringType(), True),           # JSON, stage-specific
 ])
-SELECTED_EXTRA = ("cluster_id", "rank", "run_id")
+SELECTED_EXTRA = T.StructType([
+    T.StructField("cluster_id", T.IntegerType(), True),
+    T.StructField("rank", T.IntegerType(), True),
+    T.StructField("run_id", T.StringType(), True),
+])
 
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
            "runs": RUNS, "stages": STAGES}
+KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
+        "centroids": "clustering_id", "pool_assignments": "clustering_id",
+        "selection": "run_id", "runs": "run_id", "selected_rows": "run_id", "stages": None}
+TABLES = tuple(KEYS)
+
+MAX_ATTEMPTS = 8
 
 
 def table_path(output: str, name: str) -> str:
@@ -76,26 +119,153 @@ def table_path(output: str, name: str) -> str:
 
 
 def exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
     return DeltaTable.isDeltaTable(spark, path)
 
 
-def read_table(spark: SparkSession, output: str, name: str) -> DataFrame:
-    """Reads one of gio-spark's tables and checks its schema against the declared one."""
+def selected_rows_schema(pool_columns: T.StructType) -> T.StructType:
+    """``selected_rows``: the pool's own columns (nullable) then cluster_id, rank, run_id."""
+    own = [T.StructField(f.name, f.dataType, True) for f in pool_columns.fields]
+    return T.StructType(own + list(SELECTED_EXTRA.fields))
+
+
+# ---------------------------------------------------------------------------
+# Concurrency: what counts as a conflict, and the bounded retry
+# ---------------------------------------------------------------------------
+
+_CONFLICT_MARKERS = ("io.delta.exceptions.Concurrent", "DELTA_CONCURRENT",
+                     "io.delta.exceptions.MetadataChangedException",
+                     "io.delta.exceptions.ProtocolChangedException",
+                     "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+                     "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
+                     "FileAlreadyExistsException")
+
+
+def is_conflict(err: BaseException) -> bool:
+    """Whether ``err`` is Delta's optimistic-concurrency failure (retrying may succeed)."""
+    from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException,
+                                  ConcurrentDeleteReadException, ConcurrentTransactionException,
+                                  ConcurrentWriteException, MetadataChangedException,
+                                  ProtocolChangedException)
+    if isinstance(err, (ConcurrentAppendException, ConcurrentDeleteReadException,
+                        ConcurrentDeleteDeleteException, ConcurrentTransactionException,
+                        ConcurrentWriteException, MetadataChangedException,
+                        ProtocolChangedException)):
+        return True
+    text = str(err)
+    return any(marker in text for marker in _CONFLICT_MARKERS)
+
+
+R = TypeVar("R")
+
+
+def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPTS) -> R:
+    """Runs ``action``; on a Delta concurrency conflict waits (jittered, growing) and retries, at
+    most ``attempts`` times in all, then raises :class:`ConcurrentRunError`."""
+    from jobs.errors import ConcurrentRunError
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as err:          # noqa: BLE001 - filtered by is_conflict
+            if not is_conflict(err):
+                raise
+            if attempt == attempts:
+                raise ConcurrentRunError(
+                    f"{what}: another run on the same output kept committing conflicting changes "
+                    f"({attempts} attempts). Run it again when the other run has finished.") from None
+            time.sleep(min(5.0, 0.2 * 2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------
+# Creating tables and checking existing ones
+# ---------------------------------------------------------------------------
+
+def _properties(spark: SparkSession, path: str) -> dict:
+    row = DeltaTable.forPath(spark, path).detail().select("properties").first()
+    return dict(row["properties"] or {}) if row is not None else {}
+
+
+def _describe(schema: T.StructType) -> dict:
+    return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+
+def check_existing(spark: SparkSession, output: str, name: str,
+                   schema: T.StructType | None = None) -> bool:
+    """Checks a table gio-spark is about to write, if it exists; returns whether it exists.
+
+    Raises:
+      InputError: the path holds something that is not a gio-spark table of this name and
+        version, or one with other columns.
+    """
     path = table_path(output, name)
+    if not _path_exists(path):
+        return False
     if not exists(spark, path):
-        raise ConfigError(f"table {name!r} does not exist under {output!r}; run the stage that "
-                          "writes it first (or the whole pipeline).")
-    df = spark.read.format("delta").load(path)
-    want = SCHEMAS.get(name)
+        raise InputError(f"output.path {output!r} already holds {name!r}, which is not a Delta "
+                         "table written by gio-spark; gio-spark never writes into data it did not "
+                         "create. Use another output.path.")
+    props = _properties(spark, path)
+    if props.get(TABLE_PROPERTY) != name:
+        raise InputError(f"the Delta table {path!r} was not created by gio-spark (it lacks the "
+                         f"property {TABLE_PROPERTY}={name}); gio-spark never writes into a table "
+                         "it did not create. Use another output.path.")
+    if props.get(SCHEMA_PROPERTY) != SCHEMA_VERSION:
+        raise InputError(f"the table {path!r} was written by another version of gio-spark "
+                         f"(schema {props.get(SCHEMA_PROPERTY)!r}, this version writes "
+                         f"{SCHEMA_VERSION!r}). Use another output.path.")
+    want = schema if schema is not None else SCHEMAS.get(name)
     if want is not None:
-        have = {f.name: f.dataType.simpleString() for f in df.schema.fields}
-        for f in want.fields:
-            if have.get(f.name) != f.dataType.simpleString():
-                raise ConfigError(f"table {path!r} does not have the expected column "
-                                  f"{f.name} {f.dataType.simpleString()}; it was not written by "
-                                  "this version of gio-spark. Use another output.path.")
-    return df
+        have = _describe(spark.read.format("delta").load(path).schema)
+        if have != _describe(want):
+            extra = "" if name != "selected_rows" else (
+                " It holds the selections of a pool with other columns.")
+            raise InputError(f"the table {path!r} has the columns {have}, not the expected "
+                             f"{_describe(want)}.{extra} Use another output.path.")
+    return True
+
+
+def _path_exists(path: str) -> bool:
+    if "://" in path and not path.startswith("file:"):
+        return True          # remote: let Delta tell (isDeltaTable) and check it
+    return os.path.exists(path.removeprefix("file:"))
+
+
+def ensure_table(spark: SparkSession, output: str, name: str,
+                 schema: T.StructType | None = None) -> str:
+    """Creates the table if it does not exist (race-free), checks it, returns its path."""
+    path = table_path(output, name)
+    schema = schema if schema is not None else SCHEMAS[name]
+
+    def create():
+        if not exists(spark, path):
+            builder = (DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+                       .property(TABLE_PROPERTY, name).property(SCHEMA_PROPERTY, SCHEMA_VERSION))
+            if KEYS[name]:
+                builder = builder.partitionedBy(KEYS[name])
+            builder.execute()
+
+    with_retries(create, f"creating {path}")
+    check_existing(spark, output, name, schema)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Reading and writing
+# ---------------------------------------------------------------------------
+
+def read_table(spark: SparkSession, output: str, name: str) -> DataFrame:
+    """Reads one of gio-spark's tables after checking that it is one."""
+    path = table_path(output, name)
+    if not _path_exists(path) or not exists(spark, path):
+        raise InputError(f"table {name!r} does not exist under {output!r}; run the stage that "
+                         "writes it first (or the whole pipeline).")
+    check_existing(spark, output, name, None if name == "selected_rows" else SCHEMAS[name])
+    return spark.read.format("delta").load(path)
+
+
+def read_key(spark: SparkSession, output: str, name: str, value: str) -> DataFrame:
+    """The rows of one key (partition) of a gio-spark table."""
+    return read_table(spark, output, name).where(F.col(KEYS[name]) == value)
 
 
 def _relaxed(dtype: T.DataType) -> T.DataType:
@@ -108,23 +278,31 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
                       for f in schema.fields])
 
 
-def overwrite(spark: SparkSession, df: DataFrame, path: str, partition_by=None) -> None:
-    """Replaces the whole table in one transaction."""
-    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if partition_by:
-        writer = writer.partitionBy(partition_by)
-    writer.save(path)
+def replace_key(spark: SparkSession, df: DataFrame, output: str, name: str, value: str,
+                schema: T.StructType | None = None) -> None:
+    """Replaces the rows of one key with ``df`` in one transaction (creating the table first).
+
+    ``df`` must hold only rows of that key; they are conformed to the table's schema. Other
+    keys' rows are never touched; a concurrent conflict is retried.
+    """
+    schema = schema if schema is not None else SCHEMAS[name]
+    path = ensure_table(spark, output, name, schema)
+    column = KEYS[name]
+    escaped = str(value).replace("'", "''")
+    data = conform(df.where(F.col(column) == value), schema)
+    faults.point(f"before:{name}")
+    with_retries(lambda: data.write.format("delta").mode("overwrite")
+                 .option("replaceWhere", f"{column} = '{escaped}'").save(path),
+                 f"writing {path}")
+    faults.point(f"after:{name}")
 
 
-def replace_where(spark: SparkSession, df: DataFrame, path: str, column: str, value: str,
-                  partition_by=None) -> None:
-    """Replaces the rows with ``column = value`` in one transaction (creating the table if
-    needed): re-running a run replaces its rows and never duplicates them."""
-    writer = df.write.format("delta")
-    if partition_by:
-        writer = writer.partitionBy(partition_by)
-    if exists(spark, path):
-        escaped = str(value).replace("'", "''")
-        writer.mode("overwrite").option("replaceWhere", f"{column} = '{escaped}'").save(path)
-    else:
-        writer.mode("overwrite").save(path)
+def append(spark: SparkSession, df: DataFrame, output: str, name: str) -> None:
+    """Appends ``df`` (a blind append: never conflicts with other writers)."""
+    path = ensure_table(spark, output, name)
+    data = conform(df, SCHEMAS[name])
+    with_retries(lambda: data.write.format("delta").mode("append").save(path), f"writing {path}")
+
+
+def detail_json(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)

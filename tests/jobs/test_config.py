@@ -1,6 +1,7 @@
 import pytest
 
-from jobs.config import ConfigError, load_config
+from jobs.config import load_config
+from jobs.errors import InputError
 
 
 def test_demo_config_loads_with_overrides():
@@ -21,23 +22,55 @@ def test_cluster_templates_are_valid():
 @pytest.mark.parametrize("overrides,message", [
     (["select.kk=3"], "unknown key(s) 'select.kk'; valid keys in select: k, estimator"),
     (["colour=red"], "unknown key(s) 'colour'"),
-    (["select.k=0"], "select.k must be an integer >= 1"),
-    (["select.estimator=mean"], "select.estimator must be one of knn, averaged"),
+    (["select.k=0"], "select.k must be a positive integer; got 0."),
+    (["select.estimator=mean"], "select.estimator='mean' is not one of 'knn', 'averaged'"),
     (["quantize.distance=manhattan"], "quantize.distance must be euclidean or cosine"),
     (["pool.format=xlsx"], "pool.format='xlsx' is not one of"),
     (["pool.path=null"], "pool.path is missing"),
-    (["select.stop_criterion=max_resets"], "needs select.resets_allowed=true"),
+    (["pool.path=123"], "pool.path must be a path or URL written as text; got the int 123"),
+    (["select.stop_criterion=max_resets"], "needs resets_allowed=True"),
+    (["select.stop_criterion=min_kl", "select.resets_allowed=true"],
+     "select.resets_allowed has no effect with stop_criterion='min_kl'"),
     (["select.k"], "expected key=value"),
     (["embed.batch_size=-1"], "embed.batch_size must be an integer >= 1"),
     (["select.jax_memory_fraction=1.5"], "select.jax_memory_fraction must be null or in (0, 1]"),
-    (["select.dim=-3"], "select.dim must be auto, null"),
+    (["select.dim=-3"], "select.dim must be None"),
+    (["select.max_resets=-1"], "select.max_resets must be >= 0"),
+    (["select.min_kl=abc"], "select.min_kl must be a finite number"),
+    (["select.random_restart_prob=2"], "select.random_restart_prob must be <= 1"),
+    (["select.smoothing=0"], "select.smoothing must be > 0"),
+    (["select.max_sequential_increases=0"], "select.max_sequential_increases must be >= 1"),
+    (["select.grad_desc_iter=0"], "select.grad_desc_iter must be >= 1"),
+    (["select.seed=-1"], "select.seed must be >= 0"),
+    (["select.seed=99999999999999999999999"], "select.seed must be <= 9223372036854775807"),
+    (["quantize.seed=99999999999999999999999"], "quantize.seed must be an integer between"),
+    (["select.k=40"], "select.k=40 needs more than 40 target clusters, but quantize.target_k=40"),
+    (["spark.conf=3"], "spark.conf must be a mapping"),
+    (["spark=[1, 2]"], "section 'spark' must be a mapping"),
+    (["pool.bad_rows=ignore"], "pool.bad_rows must be reject or drop"),
+    (["run_id=a/b"], "run_id must be null or 1-128 letters"),
+    (["select.use_weights=maybe"], "select.use_weights must be true or false"),
 ])
 def test_bad_config_values_are_named(overrides, message):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(InputError) as err:
         load_config("conf/demo.yaml", overrides)
     assert message in str(err.value)
 
 
-def test_missing_config_file():
-    with pytest.raises(ConfigError, match="does not exist"):
+def test_config_files_that_cannot_be_used(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
         load_config("conf/nope.yaml")
+    with pytest.raises(InputError, match="is a directory; give the path of a YAML file"):
+        load_config(str(tmp_path))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("output:\n  path: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        load_config(str(latin))
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- pool\n- target\n")
+    with pytest.raises(InputError, match="must hold a mapping of sections .* not a list"):
+        load_config(str(listed))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("select: {k: [\n")
+    with pytest.raises(InputError, match="is not valid YAML"):
+        load_config(str(broken))

@@ -1,6 +1,7 @@
 import numpy as np
 
-from jobs.embed import embed_frame, load_model
+from jobs.embed import embed_frame
+from jobs.models import load_model
 
 TEXTS = ["Parse an email message from a string.", "Return the HTTP status line.",
          "Open a URL and return a file-like object.", "Compute the greatest common divisor.",

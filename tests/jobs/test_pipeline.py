@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.config import ConfigError, load_config
+from jobs.config import load_config
+from jobs.errors import InputError
 from jobs.pipeline import run_pipeline
 from jobs import tables
 
@@ -131,11 +132,11 @@ def test_precomputed_embeddings_skip_the_model(spark, tmp_path):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "pool.path"),
+    ("missing", "does not exist"),
     ("column", "pool.embedding_column 'nope' is not a column"),
     ("empty", "has no rows"),
     ("dims", "embedding dimension mismatch: pool 8, target 5"),
-    ("nan", "NaN, inf or null"),
+    ("nan", "1 with NaN, inf or null vector values (rows '3')"),
     ("small_target", "needs at least 4"),
 ])
 def test_bad_inputs_fail_before_writing(spark, tmp_path, case, message):
@@ -155,7 +156,7 @@ def test_bad_inputs_fail_before_writing(spark, tmp_path, case, message):
         spark.createDataFrame([], "id long, vec array<float>").write.parquet(
             str(tmp_path / "empty.parquet"))
         cfg.target.path = str(tmp_path / "empty.parquet")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(InputError) as err:
         run_pipeline(spark, cfg)
     assert message in str(err.value)
     assert not os.path.exists(cfg.output.path)
@@ -175,7 +176,7 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     ok = subprocess.run([os.path.join(bin_dir, "spark-submit"), "--master", "local[1]",
                          "--properties-file", os.path.join(ROOT, "conf", "spark-defaults.conf"),
-                         os.path.join(ROOT, "jobs", "pipeline.py"), "--config",
+                         os.path.join(ROOT, "jobs", "submit.py"), "run", "--config",
                          os.path.join(ROOT, "conf", "demo.yaml"), *cfg_args],
                         capture_output=True, text=True, env=env, cwd=str(tmp_path))
     errors = [line for line in ok.stderr.splitlines() if "gio-spark: error" in line
@@ -187,7 +188,7 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
                           os.path.join(ROOT, "conf", "demo.yaml"), "--set", "select.k=-1"],
                          capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "gio-spark: error: select.k must be an integer >= 1."
+    assert bad.stderr.strip() == "gio-spark: error: select.k must be a positive integer; got -1."
 
 
 @pytest.mark.slow
@@ -207,7 +208,7 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
 
 
 def test_each_stage_runs_alone_through_its_entry_point(spark, tmp_path):
-    from jobs import embed, explode, gio_select, quantize
+    from jobs.cli import main
     pool, comp, target = clustered_vectors(3)
     cfg = vectors_config(tmp_path, pool, target)
     argv = ["--config", os.path.join(ROOT, "conf", "demo.yaml"), "--set", "spark.master=local[2]"]
@@ -217,9 +218,14 @@ def test_each_stage_runs_alone_through_its_entry_point(spark, tmp_path):
                  "--set", f"{side}.id_column=id", "--set", f"{side}.embedding_column=vec"]
     argv += ["--set", "quantize.pool_k=30", "--set", "quantize.target_k=10", "--set", "select.k=3",
              "--set", f"output.path={cfg.output.path}", "--set", "run_id=alone"]
-    assert gio_select.main(argv) == 2                     # nothing to select from yet
-    for stage in (embed, quantize, gio_select, explode):
-        assert stage.main(argv) == 0, stage.__name__
+    assert main(["select"] + argv) == 2                     # nothing to select from yet
+    assert not os.path.exists(cfg.output.path)
+    for stage in ("embed", "quantize", "select", "explode"):
+        assert main([stage] + argv) == 0, stage
     rows = spark.read.format("delta").load(os.path.join(cfg.output.path, "selected_rows"))
     assert rows.where(F.col("run_id") == "alone").count() > 0
     assert set(rows.select("run_id").distinct().toPandas()["run_id"]) == {"alone"}
+    # The stages alone and the whole run compute the same run id and reuse each other's work.
+    again = run_pipeline(spark, load_config(os.path.join(ROOT, "conf", "demo.yaml"),
+                                            [a for a in argv[3:] if a != "--set"]))
+    assert again["run_id"] == "alone" and again["selected_rows"] == rows.count()

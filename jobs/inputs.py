@@ -1,0 +1,498 @@
+"""Reading and checking the inputs: everything that can be wrong with the config's sources and
+output location is found here, before any heavy work, and reported as one :class:`InputError`.
+
+Three steps, from cheap to thorough:
+
+1. :func:`preflight` runs before the JVM starts: local input paths exist, the output location is
+   a folder gio-spark can write to and not inside an input.
+2. :func:`read_side` reads a side's schema: required columns, their types, ``row_id`` and the
+   parsed ``embedding``; read failures (a missing file, a file that is not Parquet...) become
+   one clear line.
+3. :func:`prepare_inputs` scans each side once (:func:`scan_side`) for rows that cannot be used
+   and applies the side's ``bad_rows`` policy the same way everywhere (:func:`clean_side`); it
+   checks dimensions, the model and the target's size, and that the output tables, if they exist,
+   are gio-spark's own. The scan of an unchanged source is reused.
+
+Bad rows (``bad_rows: reject`` refuses them, ``drop`` leaves them out and counts them):
+a null id; an id that occurs more than once (without ``id_column`` rows are identified by their
+content, so these are exact copies); a null, blank or non-UTF-8 text; a null, unparseable,
+empty or non-finite precomputed vector. Duplicates are resolved the same way on every run and
+row order: the copy with the smallest content hash stays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import reuse, tables
+from jobs.config import JobConfig, SourceSection, effective_embedding_column
+from jobs.errors import InputError
+
+ROW_ID = "row_id"
+EMBEDDING = "embedding"
+EXAMPLES = 3
+
+
+# ---------------------------------------------------------------------------
+# Before Spark
+# ---------------------------------------------------------------------------
+
+def _local(path: str) -> str | None:
+    if reuse.is_remote(path):
+        return None
+    return path.removeprefix("file:")
+
+
+def preflight(cfg: JobConfig) -> None:
+    """Checks that need no JVM: input paths, and the output location (exists as a folder or can
+    be created, is writable, is not itself a Delta table, is not inside an input)."""
+    for side in ("pool", "target"):
+        src = getattr(cfg, side)
+        path = _local(src.path) if src.format != "demo" else None
+        if path is not None and not os.path.exists(path):
+            raise InputError(f"{side}.path {src.path!r} does not exist. Check the path (relative "
+                             f"paths are resolved from {os.getcwd()!r}).")
+    out = _local(cfg.output.path)
+    if out is None:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"output.path {cfg.output.path!r} is a file; name a folder for "
+                         "gio-spark's tables.")
+    if os.path.isdir(os.path.join(out, "_delta_log")):
+        raise InputError(f"output.path {cfg.output.path!r} is itself a Delta table; give "
+                         "gio-spark a folder of its own (its tables go inside it).")
+    out_abs = os.path.realpath(out)
+    for side in ("pool", "target"):
+        src = getattr(cfg, side)
+        path = _local(src.path) if src.format != "demo" else None
+        if path is not None and os.path.isdir(path):
+            inside = os.path.realpath(path)
+            if out_abs == inside or out_abs.startswith(inside + os.sep):
+                raise InputError(f"output.path {cfg.output.path!r} is inside {side}.path "
+                                 f"{src.path!r}; writing there would change the input. Choose "
+                                 "an output folder outside the inputs.")
+    probe = out
+    while not os.path.exists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    try:
+        fd, name = tempfile.mkstemp(prefix=".gio-spark-probe-", dir=probe)
+        os.close(fd)
+        os.remove(name)
+    except OSError as err:
+        raise InputError(f"output.path {cfg.output.path!r} is not writable ({probe!r}: "
+                         f"{err.strerror}); choose a folder you can write to.") from None
+
+
+# ---------------------------------------------------------------------------
+# Read failures in the user's words
+# ---------------------------------------------------------------------------
+
+_CAUSE = re.compile(r"Caused by: ([\w.$]+): (.*)")
+_READ_FILE = re.compile(r"\[FAILED_READ_FILE\.(\w+)\][^\n]*?reading file ([^\s]+?)\.\s")
+
+
+def _innermost_cause(text: str) -> str:
+    causes = _CAUSE.findall(text)
+    if not causes:
+        first = next((line for line in text.splitlines() if line.strip()), text)
+        return first.strip()
+    cls, message = causes[-1]
+    return f"{cls.rsplit('.', 1)[-1]}: {message.strip()}"
+
+
+def read_failure(err: BaseException, side: str, src: SourceSection) -> InputError | None:
+    """The :class:`InputError` for a Spark failure caused by the input data, or None."""
+    text = str(err)
+    where = f"{side} ({src.format}) at {src.path!r}"
+    found = _READ_FILE.search(text)
+    if found:
+        kind, file = found.groups()
+        if kind == "FILE_NOT_EXIST" and src.format == "delta":
+            return InputError(f"{where}: the data file {file} that its Delta log references is "
+                              "missing. Restore it (or remove it from the table with FSCK REPAIR "
+                              "TABLE) and run again.")
+        return InputError(f"{where}: cannot read {file}: {_innermost_cause(text)}. Fix or remove "
+                          "that file.")
+    for marker, what in (("PATH_NOT_FOUND", "does not exist"),
+                         ("DELTA_MISSING_DELTA_TABLE", "is not a Delta table"),
+                         ("is not a Delta table", "is not a Delta table"),
+                         ("UNABLE_TO_INFER_SCHEMA", "holds no readable data files"),
+                         ("is not a Parquet file", "holds a file that is not Parquet")):
+        if marker in text:
+            return InputError(f"{where} {what}: {_innermost_cause(text)}.")
+    return None
+
+
+def guarded(action: Callable, side: str, src: SourceSection):
+    """Runs a Spark action on a side, turning failures caused by its data into InputError."""
+    try:
+        return action()
+    except InputError:
+        raise
+    except Exception as err:          # noqa: BLE001 - re-raised unless it is the data's fault
+        mapped = read_failure(err, side, src)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+# ---------------------------------------------------------------------------
+# Reading a side's schema
+# ---------------------------------------------------------------------------
+
+def _read_raw(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
+    if src.format == "demo":
+        from jobs.demo_data import demo_frame
+        try:
+            return demo_frame(spark, src.path)
+        except ValueError as err:
+            raise InputError(f"{side}.format demo: {err} Set path: pool or path: target.") from None
+    options = {str(k): str(v) for k, v in src.options.items()}
+    reader = spark.read.options(**options)
+    if src.format == "delta":
+        return reader.format("delta").load(src.path)
+    if src.format == "parquet":
+        return reader.parquet(src.path)
+    if src.format in ("csv", "tsv"):
+        opts = {"header": "true", "multiLine": "true", "escape": '"'}
+        if src.format == "tsv":
+            opts["sep"] = "\t"
+        opts.update(options)
+        return spark.read.options(**opts).csv(src.path)
+    if src.format == "jsonl":
+        return reader.json(src.path)
+    if src.format == "text":
+        return reader.text(src.path).withColumnRenamed("value", src.text_column or "text")
+    if src.format == "gio_csv":
+        return spark.read.option("delimiter", options.get("delimiter", "\t")).csv(src.path)
+    raise InputError(f"{side}.format={src.format!r} is not supported.")
+
+
+def _embedding_expr(df: DataFrame, side: str, column: str):
+    dtype = df.schema[column].dataType
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.NumericType):
+        return F.col(column).cast("array<float>")
+    if isinstance(dtype, T.StringType):
+        # The GIO source's CSV form: a JSON-like vector string such as "[0.1, 0.2, ...]".
+        return F.from_json(F.col(column), "array<float>")
+    if dtype.typeName() == "vector":
+        from pyspark.ml.functions import vector_to_array
+        return vector_to_array(F.col(column), "float32")
+    raise InputError(f"{side}.embedding_column {column!r} has type {dtype.simpleString()}; "
+                     "expected array<float>, array<double>, an MLlib vector or a vector string "
+                     "such as '[0.1, 0.2]'.")
+
+
+def own_columns(df: DataFrame) -> list[str]:
+    """The source's own columns of a side frame (without the added row_id and embedding)."""
+    return [c for c in df.columns if c not in (ROW_ID, EMBEDDING)]
+
+
+def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
+    """Reads one side's schema and adds ``row_id`` (and ``embedding``); reads no rows.
+
+    A source column named ``row_id`` or ``embedding`` that is not the configured id or vector
+    column is kept as ``source_row_id`` / ``source_embedding``.
+
+    Raises:
+      InputError: an unreadable source, a missing column, a column of the wrong type.
+    """
+    def read():
+        df = _read_raw(spark, side, src)
+        df.schema          # noqa: B018 - forces schema inference, where read failures show up
+        return df
+
+    try:
+        df = guarded(read, side, src)
+    except AnalysisException as err:
+        raise InputError(f"cannot read {side} ({src.format}) at {src.path!r}: "
+                         f"{_innermost_cause(str(err))}") from None
+    emb = effective_embedding_column(src)
+    columns = df.columns
+    wanted = {"text_column": src.text_column if not emb else None,
+              "id_column": src.id_column, "embedding_column": emb}
+    for key, column in wanted.items():
+        if column and column not in columns:
+            raise InputError(f"{side}.{key} {column!r} is not a column of {src.path!r}; "
+                             f"its columns are: {', '.join(columns)}.")
+    if not emb:
+        dtype = df.schema[src.text_column].dataType
+        if not isinstance(dtype, T.StringType):
+            raise InputError(f"{side}.text_column {src.text_column!r} has type "
+                             f"{dtype.simpleString()}; name a column of text to embed.")
+    for reserved in (ROW_ID, EMBEDDING):
+        if reserved in columns and reserved not in (src.id_column, emb):
+            df = df.withColumnRenamed(reserved, f"source_{reserved}")
+    own = df.columns
+    if src.id_column:
+        df = df.withColumn(ROW_ID, F.col(src.id_column).cast("string"))
+    else:
+        df = df.withColumn(ROW_ID, F.sha2(F.to_json(F.struct(*[F.col(c) for c in own])), 256))
+    if emb:
+        df = df.withColumn(EMBEDDING, _embedding_expr(df, side, emb))
+    return df
+
+
+# ---------------------------------------------------------------------------
+# The scan, the policy, and the cleaned frame
+# ---------------------------------------------------------------------------
+
+def _conditions(df: DataFrame, src: SourceSection) -> dict:
+    """Named boolean columns, one per kind of bad row (null-safe: never null)."""
+    emb = effective_embedding_column(src)
+    cond = {"null_id": F.col(ROW_ID).isNull()}
+    if emb:
+        raw, vec = F.col(emb), F.col(EMBEDDING)
+        cond["null_embedding"] = raw.isNull()
+        cond["not_a_vector"] = raw.isNotNull() & vec.isNull()
+        cond["empty_vector"] = vec.isNotNull() & (F.size(vec) == 0)
+        cond["non_finite"] = vec.isNotNull() & F.coalesce(F.exists(
+            vec, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))), F.lit(False))
+    else:
+        text = F.col(src.text_column)
+        cond["blank_text"] = text.isNull() | (F.trim(text) == "")
+        cond["invalid_utf8"] = text.isNotNull() & ~F.is_valid_utf8(text)
+    return cond
+
+
+def _valid(cond: dict):
+    bad = None
+    for c in cond.values():
+        bad = c if bad is None else (bad | c)
+    return ~bad
+
+
+def scan_side(df: DataFrame, side: str, src: SourceSection) -> dict:
+    """One pass over a side: row count, bad rows by kind, duplicates, vector lengths.
+
+    Returns:
+      ``{"rows", "kept", "duplicate_id", <kind>: count..., "dim_min", "dim_max"}`` where
+      ``kept`` is the number of distinct ids among the valid rows (what the side contributes).
+    """
+    cond = _conditions(df, src)
+    valid = _valid(cond)
+    aggs = [F.count(F.lit(1)).alias("rows"),
+            F.count_distinct(F.col(ROW_ID)).alias("distinct_ids"),
+            F.coalesce(F.sum(valid.cast("long")), F.lit(0)).alias("valid_rows"),
+            F.count_distinct(F.when(valid, F.col(ROW_ID))).alias("kept")]
+    aggs += [F.coalesce(F.sum(c.cast("long")), F.lit(0)).alias(name) for name, c in cond.items()]
+    if EMBEDDING in df.columns:
+        size = F.when(valid, F.size(EMBEDDING))
+        aggs += [F.min(size).alias("dim_min"), F.max(size).alias("dim_max")]
+    row = guarded(lambda: df.select(*aggs).first(), side, src)
+    report = {k: (int(v) if v is not None else None) for k, v in row.asDict().items()}
+    report["duplicate_id"] = report["rows"] - report["null_id"] - report.pop("distinct_ids")
+    report["duplicates_among_valid"] = report.pop("valid_rows") - report["kept"]
+    return report
+
+
+_KIND_WORDS = {
+    "null_id": "a null id",
+    "duplicate_id": "an id used by other rows too",
+    "blank_text": "a null or blank text",
+    "invalid_utf8": "text that is not valid UTF-8",
+    "null_embedding": "a null vector",
+    "not_a_vector": "a value that is not a vector",
+    "empty_vector": "an empty vector",
+    "non_finite": "NaN, inf or null vector values",
+}
+
+
+def _snippet(value, width: int = 40) -> str:
+    text = str(value)
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
+def _examples(df: DataFrame, src: SourceSection, kind: str, cond: dict) -> str:
+    """A few offending rows, chosen the same way whatever the row order."""
+    if kind == "duplicate_id":
+        rows = (df.where(F.col(ROW_ID).isNotNull()).groupBy(ROW_ID).count()
+                .where(F.col("count") > 1).orderBy(F.desc("count"), ROW_ID).limit(EXAMPLES)
+                .collect())
+        if src.id_column:
+            return "e.g. " + ", ".join(f"{_snippet(r[ROW_ID])} x{r['count']}" for r in rows)
+        return f"e.g. {rows[0]['count']} copies of one row" if rows else ""
+    bad = df.where(cond[kind])
+    if kind == "null_id":
+        sample = bad.select(F.to_json(F.struct(*[F.col(c) for c in own_columns(df)
+                                                 if c != src.id_column])).alias("v"))
+        rows = sample.orderBy("v").limit(EXAMPLES).collect()
+        return "e.g. " + ", ".join(_snippet(r["v"]) for r in rows)
+    if kind == "not_a_vector":
+        column = effective_embedding_column(src)
+        rows = bad.select(ROW_ID, F.col(column).cast("string").alias("v")).orderBy(ROW_ID) \
+            .limit(EXAMPLES).collect()
+        return "e.g. " + ", ".join(f"{_snippet(r['v'])} in row {_snippet(r[ROW_ID], 20)}"
+                                   for r in rows)
+    rows = bad.select(ROW_ID).orderBy(ROW_ID).limit(EXAMPLES).collect()
+    return "rows " + ", ".join(_snippet(r[ROW_ID], 24) for r in rows)
+
+
+def _hints(src: SourceSection, kinds: list[str]) -> str:
+    hints = []
+    column = effective_embedding_column(src)
+    if "not_a_vector" in kinds:
+        hint = (f"{column!r} must hold arrays of numbers, MLlib vectors or strings such as "
+                "'[0.1, 0.2]'")
+        if src.format in ("csv", "tsv", "gio_csv"):
+            hint += " (in CSV files an unterminated quote shifts the fields of a row)"
+        hints.append(hint)
+    if "invalid_utf8" in kinds:
+        hints.append("re-encode the source as UTF-8")
+    if "duplicate_id" in kinds and not src.id_column:
+        hints.append("without id_column a row is identified by its content, so these rows are "
+                     "exact copies; name an id_column if copies are distinct rows")
+    return "; ".join(hints)
+
+
+def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
+            warn: Callable[[str], None]) -> None:
+    """Applies the side's ``bad_rows`` policy to a scan report.
+
+    Raises:
+      InputError: ``reject`` and bad rows were found (with counts and examples), or nothing
+        usable is left, or the vectors have different lengths.
+    """
+    if report["rows"] == 0:
+        raise InputError(f"{side} at {src.path!r} has no rows; give it at least one.")
+    kinds = [k for k in _KIND_WORDS if report.get(k)]
+    if kinds and src.bad_rows == "reject":
+        cond = _conditions(df, src)
+        parts = [f"{report[k]} with {_KIND_WORDS[k]} "
+                 f"({guarded(lambda k=k: _examples(df, src, k, cond), side, src)})" for k in kinds]
+        hint = _hints(src, kinds)
+        raise InputError(f"{side} has rows it cannot use: {'; '.join(parts)}. "
+                         + (f"Hint: {hint}. " if hint else "")
+                         + f"Fix the source, or set {side}.bad_rows: drop to leave them out.")
+    if kinds:
+        counts = ", ".join(f"{report[k]} with {_KIND_WORDS[k]}" for k in kinds)
+        warn(f"{side}: dropping {report['rows'] - report['kept']} of {report['rows']} rows "
+             f"({counts}); {side}.bad_rows is drop.")
+    if report["kept"] == 0:
+        raise InputError(f"{side} at {src.path!r} has no usable rows ({report['rows']} read, "
+                         "all of them bad); fix the source.")
+    lo, hi = report.get("dim_min"), report.get("dim_max")
+    if lo is not None and lo != hi:
+        raise InputError(f"{side} vectors have different lengths ({lo} to {hi}); every vector "
+                         "must have the same dimension.")
+
+
+def clean_side(df: DataFrame, src: SourceSection, report: dict) -> DataFrame:
+    """The side's usable rows under its policy: bad rows out, one row per id.
+
+    Of rows sharing an id, the one with the smallest SHA-256 of its content stays, so the result
+    does not depend on row order or partitioning.
+    """
+    if report["rows"] == report["kept"]:
+        return df
+    df = df.where(_valid(_conditions(df, src)))
+    if report.get("duplicates_among_valid"):
+        content = F.sha2(F.to_json(F.struct(*[F.col(c) for c in own_columns(df)])), 256)
+        order = Window.partitionBy(ROW_ID).orderBy(content)
+        df = (df.withColumn("__gio_copy", F.row_number().over(order))
+              .where(F.col("__gio_copy") == 1).drop("__gio_copy"))
+    return df
+
+
+# ---------------------------------------------------------------------------
+# Both sides, ready for the stages
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Side:
+    name: str
+    src: SourceSection
+    frame: DataFrame           # usable rows: own columns + row_id (+ embedding)
+    schema: T.StructType       # the source's own columns
+    report: dict
+
+
+@dataclass
+class Inputs:
+    pool: Side
+    target: Side
+    dim: int
+
+    def reports(self) -> dict:
+        return {"pool": self.pool.report, "target": self.target.report}
+
+
+def _side(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log, pending: list) -> Side:
+    src = getattr(cfg, side)
+    df = read_side(spark, side, src)
+    key = plan.validate[side][:reuse.ID_CHARS]
+    last = reuse.latest(spark, cfg.output.path, f"validate_{side}", key)
+    if last is not None and last["status"] == "done" and last["fingerprint"] == plan.validate[side]:
+        report = json.loads(last["detail"])
+        log(f"{side}: {report['rows']} rows, checked on an earlier run")
+    else:
+        report = scan_side(df, side, src)
+        enforce(df, side, src, report, lambda m: log(f"warning: {m}"))
+        pending.append((f"validate_{side}", key, plan.validate[side], report))
+        log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
+    schema = T.StructType([df.schema[c] for c in own_columns(df)])
+    return Side(side, src, clean_side(df, src, report), schema, report)
+
+
+def read_only(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log) -> Side:
+    """One side, checked (or its earlier check reused); writes nothing."""
+    pending: list = []
+    out = _side(spark, cfg, plan, side, log, pending)
+    for stage, key, fp, report in pending:
+        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
+    return out
+
+
+def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log) -> Inputs:
+    """Reads and checks both sides and the output location; writes nothing unless all is well.
+
+    Raises:
+      InputError: any problem with the sources, their rows, the model, the target's size or
+        the output tables.
+    """
+    from jobs.models import model_dimension
+    pending: list = []
+    sides = {side: _side(spark, cfg, plan, side, log, pending) for side in ("pool", "target")}
+    dims = {side: s.report.get("dim_min") for side, s in sides.items()
+            if effective_embedding_column(s.src)}
+    if len(dims) < 2:
+        try:
+            model_dim = model_dimension(cfg.embed.model)
+        except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+            raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                             "Give a sentence-transformers model directory, or 'bundled'.") from None
+        for side in ("pool", "target"):
+            dims.setdefault(side, model_dim)
+    if dims["pool"] != dims["target"]:
+        raise InputError(f"embedding dimension mismatch: pool {dims['pool']}, target "
+                         f"{dims['target']}; use the same model for both sides.")
+    target_rows = sides["target"].report["kept"]
+    k = cfg.select.k
+    if target_rows <= k:
+        raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
+                         f"least {k + 1}. Lower select.k or give a larger target sample.")
+    check_outputs(spark, cfg, sides["pool"].schema)
+    for stage, key, fp, report in pending:
+        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
+    return Inputs(sides["pool"], sides["target"], int(dims["pool"]))
+
+
+def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:
+    """Every gio-spark table that already exists under ``output.path`` is gio-spark's own, of
+    this version and shape; refuses before any heavy work otherwise."""
+    for name in tables.TABLES:
+        schema = (tables.selected_rows_schema(pool_schema)
+                  if name == "selected_rows" and pool_schema is not None else None)
+        if name == "selected_rows" and schema is None:
+            continue
+        tables.check_existing(spark, cfg.output.path, name, schema)
