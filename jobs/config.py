@@ -321,6 +321,11 @@ def validate(cfg: JobConfig) -> None:
     _check(s.k < q.target_k,
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
+    for key in ("pool_k", "target_k"):
+        _check(getattr(q, key) <= s.max_centroids,
+               f"quantize.{key}={getattr(q, key)} makes more centroids than "
+               f"select.max_centroids={s.max_centroids} allows to collect to the driver; lower "
+               f"quantize.{key} or raise select.max_centroids (and the driver's memory).")
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
            "output.path must name a folder for the Delta tables.")
     _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and RUN_ID_PATTERN.match(cfg.run_id)),

@@ -238,7 +238,14 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     else:
         df = df.withColumn(ROW_ID, F.sha2(F.to_json(F.struct(*[F.col(c) for c in own])), 256))
     if emb:
-        df = df.withColumn(EMBEDDING, _embedding_expr(df, side, emb))
+        try:
+            df = df.withColumn(EMBEDDING, _embedding_expr(df, side, emb))
+        except InputError:
+            # A file written from an empty frame types its columns loosely: say what is wrong.
+            if not guarded(lambda: df.take(1), side, src):
+                raise InputError(f"{side} at {src.path!r} has no rows; give it at least "
+                                 "one.") from None
+            raise
     return df
 
 
@@ -340,12 +347,16 @@ def _examples(df: DataFrame, src: SourceSection, kind: str, cond: dict) -> str:
 def _hints(src: SourceSection, kinds: list[str]) -> str:
     hints = []
     column = effective_embedding_column(src)
+    csv = src.format in ("csv", "tsv", "gio_csv")
     if "not_a_vector" in kinds:
         hint = (f"{column!r} must hold arrays of numbers, MLlib vectors or strings such as "
                 "'[0.1, 0.2]'")
-        if src.format in ("csv", "tsv", "gio_csv"):
+        if csv:
             hint += " (in CSV files an unterminated quote shifts the fields of a row)"
         hints.append(hint)
+    elif csv and "null_embedding" in kinds:
+        hints.append(f"in a CSV file an unterminated quote shifts the fields that follow it, "
+                     f"which leaves {column!r} empty")
     if "invalid_utf8" in kinds:
         hints.append("re-encode the source as UTF-8")
     if "duplicate_id" in kinds and not src.id_column:

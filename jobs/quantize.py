@@ -15,7 +15,7 @@ from pyspark.ml.clustering import KMeans
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 
-from jobs import reuse, tables
+from jobs import faults, reuse, tables
 from jobs.config import JobConfig
 from jobs.embed import side_embeddings
 from jobs.inputs import Inputs
@@ -34,6 +34,7 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
                .repartition(qcfg.partitions, "row_id").sortWithinPartitions("row_id"))
     vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
     rows = vectors.count()
+    faults.point(f"cached:{side}")
     if k > rows:
         warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
         k = rows

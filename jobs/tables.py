@@ -180,6 +180,11 @@ def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPT
 # Creating tables and checking existing ones
 # ---------------------------------------------------------------------------
 
+# Tables this process has created or checked: (path, name, schema). A gio-spark table keeps its
+# properties and columns for life (writes conform to them), so one check per process suffices.
+_CHECKED: set = set()
+
+
 def _properties(spark: SparkSession, path: str) -> dict:
     row = DeltaTable.forPath(spark, path).detail().select("properties").first()
     return dict(row["properties"] or {}) if row is not None else {}
@@ -198,6 +203,12 @@ def check_existing(spark: SparkSession, output: str, name: str,
         version, or one with other columns.
     """
     path = table_path(output, name)
+    want = schema if schema is not None else SCHEMAS.get(name)
+    memo = (path, name, None if want is None else want.simpleString())
+    if memo in _CHECKED:
+        if _path_exists(os.path.join(path, "_delta_log")):
+            return True
+        _CHECKED.discard(memo)        # deleted since: check (and create) it anew
     if not _path_exists(path):
         return False
     if not exists(spark, path):
@@ -213,7 +224,6 @@ def check_existing(spark: SparkSession, output: str, name: str,
         raise InputError(f"the table {path!r} was written by another version of gio-spark "
                          f"(schema {props.get(SCHEMA_PROPERTY)!r}, this version writes "
                          f"{SCHEMA_VERSION!r}). Use another output.path.")
-    want = schema if schema is not None else SCHEMAS.get(name)
     if want is not None:
         have = _describe(spark.read.format("delta").load(path).schema)
         if have != _describe(want):
@@ -221,6 +231,7 @@ def check_existing(spark: SparkSession, output: str, name: str,
                 " It holds the selections of a pool with other columns.")
             raise InputError(f"the table {path!r} has the columns {have}, not the expected "
                              f"{_describe(want)}.{extra} Use another output.path.")
+    _CHECKED.add(memo)
     return True
 
 
@@ -235,6 +246,9 @@ def ensure_table(spark: SparkSession, output: str, name: str,
     """Creates the table if it does not exist (race-free), checks it, returns its path."""
     path = table_path(output, name)
     schema = schema if schema is not None else SCHEMAS[name]
+
+    if check_existing(spark, output, name, schema):
+        return path
 
     def create():
         if not exists(spark, path):

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import cluster, tables
+from jobs import cluster, faults, tables
 from jobs.package import build_zip
 from jobs.pipeline import run_pipeline
 from tests.jobs.test_pipeline import ROOT, clustered_vectors, vectors_config
@@ -68,7 +68,7 @@ def standalone(tmp_path):
             if i == 0:
                 wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1), 90, "master")
         wait_for(lambda: alive_workers(webui) == 2, 90, "two workers")
-        yield url, env
+        yield url, env, procs[1:]
     finally:
         for p in procs:
             try:
@@ -82,12 +82,8 @@ def standalone(tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_cluster_output_equals_local(spark, standalone, tmp_path):
-    url, env = standalone
-    pool, _, target = clustered_vectors(2)
-    local_cfg = vectors_config(tmp_path, pool, target)
-    local_summary = run_pipeline(spark, local_cfg)
-
+def submit(url, tmp_path, local_cfg):
+    """The spark-submit command line for ``local_cfg``'s data against the cluster at ``url``."""
     zip_path = build_zip(str(tmp_path / "dist"))
     overrides = ["spark.master=null", f"output.path={tmp_path / 'cluster'}"]
     for side in ("pool", "target"):
@@ -95,25 +91,71 @@ def test_cluster_output_equals_local(spark, standalone, tmp_path):
         overrides += [f"{side}.path={src.path}", f"{side}.format=parquet", f"{side}.id_column=id",
                       f"{side}.embedding_column=vec"]
     overrides += ["quantize.pool_k=30", "quantize.target_k=10", "select.k=3"]
-    cmd = cluster.submit_command(url, "conf/demo.yaml", overrides, py_files=zip_path, conf={
+    return cluster.submit_command(url, "conf/demo.yaml", overrides, py_files=zip_path, conf={
         "spark.pyspark.python": sys.executable, "spark.executor.memory": "1g",
         "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def selection(spark, out, run_id):
+    return [(r["rank"], r["cluster_id"], round(r["kl_after"], 4)) for r in
+            tables.read_table(spark, out, "selection").where(F.col("run_id") == run_id)
+            .orderBy("rank").collect()]
+
+
+def rows(spark, out, run_id):
+    return sorted((r["id"], r["cluster_id"], r["rank"]) for r in
+                  spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+                  .where(F.col("run_id") == run_id).collect())
+
+
+def test_cluster_output_equals_local(spark, standalone, tmp_path):
+    url, env, _ = standalone
+    pool, _, target = clustered_vectors(2)
+    local_cfg = vectors_config(tmp_path, pool, target)
+    local_summary = run_pipeline(spark, local_cfg)
+    run = subprocess.run(submit(url, tmp_path, local_cfg), cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "explode: run" in run.stdout
 
-    def selection(out, run_id):
-        return [(r["rank"], r["cluster_id"], round(r["kl_after"], 4)) for r in
-                tables.read_table(spark, out, "selection").where(F.col("run_id") == run_id)
-                .orderBy("rank").collect()]
-
-    def rows(out, run_id):
-        return sorted((r["id"], r["cluster_id"], r["rank"]) for r in
-                      spark.read.format("delta").load(os.path.join(out, "selected_rows"))
-                      .where(F.col("run_id") == run_id).collect())
-
     cluster_out = str(tmp_path / "cluster")
     run_id = local_summary["run_id"]
-    assert selection(cluster_out, run_id) == selection(local_cfg.output.path, run_id)
-    assert rows(cluster_out, run_id) == rows(local_cfg.output.path, run_id)
-    assert len(rows(cluster_out, run_id)) == local_summary["selected_rows"] > 0
+    assert selection(spark, cluster_out, run_id) == selection(spark, local_cfg.output.path, run_id)
+    assert rows(spark, cluster_out, run_id) == rows(spark, local_cfg.output.path, run_id)
+    assert len(rows(spark, cluster_out, run_id)) == local_summary["selected_rows"] > 0
+
+
+def test_a_worker_killed_during_quantize(spark, standalone, tmp_path):
+    """The driver pauses once the pool's K-means input is cached on both executors; the test
+    kills one worker (its process group: worker, executor and Python workers) with SIGKILL and
+    lets the driver go on. Spark recomputes the lost cached blocks on the remaining executor and
+    the job finishes with the same selection and rows as a local run."""
+    url, env, workers = standalone
+    pool, _, target = clustered_vectors(4)
+    local_cfg = vectors_config(tmp_path, pool, target)
+    local_summary = run_pipeline(spark, local_cfg)
+    env = dict(env, **{faults.ENV: "pause:cached:pool", faults.DIR_ENV: str(tmp_path)})
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(submit(url, tmp_path, local_cfg), cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: (tmp_path / "paused").exists() or driver.poll() is not None, 300,
+                     "the pause inside quantize")
+            assert driver.poll() is None, open(log_path).read()[-3000:]
+            os.killpg(workers[0].pid, signal.SIGKILL)
+            workers[0].wait(timeout=30)
+            time.sleep(3)                      # let the driver see its executor go
+            (tmp_path / "resume").touch()
+            code = driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    output = open(log_path).read()
+    assert code == 0, output[-3000:]
+    assert "explode: run" in output
+    assert "lost" in output.lower() or "removed" in output.lower(), output[-3000:]
+    cluster_out = str(tmp_path / "cluster")
+    run_id = local_summary["run_id"]
+    assert selection(spark, cluster_out, run_id) == selection(spark, local_cfg.output.path, run_id)
+    assert rows(spark, cluster_out, run_id) == rows(spark, local_cfg.output.path, run_id)
