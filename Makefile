@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools demo demo-2d test test-fast bench clean
+.PHONY: setup tools lint demo demo-2d test test-fast bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) \
 	  >/dev/null 2>&1; } || echo "docker-compose not installed: its check will be skipped"
 
-test: $(STAMP) tools
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jobs gio_core tests bench
+	$(VENV)/bin/mypy gio_core --ignore-missing-imports
+
+test: $(STAMP) tools lint
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: $(STAMP)

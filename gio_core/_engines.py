@@ -75,7 +75,7 @@ def _point_log_dist(target, v):
 class KnnState(NamedTuple):
     lists_ld: jax.Array   # [n, k] log-distances to the nearest selected points, ascending
     lists_w: jax.Array    # [n, k] their weights
-    count: int            # m, selected points so far
+    picked: int           # m, selected points so far
     total_w: float        # B, their total weight
     unit: bool = True     # every selected weight is 1 (enables the closed-form rescoring)
     # Exact method: sum_i abar_i F_i(list_i + row) for every pool row (``relative``: minus
@@ -259,19 +259,19 @@ class KnnEngine:
                         unit=self.unit_pool and bool(jnp.all(weights == 1.0)))
 
     def ranks_after_adding(self, state) -> int:
-        return min(self.k, state.count + 1)
+        return min(self.k, state.picked + 1)
 
     def choice_ranks(self, state) -> int:
-        return self.k if state.count >= self.k else 1
+        return self.k if state.picked >= self.k else 1
 
     def comparable(self, state) -> bool:
         """Whether the KL before the next pick is comparable with the KL after it."""
-        return state.count >= self.k
+        return state.picked >= self.k
 
     def kl(self, state) -> float:
-        if state.count == 0:
+        if state.picked == 0:
             return float("inf")
-        ranks = min(self.k, state.count)
+        ranks = min(self.k, state.picked)
         score = jnp.sum(self.abar * list_score(state.lists_ld, state.lists_w, ranks, self.dim))
         return self._kl_from_score(float(score), state.total_w, ranks)
 
@@ -283,7 +283,7 @@ class KnnEngine:
         watched = max(state.gains_ranks, 1) - 1
         new_ld, new_w, changed = _insert_point(self.target, state.lists_ld, state.lists_w,
                                                self.pool[row], weight, watched)
-        new = state._replace(lists_ld=new_ld, lists_w=new_w, count=state.count + 1,
+        new = state._replace(lists_ld=new_ld, lists_w=new_w, picked=state.picked + 1,
                              total_w=state.total_w + float(weight))
         if state.gains is None:
             return new
@@ -304,7 +304,7 @@ class KnnEngine:
 
     def _fast(self, state) -> bool:
         """The closed form applies: unit weights and the ranks scored are all filled."""
-        return state.unit and state.count >= self.choice_ranks(state)
+        return state.unit and state.picked >= self.choice_ranks(state)
 
     def _gain_pass(self, kernel, cached_kernel, target_rows, ranks, lists):
         """Runs a gain kernel over chunks of ``target_rows`` and every pool block."""
@@ -349,6 +349,7 @@ class KnnEngine:
         return state._replace(gains=gains, gains_ranks=ranks, relative=False)
 
     def propose_exact(self, state: KnnState, available):
+        assert state.gains is not None, "with_gains() first"
         scores = state.gains[:self.pool_rows] + jnp.log(state.total_w + self.pool_w)
         row = int(jnp.argmin(jnp.where(available, scores, jnp.inf)))
         ranks = self.ranks_after_adding(state)
@@ -385,7 +386,7 @@ class KnnEngine:
 
 class AveragedState(NamedTuple):
     weighted_sum: float      # U = sum_j b_j col_j
-    count: int               # m
+    picked: int              # m
     total_w: float           # B
     # Only with discard_nearest_for_xy (unit weights): per-target sums and nearest distances.
     row_sums: np.ndarray | None = None   # [n] sum_j log(r_ij + eps)
@@ -513,15 +514,16 @@ class AveragedEngine:
                 + averaged_constant(self.k, count, self.n))
 
     def kl(self, state) -> float:
-        return self._kl(state.weighted_sum, state.total_w, state.count, state.row_sums,
+        return self._kl(state.weighted_sum, state.total_w, state.picked, state.row_sums,
                         state.nearest)
 
     def accept(self, state: AveragedState, row: int) -> AveragedState:
         w = float(self.pool_w[row])
         col, r = _point_stats(self.target, self.abar, jnp.asarray(self.pool_np[row]), self.eps)
-        new = AveragedState(state.weighted_sum + w * float(col), state.count + 1,
+        new = AveragedState(state.weighted_sum + w * float(col), state.picked + 1,
                             state.total_w + w)
         if self.discard:
+            assert state.row_sums is not None and state.nearest is not None
             r = np.asarray(r, np.float64)
             new = new._replace(row_sums=state.row_sums + np.log(r + self.eps),
                                nearest=np.minimum(state.nearest, r))
@@ -537,11 +539,11 @@ class AveragedEngine:
         sums = (state.weighted_sum + self.pool_w * self._columns) / (state.total_w + self.pool_w)
         row = int(np.argmin(np.where(np.asarray(available), sums, np.inf)))
         total = state.total_w + float(self.pool_w[row])
-        return row, self._kl(float(sums[row]) * total, total, state.count + 1)
+        return row, self._kl(float(sums[row]) * total, total, state.picked + 1)
 
     def _per_point(self, state):
         # The new point's share of the mean: 1/(m+1), or 1/m once its own nearest is dropped.
-        return 1.0 / (state.count if self.discard and state.count else state.count + 1)
+        return 1.0 / (state.picked if self.discard and state.picked else state.picked + 1)
 
     def _nearest_arg(self, state):
         return jnp.asarray(state.nearest, jnp.float32) if self.discard else self._no_nearest
@@ -559,8 +561,8 @@ class AveragedEngine:
         w = float(self.pool_w[row])
         if self.discard:
             r = np.asarray(r, np.float64)
-            kl = self._kl(0.0, 0.0, state.count + 1, state.row_sums + np.log(r + self.eps),
+            kl = self._kl(0.0, 0.0, state.picked + 1, state.row_sums + np.log(r + self.eps),
                           np.minimum(state.nearest, r))
         else:
-            kl = self._kl(state.weighted_sum + w * float(col), state.total_w + w, state.count + 1)
+            kl = self._kl(state.weighted_sum + w * float(col), state.total_w + w, state.picked + 1)
         return v, row, kl

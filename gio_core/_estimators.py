@@ -215,10 +215,10 @@ def knn_kl(target, selected, k: int = 5, target_weights=None, selected_weights=N
     n_ranks = min(k, m)
     self_sq, self_nbr = target_self_neighbours(target, k, chunk)
     rho = self_term_table(self_sq, self_nbr, a, dim)[:, n_ranks - 1]
-    nu = []
+    parts = []
     for idx, valid in row_chunks(n, min(chunk, n)):
-        nu.append(_knn_selected_chunk(target, jnp.asarray(idx), selected, b, n_ranks, dim)[valid])
-    nu = jnp.concatenate(nu)
+        parts.append(_knn_selected_chunk(target, jnp.asarray(idx), selected, b, n_ranks, dim)[valid])
+    nu = jnp.concatenate(parts)
     abar = a / jnp.sum(a)
     value = (jnp.sum(abar * (nu - rho)) + jnp.log(jnp.sum(b))
              - jnp.sum(abar * jnp.log(jnp.sum(a) - a)))

@@ -274,6 +274,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
                          "pool row. Use a smaller PoolFraction.")
 
     target_j, pool_j = jnp.asarray(target), jnp.asarray(pool)
+    engine: KnnEngine | AveragedEngine
     if estimator == "knn":
         engine = KnnEngine(target_j, jnp.asarray(target_w), pool_j, jnp.asarray(pool_w), k,
                            block_size=block_size, smoothing=smoothing, cache_bytes=cache_bytes,

@@ -84,7 +84,7 @@ class GIOKL(_NumericGIOKL):
         nearest = d2.argmin(axis=1)
         scale = np.maximum(1.0, (centres ** 2).sum(1)[nearest])
         matched = d2[np.arange(len(chosen)), nearest] <= 1e-6 * scale
-        paired = [int(ids[j]) for j, ok in zip(nearest, matched) if ok]
+        paired = [int(ids[j]) for j, ok in zip(nearest, matched, strict=True) if ok]
         self.unmatched_ = int((~matched).sum())
         pairs = self.spark.createDataFrame(list(enumerate(paired)), "i long, id long")
         return pairs.join(kmeans_transformed_df, F.col("id") == F.col("prediction"))

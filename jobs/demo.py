@@ -72,7 +72,7 @@ def run_demo(out_dir: str, seed: int = 0) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True, sharey=True)
     for ax, (name, result) in zip(axes, (("knn estimator (default)", knn),
-                                         ("averaged estimator (GIO source)", averaged))):
+                                         ("averaged estimator (GIO source)", averaged)), strict=True):
         ax.scatter(*data.pool.T, s=3, c="0.8", label="pool")
         ax.scatter(*data.target.T, s=6, c="tab:blue", alpha=0.5, label="target")
         ax.scatter(*data.pool[result.indices].T, s=14, c="tab:red", label="selected")

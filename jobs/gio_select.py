@@ -156,7 +156,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else ""))
 
     picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
-              for rank, (row, kl) in enumerate(zip(result.indices, result.kl))]
+              for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
     selection = spark.createDataFrame(picked, tables.SELECTION)
     kl_start = float(result.kl_start) if np.isfinite(result.kl_start) else None
     reports = reports if reports is not None else _input_reports(spark, cfg, plan)

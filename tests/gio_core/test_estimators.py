@@ -79,7 +79,7 @@ def test_insert_sorted_matches_sorting(rng):
     new = rng.normal(size=6).astype(np.float32)
     out_ld, out_w = jax.jit(insert_sorted)(lists, weights, new, jnp.float32(9.0))
     for i in range(6):
-        merged = sorted(list(zip(lists[i], weights[i])) + [(new[i], 9.0)])[:4]
+        merged = sorted(list(zip(lists[i], weights[i], strict=True)) + [(new[i], 9.0)])[:4]
         np.testing.assert_allclose(out_ld[i], [v for v, _ in merged])
         np.testing.assert_allclose(out_w[i], [w for _, w in merged])
 

@@ -200,7 +200,7 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
                           "--set", f"output.path={tmp_path / 'demo'}"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
-    line = next(l for l in run.stdout.splitlines() if l.startswith("demo: "))
+    line = next(s for s in run.stdout.splitlines() if s.startswith("demo: "))
     share = float(line.split("; ")[1].split("%")[0])
     base = float(line.split("against ")[1].split("%")[0])
     assert share > 3 * base, line
