@@ -5,13 +5,14 @@ Public API:
   check_select_options                                 -- the one validator of select's options
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   GIOKL                                                -- drop-in for the GIO source's class
+  DiffImbalance (gio_core.dii)                         -- learnt feature weights (DADApy's API)
 """
 from gio_core._estimators import averaged_kl, intrinsic_dimension, knn_kl
 from gio_core._selection import (
     PoolFraction, SelectionResult, UniformStart, check_select_options, select)
 
-__all__ = ["select", "check_select_options", "SelectionResult", "UniformStart", "PoolFraction", "knn_kl", "averaged_kl",
-           "intrinsic_dimension", "GIOKL"]
+__all__ = ["select", "check_select_options", "SelectionResult", "UniformStart", "PoolFraction",
+           "knn_kl", "averaged_kl", "intrinsic_dimension", "GIOKL", "DiffImbalance"]
 
 
 def __getattr__(name):
@@ -19,4 +20,7 @@ def __getattr__(name):
     if name == "GIOKL":
         from gio_core.compat import GIOKL
         return GIOKL
+    if name == "DiffImbalance":
+        from gio_core.dii import DiffImbalance
+        return DiffImbalance
     raise AttributeError(f"module 'gio_core' has no attribute {name!r}")
