@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -67,11 +68,13 @@ def library_versions() -> dict:
 
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str) -> None:
     """Writes the KL curve as a PNG (to a temporary name first, then renamed into place)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: no global figure state, so concurrent runs in one driver are safe.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     xs = np.arange(0, len(kl) + 1) if np.isfinite(kl_start) else np.arange(1, len(kl) + 1)
     ys = np.concatenate([[kl_start], kl]) if np.isfinite(kl_start) else kl
     ax.plot(xs, ys, marker="." if len(kl) < 60 else None)
@@ -79,9 +82,8 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     ax.set_ylabel("KL(target || selected)")
     ax.set_title(f"{run_id}: stopped by {reason}")
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.part.png"
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, path)
 
 

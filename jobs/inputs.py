@@ -218,6 +218,9 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
                          f"{_innermost_cause(str(err))}") from None
     emb = effective_embedding_column(src)
     columns = df.columns
+    if not columns:
+        raise InputError(f"{side} at {src.path!r} has no columns (a file written from an empty "
+                         "table?); give it rows with the configured columns.")
     wanted = {"text_column": src.text_column if not emb else None,
               "id_column": src.id_column, "embedding_column": emb}
     for key, column in wanted.items():

@@ -31,9 +31,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
 from jobs import faults, tables
 from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, JobConfig,
                          SourceSection, effective_embedding_column)
+from jobs.errors import InputError
 
 _REMOTE = ("s3://", "s3a://", "s3n://", "gs://", "hdfs://", "abfs://", "abfss://", "dbfs:/",
            "wasb://", "wasbs://")
@@ -56,9 +60,6 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
     if src.format == "demo":
         ident["python"] = sys.version
     elif src.format == "delta":
-        from delta.tables import DeltaTable
-
-        from jobs.errors import InputError
         if not DeltaTable.isDeltaTable(spark, src.path):
             raise InputError(f"{side}.path {src.path!r} is not a Delta table (no _delta_log); "
                              f"check the path, or set {side}.format to the files' format.")
@@ -142,7 +143,6 @@ def make_plan(spark, cfg: JobConfig) -> Plan:
 
 def latest(spark, output: str, stage: str, key: str):
     """The latest record of ``stage`` for ``key`` (a Row), or None."""
-    from pyspark.sql import functions as F
     path = tables.table_path(output, "stages")
     if not tables._path_exists(path) or not tables.exists(spark, path):
         return None

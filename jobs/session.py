@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Mapping
 
+from jobs.errors import InputError
+
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -83,7 +85,6 @@ def check_delta(spark) -> None:
     """Raises InputError when the running JVM has no Delta Lake classes."""
     from py4j.java_gateway import JavaClass
 
-    from jobs.errors import InputError
     if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
         raise InputError("this Spark session has no Delta Lake jars. With spark-submit, add "
                           "--properties-file conf/spark-defaults.conf (or --packages "

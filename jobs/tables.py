@@ -33,13 +33,17 @@ import random
 import time
 from typing import Callable, TypeVar
 
+from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException,
+                              ConcurrentDeleteReadException, ConcurrentTransactionException,
+                              ConcurrentWriteException, MetadataChangedException,
+                              ProtocolChangedException)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import faults
-from jobs.errors import InputError
+from jobs.errors import ConcurrentRunError, InputError
 
 SCHEMA_VERSION = "2"
 TABLE_PROPERTY = "gio-spark.table"
@@ -142,10 +146,6 @@ _CONFLICT_MARKERS = ("io.delta.exceptions.Concurrent", "DELTA_CONCURRENT",
 
 def is_conflict(err: BaseException) -> bool:
     """Whether ``err`` is Delta's optimistic-concurrency failure (retrying may succeed)."""
-    from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException,
-                                  ConcurrentDeleteReadException, ConcurrentTransactionException,
-                                  ConcurrentWriteException, MetadataChangedException,
-                                  ProtocolChangedException)
     if isinstance(err, (ConcurrentAppendException, ConcurrentDeleteReadException,
                         ConcurrentDeleteDeleteException, ConcurrentTransactionException,
                         ConcurrentWriteException, MetadataChangedException,
@@ -161,7 +161,6 @@ R = TypeVar("R")
 def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPTS) -> R:
     """Runs ``action``; on a Delta concurrency conflict waits (jittered, growing) and retries, at
     most ``attempts`` times in all, then raises :class:`ConcurrentRunError`."""
-    from jobs.errors import ConcurrentRunError
     for attempt in range(1, attempts + 1):
         try:
             return action()

@@ -1,0 +1,370 @@
+"""Bad input, as a new user meets it: every row of the README's bad-input table is a case here.
+
+Each case runs the real command (``gio-spark run``, or the stage named) in this process and
+checks: exit code 2, exactly one line on stderr that starts with ``gio-spark: error:`` and says
+what the README's row says, and nothing written under ``output.path`` (no folder created, or the
+existing one unchanged to the byte and the timestamp).
+"""
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import types as T
+
+from jobs.cli import main
+from tests.jobs.test_pipeline import ROOT
+
+DEMO = os.path.join(ROOT, "conf", "demo.yaml")
+SMALL_SCHEMA = T.StructType([T.StructField("stage", T.StringType()),
+                             T.StructField("key", T.StringType())])
+README = os.path.join(ROOT, "README.md")
+
+
+@dataclass
+class Case:
+    kind: str                   # the README row's first cell
+    says: str                   # a fragment of the message (the README row's second cell has it)
+    make: Callable              # make(tmp, base_sets) -> (argv after the command, output path)
+    command: str = "run"
+
+
+def vectors(tmp, name, rows=60, dim=8, seed=0, **columns):
+    rng = np.random.default_rng(seed)
+    data = {"id": np.arange(rows), "vec": list(rng.normal(0, 1, (rows, dim)).astype(np.float32))}
+    data.update(columns)
+    path = str(tmp / f"{name}.parquet")
+    pd.DataFrame(data).to_parquet(path)
+    return path
+
+
+def base(tmp, pool=None, target=None, out=None, text=False, *extra):
+    """Overrides for a small valid run; ``pool``/``target`` replace a side's path."""
+    sets = []
+    for side, path in (("pool", pool), ("target", target)):
+        if path is None:
+            path = (texts(tmp, side) if text else vectors(tmp, side, seed=side == "target"))
+        sets += [f"{side}.path={path}", f"{side}.format=parquet", f"{side}.id_column=id"]
+        sets += [f"{side}.text_column=text"] if text else [f"{side}.embedding_column=vec"]
+    out = out or str(tmp / "out")
+    sets += ["quantize.pool_k=5", "quantize.target_k=5", "select.k=2", f"output.path={out}",
+             "spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=2"]
+    return sets + list(extra), out
+
+
+def texts(tmp, name, values=None):
+    values = values or [f"sentence number {i} about {name}" for i in range(20)]
+    path = str(tmp / f"{name}_text.parquet")
+    pd.DataFrame({"id": range(len(values)), "text": values}).to_parquet(path)
+    return path
+
+
+def argv(sets, config=DEMO):
+    out = ["--config", config]
+    for item in sets:
+        out += ["--set", item]
+    return out
+
+
+def with_sets(*extra, **kw):
+    """A case maker: the base run plus ``extra`` overrides."""
+    def make(tmp):
+        sets, out = base(tmp, **kw)
+        return argv(sets + list(extra)), out
+    return make
+
+
+def config_file(content: bytes):
+    def make(tmp):
+        path = tmp / "job.yaml"
+        path.write_bytes(content)
+        sets, out = base(tmp)
+        return ["--config", str(path)] + argv(sets)[2:], out
+    return make
+
+
+def config_dir(tmp):
+    sets, out = base(tmp)
+    return ["--config", str(tmp)] + argv(sets)[2:], out
+
+
+def no_equals(tmp):
+    sets, out = base(tmp)
+    return argv(sets) + ["--set", "select.k"], out
+
+
+def output_is_file(tmp):
+    path = tmp / "out.txt"
+    path.write_text("not a folder\n")
+    return argv(base(tmp, out=str(path))[0]), str(path)
+
+
+def output_is_delta(tmp, spark):
+    out = str(tmp / "user_table")
+    spark.range(3).write.format("delta").save(out)
+    return argv(base(tmp, out=out)[0]), out
+
+
+def output_inside_input(tmp, spark):
+    folder = tmp / "pool_dir"
+    folder.mkdir()
+    vectors(folder, "part")
+    sets, _ = base(tmp, pool=str(folder), out=str(folder / "gio"))
+    return argv(sets), str(folder / "gio")
+
+
+def not_delta(tmp):
+    sets, out = base(tmp)
+    return argv(sets + ["pool.format=delta"]), out
+
+
+def delta_missing_file(tmp, spark):
+    path = str(tmp / "pool_delta")
+    spark.read.parquet(vectors(tmp, "p")).repartition(2).write.format("delta").save(path)
+    os.remove(next(os.path.join(path, f) for f in sorted(os.listdir(path))
+                   if f.endswith(".parquet")))
+    sets, out = base(tmp, pool=path)
+    return argv(sets + ["pool.format=delta"]), out
+
+
+def not_parquet(tmp):
+    path = tmp / "pool.csv"
+    path.write_text("id,vec\n1,2\n")
+    sets, out = base(tmp, pool=str(path))
+    return argv(sets), out
+
+
+def empty_parquet(tmp):
+    path = str(tmp / "nothing.parquet")
+    pd.DataFrame().to_parquet(path)
+    return argv(base(tmp, target=path)[0]), str(tmp / "out")
+
+
+def no_rows(tmp):
+    path = str(tmp / "empty.parquet")
+    pd.DataFrame({"id": pd.Series([], dtype="int64"),
+                  "vec": pd.Series([], dtype="object")}).to_parquet(path)
+    return argv(base(tmp, target=path)[0]), str(tmp / "out")
+
+
+def string_vectors(tmp):
+    path = str(tmp / "strings.parquet")
+    pd.DataFrame({"id": range(30), "vec": [f"row {i}" for i in range(30)]}).to_parquet(path)
+    return argv(base(tmp, pool=path)[0]), str(tmp / "out")
+
+
+def unterminated_quote(tmp):
+    path = tmp / "pool.tsv"
+    rows = [f'{i}\tline {i}\t[{i}.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]' for i in range(20)]
+    rows[4] = '4\t"an unterminated quote\t[4.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]'
+    path.write_text("\n".join(rows) + "\n")
+    sets, out = base(tmp, pool=str(path))
+    return argv(sets + ["pool.format=gio_csv", "pool.embedding_column=null",
+                        "pool.id_column=_c0"]), out
+
+
+def nan_vectors(tmp):
+    rng = np.random.default_rng(1)
+    vecs = list(rng.normal(0, 1, (40, 8)).astype(np.float32))
+    vecs[7][3] = np.nan
+    path = str(tmp / "nan.parquet")
+    pd.DataFrame({"id": range(40), "vec": vecs}).to_parquet(path)
+    return argv(base(tmp, pool=path)[0]), str(tmp / "out")
+
+
+def ragged(tmp):
+    vecs = [np.ones(8, np.float32)] * 20 + [np.ones(5, np.float32)] * 3
+    path = str(tmp / "ragged.parquet")
+    pd.DataFrame({"id": range(23), "vec": vecs}).to_parquet(path)
+    return argv(base(tmp, pool=path)[0]), str(tmp / "out")
+
+
+def dims(tmp):
+    return argv(base(tmp, target=vectors(tmp, "t5", dim=5))[0]), str(tmp / "out")
+
+
+def bad_ids(tmp):
+    rng = np.random.default_rng(2)
+    ids = [None, None, 3, 3, 3] + list(range(10, 45))
+    path = str(tmp / "ids.parquet")
+    pd.DataFrame({"id": pd.array(ids, dtype="Int64"),
+                  "vec": list(rng.normal(0, 1, (40, 8)).astype(np.float32))}).to_parquet(path)
+    return argv(base(tmp, pool=path)[0]), str(tmp / "out")
+
+
+def blank_text(tmp):
+    values = [f"text {i}" for i in range(20)]
+    values[3], values[9] = "   ", None
+    sets, out = base(tmp, pool=texts(tmp, "blank", values), text=True)
+    return argv(sets), out
+
+
+def latin1_text(tmp):
+    path = tmp / "pool.txt"
+    path.write_bytes(b"".join(f"line {i}\n".encode() for i in range(20)) + b"caf\xe9 au lait\n")
+    sets, out = base(tmp, text=True)
+    return argv(sets + [f"pool.path={path}", "pool.format=text", "pool.id_column=null"]), out
+
+
+def small_target(tmp):
+    return argv(base(tmp, target=vectors(tmp, "t2", rows=2))[0]), str(tmp / "out")
+
+
+def foreign_table(name):
+    def make(tmp, spark):
+        sets, out = base(tmp)
+        spark.range(3).write.format("delta").save(os.path.join(out, name))
+        return argv(sets), out
+    return make
+
+
+def plain_folder(tmp):
+    sets, out = base(tmp)
+    os.makedirs(os.path.join(out, "centroids"))
+    open(os.path.join(out, "centroids", "notes.txt"), "w").write("mine\n")
+    return argv(sets), out
+
+
+def old_version_stages(tmp, spark):
+    from delta.tables import DeltaTable
+
+    from jobs import tables
+    sets, out = base(tmp)
+    (DeltaTable.create(spark).location(os.path.join(out, "stages"))
+     .addColumns(SMALL_SCHEMA).property(tables.TABLE_PROPERTY, "stages")
+     .property(tables.SCHEMA_PROPERTY, "1").execute())
+    return argv(sets), out
+
+
+def other_columns_stages(tmp, spark):
+    from delta.tables import DeltaTable
+
+    from jobs import tables
+    sets, out = base(tmp)
+    (DeltaTable.create(spark).location(os.path.join(out, "stages"))
+     .addColumns(SMALL_SCHEMA).property(tables.TABLE_PROPERTY, "stages")
+     .property(tables.SCHEMA_PROPERTY, tables.SCHEMA_VERSION).execute())
+    return argv(sets), out
+
+
+CASES = [
+    Case("config file missing", "does not exist", lambda t: (
+        ["--config", str(t / "nope.yaml")], str(t / "out"))),
+    Case("config path is a folder", "is a directory; give the path of a YAML file", config_dir),
+    Case("config file not UTF-8", "is not UTF-8 text",
+         config_file("output:\n  path: caf\xe9\n".encode("latin-1"))),
+    Case("config file not YAML", "is not valid YAML", config_file(b"select: {k: [\n")),
+    Case("config top level not a mapping", "must hold a mapping of sections",
+         config_file(b"- pool\n- target\n")),
+    Case("unknown key", "unknown key(s) 'select.kk'", with_sets("select.kk=3")),
+    Case("--set without a value", "expected key=value", no_equals),
+    Case("a path given as a number", "pool.path must be a path or URL written as text",
+         with_sets("pool.path=123")),
+    Case("spark.conf not a mapping", "spark.conf must be a mapping", with_sets("spark.conf=3")),
+    Case("a seed too large", "quantize.seed must be an integer between",
+         with_sets("quantize.seed=99999999999999999999")),
+    Case("an option out of range", "select.k must be a positive integer", with_sets("select.k=-1")),
+    Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
+         with_sets("select.k=5")),
+    Case("more clusters than select.max_centroids", "select.max_centroids=4",
+         with_sets("select.max_centroids=4")),
+    Case("unknown source format", "pool.format='xlsx' is not one of", with_sets("pool.format=xlsx")),
+    Case("run_id with a slash", "run_id must be null or 1-128 letters", with_sets("run_id=a/b")),
+    Case("input path missing", "does not exist. Check the path",
+         with_sets("pool.path=/no/such/pool.parquet")),
+    Case("output path is a file", "is a file; name a folder", output_is_file),
+    Case("output path not writable", "is not writable", with_sets("output.path=/proc/gio-out")),
+    Case("output path is itself a Delta table", "is itself a Delta table", output_is_delta),
+    Case("output path inside an input", "is inside pool.path", output_inside_input),
+    Case("column missing", "pool.embedding_column 'embedding' is not a column",
+         with_sets("pool.embedding_column=embedding")),
+    Case("text column not text", "pool.text_column 'id' has type bigint",
+         with_sets("pool.embedding_column=null", "pool.text_column=id")),
+    Case("vector column of another type", "pool.embedding_column 'id' has type bigint",
+         with_sets("pool.embedding_column=id")),
+    Case("not a Delta table", "is not a Delta table", not_delta),
+    Case("Delta input missing a data file", "that its Delta log references is missing",
+         delta_missing_file),
+    Case("file of another format", "is not a Parquet file", not_parquet),
+    Case("Parquet file without columns", "has no columns (a file written from an empty table?)",
+         empty_parquet),
+    Case("no rows", "has no rows; give it at least one", no_rows),
+    Case("vector strings that are not vectors", "30 with a value that is not a vector",
+         string_vectors),
+    Case("CSV with an unterminated quote", "an unterminated quote shifts the fields",
+         unterminated_quote),
+    Case("NaN in a vector", "1 with NaN, inf or null vector values (rows '7')", nan_vectors),
+    Case("vectors of different lengths", "vectors have different lengths (5 to 8)", ragged),
+    Case("pool and target of other dimensions", "embedding dimension mismatch: pool 8, target 5",
+         dims),
+    Case("null and duplicate ids", "2 with a null id", bad_ids),
+    Case("blank texts", "2 with a null or blank text", blank_text),
+    Case("text that is not UTF-8", "1 with text that is not valid UTF-8", latin1_text),
+    Case("target no larger than select.k", "the target has 2 usable rows; select.k=2 needs",
+         small_target),
+    Case("model that cannot be loaded", "embed.model '/no/such/model' cannot be loaded",
+         with_sets("embed.model=/no/such/model", text=True)),
+    Case("a user's Delta table under a gio-spark name", "was not created by gio-spark",
+         foreign_table("centroids")),
+    Case("a plain folder under a gio-spark name", "which is not a Delta table written by gio-spark",
+         plain_folder),
+    Case("a table of an older gio-spark", "was written by another version of gio-spark",
+         old_version_stages),
+    Case("a gio-spark table with other columns", "has the columns", other_columns_stages),
+    Case("a stage run before its inputs exist", "run quantize (or the whole pipeline) first",
+         with_sets(), command="select"),
+]
+
+
+def snapshot(path):
+    if not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return {".": (st.st_size, st.st_mtime_ns)}
+    out = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            out[os.path.relpath(os.path.join(root, name), path)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.kind for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(spark, tmp_path, capsys, case):
+    needs_spark = "spark" in case.make.__code__.co_varnames[:case.make.__code__.co_argcount]
+    args, out = case.make(tmp_path, spark) if needs_spark else case.make(tmp_path)
+    before = snapshot(out)
+    capsys.readouterr()
+    code = main([case.command] + args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("gio-spark: error: "), lines
+    if os.environ.get("GIO_SPARK_DUMP_MESSAGES"):          # to write the README's table
+        with open(os.environ["GIO_SPARK_DUMP_MESSAGES"], "a") as f:
+            f.write(f"| {case.kind} | {lines[0].removeprefix('gio-spark: error: ')} |\n")
+    assert case.says in lines[0], lines[0]
+    assert snapshot(out) == before
+    if before is None:
+        assert not os.path.exists(out)
+    if os.path.isdir(tmp_path / "out") and out != str(tmp_path / "out"):
+        shutil.rmtree(tmp_path / "out")
+
+
+def readme_rows():
+    text = open(README, encoding="utf-8").read()
+    table = text.split("<!-- bad-input-table -->")[1]
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", table, re.M)
+    return [(kind, says) for kind, says in rows if kind not in ("what is wrong", "---")]
+
+
+def test_readme_table_is_the_cases():
+    rows = readme_rows()
+    assert [kind for kind, _ in rows] == [c.kind for c in CASES]
+    for (kind, says), case in zip(rows, CASES, strict=True):
+        assert case.says.replace("|", "\\|") in says.replace("`", ""), (kind, says, case.says)
