@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d test test-fast bench clean
+.PHONY: setup tools lint demo demo-2d test test-fast bench bench-dii clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,11 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/compat_vs_source.py
 	$(VENV)/bin/python bench/scale.py
 
+# DADApy 0.3.4 pins jax 0.4.30 and flax 0.8.5: it gets an environment of its own.
+bench-dii: $(STAMP)
+	test -x .venv-dadapy/bin/python || { $(PYTHON) -m venv .venv-dadapy && \
+	  .venv-dadapy/bin/python -m pip install --quiet dadapy==0.3.4; }
+	$(VENV)/bin/python bench/dii_vs_dadapy.py --dadapy-python .venv-dadapy/bin/python
+
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) .venv-dadapy out build *.egg-info

@@ -19,7 +19,7 @@ function per configuration is shared by every instance and candidate (no re-trac
 
 Memory. Training needs the ``[N_rows, N_cols]`` rank matrix of B (int32: 4 bytes per entry, 256 MB
 at N = 8,000) and, per step, the distance work of a block of rows at a time: at most
-``block_elements`` (default 2**24) entries of the ``[rows, cols, D_A]`` difference tensor, recomputed
+``BLOCK_ELEMENTS`` (2**27) entries of the ``[rows, cols, D_A]`` difference tensor, recomputed
 in the backward pass instead of stored. The limit in N is the rank matrix: above about 20,000
 points use ``num_points_rows`` (rows subsampled) or mini-batches.
 
@@ -46,7 +46,7 @@ import optax
 from tqdm.auto import tqdm
 
 K_MAX = 100                 # lambda comes from the 100 nearest neighbours at most (as in DADApy)
-BLOCK_ELEMENTS = 2 ** 24    # difference-tensor entries per block of rows (64 MiB in float32)
+BLOCK_ELEMENTS = 2 ** 27    # difference-tensor entries per block of rows (512 MiB in float32)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAYS = (None, "cos", "exp")
 
@@ -77,9 +77,13 @@ def scaled_dist2(params, rows, columns, periods=None, groups=None):
     return jnp.sum(diffs * diffs, axis=-1)
 
 
-def rank_matrix(rows, columns, periods=None):
+def rank_matrix(rows, columns, periods=None, block_rows=None):
     """Ranks of ``columns`` by distance from each row, ``[r, c]`` int32: 0 for the nearest (the
-    point itself, when rows are columns too), then 1, 2, ..."""
+    point itself, when rows are columns too), then 1, 2, ... With ``block_rows`` the rows are
+    ranked a block at a time (bounded memory; not for use under jit)."""
+    if block_rows is not None and block_rows < rows.shape[0]:
+        return jnp.concatenate([rank_matrix(rows[i:i + block_rows], columns, periods)
+                                for i in range(0, rows.shape[0], block_rows)])
     d2 = jnp.sum(_wrapped(rows[:, None, :] - columns[None, :, :], periods) ** 2, axis=-1)
     return jnp.argsort(jnp.argsort(d2, axis=1), axis=1).astype(jnp.int32)
 
@@ -171,7 +175,11 @@ def _cosine(start, final, step, total):
 
 
 def _block_rows(rows, columns, features):
-    return max(1, min(rows, BLOCK_ELEMENTS // max(1, columns * features)))
+    """Rows per block: at most ``BLOCK_ELEMENTS`` difference entries, the rows split evenly (so
+    that the last block is not mostly padding)."""
+    most = max(1, BLOCK_ELEMENTS // max(1, columns * features))
+    blocks = -(-rows // most)
+    return -(-rows // blocks)
 
 
 # ---------------------------------------------------------------------------
@@ -262,13 +270,33 @@ def _dii_jit(params, rows, columns, ranks, k, periods, lambda_factor, point_adap
                           exclude_self=exclude_self, block_rows=block_rows, k_max=k_max)
 
 
-@partial(jax.jit, static_argnames=("lambda_factor", "point_adaptive", "groups"))
-def _final_with_error(params, rows, columns, ranks, k, periods, lambda_factor, point_adaptive,
-                      groups):
+@partial(jax.jit, static_argnames=("lambda_factor", "groups"))
+def _row_values(params, rows, columns, ranks, lambdas, periods, lambda_factor, groups):
+    """Each row's ``2 / (c + 1) * sum_j c_ij ranks_ij``, given lambda per row (None: from the
+    row's own k-th neighbour, computed by the caller)."""
     d2 = scaled_dist2(params, rows, columns, periods, groups)
-    lambdas = neighbour_lambdas(d2, k, lambda_factor, point_adaptive)
     weights = jax.nn.softmax(-d2 / lambdas[:, None], axis=1)
-    values = 2.0 / (columns.shape[0] + 1) * jnp.sum(ranks * weights, axis=1)
+    return 2.0 / (columns.shape[0] + 1) * jnp.sum(ranks * weights, axis=1)
+
+
+@partial(jax.jit, static_argnames=("lambda_factor", "groups"))
+def _row_lambdas(params, rows, columns, k, periods, lambda_factor, groups):
+    return neighbour_lambdas(scaled_dist2(params, rows, columns, periods, groups), k,
+                             lambda_factor, True)
+
+
+def _final_with_error(params, rows, columns, ranks, k, periods, lambda_factor, point_adaptive,
+                      groups, block_rows):
+    """The final DII over disjoint rows and columns and its standard error, a block of rows at
+    a time."""
+    starts = range(0, rows.shape[0], block_rows)
+    lambdas = jnp.concatenate([_row_lambdas(params, rows[i:i + block_rows], columns, k, periods,
+                                            lambda_factor, groups) for i in starts])
+    if not point_adaptive:
+        lambdas = jnp.full_like(lambdas, jnp.mean(lambdas))
+    values = jnp.concatenate([
+        _row_values(params, rows[i:i + block_rows], columns, ranks[i:i + block_rows],
+                    lambdas[i:i + block_rows], periods, lambda_factor, groups) for i in starts])
     return jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(values.shape[0])
 
 
@@ -462,7 +490,8 @@ class DiffImbalance:
         if self.distances_B is None:
             self.ranks_B = rank_matrix(jnp.asarray(self.data_B[rows]),
                                        jnp.asarray(self.data_B[columns]),
-                                       None if self.periods_B is None else jnp.asarray(self.periods_B))
+                                       None if self.periods_B is None else jnp.asarray(self.periods_B),
+                                       _block_rows(self.nrows, self.ncolumns, self.nfeatures_B))
         else:
             sub_d = jnp.asarray(self.distances_B[rows][:, columns])
             self.ranks_B = jnp.argsort(jnp.argsort(sub_d, axis=1), axis=1).astype(jnp.int32)
@@ -531,7 +560,7 @@ class DiffImbalance:
         if self.distances_B is None:
             periods = None if self.periods_B is None else jnp.asarray(self.periods_B)
             return rank_matrix(jnp.asarray(self.data_B[rows]), jnp.asarray(self.data_B[columns]),
-                               periods)
+                               periods, _block_rows(len(rows), len(columns), self.nfeatures_B))
         d = jnp.asarray(self.distances_B[rows][:, columns])
         return jnp.argsort(jnp.argsort(d, axis=1), axis=1).astype(jnp.int32)
 
@@ -572,7 +601,8 @@ class DiffImbalance:
             k = int(math.ceil(self.k_final * self.batches_per_epoch / (discard_close_ind + 1)))
             imb, err = _final_with_error(params, jnp.asarray(self.data_A[rows]),
                                          jnp.asarray(self.data_A[columns]), ranks, k, periods,
-                                         **opts)
+                                         block_rows=_block_rows(len(rows), len(columns),
+                                                                self.nfeatures_A), **opts)
             self.imb_final, self.error_final = float(imb), float(err)
         else:
             if ratio_rows_columns is not None:

@@ -42,7 +42,7 @@ def test_tutorial_full_batch_sgd(tutorial):
                                          jnp.asarray(tutorial[1], jnp.float32)), 1)), rel=1e-5)
 
 
-def test_tutorial_mini_batches_adam_cos(tutorial):
+def test_tutorial_mini_batches_adam_cos(tutorial, monkeypatch):
     dii = DiffImbalance(*tutorial, seed=0, num_epochs=500, batches_per_epoch=5, k_init=5,
                         k_final=5, optimizer_name="adam", learning_rate=1e-2,
                         learning_rate_decay="cos")
@@ -53,6 +53,10 @@ def test_tutorial_mini_batches_adam_cos(tutorial):
     assert imb < 0.02                       # the tutorial shows 0.011225 (we get 0.011226)
     imb_e, err = dii.return_final_dii(compute_error=True, ratio_rows_columns=1, seed=0)
     assert 0 < err < imb_e < 0.05
+    # The same value computed a few rows at a time.
+    monkeypatch.setattr(dii_mod, "BLOCK_ELEMENTS", 250 * 5 * 7)
+    assert dii.return_final_dii(compute_error=True, ratio_rows_columns=1, seed=0) == \
+        pytest.approx((imb_e, err), rel=1e-5)
 
 
 def test_blocked_rows_equal_the_whole_matrix():
@@ -64,6 +68,7 @@ def test_blocked_rows_equal_the_whole_matrix():
     b = jnp.asarray(rng.normal(size=(90, 3)), jnp.float32)
     rows = a[:37]
     ranks = rank_matrix(b[:37], b)
+    np.testing.assert_array_equal(rank_matrix(b[:37], b, block_rows=5), ranks)
     params = jnp.asarray([0.3, 1.0, 0.2, 0.7])
     periods = jnp.asarray([0.0, 2.5, 0.0, 0.0])
     for point_adaptive in (True, False):
