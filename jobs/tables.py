@@ -210,7 +210,7 @@ def check_existing(spark: SparkSession, output: str, name: str,
         _CHECKED.discard(memo)        # deleted since: check (and create) it anew
     if not _path_exists(path):
         return False
-    if not exists(spark, path):
+    if not exists(spark, path) and not _created_meanwhile(spark, path):
         raise InputError(f"output.path {output!r} already holds {name!r}, which is not a Delta "
                          "table written by gio-spark; gio-spark never writes into data it did not "
                          "create. Use another output.path.")
@@ -232,6 +232,30 @@ def check_existing(spark: SparkSession, output: str, name: str,
                              f"{_describe(want)}.{extra} Use another output.path.")
     _CHECKED.add(memo)
     return True
+
+
+CREATION_WAIT_S = 30.0
+
+
+def _created_meanwhile(spark: SparkSession, path: str) -> bool:
+    """Whether a folder that is not (yet) a Delta table is one that a concurrent run is creating:
+    it holds nothing but a ``_delta_log`` (or hidden files) and becomes a Delta table within
+    ``CREATION_WAIT_S``. A folder with any other file is someone else's data."""
+    local = path.removeprefix("file:")
+    if "://" in local or not os.path.isdir(local):
+        return False
+    deadline = time.monotonic() + CREATION_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            names = os.listdir(local)
+        except FileNotFoundError:
+            return False
+        if any(n != "_delta_log" and not n.startswith(".") for n in names):
+            return False
+        if exists(spark, path):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _path_exists(path: str) -> bool:

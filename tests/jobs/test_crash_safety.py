@@ -9,6 +9,7 @@ import glob
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -197,30 +198,47 @@ def test_a_dead_run_with_the_same_run_id_is_not_reused(spark, data_dir, clean, t
 
 
 def test_three_runs_at_once_on_a_new_output_path(spark, data_dir, clean, tmp_path):
-    """Two identical runs (child processes) and one with another pool_k (in this process) start
-    together on an output path that does not exist yet: all create the tables at once and commit
-    into the same tables. Each ends with exit 0, or 75 (retry) and then succeeds; afterwards
-    every run's rows are there once and equal a clean run's."""
+    """Three runs start together on an output path that does not exist yet: A in a child
+    process, A again and B (another pool_k) in two threads of this driver. All create the tables
+    at once and commit into the same tables. Each ends with success, or exit 75 / a
+    ConcurrentRunError and then succeeds when run again; afterwards every run's rows are there
+    once and equal a clean run's."""
     ref_a, run_a = clean()
     ref_b, run_b = clean("quantize.pool_k=20")
     out = tmp_path / "shared_out"
     a, b = vector_sets(data_dir, out), vector_sets(data_dir, out, "quantize.pool_k=20")
-    procs = [start_child(a, log_path=tmp_path / f"c{i}.log") for i in range(2)]
-    # Start B once both children have planned their runs, so that all three check and create
+    child = start_child(a, log_path=tmp_path / "child.log")
+    # The threads start once the child has planned its run, so that all three check and create
     # the tables at about the same time.
     deadline = time.monotonic() + 300
-    while not all("[gio-spark] run " in open(tmp_path / f"c{i}.log").read() for i in range(2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+    while "[gio-spark] run " not in open(tmp_path / "child.log").read():
+        assert time.monotonic() < deadline and child.poll() is None, \
+            open(tmp_path / "child.log").read()[-3000:]
         time.sleep(0.2)
-    try:
-        run_here(spark, b)
-    except ConcurrentRunError:
-        run_here(spark, b)
-    codes = [p.wait(timeout=900) for p in procs]
-    for i, code in enumerate(codes):
-        assert code in (0, 75), open(tmp_path / f"c{i}.log").read()[-3000:]
-        if code == 75:
-            run_here(spark, a)
+    outcomes = {}
+
+    def run(name, sets):
+        try:
+            run_here(spark, sets)
+            outcomes[name] = "ok"
+        except ConcurrentRunError:
+            outcomes[name] = "retry"
+        except BaseException as err:            # noqa: BLE001 - reported by the assertion
+            outcomes[name] = repr(err)
+    threads = [threading.Thread(target=run, args=(name, sets)) for name, sets in
+               (("a", a), ("b", b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=900)
+    code = child.wait(timeout=900)
+    assert code in (0, 75), open(tmp_path / "child.log").read()[-3000:]
+    assert set(outcomes.values()) <= {"ok", "retry"}, outcomes
+    for name, sets in (("a", a), ("b", b)):
+        if outcomes[name] == "retry":
+            run_here(spark, sets)
+    if code == 75:
+        run_here(spark, a)
     assert run_a != run_b
     assert_same_as_clean(spark, out, ref_a, run_a)
     assert_same_as_clean(spark, out, ref_b, run_b)
