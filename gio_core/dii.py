@@ -655,6 +655,17 @@ class DiffImbalance:
                                          discard_close_ind=discard_close_ind)
         return float(imb), (None if err is None else float(err))
 
+    def _train_and_score(self, subset, train_seed, compute_error, ratio_rows_columns, seed,
+                         discard_close_ind):
+        """Trains on ``subset`` alone; returns ``(final DII, error, weights)``, or
+        ``(inf, None, None)`` when the training fails (every weight removed)."""
+        try:
+            copy = self._trained_copy(subset, train_seed)
+        except ValueError:
+            return math.inf, None, None
+        imb, err = self._score(copy, compute_error, ratio_rows_columns, seed, discard_close_ind)
+        return imb, err, copy.params_final
+
     def _greedy(self, start_sets, grow, stop_size, n_best, compute_error, ratio_rows_columns,
                 seed, discard_close_ind, sets, diis, errors, weights):
         current = start_sets
@@ -665,18 +676,12 @@ class DiffImbalance:
                     if cand in candidates:
                         continue
                     candidates.append(cand)
-                    try:
-                        copy = self._trained_copy(cand, seed + len(candidates))
-                    except ValueError:
-                        scores.append(math.inf)
-                        errs.append(None)
-                        trained.append(None)
-                        continue
-                    imb, err = self._score(copy, compute_error, ratio_rows_columns, seed,
-                                           discard_close_ind)
+                    imb, err, w = self._train_and_score(cand, seed + len(candidates),
+                                                        compute_error, ratio_rows_columns, seed,
+                                                        discard_close_ind)
                     scores.append(imb)
                     errs.append(err)
-                    trained.append(copy.params_final)
+                    trained.append(w)
             finite = [i for i, v in enumerate(scores) if math.isfinite(v)]
             if not finite:
                 break
@@ -714,14 +719,8 @@ class DiffImbalance:
         n_best = _int("n_best", n_best, 1)
         singles, errs = [], []
         for f in range(n):
-            try:
-                copy = self._trained_copy([f], seed)
-            except ValueError:
-                singles.append(math.inf)
-                errs.append(None)
-                continue
-            imb, err = self._score(copy, compute_error, ratio_rows_columns, seed,
-                                   discard_close_ind)
+            imb, err, _ = self._train_and_score([f], seed, compute_error, ratio_rows_columns,
+                                                seed, discard_close_ind)
             singles.append(imb)
             errs.append(err)
         finite = [f for f in range(n) if math.isfinite(singles[f])]
