@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy gio_core --ignore-missing-imports
 
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -77,24 +77,43 @@ def scaled_dist2(params, rows, columns, periods=None, groups=None):
     return jnp.sum(diffs * diffs, axis=-1)
 
 
-def rank_matrix(rows, columns, periods=None, block_rows=None):
-    """Ranks of ``columns`` by distance from each row, ``[r, c]`` int32: 0 for the nearest (the
-    point itself, when rows are columns too), then 1, 2, ... With ``block_rows`` the rows are
-    ranked a block at a time (bounded memory; not for use under jit)."""
+TIES = ("first", "average")
+
+
+def rank_rows(values, ties="first"):
+    """Each row's ranks of its values, 0 for the smallest. ``ties="first"`` (DADApy): equal
+    values ranked by column order, int32; ``"average"``: equal values share the mean of their
+    ranks (float32), so the ranks do not depend on the order of the points."""
+    if ties == "first":
+        return jnp.argsort(jnp.argsort(values, axis=1), axis=1).astype(jnp.int32)
+    ordered = jnp.sort(values, axis=1)
+    less = jax.vmap(partial(jnp.searchsorted, side="left"))(ordered, values)
+    upto = jax.vmap(partial(jnp.searchsorted, side="right"))(ordered, values)
+    return ((less + upto - 1) / 2.0).astype(jnp.float32)
+
+
+def rank_matrix(rows, columns, periods=None, block_rows=None, ties="first"):
+    """Ranks of ``columns`` by distance from each row, ``[r, c]``: 0 for the nearest (the point
+    itself, when rows are columns too), then 1, 2, ... (``ties``: see :func:`rank_rows`). With
+    ``block_rows`` the rows are ranked a block at a time (bounded memory; not under jit)."""
     if block_rows is not None and block_rows < rows.shape[0]:
-        return jnp.concatenate([rank_matrix(rows[i:i + block_rows], columns, periods)
+        return jnp.concatenate([rank_matrix(rows[i:i + block_rows], columns, periods, None, ties)
                                 for i in range(0, rows.shape[0], block_rows)])
     d2 = jnp.sum(_wrapped(rows[:, None, :] - columns[None, :, :], periods) ** 2, axis=-1)
-    return jnp.argsort(jnp.argsort(d2, axis=1), axis=1).astype(jnp.int32)
+    return rank_rows(d2, ties)
 
 
 def neighbour_lambdas(dist2, k, lambda_factor=0.1, point_adaptive=True, k_max=None):
     """lambda per row: ``lambda_factor`` times the squared distance to the row's ``k``-th nearest
-    column (point-adaptive), or the mean of those over the rows for every row (adaptive). ``k``
-    counts from 1 and is clamped to the ``min(100, columns)`` nearest; ``k_max`` (static), the
-    largest ``k`` that will be asked, saves sorting more neighbours than that."""
+    column at a distance above 0 (point-adaptive), or the mean of those over the rows for every
+    row (adaptive). ``k`` counts from 1 and is clamped to the ``min(100, columns)`` nearest;
+    ``k_max`` (static), the largest ``k`` that will be asked, saves sorting more neighbours than
+    that."""
     k_max = min(K_MAX, dist2.shape[1], k_max or K_MAX)
-    smallest = -jax.lax.top_k(-dist2, k_max)[0]
+    # Exact copies (distance 0) are not neighbours here: a point with k copies would get
+    # lambda = 0 and NaN weights. Without copies this changes nothing.
+    positive = jnp.where(dist2 > 0, dist2, jax.lax.stop_gradient(jnp.max(dist2)))
+    smallest = -jax.lax.top_k(-positive, k_max)[0]
     kth = jnp.take(smallest, jnp.clip(jnp.asarray(k) - 1, 0, k_max - 1), axis=1)
     lambdas = kth * lambda_factor
     return lambdas if point_adaptive else jnp.full_like(lambdas, jnp.mean(lambdas))
@@ -201,6 +220,7 @@ class _Static(NamedTuple):
     decay: str | None
     groups: tuple | None
     block_rows: int | None
+    ties: str = "first"
 
 
 def _schedule(s: _Static):
@@ -255,7 +275,7 @@ def _epoch(s: _Static, norm_init, periods, state: TrainState, a_rows, a_columns,
     batches = jax.random.permutation(sub, s.nrows).reshape(s.batches, -1)
 
     def one(st, idx):
-        ranks = jnp.argsort(jnp.argsort(ranks_b[idx][:, idx], axis=1), axis=1)
+        ranks = rank_rows(ranks_b[idx][:, idx], s.ties)
         return _train_step(s, norm_init, periods, st, a_rows[idx], a_columns[idx], ranks)
     state, imbs = jax.lax.scan(one, state._replace(key=key), batches)
     return state, imbs[-1]
@@ -379,6 +399,9 @@ class DiffImbalance:
         steps).
       num_points_rows: sample this many rows (of N) for the rank and distance matrices, which
         makes each step ``N / num_points_rows`` times cheaper on large sets.
+      rank_ties: how equal distances in B are ranked: ``first`` (DADApy: by point order) or
+        ``average`` (a gio-spark addition: tied points share their mean rank, so the result does
+        not depend on the order of the points; use it for labels and other discrete B).
 
     Attributes set by :meth:`train`: ``params_training`` ``[num_epochs + 1, P]``, ``imbs_training``
     ``[num_epochs + 1]``, ``params_final`` ``[P]``; by :meth:`return_final_dii`: ``imb_final``,
@@ -389,7 +412,8 @@ class DiffImbalance:
                  num_epochs=200, batches_per_epoch=1, seed=0, l1_strength=0.0,
                  point_adapt_lambda=True, k_init=1, k_final=1, lambda_factor=0.1,
                  params_init=None, params_groups=None, optimizer_name="sgd",
-                 learning_rate=1e-2, learning_rate_decay=None, num_points_rows=None):
+                 learning_rate=1e-2, learning_rate_decay=None, num_points_rows=None,
+                 rank_ties="first"):
         self.data_A = _points("data_A", data_A)
         n, self.nfeatures_A = self.data_A.shape
         if distances_B is None:
@@ -459,6 +483,9 @@ class DiffImbalance:
             if not np.isfinite(init).all() or not np.any(init != 0):
                 raise ValueError("params_init must be finite and not all zero.")
             self.params_init = init
+        if rank_ties not in TIES:
+            raise ValueError(f"rank_ties must be 'first' or 'average'; got {rank_ties!r}.")
+        self.rank_ties = rank_ties
         self.num_points_rows = num_points_rows
         if num_points_rows is not None:
             _int("num_points_rows", num_points_rows, 2)
@@ -491,10 +518,11 @@ class DiffImbalance:
             self.ranks_B = rank_matrix(jnp.asarray(self.data_B[rows]),
                                        jnp.asarray(self.data_B[columns]),
                                        None if self.periods_B is None else jnp.asarray(self.periods_B),
-                                       _block_rows(self.nrows, self.ncolumns, self.nfeatures_B))
+                                       _block_rows(self.nrows, self.ncolumns, self.nfeatures_B),
+                                       self.rank_ties)
         else:
             sub_d = jnp.asarray(self.distances_B[rows][:, columns])
-            self.ranks_B = jnp.argsort(jnp.argsort(sub_d, axis=1), axis=1).astype(jnp.int32)
+            self.ranks_B = rank_rows(sub_d, self.rank_ties)
         self.params_final = None
         self.params_training = None
         self.imbs_training = None
@@ -513,7 +541,8 @@ class DiffImbalance:
                        self.num_epochs * self.batches_per_epoch, self.k_init, self.k_final,
                        self.lambda_factor, self.point_adapt_lambda, self.l1_strength,
                        self.optimizer_name, self.learning_rate, self.learning_rate_decay,
-                       self.params_groups, None if block >= per_batch else block)
+                       self.params_groups, None if block >= per_batch else block,
+                       self.rank_ties)
 
     def _periods_a(self):
         return None if self.periods_A is None else jnp.asarray(self.periods_A)
@@ -530,7 +559,7 @@ class DiffImbalance:
         state = TrainState(params, opt_state, jnp.zeros((), jnp.int32), self._key)
         periods = self._periods_a()
         first = np.arange(self.nrows // self.batches_per_epoch)
-        start_ranks = jnp.argsort(jnp.argsort(self.ranks_B[first][:, first], axis=1), axis=1)
+        start_ranks = rank_rows(self.ranks_B[first][:, first], self.rank_ties)
         imb_start = _dii_jit(jnp.asarray(self.params_init), self.data_A_rows[first],
                              self.data_A_columns[first], start_ranks, self.k_init, periods,
                              s.lambda_factor, s.point_adaptive, s.groups, True,
@@ -546,8 +575,12 @@ class DiffImbalance:
             params_hist[epoch] = np.abs(np.asarray(state.params))
             imbs[epoch] = float(imb)
             if not np.isfinite(params_hist[epoch]).all():
-                raise ValueError(f"every weight became zero at epoch {epoch} (the L1 penalty "
-                                 f"removed them all); lower l1_strength ({self.l1_strength}).")
+                if self.l1_strength > 0:
+                    raise ValueError(f"every weight became zero at epoch {epoch} (the L1 penalty "
+                                     f"removed them all); lower l1_strength "
+                                     f"({self.l1_strength}).")
+                raise ValueError(f"the weights became NaN or inf at epoch {epoch}; lower "
+                                 f"learning_rate ({self.learning_rate}).")
         self.state = state
         self._key = state.key
         self.params_training, self.imbs_training = params_hist, imbs
@@ -560,9 +593,9 @@ class DiffImbalance:
         if self.distances_B is None:
             periods = None if self.periods_B is None else jnp.asarray(self.periods_B)
             return rank_matrix(jnp.asarray(self.data_B[rows]), jnp.asarray(self.data_B[columns]),
-                               periods, _block_rows(len(rows), len(columns), self.nfeatures_B))
-        d = jnp.asarray(self.distances_B[rows][:, columns])
-        return jnp.argsort(jnp.argsort(d, axis=1), axis=1).astype(jnp.int32)
+                               periods, _block_rows(len(rows), len(columns), self.nfeatures_B),
+                               self.rank_ties)
+        return rank_rows(jnp.asarray(self.distances_B[rows][:, columns]), self.rank_ties)
 
     def return_final_dii(self, compute_error=True, ratio_rows_columns=1, seed=0,
                          discard_close_ind=0):
@@ -640,7 +673,7 @@ class DiffImbalance:
             k_final=self.k_final, lambda_factor=self.lambda_factor,
             params_init=np.where(mask, self.params_init, 0.0), optimizer_name=self.optimizer_name,
             learning_rate=self.learning_rate, learning_rate_decay=self.learning_rate_decay,
-            num_points_rows=self.num_points_rows)
+            num_points_rows=self.num_points_rows, rank_ties=self.rank_ties)
         copy.train(progress=False)
         return copy
 

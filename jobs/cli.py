@@ -16,8 +16,8 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for the PNGs (default out/demo)")
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("package", add_help=False, help="build what spark-submit ships to a cluster")
-    for name, (description, _) in COMMANDS.items():
-        sub.add_parser(name, add_help=False, help=description)
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=command.help)
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "demo":
@@ -28,8 +28,9 @@ def main(argv=None) -> int:
         return 0
     if args.command == "package":
         return package.main(rest)
-    description, body = COMMANDS[args.command]
-    return run_main(f"gio-spark {args.command}", description, body, rest)
+    command = COMMANDS[args.command]
+    return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
+                    sides=command.sides)
 
 
 if __name__ == "__main__":

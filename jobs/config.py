@@ -1,9 +1,10 @@
 """Job configuration: YAML in, typed and validated objects out, before Spark starts.
 
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
-``select`` and ``output`` (plus an optional top-level ``run_id``). ``--set a.b=value`` overrides
-one key (the value is parsed as YAML: ``--set select.k=7``, ``--set quantize.pool_k=null``;
-``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
+``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally ``weigh``
+(learn feature weights with the DII) and ``weights`` (cluster and select in a weighted space).
+``--set a.b=value`` overrides one key (the value is parsed as YAML: ``--set select.k=7``,
+``--set quantize.pool_k=null``; ``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
 Unknown keys are rejected with the list of valid ones; every value is checked here, so a bad
 config fails in a second with exit code 2 instead of after an hour of embedding. The ``select``
 options are checked by :func:`gio_core.check_select_options`, the validator ``gio_core.select``
@@ -116,6 +117,74 @@ RUNTIME_EMBED_OPTIONS = ("batch_size", "device")
 
 
 @dataclass
+class WeighSource(SourceSection):
+    """The weigh stage's source: as a pool's, but no text column unless one is named."""
+    path: str | None = None
+    text_column: str | None = None
+
+
+@dataclass
+class WeighSection:
+    """The weigh stage: feature weights of a space A learnt by the DII against a space B.
+
+    ``source`` is read like ``pool`` (any format; ``bad_rows``, ``id_column``). Space A is
+    ``a_columns`` (numeric columns), or else the source's ``embedding_column``, or else its
+    ``text_column`` embedded with the ``embed`` section's model. Space B is ``b_columns``: numeric
+    columns, one array column, or one label column (one-hot: every other label equally far);
+    ``b_type`` says which, ``auto`` guesses from the column types (text, boolean and integer
+    columns alone are labels). ``num_points`` rows are sampled by a seeded hash of their id,
+    so the same rows are taken whatever the source's order. The options from ``periods_A`` to
+    ``discard_close_ind`` are those of ``gio_core.dii.DiffImbalance`` (DADApy's names and
+    defaults, but ``rank_ties: average``: points at equal distance in B, as labels make them,
+    share their mean rank, so the weights do not depend on the sample's order; ``first`` is
+    DADApy's way); ``greedy`` adds DADApy's forward or backward feature search. Unset
+    (``source.path`` null) the stage is off.
+    """
+    source: WeighSource = field(default_factory=lambda: WeighSource())
+    a_columns: list | None = None
+    b_columns: list | None = None
+    b_type: str = "auto"              # auto, features or labels
+    num_points: int = 2000
+    seed: int = 0                     # the sample's and the DII's seed
+    periods_A: Any = None             # one period per feature of A (0: not periodic), or null
+    periods_B: Any = None
+    num_epochs: int = 200
+    batches_per_epoch: int = 1
+    l1_strength: float = 0.0
+    point_adapt_lambda: bool = True
+    k_init: int = 1
+    k_final: int = 1
+    lambda_factor: float = 0.1
+    params_init: list | None = None
+    optimizer_name: str = "sgd"       # sgd, adam or adamw
+    learning_rate: float = 1e-2
+    learning_rate_decay: str | None = None     # null, cos or exp
+    num_points_rows: int | None = None
+    rank_ties: str = "average"        # equal distances in B (labels): average or first (DADApy)
+    compute_error: bool = True        # the final DII's error (return_final_dii)
+    ratio_rows_columns: float | None = 1
+    discard_close_ind: int = 0
+    greedy: str | None = None         # null, forward or backward
+    n_features: int | None = None     # forward: at most this many; backward: down to this many
+    n_best: int = 10
+    run_id: str | None = None         # the weights' id; default weights-<fingerprint>
+
+    @property
+    def enabled(self) -> bool:
+        return self.source.path is not None
+
+
+@dataclass
+class WeightsSection:
+    """Which learnt weights quantize and select use: the weights run ``run_id`` from the
+    ``feature_weights`` table under ``path`` (default ``output.path``). Null ``run_id`` with a
+    ``weigh`` section: that section's weights; with ``path`` alone: the one run stored there.
+    Feature a of every embedding is scaled by ``|w_a| / max |w|`` before K-means."""
+    run_id: str | None = None
+    path: str | None = None
+
+
+@dataclass
 class OutputSection:
     path: str = "out/gio-spark"
 
@@ -129,6 +198,8 @@ class JobConfig:
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     select: SelectSection = field(default_factory=SelectSection)
     output: OutputSection = field(default_factory=OutputSection)
+    weigh: WeighSection = field(default_factory=WeighSection)
+    weights: WeightsSection = field(default_factory=WeightsSection)
     run_id: str | None = None
 
     def to_dict(self) -> dict:
@@ -214,7 +285,8 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                sides: bool = True) -> JobConfig:
     """Reads a YAML config, applies ``key=value`` overrides and validates the result.
 
     Raises:
@@ -234,7 +306,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             value = raw            # not YAML: take the text as it is
         _set_dotted(data, key.strip(), value)
     cfg = _build(JobConfig, data, "")
-    validate(cfg)
+    validate(cfg, sides)
     return cfg
 
 
@@ -262,8 +334,147 @@ def effective_embedding_column(src: SourceSection) -> str | None:
     return "_c2" if src.format == "gio_csv" else None
 
 
-def validate(cfg: JobConfig) -> None:
-    """Checks every value; raises :class:`InputError` naming the key and what to do."""
+WEIGH_B_TYPES = ("auto", "features", "labels")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DECAYS = (None, "cos", "exp")
+GREEDY = (None, "forward", "backward")
+
+
+def _column_list(value, key: str) -> None:
+    _check(value is None or (isinstance(value, list) and value
+                             and all(isinstance(c, str) and c for c in value)),
+           f"{key} must be a list of column names (for example [x, y]) or null; got {value!r}.")
+
+
+def _periods(value, key: str, columns: list | None) -> None:
+    if value is None:
+        return
+    _check(isinstance(value, list) and all(_is_num(p) and p >= 0 for p in value),
+           f"{key} must be a list with one period per feature (0: not periodic) or null; got "
+           f"{value!r}.")
+    if columns is not None and len(columns) != 1:
+        _check(len(value) == len(columns), f"{key} has {len(value)} periods for the "
+               f"{len(columns)} columns of {key.replace('periods_', '').lower()}_columns; give "
+               "one per column (0 for a column that is not periodic).")
+
+
+def validate_weigh(cfg: JobConfig) -> None:
+    """The ``weigh`` and ``weights`` sections (checked whether or not the stage runs)."""
+    w = cfg.weigh
+    src = w.source
+    if w.enabled:
+        _check(src.format in SOURCE_FORMATS and src.format != "gio_csv",
+               f"weigh.source.format={src.format!r} is not one of "
+               f"{', '.join(f for f in SOURCE_FORMATS if f != 'gio_csv')}.")
+        _check(isinstance(src.path, str) and src.path != "",
+               "weigh.source.path must be a path or URL written as text.")
+        for key in ("text_column", "id_column", "embedding_column"):
+            value = getattr(src, key)
+            _check(value is None or (isinstance(value, str) and value != ""),
+                   f"weigh.source.{key} must be a column name or null; got {value!r}.")
+        _check(src.bad_rows in BAD_ROW_POLICIES,
+               f"weigh.source.bad_rows must be reject or drop; got {src.bad_rows!r}.")
+        _check(isinstance(src.options, dict)
+               and all(_is_scalar(v) for v in src.options.values()),
+               "weigh.source.options must be a mapping of single values.")
+    _column_list(w.a_columns, "weigh.a_columns")
+    _column_list(w.b_columns, "weigh.b_columns")
+    if w.enabled:
+        _check(w.a_columns is not None or src.embedding_column or src.text_column,
+               "weigh needs space A: set weigh.a_columns (numeric columns), or "
+               "weigh.source.embedding_column (vectors), or weigh.source.text_column (texts "
+               "embedded with embed.model).")
+        _check(w.b_columns is not None, "weigh.b_columns is missing: name the column(s) of "
+               "space B (numeric columns, one vector column, or one label column).")
+        overlap = set(w.a_columns or []) & set(w.b_columns or [])
+        _check(not overlap, f"weigh.a_columns and weigh.b_columns share {sorted(overlap)}; "
+               "space B must be other columns than space A.")
+    _check(w.b_type in WEIGH_B_TYPES, f"weigh.b_type must be one of {', '.join(WEIGH_B_TYPES)}; "
+           f"got {w.b_type!r}.")
+    _check(w.b_type != "labels" or w.b_columns is None or len(w.b_columns) == 1,
+           "weigh.b_type: labels takes exactly one column in weigh.b_columns.")
+    for key in ("num_epochs", "batches_per_epoch", "k_init", "k_final", "n_best"):
+        _check(_is_int(getattr(w, key)) and getattr(w, key) >= 1,
+               f"weigh.{key} must be an integer >= 1.")
+    _check(_is_int(w.num_points) and w.num_points >= 3, "weigh.num_points must be an integer >= 3.")
+    _check(_is_int(w.seed) and 0 <= w.seed < 2 ** 32,
+           "weigh.seed must be an integer between 0 and 2**32 - 1.")
+    _check(w.k_final <= w.k_init, f"weigh.k_init ({w.k_init}) must be >= weigh.k_final "
+           f"({w.k_final}).")
+    _check(w.k_init < w.num_points // w.batches_per_epoch if _is_int(w.num_points) else True,
+           f"weigh.k_init={w.k_init} needs more than {w.k_init} points per mini-batch, but "
+           f"weigh.num_points={w.num_points} in {w.batches_per_epoch} batches gives "
+           f"{w.num_points // w.batches_per_epoch}; lower k_init or batches_per_epoch, or raise "
+           "num_points.")
+    for key in ("lambda_factor", "learning_rate"):
+        _check(_is_num(getattr(w, key)) and getattr(w, key) > 0, f"weigh.{key} must be a number "
+               "> 0.")
+    _check(_is_num(w.l1_strength) and w.l1_strength >= 0, "weigh.l1_strength must be a number "
+           ">= 0.")
+    for key in ("point_adapt_lambda", "compute_error"):
+        _check(isinstance(getattr(w, key), bool), f"weigh.{key} must be true or false.")
+    _check(w.optimizer_name in OPTIMIZERS, f"weigh.optimizer_name must be one of "
+           f"{', '.join(OPTIMIZERS)}; got {w.optimizer_name!r}.")
+    _check(w.learning_rate_decay in DECAYS, "weigh.learning_rate_decay must be null, cos or exp; "
+           f"got {w.learning_rate_decay!r}.")
+    _check(w.rank_ties in ("average", "first"), "weigh.rank_ties must be average or first; got "
+           f"{w.rank_ties!r}.")
+    _check(w.num_points_rows is None or (_is_int(w.num_points_rows) and w.num_points_rows >= 2),
+           "weigh.num_points_rows must be null or an integer >= 2.")
+    _check(w.ratio_rows_columns is None or (_is_num(w.ratio_rows_columns)
+                                            and w.ratio_rows_columns > 0),
+           "weigh.ratio_rows_columns must be null or a number > 0.")
+    _check(not w.compute_error or w.ratio_rows_columns is not None,
+           "weigh.compute_error: true needs weigh.ratio_rows_columns (rows / columns).")
+    _check(_is_int(w.discard_close_ind) and w.discard_close_ind >= 0,
+           "weigh.discard_close_ind must be an integer >= 0.")
+    _periods(w.periods_A, "weigh.periods_A", w.a_columns)
+    _periods(w.periods_B, "weigh.periods_B", w.b_columns)
+    _check(w.periods_B is None or w.b_type != "labels",
+           "weigh.periods_B has no meaning for labels (b_type: labels); remove it.")
+    _check(w.params_init is None or (isinstance(w.params_init, list) and w.params_init
+                                     and all(_is_num(v) for v in w.params_init)
+                                     and any(v != 0 for v in w.params_init)),
+           "weigh.params_init must be null or a list of numbers, one per feature of A, not all 0.")
+    if w.params_init is not None and w.a_columns is not None and len(w.a_columns) > 1:
+        _check(len(w.params_init) == len(w.a_columns), f"weigh.params_init has "
+               f"{len(w.params_init)} weights for the {len(w.a_columns)} weigh.a_columns.")
+    _check(w.greedy in GREEDY, f"weigh.greedy must be null, forward or backward; got "
+           f"{w.greedy!r}.")
+    _check(w.n_features is None or (_is_int(w.n_features) and w.n_features >= 1),
+           "weigh.n_features must be null or an integer >= 1.")
+    _check(w.run_id is None or (isinstance(w.run_id, str) and RUN_ID_PATTERN.match(w.run_id)),
+           "weigh.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
+           f"letter or digit); got {w.run_id!r}.")
+    ws = cfg.weights
+    _check(ws.run_id is None or (isinstance(ws.run_id, str) and RUN_ID_PATTERN.match(ws.run_id)),
+           f"weights.run_id must be null or a weights run id such as weights-1a2b3c; got "
+           f"{ws.run_id!r}.")
+    _check(ws.path is None or (isinstance(ws.path, str) and ws.path != ""),
+           "weights.path must be null or the output folder that holds the feature_weights table.")
+    if uses_own_weights(cfg):
+        _check(w.periods_A is None or not any(w.periods_A),
+               "weigh.periods_A makes A periodic, but K-means has no periodic distance, so "
+               "these weights cannot shape the pool's space; learn them without periods_A, or "
+               "set weights.run_id to other weights.")
+
+
+def uses_own_weights(cfg: JobConfig) -> bool:
+    """Whether quantize uses the weights this config's ``weigh`` section learns."""
+    if not cfg.weigh.enabled or cfg.weights.path is not None:
+        return False
+    return cfg.weights.run_id is None or cfg.weights.run_id == cfg.weigh.run_id
+
+
+def uses_weights(cfg: JobConfig) -> bool:
+    """Whether quantize and select work in a weighted space."""
+    return (uses_own_weights(cfg) or cfg.weights.run_id is not None
+            or cfg.weights.path is not None)
+
+
+def validate(cfg: JobConfig, sides: bool = True) -> None:
+    """Checks every value; raises :class:`InputError` naming the key and what to do.
+    ``sides=False`` (the weigh command) leaves out pool and target, which it does not read."""
     sp = cfg.spark
     _check(sp.master is None or (isinstance(sp.master, str) and sp.master.strip() != ""),
            "spark.master must be a master URL such as local[*] or spark://host:7077, or null.")
@@ -273,7 +484,10 @@ def validate(cfg: JobConfig) -> None:
     for key, value in sp.conf.items():
         _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
                f"{type(value).__name__}.")
-    for side in ("pool", "target"):
+    validate_weigh(cfg)
+    _check(sides or cfg.weigh.enabled, "the config has no weigh stage: set weigh.source.path "
+           "(and weigh.b_columns) to the table whose feature weights to learn.")
+    for side in ("pool", "target") if sides else ():
         src: SourceSection = getattr(cfg, side)
         _check(src.format in SOURCE_FORMATS,
                f"{side}.format={src.format!r} is not one of {', '.join(SOURCE_FORMATS)}.")

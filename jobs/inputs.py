@@ -52,15 +52,26 @@ def _local(path: str) -> str | None:
     return path.removeprefix("file:")
 
 
-def preflight(cfg: JobConfig) -> None:
+def _sources(cfg: JobConfig, sides: bool) -> list[tuple[str, SourceSection]]:
+    out = [(side, getattr(cfg, side)) for side in ("pool", "target")] if sides else []
+    if cfg.weigh.enabled:
+        out.append(("weigh.source", cfg.weigh.source))
+    return out
+
+
+def preflight(cfg: JobConfig, sides: bool = True) -> None:
     """Checks that need no JVM: input paths, and the output location (exists as a folder or can
-    be created, is writable, is not itself a Delta table, is not inside an input)."""
-    for side in ("pool", "target"):
-        src = getattr(cfg, side)
+    be created, is writable, is not itself a Delta table, is not inside an input).
+    ``sides=False``: pool and target are not read (the weigh command)."""
+    for side, src in _sources(cfg, sides):
         path = _local(src.path) if src.format != "demo" else None
         if path is not None and not os.path.exists(path):
             raise InputError(f"{side}.path {src.path!r} does not exist. Check the path (relative "
                              f"paths are resolved from {os.getcwd()!r}).")
+    weights = _local(cfg.weights.path) if cfg.weights.path else None
+    if weights is not None and not os.path.isdir(weights):
+        raise InputError(f"weights.path {cfg.weights.path!r} is not a folder; name the output "
+                         "folder of the run that learnt the weights (it holds feature_weights).")
     out = _local(cfg.output.path)
     if out is None:
         return
@@ -71,8 +82,7 @@ def preflight(cfg: JobConfig) -> None:
         raise InputError(f"output.path {cfg.output.path!r} is itself a Delta table; give "
                          "gio-spark a folder of its own (its tables go inside it).")
     out_abs = os.path.realpath(out)
-    for side in ("pool", "target"):
-        src = getattr(cfg, side)
+    for side, src in _sources(cfg, sides):
         path = _local(src.path) if src.format != "demo" else None
         if path is not None and os.path.isdir(path):
             inside = os.path.realpath(path)
@@ -227,7 +237,7 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
         if column and column not in columns:
             raise InputError(f"{side}.{key} {column!r} is not a column of {src.path!r}; "
                              f"its columns are: {', '.join(columns)}.")
-    if not emb:
+    if not emb and src.text_column:
         dtype = df.schema[src.text_column].dataType
         if not isinstance(dtype, T.StringType):
             raise InputError(f"{side}.text_column {src.text_column!r} has type "
@@ -256,8 +266,9 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
 # The scan, the policy, and the cleaned frame
 # ---------------------------------------------------------------------------
 
-def _conditions(df: DataFrame, src: SourceSection) -> dict:
-    """Named boolean columns, one per kind of bad row (null-safe: never null)."""
+def _conditions(df: DataFrame, src: SourceSection, extra: dict | None = None) -> dict:
+    """Named boolean columns, one per kind of bad row (null-safe: never null); ``extra`` adds
+    a stage's own kinds (the weigh stage's feature columns)."""
     emb = effective_embedding_column(src)
     cond = {"null_id": F.col(ROW_ID).isNull()}
     if emb:
@@ -267,10 +278,11 @@ def _conditions(df: DataFrame, src: SourceSection) -> dict:
         cond["empty_vector"] = vec.isNotNull() & (F.size(vec) == 0)
         cond["non_finite"] = vec.isNotNull() & F.coalesce(F.exists(
             vec, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))), F.lit(False))
-    else:
+    elif src.text_column:
         text = F.col(src.text_column)
         cond["blank_text"] = text.isNull() | (F.trim(text) == "")
         cond["invalid_utf8"] = text.isNotNull() & ~F.is_valid_utf8(text)
+    cond.update(extra or {})
     return cond
 
 
@@ -281,14 +293,14 @@ def _valid(cond: dict):
     return ~bad
 
 
-def scan_side(df: DataFrame, side: str, src: SourceSection) -> dict:
+def scan_side(df: DataFrame, side: str, src: SourceSection, extra: dict | None = None) -> dict:
     """One pass over a side: row count, bad rows by kind, duplicates, vector lengths.
 
     Returns:
       ``{"rows", "kept", "duplicate_id", <kind>: count..., "dim_min", "dim_max"}`` where
       ``kept`` is the number of distinct ids among the valid rows (what the side contributes).
     """
-    cond = _conditions(df, src)
+    cond = _conditions(df, src, extra)
     valid = _valid(cond)
     aggs = [F.count(F.lit(1)).alias("rows"),
             F.count_distinct(F.col(ROW_ID)).alias("distinct_ids"),
@@ -314,6 +326,8 @@ _KIND_WORDS = {
     "not_a_vector": "a value that is not a vector",
     "empty_vector": "an empty vector",
     "non_finite": "NaN, inf or null vector values",
+    "bad_a": "a null, NaN or inf value in space A's columns",
+    "bad_b": "a null, NaN or inf value (or a null label) in weigh.b_columns",
 }
 
 
@@ -369,7 +383,7 @@ def _hints(src: SourceSection, kinds: list[str]) -> str:
 
 
 def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
-            warn: Callable[[str], None]) -> None:
+            warn: Callable[[str], None], extra: dict | None = None) -> None:
     """Applies the side's ``bad_rows`` policy to a scan report.
 
     Raises:
@@ -380,7 +394,7 @@ def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
         raise InputError(f"{side} at {src.path!r} has no rows; give it at least one.")
     kinds = [k for k in _KIND_WORDS if report.get(k)]
     if kinds and src.bad_rows == "reject":
-        cond = _conditions(df, src)
+        cond = _conditions(df, src, extra)
         parts = [f"{report[k]} with {_KIND_WORDS[k]} "
                  f"({guarded(lambda k=k: _examples(df, src, k, cond), side, src)})" for k in kinds]
         hint = _hints(src, kinds)
@@ -400,7 +414,8 @@ def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
                          "must have the same dimension.")
 
 
-def clean_side(df: DataFrame, src: SourceSection, report: dict) -> DataFrame:
+def clean_side(df: DataFrame, src: SourceSection, report: dict,
+               extra: dict | None = None) -> DataFrame:
     """The side's usable rows under its policy: bad rows out, one row per id.
 
     Of rows sharing an id, the one with the smallest SHA-256 of its content stays, so the result
@@ -408,7 +423,7 @@ def clean_side(df: DataFrame, src: SourceSection, report: dict) -> DataFrame:
     """
     if report["rows"] == report["kept"]:
         return df
-    df = df.where(_valid(_conditions(df, src)))
+    df = df.where(_valid(_conditions(df, src, extra)))
     if report.get("duplicates_among_valid"):
         content = F.sha2(F.to_json(F.struct(*[F.col(c) for c in own_columns(df)])), 256)
         order = Window.partitionBy(ROW_ID).orderBy(content)
@@ -435,6 +450,7 @@ class Inputs:
     pool: Side
     target: Side
     dim: int
+    weigh: object | None = None      # jobs.weigh.WeighInput, when the weigh stage runs now
 
     def reports(self) -> dict:
         return {"pool": self.pool.report, "target": self.target.report}
@@ -466,12 +482,14 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log) -> Side:
     return out
 
 
-def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log) -> Inputs:
+def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
+    ``weigh``: the weigh source too, when the weigh stage runs in this command and is not done.
+    Where quantize uses learnt weights, checks that they exist and fit the embeddings.
 
     Raises:
-      InputError: any problem with the sources, their rows, the model, the target's size or
-        the output tables.
+      InputError: any problem with the sources, their rows, the model, the target's size, the
+        weights or the output tables.
     """
     from jobs.models import model_dimension
     pending: list = []
@@ -496,9 +514,22 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log) -> Inputs:
         raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
                          f"least {k + 1}. Lower select.k or give a larger target sample.")
     check_outputs(spark, cfg, sides["pool"].schema)
+    weigh_input = None
+    if weigh and plan.weigh is not None and not reuse.is_done(
+            spark, cfg.output.path, "weigh", plan.weigh.weights_id, plan.weigh.fingerprint):
+        from jobs.weigh import read_weigh_input
+        weigh_input = read_weigh_input(spark, cfg, plan.weigh, pending, model_dimension)
+    if plan.weights_id is not None:
+        from jobs.weigh import weights_dim
+        have = weights_dim(spark, cfg, plan, weigh_input)
+        if have != dims["pool"]:
+            raise InputError(f"the weights {plan.weights_id} have {have} features, but the "
+                             f"embeddings have {dims['pool']} dimensions; learn the weights in "
+                             "the embedding space (weigh.source.embedding_column, or its "
+                             "text_column with the same embed.model), or use other weights.")
     for stage, key, fp, report in pending:
         reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
-    return Inputs(sides["pool"], sides["target"], int(dims["pool"]))
+    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input)
 
 
 def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:

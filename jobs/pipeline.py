@@ -1,5 +1,5 @@
 """The stages as commands, and the whole pipeline in one Spark application:
-embed -> quantize -> select -> explode.
+(weigh ->) embed -> quantize -> select -> explode.
 
     gio-spark run --config conf/demo.yaml [--set select.k=7 ...]
     spark-submit --properties-file conf/spark-defaults.conf jobs/submit.py run --config ...
@@ -10,7 +10,7 @@ a failure resumes (see :mod:`jobs.reuse`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from pyspark.sql import functions as F
 
@@ -22,16 +22,32 @@ from jobs.gio_select import run_select
 from jobs.inputs import check_outputs, prepare_inputs, read_only
 from jobs.log import log
 from jobs.quantize import run_quantize
+from jobs.weigh import read_weigh_input, run_weigh
 
 
 def run_pipeline(spark, cfg: JobConfig) -> dict:
     """Runs every stage; returns the explode summary."""
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
-    inputs = prepare_inputs(spark, cfg, plan, log)
+    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True)
+    if plan.weigh is not None:
+        run_weigh(spark, cfg, plan.weigh, inputs.weigh)
     run_quantize(spark, cfg, plan, inputs)
     run_select(spark, cfg, plan, inputs.reports())
     return run_explode(spark, cfg, plan, inputs.pool)
+
+
+def weigh_command(spark, cfg: JobConfig) -> None:
+    from jobs.models import model_dimension
+    wplan = reuse.make_weigh_plan(spark, cfg)
+    check_outputs(spark, cfg, None)
+    pending: list = []
+    inp = None
+    if not reuse.is_done(spark, cfg.output.path, "weigh", wplan.weights_id, wplan.fingerprint):
+        inp = read_weigh_input(spark, cfg, wplan, pending, model_dimension)
+    for stage, key, fp, report in pending:
+        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
+    run_weigh(spark, cfg, wplan, inp)
 
 
 def embed_command(spark, cfg: JobConfig) -> None:
@@ -65,13 +81,23 @@ def run_command(spark, cfg: JobConfig) -> None:
         print(demo_report(spark, summary), flush=True)
 
 
-# The Spark commands of `gio-spark` and `jobs/submit.py`: name -> (help, body(spark, cfg)).
-COMMANDS: dict[str, tuple[str, Callable]] = {
-    "run": ("the whole pipeline: embed, quantize, select, explode", run_command),
-    "embed": ("the embed stage alone: sentence embeddings of pool and target", embed_command),
-    "quantize": ("the quantize stage alone: K-means on pool and target", quantize_command),
-    "select": ("the select stage alone: GIO on the centroids", select_command),
-    "explode": ("the explode stage alone: chosen clusters back to rows", explode_command),
+class Command(NamedTuple):
+    help: str
+    body: Callable
+    sides: bool = True       # whether it reads pool and target (and needs them configured)
+
+
+# The Spark commands of `gio-spark` and `jobs/submit.py`.
+COMMANDS: dict[str, Command] = {
+    "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode", run_command),
+    "weigh": Command("the weigh stage alone: feature weights learnt by the DII", weigh_command,
+                     sides=False),
+    "embed": Command("the embed stage alone: sentence embeddings of pool and target",
+                     embed_command),
+    "quantize": Command("the quantize stage alone: K-means on pool and target",
+                        quantize_command),
+    "select": Command("the select stage alone: GIO on the centroids", select_command),
+    "explode": Command("the explode stage alone: chosen clusters back to rows", explode_command),
 }
 
 

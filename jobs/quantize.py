@@ -5,7 +5,9 @@ cluster) under the run's ``clustering_id``. ``k`` is capped at a side's row coun
 clusters that end up empty are dropped. The pool is clustered with ``quantize.seed``, the target
 with ``quantize.seed + 1``, each on its rows hash-partitioned by ``row_id`` into
 ``quantize.partitions`` partitions and sorted, so the same inputs and seed give the same clusters
-on one machine or many, whatever the row order of the sources.
+on one machine or many, whatever the row order of the sources. With learnt weights (see
+:mod:`jobs.weigh`) both sides are clustered in the weighted space: feature a of every embedding is
+multiplied by the weights' ``scaled`` factor, and the centroids select works on are in that space.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from jobs.config import JobConfig
 from jobs.embed import side_embeddings
 from jobs.inputs import Inputs
 from jobs.log import log
+from jobs.weigh import apply_weights, load_weights
 
 
 def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
@@ -60,6 +63,11 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     q = cfg.quantize
     pool = side_embeddings(spark, cfg, plan, inputs.pool)
     target = side_embeddings(spark, cfg, plan, inputs.target)
+    if plan.weights_id is not None:
+        scale = load_weights(spark, cfg, plan)
+        log(f"quantize: in the space weighted by {plan.weights_id} ({int(np.sum(scale > 1e-3))} "
+            f"of {len(scale)} features above 0.001 of the largest)")
+        pool, target = apply_weights(pool, scale), apply_weights(target, scale)
     reuse.record(spark, cfg.output.path, "quantize", key, fp, "started")
     warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
     pool_rows, assignments, cached = kmeans_side(pool, q.pool_k, q, q.seed, "pool", warn)

@@ -36,7 +36,8 @@ from pyspark.sql import functions as F
 
 from jobs import faults, tables
 from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, JobConfig,
-                         SourceSection, effective_embedding_column)
+                         SourceSection, effective_embedding_column, uses_own_weights,
+                         uses_weights)
 from jobs.errors import InputError
 
 _REMOTE = ("s3://", "s3a://", "s3n://", "gs://", "hdfs://", "abfs://", "abfss://", "dbfs:/",
@@ -102,6 +103,34 @@ class Plan:
     select: str
     run_id: str
     explode: str
+    weigh: "WeighPlan | None" = None      # the weigh stage, when the config has one
+    weights_id: str | None = None         # the weights quantize uses, if any
+    weights: str | None = None            # their weigh fingerprint
+
+
+@dataclass(frozen=True)
+class WeighPlan:
+    validate: str             # fingerprint of the weigh source's checks
+    fingerprint: str
+    weights_id: str
+
+
+def weigh_params(cfg: JobConfig) -> dict:
+    """What changes the learnt weights: every weigh option but the source and the run id, plus
+    the embedding settings when space A is embedded text."""
+    w = cfg.weigh
+    out = {k: v for k, v in dataclasses.asdict(w).items() if k not in ("source", "run_id")}
+    if w.a_columns is None and not w.source.embedding_column:
+        out["embed"] = {"model": _model_identity(cfg.embed.model),
+                        "normalize": cfg.embed.normalize}
+    return out
+
+
+def weigh_plan(cfg: JobConfig, identity: dict) -> WeighPlan:
+    """The weigh stage's keys: a pure function of the config and the weigh source's identity."""
+    validate = fingerprint("validate", identity)
+    fp = fingerprint("weigh", validate, weigh_params(cfg))
+    return WeighPlan(validate, fp, cfg.weigh.run_id or "weights-" + fp[:12])
 
 
 def select_params(cfg: JobConfig) -> dict:
@@ -111,7 +140,11 @@ def select_params(cfg: JobConfig) -> dict:
 
 
 def plan(cfg: JobConfig, identities: dict) -> Plan:
-    """Keys and fingerprints of every stage: a pure function of the config and identities."""
+    """Keys and fingerprints of every stage: a pure function of the config and identities.
+
+    ``identities``: ``pool`` and ``target`` (:func:`source_identity`), ``weigh`` (the weigh
+    source's, when the config has a weigh section) and ``weights`` (``(weights_id, fingerprint)``
+    of stored weights that quantize uses, when they are not this config's own)."""
     validate, embed, ids = {}, {}, {}
     embed_params = {k: v for k, v in dataclasses.asdict(cfg.embed).items()
                     if k not in RUNTIME_EMBED_OPTIONS and k != "model"}
@@ -124,17 +157,37 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
             embed[side] = fingerprint("embed", validate[side], _model_identity(cfg.embed.model),
                                       embed_params)
         ids[side] = embed[side][:ID_CHARS]
-    quantize = fingerprint("quantize", embed["pool"], embed["target"],
-                           dataclasses.asdict(cfg.quantize))
+    weigh = weigh_plan(cfg, identities["weigh"]) if cfg.weigh.enabled else None
+    weights_id = weights_fp = None
+    if uses_own_weights(cfg):
+        assert weigh is not None
+        weights_id, weights_fp = weigh.weights_id, weigh.fingerprint
+    elif uses_weights(cfg):
+        weights_id, weights_fp = identities["weights"]
+    parts = [embed["pool"], embed["target"], dataclasses.asdict(cfg.quantize)]
+    if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
+        parts.append({"weights": weights_fp})
+    quantize = fingerprint("quantize", *parts)
     select = fingerprint("select", quantize, select_params(cfg))
     run_id = cfg.run_id or "run-" + select[:12]
     explode = fingerprint("explode", select, run_id)
-    return Plan(validate, embed, ids, quantize, quantize[:ID_CHARS], select, run_id, explode)
+    return Plan(validate, embed, ids, quantize, quantize[:ID_CHARS], select, run_id, explode,
+                weigh, weights_id, weights_fp)
 
 
 def make_plan(spark, cfg: JobConfig) -> Plan:
-    return plan(cfg, {side: source_identity(spark, getattr(cfg, side), side)
-                      for side in ("pool", "target")})
+    identities = {side: source_identity(spark, getattr(cfg, side), side)
+                  for side in ("pool", "target")}
+    if cfg.weigh.enabled:
+        identities["weigh"] = source_identity(spark, cfg.weigh.source, "weigh.source")
+    if uses_weights(cfg) and not uses_own_weights(cfg):
+        from jobs.weigh import stored_weights
+        identities["weights"] = stored_weights(spark, cfg)
+    return plan(cfg, identities)
+
+
+def make_weigh_plan(spark, cfg: JobConfig) -> WeighPlan:
+    return weigh_plan(cfg, source_identity(spark, cfg.weigh.source, "weigh.source"))
 
 
 # ---------------------------------------------------------------------------

@@ -35,14 +35,15 @@ def _stop(spark) -> None:
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
-             argv=None) -> int:
+             argv=None, sides: bool = True) -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
-    the session and runs ``body(spark, cfg)``; returns the exit code."""
+    the session and runs ``body(spark, cfg)``; returns the exit code. ``sides=False``: the
+    command does not read pool and target, which need not be configured."""
     args = parser(prog, description).parse_args(argv)
     spark = None
     try:
-        cfg = load_config(args.config, args.set)
-        preflight(cfg)
+        cfg = load_config(args.config, args.set, sides)
+        preflight(cfg, sides)
         from pyspark.sql import SparkSession
 
         from jobs.session import build_session

@@ -11,6 +11,8 @@ Under ``output.path``:
 | ``selection`` | run_id, select_fingerprint, rank, cluster_id, cluster_size, kl_after | run_id | select |
 | ``runs`` | run_id, select_fingerprint, clustering_id, params, KL curve, inputs, ... | run_id | select |
 | ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | run_id | explode |
+| ``feature_weights`` | weights_id, weights_fingerprint, feature, name, weight, scaled | weights_id | weigh |
+| ``weight_runs`` | weights_id, fingerprint, params, spaces, DII curve, final DII, ... | weights_id | weigh |
 | ``stages`` | stage, key, fingerprint, status, at, detail | (append-only log) | every stage |
 
 Rules every write follows:
@@ -101,6 +103,34 @@ STAGES = T.StructType([
     T.StructField("at_ns", T.LongType(), False),             # orders records of one instant
     T.StructField("detail", T.StringType(), True),           # JSON, stage-specific
 ])
+FEATURE_WEIGHTS = T.StructType([
+    T.StructField("weights_id", T.StringType(), False),
+    T.StructField("weights_fingerprint", T.StringType(), False),
+    T.StructField("feature", T.IntegerType(), False),        # index in space A
+    T.StructField("name", T.StringType(), False),            # column, or column[index]
+    T.StructField("weight", T.DoubleType(), False),          # as learnt (DADApy's |w|)
+    T.StructField("scaled", T.DoubleType(), False),          # weight / max weight: what quantize uses
+])
+WEIGHT_RUNS = T.StructType([
+    T.StructField("weights_id", T.StringType(), False),
+    T.StructField("weights_fingerprint", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("params", T.StringType(), False),          # JSON of the whole config
+    T.StructField("space_a", T.StringType(), False),         # JSON: kind, columns, features
+    T.StructField("space_b", T.StringType(), False),         # JSON: kind, columns (labels)
+    T.StructField("points", T.IntegerType(), False),         # rows sampled and trained on
+    T.StructField("features", T.IntegerType(), False),       # D_A
+    T.StructField("dii_curve", T.ArrayType(T.DoubleType(), False), False),   # [epochs + 1]
+    T.StructField("weights_curve", T.ArrayType(T.ArrayType(T.DoubleType(), True), True),
+                  False),                                    # [epochs + 1, D_A]
+    T.StructField("dii_final", T.DoubleType(), False),
+    T.StructField("dii_error", T.DoubleType(), True),
+    T.StructField("greedy", T.StringType(), True),           # JSON: the best set per size
+    T.StructField("inputs", T.StringType(), True),           # JSON: rows read and dropped
+    T.StructField("timings", T.StringType(), False),
+    T.StructField("versions", T.StringType(), False),
+])
 SELECTED_EXTRA = T.StructType([
     T.StructField("cluster_id", T.IntegerType(), True),
     T.StructField("rank", T.IntegerType(), True),
@@ -109,10 +139,12 @@ SELECTED_EXTRA = T.StructType([
 
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
-           "runs": RUNS, "stages": STAGES}
+           "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
+           "stages": STAGES}
 KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
-        "selection": "run_id", "runs": "run_id", "selected_rows": "run_id", "stages": None}
+        "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
+        "feature_weights": "weights_id", "weight_runs": "weights_id", "stages": None}
 TABLES = tuple(KEYS)
 
 MAX_ATTEMPTS = 8

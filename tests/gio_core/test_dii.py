@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from gio_core import dii as dii_mod
-from gio_core.dii import DiffImbalance, diff_imbalance, rank_matrix
+from gio_core.dii import DiffImbalance, diff_imbalance, rank_matrix, rank_rows
 
 TRUTH = np.array([10, 3, 1, 30, 7.3])
 
@@ -188,3 +188,33 @@ def test_bad_input_names_the_argument(kwargs, message):
     with pytest.raises(ValueError) as err:
         DiffImbalance(**args)
     assert message in str(err.value)
+
+
+def test_average_ties_share_their_mean_rank():
+    values = jnp.asarray([[0.0, 1.0, 1.0, 2.0], [3.0, 3.0, 3.0, 0.0]])
+    np.testing.assert_array_equal(rank_rows(values, "average"), [[0, 1.5, 1.5, 3], [2, 2, 2, 0]])
+    np.testing.assert_array_equal(rank_rows(values, "first"), [[0, 1, 2, 3], [1, 2, 3, 0]])
+    distinct = jnp.asarray(np.random.default_rng(0).normal(size=(6, 9)))
+    np.testing.assert_array_equal(rank_rows(distinct, "average"), rank_rows(distinct, "first"))
+
+
+def test_labels_with_average_ties_do_not_depend_on_the_point_order():
+    """Labels as B (one-hot: ties everywhere): with rank_ties='average' the learnt weights are
+    the same for the points in any order; the label follows feature 1 only."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(120, 4))
+    labels = (a[:, 1] > 0).astype(int) + (a[:, 1] > 1)
+    b = np.eye(3)[labels]
+    perm = rng.permutation(120)
+    got, ranks = [], []
+    for order in (np.arange(120), perm):
+        dii = DiffImbalance(a[order], b[order], num_epochs=40, learning_rate=0.01,
+                            rank_ties="average")
+        ranks.append(np.asarray(dii.ranks_B))
+        got.append(dii.train(progress=False)[0][-1])
+    # The ranks of the permuted points are the permuted ranks, exactly.
+    np.testing.assert_array_equal(ranks[1], ranks[0][perm][:, perm])
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-4, atol=1e-6)
+    assert np.argmax(got[0]) == 1
+    with pytest.raises(ValueError, match="rank_ties must be"):
+        DiffImbalance(a, b, rank_ties="dense")

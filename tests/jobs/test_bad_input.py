@@ -251,6 +251,35 @@ def other_columns_stages(tmp, spark):
     return argv(sets), out
 
 
+def weigh_source(tmp, rows=60, **changes):
+    """A weigh source: the pool's vectors plus numeric columns a0..a2 and a label."""
+    rng = np.random.default_rng(4)
+    data = {"id": np.arange(rows), "vec": list(rng.normal(0, 1, (rows, 8)).astype(np.float32)),
+            "label": rng.integers(0, 3, rows), "name": [f"row {i}" for i in range(rows)]}
+    data.update({f"a{i}": rng.normal(0, 1, rows) for i in range(3)})
+    data.update(changes)
+    path = str(tmp / "weigh.parquet")
+    pd.DataFrame(data).to_parquet(path)
+    return path
+
+
+def weigh_sets(*extra, **source):
+    """A case maker: the base run plus a weigh section over :func:`weigh_source`."""
+    def make(tmp):
+        sets, out = base(tmp)
+        sets += [f"weigh.source.path={weigh_source(tmp, **source)}", "weigh.source.id_column=id",
+                 "weigh.source.embedding_column=vec", "weigh.b_columns=[label]",
+                 "weigh.num_points=40"]
+        return argv(sets + list(extra)), out
+    return make
+
+
+def nan_feature(tmp):
+    values = np.random.default_rng(1).normal(0, 1, 60)
+    values[9] = np.nan
+    return weigh_sets("weigh.a_columns=[a0, a9]", a9=values)(tmp)
+
+
 CASES = [
     Case("config file missing", "does not exist", lambda t: (
         ["--config", str(t / "nope.yaml")], str(t / "out"))),
@@ -317,6 +346,28 @@ CASES = [
     Case("a gio-spark table with other columns", "has the columns", other_columns_stages),
     Case("a stage run before its inputs exist", "run quantize (or the whole pipeline) first",
          with_sets(), command="select"),
+    Case("weigh without space B", "weigh.b_columns is missing",
+         weigh_sets("weigh.b_columns=null")),
+    Case("weigh with an unknown option value", "weigh.optimizer_name must be one of",
+         weigh_sets("weigh.optimizer_name=lbfgs")),
+    Case("weigh column missing", "weigh.b_columns 'nope' is not a column",
+         weigh_sets("weigh.b_columns=[nope]")),
+    Case("weigh column not numeric", "weigh.a_columns must be numeric columns; name (string)",
+         weigh_sets("weigh.a_columns=[a0, name]")),
+    Case("weigh NaN in a feature column", "1 with a null, NaN or inf value in space A's columns",
+         nan_feature),
+    Case("weigh labels that are all the same", "holds a single label in every usable row",
+         weigh_sets(label=np.zeros(60, int))),
+    Case("weigh too few rows for k", "weigh.k_init=60 needs more than 60",
+         weigh_sets("weigh.k_init=60", "weigh.num_points=1000")),
+    Case("weights of another dimension", "have 3 features, but the embeddings have 8 dimensions",
+         weigh_sets("weigh.a_columns=[a0, a1, a2]")),
+    Case("periodic weights used for clustering", "K-means has no periodic distance",
+         weigh_sets("weigh.a_columns=[a0, a1, a2]", "weigh.periods_A=[1, 0, 0]")),
+    Case("weights that were never learnt", "there are no learnt weights under",
+         with_sets("weights.run_id=weights-nope")),
+    Case("weigh command without a weigh section", "the config has no weigh stage",
+         with_sets(), command="weigh"),
 ]
 
 
