@@ -3,12 +3,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d test test-fast bench bench-dii clean
+.PHONY: setup tools lint demo demo-2d test test-demo test-fast bench bench-dii clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	# The GAF reference package, for the tests that compare against it. It imports only torch
+	# (installed above) but lists torchvision, whose wheels pin other torch releases: no deps.
+	$(VENV)/bin/python -m pip install --quiet --no-deps gradient-agreement-filtering==0.1.3
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,7 +33,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy gio_core --ignore-missing-imports
 
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q --durations=15 -m "not demo"
+
+# The README's first command, `make demo`, run for real and its output checked (7 minutes).
+test-demo: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m demo
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -6,6 +6,7 @@ Public API:
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   GIOKL                                                -- drop-in for the GIO source's class
   DiffImbalance (gio_core.dii)                         -- learnt feature weights (DADApy's API)
+  gio_core.gaf: gaf_step, train_gaf, ...               -- gradient agreement filtering
 """
 from gio_core._estimators import averaged_kl, intrinsic_dimension, knn_kl
 from gio_core._selection import (

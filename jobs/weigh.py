@@ -356,8 +356,7 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
         log(f"weigh: reusing weights {key}")
         return key
     if inp is None:
-        raise InputError("weigh: the source was not read (internal error: call "
-                         "read_weigh_input first).")
+        raise RuntimeError("weigh: the source was not read; call read_weigh_input first.")
     from jobs.gio_select import configure_jax, library_versions
     configure_jax(cfg.select)
     started = dt.datetime.now()

@@ -192,6 +192,7 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_readme_main_command_on_the_demo_data(tmp_path):
     """What `make demo` runs: the whole pipeline on the standard library's docstrings."""
     exe = os.path.join(os.path.dirname(sys.executable), "gio-spark")
