@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d test test-demo test-fast bench bench-dii clean
+.PHONY: setup tools lint demo demo-2d test test-demo test-fast bench bench-dii bench-gaf clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-dii: $(STAMP)
 	test -x .venv-dadapy/bin/python || { $(PYTHON) -m venv .venv-dadapy && \
 	  .venv-dadapy/bin/python -m pip install --quiet dadapy==0.3.4; }
 	$(VENV)/bin/python bench/dii_vs_dadapy.py --dadapy-python .venv-dadapy/bin/python
+
+bench-gaf: $(STAMP)
+	$(VENV)/bin/python bench/gaf_vs_reference.py --out bench/results/gaf_vs_reference_cpu_2cores.jsonl
 
 clean:
 	rm -rf $(VENV) .venv-dadapy out build *.egg-info
