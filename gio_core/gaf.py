@@ -27,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from tqdm.auto import tqdm
 
 FUSIONS = ("pairwise", "mean")
 COS_EPS = 1e-8            # as torch.nn.functional.cosine_similarity
@@ -48,6 +50,12 @@ class GAFMetrics(NamedTuple):
     agreed_count: jax.Array          # pairwise: micro-batches fused after the first; mean: agreeing
     stepped: jax.Array               # whether the parameters changed
     aux: Any                         # the loss function's aux, averaged over micro-batches
+
+
+def check_fusion(fusion) -> str:
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}.")
+    return fusion
 
 
 def check_threshold(cos_distance_thresh) -> float:
@@ -145,8 +153,7 @@ def gaf_step(loss_fn: Callable, optimizer: optax.GradientTransformation, params,
       ``(params, opt_state, GAFMetrics)``: unchanged params and state when nothing agreed.
     """
     tau = check_threshold(cos_distance_thresh)
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}.")
+    check_fusion(fusion)
     microbatch_count(microbatches)
     has_aux = _returns_aux(loss_fn, params, microbatches)
     return _gaf_step(loss_fn, optimizer, has_aux, fusion, params, opt_state, microbatches, tau)
@@ -175,8 +182,7 @@ def make_gaf_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
     for fixed ``loss_fn``, optimizer, tau and fusion (compiled once per micro-batch shape).
     ``has_aux``: whether ``loss_fn`` returns ``(loss, aux)``; None finds out on first call."""
     tau = check_threshold(cos_distance_thresh)
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}.")
+    check_fusion(fusion)
     compiled: dict = {}
 
     def step(params, opt_state, microbatches):
@@ -314,10 +320,8 @@ def train_gaf(loss_fn: Callable, params, optimizer: optax.GradientTransformation
     Raises:
       ValueError: bad arguments; FloatingPointError: a NaN or inf loss, naming the epoch and step.
     """
-    import time
-
-    from tqdm.auto import tqdm
     check_threshold(cos_distance_thresh)
+    check_fusion(fusion)
     n = int(num_batches_to_force_agreement)
     if gaf and n < 2:
         raise ValueError(f"num_batches_to_force_agreement must be at least 2 for GAF; got {n}.")

@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from gio_core import check_select_options
+from gio_core.dii import DECAYS, OPTIMIZERS, TIES
 from jobs.errors import InputError
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
@@ -335,9 +336,26 @@ def effective_embedding_column(src: SourceSection) -> str | None:
 
 
 WEIGH_B_TYPES = ("auto", "features", "labels")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-DECAYS = (None, "cos", "exp")
 GREEDY = (None, "forward", "backward")
+
+
+def _check_source(src: SourceSection, side: str, formats: tuple) -> None:
+    """A source's keys (pool, target, weigh.source)."""
+    _check(src.format in formats,
+           f"{side}.format={src.format!r} is not one of {', '.join(formats)}.")
+    _check(src.path is not None and src.path != "",
+           f"{side}.path is missing: name the {side} table or file.")
+    _check(isinstance(src.path, str), f"{side}.path must be a path or URL written as text; "
+           f"got the {type(src.path).__name__} {src.path!r} (quote it if it is a name).")
+    for key in ("text_column", "id_column", "embedding_column"):
+        value = getattr(src, key)
+        _check(value is None or (isinstance(value, str) and value != ""),
+               f"{side}.{key} must be a column name or null; got {value!r}.")
+    _check(src.bad_rows in BAD_ROW_POLICIES,
+           f"{side}.bad_rows must be reject or drop; got {src.bad_rows!r}.")
+    _check(isinstance(src.options, dict), f"{side}.options must be a mapping.")
+    for key, value in src.options.items():
+        _check(_is_scalar(value), f"{side}.options.{key} must be a single value.")
 
 
 def _column_list(value, key: str) -> None:
@@ -363,20 +381,7 @@ def validate_weigh(cfg: JobConfig) -> None:
     w = cfg.weigh
     src = w.source
     if w.enabled:
-        _check(src.format in SOURCE_FORMATS and src.format != "gio_csv",
-               f"weigh.source.format={src.format!r} is not one of "
-               f"{', '.join(f for f in SOURCE_FORMATS if f != 'gio_csv')}.")
-        _check(isinstance(src.path, str) and src.path != "",
-               "weigh.source.path must be a path or URL written as text.")
-        for key in ("text_column", "id_column", "embedding_column"):
-            value = getattr(src, key)
-            _check(value is None or (isinstance(value, str) and value != ""),
-                   f"weigh.source.{key} must be a column name or null; got {value!r}.")
-        _check(src.bad_rows in BAD_ROW_POLICIES,
-               f"weigh.source.bad_rows must be reject or drop; got {src.bad_rows!r}.")
-        _check(isinstance(src.options, dict)
-               and all(_is_scalar(v) for v in src.options.values()),
-               "weigh.source.options must be a mapping of single values.")
+        _check_source(src, "weigh.source", tuple(f for f in SOURCE_FORMATS if f != "gio_csv"))
     _column_list(w.a_columns, "weigh.a_columns")
     _column_list(w.b_columns, "weigh.b_columns")
     if w.enabled:
@@ -417,7 +422,7 @@ def validate_weigh(cfg: JobConfig) -> None:
            f"{', '.join(OPTIMIZERS)}; got {w.optimizer_name!r}.")
     _check(w.learning_rate_decay in DECAYS, "weigh.learning_rate_decay must be null, cos or exp; "
            f"got {w.learning_rate_decay!r}.")
-    _check(w.rank_ties in ("average", "first"), "weigh.rank_ties must be average or first; got "
+    _check(w.rank_ties in TIES, "weigh.rank_ties must be average or first; got "
            f"{w.rank_ties!r}.")
     _check(w.num_points_rows is None or (_is_int(w.num_points_rows) and w.num_points_rows >= 2),
            "weigh.num_points_rows must be null or an integer >= 2.")
@@ -489,23 +494,9 @@ def validate(cfg: JobConfig, sides: bool = True) -> None:
            "(and weigh.b_columns) to the table whose feature weights to learn.")
     for side in ("pool", "target") if sides else ():
         src: SourceSection = getattr(cfg, side)
-        _check(src.format in SOURCE_FORMATS,
-               f"{side}.format={src.format!r} is not one of {', '.join(SOURCE_FORMATS)}.")
-        _check(src.path is not None and src.path != "",
-               f"{side}.path is missing: name the {side} table or file.")
-        _check(isinstance(src.path, str), f"{side}.path must be a path or URL written as text; "
-               f"got the {type(src.path).__name__} {src.path!r} (quote it if it is a name).")
-        for key in ("text_column", "id_column", "embedding_column"):
-            value = getattr(src, key)
-            _check(value is None or (isinstance(value, str) and value != ""),
-                   f"{side}.{key} must be a column name or null; got {value!r}.")
+        _check_source(src, side, SOURCE_FORMATS)
         _check(src.format == "demo" or effective_embedding_column(src) or src.text_column,
                f"{side} needs text_column (to embed) or embedding_column (precomputed vectors).")
-        _check(src.bad_rows in BAD_ROW_POLICIES,
-               f"{side}.bad_rows must be reject or drop; got {src.bad_rows!r}.")
-        _check(isinstance(src.options, dict), f"{side}.options must be a mapping.")
-        for key, value in src.options.items():
-            _check(_is_scalar(value), f"{side}.options.{key} must be a single value.")
     e = cfg.embed
     _check(_is_int(e.batch_size) and e.batch_size >= 1, "embed.batch_size must be an integer >= 1.")
     _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")

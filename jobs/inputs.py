@@ -515,10 +515,9 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = F
                          f"least {k + 1}. Lower select.k or give a larger target sample.")
     check_outputs(spark, cfg, sides["pool"].schema)
     weigh_input = None
-    if weigh and plan.weigh is not None and not reuse.is_done(
-            spark, cfg.output.path, "weigh", plan.weigh.weights_id, plan.weigh.fingerprint):
-        from jobs.weigh import read_weigh_input
-        weigh_input = read_weigh_input(spark, cfg, plan.weigh, pending, model_dimension)
+    if weigh and plan.weigh is not None:
+        from jobs.weigh import weigh_input_unless_done
+        weigh_input = weigh_input_unless_done(spark, cfg, plan.weigh, pending, model_dimension)
     if plan.weights_id is not None:
         from jobs.weigh import weights_dim
         have = weights_dim(spark, cfg, plan, weigh_input)

@@ -22,7 +22,7 @@ from jobs.gio_select import run_select
 from jobs.inputs import check_outputs, prepare_inputs, read_only
 from jobs.log import log
 from jobs.quantize import run_quantize
-from jobs.weigh import read_weigh_input, run_weigh
+from jobs.weigh import run_weigh, weigh_input_unless_done
 
 
 def run_pipeline(spark, cfg: JobConfig) -> dict:
@@ -42,9 +42,7 @@ def weigh_command(spark, cfg: JobConfig) -> None:
     wplan = reuse.make_weigh_plan(spark, cfg)
     check_outputs(spark, cfg, None)
     pending: list = []
-    inp = None
-    if not reuse.is_done(spark, cfg.output.path, "weigh", wplan.weights_id, wplan.fingerprint):
-        inp = read_weigh_input(spark, cfg, wplan, pending, model_dimension)
+    inp = weigh_input_unless_done(spark, cfg, wplan, pending, model_dimension)
     for stage, key, fp, report in pending:
         reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
     run_weigh(spark, cfg, wplan, inp)

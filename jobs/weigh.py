@@ -113,15 +113,19 @@ def _columns_exist(df: DataFrame, columns: list, key: str, path: str) -> None:
                          f"{path!r}; its columns are: {', '.join(own_columns(df))}.")
 
 
+def _any_non_finite(columns: list):
+    bad = None
+    for c in columns:
+        cond = _non_finite(F.col(c).cast("double"))
+        bad = cond if bad is None else bad | cond
+    return bad
+
+
 def _conditions(df: DataFrame, a_kind: str, a_columns: list, b_kind: str, b_columns: list):
     """The weigh stage's own kinds of bad row: space A's and space B's values."""
     extra = {}
     if a_kind == "columns":
-        bad = None
-        for c in a_columns:
-            cond = _non_finite(F.col(c).cast("double"))
-            bad = cond if bad is None else bad | cond
-        extra["bad_a"] = bad
+        extra["bad_a"] = _any_non_finite(a_columns)
     if b_kind == "labels":
         extra["bad_b"] = F.col(b_columns[0]).isNull()
     elif b_kind == "vector":
@@ -129,11 +133,7 @@ def _conditions(df: DataFrame, a_kind: str, a_columns: list, b_kind: str, b_colu
         extra["bad_b"] = arr.isNull() | (F.size(arr) == 0) | F.coalesce(
             F.exists(arr, _non_finite), F.lit(False))
     else:
-        bad = None
-        for c in b_columns:
-            cond = _non_finite(F.col(c).cast("double"))
-            bad = cond if bad is None else bad | cond
-        extra["bad_b"] = bad
+        extra["bad_b"] = _any_non_finite(b_columns)
     return extra
 
 
@@ -211,6 +211,14 @@ def read_weigh_input(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pending: lis
             f"{dim * min(w.n_best, dim)} models per step; this takes long.")
     return WeighInput(clean, a_kind, a_columns, b_kind, list(w.b_columns), int(dim), names,
                       report, points)
+
+
+def weigh_input_unless_done(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pending: list,
+                            model_dim) -> WeighInput | None:
+    """The checked weigh source, or None when the stage's output is committed already."""
+    if reuse.is_done(spark, cfg.output.path, "weigh", wplan.weights_id, wplan.fingerprint):
+        return None
+    return read_weigh_input(spark, cfg, wplan, pending, model_dim)
 
 
 # ---------------------------------------------------------------------------

@@ -178,3 +178,35 @@ def test_clustering_in_the_weighted_space_selects_the_target_better(spark, weigh
     assert other.clustering_id == own.clustering_id == clustering_of(spark, out,
                                                                      weighted["run_id"])
     np.testing.assert_array_equal(load_weights(spark, other_cfg, other), w["scaled"])
+
+
+@pytest.mark.slow
+def test_weigh_killed_between_its_tables_resumes_to_the_clean_weights(spark, tmp_path):
+    """A real SIGKILL after feature_weights is committed and before weight_runs: the stage log's
+    latest record is `started`, so the re-run learns and writes again, and the tables hold the
+    clean run's rows once."""
+    import subprocess
+    import sys
+
+    from tests.jobs.test_crash_safety import child_env
+    from tests.jobs.test_pipeline import ROOT
+    tutorial(str(tmp_path / "src"))
+    killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
+    opts = dict(num_points=200, num_epochs=40)
+    cfg = weigh_config(tmp_path, str(tmp_path / "src"), killed, **opts)
+    child = subprocess.run([sys.executable, "-m", "jobs.cli", "weigh", "--config", cfg], cwd=ROOT,
+                           env=child_env("after:feature_weights"), capture_output=True, timeout=600)
+    assert child.returncode == -9, child.stderr[-2000:]
+    stages = spark.read.format("delta").load(tables.table_path(killed, "stages"))
+    weigh_records = stages.where(F.col("stage") == "weigh").select("status").collect()
+    assert [r["status"] for r in weigh_records] == ["started"]
+    assert not os.path.exists(os.path.join(killed, "weight_runs", "_delta_log"))
+    assert main(["weigh", "--config", cfg]) == 0
+    assert main(["weigh", "--config", weigh_config(tmp_path, str(tmp_path / "src"), clean,
+                                                   **opts)]) == 0
+    got, want = weights_of(spark, killed), weights_of(spark, clean)
+    assert len(got) == 5
+    np.testing.assert_array_equal(got[["feature", "weight", "scaled"]],
+                                  want[["feature", "weight", "scaled"]])
+    runs = spark.read.format("delta").load(tables.table_path(killed, "weight_runs"))
+    assert runs.count() == 1
