@@ -27,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import time
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -218,12 +219,59 @@ def mlp(sizes, seed: int = 0):
     keys = jax.random.split(jax.random.PRNGKey(seed), len(sizes) - 1)
     params = [{"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros(n)}
               for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+    return params, mlp_apply
 
-    def apply_fn(params, x):
-        for layer in params[:-1]:
-            x = jax.nn.relu(x @ layer["w"] + layer["b"])
-        return x @ params[-1]["w"] + params[-1]["b"]
-    return params, apply_fn
+
+def mlp_apply(params, x):
+    """The logits of the network :func:`mlp` builds (any number of layers)."""
+    for layer in params[:-1]:
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    return x @ params[-1]["w"] + params[-1]["b"]
+
+
+PARAMS_FORMAT = "gio-spark-mlp-npz-1"
+
+
+def mlp_to_bytes(params) -> bytes:
+    """An :func:`mlp`'s parameters as bytes (an ``.npz`` archive: ``w0, b0, w1, b1, ...``)."""
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {}
+    for i, layer in enumerate(params):
+        arrays[f"w{i}"] = np.asarray(layer["w"], np.float32)
+        arrays[f"b{i}"] = np.asarray(layer["b"], np.float32)
+    np.savez(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def mlp_from_bytes(data: bytes) -> list:
+    """The parameters :func:`mlp_to_bytes` wrote (a list of ``{"w", "b"}`` layers)."""
+    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as archive:
+        layers = len(archive.files) // 2
+        return [{"w": jnp.asarray(archive[f"w{i}"]), "b": jnp.asarray(archive[f"b{i}"])}
+                for i in range(layers)]
+
+
+class Probe(NamedTuple):
+    """A trained classifier on feature vectors: standardisation (``mean``, ``scale``), an
+    :func:`mlp` and the class names its outputs stand for."""
+    params: Any
+    classes: tuple
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def logits(self, x) -> np.ndarray:
+        z = (np.asarray(x, np.float32) - self.mean) / self.scale
+        return np.asarray(_logits(self.params, jnp.asarray(z, jnp.float32)))
+
+    def predict(self, x) -> np.ndarray:
+        """The predicted class name of every row of ``x``."""
+        return np.asarray(self.classes, dtype=object)[np.argmax(self.logits(x), axis=-1)]
+
+    def accuracy(self, x, labels) -> float:
+        return float(np.mean(self.predict(x) == np.asarray(labels, dtype=object)))
+
+
+_logits = jax.jit(mlp_apply)
 
 
 OPTIMIZERS = ("sgd", "sgd+nesterov", "adam", "adamw", "rmsprop")

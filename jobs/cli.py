@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         return package.main(rest)
     command = COMMANDS[args.command]
     return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
-                    sides=command.sides)
+                    command=args.command)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
 ``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally ``weigh``
-(learn feature weights with the DII) and ``weights`` (cluster and select in a weighted space).
+(learn feature weights with the DII), ``weights`` (cluster and select in a weighted space) and
+``train`` (train a probe on the selected rows, with GAF).
 ``--set a.b=value`` overrides one key (the value is parsed as YAML: ``--set select.k=7``,
 ``--set quantize.pool_k=null``; ``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
 Unknown keys are rejected with the list of valid ones; every value is checked here, so a bad
@@ -22,6 +23,8 @@ import yaml
 
 from gio_core import check_select_options
 from gio_core.dii import DECAYS, OPTIMIZERS, TIES
+from gio_core.gaf import FUSIONS
+from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
 from jobs.errors import InputError
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
@@ -186,6 +189,75 @@ class WeightsSection:
 
 
 @dataclass
+class TrainSource(SourceSection):
+    """A source of the train stage: as a pool's, but no text column unless one is named.
+    ``train.source`` with a null path stands for the selected rows of a run."""
+    path: str | None = None
+    text_column: str | None = None
+
+
+TRAIN_MODELS = ("logistic", "mlp")
+TRAIN_METHODS = ("gaf", "sgd")
+TRAIN_BASELINES = (None, "random")
+
+
+@dataclass
+class TrainSection:
+    """The train stage: a classifier (a probe) trained on the selected rows, with GAF or plain
+    SGD, and scored on a validation set from the target's distribution.
+
+    Training rows: ``source`` (any format; features from its ``embedding_column`` or its
+    ``text_column`` embedded with ``embed.model``), or, with ``source.path`` null, the
+    ``selected_rows`` of run ``selection`` (null: this config's run) with the pool's features
+    (its vectors, or the stored ``pool_embeddings``). ``validation`` is read the same way; both
+    need ``label_column``. ``model``: ``logistic`` (regression) or ``mlp`` (``hidden`` layer
+    sizes, ReLU). ``method``: ``gaf`` (``microbatches`` micro-batches of ``batch_size`` rows a
+    step, fused when their cosine distance is at most ``cos_distance_thresh``; ``fusion``
+    pairwise as the reference package, or mean) or ``sgd`` (one plain step on the same rows).
+    ``baseline: random`` trains the same probe, the same way, on as many random pool rows, so
+    the record shows what the selection gained. Unset (``validation.path`` null) the stage is
+    off.
+    """
+    source: TrainSource = field(default_factory=lambda: TrainSource())
+    selection: str | None = None      # the run whose selected_rows to train on (source.path null)
+    validation: TrainSource = field(default_factory=lambda: TrainSource())
+    label_column: str | None = None
+    model: str = "logistic"           # logistic or mlp
+    hidden: list = field(default_factory=lambda: [128])     # the mlp's hidden layer sizes
+    method: str = "gaf"               # gaf or sgd
+    epochs: int = 30
+    batch_size: int = 32
+    microbatches: int = 2             # num_batches_to_force_agreement
+    cos_distance_thresh: float = 0.97
+    fusion: str = "pairwise"          # pairwise (the reference's) or mean
+    optimizer: str = "sgd"            # sgd, sgd+nesterov, adam, adamw, rmsprop
+    learning_rate: float = 0.01
+    momentum: float = 0.9             # sgd, sgd+nesterov
+    weight_decay: float = 1e-4        # adamw
+    plateau: bool = False             # lower the learning rate on a validation-loss plateau
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
+    standardize: bool = True          # scale features by the training rows' mean and std
+    label_noise: float = 0.0          # flip this share of the training labels (experiments)
+    seed: int = 0
+    baseline: str | None = None       # null or random
+    max_rows: int = 1_000_000         # refuse to collect more training rows to the driver
+    run_id: str | None = None         # the model's id; default train-<fingerprint>
+
+    @property
+    def enabled(self) -> bool:
+        return self.validation.path is not None
+
+    @property
+    def needs_pool(self) -> bool:
+        """Whether the stage reads the pool (the selected rows' features, or the baseline)."""
+        return self.source.path is None or self.baseline == "random"
+
+
+RUNTIME_TRAIN_OPTIONS = ("max_rows",)
+
+
+@dataclass
 class OutputSection:
     path: str = "out/gio-spark"
 
@@ -201,6 +273,7 @@ class JobConfig:
     output: OutputSection = field(default_factory=OutputSection)
     weigh: WeighSection = field(default_factory=WeighSection)
     weights: WeightsSection = field(default_factory=WeightsSection)
+    train: TrainSection = field(default_factory=TrainSection)
     run_id: str | None = None
 
     def to_dict(self) -> dict:
@@ -287,7 +360,7 @@ def _read_yaml(path: str) -> dict:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
-                sides: bool = True) -> JobConfig:
+                command: str = "run") -> JobConfig:
     """Reads a YAML config, applies ``key=value`` overrides and validates the result.
 
     Raises:
@@ -307,7 +380,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             value = raw            # not YAML: take the text as it is
         _set_dotted(data, key.strip(), value)
     cfg = _build(JobConfig, data, "")
-    validate(cfg, sides)
+    validate(cfg, command)
     return cfg
 
 
@@ -464,6 +537,84 @@ def validate_weigh(cfg: JobConfig) -> None:
                "set weights.run_id to other weights.")
 
 
+def validate_train(cfg: JobConfig) -> None:
+    """The ``train`` section (checked whether or not the stage runs)."""
+    t = cfg.train
+    if t.source.path is not None:
+        _check_source(t.source, "train.source", tuple(f for f in SOURCE_FORMATS
+                                                      if f != "gio_csv"))
+        _check(t.source.embedding_column or t.source.text_column,
+               "train.source needs features: set train.source.embedding_column (vectors) or "
+               "train.source.text_column (texts embedded with embed.model).")
+        _check(t.selection is None, "train.selection names a run whose selected rows to train "
+               "on, but train.source.path names other rows; set one of them.")
+    if t.enabled:
+        _check_source(t.validation, "train.validation", tuple(f for f in SOURCE_FORMATS
+                                                              if f != "gio_csv"))
+        _check(t.validation.embedding_column or t.validation.text_column,
+               "train.validation needs features: set train.validation.embedding_column "
+               "(vectors) or train.validation.text_column (texts embedded with embed.model).")
+        _check(isinstance(t.label_column, str) and t.label_column != "",
+               "train.label_column is missing: name the column of class labels that the "
+               "training rows and train.validation both have.")
+        features = {t.validation.text_column, t.validation.embedding_column,
+                    t.validation.id_column}
+        _check(t.label_column not in features, f"train.label_column {t.label_column!r} is also "
+               "a feature or id column of train.validation; name the column of labels.")
+    _check(t.selection is None or (isinstance(t.selection, str)
+                                   and RUN_ID_PATTERN.match(t.selection)),
+           f"train.selection must be null or a run id such as run-1a2b3c; got {t.selection!r}.")
+    _check(t.model in TRAIN_MODELS, f"train.model must be one of {', '.join(TRAIN_MODELS)}; got "
+           f"{t.model!r}.")
+    _check(isinstance(t.hidden, list) and t.hidden and all(_is_int(h) and h >= 1
+                                                           for h in t.hidden),
+           f"train.hidden must be a list of layer sizes (integers >= 1), such as [128]; got "
+           f"{t.hidden!r}.")
+    _check(t.method in TRAIN_METHODS, f"train.method must be gaf or sgd; got {t.method!r}.")
+    for key in ("epochs", "batch_size", "plateau_patience", "max_rows"):
+        _check(_is_int(getattr(t, key)) and getattr(t, key) >= 1,
+               f"train.{key} must be an integer >= 1.")
+    _check(_is_int(t.microbatches) and t.microbatches >= (2 if t.method == "gaf" else 1),
+           "train.microbatches must be an integer >= 2 with method gaf (GAF compares "
+           f"micro-batches' gradients); got {t.microbatches!r}.")
+    _check(_is_num(t.cos_distance_thresh) and 0 <= t.cos_distance_thresh <= 2,
+           "train.cos_distance_thresh is a cosine distance: a number in [0, 2] (0 fuses only "
+           f"identical directions, 2 fuses everything); got {t.cos_distance_thresh!r}.")
+    _check(t.fusion in FUSIONS, f"train.fusion must be one of {', '.join(FUSIONS)}; got "
+           f"{t.fusion!r}.")
+    _check(t.optimizer in TRAIN_OPTIMIZERS, f"train.optimizer must be one of "
+           f"{', '.join(TRAIN_OPTIMIZERS)}; got {t.optimizer!r}.")
+    for key in ("learning_rate",):
+        _check(_is_num(getattr(t, key)) and getattr(t, key) > 0, f"train.{key} must be a number "
+               "> 0.")
+    for key in ("momentum", "weight_decay"):
+        _check(_is_num(getattr(t, key)) and getattr(t, key) >= 0, f"train.{key} must be a "
+               "number >= 0.")
+    _check(_is_num(t.plateau_factor) and 0 < t.plateau_factor < 1,
+           "train.plateau_factor must be a number in (0, 1).")
+    for key in ("plateau", "standardize"):
+        _check(isinstance(getattr(t, key), bool), f"train.{key} must be true or false.")
+    _check(_is_num(t.label_noise) and 0 <= t.label_noise < 1,
+           f"train.label_noise is the share of training labels to flip: a number in [0, 1); got "
+           f"{t.label_noise!r}.")
+    _check(_is_int(t.seed) and 0 <= t.seed < 2 ** 32,
+           "train.seed must be an integer between 0 and 2**32 - 1.")
+    _check(t.baseline in TRAIN_BASELINES, f"train.baseline must be null or random; got "
+           f"{t.baseline!r}.")
+    _check(t.run_id is None or (isinstance(t.run_id, str) and RUN_ID_PATTERN.match(t.run_id)),
+           "train.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
+           f"letter or digit); got {t.run_id!r}.")
+
+
+def reads_sides(cfg: JobConfig, command: str = "run") -> bool:
+    """Whether ``command`` reads pool and target (so they must be configured)."""
+    if command == "weigh":
+        return False
+    if command == "train":
+        return cfg.train.needs_pool
+    return True
+
+
 def uses_own_weights(cfg: JobConfig) -> bool:
     """Whether quantize uses the weights this config's ``weigh`` section learns."""
     if not cfg.weigh.enabled or cfg.weights.path is not None:
@@ -477,9 +628,11 @@ def uses_weights(cfg: JobConfig) -> bool:
             or cfg.weights.path is not None)
 
 
-def validate(cfg: JobConfig, sides: bool = True) -> None:
+def validate(cfg: JobConfig, command: str = "run") -> None:
     """Checks every value; raises :class:`InputError` naming the key and what to do.
-    ``sides=False`` (the weigh command) leaves out pool and target, which it does not read."""
+    ``command``: the weigh command (and train on a source of its own) leaves out pool and
+    target, which it does not read."""
+    sides = reads_sides(cfg, command)
     sp = cfg.spark
     _check(sp.master is None or (isinstance(sp.master, str) and sp.master.strip() != ""),
            "spark.master must be a master URL such as local[*] or spark://host:7077, or null.")
@@ -490,8 +643,12 @@ def validate(cfg: JobConfig, sides: bool = True) -> None:
         _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
                f"{type(value).__name__}.")
     validate_weigh(cfg)
-    _check(sides or cfg.weigh.enabled, "the config has no weigh stage: set weigh.source.path "
-           "(and weigh.b_columns) to the table whose feature weights to learn.")
+    validate_train(cfg)
+    _check(command != "weigh" or cfg.weigh.enabled, "the config has no weigh stage: set "
+           "weigh.source.path (and weigh.b_columns) to the table whose feature weights to learn.")
+    _check(command != "train" or cfg.train.enabled, "the config has no train stage: set "
+           "train.validation.path (and train.label_column) to the labelled rows that score the "
+           "probe.")
     for side in ("pool", "target") if sides else ():
         src: SourceSection = getattr(cfg, side)
         _check_source(src, side, SOURCE_FORMATS)

@@ -3,7 +3,9 @@ Python's standard library, read with ``ast`` (nothing is imported or executed).
 
 * pool: every docstring of 40 characters or more, from every module (tests, IDLE and GUI
   demos excluded), with its module name;
-* target: a fixed sample of the docstrings of the ``email``, ``http`` and ``urllib`` packages.
+* target: a fixed sample of the docstrings of the ``email``, ``http`` and ``urllib`` packages;
+* heldout: the other docstrings of those packages (labelled rows from the target's
+  distribution that the selection never saw: the train stage's validation set).
 
 The same Python version gives the same rows on every machine.
 """
@@ -54,11 +56,12 @@ def demo_rows(side: str) -> list[dict]:
     rows = stdlib_docstrings()
     if side == "pool":
         return rows
-    if side == "target":
+    if side in ("target", "heldout"):
         mine = [r for r in rows if r["package"] in TARGET_PACKAGES]
         mine.sort(key=lambda r: hashlib.sha256(r["doc_id"].encode()).hexdigest())
-        return sorted(mine[:TARGET_ROWS], key=lambda r: r["doc_id"])
-    raise ValueError(f"demo side must be 'pool' or 'target', not {side!r}.")
+        part = mine[:TARGET_ROWS] if side == "target" else mine[TARGET_ROWS:]
+        return sorted(part, key=lambda r: r["doc_id"])
+    raise ValueError(f"demo side must be 'pool', 'target' or 'heldout', not {side!r}.")
 
 
 def demo_frame(spark, side: str):

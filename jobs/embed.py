@@ -56,7 +56,7 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         threads = int(spark.conf.get("spark.task.cpus", "1"))
         log(f"embed {side.name}: encoding {side.report['kept']} texts of "
             f"{side.src.text_column!r} with {e.model} (batch {e.batch_size})")
-        reuse.record(spark, cfg.output.path, stage, key, fp, "started")
+        reuse.begin(spark, cfg.output.path, stage, key, fp)
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
                           e.device, threads).withColumn("embeddings_id", F.lit(key))
         tables.replace_key(spark, out, cfg.output.path, name, key)

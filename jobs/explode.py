@@ -58,7 +58,7 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     if reuse.is_done(spark, cfg.output.path, "explode", run_id, fp):
         log(f"explode: reusing the selected rows of run {run_id}")
     else:
-        reuse.record(spark, cfg.output.path, "explode", run_id, fp, "started")
+        reuse.begin(spark, cfg.output.path, "explode", run_id, fp)
         own = [f.name for f in pool.schema.fields]
         out = explode_frame(selection, assignments, pool.frame, own)
         tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)

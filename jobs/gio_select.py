@@ -146,7 +146,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
 
     log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
         f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
-    reuse.record(spark, cfg.output.path, "select", run_id, fp, "started")
+    reuse.begin(spark, cfg.output.path, "select", run_id, fp)
     t1 = time.perf_counter()
     result = gio_core.select(
         target_c, pool_c, callback=progress,

@@ -56,13 +56,18 @@ def _sources(cfg: JobConfig, sides: bool) -> list[tuple[str, SourceSection]]:
     out = [(side, getattr(cfg, side)) for side in ("pool", "target")] if sides else []
     if cfg.weigh.enabled:
         out.append(("weigh.source", cfg.weigh.source))
+    if cfg.train.enabled:
+        if cfg.train.source.path is not None:
+            out.append(("train.source", cfg.train.source))
+        out.append(("train.validation", cfg.train.validation))
     return out
 
 
 def preflight(cfg: JobConfig, sides: bool = True) -> None:
     """Checks that need no JVM: input paths, and the output location (exists as a folder or can
     be created, is writable, is not itself a Delta table, is not inside an input).
-    ``sides=False``: pool and target are not read (the weigh command)."""
+    ``sides=False``: pool and target are not read (the weigh command; train on a source of its
+    own)."""
     for side, src in _sources(cfg, sides):
         path = _local(src.path) if src.format != "demo" else None
         if path is not None and not os.path.exists(path):
@@ -165,7 +170,7 @@ def _read_raw(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
         try:
             return demo_frame(spark, src.path)
         except ValueError as err:
-            raise InputError(f"{side}.format demo: {err} Set path: pool or path: target.") from None
+            raise InputError(f"{side}.format demo: {err} Set path: pool, target or heldout.") from None
     options = {str(k): str(v) for k, v in src.options.items()}
     reader = spark.read.options(**options)
     if src.format == "delta":
@@ -207,6 +212,14 @@ def own_columns(df: DataFrame) -> list[str]:
     return [c for c in df.columns if c not in (ROW_ID, EMBEDDING)]
 
 
+def row_id_expr(columns: list[str], id_column: str | None):
+    """A row's id: its ``id_column`` as text, or else the SHA-256 of its content (``columns``,
+    in order), so that the same row has the same id in every table that holds its columns."""
+    if id_column:
+        return F.col(id_column).cast("string")
+    return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
+
+
 def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     """Reads one side's schema and adds ``row_id`` (and ``embedding``); reads no rows.
 
@@ -245,11 +258,7 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     for reserved in (ROW_ID, EMBEDDING):
         if reserved in columns and reserved not in (src.id_column, emb):
             df = df.withColumnRenamed(reserved, f"source_{reserved}")
-    own = df.columns
-    if src.id_column:
-        df = df.withColumn(ROW_ID, F.col(src.id_column).cast("string"))
-    else:
-        df = df.withColumn(ROW_ID, F.sha2(F.to_json(F.struct(*[F.col(c) for c in own])), 256))
+    df = df.withColumn(ROW_ID, row_id_expr(df.columns, src.id_column))
     if emb:
         try:
             df = df.withColumn(EMBEDDING, _embedding_expr(df, side, emb))
@@ -328,6 +337,7 @@ _KIND_WORDS = {
     "non_finite": "NaN, inf or null vector values",
     "bad_a": "a null, NaN or inf value in space A's columns",
     "bad_b": "a null, NaN or inf value (or a null label) in weigh.b_columns",
+    "null_label": "a null label in train.label_column",
 }
 
 
@@ -451,6 +461,7 @@ class Inputs:
     target: Side
     dim: int
     weigh: object | None = None      # jobs.weigh.WeighInput, when the weigh stage runs now
+    train: object | None = None      # jobs.train.TrainInput, when the train stage runs now
 
     def reports(self) -> dict:
         return {"pool": self.pool.report, "target": self.target.report}
@@ -477,15 +488,18 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log) -> Side:
     """One side, checked (or its earlier check reused); writes nothing."""
     pending: list = []
     out = _side(spark, cfg, plan, side, log, pending)
-    for stage, key, fp, report in pending:
-        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
+    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
+                                              for stage, key, fp, report in pending])
     return out
 
 
-def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False) -> Inputs:
+def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False,
+                   train: Callable | None = None) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
     ``weigh``: the weigh source too, when the weigh stage runs in this command and is not done.
-    Where quantize uses learnt weights, checks that they exist and fit the embeddings.
+    ``train(pool, dim)``: the train stage's checks, run before anything is written (its result
+    is ``Inputs.train``). Where quantize uses learnt weights, checks that they exist and fit the
+    embeddings.
 
     Raises:
       InputError: any problem with the sources, their rows, the model, the target's size, the
@@ -526,9 +540,10 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = F
                              f"embeddings have {dims['pool']} dimensions; learn the weights in "
                              "the embedding space (weigh.source.embedding_column, or its "
                              "text_column with the same embed.model), or use other weights.")
-    for stage, key, fp, report in pending:
-        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
-    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input)
+    train_input = train(sides["pool"], int(dims["pool"])) if train is not None else None
+    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
+                                              for stage, key, fp, report in pending])
+    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input)
 
 
 def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:

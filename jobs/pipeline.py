@@ -1,5 +1,5 @@
 """The stages as commands, and the whole pipeline in one Spark application:
-(weigh ->) embed -> quantize -> select -> explode.
+(weigh ->) embed -> quantize -> select -> explode (-> train).
 
     gio-spark run --config conf/demo.yaml [--set select.k=7 ...]
     spark-submit --properties-file conf/spark-defaults.conf jobs/submit.py run --config ...
@@ -15,26 +15,51 @@ from typing import Callable, NamedTuple
 from pyspark.sql import functions as F
 
 from jobs import reuse
-from jobs.config import JobConfig
+from jobs.config import JobConfig, effective_embedding_column
 from jobs.embed import side_embeddings
 from jobs.explode import run_explode
 from jobs.gio_select import run_select
 from jobs.inputs import check_outputs, prepare_inputs, read_only
 from jobs.log import log
 from jobs.quantize import run_quantize
+from jobs.train import run_train, train_input_unless_done
 from jobs.weigh import run_weigh, weigh_input_unless_done
 
 
 def run_pipeline(spark, cfg: JobConfig) -> dict:
-    """Runs every stage; returns the explode summary."""
+    """Runs every stage; returns the explode summary (with the train stage's accuracies)."""
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
-    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True)
+    tplan = reuse.make_train_plan(spark, cfg, plan, in_run=True) if cfg.train.enabled else None
+    check_train = None
+    if tplan is not None:            # its checks too come before anything is written
+        def check_train(pool, dim):
+            return train_input_unless_done(spark, cfg, tplan, pool, dim)
+    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True, train=check_train)
     if plan.weigh is not None:
         run_weigh(spark, cfg, plan.weigh, inputs.weigh)
     run_quantize(spark, cfg, plan, inputs)
     run_select(spark, cfg, plan, inputs.reports())
-    return run_explode(spark, cfg, plan, inputs.pool)
+    summary = run_explode(spark, cfg, plan, inputs.pool)
+    if tplan is not None:
+        summary["train"] = run_train(spark, cfg, plan, tplan, inputs.train)
+    return summary
+
+
+def train_command(spark, cfg: JobConfig) -> None:
+    plan = reuse.make_plan(spark, cfg) if cfg.train.needs_pool else None
+    tplan = reuse.make_train_plan(spark, cfg, plan)
+    check_outputs(spark, cfg, None)
+    pool, dim = None, None
+    if not reuse.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
+        if plan is not None:
+            pool = read_only(spark, cfg, plan, "pool", log)
+            dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
+            if dim is None:
+                from jobs.train import _model_dim
+                dim = _model_dim(cfg)
+    inp = train_input_unless_done(spark, cfg, tplan, pool, dim)
+    run_train(spark, cfg, plan, tplan, inp)
 
 
 def weigh_command(spark, cfg: JobConfig) -> None:
@@ -43,8 +68,8 @@ def weigh_command(spark, cfg: JobConfig) -> None:
     check_outputs(spark, cfg, None)
     pending: list = []
     inp = weigh_input_unless_done(spark, cfg, wplan, pending, model_dimension)
-    for stage, key, fp, report in pending:
-        reuse.record(spark, cfg.output.path, stage, key, fp, "done", report)
+    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
+                                              for stage, key, fp, report in pending])
     run_weigh(spark, cfg, wplan, inp)
 
 
@@ -82,20 +107,20 @@ def run_command(spark, cfg: JobConfig) -> None:
 class Command(NamedTuple):
     help: str
     body: Callable
-    sides: bool = True       # whether it reads pool and target (and needs them configured)
 
 
 # The Spark commands of `gio-spark` and `jobs/submit.py`.
 COMMANDS: dict[str, Command] = {
     "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode", run_command),
-    "weigh": Command("the weigh stage alone: feature weights learnt by the DII", weigh_command,
-                     sides=False),
+    "weigh": Command("the weigh stage alone: feature weights learnt by the DII", weigh_command),
     "embed": Command("the embed stage alone: sentence embeddings of pool and target",
                      embed_command),
     "quantize": Command("the quantize stage alone: K-means on pool and target",
                         quantize_command),
     "select": Command("the select stage alone: GIO on the centroids", select_command),
     "explode": Command("the explode stage alone: chosen clusters back to rows", explode_command),
+    "train": Command("the train stage alone: a probe trained on the selected rows (GAF)",
+                     train_command),
 }
 
 

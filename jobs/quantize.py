@@ -68,7 +68,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
         log(f"quantize: in the space weighted by {plan.weights_id} ({int(np.sum(scale > 1e-3))} "
             f"of {len(scale)} features above 0.001 of the largest)")
         pool, target = apply_weights(pool, scale), apply_weights(target, scale)
-    reuse.record(spark, cfg.output.path, "quantize", key, fp, "started")
+    reuse.begin(spark, cfg.output.path, "quantize", key, fp)
     warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
     pool_rows, assignments, cached = kmeans_side(pool, q.pool_k, q, q.seed, "pool", warn)
     target_rows, _, cached_t = kmeans_side(target, q.target_k, q, q.seed + 1, "target", warn)

@@ -8,14 +8,17 @@ settings, the collect limit, block and cache sizes) are left out: changing them 
 The functions :func:`plan` and the ``*_fingerprint`` helpers are pure functions of the config and
 the sources' identities (tested without Spark). :func:`source_identity` looks at the sources.
 
-**The stage log.** ``stages`` is an append-only Delta table. A stage appends ``started`` before its
-first output and ``done`` after its last, each with its key and fingerprint. A stage is reused only
-when the *latest* record for its key is ``done`` with the same fingerprint. Outputs are keyed: the
+**The stage log.** ``stages`` is an append-only Delta table. A stage appends ``done`` after its last
+output, with its key and fingerprint, and ``started`` before its first output when the latest
+record for its key is a ``done`` (of other settings under the same run id) that its writes would
+make untrue. A stage is reused only when the *latest* record for its key is ``done`` with the same
+fingerprint. Outputs are keyed: the
 embeddings by ``embeddings_id``, centroids and assignments by ``clustering_id`` (both derived from
 fingerprints, so runs with other inputs never share rows), selections by ``run_id``. Hence:
 
-* a run killed anywhere leaves either a ``done`` record whose outputs are complete, or a
-  ``started`` record as the latest, which makes the next run recompute that stage;
+* a run killed anywhere leaves either a ``done`` record whose outputs are complete, or, as the
+  latest for the stage's key, a ``started`` record or none, which makes the next run recompute
+  that stage;
 * a run with other parameters writes other keys and cannot make another config's record stale;
 * two runs at once never mix rows: each writes its own keys, and identical runs write identical
   rows (the second replaces the first's in one transaction).
@@ -35,8 +38,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs import faults, tables
-from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, JobConfig,
-                         SourceSection, effective_embedding_column, uses_own_weights,
+from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS,
+                         JobConfig, SourceSection, effective_embedding_column, uses_own_weights,
                          uses_weights)
 from jobs.errors import InputError
 
@@ -133,6 +136,78 @@ def weigh_plan(cfg: JobConfig, identity: dict) -> WeighPlan:
     return WeighPlan(validate, fp, cfg.weigh.run_id or "weights-" + fp[:12])
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    fingerprint: str
+    train_id: str
+    selection: str | None         # the run whose selected rows are trained on (source.path null)
+
+
+def train_params(cfg: JobConfig) -> dict:
+    """What changes the trained probes: every train option but where the rows come from, the
+    model id and the runtime knobs."""
+    return {k: v for k, v in dataclasses.asdict(cfg.train).items()
+            if k not in ("source", "validation", "selection", "run_id")
+            + RUNTIME_TRAIN_OPTIONS}
+
+
+def train_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan | None" = None) -> TrainPlan:
+    """The train stage's keys: a pure function of the config and identities: ``validation``
+    (:func:`source_identity`), and ``source`` (the same) or ``selection`` (``{"run_id",
+    "explode"}``: the run and its explode fingerprint). ``pool_plan``: the pool's keys, when
+    the stage reads the pool's features or its rows (the baseline)."""
+    t = cfg.train
+    parts: dict = {"validation": identities["validation"], "params": train_params(cfg)}
+    if t.source.path is None:
+        parts["rows"] = identities["selection"]
+    else:
+        parts["rows"] = identities["source"]
+    if t.needs_pool:
+        assert pool_plan is not None
+        parts["pool"] = {"validate": pool_plan.validate["pool"], "embed": pool_plan.embed["pool"]}
+    texts = [src for src in (t.source, t.validation) if src.path is not None
+             and not src.embedding_column]
+    if texts or t.needs_pool:
+        parts["embed"] = {"model": _model_identity(cfg.embed.model),
+                          "normalize": cfg.embed.normalize}
+    fp = fingerprint("train", parts)
+    selection = identities["selection"]["run_id"] if t.source.path is None else None
+    return TrainPlan(fp, t.run_id or "train-" + fp[:12], selection)
+
+
+def make_train_plan(spark, cfg: JobConfig, pool_plan: "Plan | None" = None,
+                    in_run: bool = False) -> TrainPlan:
+    """The train stage's keys. ``in_run``: planned inside ``gio-spark run``, before this run's
+    explode (so this run's selection is taken as the one it will commit).
+
+    Raises:
+      InputError: the run to train on has no committed selected rows.
+    """
+    t = cfg.train
+    identities = {"validation": source_identity(spark, t.validation, "train.validation")}
+    if t.source.path is not None:
+        identities["source"] = source_identity(spark, t.source, "train.source")
+    else:
+        assert pool_plan is not None
+        run_id = t.selection or pool_plan.run_id
+        if in_run and run_id == pool_plan.run_id:
+            explode = pool_plan.explode
+        else:
+            last = latest(spark, cfg.output.path, "explode", run_id)
+            if last is None or last["status"] != "done":
+                this = " (this config's run)" if run_id == pool_plan.run_id else ""
+                raise InputError(f"run {run_id}{this} has no selected rows under "
+                                 f"{cfg.output.path!r} to train on; run gio-spark run first, or "
+                                 "name a finished run in train.selection.")
+            if run_id == pool_plan.run_id and last["fingerprint"] != pool_plan.explode:
+                raise InputError(f"the selected rows of run {run_id} under {cfg.output.path!r} "
+                                 "were made with other inputs or settings than this config's; "
+                                 "run gio-spark run with this config first.")
+            explode = last["fingerprint"]
+        identities["selection"] = {"run_id": run_id, "explode": explode}
+    return train_plan(cfg, identities, pool_plan)
+
+
 def select_params(cfg: JobConfig) -> dict:
     """The select options that change the selection (the runtime knobs left out)."""
     return {k: v for k, v in dataclasses.asdict(cfg.select).items()
@@ -194,15 +269,70 @@ def make_weigh_plan(spark, cfg: JobConfig) -> WeighPlan:
 # The stage log
 # ---------------------------------------------------------------------------
 
-def latest(spark, output: str, stage: str, key: str):
-    """The latest record of ``stage`` for ``key`` (a Row), or None."""
-    path = tables.table_path(output, "stages")
-    if not tables._path_exists(path) or not tables.exists(spark, path):
+# The stage log as this process last read it: path -> (Delta version, records). A local table's
+# version is the newest commit file in its _delta_log, so a record that any process appended
+# since makes the next look read the table again; this process's own appends are added in place
+# when no other commit came between. Remote tables are read through Spark every time.
+_LOG: dict = {}
+_FIELDS = ("stage", "key", "fingerprint", "status", "at_ns", "detail")
+
+
+def _log_version(path: str) -> tuple | None:
+    """The newest commit of the local Delta table at ``path``: ``(version, mtime, inode)`` of
+    its newest commit file (a table deleted and made anew differs), ``(-1,)`` when there is
+    none; None for a remote path."""
+    local = path.removeprefix("file:")
+    if "://" in local:
         return None
-    rows = (tables.read_table(spark, output, "stages")
-            .where((F.col("stage") == stage) & (F.col("key") == key))
-            .orderBy(F.desc("at_ns"), F.desc("status")).take(1))
-    return rows[0] if rows else None
+    folder = os.path.join(local, "_delta_log")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return (-1,)
+    commits = [n for n in names if n.endswith(".json") and n[:20].isdigit()]
+    if not commits:
+        return (-1,)
+    newest = max(commits)
+    try:
+        st = os.stat(os.path.join(folder, newest))
+    except FileNotFoundError:
+        return (-2,)                  # changing under us: never equal to a cached version
+    return (int(newest[:20]), st.st_mtime_ns, st.st_ino)
+
+
+def _read_log(spark, output: str) -> list:
+    rows = tables.read_table(spark, output, "stages").select(*_FIELDS).collect()
+    return [r.asDict() for r in rows]
+
+
+def _records(spark, output: str, stage: str, key: str) -> list:
+    path = tables.table_path(output, "stages")
+    version = _log_version(path)
+    if version == (-1,) or not tables._path_exists(path):
+        return []
+    if version is None:                     # remote: ask Delta each time
+        if not tables.exists(spark, path):
+            return []
+        rows = (tables.read_table(spark, output, "stages")
+                .where((F.col("stage") == stage) & (F.col("key") == key))
+                .select(*_FIELDS).collect())
+        return [r.asDict() for r in rows]
+    cached = _LOG.get(path)
+    if cached is None or cached[0] != version:
+        if not tables.exists(spark, path):
+            return []
+        cached = (version, _read_log(spark, output))
+        _LOG[path] = cached
+    return [r for r in cached[1] if r["stage"] == stage and r["key"] == key]
+
+
+def latest(spark, output: str, stage: str, key: str) -> dict | None:
+    """The latest record of ``stage`` for ``key`` (``stage, key, fingerprint, status, at_ns,
+    detail``), or None."""
+    rows = _records(spark, output, stage, key)
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r["at_ns"], r["status"]))
 
 
 def is_done(spark, output: str, stage: str, key: str, fp: str) -> bool:
@@ -214,8 +344,41 @@ def is_done(spark, output: str, stage: str, key: str, fp: str) -> bool:
 def record(spark, output: str, stage: str, key: str, fp: str, status: str,
            detail: dict | None = None) -> None:
     """Appends one record to the stage log (a blind append: concurrent runs never conflict)."""
+    record_all(spark, output, [(stage, key, fp, status, detail)])
+
+
+def record_all(spark, output: str, records: list) -> None:
+    """Appends ``(stage, key, fingerprint, status, detail)`` records in one commit."""
+    if not records:
+        return
     now_ns = time.time_ns()
-    row = (stage, key, fp, status, dt.datetime.fromtimestamp(now_ns / 1e9), now_ns,
-           tables.detail_json(detail))
-    tables.append(spark, spark.createDataFrame([row], tables.STAGES), output, "stages")
-    faults.point(f"{status}:{stage}")
+    rows = [(stage, key, fp, status, dt.datetime.fromtimestamp((now_ns + i) / 1e9), now_ns + i,
+             tables.detail_json(detail))
+            for i, (stage, key, fp, status, detail) in enumerate(records)]
+    path = tables.table_path(output, "stages")
+    before = _log_version(path)
+    tables.append(spark, spark.createDataFrame(rows, tables.STAGES).coalesce(1), output,
+                  "stages")
+    cached = _LOG.get(path)
+    after = _log_version(path)
+    if (cached is not None and before is not None and after is not None and cached[0] == before
+            and len(before) == 3 and len(after) == 3 and after[0] == before[0] + 1):
+        added = [dict(zip(_FIELDS, (r[0], r[1], r[2], r[3], r[5], r[6]), strict=True))
+                 for r in rows]
+        _LOG[path] = (after, cached[1] + added)
+    for stage, _, _, status, _ in records:
+        faults.point(f"{status}:{stage}")
+
+
+def begin(spark, output: str, stage: str, key: str, fp: str) -> None:
+    """Marks a stage as running before its first output where that matters: when the latest
+    record for its key is ``done`` (with another fingerprint; with the same one the stage is
+    reused, never re-run), a ``started`` record makes sure that a run killed after it changed
+    the outputs does not leave that ``done`` as the latest. With no record for the key, or a
+    ``started`` one, the key is not reusable already, and nothing is written (one commit less
+    per stage on a new key)."""
+    last = latest(spark, output, stage, key)
+    if last is not None and last["status"] == "done":
+        record(spark, output, stage, key, fp, "started")
+    else:
+        faults.point(f"started:{stage}")

@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Callable
 
-from jobs.config import JobConfig, load_config
+from jobs.config import JobConfig, load_config, reads_sides
 from jobs.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
                          InputError)
 from jobs.inputs import preflight
@@ -35,15 +35,16 @@ def _stop(spark) -> None:
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
-             argv=None, sides: bool = True) -> int:
+             argv=None, command: str = "run") -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
-    the session and runs ``body(spark, cfg)``; returns the exit code. ``sides=False``: the
-    command does not read pool and target, which need not be configured."""
+    the session and runs ``body(spark, cfg)``; returns the exit code. ``command`` says which
+    sections must be configured (weigh, and train on a source of its own, read no pool or
+    target)."""
     args = parser(prog, description).parse_args(argv)
     spark = None
     try:
-        cfg = load_config(args.config, args.set, sides)
-        preflight(cfg, sides)
+        cfg = load_config(args.config, args.set, command)
+        preflight(cfg, reads_sides(cfg, command))
         from pyspark.sql import SparkSession
 
         from jobs.session import build_session

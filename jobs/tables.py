@@ -13,6 +13,8 @@ Under ``output.path``:
 | ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | run_id | explode |
 | ``feature_weights`` | weights_id, weights_fingerprint, feature, name, weight, scaled | weights_id | weigh |
 | ``weight_runs`` | weights_id, fingerprint, params, spaces, DII curve, final DII, ... | weights_id | weigh |
+| ``train_runs`` | train_id, fingerprint, arm, params, rows, classes, per-epoch history, ... | train_id | train |
+| ``models`` | train_id, fingerprint, arm, kind, sizes, classes, standardisation, params | train_id | train |
 | ``stages`` | stage, key, fingerprint, status, at, detail | (append-only log) | every stage |
 
 Rules every write follows:
@@ -131,6 +133,54 @@ WEIGHT_RUNS = T.StructType([
     T.StructField("timings", T.StringType(), False),
     T.StructField("versions", T.StringType(), False),
 ])
+# Fields of a struct inside an array must be nullable in Delta.
+EPOCH = T.StructType([
+    T.StructField("epoch", T.IntegerType(), True),
+    T.StructField("lr", T.DoubleType(), True),
+    T.StructField("train_loss", T.DoubleType(), True),
+    T.StructField("train_accuracy", T.DoubleType(), True),
+    T.StructField("val_loss", T.DoubleType(), True),
+    T.StructField("val_accuracy", T.DoubleType(), True),
+    T.StructField("steps", T.IntegerType(), True),
+    T.StructField("steps_taken", T.IntegerType(), True),     # GAF: steps where some agreed
+    T.StructField("mean_agreed", T.DoubleType(), True),       # GAF: micro-batches fused a step
+    T.StructField("memorised", T.DoubleType(), True),         # label_noise: flipped rows learnt
+    T.StructField("seconds", T.DoubleType(), True),
+])
+TRAIN_RUNS = T.StructType([
+    T.StructField("train_id", T.StringType(), False),
+    T.StructField("train_fingerprint", T.StringType(), False),
+    T.StructField("arm", T.StringType(), False),              # selection, or random (baseline)
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("params", T.StringType(), False),           # JSON of the whole config
+    T.StructField("rows_from", T.StringType(), False),        # JSON: run, source or pool sample
+    T.StructField("train_rows", T.IntegerType(), False),
+    T.StructField("val_rows", T.IntegerType(), False),
+    T.StructField("classes", T.ArrayType(T.StringType(), False), False),
+    T.StructField("model", T.StringType(), False),            # JSON: kind, layer sizes
+    T.StructField("method", T.StringType(), False),           # gaf or sgd
+    T.StructField("history", T.ArrayType(EPOCH, True), False),   # one record per epoch
+    T.StructField("val_accuracy", T.DoubleType(), False),     # after the last epoch
+    T.StructField("val_loss", T.DoubleType(), False),
+    T.StructField("best_val_accuracy", T.DoubleType(), False),
+    T.StructField("inputs", T.StringType(), True),            # JSON: rows read and dropped
+    T.StructField("timings", T.StringType(), False),
+    T.StructField("versions", T.StringType(), False),
+])
+MODELS = T.StructType([
+    T.StructField("train_id", T.StringType(), False),
+    T.StructField("train_fingerprint", T.StringType(), False),
+    T.StructField("arm", T.StringType(), False),
+    T.StructField("kind", T.StringType(), False),             # logistic or mlp
+    T.StructField("sizes", T.ArrayType(T.IntegerType(), False), False),   # [features, ..., classes]
+    T.StructField("classes", T.ArrayType(T.StringType(), False), False),  # output i's label
+    T.StructField("feature_mean", T.ArrayType(T.DoubleType(), False), False),
+    T.StructField("feature_scale", T.ArrayType(T.DoubleType(), False), False),
+    T.StructField("features", T.StringType(), False),         # JSON: where features came from
+    T.StructField("params_format", T.StringType(), False),    # gio_core.gaf.PARAMS_FORMAT
+    T.StructField("params", T.BinaryType(), False),           # gio_core.gaf.mlp_to_bytes
+])
 SELECTED_EXTRA = T.StructType([
     T.StructField("cluster_id", T.IntegerType(), True),
     T.StructField("rank", T.IntegerType(), True),
@@ -140,11 +190,12 @@ SELECTED_EXTRA = T.StructType([
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
-           "stages": STAGES}
+           "train_runs": TRAIN_RUNS, "models": MODELS, "stages": STAGES}
 KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
         "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
-        "feature_weights": "weights_id", "weight_runs": "weights_id", "stages": None}
+        "feature_weights": "weights_id", "weight_runs": "weights_id",
+        "train_runs": "train_id", "models": "train_id", "stages": None}
 TABLES = tuple(KEYS)
 
 MAX_ATTEMPTS = 8

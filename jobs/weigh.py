@@ -377,7 +377,7 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
     sample_s = time.perf_counter() - t0
     log(f"weigh: training the DII on {n} rows, {inp.dim} features of A ({inp.a_kind}) against "
         f"{b.shape[1]} of B ({inp.b_kind}), {cfg.weigh.num_epochs} epochs")
-    reuse.record(spark, cfg.output.path, "weigh", key, fp, "started")
+    reuse.begin(spark, cfg.output.path, "weigh", key, fp)
     t1 = time.perf_counter()
     params, imbs, final, error, greedy = _train(cfg, a, b, inp)
     train_s = time.perf_counter() - t1

@@ -175,3 +175,19 @@ def test_gaf_resists_label_noise_on_digits():
     assert results["gaf"]["val_accuracy"] > results["sgd"]["val_accuracy"] + 0.04, results
     assert results["gaf"]["memorised"] < results["sgd"]["memorised"] / 2, results
     assert 0 < results["gaf"]["steps_taken"] < 78, results     # GAF skipped some steps
+
+
+def test_a_probe_round_trips_through_bytes_and_predicts_class_names():
+    params, apply_fn = gaf.mlp([5, 7, 3], seed=2)
+    back = gaf.mlp_from_bytes(gaf.mlp_to_bytes(params))
+    assert len(back) == 2
+    for got, want in zip(back, params, strict=True):
+        np.testing.assert_array_equal(got["w"], np.asarray(want["w"], np.float32))
+        np.testing.assert_array_equal(got["b"], np.asarray(want["b"], np.float32))
+    x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    mean, scale = x.mean(0), x.std(0)
+    probe = gaf.Probe(back, ("cat", "dog", "eel"), mean, scale)
+    want = np.argmax(np.asarray(apply_fn(params, (x - mean) / scale)), axis=1)
+    assert list(probe.predict(x)) == [("cat", "dog", "eel")[i] for i in want]
+    assert probe.accuracy(x, probe.predict(x)) == 1.0
+    assert probe.accuracy(x, ["nope"] * 40) == 0.0

@@ -280,6 +280,27 @@ def nan_feature(tmp):
     return weigh_sets("weigh.a_columns=[a0, a9]", a9=values)(tmp)
 
 
+def train_sets(*extra, command_sets=(), **validation):
+    """A case maker: the base run (its pool labelled) plus a train section scored on a labelled
+    validation set."""
+    def make(tmp):
+        rng = np.random.default_rng(5)
+        pool = vectors(tmp, "pool", label=rng.choice(["x", "y"], 60))
+        columns = {"label": rng.choice(["x", "y"], 30)}
+        columns.update(validation)
+        val = vectors(tmp, "val", rows=30, dim=columns.pop("dim", 8), **columns)
+        sets, out = base(tmp, pool=pool)
+        sets += [f"train.validation.path={val}", "train.validation.format=parquet",
+                 "train.validation.id_column=id", "train.validation.embedding_column=vec",
+                 "train.label_column=label"]
+        return argv(sets + list(extra)), out
+    return make
+
+
+def floats(rows=30):
+    return np.random.default_rng(6).normal(0, 1, rows)
+
+
 CASES = [
     Case("config file missing", "does not exist", lambda t: (
         ["--config", str(t / "nope.yaml")], str(t / "out"))),
@@ -368,6 +389,24 @@ CASES = [
          with_sets("weights.run_id=weights-nope")),
     Case("weigh command without a weigh section", "the config has no weigh stage",
          with_sets(), command="weigh"),
+    Case("train without a label column", "train.label_column is missing",
+         train_sets("train.label_column=null")),
+    Case("train label column missing", "train.label_column 'nope' is not a column of "
+         "train.validation", train_sets("train.label_column=nope")),
+    Case("train labels that are not classes", "class labels are text, integers or booleans",
+         train_sets(label=floats())),
+    Case("train null labels", "1 with a null label in train.label_column",
+         train_sets(label=np.array(["x"] * 29 + [None], dtype=object))),
+    Case("train threshold out of range", "train.cos_distance_thresh is a cosine distance",
+         train_sets("train.cos_distance_thresh=3")),
+    Case("train GAF with one micro-batch", "train.microbatches must be an integer >= 2",
+         train_sets("train.microbatches=1")),
+    Case("train features of another dimension", "have 8 features but train.validation has 4",
+         train_sets(dim=4)),
+    Case("train on a run that has not run", "has no selected rows under",
+         train_sets(), command="train"),
+    Case("train command without a train section", "the config has no train stage",
+         with_sets(), command="train"),
 ]
 
 

@@ -141,13 +141,13 @@ def test_killed_at_every_point_resumes_to_the_clean_result(spark, data_dir, clea
     assert rc == -9, open(tmp_path / "kill2.log").read()[-3000:]
     assert "quantize: reusing clustering" in open(tmp_path / "kill2.log").read()
     assert has_table(out, "selection") and not has_table(out, "runs")
-    assert last_status(spark, out, "select", run_id) == "started"
+    assert last_status(spark, out, "select", run_id) is None      # a new key: never reusable
 
     rc = run_child(sets, "after:selected_rows", tmp_path / "kill3.log")
     assert rc == -9, open(tmp_path / "kill3.log").read()[-3000:]
     log3 = open(tmp_path / "kill3.log").read()
     assert "quantize: reusing clustering" in log3 and "select: reusing" not in log3
-    assert last_status(spark, out, "explode", run_id) == "started"
+    assert last_status(spark, out, "explode", run_id) is None
 
     summary = run_here(spark, sets)
     assert summary["run_id"] == run_id

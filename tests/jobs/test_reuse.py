@@ -56,3 +56,28 @@ def test_planning_leaves_the_config_as_it_was():
     before = cfg.to_dict()
     first = reuse.plan(cfg, IDENTITIES)
     assert cfg.to_dict() == before and reuse.plan(cfg, IDENTITIES) == first
+
+
+def test_the_stage_log_cache_sees_every_writer_and_a_table_made_anew(spark, tmp_path):
+    """reuse.latest keeps the log it read while the table's newest commit is the same: a record
+    appended behind its back (another process, here a plain Delta append) is seen at once, and
+    so is a log deleted and written again with as many commits."""
+    import datetime as dt
+    import shutil
+
+    from jobs import tables
+    out = str(tmp_path / "out")
+    reuse.record(spark, out, "embed_pool", "k1", "fp1", "started")
+    reuse.record(spark, out, "embed_pool", "k1", "fp1", "done")
+    assert reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
+    stranger = spark.createDataFrame([("embed_pool", "k1", "fp2", "started", dt.datetime.now(),
+                                       10 ** 19 // 10 * 9, None)], tables.STAGES)
+    stranger.write.format("delta").mode("append").save(tables.table_path(out, "stages"))
+    assert reuse.latest(spark, out, "embed_pool", "k1")["fingerprint"] == "fp2"
+    assert not reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
+    shutil.rmtree(out)
+    assert reuse.latest(spark, out, "embed_pool", "k1") is None
+    for status in ("started", "done", "started"):        # as many commits as before
+        reuse.record(spark, out, "embed_pool", "k1", "fp3", status)
+    last = reuse.latest(spark, out, "embed_pool", "k1")
+    assert (last["fingerprint"], last["status"]) == ("fp3", "started")

@@ -199,7 +199,7 @@ def test_weigh_killed_between_its_tables_resumes_to_the_clean_weights(spark, tmp
     assert child.returncode == -9, child.stderr[-2000:]
     stages = spark.read.format("delta").load(tables.table_path(killed, "stages"))
     weigh_records = stages.where(F.col("stage") == "weigh").select("status").collect()
-    assert [r["status"] for r in weigh_records] == ["started"]
+    assert weigh_records == []
     assert not os.path.exists(os.path.join(killed, "weight_runs", "_delta_log"))
     assert main(["weigh", "--config", cfg]) == 0
     assert main(["weigh", "--config", weigh_config(tmp_path, str(tmp_path / "src"), clean,

@@ -1,0 +1,461 @@
+"""The train stage: a classifier (a *probe*) trained on the selected rows, with Gradient
+Agreement Filtering or plain SGD, and scored on labelled rows from the target's distribution.
+
+    gio-spark train --config my.yaml        (or as the last stage of ``gio-spark run``)
+
+Training rows: by default the ``selected_rows`` of a run (``train.selection``, or this config's
+run), whose features are the pool's (its vector column, or the stored ``pool_embeddings``; rows
+missing there are embedded on the executors); or ``train.source``, any source the pipeline
+reads (its vector column, or its texts embedded with ``embed.model``). ``train.validation`` is
+read the same way. Both need ``train.label_column`` (text, integer or boolean labels).
+
+The rows are collected to the driver in the order of a seeded hash of their ids (so the model
+does not depend on the source's row order or files) and :func:`gio_core.gaf.train_gaf` trains
+a logistic regression or a small MLP there (JAX; the platform follows ``select.jax_platform``).
+``train.baseline: random`` trains the same probe, with the same settings and seed, on as many
+pool rows drawn by a seeded hash of their ids (rows with a label), so the record shows what
+the selection gained over no selection.
+
+It writes, each in one transaction under the train id (``train.run_id`` or
+``train-<fingerprint>``), one row per arm (``selection``, and ``random`` with the baseline):
+
+* ``models``: the trained parameters (:func:`gio_core.gaf.mlp_to_bytes`), the layer sizes, the
+  class of each output and the features' standardisation: :func:`load_model` gives them back
+  as a :class:`gio_core.gaf.Probe`;
+* ``train_runs``: the config, where the rows came from, their counts, the classes, and every
+  epoch's losses, accuracies and GAF agreement.
+
+The stage is reused while its rows, validation set and options are unchanged.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import reuse, tables
+from jobs.config import JobConfig, effective_embedding_column
+from jobs.errors import ConcurrentRunError, InputError
+from jobs.inputs import (EMBEDDING, ROW_ID, Side, clean_side, enforce, guarded, own_columns,
+                         read_side, row_id_expr, scan_side)
+from jobs.log import log
+
+SOURCE, VALIDATION = "train.source", "train.validation"
+LABEL = "__gio_label"
+HASH = "__gio_train_hash"
+ARMS = ("selection", "random")
+
+
+@dataclass
+class Rows:
+    """Labelled rows, checked: ``frame`` holds row_id, the label (as text) and either the
+    ``embedding`` or the text column to embed."""
+    name: str                 # for messages
+    frame: DataFrame
+    text: str | None          # the text column, when the features are to be embedded
+    report: dict
+
+
+@dataclass
+class TrainInput:
+    validation: Rows
+    source: Rows | None       # train.source's rows, when it names a path
+    pool: Side | None         # the pool, for the selected rows' features and the baseline
+    dim: int
+
+
+# ---------------------------------------------------------------------------
+# Reading and checking
+# ---------------------------------------------------------------------------
+
+def _check_label(schema: T.StructType, label: str, where: str, columns: list) -> None:
+    if label not in schema.names:
+        raise InputError(f"train.label_column {label!r} is not a column of {where}; its columns "
+                         f"are: {', '.join(columns)}.")
+    dtype = schema[label].dataType
+    if not isinstance(dtype, (T.StringType, T.IntegralType, T.BooleanType)):
+        raise InputError(f"train.label_column {label!r} of {where} has type "
+                         f"{dtype.simpleString()}; class labels are text, integers or booleans.")
+
+
+def _model_dim(cfg: JobConfig) -> int:
+    from jobs.models import model_dimension
+    try:
+        return model_dimension(cfg.embed.model)
+    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+        raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                         "Give a sentence-transformers model directory, or 'bundled'.") from None
+
+
+def read_labelled(spark, cfg: JobConfig, side: str, src) -> tuple[Rows, int]:
+    """A labelled source (``train.source`` or ``train.validation``), checked under its
+    ``bad_rows`` policy (a null label is one more kind of bad row); returns it and its number
+    of features. Writes nothing."""
+    label = cfg.train.label_column
+    df = read_side(spark, side, src)
+    _check_label(df.schema, label, f"{side} {src.path!r}", own_columns(df))
+    extra = {"null_label": F.col(label).isNull()}
+    report = scan_side(df, side, src, extra)
+    enforce(df, side, src, report, lambda m: log(f"warning: {m}"), extra)
+    clean = clean_side(df, src, report, extra)
+    vector = effective_embedding_column(src) is not None
+    cols = [F.col(ROW_ID), F.col(label).cast("string").alias(LABEL)]
+    cols.append(F.col(EMBEDDING) if vector else F.col(src.text_column))
+    dim = report["dim_min"] if vector else _model_dim(cfg)
+    log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
+    return Rows(side, clean.select(*cols), None if vector else src.text_column, report), int(dim)
+
+
+def check_train_input(spark, cfg: JobConfig, pool: Side | None, pool_dim: int | None
+                      ) -> TrainInput:
+    """Reads and checks everything the train stage reads (before any heavy work; writes
+    nothing).
+
+    Raises:
+      InputError: a source it cannot read, a missing or mistyped label column, bad rows under
+        ``bad_rows: reject``, features of another dimension than the validation set's.
+    """
+    t = cfg.train
+    validation, val_dim = read_labelled(spark, cfg, VALIDATION, t.validation)
+    source, dim = None, pool_dim
+    if t.source.path is not None:
+        source, dim = read_labelled(spark, cfg, SOURCE, t.source)
+    if t.needs_pool:
+        assert pool is not None
+        where = ("the pool (the selected rows hold the pool's columns)" if t.source.path is None
+                 else "the pool (train.baseline: random draws pool rows)")
+        _check_label(pool.schema, t.label_column, where, pool.schema.names)
+    if dim != val_dim:
+        what = "train.source" if source is not None else "the pool's embeddings"
+        raise InputError(f"{what} have {dim} features but train.validation has {val_dim}; "
+                         "embed both with the same model (or give vectors of one dimension).")
+    return TrainInput(validation, source, pool, int(val_dim))
+
+
+def train_input_unless_done(spark, cfg: JobConfig, tplan: reuse.TrainPlan, pool: Side | None,
+                            pool_dim: int | None) -> TrainInput | None:
+    """The checked inputs, or None when the stage's output is committed already."""
+    if reuse.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
+        return None
+    return check_train_input(spark, cfg, pool, pool_dim)
+
+
+# ---------------------------------------------------------------------------
+# The rows of each arm, with their features
+# ---------------------------------------------------------------------------
+
+def _pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> DataFrame | None:
+    if EMBEDDING in pool.frame.columns:
+        return pool.frame.select(ROW_ID, EMBEDDING)
+    key = plan.embeddings_id["pool"]
+    if not reuse.is_done(spark, cfg.output.path, "embed_pool", key, plan.embed["pool"]):
+        return None
+    return tables.read_key(spark, cfg.output.path, "pool_embeddings", key).select(ROW_ID,
+                                                                               EMBEDDING)
+
+
+def _embedded(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
+    from jobs.embed import embed_frame
+    e = cfg.embed
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
+    return rows.select(ROW_ID, LABEL).join(vectors, ROW_ID)
+
+
+def _with_pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, rows: DataFrame,
+                        what: str) -> DataFrame:
+    """``rows`` (row_id, label, the pool's text column if any) with the pool's features; rows
+    that the stored embeddings lack are embedded from their text."""
+    text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
+    stored = _pool_features(spark, cfg, plan, pool)
+    if stored is None:
+        log(f"train: embedding {what} (no stored pool embeddings for this config)")
+        return _embedded(spark, cfg, rows, text)
+    joined = rows.join(stored, ROW_ID, "left")
+    missing = joined.where(F.col(EMBEDDING).isNull())
+    count = missing.count()
+    if count == 0:
+        return joined.select(ROW_ID, LABEL, EMBEDDING)
+    if text is None:
+        raise InputError(f"{count} of {what} are not rows of this config's pool (their ids are "
+                         "not in it), so they have no vectors; train on a run of this pool.")
+    log(f"train: embedding {count} of {what} that the stored pool embeddings lack")
+    return (joined.where(F.col(EMBEDDING).isNotNull()).select(ROW_ID, LABEL, EMBEDDING)
+            .unionByName(_embedded(spark, cfg, missing.select(ROW_ID, LABEL, text), text)))
+
+
+def selected_rows(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
+    """The selected rows of ``run_id`` as (row_id, label[, text]), the ids computed as the
+    pool's; null labels follow ``train.source.bad_rows``."""
+    t = cfg.train
+    df = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
+    own = [f.name for f in pool.schema.fields]
+    lacking = [c for c in own if c not in df.columns]
+    if lacking:
+        raise InputError(f"the selected rows of run {run_id} lack the pool's columns "
+                         f"{lacking}: they were selected from another pool. Name a run of this "
+                         "config's pool in train.selection.")
+    if pool.src.id_column and pool.src.id_column not in own:
+        raise InputError(f"the pool's id_column {pool.src.id_column!r} is not kept in "
+                         "selected_rows (it is named like gio-spark's own row_id); rename it in "
+                         "the source to train on a selection.")
+    df = df.select(*own).withColumn(ROW_ID, row_id_expr(own, pool.src.id_column))
+    nulls = df.where(F.col(t.label_column).isNull()).count()
+    if nulls:
+        if t.source.bad_rows == "reject":
+            raise InputError(f"{nulls} selected rows of run {run_id} have a null label in "
+                             f"train.label_column {t.label_column!r}; fill the labels in the "
+                             "pool, or set train.source.bad_rows: drop to leave them out.")
+        log(f"warning: train: dropping {nulls} selected rows with a null label; "
+            "train.source.bad_rows is drop.")
+        df = df.where(F.col(t.label_column).isNotNull())
+    cols = [F.col(ROW_ID), F.col(t.label_column).cast("string").alias(LABEL)]
+    if EMBEDDING not in pool.frame.columns:
+        cols.append(F.col(pool.src.text_column))
+    return df.select(*cols).dropDuplicates([ROW_ID])
+
+
+def random_rows(cfg: JobConfig, pool: Side, n: int) -> DataFrame:
+    """``n`` labelled pool rows with the smallest seeded hash of their ids (the baseline)."""
+    from jobs.weigh import sample_frame
+    t = cfg.train
+    cols = [F.col(ROW_ID), F.col(t.label_column).cast("string").alias(LABEL)]
+    if EMBEDDING not in pool.frame.columns:
+        cols.append(F.col(pool.src.text_column))
+    labelled = pool.frame.where(F.col(t.label_column).isNotNull()).select(*cols)
+    return sample_frame(labelled, n, t.seed + 1)
+
+
+def _features(spark, cfg: JobConfig, rows: Rows) -> DataFrame:
+    if rows.text is None:
+        return rows.frame.select(ROW_ID, LABEL, EMBEDDING)
+    return _embedded(spark, cfg, rows.frame, rows.text)
+
+
+def collect_arrays(frame: DataFrame, seed: int, what: str):
+    """``(row ids, features [n, d] float32, labels [n])`` in the order of a seeded hash of the
+    ids: the same arrays whatever the source's row order or partitioning."""
+    pdf = (frame.withColumn(HASH, F.xxhash64(F.lit(int(seed)), F.col(ROW_ID)))
+           .orderBy(HASH, ROW_ID).select(ROW_ID, LABEL, EMBEDDING).toPandas())
+    if len(pdf) == 0:
+        raise InputError(f"{what} has no rows to train or score on.")
+    lengths = {len(v) for v in pdf[EMBEDDING]}
+    if len(lengths) > 1:
+        raise InputError(f"{what} holds vectors of different lengths ({min(lengths)} to "
+                         f"{max(lengths)}); every vector must have the same dimension.")
+    x = np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{what} holds NaN or inf feature values; fix the vectors.")
+    return pdf[ROW_ID].tolist(), x, pdf[LABEL].astype(str).to_numpy()
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+def _sizes(cfg: JobConfig, dim: int, classes: int) -> list[int]:
+    t = cfg.train
+    return [dim] + (list(t.hidden) if t.model == "mlp" else []) + [classes]
+
+
+def fit_probe(cfg: JobConfig, x: np.ndarray, labels: np.ndarray, xv: np.ndarray,
+              val_labels: np.ndarray, classes: list, progress: bool = False):
+    """Trains one probe as the config says; returns ``(Probe, epoch records, flipped share)``."""
+    from gio_core import gaf
+    t = cfg.train
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[v] for v in labels], np.int32)
+    yv = np.array([index[v] for v in val_labels], np.int32)
+    flipped = None
+    if t.label_noise > 0:
+        y, flipped = gaf.flip_labels(y, t.label_noise, len(classes), t.seed)
+        y = y.astype(np.int32)
+    if t.standardize:
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale < 1e-6] = 1.0
+    else:
+        mean, scale = np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
+    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
+    params, apply_fn = gaf.mlp(_sizes(cfg, x.shape[1], len(classes)), seed=t.seed)
+    optimizer = gaf.make_optimizer(t.optimizer, t.learning_rate, momentum=t.momentum,
+                                   weight_decay=t.weight_decay)
+    plateau = (gaf.Plateau(factor=t.plateau_factor, patience=t.plateau_patience)
+               if t.plateau else None)
+    try:
+        params, records = gaf.train_gaf(
+            gaf.classification_loss(apply_fn), params, optimizer,
+            {"x": (x - mean) / scale, "y": y}, {"x": (xv - mean) / scale, "y": yv},
+            epochs=t.epochs, batch_size=t.batch_size, num_batches_to_force_agreement=t.microbatches,
+            cos_distance_thresh=t.cos_distance_thresh, fusion=t.fusion, gaf=t.method == "gaf",
+            seed=t.seed, plateau=plateau, progress=progress, flipped=flipped)
+    except (ValueError, FloatingPointError) as err:
+        raise InputError(f"train: {err}") from None
+    return gaf.Probe(params, tuple(classes), mean, scale), records
+
+
+def _history(records: list) -> list:
+    fields = tables.EPOCH.names
+    return [tuple(None if r.get(f) is None else
+                  (int(r[f]) if tables.EPOCH[f].dataType == T.IntegerType() else float(r[f]))
+                  for f in fields) for r in records]
+
+
+def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.TrainPlan,
+              inp: TrainInput | None, reports: dict | None = None) -> dict:
+    """Trains and commits the probes (unless done); returns ``{arm: validation accuracy}``."""
+    from gio_core.gaf import PARAMS_FORMAT, mlp_to_bytes
+    from jobs.gio_select import configure_jax, library_versions
+    t = cfg.train
+    key, fp = tplan.train_id, tplan.fingerprint
+    if reuse.is_done(spark, cfg.output.path, "train", key, fp):
+        log(f"train: reusing the probes of {key}")
+        return stored_accuracies(spark, cfg.output.path, key, fp)
+    if inp is None:
+        raise RuntimeError("train: the inputs were not checked; call check_train_input first.")
+    configure_jax(cfg.select)
+    started = dt.datetime.now()
+    t0 = time.perf_counter()
+    if inp.source is not None:
+        frame, rows_from = _features(spark, cfg, inp.source), {"kind": "source",
+                                                               "path": t.source.path}
+        what = f"train.source {t.source.path!r}"
+    else:
+        assert plan is not None and inp.pool is not None
+        what = f"the selected rows of run {tplan.selection}"
+        rows = selected_rows(spark, cfg, tplan.selection, inp.pool)
+        frame = _with_pool_features(spark, cfg, plan, inp.pool, rows, what)
+        rows_from = {"kind": "selection", "run_id": tplan.selection}
+    n = frame.count()
+    need = t.batch_size * t.microbatches
+    if n < need:
+        raise InputError(f"{what} hold {n} labelled rows, fewer than one step needs "
+                         f"(train.batch_size {t.batch_size} x train.microbatches "
+                         f"{t.microbatches} = {need}); lower them or select more rows.")
+    if n > t.max_rows:
+        raise InputError(f"{what} hold {n} rows, more than train.max_rows={t.max_rows} allows to "
+                         "collect to the driver; raise train.max_rows (and the driver's memory).")
+    if inp.source is not None:
+        got = guarded(lambda: collect_arrays(frame, t.seed, what), SOURCE, t.source)
+    else:
+        got = collect_arrays(frame, t.seed, what)
+    arms = {"selection": (got, rows_from)}
+    val_ids, xv, yv = guarded(lambda: collect_arrays(_features(spark, cfg, inp.validation),
+                                                     t.seed, VALIDATION), VALIDATION,
+                              t.validation)
+    if t.baseline == "random":
+        assert plan is not None and inp.pool is not None
+        sample = random_rows(cfg, inp.pool, n)
+        base = _with_pool_features(spark, cfg, plan, inp.pool, sample, f"{n} random pool rows")
+        arms["random"] = (collect_arrays(base, t.seed, "the random pool rows"),
+                          {"kind": "random", "rows": n, "seed": t.seed + 1})
+    collect_s = time.perf_counter() - t0
+    labels = set(arms["selection"][0][2])
+    if len(labels) < 2:
+        raise InputError(f"{what} all have the label {next(iter(labels))!r}: a classifier needs "
+                         "at least two classes among its training rows.")
+    classes = sorted(set().union(*[set(a[0][2]) for a in arms.values()], set(yv)))
+    unseen = sorted(set(yv) - labels)
+    if unseen:
+        log(f"warning: train: {len(unseen)} validation label(s) never occur in {what} "
+            f"({', '.join(map(repr, unseen[:5]))}); the probe cannot predict them.")
+    model_rows, run_rows, accuracies = [], [], {}
+    versions = json.dumps(library_versions())
+    features = {"dim": inp.dim, "model": cfg.embed.model,
+                "validation": "vectors" if inp.validation.text is None else "embedded"}
+    for arm, ((ids, x, y), source) in arms.items():
+        log(f"train: {arm}: {t.model} probe on {len(ids)} rows, {len(classes)} classes, "
+            f"{t.method} x{t.epochs} epochs")
+        t1 = time.perf_counter()
+        probe, records = fit_probe(cfg, x, y, xv, yv, classes)
+        train_s = time.perf_counter() - t1
+        last = records[-1]
+        acc = float(last["val_accuracy"])
+        accuracies[arm] = acc
+        best = max(float(r["val_accuracy"]) for r in records)
+        log(f"train: {arm}: validation accuracy {acc:.3f} (best epoch: {best:.3f}), loss "
+            f"{last['val_loss']:.4f}; {train_s:.1f}s")
+        sizes = _sizes(cfg, inp.dim, len(classes))
+        model_rows.append((key, fp, arm, t.model, sizes, list(classes),
+                           [float(v) for v in probe.mean], [float(v) for v in probe.scale],
+                           json.dumps(features), PARAMS_FORMAT,
+                           bytearray(mlp_to_bytes(probe.params))))
+        run_rows.append((key, fp, arm, started, dt.datetime.now(),
+                         json.dumps(cfg.to_dict(), default=str), json.dumps(source), len(ids),
+                         len(val_ids), list(classes), json.dumps({"kind": t.model, "sizes": sizes}),
+                         t.method, _history(records), acc, float(last["val_loss"]), best,
+                         json.dumps(reports if reports is not None else {
+                             "validation": inp.validation.report}, sort_keys=True),
+                         json.dumps({"collect_s": round(collect_s, 3),
+                                     "train_s": round(train_s, 3)}), versions))
+    if "random" in accuracies:
+        log(f"train: the selection's probe scores {accuracies['selection']:.3f} against "
+            f"{accuracies['random']:.3f} for random pool rows "
+            f"({accuracies['selection'] - accuracies['random']:+.3f})")
+    reuse.begin(spark, cfg.output.path, "train", key, fp)
+    tables.replace_key(spark, spark.createDataFrame(model_rows, tables.MODELS),
+                       cfg.output.path, "models", key)
+    tables.replace_key(spark, spark.createDataFrame(run_rows, tables.TRAIN_RUNS),
+                       cfg.output.path, "train_runs", key)
+    reuse.record(spark, cfg.output.path, "train", key, fp, "done", {"val_accuracy": accuracies})
+    log(f"train: probes {key} -> {tables.table_path(cfg.output.path, 'models')}")
+    return accuracies
+
+
+def stored_accuracies(spark, output: str, train_id: str, fp: str) -> dict:
+    rows = (tables.read_key(spark, output, "train_runs", train_id)
+            .where(F.col("train_fingerprint") == fp).select("arm", "val_accuracy").collect())
+    return {r["arm"]: r["val_accuracy"] for r in rows}
+
+
+# ---------------------------------------------------------------------------
+# Loading a trained probe back
+# ---------------------------------------------------------------------------
+
+def load_model(spark, output: str, train_id: str | None = None, arm: str = "selection"):
+    """The probe that ``gio-spark train`` committed, as a :class:`gio_core.gaf.Probe`
+    (``probe.predict(vectors)`` gives class names).
+
+    Raises:
+      InputError: no such probe, one that is not complete, or several train runs under
+        ``output`` and no ``train_id`` to say which.
+    """
+    from gio_core.gaf import PARAMS_FORMAT, Probe, mlp_from_bytes
+    path = tables.table_path(output, "models")
+    if not tables._path_exists(path) or not tables.exists(spark, path):
+        raise InputError(f"there are no trained probes under {output!r} (no models table); run "
+                         "gio-spark train first.")
+    models = tables.read_table(spark, output, "models")
+    if train_id is None:
+        ids = sorted(r[0] for r in models.select("train_id").distinct().collect())
+        if len(ids) != 1:
+            raise InputError(f"{output!r} holds {len(ids)} train runs ({', '.join(ids[:10])}); "
+                             "name the one to load.")
+        train_id = ids[0]
+    last = reuse.latest(spark, output, "train", train_id)
+    if last is None or last["status"] != "done":
+        raise InputError(f"train run {train_id!r} is not complete under {output!r}; run "
+                         "gio-spark train first.")
+    row = (models.where((F.col("train_id") == train_id) & (F.col("arm") == arm)
+                        & (F.col("train_fingerprint") == last["fingerprint"])).first())
+    if row is None:
+        arms = [r[0] for r in models.where(F.col("train_id") == train_id).select("arm")
+                .distinct().collect()]
+        if arms and arm not in arms:
+            raise InputError(f"train run {train_id!r} has no {arm!r} probe; it has "
+                             f"{', '.join(sorted(arms))}.")
+        raise ConcurrentRunError(f"the probes of {train_id} under {output!r} were replaced by "
+                                 "another run with the same id; load them again.")
+    if row["params_format"] != PARAMS_FORMAT:
+        raise InputError(f"probe {train_id} was stored as {row['params_format']!r}, which this "
+                         f"version of gio-spark does not read ({PARAMS_FORMAT!r}).")
+    return Probe(mlp_from_bytes(row["params"]), tuple(row["classes"]),
+                 np.array(row["feature_mean"], np.float32),
+                 np.array(row["feature_scale"], np.float32))
