@@ -356,9 +356,12 @@ def ensure_table(spark: SparkSession, output: str, name: str,
     if check_existing(spark, output, name, schema):
         return path
 
+    # Delta takes a relative location that does not exist yet for a table name: make it absolute.
+    location = path if "://" in path or path.startswith("file:") else os.path.abspath(path)
+
     def create():
         if not exists(spark, path):
-            builder = (DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+            builder = (DeltaTable.createIfNotExists(spark).location(location).addColumns(schema)
                        .property(TABLE_PROPERTY, name).property(SCHEMA_PROPERTY, SCHEMA_VERSION))
             if KEYS[name]:
                 builder = builder.partitionedBy(KEYS[name])

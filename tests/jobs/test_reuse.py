@@ -81,3 +81,13 @@ def test_the_stage_log_cache_sees_every_writer_and_a_table_made_anew(spark, tmp_
         reuse.record(spark, out, "embed_pool", "k1", "fp3", status)
     last = reuse.latest(spark, out, "embed_pool", "k1")
     assert (last["fingerprint"], last["status"]) == ("fp3", "started")
+
+
+def test_a_relative_output_path_that_does_not_exist_yet_is_created(spark, tmp_path):
+    """`make demo` on a fresh clone writes to out/demo-pipeline, relative and not there yet
+    (Delta took such a location for a table name and refused it)."""
+    out = os.path.relpath(tmp_path / "fresh-run", os.getcwd())
+    assert not os.path.isabs(out) and not os.path.exists(out)
+    reuse.record(spark, out, "embed_pool", "k1", "fp1", "done")
+    assert os.path.isdir(tmp_path / "fresh-run" / "stages" / "_delta_log")
+    assert reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
