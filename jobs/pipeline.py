@@ -111,7 +111,8 @@ class Command(NamedTuple):
 
 # The Spark commands of `gio-spark` and `jobs/submit.py`.
 COMMANDS: dict[str, Command] = {
-    "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode", run_command),
+    "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode (, train)",
+                   run_command),
     "weigh": Command("the weigh stage alone: feature weights learnt by the DII", weigh_command),
     "embed": Command("the embed stage alone: sentence embeddings of pool and target",
                      embed_command),
