@@ -493,6 +493,17 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log) -> Side:
     return out
 
 
+def checked_model_dim(cfg: JobConfig) -> int:
+    """The embedding dimension of ``embed.model``; a model that cannot be loaded is bad input."""
+    from jobs.models import model_dimension
+    try:
+        return model_dimension(cfg.embed.model)
+    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+        raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                         "Give a sentence-transformers model directory, or 'bundled'.") from None
+
+
 def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False,
                    train: Callable | None = None) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
@@ -511,12 +522,7 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = F
     dims = {side: s.report.get("dim_min") for side, s in sides.items()
             if effective_embedding_column(s.src)}
     if len(dims) < 2:
-        try:
-            model_dim = model_dimension(cfg.embed.model)
-        except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
-            raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
-                             "Give a sentence-transformers model directory, or 'bundled'.") from None
+        model_dim = checked_model_dim(cfg)
         for side in ("pool", "target"):
             dims.setdefault(side, model_dim)
     if dims["pool"] != dims["target"]:

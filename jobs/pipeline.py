@@ -19,7 +19,7 @@ from jobs.config import JobConfig, effective_embedding_column
 from jobs.embed import side_embeddings
 from jobs.explode import run_explode
 from jobs.gio_select import run_select
-from jobs.inputs import check_outputs, prepare_inputs, read_only
+from jobs.inputs import check_outputs, checked_model_dim, prepare_inputs, read_only
 from jobs.log import log
 from jobs.quantize import run_quantize
 from jobs.train import run_train, train_input_unless_done
@@ -56,8 +56,7 @@ def train_command(spark, cfg: JobConfig) -> None:
             pool = read_only(spark, cfg, plan, "pool", log)
             dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
             if dim is None:
-                from jobs.train import _model_dim
-                dim = _model_dim(cfg)
+                dim = checked_model_dim(cfg)
     inp = train_input_unless_done(spark, cfg, tplan, pool, dim)
     run_train(spark, cfg, plan, tplan, inp)
 

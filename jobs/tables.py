@@ -386,6 +386,15 @@ def read_table(spark: SparkSession, output: str, name: str) -> DataFrame:
     return spark.read.format("delta").load(path)
 
 
+def stored_keys(spark: SparkSession, output: str, name: str) -> list[str] | None:
+    """The keys (sorted) that one of gio-spark's tables holds, or None when it does not exist."""
+    path = table_path(output, name)
+    if not _path_exists(path) or not exists(spark, path):
+        return None
+    return sorted(r[0] for r in read_table(spark, output, name).select(KEYS[name]).distinct()
+                  .collect())
+
+
 def read_key(spark: SparkSession, output: str, name: str, value: str) -> DataFrame:
     """The rows of one key (partition) of a gio-spark table."""
     return read_table(spark, output, name).where(F.col(KEYS[name]) == value)

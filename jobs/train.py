@@ -42,8 +42,8 @@ from pyspark.sql import types as T
 from jobs import reuse, tables
 from jobs.config import JobConfig, effective_embedding_column
 from jobs.errors import ConcurrentRunError, InputError
-from jobs.inputs import (EMBEDDING, ROW_ID, Side, clean_side, enforce, guarded, own_columns,
-                         read_side, row_id_expr, scan_side)
+from jobs.inputs import (EMBEDDING, ROW_ID, Side, checked_model_dim, clean_side, enforce,
+                         guarded, own_columns, read_side, row_id_expr, scan_side)
 from jobs.log import log
 
 SOURCE, VALIDATION = "train.source", "train.validation"
@@ -84,16 +84,6 @@ def _check_label(schema: T.StructType, label: str, where: str, columns: list) ->
                          f"{dtype.simpleString()}; class labels are text, integers or booleans.")
 
 
-def _model_dim(cfg: JobConfig) -> int:
-    from jobs.models import model_dimension
-    try:
-        return model_dimension(cfg.embed.model)
-    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
-        raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
-                         "Give a sentence-transformers model directory, or 'bundled'.") from None
-
-
 def read_labelled(spark, cfg: JobConfig, side: str, src) -> tuple[Rows, int]:
     """A labelled source (``train.source`` or ``train.validation``), checked under its
     ``bad_rows`` policy (a null label is one more kind of bad row); returns it and its number
@@ -108,7 +98,7 @@ def read_labelled(spark, cfg: JobConfig, side: str, src) -> tuple[Rows, int]:
     vector = effective_embedding_column(src) is not None
     cols = [F.col(ROW_ID), F.col(label).cast("string").alias(LABEL)]
     cols.append(F.col(EMBEDDING) if vector else F.col(src.text_column))
-    dim = report["dim_min"] if vector else _model_dim(cfg)
+    dim = report["dim_min"] if vector else checked_model_dim(cfg)
     log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
     return Rows(side, clean.select(*cols), None if vector else src.text_column, report), int(dim)
 
@@ -428,13 +418,12 @@ def load_model(spark, output: str, train_id: str | None = None, arm: str = "sele
         ``output`` and no ``train_id`` to say which.
     """
     from gio_core.gaf import PARAMS_FORMAT, Probe, mlp_from_bytes
-    path = tables.table_path(output, "models")
-    if not tables._path_exists(path) or not tables.exists(spark, path):
+    ids = tables.stored_keys(spark, output, "models")
+    if ids is None:
         raise InputError(f"there are no trained probes under {output!r} (no models table); run "
                          "gio-spark train first.")
     models = tables.read_table(spark, output, "models")
     if train_id is None:
-        ids = sorted(r[0] for r in models.select("train_id").distinct().collect())
         if len(ids) != 1:
             raise InputError(f"{output!r} holds {len(ids)} train runs ({', '.join(ids[:10])}); "
                              "name the one to load.")

@@ -432,12 +432,10 @@ def stored_weights(spark, cfg: JobConfig) -> tuple[str, str]:
         runs and ``weights.run_id`` does not say which.
     """
     where = weights_location(cfg)
-    runs_path = tables.table_path(where, "weight_runs")
-    if not tables._path_exists(runs_path) or not tables.exists(spark, runs_path):
+    ids = tables.stored_keys(spark, where, "weight_runs")
+    if ids is None:
         raise InputError(f"there are no learnt weights under {where!r} (no weight_runs table); "
                          "run gio-spark weigh first, or correct weights.path.")
-    ids = sorted(r[0] for r in tables.read_table(spark, where, "weight_runs")
-                 .select("weights_id").distinct().collect())
     run_id = cfg.weights.run_id
     if run_id is None:
         if len(ids) != 1:
