@@ -1,0 +1,1040 @@
+"""Information Maximising Neural Networks (IMNN): summaries that keep the Fisher information.
+
+A network ``f_w`` compresses each simulation ``d`` to a few summaries ``x = f_w(d)``. From
+``n_s`` simulations at the fiducial parameters ``θ_fid`` (the covariance ``C`` of ``x`` and its
+mean ``μ``) and ``n_d`` of them with derivatives with respect to the parameters (the mean
+derivative ``dμ/dθ``), the Gaussian Fisher information of the summaries is
+
+    F = dμ/dθᵀ C⁻¹ dμ/dθ        (n_params x n_params).
+
+Fitting maximises ``ln det F``; since any rescaling of a sufficient summary is sufficient too,
+the scale is fixed by pulling ``C`` (and ``C⁻¹``) towards the identity with a regulariser that
+turns itself off once ``C`` is close enough:
+
+    loss = -ln det F + r(Λ2) Λ2,   Λ2 = ||C - I|| + ||C⁻¹ - I||,   r = λ Λ2 / (Λ2 + exp(-α Λ2)),
+
+with ``α`` set from the coupling ``λ`` and the closeness ``ϵ`` (:func:`coupling_rate`).
+
+Two layers:
+
+* A functional core: :func:`fisher_statistics`, :func:`imnn_loss`, :func:`chunk_summaries`
+  (summaries and their parameter derivatives for one batch of simulations: by the chain rule
+  from simulation derivatives, or by finite differences of simulations at ``θ_fid ± δθ/2``) and
+  :func:`chunk_gradient` (a batch's share of the loss gradient, given the loss's gradient with
+  respect to that batch's summaries). Pure functions of arrays; jit them.
+* The reference package's class family (``imnn`` 0.3): :class:`SimulatorIMNN`,
+  :class:`GradientIMNN`, :class:`NumericalGradientIMNN`, the aggregated variants
+  :class:`AggregatedGradientIMNN` / :class:`AggregatedNumericalGradientIMNN`, and the streamed
+  :class:`DatasetGradientIMNN` / :class:`DatasetNumericalGradientIMNN`, with the same
+  constructor arguments, ``fit(λ, ϵ, ...)``, ``F``, ``C``, ``invC``, ``μ``, ``dμ_dθ``,
+  ``invF``, ``get_estimate`` and ``plot``. The network is any stax-style ``(init_fn,
+  apply_fn)`` pair; the optimiser an optax transformation or the ``(init, update,
+  get_params)`` triple of ``jax.example_libraries.optimizers``.
+
+Aggregated gradients: the loss depends on the network weights only through the summaries, so
+its gradient is ``Σ_batches vjp(batch summaries)(∂loss/∂summaries of the batch)``. The
+aggregated classes compute all summaries batch by batch without gradients, take the loss's
+gradient with respect to them (small arrays), then sum each batch's vector-Jacobian product:
+memory is one batch, and the result equals the full-batch gradient up to float rounding.
+
+Example (the reference's tutorial: mean and variance of 10 Gaussian draws, det F = 50):
+    >>> sims = example_simulations(jax.random.PRNGKey(0), n_s=1000, n_d=1000)
+    >>> imnn = GradientIMNN(n_s=1000, n_d=1000, n_params=2, n_summaries=2,
+    ...     input_shape=(10,), θ_fid=jnp.array([0., 1.]), model=mlp((128, 128, 128), 2),
+    ...     optimiser=optax.adam(1e-3), key_or_state=jax.random.PRNGKey(1), **sims)
+    >>> imnn.fit(10., 0.1, patience=100, max_iterations=2000)
+    >>> float(jnp.linalg.det(imnn.F))          # close to 50
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.example_libraries import stax
+from jax.flatten_util import ravel_pytree
+
+# History columns, in the order they are stored (training in [:, 0], validation in [:, 1]).
+HISTORY = ("detF", "detC", "detinvC", "Λ2", "r", "loss")
+DERIVATIVE_MODES = ("gradient", "numerical")
+SINGULAR_RCOND = 1e-6          # reciprocal condition number under which C counts as singular
+
+
+# ---------------------------------------------------------------------------
+# Functional core
+# ---------------------------------------------------------------------------
+
+class FisherStatistics(NamedTuple):
+    """What the summaries of one set of simulations say about the parameters."""
+    F: jax.Array          # [n_params, n_params] Fisher information
+    C: jax.Array          # [n_summaries, n_summaries] covariance of the summaries
+    invC: jax.Array       # [n_summaries, n_summaries] its inverse
+    dμ_dθ: jax.Array      # [n_summaries, n_params] derivative of the mean summary
+    μ: jax.Array          # [n_summaries] mean summary
+
+
+class LossTerms(NamedTuple):
+    """The loss's parts for one set of simulations (arrays)."""
+    F: jax.Array
+    C: jax.Array
+    invC: jax.Array
+    Λ2: jax.Array         # covariance regularisation
+    r: jax.Array          # its coupling strength
+    loss: jax.Array
+
+
+def coupling_rate(λ: float, ϵ: float) -> float:
+    """α, the rate at which the regulariser's coupling turns off: chosen so that the coupling
+    is small once ``C`` is within ``ϵ`` of the identity (the reference's ``get_α``)."""
+    inner = ϵ * (λ - 1.0) + ϵ ** 2 / (1.0 + ϵ)
+    if not inner > 0:
+        raise ValueError(f"λ={λ} and ϵ={ϵ} give no coupling rate (ϵ(λ-1) + ϵ²/(1+ϵ) must be "
+                         "positive); use λ > 1 and ϵ > 0.")
+    return -math.log(inner) / ϵ
+
+
+def fisher_statistics(summaries, derivatives) -> FisherStatistics:
+    """Gaussian Fisher information of the summaries.
+
+    Args:
+      summaries: ``[n_s, n_summaries]`` network outputs at the fiducial parameters.
+      derivatives: ``[n_d, n_summaries, n_params]`` their derivatives with respect to the
+        parameters.
+    """
+    μ = jnp.mean(summaries, axis=0)
+    centred = summaries - μ
+    C = centred.T @ centred / (summaries.shape[0] - 1)
+    invC = jnp.linalg.inv(C)
+    dμ_dθ = jnp.mean(derivatives, axis=0)
+    F = jnp.einsum("ij,ik,kl->jl", dμ_dθ, invC, dμ_dθ)
+    return FisherStatistics(F, C, invC, dμ_dθ, μ)
+
+
+def regularisation(C, invC):
+    """Λ2 = ||C - I||_F + ||C⁻¹ - I||_F."""
+    eye = jnp.eye(C.shape[0], dtype=C.dtype)
+    return jnp.linalg.norm(C - eye) + jnp.linalg.norm(invC - eye)
+
+
+def coupling_strength(Λ2, λ, α):
+    """r(Λ2) = λ Λ2 / (Λ2 + exp(-α Λ2)): near λ when C is far from I, near 0 once close."""
+    return λ * Λ2 / (Λ2 + jnp.exp(-α * Λ2))
+
+
+def _signed_logdet(matrix):
+    sign, logdet = jnp.linalg.slogdet(matrix)
+    return sign * logdet
+
+
+def imnn_loss(summaries, derivatives, λ, α) -> tuple[jax.Array, LossTerms]:
+    """The regularised loss ``-ln det F + r Λ2`` and its parts (``jax.grad(..., has_aux=True)``
+    it with respect to the summaries and derivatives, or to weights they depend on)."""
+    stats = fisher_statistics(summaries, derivatives)
+    Λ2 = regularisation(stats.C, stats.invC)
+    r = coupling_strength(Λ2, λ, α)
+    loss = -_signed_logdet(stats.F) + r * Λ2
+    return loss, LossTerms(stats.F, stats.C, stats.invC, Λ2, r, loss)
+
+
+def loss_terms(summaries, derivatives, λ, α) -> LossTerms:
+    return imnn_loss(summaries, derivatives, λ, α)[1]
+
+
+def chunk_summaries(apply_fn: Callable, w, fiducial, derivative=None, *, mode: str = "gradient",
+                    δθ=None):
+    """Summaries of one batch of simulations and, where given, their parameter derivatives.
+
+    Args:
+      apply_fn: ``apply_fn(w, d) -> [batch, n_summaries]``.
+      fiducial: ``[batch, *input_shape]`` simulations at ``θ_fid``.
+      derivative: None (summaries only); for ``mode="gradient"`` ``[batch, *input_shape,
+        n_params]``, each simulation's derivative with respect to the parameters (chain rule:
+        ``dx/dθ = ∂f/∂d · dd/dθ``, one forward-mode product per parameter); for
+        ``mode="numerical"`` ``[batch, 2, n_params, *input_shape]``, the same seeds simulated
+        at ``θ_fid - δθ/2`` (index 0) and ``θ_fid + δθ/2`` (index 1) per parameter.
+      δθ: ``[n_params]`` the finite-difference steps (numerical mode).
+    Returns:
+      ``x`` ``[batch, n_summaries]`` and ``dx`` ``[batch, n_summaries, n_params]`` (or None).
+    """
+    if derivative is None:
+        return apply_fn(w, fiducial), None
+    if mode == "gradient":
+        x, linear = jax.linearize(lambda d: apply_fn(w, d), fiducial)
+        dx = jax.vmap(linear)(jnp.moveaxis(derivative, -1, 0))        # [P, batch, S]
+        return x, jnp.transpose(dx, (1, 2, 0))
+    x = apply_fn(w, fiducial)
+    batch, _, n_params = derivative.shape[:3]
+    flat = derivative.reshape((batch * 2 * n_params,) + derivative.shape[3:])
+    x_mp = apply_fn(w, flat).reshape((batch, 2, n_params, -1))
+    dx = jnp.swapaxes(x_mp[:, 1] - x_mp[:, 0], 1, 2) / jnp.asarray(δθ)
+    return x, dx
+
+
+def chunk_gradient(apply_fn: Callable, w, fiducial, derivative, x_cotangent, dx_cotangent=None,
+                   *, mode: str = "gradient", δθ=None):
+    """One batch's share of the loss gradient with respect to the weights ``w``:
+    ``vjp(w -> chunk_summaries(w, batch))(∂loss/∂x, ∂loss/∂dx)``. Summed over batches it is
+    the full-batch gradient."""
+    def outputs(w):
+        x, dx = chunk_summaries(apply_fn, w, fiducial, derivative, mode=mode, δθ=δθ)
+        return (x, dx) if dx is not None else (x,)
+    _, vjp = jax.vjp(outputs, w)
+    cot = (x_cotangent, dx_cotangent) if derivative is not None else (x_cotangent,)
+    return vjp(cot)[0]
+
+
+def summary_cotangents(summaries, derivatives, λ, α):
+    """``∂loss/∂summaries``, ``∂loss/∂derivatives`` and the loss's terms: the driver's part of
+    an aggregated gradient."""
+    (g_x, g_dx), terms = jax.grad(imnn_loss, argnums=(0, 1), has_aux=True)(
+        summaries, derivatives, λ, α)
+    return g_x, g_dx, terms
+
+
+def score_estimate(θ_fid, invF, dμ_dθ, invC, μ, summaries):
+    """Score compression: ``θ_fid + F⁻¹ dμ/dθᵀ C⁻¹ (x - μ)`` for ``[..., n_summaries]``
+    summaries -> ``[..., n_params]`` quasi-maximum-likelihood estimates."""
+    return θ_fid + jnp.einsum("ij,kj,kl,...l->...i", invF, dμ_dθ, invC, summaries - μ)
+
+
+# ---------------------------------------------------------------------------
+# Networks, optimisers and the tutorial's simulations
+# ---------------------------------------------------------------------------
+
+ACTIVATIONS = {"leaky_relu": stax.LeakyRelu, "relu": stax.Relu, "tanh": stax.Tanh,
+               "gelu": stax.Gelu, "softplus": stax.Softplus}
+
+
+def mlp(hidden=(128, 128, 128), n_summaries: int = 2, activation: str = "leaky_relu"):
+    """A stax ``(init_fn, apply_fn)`` dense network: ``hidden`` layers, each followed by
+    ``activation``, then ``n_summaries`` linear outputs (the tutorial's is the default)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got "
+                         f"{activation!r}.")
+    layers: list = []
+    for width in hidden:
+        layers += [stax.Dense(int(width)), ACTIVATIONS[activation]]
+    return stax.serial(*layers, stax.Dense(int(n_summaries)))
+
+
+class Optimiser(NamedTuple):
+    """One interface over optax and ``jax.example_libraries.optimizers``."""
+    init: Callable          # w -> state
+    update: Callable        # (i, grad, state) -> state
+    params: Callable        # state -> w
+
+
+def as_optimiser(optimiser) -> Optimiser:
+    """An optax ``GradientTransformation`` or an ``(init, update, get_params)`` triple."""
+    if isinstance(optimiser, optax.GradientTransformation) or (
+            hasattr(optimiser, "init") and hasattr(optimiser, "update")
+            and not isinstance(optimiser, tuple)):
+        def init(w):
+            return (w, optimiser.init(w))
+
+        def update(i, grad, state):
+            w, opt_state = state
+            updates, opt_state = optimiser.update(grad, opt_state, w)
+            return (optax.apply_updates(w, updates), opt_state)
+        return Optimiser(init, update, lambda state: state[0])
+    if isinstance(optimiser, tuple) and len(optimiser) == 3 and all(map(callable, optimiser)):
+        return Optimiser(*optimiser)
+    raise TypeError("optimiser must be an optax GradientTransformation (optax.adam(1e-3)) or "
+                    "an (init, update, get_params) triple as jax.example_libraries.optimizers "
+                    f"gives; got {type(optimiser).__name__}.")
+
+
+def gaussian_simulator(key, θ, input_shape=(10,)):
+    """The tutorial's simulator: ``input_shape`` draws from N(θ[0], θ[1])."""
+    return θ[0] + jax.random.normal(key, shape=input_shape) * jnp.sqrt(θ[1])
+
+
+def example_simulations(key, n_s: int = 1000, n_d: int = 1000, θ_fid=(0.0, 1.0),
+                        input_shape=(10,), validation: bool = True) -> dict:
+    """The tutorial's data set: ``n_s`` Gaussian simulations at ``θ_fid`` (the first ``n_d``
+    with their derivatives with respect to (mean, variance)), and as many again for validation.
+
+    Returns:
+      ``{"fiducial": [n_s, *input_shape], "derivative": [n_d, *input_shape, 2],
+      "validation_fiducial": ..., "validation_derivative": ...}`` (NumPy float32), the keyword
+      arguments of :class:`GradientIMNN`. The analytic det F is ``n² / (2 Σ³)`` with ``n`` the
+      number of draws: 50 for 10 draws at Σ = 1.
+    """
+    θ = jnp.asarray(θ_fid, jnp.float32)
+    sim = partial(gaussian_simulator, input_shape=tuple(input_shape))
+    both = jax.vmap(lambda k: (sim(k, θ), jax.jacfwd(sim, argnums=1)(k, θ)))
+    only = jax.vmap(lambda k: sim(k, θ))
+    out = {}
+    for prefix, k in zip(("", "validation_"), jax.random.split(key, 2), strict=True):
+        if prefix and not validation:
+            break
+        keys = jax.random.split(k, n_s)
+        fid, der = both(keys[:n_d])
+        rest = only(keys[n_d:])
+        out[prefix + "fiducial"] = np.asarray(jnp.concatenate([fid, rest]), np.float32)
+        out[prefix + "derivative"] = np.asarray(der, np.float32)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+def _int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {value!r}.")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}; got {value}.")
+    return int(value)
+
+
+def _shape(name, value):
+    if isinstance(value, (int, np.integer)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+            for v in value):
+        raise TypeError(f"{name} must be a tuple of positive ints; got {value!r}.")
+    return tuple(int(v) for v in value)
+
+
+def check_array(name, value, shape) -> np.ndarray:
+    """``value`` as a float array of exactly ``shape``, finite everywhere."""
+    if value is None:
+        raise ValueError(f"{name} is missing.")
+    array = np.asarray(value)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}; expected {tuple(shape)}.")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name} must hold numbers; got dtype {array.dtype}.")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(array.shape[0], -1).any(axis=1))[0, 0]) \
+            if array.ndim else 0
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf), the "
+                         f"first in simulation {first}; drop or regenerate those simulations.")
+    return array
+
+
+def check_covariance(C, where: str = "the training simulations") -> None:
+    """Raise if the summaries' covariance cannot be inverted (summaries that do not vary, or
+    vary together)."""
+    C = np.asarray(C, np.float64)
+    if not np.all(np.isfinite(C)):
+        raise ValueError(f"the covariance of the network's summaries of {where} is not finite; "
+                         "check the simulations' scale and the network's initialisation.")
+    eig = np.linalg.eigvalsh((C + C.T) / 2)
+    if eig[-1] <= 0 or eig[0] / eig[-1] < SINGULAR_RCOND:
+        raise ValueError(f"the covariance of the network's summaries of {where} is singular "
+                         f"(eigenvalues {eig[0]:.3g} .. {eig[-1]:.3g}): the summaries do not "
+                         "vary independently. Check that the simulations differ from each "
+                         "other, and use more simulations (n_s) or fewer summaries.")
+
+
+# ---------------------------------------------------------------------------
+# The class family
+# ---------------------------------------------------------------------------
+
+def _is_key(value) -> bool:
+    try:
+        arr = jnp.asarray(value) if not jax.dtypes.issubdtype(
+            getattr(value, "dtype", None), jax.dtypes.prng_key) else None
+    except TypeError:
+        return False
+    if arr is None:
+        return True
+    return arr.shape == (2,) and arr.dtype == jnp.uint32
+
+
+class _IMNN:
+    """Shared fitting machinery. Subclasses say where the summaries come from
+    (:meth:`get_summaries`) and, for the aggregated ones, how the gradient is summed."""
+
+    _jittable = True            # the whole iteration is one XLA program
+    _mode = "gradient"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state):
+        self.n_s = _int("n_s", n_s, 2)
+        self.n_d = _int("n_d", n_d, 1)
+        self.n_params = _int("n_params", n_params)
+        self.n_summaries = _int("n_summaries", n_summaries)
+        if self.n_d > self.n_s:
+            raise ValueError(f"n_d ({self.n_d}) is more than n_s ({self.n_s}): the simulations "
+                             "with derivatives are some of the n_s fiducial ones; give n_d <= "
+                             "n_s.")
+        if self.n_s <= self.n_summaries:
+            raise ValueError(f"n_s ({self.n_s}) must exceed n_summaries ({self.n_summaries}) "
+                             "for the summaries' covariance to be invertible.")
+        self.input_shape = _shape("input_shape", input_shape)
+        self.θ_fid = jnp.asarray(check_array("θ_fid", θ_fid, (self.n_params,)), jnp.float32)
+        self.validate = False
+        self.simulate = False
+        self.F = self.invF = self.C = self.invC = self.μ = self.dμ_dθ = None
+        if not (isinstance(model, tuple) and len(model) == 2 and all(map(callable, model))):
+            raise TypeError("model must be an (init_fn, apply_fn) pair, as "
+                            "jax.example_libraries.stax.serial(...) returns.")
+        self._model_initialiser, self.model = model
+        self._opt = as_optimiser(optimiser)
+        if _is_key(key_or_state):
+            output_shape, w = self._model_initialiser(key_or_state, self.input_shape)
+            if tuple(output_shape)[-1:] != (self.n_summaries,):
+                raise ValueError(f"the model outputs shape {tuple(output_shape)}; its last axis "
+                                 f"must be n_summaries ({self.n_summaries}).")
+            self.state = self._opt.init(w)
+        else:
+            self.state = key_or_state
+            w = self._opt.params(key_or_state)
+        self.initial_w = self.final_w = self.best_w = self.w = w
+        self._counter = 0
+        self._history: dict[str, np.ndarray] = {}
+        self.history: dict[str, Any] = {}
+        self._compiled: dict = {}
+        self._start_checked = False
+
+    # -- where summaries come from ------------------------------------------------------------
+    def get_summaries(self, w, key=None, validate=False):
+        """``(x [n_s, n_summaries], dx [n_d, n_summaries, n_params])`` for the weights ``w``."""
+        raise NotImplementedError
+
+    def _loss_and_gradient(self, w, λ, α, key):
+        """The loss gradient with respect to ``w`` and the loss's terms (training set)."""
+        def loss(w):
+            x, dx = self.get_summaries(w, key=key)
+            return imnn_loss(x, dx, λ, α)
+        grad, terms = jax.grad(loss, has_aux=True)(w)
+        return grad, terms
+
+    def _terms(self, w, λ, α, key, validate):
+        x, dx = self.get_summaries(w, key=key, validate=validate)
+        return loss_terms(x, dx, λ, α)
+
+    # -- fitting -----------------------------------------------------------------------------
+    def _iteration(self, λ, α, min_iterations, carry):
+        (state, best_w, max_detF, patience_counter, counter, rng, hist) = carry
+        rng, k_train, k_val = jax.random.split(rng, 3)
+        w = self._opt.params(state)
+        grad, terms = self._loss_and_gradient(w, λ, α, k_train)
+        state = self._opt.update(counter, grad, state)
+        w = self._opt.params(state)
+        row = jnp.stack([jnp.linalg.det(terms.F), jnp.linalg.det(terms.C),
+                         jnp.linalg.det(terms.invC), terms.Λ2, terms.r, terms.loss])
+        hist = hist.at[counter, 0].set(row)
+        if self.validate:
+            vterms = self._terms(w, λ, α, k_val, True)
+            vrow = jnp.stack([jnp.linalg.det(vterms.F), jnp.linalg.det(vterms.C),
+                              jnp.linalg.det(vterms.invC), vterms.Λ2, vterms.r, vterms.loss])
+            hist = hist.at[counter, 1].set(vrow)
+            detF = vrow[0]
+        else:
+            detF = row[0]
+        better = detF > max_detF
+        max_detF = jnp.where(better, detF, max_detF)
+        best_w = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), w, best_w)
+        patience_counter = jnp.where(better, 0, jnp.where(counter > min_iterations,
+                                                          patience_counter + 1,
+                                                          patience_counter))
+        return (state, best_w, max_detF, patience_counter, counter + 1, rng, hist)
+
+    def _run_block(self, λ, α, min_iterations, patience, carry, stop_at):
+        def cond(c):
+            return jnp.logical_and(c[3] < patience, c[4] < stop_at)
+        return jax.lax.while_loop(cond, partial(self._iteration, λ, α, min_iterations), carry)
+
+    def fit(self, λ, ϵ, rng=None, patience=100, min_iterations=100, max_iterations=int(1e5),
+            print_rate=None, best=True):
+        """Fit the network's weights.
+
+        Args:
+          λ: coupling strength of the covariance regulariser (> 1).
+          ϵ: how close to the identity the summaries' covariance should come (> 0).
+          rng: a PRNG key; needed only when simulating on the fly (:class:`SimulatorIMNN`).
+          patience: stop after this many iterations without a larger det F (the validation
+            set's when there is one), once ``min_iterations`` have run.
+          max_iterations: stop after this many iterations in any case.
+          print_rate: update a progress bar every this many iterations (None: no bar, and the
+            in-memory classes then run the whole fit as one compiled loop).
+          best: keep the weights with the largest det F (``self.w = self.best_w``), else the
+            last ones.
+
+        Calling ``fit`` again continues from the optimiser's state; the history grows.
+        """
+        λ = float(λ)
+        ϵ = float(ϵ)
+        α = coupling_rate(λ, ϵ)
+        patience = _int("patience", patience)
+        min_iterations = _int("min_iterations", min_iterations, 0)
+        max_iterations = _int("max_iterations", max_iterations)
+        if print_rate is not None:
+            print_rate = _int("print_rate", print_rate)
+        if self.simulate and rng is None:
+            raise ValueError("rng is needed when simulating on the fly: fit(λ, ϵ, rng=key).")
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        if not self._start_checked:
+            self._check_start(λ, α, rng)
+        hist = jnp.full((max_iterations, 2, len(HISTORY)), jnp.nan, jnp.float32)
+        carry = (self.state, self._opt.params(self.state), jnp.float32(-jnp.inf),
+                 jnp.int32(0), jnp.int32(0), rng, hist)
+        carry = self._fit_loop(λ, α, min_iterations, patience, max_iterations, print_rate,
+                               carry)
+        self.state, best_w, max_detF, _, counter, rng, hist = carry
+        n = int(counter)
+        self._append_history(np.asarray(hist[:n]), float(max_detF))
+        self._counter += n
+        self.best_w = best_w
+        self.final_w = self._opt.params(self.state)
+        self.set_F_statistics(self.best_w if best else self.final_w, key=rng)
+
+    def _check_start(self, λ=None, α=None, rng=None):
+        """Raise ValueError when the summaries' covariance at the current weights is singular
+        (checked at the start of every fit; set ``_start_checked`` once checked elsewhere)."""
+        if rng is None:
+            rng = jax.random.PRNGKey(0)
+        x, _ = self.get_summaries(self._opt.params(self.state), key=rng)
+        x = np.asarray(x)
+        check_covariance(np.cov(x, rowvar=False).reshape(self.n_summaries, self.n_summaries),
+                         "the training simulations at the initial weights")
+
+    def _fit_loop(self, λ, α, min_iterations, patience, max_iterations, print_rate, carry):
+        bar = _progress(max_iterations, print_rate)
+        if self._jittable:
+            key = ("block", λ, α, min_iterations, patience)
+            if key not in self._compiled:
+                self._compiled[key] = jax.jit(partial(self._run_block, λ, α, min_iterations,
+                                                      patience))
+            run = self._compiled[key]
+            step = max_iterations if print_rate is None else print_rate
+            while True:
+                done = int(carry[4])
+                if done >= max_iterations or int(carry[3]) >= patience:
+                    break
+                carry = run(carry, jnp.int32(min(done + step, max_iterations)))
+                _advance(bar, carry, done)
+        else:
+            iteration = partial(self._iteration, λ, α, min_iterations)
+            while int(carry[4]) < max_iterations and int(carry[3]) < patience:
+                done = int(carry[4])
+                carry = iteration(carry)
+                if print_rate is not None and (done + 1) % print_rate == 0:
+                    _advance(bar, carry, done + 1 - print_rate)
+            _advance(bar, carry, int(bar.n) if bar is not None else 0)
+        if bar is not None:
+            bar.close()
+        return carry
+
+    def _append_history(self, hist: np.ndarray, max_detF: float):
+        for j, name in enumerate(HISTORY):
+            for col, prefix in ((0, ""), (1, "val_")):
+                if col == 1 and not self.validate:
+                    continue
+                old = self._history.get(prefix + name, np.zeros(0, np.float32))
+                self._history[prefix + name] = np.concatenate([old, hist[:, col, j]])
+        self._history["max_detF"] = np.asarray(max(max_detF, float(
+            self._history.get("max_detF", -np.inf))), np.float32)
+        self.history = dict(self._history)
+
+    # -- after fitting -----------------------------------------------------------------------
+    def set_F_statistics(self, w=None, key=None, validate=True):
+        """Set ``F``, ``C``, ``invC``, ``dμ_dθ``, ``μ`` and ``invF`` from the weights ``w``
+        (default ``self.w``), on the validation set when there is one."""
+        if w is not None:
+            self.w = w
+        validate = validate and (self.validate or self.simulate)
+        x, dx = self.get_summaries(self.w, key=key, validate=validate)
+        stats = fisher_statistics(x, dx)
+        check_covariance(stats.C, "the validation simulations" if validate
+                         else "the training simulations")
+        self.F, self.C, self.invC, self.dμ_dθ, self.μ = stats
+        self.invF = jnp.linalg.inv(self.F)
+
+    def get_estimate(self, d):
+        """Score-compressed parameter estimates of data ``d`` (``input_shape`` or a batch
+        ``[n, *input_shape]``): ``θ_fid + F⁻¹ dμ/dθᵀ C⁻¹ (f_w(d) - μ)``."""
+        if self.invF is None:
+            raise ValueError("the Fisher statistics are not set: call fit(...) or "
+                             "set_F_statistics(w) first.")
+        d = jnp.asarray(d)
+        single = d.shape == self.input_shape
+        if not single and d.shape[1:] != self.input_shape:
+            raise ValueError(f"d has shape {d.shape}; expected {self.input_shape} or "
+                             f"(n, *{self.input_shape}).")
+        x = self.model(self.w, d[None] if single else d)
+        est = score_estimate(self.θ_fid, self.invF, self.dμ_dθ, self.invC, self.μ, x)
+        return est[0] if single else est
+
+    def plot(self, ax=None, expected_detF=None, colour="C0", figsize=(5, 15), label="",
+             filename=None, ncol=1):
+        """Plot the fitting history: det F, det C and det C⁻¹, Λ2 and r (training solid,
+        validation dashed). Returns the axes; saves a PNG to ``filename`` when given."""
+        return plot_history(self.history, ax=ax, expected_detF=expected_detF, colour=colour,
+                            figsize=figsize, label=label, filename=filename, ncol=ncol)
+
+
+def _progress(total, print_rate):
+    if print_rate is None:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="IMNN fit", unit="it")
+
+
+def _advance(bar, carry, before):
+    if bar is None:
+        return
+    done = int(carry[4])
+    hist = carry[6]
+    row = np.asarray(hist[done - 1]) if done else None
+    bar.update(done - bar.n)
+    if row is not None:
+        bar.set_postfix(detF=f"{row[0, 0]:.3g}", val_detF=f"{row[1, 0]:.3g}",
+                        max_detF=f"{float(carry[2]):.3g}", patience=int(carry[3]))
+
+
+def plot_history(history: dict, ax=None, expected_detF=None, colour="C0", figsize=(5, 15),
+                 label="", filename=None, ncol=1):
+    """Three panels from an IMNN fit's ``history`` dict (see :meth:`_IMNN.plot`)."""
+    from matplotlib.figure import Figure
+    if ax is None:
+        fig = Figure(figsize=figsize)
+        ax = fig.subplots(3, 1, sharex=True)
+        fig.subplots_adjust(hspace=0.05)
+    fig = ax[0].figure
+    its = np.arange(len(history["detF"]))
+    for prefix, style, suffix in (("", "-", ""), ("val_", "--", " (validation)")):
+        if prefix + "detF" not in history:
+            continue
+        ax[0].plot(its, history[prefix + "detF"], style, color=colour, label=label + suffix)
+        ax[1].plot(its, history[prefix + "detC"], style, color=colour)
+        ax[1].plot(its, history[prefix + "detinvC"], style, color=colour, alpha=0.5)
+        ax[2].plot(its, history[prefix + "Λ2"], style, color=colour)
+        ax[2].plot(its, history[prefix + "r"], style, color="C1")
+    if expected_detF is not None:
+        ax[0].axhline(expected_detF, linestyle="dotted", color="black", label="expected")
+    ax[0].set_ylabel("det F")
+    ax[0].legend(frameon=False, ncol=ncol)
+    ax[1].axhline(1, linestyle="dotted", color="black")
+    ax[1].set_yscale("log")
+    ax[1].set_ylabel("det C and det C⁻¹")
+    ax[2].set_ylabel("Λ2 (r in orange)")
+    ax[2].set_xlabel("iteration")
+    if filename is not None:
+        fig.savefig(filename, dpi=90, bbox_inches="tight")
+    return ax
+
+
+class SimulatorIMNN(_IMNN):
+    """Fit from simulations generated on the fly by a JAX ``simulator(key, θ)``; derivatives
+    by forward-mode differentiation of ``θ -> f_w(simulator(key, θ))``. Fresh simulations every
+    iteration (``fit`` needs ``rng``); ``fit(..., best=False)`` is often the better choice here
+    since a lucky draw can give a large det F."""
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, simulator):
+        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                         key_or_state)
+        if not callable(simulator):
+            raise TypeError("simulator must be a function simulator(key, θ) -> simulation.")
+        self.simulator = simulator
+        self.simulate = True
+
+    def get_summaries(self, w, key=None, validate=False):
+        keys = jax.random.split(key, self.n_s)
+
+        def summary(k, θ):
+            return self.model(w, self.simulator(k, θ)[None])[0]
+        x_d, dx = jax.vmap(lambda k: (summary(k, self.θ_fid),
+                                      jax.jacfwd(summary, argnums=1)(k, self.θ_fid)))(
+            keys[:self.n_d])
+        x_rest = jax.vmap(lambda k: summary(k, self.θ_fid))(keys[self.n_d:])
+        return jnp.concatenate([x_d, x_rest]), dx
+
+
+class _InMemory(_IMNN):
+    def _set_data(self, fiducial, derivative, validation_fiducial, validation_derivative,
+                  derivative_shape):
+        self.fiducial = jnp.asarray(check_array("fiducial", fiducial,
+                                                (self.n_s,) + self.input_shape))
+        self.derivative = jnp.asarray(check_array("derivative", derivative,
+                                                  (self.n_d,) + derivative_shape))
+        if (validation_fiducial is None) != (validation_derivative is None):
+            raise ValueError("give both validation_fiducial and validation_derivative, or "
+                             "neither.")
+        if validation_fiducial is not None:
+            self.validation_fiducial = jnp.asarray(check_array(
+                "validation_fiducial", validation_fiducial, (self.n_s,) + self.input_shape))
+            self.validation_derivative = jnp.asarray(check_array(
+                "validation_derivative", validation_derivative, (self.n_d,) + derivative_shape))
+            self.validate = True
+
+    def _data(self, validate):
+        if validate:
+            return self.validation_fiducial, self.validation_derivative
+        return self.fiducial, self.derivative
+
+    def get_summaries(self, w, key=None, validate=False):
+        fiducial, derivative = self._data(validate)
+        x_d, dx = chunk_summaries(self.model, w, fiducial[:self.n_d], derivative,
+                                  mode=self._mode, δθ=getattr(self, "δθ", None))
+        x_rest = self.model(w, fiducial[self.n_d:])
+        return jnp.concatenate([x_d, x_rest]), dx
+
+
+class GradientIMNN(_InMemory):
+    """Fit from a fixed set of ``n_s`` fiducial simulations ``[n_s, *input_shape]`` (the first
+    ``n_d`` with derivatives ``[n_d, *input_shape, n_params]``), all in memory. Use a
+    validation set: with a fixed training set the network will also learn its accidents, and
+    early stopping on the validation det F stops it there."""
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, fiducial, derivative, validation_fiducial=None,
+                 validation_derivative=None):
+        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                         key_or_state)
+        self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
+                       self.input_shape + (self.n_params,))
+
+
+class NumericalGradientIMNN(_InMemory):
+    """As :class:`GradientIMNN`, with derivatives by finite differences: ``derivative`` is
+    ``[n_d, 2, n_params, *input_shape]``, the seeds of the first ``n_d`` fiducial simulations
+    re-simulated at ``θ_fid - δθ/2`` (index 0) and ``θ_fid + δθ/2`` (index 1) in each
+    parameter; ``δθ`` ``[n_params]`` the steps."""
+
+    _mode = "numerical"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, fiducial, derivative, δθ, validation_fiducial=None,
+                 validation_derivative=None):
+        super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                         key_or_state)
+        self.δθ = jnp.asarray(_steps(δθ, self.n_params))
+        self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
+                       (2, self.n_params) + self.input_shape)
+
+
+def _steps(δθ, n_params):
+    steps = check_array("δθ", δθ, (n_params,)).astype(np.float32)
+    if np.any(steps == 0):
+        raise ValueError("δθ must be non-zero in every parameter (the finite-difference step).")
+    return steps
+
+
+# -- aggregated: batch by batch, gradients summed by the chain rule ---------------------------
+
+class Batch(NamedTuple):
+    """One batch of simulations: ``fiducial`` ``[b, *input_shape]`` and, for the simulations
+    with derivatives, ``derivative`` (else None)."""
+    fiducial: Any
+    derivative: Any = None
+
+
+class _Aggregated(_IMNN):
+    """Summaries and gradients computed batch by batch (see the module's docstring). Subclasses
+    give :meth:`batches`; the driver-side pieces are jitted once per batch shape."""
+
+    _jittable = False
+
+    def _setup_devices(self, host, devices, n_per_device):
+        self.host = host if host is not None else jax.devices("cpu")[0]
+        self.devices = list(devices) if devices is not None else [self.host]
+        if not self.devices:
+            raise ValueError("devices is empty: give at least one jax device.")
+        self.n_devices = len(self.devices)
+        self.n_per_device = _int("n_per_device", n_per_device)
+        δθ = getattr(self, "δθ", None)
+        self._summaries_fn = jax.jit(partial(chunk_summaries, self.model, mode=self._mode, δθ=δθ))
+        self._gradient_fn = jax.jit(partial(chunk_gradient, self.model, mode=self._mode, δθ=δθ))
+        self._cotangents = jax.jit(summary_cotangents)
+        self._terms_fn = jax.jit(loss_terms)
+
+    def batches(self, validate: bool) -> Iterable[Batch]:
+        """The simulations in batches: those with derivatives first (``n_d`` in all), then the
+        rest (``n_s - n_d``), the same order on every call."""
+        raise NotImplementedError
+
+    def _placed(self, batches):
+        for i, batch in enumerate(batches):
+            device = self.devices[i % self.n_devices]
+            yield i, jax.device_put(batch, device)
+
+    def get_summaries(self, w, key=None, validate=False):
+        xs, dxs = [], []
+        placed_w = {}
+        for i, batch in self._placed(self.batches(validate)):
+            device = self.devices[i % self.n_devices]
+            if device not in placed_w:
+                placed_w[device] = jax.device_put(w, device)
+            x, dx = self._summaries_fn(placed_w[device], batch.fiducial, batch.derivative)
+            xs.append(jax.device_put(x, self.host))
+            if dx is not None:
+                dxs.append(jax.device_put(dx, self.host))
+        x, dx = jnp.concatenate(xs), jnp.concatenate(dxs)
+        self._check_counts(x.shape[0], dx.shape[0], validate)
+        return x, dx
+
+    def _check_counts(self, n_s, n_d, validate):
+        if (n_s, n_d) != (self.n_s, self.n_d):
+            which = "validation" if validate else "training"
+            raise ValueError(f"the {which} batches hold {n_s} simulations, {n_d} with "
+                             f"derivatives; expected n_s={self.n_s}, n_d={self.n_d}.")
+
+    def get_gradient(self, w, g_x, g_dx, validate=False):
+        """``Σ_batches vjp`` of the loss's gradient with respect to the summaries ``g_x``
+        ``[n_s, n_summaries]`` and derivatives ``g_dx`` ``[n_d, n_summaries, n_params]``."""
+        total = None
+        start_d = start_rest = 0
+        placed_w = {}
+        for i, batch in self._placed(self.batches(validate)):
+            device = self.devices[i % self.n_devices]
+            if device not in placed_w:
+                placed_w[device] = jax.device_put(w, device)
+            b = batch.fiducial.shape[0]
+            if batch.derivative is not None:
+                cx, cdx = g_x[start_d:start_d + b], g_dx[start_d:start_d + b]
+                start_d += b
+            else:
+                cx, cdx = g_x[self.n_d + start_rest:self.n_d + start_rest + b], None
+                start_rest += b
+            part = self._gradient_fn(placed_w[device], batch.fiducial, batch.derivative,
+                                     jax.device_put(cx, device),
+                                     None if cdx is None else jax.device_put(cdx, device))
+            part = jax.device_put(part, self.host)
+            total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+        return total
+
+    def _loss_and_gradient(self, w, λ, α, key):
+        x, dx = self.get_summaries(w, key=key)
+        g_x, g_dx, terms = self._cotangents(x, dx, λ, α)
+        return self.get_gradient(w, g_x, g_dx), terms
+
+    def _terms(self, w, λ, α, key, validate):
+        x, dx = self.get_summaries(w, key=key, validate=validate)
+        return self._terms_fn(x, dx, λ, α)
+
+    def _iteration(self, λ, α, min_iterations, carry):
+        if "book" not in self._compiled:
+            self._compiled["book"] = jax.jit(_bookkeeping, static_argnums=(0,))
+        state, best_w, max_detF, patience_counter, counter, rng, hist = carry
+        rng, k_train, k_val = jax.random.split(rng, 3)
+        w = self._opt.params(state)
+        grad, terms = self._loss_and_gradient(w, λ, α, k_train)
+        if "update" not in self._compiled:
+            self._compiled["update"] = jax.jit(self._opt.update)
+        state = self._compiled["update"](counter, grad, state)
+        w = self._opt.params(state)
+        vterms = self._terms(w, λ, α, k_val, True) if self.validate else terms
+        best_w, max_detF, patience_counter, hist = self._compiled["book"](
+            self.validate, terms, vterms, w, best_w, max_detF, patience_counter, counter,
+            min_iterations, hist)
+        return (state, best_w, max_detF, patience_counter, counter + 1, rng, hist)
+
+
+def _bookkeeping(validate, terms, vterms, w, best_w, max_detF, patience_counter, counter,
+                 min_iterations, hist):
+    def row(t):
+        return jnp.stack([jnp.linalg.det(t.F), jnp.linalg.det(t.C), jnp.linalg.det(t.invC),
+                          t.Λ2, t.r, t.loss])
+    hist = hist.at[counter, 0].set(row(terms))
+    detF = row(terms)[0]
+    if validate:
+        vrow = row(vterms)
+        hist = hist.at[counter, 1].set(vrow)
+        detF = vrow[0]
+    better = detF > max_detF
+    max_detF = jnp.where(better, detF, max_detF)
+    best_w = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), w, best_w)
+    patience_counter = jnp.where(better, 0, jnp.where(counter > min_iterations,
+                                                      patience_counter + 1, patience_counter))
+    return best_w, max_detF, patience_counter, hist
+
+
+class _AggregatedArrays(_Aggregated, _InMemory):
+    """Arrays in host memory, sent to the devices ``n_per_device`` simulations at a time."""
+
+    def batches(self, validate):
+        fiducial, derivative = self._data(validate)
+        size = self.n_per_device
+        for start in range(0, self.n_d, size):
+            stop = min(start + size, self.n_d)
+            yield Batch(fiducial[start:stop], derivative[start:stop])
+        for start in range(self.n_d, self.n_s, size):
+            yield Batch(fiducial[start:min(start + size, self.n_s)])
+
+
+class AggregatedGradientIMNN(_AggregatedArrays):
+    """:class:`GradientIMNN` whose summaries and gradients are computed ``n_per_device``
+    simulations at a time on ``devices`` (round robin) and summed on ``host``: for simulation
+    sets or networks too large for one device. A last, smaller batch is allowed."""
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, fiducial, derivative, host=None, devices=None, n_per_device=100,
+                 validation_fiducial=None, validation_derivative=None):
+        _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
+                       optimiser, key_or_state)
+        self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
+                       self.input_shape + (self.n_params,))
+        self.fiducial, self.derivative = np.asarray(self.fiducial), np.asarray(self.derivative)
+        if self.validate:
+            self.validation_fiducial = np.asarray(self.validation_fiducial)
+            self.validation_derivative = np.asarray(self.validation_derivative)
+        self._setup_devices(host, devices, n_per_device)
+
+
+class AggregatedNumericalGradientIMNN(_AggregatedArrays):
+    """:class:`NumericalGradientIMNN`, aggregated as :class:`AggregatedGradientIMNN`."""
+
+    _mode = "numerical"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, fiducial, derivative, δθ, host=None, devices=None,
+                 n_per_device=100, validation_fiducial=None, validation_derivative=None):
+        _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
+                       optimiser, key_or_state)
+        self.δθ = jnp.asarray(_steps(δθ, self.n_params))
+        self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
+                       (2, self.n_params) + self.input_shape)
+        self.fiducial, self.derivative = np.asarray(self.fiducial), np.asarray(self.derivative)
+        if self.validate:
+            self.validation_fiducial = np.asarray(self.validation_fiducial)
+            self.validation_derivative = np.asarray(self.validation_derivative)
+        self._setup_devices(host, devices, n_per_device)
+
+
+class _Dataset(_Aggregated):
+    """Batches read from iterators, the reference's ``DatasetGradientIMNN`` contract: ``main``
+    is one source per device of ``(fiducial [n_per_device, *input_shape], derivative [...])``
+    batches, ``remaining`` one per device of fiducial batches. A source is a re-iterable
+    (a list, or any object whose ``iter()`` starts over) or an endless iterator (a repeated
+    dataset); each pass takes ``n_d / (n_devices n_per_device)`` main batches and
+    ``(n_s - n_d) / (n_devices n_per_device)`` remaining batches from every device's source,
+    so an endless iterator must repeat exactly that many batches."""
+
+    def _set_sources(self, main, remaining, validation_main, validation_remaining,
+                     derivative_shape):
+        per_pass = self.n_devices * self.n_per_device
+        for name, count in (("n_d", self.n_d), ("n_s - n_d", self.n_s - self.n_d)):
+            if count % per_pass:
+                raise ValueError(f"{name} ({count}) is not a multiple of n_devices x "
+                                 f"n_per_device ({self.n_devices} x {self.n_per_device}); the "
+                                 "datasets' batches must divide the simulations evenly.")
+        self._main_batches = self.n_d // per_pass
+        self._rest_batches = (self.n_s - self.n_d) // per_pass
+        self._derivative_shape = derivative_shape
+
+        def sources(name, value, needed):
+            if value is None:
+                value = []
+            value = list(value)
+            if needed and len(value) != self.n_devices:
+                raise ValueError(f"{name} must hold one batch source per device "
+                                 f"({self.n_devices}); got {len(value)}.")
+            return value
+        self.main = sources("main", main, self._main_batches)
+        self.remaining = sources("remaining", remaining, self._rest_batches)
+        if validation_main is None and validation_remaining is not None:
+            raise ValueError("validation_remaining is given without validation_main.")
+        if validation_main is not None:
+            self.validation_main = sources("validation_main", validation_main,
+                                           self._main_batches)
+            self.validation_remaining = sources("validation_remaining", validation_remaining,
+                                                self._rest_batches)
+            self.validate = True
+
+    def batches(self, validate):
+        main = self.validation_main if validate else self.main
+        rest = self.validation_remaining if validate else self.remaining
+        shape = (self.n_per_device,) + self.input_shape
+        for device, source in enumerate(main):
+            for j, item in enumerate(_take(source, self._main_batches)):
+                fid, der = item
+                yield Batch(check_array(f"main[{device}] batch {j} fiducial", fid, shape),
+                            check_array(f"main[{device}] batch {j} derivative", der,
+                                        (self.n_per_device,) + self._derivative_shape))
+        for device, source in enumerate(rest if self._rest_batches else []):
+            for j, fid in enumerate(_take(source, self._rest_batches)):
+                yield Batch(check_array(f"remaining[{device}] batch {j}", fid, shape))
+
+
+def _take(source, count):
+    it = iter(source)
+    for _ in range(count):
+        try:
+            yield next(it)
+        except StopIteration:
+            raise ValueError(f"a batch source ran out before giving {count} batches; give "
+                             "re-iterable or repeating sources.") from None
+
+
+class DatasetGradientIMNN(_Dataset):
+    """:class:`AggregatedGradientIMNN` reading its simulations from batch sources (see
+    :class:`_Dataset`): the whole set never needs to be in memory."""
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, host, devices, n_per_device, main, remaining=None,
+                 validation_main=None, validation_remaining=None):
+        _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
+                       optimiser, key_or_state)
+        self._setup_devices(host, devices, n_per_device)
+        self._set_sources(main, remaining, validation_main, validation_remaining,
+                          self.input_shape + (self.n_params,))
+
+
+class DatasetNumericalGradientIMNN(_Dataset):
+    """:class:`AggregatedNumericalGradientIMNN` reading batch sources; main batches are
+    ``(fiducial, derivative [n_per_device, 2, n_params, *input_shape])``."""
+
+    _mode = "numerical"
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, δθ, host, devices, n_per_device, main, remaining=None,
+                 validation_main=None, validation_remaining=None):
+        _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
+                       optimiser, key_or_state)
+        self.δθ = jnp.asarray(_steps(δθ, self.n_params))
+        self._setup_devices(host, devices, n_per_device)
+        self._set_sources(main, remaining, validation_main, validation_remaining,
+                          (2, self.n_params) + self.input_shape)
+
+
+class Estimator(NamedTuple):
+    """A fitted IMNN reduced to what estimation needs (see ``jobs.imnn.load_estimator``)."""
+    apply_fn: Callable
+    w: Any
+    θ_fid: Any            # [n_params]
+    F: Any                # [n_params, n_params]
+    invF: Any
+    invC: Any             # [n_summaries, n_summaries]
+    dμ_dθ: Any            # [n_summaries, n_params]
+    μ: Any                # [n_summaries]
+
+    def summaries(self, d):
+        """Network outputs of a batch ``[n, *input_shape]``."""
+        return self.apply_fn(self.w, jnp.asarray(d))
+
+    def estimate(self, d):
+        """Score-compressed estimates ``[n, n_params]`` of a batch ``[n, *input_shape]``."""
+        return score_estimate(self.θ_fid, self.invF, self.dμ_dθ, self.invC, self.μ,
+                              self.summaries(d))
+
+
+# ---------------------------------------------------------------------------
+# Weights to bytes (for storing a fitted network)
+# ---------------------------------------------------------------------------
+
+def weights_to_bytes(w) -> bytes:
+    """The network's weights as one float32 vector's bytes (restore with
+    :func:`weights_from_bytes` and a template of the same network)."""
+    flat, _ = ravel_pytree(w)
+    return np.asarray(flat, np.float32).tobytes()
+
+
+def weights_from_bytes(data: bytes, template):
+    flat, unravel = ravel_pytree(template)
+    values = np.frombuffer(data, np.float32)
+    if values.size != flat.size:
+        raise ValueError(f"the stored weights hold {values.size} values; this network has "
+                         f"{flat.size}: the network settings differ from the fitted one's.")
+    return unravel(jnp.asarray(values))

@@ -1,0 +1,240 @@
+"""gio_core.imnn: the tutorial's numbers, aggregated gradients equal to full-batch ones, the
+class family's contracts and its errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.example_libraries import optimizers
+from jax.flatten_util import ravel_pytree
+
+from gio_core import imnn as I
+
+θ_FID = jnp.array([0.0, 1.0])
+λ, ϵ = 10.0, 0.1
+
+
+def common(n_s, n_d, seed=1, optimiser=None, hidden=(128, 128, 128)):
+    return dict(n_s=n_s, n_d=n_d, n_params=2, n_summaries=2, input_shape=(10,), θ_fid=θ_FID,
+                model=I.mlp(hidden, 2), optimiser=optimiser or optax.adam(1e-3),
+                key_or_state=jax.random.PRNGKey(seed))
+
+
+@pytest.fixture(scope="module")
+def sims():
+    return I.example_simulations(jax.random.PRNGKey(0), n_s=1000, n_d=1000)
+
+
+@pytest.fixture(scope="module")
+def fitted(sims):
+    imnn = I.GradientIMNN(**common(1000, 1000), **sims)
+    imnn.fit(λ, ϵ, patience=100, min_iterations=100, max_iterations=3000)
+    return imnn
+
+
+def flat(tree):
+    return np.asarray(ravel_pytree(tree)[0], np.float64)
+
+
+def relative(a, b):
+    return float(np.linalg.norm(flat(a) - flat(b)) / np.linalg.norm(flat(a)))
+
+
+def test_the_tutorials_fisher_information(fitted):
+    """The seed's example: analytic det F = 50 (F = diag(10, 5)); the fit reaches det F >= 40
+    on the validation set, F11 within 1.5 of 10 and F22 within 1 of 5."""
+    h = fitted.history
+    assert float(h["max_detF"]) >= 40
+    assert float(jnp.linalg.det(fitted.F)) == pytest.approx(float(h["max_detF"]), rel=1e-4)
+    F = np.asarray(fitted.F)
+    assert abs(F[0, 0] - 10) < 1.5 and abs(F[1, 1] - 5) < 1
+    assert len(h["detF"]) == len(h["val_detF"]) and len(h["detF"]) < 3000   # stopped early
+    for key in ("detC", "detinvC", "Λ2", "r", "loss", "val_loss"):
+        assert np.all(np.isfinite(h[key]))
+    # the covariance was pulled to the identity and the coupling turned itself off
+    assert np.asarray(fitted.C) == pytest.approx(np.eye(2), abs=0.2)
+    assert h["r"][-1] < h["r"][0]
+
+
+def test_estimates_at_the_fiducial_are_unbiased(fitted):
+    """Estimates on fresh simulations at θ_fid: their mean is θ_fid within a small share of
+    the Fisher error, and their scatter is near the Fisher error."""
+    keys = jax.random.split(jax.random.PRNGKey(99), 4000)
+    fresh = jax.vmap(lambda k: I.gaussian_simulator(k, θ_FID))(keys)
+    est = np.asarray(fitted.get_estimate(fresh))
+    sigma = np.sqrt(np.diag(np.asarray(fitted.invF)))
+    assert np.all(np.abs(est.mean(axis=0) - np.asarray(θ_FID)) < 0.2 * sigma)
+    assert np.all(np.abs(est.std(axis=0) / sigma - 1) < 0.25)
+    one = np.asarray(fitted.get_estimate(fresh[0]))
+    assert one == pytest.approx(est[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["gradient", "numerical"])
+def test_aggregated_gradient_equals_the_full_batch_one(mode):
+    """Batches of 7 (the last one smaller), n_d < n_s: the summed chain-rule terms equal the
+    full-batch gradient, and the loss's terms too."""
+    key = jax.random.PRNGKey(3)
+    n_s, n_d = 100, 60
+    if mode == "gradient":
+        sims = I.example_simulations(key, n_s=n_s, n_d=n_d)
+        full = I.GradientIMNN(**common(n_s, n_d, hidden=(16, 16)), **sims)
+        agg = I.AggregatedGradientIMNN(**common(n_s, n_d, hidden=(16, 16)), **sims,
+                                       n_per_device=7)
+    else:
+        keys = jax.random.split(key, n_s)
+        δθ = jnp.array([0.1, 0.1])
+        fid = jax.vmap(lambda k: I.gaussian_simulator(k, θ_FID))(keys)
+
+        def pm(k):
+            steps = jnp.diag(δθ) / 2
+            return jnp.stack([jnp.stack([I.gaussian_simulator(k, θ_FID + sign * steps[p])
+                                         for p in range(2)]) for sign in (-1, 1)])
+        der = jax.vmap(pm)(keys[:n_d])
+        assert der.shape == (n_d, 2, 2, 10)
+        kw = dict(fiducial=fid, derivative=der, δθ=δθ)
+        full = I.NumericalGradientIMNN(**common(n_s, n_d, hidden=(16, 16)), **kw)
+        agg = I.AggregatedNumericalGradientIMNN(**common(n_s, n_d, hidden=(16, 16)), **kw,
+                                                n_per_device=7)
+    α = I.coupling_rate(λ, ϵ)
+    g_full, t_full = jax.jit(lambda w: full._loss_and_gradient(w, λ, α, None))(full.w)
+    g_agg, t_agg = agg._loss_and_gradient(agg.w, λ, α, None)
+    assert relative(g_full, g_agg) < 1e-5
+    assert float(t_full.loss) == pytest.approx(float(t_agg.loss), rel=1e-5)
+    assert np.linalg.norm(flat(g_full)) > 0
+
+
+def test_dataset_variant_matches_the_aggregated_one():
+    """Batch sources (lists per device, and an endless iterator) give the same gradient as the
+    arrays, and the same fit."""
+    import itertools
+    n_s, n_d, per = 120, 80, 20
+    sims = I.example_simulations(jax.random.PRNGKey(5), n_s=n_s, n_d=n_d)
+    agg = I.AggregatedGradientIMNN(**common(n_s, n_d, hidden=(16,)), **sims, n_per_device=per)
+    devices = [jax.devices("cpu")[0]] * 2
+
+    def main(prefix):
+        fid, der = sims[prefix + "fiducial"][:n_d], sims[prefix + "derivative"]
+        halves = np.split(np.arange(n_d), 2)
+        return [[(fid[h][i:i + per], der[h][i:i + per]) for i in range(0, len(h), per)]
+                for h in halves]
+
+    def rest(prefix):
+        fid = sims[prefix + "fiducial"][n_d:]
+        halves = np.split(np.arange(n_s - n_d), 2)
+        return [itertools.cycle([fid[h][i:i + per] for i in range(0, len(h), per)])
+                for h in halves]
+    ds = I.DatasetGradientIMNN(**common(n_s, n_d, hidden=(16,)), host=devices[0],
+                               devices=devices, n_per_device=per, main=main(""),
+                               remaining=rest(""), validation_main=main("validation_"),
+                               validation_remaining=rest("validation_"))
+    α = I.coupling_rate(λ, ϵ)
+    assert relative(agg._loss_and_gradient(agg.w, λ, α, None)[0],
+                    ds._loss_and_gradient(ds.w, λ, α, None)[0]) < 1e-5
+    agg.fit(λ, ϵ, patience=5, min_iterations=0, max_iterations=6)
+    ds.fit(λ, ϵ, patience=5, min_iterations=0, max_iterations=6)
+    assert ds.history["val_detF"] == pytest.approx(agg.history["val_detF"], rel=1e-4)
+    with pytest.raises(ValueError, match="multiple of n_devices x n_per_device"):
+        I.DatasetGradientIMNN(**common(n_s, n_d), host=None, devices=devices, n_per_device=30,
+                              main=main(""), remaining=rest(""))
+
+
+def test_compiled_loop_and_progress_bar_loop_agree(sims):
+    """print_rate runs the same iterations in blocks (with a tqdm bar): the same history; and a
+    second fit continues from the optimiser's state, the history growing."""
+    small = {k: v[:200] for k, v in sims.items()}
+    a = I.GradientIMNN(**common(200, 200, hidden=(32,)), **small)
+    b = I.GradientIMNN(**common(200, 200, hidden=(32,)), **small)
+    a.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=25)
+    b.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=25, print_rate=4)
+    assert a.history["val_detF"] == pytest.approx(b.history["val_detF"], rel=1e-5)
+    a.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=5)
+    assert len(a.history["detF"]) == len(b.history["detF"]) + 5
+
+
+def test_the_optimizers_triple_is_accepted(sims):
+    """jax.example_libraries.optimizers.adam and optax.adam take the same steps (compared by
+    det F: the last layer's bias has a zero gradient up to rounding, since the loss ignores a
+    shift of the summaries, and Adam turns that noise into full-size steps)."""
+    small = {k: v[:200] for k, v in sims.items()}
+    a = I.GradientIMNN(**common(200, 200, hidden=(32,), optimiser=optax.adam(1e-3)), **small)
+    b = I.GradientIMNN(**common(200, 200, hidden=(32,), optimiser=optimizers.adam(1e-3)),
+                       **small)
+    for m in (a, b):
+        m.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=10, best=False)
+    assert a.history["detF"] == pytest.approx(b.history["detF"], rel=1e-4)
+    assert a.history["detF"][-1] > a.history["detF"][0]
+
+
+def test_simulator_imnn_learns():
+    imnn = I.SimulatorIMNN(**common(200, 200, hidden=(64, 64)),
+                           simulator=lambda k, θ: I.gaussian_simulator(k, θ))
+    with pytest.raises(ValueError, match="rng is needed"):
+        imnn.fit(λ, ϵ)
+    imnn.fit(λ, ϵ, rng=jax.random.PRNGKey(7), patience=400, min_iterations=0,
+             max_iterations=300, best=False)
+    detF = imnn.history["detF"]
+    assert np.mean(detF[-20:]) > 5 * np.mean(detF[:5])
+
+
+def test_plot_writes_a_png(tmp_path, sims):
+    small = {k: v[:100] for k, v in sims.items()}
+    imnn = I.GradientIMNN(**common(100, 100, hidden=(8,)), **small)
+    imnn.fit(λ, ϵ, patience=5, min_iterations=0, max_iterations=5)
+    out = tmp_path / "history.png"
+    ax = imnn.plot(expected_detF=50, filename=str(out))
+    assert len(ax) == 3 and out.stat().st_size > 1000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weights_roundtrip_and_estimator(fitted):
+    init, apply_fn = I.mlp()
+    _, template = init(jax.random.PRNGKey(0), (10,))
+    w = I.weights_from_bytes(I.weights_to_bytes(fitted.w), template)
+    est = I.Estimator(apply_fn, w, fitted.θ_fid, fitted.F, fitted.invF, fitted.invC,
+                      fitted.dμ_dθ, fitted.μ)
+    d = jax.vmap(lambda k: I.gaussian_simulator(k, θ_FID))(jax.random.split(
+        jax.random.PRNGKey(1), 5))
+    assert np.asarray(est.estimate(d)) == pytest.approx(np.asarray(fitted.get_estimate(d)),
+                                                        abs=1e-5)
+    _, other = I.mlp((8,))[0](jax.random.PRNGKey(0), (10,))
+    with pytest.raises(ValueError, match="network settings differ"):
+        I.weights_from_bytes(I.weights_to_bytes(fitted.w), other)
+
+
+@pytest.mark.parametrize("change, error, says", [
+    (dict(fiducial=np.zeros((99, 10))), ValueError, r"fiducial has shape \(99, 10\); "
+                                                    r"expected \(100, 10\)"),
+    (dict(derivative=np.zeros((100, 10))), ValueError, "derivative has shape"),
+    (dict(n_d=101), ValueError, r"n_d \(101\) is more than n_s \(100\)"),
+    (dict(nan=True), ValueError, "non-finite value.*simulation 3"),
+    (dict(n_s=2), ValueError, r"n_s \(2\) must exceed n_summaries"),
+    (dict(θ_fid=jnp.zeros(3)), ValueError, r"θ_fid has shape \(3,\); expected \(2,\)"),
+    (dict(optimiser="adam"), TypeError, "optimiser must be an optax"),
+    (dict(validation_fiducial=np.zeros((100, 10)), validation_derivative=None), ValueError,
+     "give both validation_fiducial"),
+])
+def test_bad_input_is_named(sims, change, error, says):
+    small = {"fiducial": sims["fiducial"][:100].copy(), "derivative": sims["derivative"][:100]}
+    kw = common(100, 100, hidden=(8,))
+    if change.pop("nan", False):
+        small["fiducial"][3, 4] = np.nan
+    for key in list(change):
+        (small if key in ("fiducial", "derivative", "validation_fiducial",
+                          "validation_derivative") else kw)[key] = change[key]
+    if kw["n_s"] == 2:
+        small = {"fiducial": small["fiducial"][:2], "derivative": small["derivative"][:1]}
+        kw["n_d"] = 1
+    with pytest.raises(error, match=says):
+        I.GradientIMNN(**kw, **small)
+
+
+def test_a_singular_covariance_is_named():
+    """Every simulation the same: the summaries cannot vary, and fit says so before any
+    step."""
+    same = np.ones((50, 10), np.float32)
+    imnn = I.GradientIMNN(**common(50, 50, hidden=(8,)), fiducial=same,
+                          derivative=np.ones((50, 10, 2), np.float32))
+    with pytest.raises(ValueError, match="covariance of the network's summaries .* singular"):
+        imnn.fit(λ, ϵ, max_iterations=3)
+    with pytest.raises(ValueError, match="no coupling rate"):
+        imnn.fit(0.5, ϵ)
