@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     if args.command == "package":
         return package.main(rest)
     command = COMMANDS[args.command]
+    if args.command in ("imnn", "imnn-example") and "--local" in rest:
+        rest = [a for a in rest if a != "--local"] + ["--set", "imnn.mode=local"]
     return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
                     command=args.command)
 

@@ -3,7 +3,8 @@
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
 ``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally ``weigh``
 (learn feature weights with the DII), ``weights`` (cluster and select in a weighted space) and
-``train`` (train a probe on the selected rows, with GAF).
+``train`` (train a probe on the selected rows, with GAF), and ``imnn`` (fit an IMNN's summaries
+from stored simulations; its own command, ``gio-spark imnn``).
 ``--set a.b=value`` overrides one key (the value is parsed as YAML: ``--set select.k=7``,
 ``--set quantize.pool_k=null``; ``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
 Unknown keys are rejected with the list of valid ones; every value is checked here, so a bad
@@ -14,6 +15,7 @@ itself uses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from gio_core import check_select_options
 from gio_core.dii import DECAYS, OPTIMIZERS, TIES
 from gio_core.gaf import FUSIONS
 from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
+from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
+from gio_core.imnn import DERIVATIVE_MODES
 from jobs.errors import InputError
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
@@ -257,6 +261,53 @@ class TrainSection:
 RUNTIME_TRAIN_OPTIONS = ("max_rows",)
 
 
+IMNN_MODES = ("spark", "local")
+
+
+@dataclass
+class IMNNSection:
+    """The imnn command: an IMNN's network fitted from simulations stored in a Delta table.
+
+    ``simulations``: the table, one row per simulation (``split`` train or validation,
+    ``kind`` fiducial (with ``derivative``) or remaining (without), ``index``, ``values`` the
+    flattened simulation, ``derivative`` the flattened ``[*input_shape, n_params]`` derivative
+    with respect to the parameters, or, with ``derivatives: numerical``, the flattened
+    ``[2, n_params, *input_shape]`` re-simulations at ``theta_fid -/+ delta_theta/2``).
+    ``coupling`` and ``closeness`` are the reference's λ and ϵ. ``mode``: ``spark`` (executors
+    compute each batch's summaries and chain-rule terms; the driver sums) or ``local`` (the
+    driver streams the table's files batch by batch; ``gio-spark imnn --local``).
+    """
+    simulations: str | None = None     # the Delta table of simulations; null: no imnn stage
+    theta_fid: list = field(default_factory=list)     # the fiducial parameters
+    input_shape: list | None = None    # one simulation's shape; null: [length of values]
+    derivatives: str = "gradient"      # gradient (stored derivatives) or numerical
+    delta_theta: list | None = None    # numerical: the finite-difference steps
+    n_summaries: int | None = None     # null: as many as parameters
+    hidden: list = field(default_factory=lambda: [128, 128, 128])
+    activation: str = "leaky_relu"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    coupling: float = 10.0             # λ
+    closeness: float = 0.1             # ϵ
+    patience: int = 100
+    min_iterations: int = 100
+    max_iterations: int = 2000
+    best: bool = True                  # keep the weights with the largest validation det F
+    seed: int = 0                      # the network's initial weights
+    mode: str = "spark"                # spark or local
+    batch_size: int = 1000             # simulations per batch (per task's chunk in spark mode)
+    partitions: int | None = None      # spark mode: partitions of the cached simulations
+    expected_det_f: float | None = None   # drawn on the plot (50 for the example)
+    run_id: str | None = None          # the fit's id; default imnn-<fingerprint>
+
+    @property
+    def enabled(self) -> bool:
+        return self.simulations is not None
+
+
+RUNTIME_IMNN_OPTIONS = ("mode", "batch_size", "partitions", "expected_det_f")
+
+
 @dataclass
 class OutputSection:
     path: str = "out/gio-spark"
@@ -274,6 +325,7 @@ class JobConfig:
     weigh: WeighSection = field(default_factory=WeighSection)
     weights: WeightsSection = field(default_factory=WeightsSection)
     train: TrainSection = field(default_factory=TrainSection)
+    imnn: IMNNSection = field(default_factory=IMNNSection)
     run_id: str | None = None
 
     def to_dict(self) -> dict:
@@ -606,9 +658,73 @@ def validate_train(cfg: JobConfig) -> None:
            f"letter or digit); got {t.run_id!r}.")
 
 
+def _num_list(value, key: str, positive: bool = False) -> None:
+    _check(isinstance(value, list) and value and all(_is_num(v) for v in value)
+           and all(math.isfinite(v) for v in value)
+           and (not positive or all(v > 0 for v in value)),
+           f"{key} must be a list of {'positive ' if positive else ''}numbers, such as "
+           f"{'[0.1, 0.1]' if positive else '[0.0, 1.0]'}; got {value!r}.")
+
+
+def validate_imnn(cfg: JobConfig) -> None:
+    """The ``imnn`` section (checked whether or not the command runs)."""
+    m = cfg.imnn
+    _check(m.simulations is None or (isinstance(m.simulations, str) and m.simulations != ""),
+           "imnn.simulations must be the path of a Delta table of simulations, or null.")
+    if m.enabled:
+        _num_list(m.theta_fid, "imnn.theta_fid")
+    elif m.theta_fid:
+        _num_list(m.theta_fid, "imnn.theta_fid")
+    _check(m.input_shape is None or (isinstance(m.input_shape, list) and m.input_shape
+                                     and all(_is_int(v) and v >= 1 for v in m.input_shape)),
+           f"imnn.input_shape must be null or a list of sizes, such as [10]; got "
+           f"{m.input_shape!r}.")
+    _check(m.derivatives in DERIVATIVE_MODES, f"imnn.derivatives must be one of "
+           f"{', '.join(DERIVATIVE_MODES)}; got {m.derivatives!r}.")
+    if m.derivatives == "numerical":
+        _check(m.delta_theta is not None, "imnn.derivatives is numerical: set imnn.delta_theta "
+               "to the finite-difference step of each parameter, such as [0.1, 0.1].")
+    if m.delta_theta is not None:
+        _num_list(m.delta_theta, "imnn.delta_theta", positive=True)
+        _check(not m.theta_fid or len(m.delta_theta) == len(m.theta_fid),
+               f"imnn.delta_theta has {len(m.delta_theta)} steps but imnn.theta_fid has "
+               f"{len(m.theta_fid)} parameters; give one step per parameter.")
+    _check(m.n_summaries is None or (_is_int(m.n_summaries) and m.n_summaries >= 1),
+           "imnn.n_summaries must be null (as many as parameters) or an integer >= 1.")
+    _check(isinstance(m.hidden, list) and all(_is_int(h) and h >= 1 for h in m.hidden),
+           f"imnn.hidden must be a list of layer sizes (integers >= 1), such as [128, 128, 128]; "
+           f"got {m.hidden!r}.")
+    _check(m.activation in IMNN_ACTIVATIONS, f"imnn.activation must be one of "
+           f"{', '.join(IMNN_ACTIVATIONS)}; got {m.activation!r}.")
+    _check(m.optimizer in TRAIN_OPTIMIZERS, f"imnn.optimizer must be one of "
+           f"{', '.join(TRAIN_OPTIMIZERS)}; got {m.optimizer!r}.")
+    _check(_is_num(m.learning_rate) and m.learning_rate > 0,
+           "imnn.learning_rate must be a number > 0.")
+    _check(_is_num(m.coupling) and m.coupling > 1, "imnn.coupling (the reference's λ) must be a "
+           f"number > 1; got {m.coupling!r}.")
+    _check(_is_num(m.closeness) and m.closeness > 0, "imnn.closeness (the reference's ϵ) must "
+           f"be a number > 0; got {m.closeness!r}.")
+    for key in ("patience", "max_iterations", "batch_size"):
+        _check(_is_int(getattr(m, key)) and getattr(m, key) >= 1,
+               f"imnn.{key} must be an integer >= 1.")
+    _check(_is_int(m.min_iterations) and m.min_iterations >= 0,
+           "imnn.min_iterations must be an integer >= 0.")
+    _check(isinstance(m.best, bool), "imnn.best must be true or false.")
+    _check(_is_int(m.seed) and 0 <= m.seed < 2 ** 32,
+           "imnn.seed must be an integer between 0 and 2**32 - 1.")
+    _check(m.mode in IMNN_MODES, f"imnn.mode must be spark or local; got {m.mode!r}.")
+    _check(m.partitions is None or (_is_int(m.partitions) and m.partitions >= 1),
+           "imnn.partitions must be null or an integer >= 1.")
+    _check(m.expected_det_f is None or (_is_num(m.expected_det_f) and m.expected_det_f > 0),
+           "imnn.expected_det_f must be null or a number > 0.")
+    _check(m.run_id is None or (isinstance(m.run_id, str) and RUN_ID_PATTERN.match(m.run_id)),
+           "imnn.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
+           f"letter or digit); got {m.run_id!r}.")
+
+
 def reads_sides(cfg: JobConfig, command: str = "run") -> bool:
     """Whether ``command`` reads pool and target (so they must be configured)."""
-    if command == "weigh":
+    if command in ("weigh", "imnn", "imnn-example"):
         return False
     if command == "train":
         return cfg.train.needs_pool
@@ -644,6 +760,10 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
                f"{type(value).__name__}.")
     validate_weigh(cfg)
     validate_train(cfg)
+    validate_imnn(cfg)
+    _check(command not in ("imnn", "imnn-example") or cfg.imnn.enabled, "the config has no "
+           "imnn stage: set imnn.simulations to the Delta table of simulations (and "
+           "imnn.theta_fid to the fiducial parameters); conf/imnn.yaml is an example.")
     _check(command != "weigh" or cfg.weigh.enabled, "the config has no weigh stage: set "
            "weigh.source.path (and weigh.b_columns) to the table whose feature weights to learn.")
     _check(command != "train" or cfg.train.enabled, "the config has no train stage: set "

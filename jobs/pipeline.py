@@ -97,6 +97,22 @@ def explode_command(spark, cfg: JobConfig) -> None:
     run_explode(spark, cfg, plan, pool)
 
 
+def imnn_command(spark, cfg: JobConfig) -> None:
+    from jobs.imnn import make_imnn_plan, run_imnn
+    check_outputs(spark, cfg, None)
+    run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
+
+
+def imnn_example_command(spark, cfg: JobConfig) -> None:
+    from jobs.imnn import make_imnn_plan, run_imnn, write_example
+    check_outputs(spark, cfg, None)
+    if write_example(spark, cfg.imnn.simulations):
+        log(f"imnn-example: the tutorial's simulations -> {cfg.imnn.simulations}")
+    else:
+        log(f"imnn-example: reusing the tutorial's simulations in {cfg.imnn.simulations}")
+    run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
+
+
 def run_command(spark, cfg: JobConfig) -> None:
     summary = run_pipeline(spark, cfg)
     if cfg.pool.format == "demo":
@@ -121,6 +137,10 @@ COMMANDS: dict[str, Command] = {
     "explode": Command("the explode stage alone: chosen clusters back to rows", explode_command),
     "train": Command("the train stage alone: a probe trained on the selected rows (GAF)",
                      train_command),
+    "imnn": Command("fit an IMNN's summaries from simulations in Delta (--local: stream them "
+                    "through the driver)", imnn_command),
+    "imnn-example": Command("write the IMNN tutorial's simulations to imnn.simulations, then "
+                            "fit them", imnn_example_command),
 }
 
 

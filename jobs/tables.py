@@ -181,6 +181,40 @@ MODELS = T.StructType([
     T.StructField("params_format", T.StringType(), False),    # gio_core.gaf.PARAMS_FORMAT
     T.StructField("params", T.BinaryType(), False),           # gio_core.gaf.mlp_to_bytes
 ])
+IMNN_HISTORY = T.StructType(
+    [T.StructField("imnn_id", T.StringType(), False),
+     T.StructField("imnn_fingerprint", T.StringType(), False),
+     T.StructField("iteration", T.IntegerType(), False)]
+    + [T.StructField(prefix + name, T.DoubleType(), True)
+       for prefix in ("", "val_") for name in ("detF", "detC", "detinvC", "lambda2", "r",
+                                                "loss")])
+_MATRIX = T.ArrayType(T.ArrayType(T.DoubleType(), True), True)    # Delta: no NOT NULL in arrays
+IMNN_FITS = T.StructType([
+    T.StructField("imnn_id", T.StringType(), False),
+    T.StructField("imnn_fingerprint", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("params", T.StringType(), False),           # JSON of the whole config
+    T.StructField("simulations", T.StringType(), False),      # JSON: path, version, counts
+    T.StructField("network", T.StringType(), False),          # JSON: gio_core.imnn.mlp's spec
+    T.StructField("theta_fid", T.ArrayType(T.DoubleType(), False), False),
+    T.StructField("weights_format", T.StringType(), False),
+    T.StructField("weights", T.BinaryType(), False),          # the chosen (best or final) ones
+    T.StructField("final_weights", T.BinaryType(), False),
+    T.StructField("F", _MATRIX, False),
+    T.StructField("C", _MATRIX, False),
+    T.StructField("invC", _MATRIX, False),
+    T.StructField("invF", _MATRIX, False),
+    T.StructField("dmu_dtheta", _MATRIX, False),
+    T.StructField("mu", T.ArrayType(T.DoubleType(), False), False),
+    T.StructField("det_F", T.DoubleType(), False),            # of the chosen weights
+    T.StructField("max_det_F", T.DoubleType(), False),
+    T.StructField("iterations", T.IntegerType(), False),
+    T.StructField("stopped_by", T.StringType(), False),       # patience or max_iterations
+    T.StructField("mode", T.StringType(), False),             # spark or local
+    T.StructField("timings", T.StringType(), False),
+    T.StructField("versions", T.StringType(), False),
+])
 SELECTED_EXTRA = T.StructType([
     T.StructField("cluster_id", T.IntegerType(), True),
     T.StructField("rank", T.IntegerType(), True),
@@ -190,12 +224,14 @@ SELECTED_EXTRA = T.StructType([
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
-           "train_runs": TRAIN_RUNS, "models": MODELS, "stages": STAGES}
+           "train_runs": TRAIN_RUNS, "models": MODELS, "imnn_history": IMNN_HISTORY,
+           "imnn_fits": IMNN_FITS, "stages": STAGES}
 KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
         "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
-        "train_runs": "train_id", "models": "train_id", "stages": None}
+        "train_runs": "train_id", "models": "train_id", "imnn_history": "imnn_id",
+        "imnn_fits": "imnn_id", "stages": None}
 TABLES = tuple(KEYS)
 
 MAX_ATTEMPTS = 8

@@ -109,7 +109,7 @@ def test_dataset_variant_matches_the_aggregated_one():
     import itertools
     n_s, n_d, per = 120, 80, 20
     sims = I.example_simulations(jax.random.PRNGKey(5), n_s=n_s, n_d=n_d)
-    agg = I.AggregatedGradientIMNN(**common(n_s, n_d, hidden=(16,)), **sims, n_per_device=per)
+    agg = I.AggregatedGradientIMNN(**common(n_s, n_d, hidden=(8,)), **sims, n_per_device=per)
     devices = [jax.devices("cpu")[0]] * 2
 
     def main(prefix):
@@ -123,7 +123,7 @@ def test_dataset_variant_matches_the_aggregated_one():
         halves = np.split(np.arange(n_s - n_d), 2)
         return [itertools.cycle([fid[h][i:i + per] for i in range(0, len(h), per)])
                 for h in halves]
-    ds = I.DatasetGradientIMNN(**common(n_s, n_d, hidden=(16,)), host=devices[0],
+    ds = I.DatasetGradientIMNN(**common(n_s, n_d, hidden=(8,)), host=devices[0],
                                devices=devices, n_per_device=per, main=main(""),
                                remaining=rest(""), validation_main=main("validation_"),
                                validation_remaining=rest("validation_"))
@@ -142,8 +142,8 @@ def test_compiled_loop_and_progress_bar_loop_agree(sims):
     """print_rate runs the same iterations in blocks (with a tqdm bar): the same history; and a
     second fit continues from the optimiser's state, the history growing."""
     small = {k: v[:200] for k, v in sims.items()}
-    a = I.GradientIMNN(**common(200, 200, hidden=(32,)), **small)
-    b = I.GradientIMNN(**common(200, 200, hidden=(32,)), **small)
+    a = I.GradientIMNN(**common(200, 200, hidden=(16,)), **small)
+    b = I.GradientIMNN(**common(200, 200, hidden=(16,)), **small)
     a.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=25)
     b.fit(λ, ϵ, patience=10, min_iterations=0, max_iterations=25, print_rate=4)
     assert a.history["val_detF"] == pytest.approx(b.history["val_detF"], rel=1e-5)
@@ -166,12 +166,12 @@ def test_the_optimizers_triple_is_accepted(sims):
 
 
 def test_simulator_imnn_learns():
-    imnn = I.SimulatorIMNN(**common(200, 200, hidden=(64, 64)),
+    imnn = I.SimulatorIMNN(**common(100, 100, hidden=(16,)),
                            simulator=lambda k, θ: I.gaussian_simulator(k, θ))
     with pytest.raises(ValueError, match="rng is needed"):
         imnn.fit(λ, ϵ)
     imnn.fit(λ, ϵ, rng=jax.random.PRNGKey(7), patience=400, min_iterations=0,
-             max_iterations=300, best=False)
+             max_iterations=150, best=False)
     detF = imnn.history["detF"]
     assert np.mean(detF[-20:]) > 5 * np.mean(detF[:5])
 

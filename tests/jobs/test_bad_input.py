@@ -301,6 +301,44 @@ def floats(rows=30):
     return np.random.default_rng(6).normal(0, 1, rows)
 
 
+def simulations(spark, tmp, n=40, kind="fiducial", same=False, nan=False, fmt="delta"):
+    """A small simulations table (n training and n validation Gaussian simulations)."""
+    from jobs.imnn import SIMULATIONS
+    rng = np.random.default_rng(7)
+    rows = []
+    for split in ("train", "validation"):
+        values = np.ones((n, 10)) if same else rng.normal(0, 1, (n, 10))
+        if nan and split == "train":
+            values[5, 2] = np.nan
+        for i in range(n):
+            der = np.stack([np.ones(10), (values[i] / 2)], -1)
+            rows.append((split, kind, i, values[i].astype(np.float32).tolist(),
+                         der.reshape(-1).astype(np.float32).tolist()))
+    path = str(tmp / "sims")
+    spark.createDataFrame(rows, SIMULATIONS).write.format(fmt).save(path)
+    return path
+
+
+def imnn_sets(*extra, **table):
+    """A case maker: the imnn command on a small simulations table (``table``: how to make it;
+    ``table=None``: no table)."""
+    def make(tmp, spark):
+        out = str(tmp / "out")
+        sets = [f"output.path={out}", "spark.master=local[2]", "imnn.theta_fid=[0.0, 1.0]",
+                "imnn.hidden=[8]", "imnn.max_iterations=2", "imnn.batch_size=16"]
+        if table.get("path", True):
+            sets.append(f"imnn.simulations={simulations(spark, tmp, **table)}")
+        return argv(sets + list(extra)), out
+    return make
+
+
+def imnn_no_table(*extra):
+    def make(tmp):
+        out = str(tmp / "out")
+        return argv([f"output.path={out}", "spark.master=local[2]"] + list(extra)), out
+    return make
+
+
 CASES = [
     Case("config file missing", "does not exist", lambda t: (
         ["--config", str(t / "nope.yaml")], str(t / "out"))),
@@ -407,6 +445,21 @@ CASES = [
          train_sets(), command="train"),
     Case("train command without a train section", "the config has no train stage",
          with_sets(), command="train"),
+    Case("imnn command without an imnn section", "the config has no imnn stage",
+         imnn_no_table(), command="imnn"),
+    Case("imnn coupling out of range", "imnn.coupling (the reference's λ) must be a number > 1",
+         imnn_no_table("imnn.simulations=sims", "imnn.theta_fid=[0, 1]", "imnn.coupling=1"),
+         command="imnn"),
+    Case("imnn simulations not in Delta", "is not a Delta table", imnn_sets(fmt="parquet"),
+         command="imnn"),
+    Case("imnn non-finite simulation", "1 simulation(s) hold non-finite or null numbers",
+         imnn_sets(nan=True), command="imnn"),
+    Case("imnn derivatives of another length", "derivatives have 20 values; with 3 parameter",
+         imnn_sets("imnn.theta_fid=[0, 1, 2]"), command="imnn"),
+    Case("imnn unknown kind of simulation", "with split 'train' and kind 'perturbed'",
+         imnn_sets(kind="perturbed"), command="imnn"),
+    Case("imnn simulations that are all the same", "summaries of the training simulations at "
+         "the initial weights is singular", imnn_sets(same=True), command="imnn"),
 ]
 
 
