@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d test test-demo test-fast bench bench-dii bench-gaf clean
+.PHONY: setup tools lint demo demo-2d imnn-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 demo-2d: $(STAMP)
 	$(VENV)/bin/gio-spark demo --out out/demo
+
+# The IMNN tutorial on Spark: writes its simulations to Delta, then fits them (conf/imnn.yaml).
+imnn-example: $(STAMP)
+	$(VENV)/bin/gio-spark imnn-example --config conf/imnn.yaml
 
 # Debian's docker-compose checks docker/ statically (no engine needed); skipped where it can't install.
 tools:
@@ -55,6 +59,9 @@ bench-dii: $(STAMP)
 
 bench-gaf: $(STAMP)
 	$(VENV)/bin/python bench/gaf_vs_reference.py --out bench/results/gaf_vs_reference_cpu_2cores.jsonl
+
+bench-imnn: $(STAMP)
+	$(VENV)/bin/python bench/imnn_paths.py --out bench/results/imnn_paths_cpu_2cores.jsonl
 
 clean:
 	rm -rf $(VENV) .venv-dadapy out build *.egg-info

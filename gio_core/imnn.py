@@ -395,6 +395,7 @@ class _IMNN:
         self.history: dict[str, Any] = {}
         self._compiled: dict = {}
         self._start_checked = False
+        self.progress: Callable | None = None    # progress(done, max_detF, patience) hook
 
     # -- where summaries come from ------------------------------------------------------------
     def get_summaries(self, w, key=None, validate=False):
@@ -519,6 +520,8 @@ class _IMNN:
             while int(carry[4]) < max_iterations and int(carry[3]) < patience:
                 done = int(carry[4])
                 carry = iteration(carry)
+                if self.progress is not None:
+                    self.progress(done + 1, float(carry[2]), int(carry[3]))
                 if print_rate is not None and (done + 1) % print_rate == 0:
                     _advance(bar, carry, done + 1 - print_rate)
             _advance(bar, carry, int(bar.n) if bar is not None else 0)

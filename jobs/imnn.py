@@ -331,7 +331,6 @@ def _gradient_task(spec: dict, shared, frames):
             part = pdf[pdf["kind"] == kind]
             order = data[kind + "_index"]
             for chunk in _chunks(part, size):
-                n = len(chunk)
                 pos = np.searchsorted(order, chunk["index"].to_numpy(np.int64))
                 fid = _padded(_stack(chunk["values"].tolist(), shape), size)
                 cx = _padded(data[kind + "_gx"][pos], size)
@@ -340,7 +339,6 @@ def _gradient_task(spec: dict, shared, frames):
                     cdx = _padded(data["gdx"][pos], size)
                 else:
                     der, cdx = None, None
-                del n
                 g = gradient(w, fid, der, cx, cdx)
                 total = g if total is None else jax.tree_util.tree_map(np.add, total, g)
     if total is not None:
@@ -424,6 +422,13 @@ def _imnn_classes():
             self._files = sorted(f.removeprefix("file:") for f in files)
             import pyarrow.dataset as ds
             self._dataset = ds.dataset(self._files, format="parquet")
+            missing = [c for c in ("split", "kind", "index", "values", "derivative")
+                       if c not in self._dataset.schema.names]
+            if missing:
+                raise InputError(f"imnn.simulations' files lack the column(s) {missing} "
+                                 "(a partitioned table, or one with column mapping): "
+                                 "imnn.mode local reads the files directly; use imnn.mode "
+                                 "spark.")
             rows = self._dataset.count_rows()
             expected = (spark.read.format("delta").option("versionAsOf", layout.version)
                         .load(layout.path).count())
@@ -651,6 +656,19 @@ def save_history_plot(path: str, history: dict, title: str, expected: float | No
     os.replace(tmp, path)
 
 
+def _progress_logger(total: int, every_s: float = 30.0):
+    """A progress hook for the fit: a log line every ``every_s`` seconds."""
+    last = [time.perf_counter()]
+
+    def progress(done: int, max_det_f: float, patience: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s:
+            last[0] = now
+            log(f"imnn: iteration {done}/{total}, max det F {max_det_f:.4g}, "
+                f"{patience} without a new max")
+    return progress
+
+
 def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
     """Checks the simulations, fits (or reuses) the IMNN and commits its tables; returns the
     fit's summary (``imnn_id``, ``det_F``, ``max_det_F``, ``iterations``, ``reused``)."""
@@ -690,6 +708,7 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
         model._start_checked = True
         check_s = time.perf_counter() - t0
         t1 = time.perf_counter()
+        model.progress = _progress_logger(m.max_iterations)
         model.fit(float(m.coupling), float(m.closeness), patience=m.patience,
                   min_iterations=m.min_iterations, max_iterations=m.max_iterations,
                   print_rate=None, best=m.best)
