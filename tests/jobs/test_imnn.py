@@ -143,3 +143,45 @@ def test_killed_between_its_tables_resumes_to_the_clean_fit(spark, tmp_path):
     assert got["val_detF"].to_numpy() == pytest.approx(want.history["val_detF"], rel=1e-4)
     assert tables.read_table(spark, killed, "imnn_fits").count() == 1
     assert reuse.latest(spark, killed, "imnn", imnn_id)["status"] == "done"
+
+
+def test_numerical_derivatives_on_spark_and_streamed(spark, tmp_path):
+    """imnn.derivatives: numerical: the derivative column holds the [2, n_params, 10]
+    re-simulations at θ_fid ∓ δθ/2; both table paths give NumericalGradientIMNN's gradient."""
+    from jobs.imnn import SIMULATIONS
+    n, δθ = 60, np.array([0.1, 0.1], np.float32)
+    keys = jax.random.split(jax.random.PRNGKey(8), 2 * n)
+    θ = jnp.array([0.0, 1.0])
+
+    def pm(k):
+        steps = jnp.diag(jnp.asarray(δθ)) / 2
+        return jnp.stack([jnp.stack([I.gaussian_simulator(k, θ + sign * steps[p])
+                                     for p in range(2)]) for sign in (-1, 1)])
+    fid = np.asarray(jax.vmap(lambda k: I.gaussian_simulator(k, θ))(keys))
+    der = np.asarray(jax.vmap(pm)(keys))
+    rows = [(split, "fiducial", i, fid[j].tolist(), der[j].reshape(-1).tolist())
+            for split, offset in (("train", 0), ("validation", n)) for i in range(n)
+            for j in (offset + i,)]
+    path = str(tmp_path / "sims")
+    spark.createDataFrame(rows, SIMULATIONS).write.format("delta").save(path)
+    cfg = load_config(None, [f"imnn.simulations={path}", "imnn.theta_fid=[0.0, 1.0]",
+                             "imnn.derivatives=numerical", "imnn.delta_theta=[0.1, 0.1]",
+                             "imnn.hidden=[8]", "imnn.batch_size=16",
+                             f"output.path={tmp_path / 'out'}"], "imnn")
+    frame, layout = J.read_simulations(spark, cfg)
+    assert layout.derivative_shape == (2, 2, 10)
+    full = I.NumericalGradientIMNN(
+        n_s=n, n_d=n, n_params=2, n_summaries=2, input_shape=(10,), θ_fid=θ,
+        model=I.mlp((8,)), optimiser=optax.adam(1e-3), key_or_state=jax.random.PRNGKey(0),
+        fiducial=fid[:n], derivative=der[:n], δθ=δθ, validation_fiducial=fid[n:],
+        validation_derivative=der[n:])
+    α = I.coupling_rate(10.0, 0.1)
+    expected, _ = full._loss_and_gradient(full.w, 10.0, α, None)
+    for mode in ("local", "spark"):
+        model = J.build_imnn(spark, cfg, layout, frame, mode)
+        try:
+            got, _ = model._loss_and_gradient(full.w, 10.0, α, None)
+            assert relative(expected, got) < 1e-5, mode
+        finally:
+            if hasattr(model, "release"):
+                model.release()
