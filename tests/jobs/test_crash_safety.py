@@ -224,7 +224,7 @@ def test_three_runs_at_once_on_a_new_output_path(spark, data_dir, clean, tmp_pat
         except ConcurrentRunError:
             outcomes[name] = "retry"
         except BaseException as err:            # noqa: BLE001 - reported by the assertion
-            outcomes[name] = repr(err)
+            outcomes[name] = f"{type(err).__name__}: {str(err)[:2000]}"   # the message, too
     threads = [threading.Thread(target=run, args=(name, sets)) for name, sets in
                (("a", a), ("b", b))]
     for thread in threads:
