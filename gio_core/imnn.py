@@ -857,6 +857,11 @@ def _bookkeeping(validate, terms, vterms, w, best_w, max_detF, patience_counter,
 class _AggregatedArrays(_Aggregated, _InMemory):
     """Arrays in host memory, sent to the devices ``n_per_device`` simulations at a time."""
 
+    def _to_host(self):
+        for name in ("fiducial", "derivative", "validation_fiducial", "validation_derivative"):
+            if hasattr(self, name):
+                setattr(self, name, np.asarray(getattr(self, name)))
+
     def batches(self, validate):
         fiducial, derivative = self._data(validate)
         size = self.n_per_device
@@ -879,10 +884,7 @@ class AggregatedGradientIMNN(_AggregatedArrays):
                        optimiser, key_or_state)
         self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
                        self.input_shape + (self.n_params,))
-        self.fiducial, self.derivative = np.asarray(self.fiducial), np.asarray(self.derivative)
-        if self.validate:
-            self.validation_fiducial = np.asarray(self.validation_fiducial)
-            self.validation_derivative = np.asarray(self.validation_derivative)
+        self._to_host()
         self._setup_devices(host, devices, n_per_device)
 
 
@@ -899,10 +901,7 @@ class AggregatedNumericalGradientIMNN(_AggregatedArrays):
         self.δθ = jnp.asarray(_steps(δθ, self.n_params))
         self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
                        (2, self.n_params) + self.input_shape)
-        self.fiducial, self.derivative = np.asarray(self.fiducial), np.asarray(self.derivative)
-        if self.validate:
-            self.validation_fiducial = np.asarray(self.validation_fiducial)
-            self.validation_derivative = np.asarray(self.validation_derivative)
+        self._to_host()
         self._setup_devices(host, devices, n_per_device)
 
 

@@ -89,7 +89,12 @@ class Layout:
 
 
 def _delta_version(spark, path: str) -> int:
+    """The simulations table's current version; InputError when ``path`` is not Delta."""
     from delta.tables import DeltaTable
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise InputError(f"imnn.simulations {path!r} is not a Delta table (no _delta_log); "
+                         "write the simulations there as Delta (gio-spark imnn-example writes "
+                         "the tutorial's).")
     return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
 
@@ -99,13 +104,8 @@ def read_simulations(spark, cfg: JobConfig) -> tuple[DataFrame, Layout]:
     Raises:
       InputError: naming the first problem and what to do.
     """
-    from delta.tables import DeltaTable
     m = cfg.imnn
     path = m.simulations
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise InputError(f"imnn.simulations {path!r} is not a Delta table (no _delta_log); "
-                         "write the simulations there as Delta (gio-spark imnn-example writes "
-                         "the tutorial's).")
     version = _delta_version(spark, path)
     df = spark.read.format("delta").option("versionAsOf", version).load(path)
     fields = {f.name: f.dataType for f in df.schema.fields}
@@ -621,12 +621,7 @@ class IMNNPlan:
 
 
 def make_imnn_plan(spark, cfg: JobConfig) -> IMNNPlan:
-    from delta.tables import DeltaTable
     path = cfg.imnn.simulations
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise InputError(f"imnn.simulations {path!r} is not a Delta table (no _delta_log); "
-                         "write the simulations there as Delta (gio-spark imnn-example writes "
-                         "the tutorial's).")
     version = _delta_version(spark, path)
     fp = reuse.fingerprint("imnn", {"simulations": {"path": os.path.abspath(path)
                                                     if "://" not in path else path,
@@ -677,9 +672,7 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
     from jobs.gio_select import library_versions
     m = cfg.imnn
     plan = plan or make_imnn_plan(spark, cfg)
-    out = cfg.output.path
-    tables.check_existing(spark, out, "imnn_history", tables.IMNN_HISTORY)
-    tables.check_existing(spark, out, "imnn_fits", tables.IMNN_FITS)
+    out = cfg.output.path            # its tables were checked by check_outputs
     if reuse.is_done(spark, out, "imnn", plan.imnn_id, plan.fingerprint):
         row = (tables.read_key(spark, out, "imnn_fits", plan.imnn_id)
                .where(F.col("imnn_fingerprint") == plan.fingerprint).first())
