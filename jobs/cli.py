@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from jobs import package
-from jobs.pipeline import COMMANDS
+from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS
 from jobs.runner import run_main
 
 
@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     sub.add_parser("package", add_help=False, help="build what spark-submit ships to a cluster")
     for name, command in COMMANDS.items():
         sub.add_parser(name, add_help=False, help=command.help)
+    sub.add_parser("datamodels", add_help=False, help="datamodels: models trained on random "
+                   "subsets as Spark tasks, then a sparse linear datamodel per target ("
+                   f"{'|'.join(DATAMODELS_ACTIONS)})")
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "demo":
@@ -28,11 +31,30 @@ def main(argv=None) -> int:
         return 0
     if args.command == "package":
         return package.main(rest)
+    if args.command == "datamodels":
+        return _datamodels(rest)
     command = COMMANDS[args.command]
     if args.command in ("imnn", "imnn-example") and "--local" in rest:
         rest = [a for a in rest if a != "--local"] + ["--set", "imnn.mode=local"]
     return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
                     command=args.command)
+
+
+def _datamodels(rest: list) -> int:
+    actions = "\n".join(f"  {name:<9} {c.help}" for name, c in DATAMODELS_ACTIONS.items())
+    usage = ("usage: gio-spark datamodels {" + ",".join(DATAMODELS_ACTIONS) + "} --config "
+             "CONFIG [--set KEY=VALUE ...]\n\nactions:\n" + actions)
+    if rest[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if not rest or rest[0] not in DATAMODELS_ACTIONS:
+        got = f"unknown action {rest[0]!r}" if rest else "no action given"
+        print(f"{usage}\ngio-spark datamodels: error: {got}; choose one of "
+              f"{', '.join(DATAMODELS_ACTIONS)}.", file=sys.stderr)
+        return 2
+    command = DATAMODELS_ACTIONS[rest[0]]
+    return run_main(f"gio-spark datamodels {rest[0]}", command.help, command.body, rest[1:],
+                    command=f"datamodels-{rest[0]}", precheck=command.precheck)
 
 
 if __name__ == "__main__":

@@ -308,6 +308,75 @@ class IMNNSection:
 RUNTIME_IMNN_OPTIONS = ("mode", "batch_size", "partitions", "expected_det_f")
 
 
+DATAMODELS_MODES = ("local", "spark")
+
+
+@dataclass
+class DatamodelsSection:
+    """The datamodels commands (``gio-spark datamodels init|work|regress|select|export|example``).
+
+    The spec (``spec``: a JSON file in the source's format, or ``num_models`` and ``schema``
+    inline) says how many models there are and what each one's ``main`` returns. ``store`` is
+    the Delta table of their records (one row per model index; default
+    ``<output.path>/datamodels_store``). ``work`` runs ``main(index=, logdir=, **args)`` from the
+    module ``main_import`` as one Spark task per index not yet completed, committing
+    ``commit_every`` indices a transaction. ``regress`` fits a lasso path per target from
+    ``x_name`` (the masks) to ``y_name`` (the outputs) with the source's options (``num_train``,
+    ``num_val``, ``seed``, ``target_start``/``target_end``, ``k``, ``eps``, ``lr``,
+    ``batch_size``, ``check_every``, ``tol``), on the driver (``mode: local``) or as Spark tasks
+    (``mode: spark``). ``select`` takes the ``budget`` pool rows with the largest total positive
+    weight on the targets, where pool row ``index_column`` is the mask position.
+    """
+    store: str | None = None           # the store's Delta table; null: <output.path>/datamodels_store
+    spec: str | None = None            # JSON spec file; or num_models and schema below
+    num_models: int | None = None
+    schema: dict | None = None         # {key: {shape: [...], dtype: numpy name}}
+    main_import: str | None = None     # module with main(*, index, logdir, **args)
+    args: dict = field(default_factory=dict)    # extra keyword arguments of main
+    logdir: str | None = None          # main gets <logdir>/workers/<index>; null: <output>/datamodels_logs
+    indices: list | None = None        # [start, end): only these indices (null: all)
+    commit_every: int = 64             # indices per Spark job and per commit
+    indices_per_task: int = 1          # indices one Spark task runs in turn (1: a task per model)
+    jobs_in_flight: int = 2            # Spark jobs of indices running at once
+    timeout_s: float | None = None     # seconds one index may take (the source's job_timeout)
+    x_name: str = "masks"              # the spec key of the masks (the regression's inputs)
+    y_name: str = "margins"            # the spec key of the outputs, one per target
+    num_train: int | None = None       # null: the completed models left after val and test
+    num_val: int | None = None         # null: a tenth of the completed models
+    num_test: int = 0                  # held out from the fit, to report how well it predicts
+    bad_models: str = "reject"         # models with non-finite outputs: reject (exit 2) or drop
+    seed: int = 0                      # which completed models go to train, val and test
+    target_start: int = 0              # the targets fitted: outputs [target_start, target_end)
+    target_end: int | None = None      # null: to the last target (the source's -1)
+    k: int = 100                       # lambdas on the path
+    eps: float = 1e-3                  # smallest lambda over the largest
+    lr: float = 1.0                    # step as a share of the largest safe step 1/L
+    tol: float = 1e-4                  # duality gap over the outputs' variance (early_stopping.eps)
+    check_every: int = 10              # iterations between convergence checks
+    max_iter: int = 10_000             # iterations per lambda at most
+    min_lambdas: int = 10              # lambdas tried before the path may stop early
+    patience: int | None = 1           # validation MSE rises in a row that stop a path (null: never)
+    refit: bool = True                 # refit the chosen lambda on train + val models
+    batch_size: int | None = None      # models per block when forming sums (runtime)
+    target_chunk: int | None = None    # targets solved at once (runtime)
+    mode: str = "local"                # local (driver, JAX CPU/GPU) or spark (executors; runtime)
+    regress_id: str | None = None      # the fit's id; default datamodels-<fingerprint>
+    export_path: str | None = None     # export: a folder for the source's .npy layout
+    budget: int | None = None          # select: rows to select
+    budget_fraction: float | None = None   # select: or this share of the training examples
+    index_column: str | None = None    # select: the pool column of mask positions (null: id_column)
+    select_run_id: str | None = None   # select: the selection's run id; default dmsel-<fingerprint>
+
+    @property
+    def inline_spec(self) -> bool:
+        return self.num_models is not None or self.schema is not None
+
+
+RUNTIME_DATAMODELS_OPTIONS = ("batch_size", "target_chunk", "mode")
+DATAMODELS_COMMANDS = ("datamodels-init", "datamodels-work", "datamodels-regress",
+                       "datamodels-select", "datamodels-export", "datamodels-example")
+
+
 @dataclass
 class OutputSection:
     path: str = "out/gio-spark"
@@ -326,6 +395,7 @@ class JobConfig:
     weights: WeightsSection = field(default_factory=WeightsSection)
     train: TrainSection = field(default_factory=TrainSection)
     imnn: IMNNSection = field(default_factory=IMNNSection)
+    datamodels: DatamodelsSection = field(default_factory=DatamodelsSection)
     run_id: str | None = None
 
     def to_dict(self) -> dict:
@@ -722,13 +792,125 @@ def validate_imnn(cfg: JobConfig) -> None:
            f"letter or digit); got {m.run_id!r}.")
 
 
-def reads_sides(cfg: JobConfig, command: str = "run") -> bool:
-    """Whether ``command`` reads pool and target (so they must be configured)."""
-    if command in ("weigh", "imnn", "imnn-example"):
-        return False
+def datamodels_spec(cfg: JobConfig):
+    """The datamodels spec of the config (a :class:`jobs.datamodels_spec.Spec`), or None when
+    it gives none."""
+    from jobs.datamodels_spec import parse_spec, read_spec_file
+    d = cfg.datamodels
+    if d.spec is not None:
+        _check(not d.inline_spec, "datamodels.spec names a spec file, but datamodels.num_models "
+               "or datamodels.schema is set too; give the spec one way.")
+        _check(isinstance(d.spec, str) and d.spec != "", "datamodels.spec must be the path of a "
+               "JSON spec file, or null.")
+        return parse_spec(read_spec_file(d.spec), f"datamodels.spec {d.spec!r}")
+    if d.inline_spec:
+        return parse_spec({"num_models": d.num_models, "schema": d.schema}, "datamodels")
+    return None
+
+
+def _optional_int(value, key: str, minimum: int) -> None:
+    _check(value is None or (_is_int(value) and value >= minimum),
+           f"{key} must be null or an integer >= {minimum}; got {value!r}.")
+
+
+def validate_datamodels(cfg: JobConfig, command: str) -> None:
+    """The ``datamodels`` section (its spec is read and checked only by the commands that use
+    it, its main only by those that run it)."""
+    d = cfg.datamodels
+    for key in ("store", "logdir", "export_path"):
+        value = getattr(d, key)
+        _check(value is None or (isinstance(value, str) and value != ""),
+               f"datamodels.{key} must be a path written as text, or null; got {value!r}.")
+    _check(isinstance(d.args, dict) and all(isinstance(k, str) for k in d.args),
+           "datamodels.args must be a mapping of main's keyword arguments to values, such as "
+           "{multiple: 2}.")
+    _check(not {"index", "logdir"} & set(d.args), "datamodels.args must not set index or "
+           "logdir: gio-spark passes them to main.")
+    _check(d.main_import is None or (isinstance(d.main_import, str) and re.match(
+        r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", d.main_import)),
+        f"datamodels.main_import must be a module's import path such as mypkg.train; got "
+        f"{d.main_import!r}.")
+    _check(d.indices is None or (isinstance(d.indices, list) and len(d.indices) == 2
+                                 and all(_is_int(v) and v >= 0 for v in d.indices)
+                                 and d.indices[0] < d.indices[1]),
+           f"datamodels.indices must be null or [start, end) with 0 <= start < end; got "
+           f"{d.indices!r}.")
+    for key in ("commit_every", "indices_per_task", "jobs_in_flight", "k", "check_every",
+                "max_iter", "min_lambdas"):
+        _check(_is_int(getattr(d, key)) and getattr(d, key) >= 1,
+               f"datamodels.{key} must be an integer >= 1; got {getattr(d, key)!r}.")
+    _check(d.timeout_s is None or (_is_num(d.timeout_s) and d.timeout_s > 0),
+           "datamodels.timeout_s must be null or a number of seconds > 0.")
+    for key in ("x_name", "y_name"):
+        _check(isinstance(getattr(d, key), str) and getattr(d, key) != "",
+               f"datamodels.{key} must be a key of the spec's schema.")
+    _check(d.x_name != d.y_name, "datamodels.x_name and datamodels.y_name must be different "
+           "keys (the masks and the outputs).")
+    _optional_int(d.num_train, "datamodels.num_train", 2)
+    _optional_int(d.num_val, "datamodels.num_val", 1)
+    _check(_is_int(d.num_test) and d.num_test >= 0, "datamodels.num_test must be an integer >= 0.")
+    _check(d.bad_models in BAD_ROW_POLICIES, f"datamodels.bad_models must be reject or drop; got "
+           f"{d.bad_models!r}.")
+    _check(_is_int(d.seed) and 0 <= d.seed < 2 ** 32,
+           "datamodels.seed must be an integer between 0 and 2**32 - 1.")
+    _check(_is_int(d.target_start) and d.target_start >= 0,
+           "datamodels.target_start must be an integer >= 0.")
+    _check(d.target_end is None or (_is_int(d.target_end) and d.target_end > d.target_start),
+           f"datamodels.target_end must be null (to the last target) or an integer above "
+           f"datamodels.target_start ({d.target_start}); got {d.target_end!r}.")
+    _check(_is_num(d.eps) and 0 < d.eps < 1, f"datamodels.eps (the smallest lambda over the "
+           f"largest) must be a number in (0, 1); got {d.eps!r}.")
+    _check(_is_num(d.lr) and 0 < d.lr <= 1, f"datamodels.lr is the step as a share of the "
+           f"largest safe step: a number in (0, 1]; got {d.lr!r}.")
+    _check(_is_num(d.tol) and d.tol > 0, f"datamodels.tol must be a number > 0; got {d.tol!r}.")
+    _optional_int(d.patience, "datamodels.patience", 1)
+    _check(isinstance(d.refit, bool), "datamodels.refit must be true or false.")
+    _optional_int(d.batch_size, "datamodels.batch_size", 1)
+    _optional_int(d.target_chunk, "datamodels.target_chunk", 1)
+    _check(d.mode in DATAMODELS_MODES, f"datamodels.mode must be local or spark; got {d.mode!r}.")
+    for key in ("regress_id", "select_run_id"):
+        value = getattr(d, key)
+        _check(value is None or (isinstance(value, str) and RUN_ID_PATTERN.match(value)),
+               f"datamodels.{key} must be null or 1-128 letters, digits, '.', '_' or '-' "
+               f"(starting with a letter or digit); got {value!r}.")
+    _optional_int(d.budget, "datamodels.budget", 1)
+    _check(d.budget_fraction is None or (_is_num(d.budget_fraction) and 0 < d.budget_fraction
+                                         <= 1),
+           f"datamodels.budget_fraction must be null or a number in (0, 1]; got "
+           f"{d.budget_fraction!r}.")
+    _check(d.index_column is None or (isinstance(d.index_column, str) and d.index_column),
+           "datamodels.index_column must be a column name or null.")
+    if command not in DATAMODELS_COMMANDS:
+        return
+    if command in ("datamodels-init", "datamodels-work", "datamodels-example"):
+        spec = datamodels_spec(cfg)
+        _check(spec is not None, "the config has no datamodels spec: set datamodels.spec to a "
+               "JSON spec file, or datamodels.num_models and datamodels.schema (conf/"
+               "datamodels.yaml is an example).")
+    if command in ("datamodels-work", "datamodels-example"):
+        _check(d.main_import is not None, "datamodels.main_import is missing: name the module "
+               "whose main(*, index, logdir, **args) trains one model (for example "
+               "jobs.datamodels_example).")
+    if command == "datamodels-select":
+        _check((d.budget is None) != (d.budget_fraction is None), "datamodels select needs "
+               "one budget: set datamodels.budget (rows) or datamodels.budget_fraction.")
+        _check(d.index_column is not None or cfg.pool.id_column is not None,
+               "datamodels select maps mask positions to pool rows: set datamodels.index_column "
+               "(or pool.id_column) to the pool's column of training-example indices.")
+    if command == "datamodels-export":
+        _check(d.export_path is not None, "datamodels export needs datamodels.export_path: the "
+               "folder for the .npy files.")
+
+
+def reads_sides(cfg: JobConfig, command: str = "run") -> tuple[str, ...]:
+    """The sides (pool, target) that ``command`` reads, so they must be configured."""
+    if command == "datamodels-select":
+        return ("pool",)
+    if command in ("weigh", "imnn", "imnn-example") or command in DATAMODELS_COMMANDS:
+        return ()
     if command == "train":
-        return cfg.train.needs_pool
-    return True
+        return ("pool", "target") if cfg.train.needs_pool else ()
+    return ("pool", "target")
 
 
 def uses_own_weights(cfg: JobConfig) -> bool:
@@ -761,6 +943,7 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     validate_weigh(cfg)
     validate_train(cfg)
     validate_imnn(cfg)
+    validate_datamodels(cfg, command)
     _check(command not in ("imnn", "imnn-example") or cfg.imnn.enabled, "the config has no "
            "imnn stage: set imnn.simulations to the Delta table of simulations (and "
            "imnn.theta_fid to the fiducial parameters); conf/imnn.yaml is an example.")
@@ -769,7 +952,7 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(command != "train" or cfg.train.enabled, "the config has no train stage: set "
            "train.validation.path (and train.label_column) to the labelled rows that score the "
            "probe.")
-    for side in ("pool", "target") if sides else ():
+    for side in sides:
         src: SourceSection = getattr(cfg, side)
         _check_source(src, side, SOURCE_FORMATS)
         _check(src.format == "demo" or effective_embedding_column(src) or src.text_column,

@@ -5,6 +5,7 @@
 | 0 | success | |
 | 2 | bad input: the config, the data or the output location; one line says what and what to do; nothing was written | :class:`InputError` |
 | 75 | a concurrent run on the same output changed what this run depends on; re-running succeeds | :class:`ConcurrentRunError` |
+| 1 | some of the work failed where the rest was committed (datamodels work: a user's main raised for some indices); one line says which and that a re-run finishes them | :class:`PartialFailure` |
 | 1 | anything else (a bug, or the environment: memory, disk, network); the traceback is printed | any other exception |
 """
 from __future__ import annotations
@@ -26,3 +27,8 @@ class InputError(Exception):
 
 class ConcurrentRunError(Exception):
     """Another run on the same ``output.path`` replaced rows this run was using; retry it."""
+
+
+class PartialFailure(Exception):
+    """Part of the work failed and was reported (its errors are recorded); the rest is
+    committed, and running the command again retries what failed. Exit code 1, no traceback."""

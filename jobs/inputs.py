@@ -52,8 +52,8 @@ def _local(path: str) -> str | None:
     return path.removeprefix("file:")
 
 
-def _sources(cfg: JobConfig, sides: bool) -> list[tuple[str, SourceSection]]:
-    out = [(side, getattr(cfg, side)) for side in ("pool", "target")] if sides else []
+def _sources(cfg: JobConfig, sides: tuple) -> list[tuple[str, SourceSection]]:
+    out = [(side, getattr(cfg, side)) for side in sides]
     if cfg.weigh.enabled:
         out.append(("weigh.source", cfg.weigh.source))
     if cfg.train.enabled:
@@ -63,11 +63,11 @@ def _sources(cfg: JobConfig, sides: bool) -> list[tuple[str, SourceSection]]:
     return out
 
 
-def preflight(cfg: JobConfig, sides: bool = True) -> None:
+def preflight(cfg: JobConfig, sides: tuple = ("pool", "target")) -> None:
     """Checks that need no JVM: input paths, and the output location (exists as a folder or can
     be created, is writable, is not itself a Delta table, is not inside an input).
-    ``sides=False``: pool and target are not read (the weigh command; train on a source of its
-    own)."""
+    ``sides``: the sides the command reads (none for the weigh command, train on a source of
+    its own, imnn and most datamodels commands)."""
     for side, src in _sources(cfg, sides):
         path = _local(src.path) if src.format != "demo" else None
         if path is not None and not os.path.exists(path):
@@ -484,8 +484,12 @@ def _side(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log, pending: list
     return Side(side, src, clean_side(df, src, report), schema, report)
 
 
-def read_only(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log) -> Side:
-    """One side, checked (or its earlier check reused); writes nothing."""
+def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) -> Side:
+    """One side, checked (or its earlier check reused); writes nothing but the check's record.
+    ``plan`` None: the side's keys are computed here (a command that reads only this side)."""
+    if plan is None:
+        identity = reuse.source_identity(spark, getattr(cfg, side), side)
+        plan = reuse.SidePlan({side: reuse.fingerprint("validate", identity)})
     pending: list = []
     out = _side(spark, cfg, plan, side, log, pending)
     reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)

@@ -113,6 +113,19 @@ def imnn_example_command(spark, cfg: JobConfig) -> None:
     run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
 
 
+def _datamodels(name: str) -> Callable:
+    """A datamodels command's body, imported when it runs."""
+    def body(spark, cfg: JobConfig) -> None:
+        from jobs import datamodels
+        getattr(datamodels, name)(spark, cfg)
+    return body
+
+
+def _check_main(cfg: JobConfig) -> None:
+    from jobs.datamodels import check_main
+    check_main(cfg)
+
+
 def run_command(spark, cfg: JobConfig) -> None:
     summary = run_pipeline(spark, cfg)
     if cfg.pool.format == "demo":
@@ -122,6 +135,7 @@ def run_command(spark, cfg: JobConfig) -> None:
 class Command(NamedTuple):
     help: str
     body: Callable
+    precheck: Callable | None = None      # the command's own checks before the JVM starts
 
 
 # The Spark commands of `gio-spark` and `jobs/submit.py`.
@@ -141,6 +155,22 @@ COMMANDS: dict[str, Command] = {
                     "through the driver)", imnn_command),
     "imnn-example": Command("write the IMNN tutorial's simulations to imnn.simulations, then "
                             "fit them", imnn_example_command),
+}
+
+# `gio-spark datamodels <action>` (and `jobs/submit.py datamodels <action>`).
+DATAMODELS_ACTIONS: dict[str, Command] = {
+    "init": Command("create the store (a Delta table, one row per model) from the spec",
+                    _datamodels("init_command")),
+    "work": Command("train every model not yet completed: main(index, logdir, **args) as one "
+                    "Spark task per index", _datamodels("work_command"), _check_main),
+    "regress": Command("fit a lasso path per target from the masks to the outputs",
+                       _datamodels("regress_command")),
+    "select": Command("select the training rows with the most positive weight on the targets",
+                      _datamodels("select_command")),
+    "export": Command("write the store as the source's .npy files", _datamodels(
+        "export_command")),
+    "example": Command("the digits example end to end: tables, workers, regression, selection",
+                       _datamodels("example_command"), _check_main),
 }
 
 

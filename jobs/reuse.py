@@ -112,6 +112,12 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class SidePlan:
+    """The keys of one side's input checks alone (commands that read one side)."""
+    validate: dict            # side -> fingerprint of the input checks
+
+
+@dataclass(frozen=True)
 class WeighPlan:
     validate: str             # fingerprint of the weigh source's checks
     fingerprint: str
@@ -175,6 +181,17 @@ def train_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan | None" = None
     return TrainPlan(fp, t.run_id or "train-" + fp[:12], selection)
 
 
+# The stages that write selected_rows: the pipeline's explode, and datamodels select.
+SELECTION_STAGES = ("explode", "datamodels_select")
+
+
+def latest_selection(spark, output: str, run_id: str) -> dict | None:
+    """The latest record of whichever stage wrote run ``run_id``'s selected rows."""
+    records = [r for r in (latest(spark, output, stage, run_id) for stage in SELECTION_STAGES)
+               if r is not None]
+    return max(records, key=lambda r: (r["at_ns"], r["status"])) if records else None
+
+
 def make_train_plan(spark, cfg: JobConfig, pool_plan: "Plan | None" = None,
                     in_run: bool = False) -> TrainPlan:
     """The train stage's keys. ``in_run``: planned inside ``gio-spark run``, before this run's
@@ -193,7 +210,7 @@ def make_train_plan(spark, cfg: JobConfig, pool_plan: "Plan | None" = None,
         if in_run and run_id == pool_plan.run_id:
             explode = pool_plan.explode
         else:
-            last = latest(spark, cfg.output.path, "explode", run_id)
+            last = latest_selection(spark, cfg.output.path, run_id)
             if last is None or last["status"] != "done":
                 this = " (this config's run)" if run_id == pool_plan.run_id else ""
                 raise InputError(f"run {run_id}{this} has no selected rows under "

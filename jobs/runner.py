@@ -14,7 +14,7 @@ from typing import Callable
 
 from jobs.config import JobConfig, load_config, reads_sides
 from jobs.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
-                         InputError)
+                         InputError, PartialFailure)
 from jobs.inputs import preflight
 
 
@@ -35,16 +35,19 @@ def _stop(spark) -> None:
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
-             argv=None, command: str = "run") -> int:
+             argv=None, command: str = "run",
+             precheck: Callable[[JobConfig], None] | None = None) -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
     the session and runs ``body(spark, cfg)``; returns the exit code. ``command`` says which
     sections must be configured (weigh, and train on a source of its own, read no pool or
-    target)."""
+    target); ``precheck(cfg)`` runs the command's own checks before the JVM starts."""
     args = parser(prog, description).parse_args(argv)
     spark = None
     try:
         cfg = load_config(args.config, args.set, command)
         preflight(cfg, reads_sides(cfg, command))
+        if precheck is not None:
+            precheck(cfg)
         from pyspark.sql import SparkSession
 
         from jobs.session import build_session
@@ -62,6 +65,10 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
         _stop(spark)
         print(f"gio-spark: retry: {err}", file=sys.stderr, flush=True)
         return EXIT_RETRY
+    except PartialFailure as err:
+        _stop(spark)
+        print(f"gio-spark: failed: {err}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         _stop(spark)
         print("gio-spark: interrupted; committed stages are kept and a re-run resumes.",

@@ -15,6 +15,10 @@ Under ``output.path``:
 | ``weight_runs`` | weights_id, fingerprint, params, spaces, DII curve, final DII, ... | weights_id | weigh |
 | ``train_runs`` | train_id, fingerprint, arm, params, rows, classes, per-epoch history, ... | train_id | train |
 | ``models`` | train_id, fingerprint, arm, kind, sizes, classes, standardisation, params | train_id | train |
+| ``imnn_history``, ``imnn_fits`` | imnn_id, fingerprint, per-iteration statistics; the fit | imnn_id | imnn |
+| ``datamodels_weights`` | regress_id, target, train_index, weight (nonzero only) | regress_id | datamodels regress |
+| ``datamodels_fits`` | regress_id, fingerprint, target, bias, lambda, MSE and r on val and test | regress_id | datamodels regress |
+| ``datamodels_regressions`` | regress_id, fingerprint, params, store, model splits, summary | regress_id | datamodels regress |
 | ``stages`` | stage, key, fingerprint, status, at, detail | (append-only log) | every stage |
 
 Rules every write follows:
@@ -215,6 +219,46 @@ IMNN_FITS = T.StructType([
     T.StructField("timings", T.StringType(), False),
     T.StructField("versions", T.StringType(), False),
 ])
+DATAMODELS_WEIGHTS = T.StructType([
+    T.StructField("regress_id", T.StringType(), False),
+    T.StructField("target", T.IntegerType(), False),          # position in the outputs array
+    T.StructField("train_index", T.IntegerType(), False),     # position in the masks array
+    T.StructField("weight", T.DoubleType(), False),           # nonzero, on the masks' own scale
+])
+DATAMODELS_FITS = T.StructType([
+    T.StructField("regress_id", T.StringType(), False),
+    T.StructField("regress_fingerprint", T.StringType(), False),
+    T.StructField("target", T.IntegerType(), False),
+    T.StructField("bias", T.DoubleType(), False),
+    T.StructField("lam", T.DoubleType(), False),              # the chosen lambda
+    T.StructField("lam_max", T.DoubleType(), False),
+    T.StructField("lambdas_tried", T.IntegerType(), False),
+    T.StructField("nonzeros", T.IntegerType(), False),
+    T.StructField("train_mse", T.DoubleType(), True),
+    T.StructField("val_mse", T.DoubleType(), True),
+    T.StructField("val_r", T.DoubleType(), True),
+    T.StructField("test_mse", T.DoubleType(), True),
+    T.StructField("test_r", T.DoubleType(), True),
+    T.StructField("iterations", T.LongType(), False),
+    T.StructField("converged", T.BooleanType(), False),
+    T.StructField("path_val_mse", T.ArrayType(T.DoubleType(), True), True),   # per lambda tried
+])
+DATAMODELS_REGRESSIONS = T.StructType([
+    T.StructField("regress_id", T.StringType(), False),
+    T.StructField("regress_fingerprint", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("params", T.StringType(), False),           # JSON of the whole config
+    T.StructField("store", T.StringType(), False),            # JSON: path, version, spec, keys
+    T.StructField("train_models", T.ArrayType(T.LongType(), True), False),   # store indices
+    T.StructField("val_models", T.ArrayType(T.LongType(), True), False),
+    T.StructField("test_models", T.ArrayType(T.LongType(), True), False),
+    T.StructField("targets", T.IntegerType(), False),
+    T.StructField("training_examples", T.IntegerType(), False),
+    T.StructField("summary", T.StringType(), False),          # JSON: mean r, nonzeros, ...
+    T.StructField("timings", T.StringType(), False),
+    T.StructField("versions", T.StringType(), False),
+])
 SELECTED_EXTRA = T.StructType([
     T.StructField("cluster_id", T.IntegerType(), True),
     T.StructField("rank", T.IntegerType(), True),
@@ -225,13 +269,16 @@ SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
            "train_runs": TRAIN_RUNS, "models": MODELS, "imnn_history": IMNN_HISTORY,
-           "imnn_fits": IMNN_FITS, "stages": STAGES}
+           "imnn_fits": IMNN_FITS, "datamodels_weights": DATAMODELS_WEIGHTS,
+           "datamodels_fits": DATAMODELS_FITS, "datamodels_regressions": DATAMODELS_REGRESSIONS,
+           "stages": STAGES}
 KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
         "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
         "train_runs": "train_id", "models": "train_id", "imnn_history": "imnn_id",
-        "imnn_fits": "imnn_id", "stages": None}
+        "imnn_fits": "imnn_id", "datamodels_weights": "regress_id",
+        "datamodels_fits": "regress_id", "datamodels_regressions": "regress_id", "stages": None}
 TABLES = tuple(KEYS)
 
 MAX_ATTEMPTS = 8

@@ -339,6 +339,39 @@ def imnn_no_table(*extra):
     return make
 
 
+DATAMODELS = os.path.join(ROOT, "conf", "datamodels.yaml")
+DM_SPEC = "datamodels.schema={masks: {shape: [4], dtype: bool_}, margins: {shape: [2], dtype: float32}}"
+
+
+def dm_sets(action, *extra, config=DATAMODELS, store=False, then=(), spec=True):
+    """A case maker: ``gio-spark datamodels <action>`` (``store``: an empty store of the config's
+    spec made first, as an earlier init leaves it; ``then``: overrides for the command only)."""
+    def make(tmp, spark):
+        out = str(tmp / "out")
+        sets = [f"output.path={out}", "spark.master=local[2]", *extra]
+        if spec:
+            sets[2:2] = ["datamodels.num_models=5", DM_SPEC]
+        if store:
+            from jobs.config import datamodels_spec, load_config
+            from jobs.datamodels import create_store
+            base = load_config(DATAMODELS, [s for s in sets if s.startswith(("datamodels.num",
+                                                                             "datamodels.schema"))])
+            create_store(spark, os.path.join(out, "datamodels_store"), datamodels_spec(base))
+        return [action] + argv(sets + list(then), config), out
+    return make
+
+
+def dm_spec_file(text):
+    def make(tmp):
+        path = tmp / "spec.json"
+        path.write_text(text)
+        out = str(tmp / "out")
+        return ["init"] + argv([f"output.path={out}", f"datamodels.spec={path}",
+                                "datamodels.num_models=null", "datamodels.schema=null"],
+                               DATAMODELS), out
+    return make
+
+
 CASES = [
     Case("config file missing", "does not exist", lambda t: (
         ["--config", str(t / "nope.yaml")], str(t / "out"))),
@@ -460,6 +493,31 @@ CASES = [
          imnn_sets(kind="perturbed"), command="imnn"),
     Case("imnn simulations that are all the same", "summaries of the training simulations at "
          "the initial weights is singular", imnn_sets(same=True), command="imnn"),
+    Case("datamodels work without a spec", "the config has no datamodels spec",
+         dm_sets("work", "datamodels.main_import=jobs.datamodels_example", config=DEMO,
+                 spec=False),
+         command="datamodels"),
+    Case("datamodels spec file that is not JSON", "is not valid JSON: Expecting",
+         dm_spec_file('{"num_models": 4, "schema": {'), command="datamodels"),
+    Case("datamodels spec with an unknown dtype", "schema.margins.dtype 'complex64' is not one of",
+         dm_sets("init", "datamodels.schema.margins.dtype=complex64"), command="datamodels"),
+    Case("datamodels main that cannot be imported", "datamodels.main_import 'no_such_trainer' "
+         "cannot be imported: ModuleNotFoundError", dm_sets(
+             "work", "datamodels.main_import=no_such_trainer"), command="datamodels"),
+    Case("datamodels main without index and logdir", "main cannot be called as main(index=..., "
+         "logdir=...", dm_sets("work", "datamodels.main_import=jobs.cli", "datamodels.args={}"),
+         command="datamodels"),
+    Case("datamodels store of another spec", "was created for another spec", dm_sets(
+        "work", "datamodels.main_import=jobs.datamodels_example", store=True,
+        then=["datamodels.num_models=6"]), command="datamodels"),
+    Case("datamodels regress on a key the spec lacks", "datamodels.x_name 'pixels' is not a key "
+         "of the store's spec", dm_sets("regress", "datamodels.x_name=pixels", store=True),
+         command="datamodels"),
+    Case("datamodels regress before any model completed", "has no completed models; run "
+         "gio-spark datamodels work first", dm_sets("regress", store=True), command="datamodels"),
+    Case("datamodels select without a budget", "datamodels select needs one budget",
+         dm_sets("select", "datamodels.budget=null"), command="datamodels"),
+
 ]
 
 

@@ -1,0 +1,296 @@
+"""The datamodels commands on real Spark and Delta: workers commit each index once, failures are
+reported by index while the rest commits, a killed worker job resumes, Spark retries a failed
+task, the digits example predicts held-out margins, regress on executors equals the driver's,
+the export is the source's layout, and the selection trains a probe like a GIO selection."""
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import datamodels as D
+from jobs import reuse, tables
+from jobs.cli import main
+from jobs.config import load_config
+from tests.jobs.test_crash_safety import child_env
+from tests.jobs.test_pipeline import ROOT
+
+CONF = os.path.join(ROOT, "conf", "datamodels.yaml")
+
+# A worker module of the tests: deterministic outputs per index, a record of every call
+# (calls_dir), indices that always fail (fail) and ones that fail on their first attempt only
+# (flaky: a marker file in the index's logdir says it was tried).
+MAIN = textwrap.dedent('''
+    import os
+    import time
+
+    import numpy as np
+
+
+    def expected(index, size=6):
+        rng = np.random.default_rng(index)
+        return rng.random(size) < 0.5, np.float32(index) + np.arange(3, dtype=np.float32)
+
+
+    def main(*, index, logdir, calls_dir=None, fail=(), flaky=(), size=6, sleep=0.0):
+        if calls_dir:
+            open(os.path.join(calls_dir, f"{index}-{os.getpid()}-{time.time_ns()}"), "w").close()
+        time.sleep(sleep)
+        if index in fail:
+            raise ValueError(f"index {index} is broken")
+        if index in flaky and not os.path.exists(os.path.join(logdir, "tried")):
+            open(os.path.join(logdir, "tried"), "w").close()
+            raise RuntimeError(f"index {index}: first attempt fails")
+        masks, margins = expected(index, size)
+        return {"masks": masks, "margins": margins}
+''')
+SPEC = ["datamodels.schema={masks: {shape: [6], dtype: bool_}, margins: {shape: [3], "
+        "dtype: float32}}"]
+
+
+@pytest.fixture
+def worker_module(tmp_path, monkeypatch):
+    """The module above under a unique name in a folder of its own, on the driver's path only:
+    the executors get it from the work command (addPyFile)."""
+    name = f"dm_test_main_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(MAIN)
+    monkeypatch.syspath_prepend(str(folder))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    return name, folder, calls
+
+
+def argv(action, sets):
+    out = ["datamodels", action, "--config", CONF]
+    for item in sets:
+        out += ["--set", item]
+    return out
+
+
+def work_sets(tmp_path, module, calls, *extra, models=24):
+    return [f"output.path={tmp_path / 'out'}", "spark.master=local[2]",
+            f"datamodels.num_models={models}", *SPEC, f"datamodels.main_import={module}",
+            f"datamodels.args={{calls_dir: {calls}}}", "datamodels.commit_every=8",
+            "datamodels.indices_per_task=1", *extra]
+
+
+def store_rows(spark, path):
+    return {r["index"]: r for r in spark.read.format("delta").load(path).collect()}
+
+
+def calls_per_index(calls):
+    out: dict = {}
+    for name in os.listdir(calls):
+        index = int(name.split("-")[0])
+        out[index] = out.get(index, 0) + 1
+    return out
+
+
+def expected(index, size=6):
+    rng = np.random.default_rng(index)
+    return rng.random(size) < 0.5, np.float32(index) + np.arange(3, dtype=np.float32)
+
+
+def assert_values(row):
+    masks, margins = expected(row["index"])
+    assert row["masks"] == masks.tolist()
+    assert row["margins"] == pytest.approx(margins.tolist())
+
+
+def test_work_commits_each_index_once_and_reports_failures_by_index(spark, tmp_path, capsys,
+                                                                     worker_module):
+    module, _, calls = worker_module
+    store = str(tmp_path / "out" / "datamodels_store")
+    sets = work_sets(tmp_path, module, calls, "datamodels.args.fail=[5, 17]")
+    capsys.readouterr()
+    assert main(argv("work", sets)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gio-spark: failed: datamodels work: 2 of 24 indices failed after "
+                              "their last attempt (first: index 5: ValueError: index 5 is "
+                              "broken)"), err[-1]
+    rows = store_rows(spark, store)
+    assert sorted(rows) == list(range(24))
+    for i, row in rows.items():
+        if i in (5, 17):
+            assert not row["completed"] and row["masks"] is None
+            assert row["error"] == f"ValueError: index {i} is broken"
+        else:
+            assert row["completed"] and row["error"] is None and row["attempt"] == 0
+            assert_values(row)
+            assert row["seconds"] >= 0 and row["finished_at"] >= row["started_at"]
+    # fixed: only the two failed indices run again, and they are updated in place
+    assert main(argv("work", work_sets(tmp_path, module, calls))) == 0
+    rows = store_rows(spark, store)
+    assert len(rows) == 24 and all(r["completed"] for r in rows.values())
+    assert_values(rows[5])
+    assert_values(rows[17])
+    assert calls_per_index(calls) == {i: (2 if i in (5, 17) else 1) for i in range(24)}
+    versions = len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect())
+    assert main(argv("work", work_sets(tmp_path, module, calls))) == 0        # nothing to run
+    assert len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect()) == versions
+    # export: the source's .npy layout
+    export = tmp_path / "npy"
+    assert main(argv("export", work_sets(tmp_path, module, calls,
+                                         f"datamodels.export_path={export}"))) == 0
+    completed = np.load(export / "_completed.npy")
+    masks, margins = np.load(export / "masks.npy"), np.load(export / "margins.npy")
+    assert completed.tolist() == [True] * 24
+    assert masks.dtype == np.bool_ and masks.shape == (24, 6)
+    assert margins.dtype == np.float32 and margins.shape == (24, 3)
+    for i in range(24):
+        assert masks[i].tolist() == expected(i)[0].tolist()
+        assert margins[i].tolist() == expected(i)[1].tolist()
+
+
+def test_a_main_that_fails_everywhere_stops_after_the_first_job(spark, tmp_path, capsys,
+                                                               worker_module):
+    """main returns the wrong shape: every index of the first job fails its check, so the
+    remaining jobs are not started (with 2 jobs in flight, at most 2 x 8 of 40 indices ran)."""
+    module, _, calls = worker_module
+    sets = work_sets(tmp_path, module, calls, "datamodels.args.size=7", models=40)
+    capsys.readouterr()
+    assert main(argv("work", sets)) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "every index of the first job failed (index 0: ValueError: main's 'masks' for index 0 " \
+           "has shape [7]; the spec says [6].)" in last, last
+    assert "the remaining indices were not started" in last
+    assert 8 <= sum(calls_per_index(calls).values()) <= 16
+
+
+@pytest.mark.slow
+def test_killed_worker_job_resumes_and_spark_retries_a_failed_task(spark, tmp_path,
+                                                                   worker_module):
+    """A worker job on local[2,2] (two attempts per task), where indices 3 and 11 fail on their
+    first attempt, SIGKILLed right after its first commit while the other job's tasks run: the
+    committed job holds its flaky index, retried by Spark (attempt 1). The re-run finishes the
+    rest: every index is completed exactly once, and none committed before the kill is trained
+    again."""
+    module, folder, calls = worker_module
+    sets = work_sets(tmp_path, module, calls, "spark.master=local[2,2]",
+                     "datamodels.args.flaky=[3, 11]")
+    env = dict(child_env(f"after:{D.STORE}"), PYTHONPATH=str(folder))
+    cmd = [sys.executable, "-m", "jobs.cli"] + argv("work", sets)
+    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    store = str(tmp_path / "out" / "datamodels_store")
+    before = store_rows(spark, store)
+    assert len(before) == 8 and all(r["completed"] for r in before.values())
+    (flaky,) = {3, 11} & set(before)
+    assert {i: r["attempt"] for i, r in before.items()} == {i: int(i == flaky) for i in before}
+    assert main(argv("work", work_sets(tmp_path, module, calls))) == 0
+    frame = spark.read.format("delta").load(store)
+    assert frame.count() == 24 == frame.select("index").distinct().count()
+    rows = store_rows(spark, store)
+    assert all(r["completed"] for r in rows.values())
+    for row in rows.values():
+        assert_values(row)
+    calls_seen = calls_per_index(calls)
+    assert {i: calls_seen[i] for i in before} == {i: 1 + (i == flaky) for i in before}
+
+
+def test_digits_example_end_to_end(spark, tmp_path, capsys):
+    """The README's example at a test's size: 300 models on random halves of 200 training
+    digits, margins on 50 target digits. Datamodels fitted on 210 models predict the 60
+    held-out models' margins at Pearson r >= 0.85 on average over targets; regress on the
+    executors equals regress on the driver; the selection is written like a GIO selection and
+    trains a probe (with a random-rows baseline)."""
+    out = tmp_path / "out"
+    sets = [f"output.path={out}", "spark.master=local[2]",
+            f"pool.path={tmp_path / 'digits' / 'train'}",
+            f"target.path={tmp_path / 'digits' / 'target'}",
+            "datamodels.num_models=300", "datamodels.args.targets=50",
+            "datamodels.schema.margins.shape=[50]", "datamodels.num_val=30",
+            "datamodels.num_test=60", "datamodels.budget=60"]
+    capsys.readouterr()
+    assert main(argv("example", sets)) == 0
+    printed = capsys.readouterr().out
+    cfg = load_config(CONF, sets, "datamodels-regress")
+    plan = D.make_regress_plan(spark, cfg)
+    fit = tables.read_key(spark, str(out), "datamodels_regressions", plan.regress_id).first()
+    summary = __import__("json").loads(fit["summary"])
+    assert summary["test_r_mean"] >= 0.85, summary
+    assert f"r = {summary['test_r_mean']:.3f}" in printed
+    assert (len(fit["train_models"]), len(fit["val_models"]), len(fit["test_models"])) == (
+        210, 30, 60)
+    assert not set(fit["test_models"]) & set(fit["train_models"] + fit["val_models"])
+    fits = tables.read_key(spark, str(out), "datamodels_fits", plan.regress_id)
+    assert fits.count() == 50 and fits.where(~F.col("converged")).count() == 0
+    weight, bias, targets = D.load_datamodels(spark, str(out), plan.regress_id)
+    assert weight.shape == (50, 200) and targets.tolist() == list(range(50))
+    assert (weight != 0).sum() == tables.read_key(spark, str(out), "datamodels_weights",
+                                                  plan.regress_id).count()
+    # the fit predicts the test models as recorded
+    from gio_core.datamodels import evaluate
+    data = D.read_regression_data(spark, cfg, plan.store)
+    test = np.searchsorted(data.indices, fit["test_models"])
+    _, r = evaluate(data.masks[test], data.outputs[test], weight, bias)
+    stored_r = [row["test_r"] for row in fits.orderBy("target").collect()]
+    np.testing.assert_allclose(r, stored_r, rtol=1e-9)
+    # reuse: nothing new is written
+    history = len(spark.sql(f"DESCRIBE HISTORY delta.`{out / 'datamodels_weights'}`").collect())
+    assert main(argv("regress", sets)) == 0
+    assert len(spark.sql(f"DESCRIBE HISTORY delta.`{out / 'datamodels_weights'}`")
+               .collect()) == history
+    # the same fit as Spark tasks (3 chunks of targets)
+    on_spark = sets + ["datamodels.mode=spark", "datamodels.target_chunk=17",
+                       "datamodels.regress_id=on-spark"]
+    assert main(argv("regress", on_spark)) == 0
+    w2, b2, _ = D.load_datamodels(spark, str(out), "on-spark")
+    np.testing.assert_allclose(w2, weight, atol=1e-5)
+    np.testing.assert_allclose(b2, bias, atol=1e-5)
+    # the selection: the 60 training digits with the most positive weight, ranked
+    run = reuse.latest(spark, str(out), "datamodels_select",
+                       [k for k in tables.stored_keys(spark, str(out), "selected_rows")][0])
+    assert run is not None and run["status"] == "done"
+    selected = tables.read_key(spark, str(out), "selected_rows", run["key"]).collect()
+    from gio_core.datamodels import positive_influence
+    order = np.argsort(-positive_influence(weight), kind="stable")[:60]
+    assert sorted((r["rank"], r["index"]) for r in selected) == [
+        (rank + 1, int(i)) for rank, i in enumerate(order)]
+    # train on it as on a GIO selection, against as many random training digits
+    train_sets = sets + [f"train.selection={run['key']}", "train.label_column=label",
+                         "train.validation.format=delta", "train.validation.id_column=index",
+                         f"train.validation.path={tmp_path / 'digits' / 'target'}",
+                         "train.validation.embedding_column=pixels", "train.baseline=random",
+                         "train.epochs=10", "train.batch_size=8"]
+    assert main(["train", "--config", CONF] + [a for s in train_sets for a in ("--set", s)]) == 0
+    arms = {r["arm"]: r for r in tables.read_table(spark, str(out), "train_runs").collect()}
+    assert arms["selection"]["train_rows"] == arms["random"]["train_rows"] == 60
+    assert 0 < arms["selection"]["val_accuracy"] <= 1
+
+
+def test_work_runs_where_main_lives_in_a_package_and_refuses_another_spec(spark, tmp_path,
+                                                                         monkeypatch):
+    """A main inside a package is zipped for the executors; a store of another spec is
+    refused before anything runs."""
+    pkg = tmp_path / "pkgs" / f"dmpkg_{uuid.uuid4().hex[:8]}"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "train.py").write_text(MAIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    module = f"{pkg.name}.sub.train"
+    cfg = load_config(CONF, [f"output.path={tmp_path / 'out'}", "datamodels.num_models=6",
+                             *SPEC, f"datamodels.main_import={module}", "datamodels.args={}"],
+                      "datamodels-work")
+    report = D.run_work(spark, cfg)
+    assert report.completed == 6 and not report.failed
+    shipped = glob.glob(os.path.join(tempfile_root(), "gio-spark-main-*", f"{pkg.name}.zip"))
+    assert shipped
+    other = load_config(CONF, [f"output.path={tmp_path / 'out'}", "datamodels.num_models=7",
+                               *SPEC, f"datamodels.main_import={module}", "datamodels.args={}"],
+                        "datamodels-work")
+    with pytest.raises(Exception, match="was created for another spec"):
+        D.run_work(spark, other)
+
+
+def tempfile_root():
+    import tempfile
+    return tempfile.gettempdir()
