@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d imnn-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn clean
+.PHONY: setup tools lint demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo-2d: $(STAMP)
 # The IMNN tutorial on Spark: writes its simulations to Delta, then fits them (conf/imnn.yaml).
 imnn-example: $(STAMP)
 	$(VENV)/bin/gio-spark imnn-example --config conf/imnn.yaml
+
+# Datamodels on the digits (conf/datamodels.yaml): init, work (models as Spark tasks), regress.
+datamodels-example: $(STAMP)
+	$(VENV)/bin/gio-spark datamodels example --config conf/datamodels.yaml
 
 # Debian's docker-compose checks docker/ statically (no engine needed); skipped where it can't install.
 tools:
@@ -62,6 +66,10 @@ bench-gaf: $(STAMP)
 
 bench-imnn: $(STAMP)
 	$(VENV)/bin/python bench/imnn_paths.py --out bench/results/imnn_paths_cpu_2cores.jsonl
+
+bench-datamodels: $(STAMP)
+	$(VENV)/bin/python bench/datamodels_regression.py --out bench/results/datamodels_regression_cpu_2cores.jsonl
+	$(VENV)/bin/python bench/datamodels_workers.py --out bench/results/datamodels_workers_cpu_2cores.jsonl
 
 clean:
 	rm -rf $(VENV) .venv-dadapy out build *.egg-info

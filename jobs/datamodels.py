@@ -575,9 +575,11 @@ def split_models(count: int, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray, np
     num_val = d.num_val if d.num_val is not None else max(1, count // 10)
     num_train = d.num_train if d.num_train is not None else count - num_val - d.num_test
     if num_train < 2 or num_train + num_val + d.num_test > count:
+        train = (f"{num_train} training" if d.num_train is not None
+                 else "at least 2 training")
         raise InputError(f"the store has {count} usable completed models, but the regression "
-                         f"asks for {num_train} training, {num_val} validation and {d.num_test} "
-                         "test models; train more models (gio-spark datamodels work) or lower "
+                         f"needs {train}, {num_val} validation and {d.num_test} test models; "
+                         "train more models (gio-spark datamodels work) or lower "
                          "datamodels.num_train, num_val or num_test.")
     perm = np.random.default_rng(d.seed).permutation(count)
     return (np.sort(perm[:num_train]), np.sort(perm[num_train:num_train + num_val]),

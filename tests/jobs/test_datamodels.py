@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import datamodels as D
-from jobs import reuse, tables
+from jobs import faults, reuse, tables
 from jobs.cli import main
 from jobs.config import load_config
 from tests.jobs.test_crash_safety import child_env
@@ -34,7 +34,8 @@ MAIN = textwrap.dedent('''
 
     def expected(index, size=6):
         rng = np.random.default_rng(index)
-        return rng.random(size) < 0.5, np.float32(index) + np.arange(3, dtype=np.float32)
+        masks = rng.random(size) < 0.5
+        return masks, (2 * masks[:3] + 0.01 * index + 0.1 * rng.random(3)).astype(np.float32)
 
 
     def main(*, index, logdir, calls_dir=None, fail=(), flaky=(), size=6, sleep=0.0):
@@ -95,7 +96,8 @@ def calls_per_index(calls):
 
 def expected(index, size=6):
     rng = np.random.default_rng(index)
-    return rng.random(size) < 0.5, np.float32(index) + np.arange(3, dtype=np.float32)
+    masks = rng.random(size) < 0.5
+    return masks, (2 * masks[:3] + 0.01 * index + 0.1 * rng.random(3)).astype(np.float32)
 
 
 def assert_values(row):
@@ -105,7 +107,7 @@ def assert_values(row):
 
 
 def test_work_commits_each_index_once_and_reports_failures_by_index(spark, tmp_path, capsys,
-                                                                     worker_module):
+                                                                     worker_module, monkeypatch):
     module, _, calls = worker_module
     store = str(tmp_path / "out" / "datamodels_store")
     sets = work_sets(tmp_path, module, calls, "datamodels.args.fail=[5, 17]")
@@ -135,6 +137,24 @@ def test_work_commits_each_index_once_and_reports_failures_by_index(spark, tmp_p
     versions = len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect())
     assert main(argv("work", work_sets(tmp_path, module, calls))) == 0        # nothing to run
     assert len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect()) == versions
+    # regress dies between its tables (as a kill there leaves them); the re-run fits again and
+    # leaves one fit, equal to a clean one under another id
+    fit_sets = work_sets(tmp_path, module, calls, "datamodels.num_val=4", "datamodels.num_test=0",
+                         "datamodels.k=10")
+    monkeypatch.setenv(faults.ENV, "raise:after:datamodels_fits")
+    with pytest.raises(faults.InjectedFailure):
+        D.run_regress(spark, load_config(CONF, fit_sets, "datamodels-regress"))
+    monkeypatch.delenv(faults.ENV)
+    assert main(argv("regress", fit_sets)) == 0
+    assert main(argv("regress", fit_sets + ["datamodels.regress_id=clean"])) == 0
+    plan = D.make_regress_plan(spark, load_config(CONF, fit_sets, "datamodels-regress"))
+    for name in ("datamodels_weights", "datamodels_fits", "datamodels_regressions"):
+        got = tables.read_key(spark, str(tmp_path / "out"), name, plan.regress_id)
+        want = tables.read_key(spark, str(tmp_path / "out"), name, "clean")
+        assert got.count() == want.count() > 0, name
+    w1, b1, _ = D.load_datamodels(spark, str(tmp_path / "out"), plan.regress_id)
+    w2, b2, _ = D.load_datamodels(spark, str(tmp_path / "out"), "clean")
+    assert np.array_equal(w1, w2) and np.array_equal(b1, b2)
     # export: the source's .npy layout
     export = tmp_path / "npy"
     assert main(argv("export", work_sets(tmp_path, module, calls,
