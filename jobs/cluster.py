@@ -21,14 +21,16 @@ def worker_command(master_url: str, host: str, cores: int = 1, memory: str = "2g
 
 
 def submit_command(master_url: str, config: str, overrides: list[str] | None = None,
-                   py_files: str | None = None, conf: dict | None = None) -> list[str]:
-    """``spark-submit`` of the whole pipeline against ``master_url``."""
+                   py_files: str | None = None, conf: dict | None = None,
+                   command: tuple[str, ...] = ("run",)) -> list[str]:
+    """``spark-submit`` of a gio-spark command (the whole pipeline by default; or, say,
+    ``("datamodels", "work")``) against ``master_url``."""
     cmd = ["spark-submit", "--master", master_url, "--properties-file", SUBMIT_PROPERTIES]
     for key, value in (conf or {}).items():
         cmd += ["--conf", f"{key}={value}"]
     if py_files:
         cmd += ["--py-files", py_files]
-    cmd += ["jobs/submit.py", "run", "--config", config]
+    cmd += ["jobs/submit.py", *command, "--config", config]
     for item in overrides or []:
         cmd += ["--set", item]
     return cmd

@@ -226,10 +226,22 @@ def check_main(cfg: JobConfig) -> None:
         pass                       # no signature to inspect (a builtin): let it run
 
 
+def _shipped_names(sc) -> set:
+    """The file names the application already sends to its executors (``--py-files``,
+    ``addFile``/``addPyFile``): Spark refuses a second file of the same name."""
+    paths = [p for p in sc.getConf().get("spark.submit.pyFiles", "").split(",") if p]
+    try:
+        paths += list(sc.listFiles)
+    except Exception:  # noqa: BLE001 - listing is a convenience; addPyFile still checks
+        pass
+    return {os.path.basename(p.rstrip("/")) for p in paths}
+
+
 def ship_main(spark, main_import: str) -> str | None:
     """Makes ``main_import`` importable on the executors: a module or package outside the
     installed packages is added to the application's Python files (``addPyFile``; a package is
-    zipped). Returns what was shipped, or None."""
+    zipped), unless a file of that name is sent already (``--py-files``). Returns what was
+    shipped, or None."""
     top = main_import.split(".")[0]
     if top in ("jobs", "gio_core"):
         return None
@@ -243,6 +255,10 @@ def ship_main(spark, main_import: str) -> str | None:
     if not origin or not os.path.exists(origin) or re.search(r"[/\\](site|dist)-packages[/\\]",
                                                               origin):
         return None
+    sc = spark.sparkContext
+    name = f"{top}.zip" if os.path.isdir(origin) else os.path.basename(origin)
+    if name in _shipped_names(sc):
+        return None
     if os.path.isdir(origin):
         folder = tempfile.mkdtemp(prefix="gio-spark-main-")
         archive = os.path.join(folder, f"{top}.zip")
@@ -254,9 +270,9 @@ def ship_main(spark, main_import: str) -> str | None:
                         continue
                     full = os.path.join(root, name)
                     zf.write(full, os.path.join(top, os.path.relpath(full, origin)))
-        spark.sparkContext.addPyFile(archive)
+        sc.addPyFile(archive)
         return archive
-    spark.sparkContext.addPyFile(origin)
+    sc.addPyFile(origin)
     return origin
 
 

@@ -145,3 +145,49 @@ def test_cluster_output_equals_local_with_a_worker_killed_during_quantize(spark,
     assert selection(spark, cluster_out, run_id) == selection(spark, local_cfg.output.path, run_id)
     assert rows(spark, cluster_out, run_id) == rows(spark, local_cfg.output.path, run_id)
     assert len(rows(spark, cluster_out, run_id)) == local_summary["selected_rows"] > 0
+
+
+def test_datamodels_work_on_the_cluster_with_main_shipped_by_py_files(spark, standalone,
+                                                                      tmp_path):
+    """`datamodels work` submitted to the two-worker cluster, the user's main a module file that
+    only --py-files brings (it is on no path of this machine's interpreter): every index is
+    trained once, by the executors, and committed with main's values; a second submit finds
+    nothing to do."""
+    from tests.jobs.test_datamodels import MAIN, SPEC, assert_values, calls_per_index, store_rows
+    url, env, _ = standalone
+    user = tmp_path / "user"
+    user.mkdir()
+    module = f"dm_cluster_main_{os.getpid()}"
+    (user / f"{module}.py").write_text(MAIN)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    out = tmp_path / "cluster"
+    overrides = ["spark.master=null", f"output.path={out}", "datamodels.num_models=16", *SPEC,
+                 f"datamodels.main_import={module}", f"datamodels.args={{calls_dir: {calls}}}",
+                 "datamodels.commit_every=8", "datamodels.indices_per_task=2"]
+    zip_path = build_zip(str(tmp_path / "dist"))
+    cmd = cluster.submit_command(url, "conf/datamodels.yaml", overrides,
+                                 py_files=f"{zip_path},{user / (module + '.py')}",
+                                 command=("datamodels", "work"), conf={
+                                     "spark.pyspark.python": sys.executable,
+                                     "spark.executor.memory": "1g"})
+    for attempt in range(2):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        text = proc.stdout + proc.stderr
+        said = "\n".join(line for line in text.splitlines() if " INFO " not in line and (
+            line.startswith(("[gio-spark]", "gio-spark")) or "Error" in line))[-4000:]
+        assert proc.returncode == 0, said
+        if attempt == 0:
+            assert "16 models trained" in text, said
+            assert f"main {module}, " in text, said      # --py-files sent it: not twice
+        else:
+            assert "nothing to run" in text, said
+    rows = store_rows(spark, str(out / "datamodels_store"))
+    assert sorted(rows) == list(range(16))
+    assert all(r["completed"] for r in rows.values())
+    for row in rows.values():
+        assert_values(row)
+    assert calls_per_index(calls) == {i: 1 for i in range(16)}
+    pids = {name.split("-")[1] for name in os.listdir(calls)}
+    assert str(os.getpid()) not in pids and len(pids) >= 2      # executors' Python workers ran them

@@ -314,3 +314,26 @@ def test_work_runs_where_main_lives_in_a_package_and_refuses_another_spec(spark,
 def tempfile_root():
     import tempfile
     return tempfile.gettempdir()
+
+
+def test_worker_task_records_a_timeout_and_a_result_off_the_spec(tmp_path, worker_module):
+    """The executor side alone (on its last attempt, so errors are recorded, not raised): an
+    index that outlives timeout_s fails with that reason, one whose result has another shape
+    fails naming the key; the others return main's values, cast and flattened."""
+    from jobs.datamodels_spec import parse_spec
+    from jobs.datamodels_worker import work_task
+    module, _, _ = worker_module
+    spec = parse_spec({"num_models": 4, "schema": {"masks": {"shape": [6], "dtype": "bool_"},
+                                                   "margins": {"shape": [3],
+                                                               "dtype": "float32"}}}, "spec")
+    slow = list(work_task(spec.to_json(), module, str(tmp_path), {"sleep": 1.0}, 1, 0.2, [0]))
+    assert slow[0][:3] == (0, False, 0) and "datamodels.timeout_s = 0.2 s" in slow[0][7]
+    rows = list(work_task(spec.to_json(), module, str(tmp_path), {}, 1, 5.0, [1, 2]))
+    assert [r[1] for r in rows] == [True, True] and rows[0][7] is None
+    masks, margins = expected(1)
+    assert rows[0][8]["masks"].tolist() == masks.tolist()
+    np.testing.assert_allclose(rows[0][8]["margins"], margins)
+    wrong = list(work_task(spec.to_json(), module, str(tmp_path), {"size": 4}, 1, None, [3]))
+    assert wrong[0][1] is False and "'masks' for index 3 has shape [4]" in wrong[0][7]
+    with pytest.raises(ValueError, match="index 3 is broken"):      # not the last attempt
+        list(work_task(spec.to_json(), module, str(tmp_path), {"fail": [3]}, 2, None, [3]))
