@@ -50,6 +50,25 @@ def _pad_rows(x, multiple, fill=0.0):
 # ---------------------------------------------------------------------------
 
 @jax.jit
+def _pick_with_ties(scores, available, secondary):
+    """The available row of least score; among rows tied with it, the one of least
+    ``secondary`` (a property of the row's content, so the pick does not depend on row order).
+
+    Ties are exact: the rows that enter no target point's neighbour list all gain exactly 0.
+    A tolerance would make near-ties flip with rounding (weights scaled by a constant)."""
+    masked = jnp.where(available, scores, jnp.inf)
+    tied = masked == jnp.min(masked)
+    return jnp.argmin(jnp.where(tied, secondary, jnp.inf))
+
+
+@jax.jit
+def _closeness_chunk(target, idx, valid, self_ld, block):
+    """``min_i (log |t_i - p| - self_ld_i)`` over a chunk of targets, for each row of a block."""
+    ld = 0.5 * jnp.log(sq_distances(target[idx], block))
+    return jnp.min(jnp.where(valid[:, None], ld - self_ld[idx][:, None], jnp.inf), axis=0)
+
+
+@jax.jit
 def _nearest_available(pool, available, v):
     d2 = jnp.sum((pool - v[None, :]) ** 2, axis=1)
     return jnp.argmin(jnp.where(available, d2, jnp.inf))
@@ -232,6 +251,28 @@ class KnnEngine:
         # Target-to-pool log-distances, one [n, block] array per pool block, when they fit.
         self.use_cache = self.n * self.pool_padded.shape[0] * 4 <= cache_bytes
         self._cache = None
+        self._self_ld = 0.5 * jnp.log(jnp.asarray(target_self_neighbours(target, k)[0])[:, k - 1])
+        self._closeness = None
+
+    def closeness(self) -> jax.Array:
+        """Each pool row's tie-break: ``min_i (log |t_i - p| - log rho_i)``, how far the row is
+        from the nearest target point in units of that point's own k-th neighbour distance
+        within the target (negative: inside a target neighbourhood). Among rows whose KL gain
+        is equal (late picks, when most rows are in no target's current neighbour list) the
+        pick goes to the one that sits closest to the target's own spacing, not to the first
+        row. Computed once, on the first pick, with one pass over the pool."""
+        if self._closeness is None:
+            out = []
+            for start in range(0, self.pool_padded.shape[0], self.block):
+                block = self.pool_padded[start:start + self.block]
+                acc = jnp.full((block.shape[0],), jnp.inf, jnp.float32)
+                for idx, valid in row_chunks(self.n, min(512, self.n)):
+                    acc = jnp.minimum(acc, _closeness_chunk(self.target, jnp.asarray(idx),
+                                                            jnp.asarray(valid), self._self_ld,
+                                                            block))
+                out.append(acc)
+            self._closeness = jnp.concatenate(out)[:self.pool_rows]
+        return self._closeness
 
     def _cache_blocks(self):
         if self._cache is None:
@@ -351,7 +392,7 @@ class KnnEngine:
     def propose_exact(self, state: KnnState, available):
         assert state.gains is not None, "with_gains() first"
         scores = state.gains[:self.pool_rows] + jnp.log(state.total_w + self.pool_w)
-        row = int(jnp.argmin(jnp.where(available, scores, jnp.inf)))
+        row = int(_pick_with_ties(scores, available, self.closeness()))
         ranks = self.ranks_after_adding(state)
         if ranks == state.gains_ranks:
             score = float(state.gains[row])

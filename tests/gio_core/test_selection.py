@@ -190,6 +190,44 @@ def test_callback_sees_every_pick(mix16):
     assert [s[1] for s in seen] == list(result.indices)
 
 
+def test_a_permuted_pool_gives_the_same_picks_past_the_target_domain(rng, monkeypatch):
+    """Picks beyond the pool's in-domain rows gain nothing under the kNN estimator (they are in
+    no target point's neighbour list), so they tie; ties go to the row nearest the target in
+    units of its own spacing, not to the first row. The same pool in another row order gives
+    the same picks in the same order, and more of them come from the target's domain than
+    when ties go by row index (the rule before, reproduced by a constant tie-break)."""
+    d = 8
+    centres = rng.normal(size=(6, d)) * 3
+    comp = rng.integers(0, 6, 1500)
+    pool = (centres[comp] + rng.normal(size=(1500, d))).astype(np.float32)
+    target = (centres[0] + rng.normal(size=(120, d))).astype(np.float32)
+    in_domain = int((comp == 0).sum())
+    picks = in_domain + 60
+    first = select(target, pool, stop_criterion="none", max_iter=picks)
+    for order in (rng.permutation(len(pool)), np.arange(len(pool))[::-1]):
+        again = select(target, pool[order], stop_criterion="none", max_iter=picks)
+        np.testing.assert_array_equal(order[again.indices], first.indices)
+        np.testing.assert_allclose(again.kl, first.kl, rtol=1e-5)
+    from gio_core import _engines
+    monkeypatch.setattr(_engines.KnnEngine, "closeness",
+                        lambda self: np.zeros(self.pool_rows, np.float32))
+    by_index = select(target, pool, stop_criterion="none", max_iter=picks)
+    assert (comp[first.indices] == 0).sum() > (comp[by_index.indices] == 0).sum() + 5
+
+
+def test_tied_rows_go_by_closeness_to_the_target_not_by_index(rng):
+    """Two rows far outside the target, the farther first in the pool: once every target point's
+    neighbour list is full neither changes the KL, and the nearer one is picked first."""
+    target = rng.normal(size=(60, 2)).astype(np.float32)
+    near = target[:40] + 0.05 * rng.normal(size=(40, 2)).astype(np.float32)
+    far, less_far = np.array([[40.0, 0.0]], np.float32), np.array([[8.0, 0.0]], np.float32)
+    pool = np.concatenate([far, near, less_far])
+    result = select(target, pool, stop_criterion="none", max_iter=len(pool))
+    order = result.indices.tolist()
+    assert order.index(len(pool) - 1) < order.index(0)
+    assert sorted(order[-2:]) == [0, len(pool) - 1]
+
+
 def test_negative_consistency_far_pool_gets_no_picks(rng):
     target = rng.normal([3, 4], 0.7, (100, 2))
     far = rng.normal([300, 400], 0.7, (100, 2))
