@@ -53,8 +53,8 @@ class SelectionResult(NamedTuple):
       kl: float array ``[picks]``, the KL estimate after each pick.
       kl_start: KL of the start set alone (``inf`` when the selection starts empty).
       stop_reason: why it stopped: ``increase``, ``max_resets``, ``min_difference``,
-        ``sequential_increase_tolerance``, ``min_kl``, ``data_size``, ``max_iter`` or
-        ``pool_exhausted``.
+        ``sequential_increase_tolerance``, ``min_kl``, ``data_size``, ``max_iter``,
+        ``max_rows`` or ``pool_exhausted``.
       init_rows: int array, pool rows used as the start set (``PoolFraction``), else empty.
       init_points: float array ``[s, d]``, the start set.
       resets: how many times the pool was reset (duplicates allowed after a reset).
@@ -123,7 +123,8 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
                          max_sequential_increases=3, lr=0.01, grad_desc_iter=50,
                          v_init="mean", scale_factor="auto", random_restart_prob=0.0,
                          smoothing=1.0, eps=1e-8, discard_nearest_for_xy=False,
-                         block_size=4096, cache_bytes=2 ** 32, dim=None) -> None:
+                         block_size=4096, cache_bytes=2 ** 32, dim=None,
+                         max_rows=None) -> None:
     """Checks every option of :func:`select` that does not depend on the data.
 
     The one validator of these options: :func:`select` calls it, and so does the pipeline's
@@ -146,6 +147,8 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
         check_number("seed", seed, low=0, high=2 ** 63 - 1, integer=True)
     if max_iter is not None:
         check_number("max_iter", max_iter, low=1, integer=True)
+    if max_rows is not None:
+        check_number("max_rows", max_rows, low=1, integer=True)
     check_number("min_difference", min_difference)
     check_bool("resets_allowed", resets_allowed)
     check_number("max_resets", max_resets, low=0, integer=True)
@@ -186,7 +189,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
-           cache_bytes: int = 2 ** 32, dim=None,
+           cache_bytes: int = 2 ** 32, dim=None, max_rows: int | None = None, row_counts=None,
            callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
@@ -236,6 +239,11 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         Levina-Bickel estimate, better for embeddings, which lie near a low-dimensional
         manifold: with the ambient 384 the distance terms swamp the ``log m`` term and the
         selection grows broad. Or a positive number.
+      max_rows, row_counts: a row budget. Each pool row stands for ``row_counts`` rows (default
+        1; the pipeline gives the clusters' sizes); the selection stops after the pick that
+        brings the rows picked to ``max_rows`` or past it (``stop_reason="max_rows"``), so the
+        last pick may hold more rows than are left in the budget (the pipeline samples that
+        cluster down). The stopping rule still applies before the budget is reached.
       callback: called as ``callback(pick_number, pool_row, kl)`` after each accepted pick.
 
     Returns:
@@ -256,7 +264,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         grad_desc_iter=grad_desc_iter, v_init=v_init, scale_factor=scale_factor,
         random_restart_prob=random_restart_prob, smoothing=smoothing, eps=eps,
         discard_nearest_for_xy=discard_nearest_for_xy, block_size=block_size,
-        cache_bytes=cache_bytes, dim=dim)
+        cache_bytes=cache_bytes, dim=dim, max_rows=max_rows)
     k = check_k(k, target.shape[0])
     if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
         raise ValueError("discard_nearest_for_xy does not support weights.")
@@ -264,6 +272,13 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     dim = resolve_dim(dim, target)
     target_w = as_weights("target_weights", target_weights, target.shape[0])
     pool_w = as_weights("pool_weights", pool_weights, pool.shape[0])
+    counts = None
+    if max_rows is not None:
+        counts = (np.ones(pool.shape[0], np.int64) if row_counts is None
+                  else np.asarray(row_counts))
+        if counts.shape != (pool.shape[0],) or counts.dtype.kind not in "iu" or (counts < 0).any():
+            raise ValueError(f"row_counts must be {pool.shape[0]} non-negative integers, one per "
+                             f"pool row; got shape {counts.shape}, dtype {counts.dtype}.")
     rng = _rng(seed)
 
     start, start_w, start_rows = _start_set(init, init_weights, pool, pool_w, target.shape[1], rng)
@@ -303,7 +318,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         kl_start, budget, stop_criterion, min_difference=min_difference,
         resets_allowed=resets_allowed, max_resets=max_resets, min_kl=min_kl,
         max_sequential_increases=max_sequential_increases, callback=callback,
-        budget_reason=budget_reason)
+        budget_reason=budget_reason, max_rows=max_rows, row_counts=counts)
     return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
                            float(kl_start), reason, start_rows, start, resets, dim)
 
@@ -357,7 +372,8 @@ class _Driver:
         self.available[:] = True
 
     def run(self, kl_prev, budget, stop_criterion, *, min_difference, resets_allowed,
-            max_resets, min_kl, max_sequential_increases, callback, budget_reason):
+            max_resets, min_kl, max_sequential_increases, callback, budget_reason,
+            max_rows=None, row_counts=None):
         """Picks until a rule fires, the budget is spent or the pool is used up.
 
         A rule that fires because the KL stopped falling (``RESETTABLE``) resets the pool
@@ -368,6 +384,7 @@ class _Driver:
         picks, kls = [], []
         resets, just_reset = 0, False
         run_start = None        # (len(picks), state, kl_prev) where a run of increases began
+        rows_picked = 0         # the row budget's count (max_rows)
 
         def may_reset() -> bool:
             return resets_allowed and resets < max_resets
@@ -405,12 +422,16 @@ class _Driver:
             self.available[row] = False
             picks.append(row)
             kls.append(kl)
+            if max_rows is not None:
+                rows_picked += int(row_counts[row])
             if callback is not None:
                 callback(len(picks), row, kl)
             if run_start is not None and len(picks) - run_start[0] >= max_sequential_increases:
                 first, self.state, kl = run_start
                 undone = picks[first:]
                 del picks[first:], kls[first:]
+                if max_rows is not None:
+                    rows_picked = int(row_counts[picks].sum()) if picks else 0
                 self.available[undone] = True
                 run_start = None
                 if not may_reset():
@@ -420,4 +441,6 @@ class _Driver:
                 self._reset()
             if stop_criterion == "min_kl" and kl <= min_kl:
                 return picks, kls, "min_kl", resets
+            if max_rows is not None and rows_picked >= max_rows:
+                return picks, kls, "max_rows", resets
             kl_prev = kl

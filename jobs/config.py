@@ -106,6 +106,8 @@ class SelectSection:
     smoothing: float = 1.0
     dim: Any = "auto"                 # estimator's d: auto (intrinsic), null (ambient) or a number
     use_weights: bool = True          # weight centroids by their cluster sizes
+    max_rows: int | None = None       # row budget: stop once the picked clusters hold this many
+    max_fraction: float | None = None  # or this share of the pool's rows (the smaller wins)
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
     # id, so changing them reuses the run.
     jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
@@ -118,7 +120,7 @@ class SelectSection:
 
 # Options of the select section that are not gio_core.select's, and its runtime knobs.
 PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
-                           "jax_preallocate", "max_centroids")
+                           "jax_preallocate", "max_centroids", "max_fraction")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
 RUNTIME_EMBED_OPTIONS = ("batch_size", "device")
@@ -400,6 +402,15 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def row_budget(s: SelectSection, pool_rows: int) -> int | None:
+    """The selection's row budget: ``max_rows``, ``max_fraction`` of ``pool_rows`` (at least
+    one row), the smaller of the two, or None."""
+    caps = [] if s.max_rows is None else [int(s.max_rows)]
+    if s.max_fraction is not None:
+        caps.append(max(1, int(s.max_fraction * pool_rows)))
+    return min(caps) if caps else None
 
 
 def engine_options(s: SelectSection) -> dict:
@@ -976,6 +987,8 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     except ValueError as err:
         raise InputError(f"select.{err}") from None
     _check(isinstance(s.use_weights, bool), "select.use_weights must be true or false.")
+    _check(s.max_fraction is None or (_is_num(s.max_fraction) and 0 < s.max_fraction <= 1),
+           "select.max_fraction must be null or a share of the pool's rows in (0, 1].")
     _check(isinstance(s.jax_preallocate, bool), "select.jax_preallocate must be true or false.")
     _check(_is_int(s.max_centroids) and s.max_centroids >= 1,
            "select.max_centroids must be an integer >= 1.")

@@ -1,7 +1,8 @@
 """The explode stage: from chosen clusters back to rows.
 
 ``broadcast(selection of this run) JOIN pool_assignments (of the run's clustering) JOIN pool rows``
-gives every usable pool row of every chosen cluster, with its own columns plus ``cluster_id``,
+gives every usable pool row of every chosen cluster (with a row budget, the last cluster sampled
+down to what is left of it), with its own columns plus ``cluster_id``,
 ``rank`` (the pick that chose its cluster) and ``run_id``. Written to ``selected_rows``, replacing
 this run's rows in one transaction, and summarised on stdout.
 
@@ -11,25 +12,55 @@ it stops with a :class:`ConcurrentRunError` instead of mixing the two.
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import reuse, tables
-from jobs.config import JobConfig
+from jobs.config import JobConfig, row_budget
 from jobs.errors import ConcurrentRunError, InputError
 from jobs.inputs import ROW_ID, Side
 from jobs.log import log
 
 
 def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
-                  own_columns: list[str]) -> DataFrame:
+                  own_columns: list[str], cut: tuple[int, int, int] | None = None) -> DataFrame:
     """The selected rows, as a DataFrame (no I/O). A cluster picked twice (after a reset)
-    keeps its first rank."""
+    keeps its first rank. ``cut``: ``(cluster_id, rows, seed)``, that cluster sampled down to
+    ``rows`` rows: those first by a seeded hash of their row id (so the sample does not depend
+    on the pool's row order)."""
     chosen = selection.groupBy("cluster_id").agg(F.min("rank").alias("rank"),
                                                  F.first("run_id").alias("run_id"))
     rows = (F.broadcast(chosen).join(assignments, "cluster_id")
             .select(ROW_ID, "cluster_id", "rank", "run_id"))
+    if cut is not None:
+        cluster, keep, seed = cut
+        order = Window.partitionBy("cluster_id").orderBy(F.xxhash64(F.col(ROW_ID), F.lit(seed)),
+                                                         F.col(ROW_ID))
+        sampled = (rows.where(F.col("cluster_id") == cluster)
+                   .withColumn("_n", F.row_number().over(order))
+                   .where(F.col("_n") <= keep).drop("_n"))
+        rows = rows.where(F.col("cluster_id") != cluster).unionByName(sampled)
     return pool_rows.join(rows, ROW_ID).select(*own_columns, "cluster_id", "rank", "run_id")
+
+
+def budget_cut(spark, cfg: JobConfig, plan: reuse.Plan, selection: DataFrame):
+    """``(cluster_id, rows, seed)`` when the row budget (``select.max_rows``/``max_fraction``)
+    falls inside the last picked cluster, else None."""
+    sizes = (tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)
+             .where(F.col("side") == "pool").agg(F.sum("size")).first()[0])
+    budget = row_budget(cfg.select, int(sizes or 0))
+    if budget is None:
+        return None
+    picks = selection.select("rank", "cluster_id", "cluster_size").orderBy("rank").collect()
+    seen, total = set(), 0
+    for r in picks:
+        if r["cluster_id"] in seen:
+            continue
+        seen.add(r["cluster_id"])
+        if total + r["cluster_size"] > budget:
+            return int(r["cluster_id"]), budget - total, int(cfg.select.seed)
+        total += r["cluster_size"]
+    return None
 
 
 def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
@@ -60,7 +91,11 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     else:
         reuse.begin(spark, cfg.output.path, "explode", run_id, fp)
         own = [f.name for f in pool.schema.fields]
-        out = explode_frame(selection, assignments, pool.frame, own)
+        cut = budget_cut(spark, cfg, plan, selection)
+        if cut is not None:
+            log(f"explode: the row budget ends inside cluster {cut[0]}: {cut[1]} of its rows "
+                "taken (seeded by select.seed)")
+        out = explode_frame(selection, assignments, pool.frame, own, cut)
         tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)
         reuse.record(spark, cfg.output.path, "explode", run_id, fp, "done")
     path = tables.table_path(cfg.output.path, "selected_rows")

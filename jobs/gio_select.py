@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 import gio_core
 from jobs import reuse, tables
-from jobs.config import JobConfig, engine_options
+from jobs.config import JobConfig, engine_options, row_budget
 from jobs.errors import InputError
 from jobs.log import log
 
@@ -148,10 +148,15 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
     reuse.begin(spark, cfg.output.path, "select", run_id, fp)
     t1 = time.perf_counter()
+    options = engine_options(s)
+    options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
+    if options["max_rows"] is not None:
+        log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
+            "rows")
     result = gio_core.select(
-        target_c, pool_c, callback=progress,
+        target_c, pool_c, callback=progress, row_counts=pool_sizes,
         target_weights=target_sizes if s.use_weights else None,
-        pool_weights=pool_sizes if s.use_weights else None, **engine_options(s))
+        pool_weights=pool_sizes if s.use_weights else None, **options)
     select_s = time.perf_counter() - t1
     log(f"select: {len(result.indices)} clusters chosen (estimator d={result.dim:.1f}), "
         f"stopped by {result.stop_reason}"

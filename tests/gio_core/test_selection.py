@@ -228,6 +228,25 @@ def test_tied_rows_go_by_closeness_to_the_target_not_by_index(rng):
     assert sorted(order[-2:]) == [0, len(pool) - 1]
 
 
+def test_a_row_budget_stops_at_the_pick_that_reaches_it(rng):
+    """max_rows with row_counts (cluster sizes): the last pick brings the rows to the budget or
+    past it, the one before is still below; without row_counts each row counts one; the
+    stopping rule still fires first when it comes before the budget."""
+    pool = rng.normal(size=(300, 4)).astype(np.float32)
+    target = rng.normal(size=(80, 4)).astype(np.float32)
+    sizes = rng.integers(1, 50, 300)
+    result = select(target, pool, stop_criterion="none", max_rows=500, row_counts=sizes)
+    assert result.stop_reason == "max_rows"
+    assert sizes[result.indices].sum() >= 500 > sizes[result.indices[:-1]].sum()
+    assert len(select(target, pool, stop_criterion="none", max_rows=17).indices) == 17
+    ruled = select(target, pool, max_rows=10 ** 6, row_counts=sizes)
+    assert ruled.stop_reason == "increase"
+    with pytest.raises(ValueError, match="row_counts must be 300 non-negative integers"):
+        select(target, pool, max_rows=5, row_counts=np.ones(299, np.int64))
+    with pytest.raises(ValueError, match="max_rows"):
+        select(target, pool, max_rows=0)
+
+
 def test_negative_consistency_far_pool_gets_no_picks(rng):
     target = rng.normal([3, 4], 0.7, (100, 2))
     far = rng.normal([300, 400], 0.7, (100, 2))

@@ -3,6 +3,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -129,6 +130,41 @@ def test_precomputed_embeddings_skip_the_model(spark, tmp_path):
     picked = comp[[r["id"] for r in rows]]
     assert len(rows) > 0 and np.isin(picked, [0, 1]).mean() > 0.9
     assert not os.path.exists(os.path.join(cfg.output.path, "pool_embeddings"))
+
+
+def test_a_row_budget_gives_that_many_rows(spark, tmp_path):
+    """select.max_rows: the selection stops at the pick that reaches the budget and explode
+    samples that last cluster down, so exactly the budget comes out, every other chosen cluster
+    whole; select.max_fraction is a share of the pool's rows. A re-run reuses both."""
+    pool, comp, target = clustered_vectors()
+    runs = {}
+    for name, sets in (("rows", {"select__max_rows": 150}),
+                       ("fraction", {"select__max_fraction": 0.1})):
+        (tmp_path / name).mkdir()
+        cfg = vectors_config(tmp_path / name, pool, target, select__stop_criterion="none",
+                             **sets)
+        summary = run_pipeline(spark, cfg)
+        rows = (spark.read.format("delta").load(summary["table"])
+                .where(F.col("run_id") == summary["run_id"]).collect())
+        runs[name] = (cfg, summary, rows)
+        selection = (tables.read_key(spark, cfg.output.path, "selection", summary["run_id"])
+                     .orderBy("rank").collect())
+        per_cluster = Counter(r["cluster_id"] for r in rows)
+        assert [r["rank"] for r in selection] == list(range(1, len(selection) + 1))
+        assert per_cluster[selection[-1]["cluster_id"]] <= selection[-1]["cluster_size"]
+        for picked in selection[:-1]:
+            assert per_cluster[picked["cluster_id"]] == picked["cluster_size"]
+        record = tables.read_key(spark, cfg.output.path, "runs", summary["run_id"]).first()
+        assert record["stop_reason"] == "max_rows"
+    assert len(runs["rows"][2]) == runs["rows"][1]["selected_rows"] == 150
+    assert len(runs["fraction"][2]) == 60                       # 10% of 600
+    ids = [r["id"] for r in runs["rows"][2]]
+    assert len(set(ids)) == 150 and np.isin(comp[ids], [0, 1]).mean() > 0.9
+    cfg, summary, rows = runs["rows"]
+    again = run_pipeline(spark, cfg)
+    assert again["selected_rows"] == 150 and sorted(r["id"] for r in rows) == sorted(
+        r["id"] for r in spark.read.format("delta").load(summary["table"])
+        .where(F.col("run_id") == summary["run_id"]).collect())
 
 
 @pytest.mark.parametrize("case,message", [
