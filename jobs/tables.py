@@ -324,14 +324,16 @@ def is_conflict(err: BaseException) -> bool:
 R = TypeVar("R")
 
 
-def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPTS) -> R:
-    """Runs ``action``; on a Delta concurrency conflict waits (jittered, growing) and retries, at
-    most ``attempts`` times in all, then raises :class:`ConcurrentRunError`."""
+def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPTS,
+                 transient: Callable[[BaseException], bool] | None = None) -> R:
+    """Runs ``action``; on a Delta concurrency conflict (or an error ``transient`` accepts)
+    waits (jittered, growing) and retries, at most ``attempts`` times in all, then raises
+    :class:`ConcurrentRunError`."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as err:          # noqa: BLE001 - filtered by is_conflict
-            if not is_conflict(err):
+            if not is_conflict(err) and not (transient is not None and transient(err)):
                 raise
             if attempt == attempts:
                 raise ConcurrentRunError(
@@ -450,8 +452,15 @@ def ensure_table(spark: SparkSession, output: str, name: str,
                 builder = builder.partitionedBy(KEYS[name])
             builder.execute()
 
-    with_retries(create, f"creating {path}")
-    check_existing(spark, output, name, schema)
+    def being_created(err: BaseException) -> bool:
+        # Another run's creation under way: its _delta_log is there, its first commit not yet
+        # (Delta then reports the table as not found). Seen with three runs creating at once.
+        return "DELTA_TABLE_NOT_FOUND" in str(err) and _path_exists(os.path.join(path,
+                                                                                 "_delta_log"))
+
+    with_retries(create, f"creating {path}", transient=being_created)
+    with_retries(lambda: check_existing(spark, output, name, schema), f"checking {path}",
+                 transient=being_created)
     return path
 
 
