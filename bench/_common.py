@@ -43,3 +43,12 @@ def run_child(module_args: list[str], timeout: float = 3600) -> dict:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(row: dict, out: str | None) -> None:
+    """Prints ``row`` as one JSON line and, with ``out``, appends it to that file."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def problem(models: int, examples: int, targets: int, seed: int = 0):
@@ -75,6 +78,7 @@ def run_case(models, examples, targets, args) -> dict:
 
 
 def main() -> None:
+    from bench._common import emit
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--eps", type=float, default=1e-3)
@@ -90,11 +94,7 @@ def main() -> None:
     for models, examples, targets in itertools.product(args.models, args.examples,
                                                        args.targets):
         row = run_case(models, examples, targets, args)
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

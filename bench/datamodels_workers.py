@@ -25,7 +25,6 @@ lines to stdout and, with ``--out``, appends them to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -109,6 +108,7 @@ def spark_work(models: int, cores: int, per_task: int, commit_every: int, tmp: s
 
 
 def main() -> None:
+    from bench._common import emit
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=400)
     p.add_argument("--cores", type=int, default=2)
@@ -150,11 +150,7 @@ def main() -> None:
         row["models_per_s"] = round(row["models"] / row["seconds"], 2)
         row["vs_loop"] = round(row["models_per_s"] / base_rate, 2)
         row["cores"] = args.cores
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

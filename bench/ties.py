@@ -12,7 +12,6 @@ component-0 rows picked under each rule and whether the reversed pool gave the s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ def mixture(seed: int):
 
 
 def main() -> None:
+    from bench._common import emit
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out")
     args = p.parse_args()
@@ -53,10 +53,7 @@ def main() -> None:
                "in_domain_picked_closeness": int((comp[closeness.indices] == 0).sum()),
                "in_domain_picked_by_index": int((comp[by_index.indices] == 0).sum()),
                "reversed_pool_same_picks": same}
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":
