@@ -4,16 +4,20 @@ Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
   check_select_options                                 -- the one validator of select's options
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
+  kl_noise_floor                                       -- the knn estimate between target halves
+  mmd_rbf, median_bandwidth                            -- RBF-kernel MMD (the "mmd" stop rule)
   GIOKL                                                -- drop-in for the GIO source's class
   DiffImbalance (gio_core.dii)                         -- learnt feature weights (DADApy's API)
   gio_core.gaf: gaf_step, train_gaf, ...               -- gradient agreement filtering
 """
-from gio_core._estimators import averaged_kl, intrinsic_dimension, knn_kl
+from gio_core._estimators import averaged_kl, intrinsic_dimension, kl_noise_floor, knn_kl
+from gio_core._mmd import median_bandwidth, mmd_rbf
 from gio_core._selection import (
     PoolFraction, SelectionResult, UniformStart, check_select_options, select)
 
 __all__ = ["select", "check_select_options", "SelectionResult", "UniformStart", "PoolFraction",
-           "knn_kl", "averaged_kl", "intrinsic_dimension", "GIOKL", "DiffImbalance"]
+           "knn_kl", "averaged_kl", "intrinsic_dimension", "kl_noise_floor", "mmd_rbf",
+           "median_bandwidth", "GIOKL", "DiffImbalance"]
 
 
 def __getattr__(name):

@@ -296,3 +296,38 @@ def averaged_columns(target, abar, idx, valid, points, eps):
 # The source's formula compiled once per shape, for repeated calls (the compatibility class).
 averaged_kl_reference_jit = jax.jit(averaged_kl_reference,
                                     static_argnames=("k", "discard_nearest_for_xy"))
+
+
+def kl_noise_floor(target, k: int = 5, target_weights=None, dim=None, splits: int = 5,
+                   seed: int = 0) -> float:
+    """What the knn estimator reads between two halves of the target sample itself: the median,
+    over ``splits`` seeded random halvings, of ``knn_kl(half_a, half_b)``.
+
+    Two samples of one distribution differ by sampling noise and the estimator's finite-sample
+    bias alone, so a selection whose estimate lies near this value is as close to the target as
+    the estimator can tell. Drawn on the pipeline's KL curve as its floor. (It is not a stopping
+    rule: the estimate of a greedy selection depends on how many points it holds, so the floor
+    is crossed far from the best size on clustered pools; ``stop_criterion="mmd"`` is the rule.)
+
+    Args:
+      target: array ``[n, d]`` with ``n >= 2 * (k + 1)``.
+      k, target_weights, dim: as for :func:`knn_kl` (``dim`` resolved on the whole target).
+      splits: random halvings; ``seed`` seeds them.
+    """
+    from gio_core._validation import as_points, as_weights, check_number
+    target = as_points("target", target)
+    check_number("splits", splits, low=1, integer=True)
+    weights = as_weights("target_weights", target_weights, target.shape[0])
+    n = target.shape[0]
+    if n // 2 <= k:
+        raise ValueError(f"the noise floor needs more than {2 * (k + 1) - 1} target points for "
+                         f"k={k} (each half must hold more than k); got {n}.")
+    d = resolve_dim(dim, target)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(splits)):
+        order = rng.permutation(n)
+        a, b = order[: n // 2], order[n // 2:]
+        values.append(knn_kl(target[a], target[b], k=k, target_weights=weights[a],
+                             selected_weights=weights[b], dim=d))
+    return float(np.median(values))

@@ -20,7 +20,7 @@ from gio_core._validation import (
 ESTIMATORS = ("knn", "averaged")
 METHODS = ("exact", "gradient")
 STOP_CRITERIA = ("increase", "max_resets", "min_difference", "sequential_increase_tolerance",
-                 "min_kl", "data_size", "none")
+                 "min_kl", "data_size", "mmd", "none")
 V_INITS = ("mean", "prev_opt", "jump")
 
 
@@ -59,6 +59,9 @@ class SelectionResult(NamedTuple):
       init_points: float array ``[s, d]``, the start set.
       resets: how many times the pool was reset (duplicates allowed after a reset).
       dim: the dimension ``d`` the estimator used (see ``select``'s ``dim``).
+      mmd: float array ``[picks]``, the squared MMD between the target and the selection after
+        each pick (``stop_criterion="mmd"`` only; else empty).
+      lookahead: picks made past the returned ones and dropped (``stop_criterion="mmd"``).
     """
     indices: np.ndarray
     kl: np.ndarray
@@ -68,6 +71,8 @@ class SelectionResult(NamedTuple):
     init_points: np.ndarray
     resets: int
     dim: float
+    mmd: np.ndarray = np.zeros((0,))
+    lookahead: int = 0
 
 
 def _rng(seed) -> np.random.Generator:
@@ -124,7 +129,7 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
                          v_init="mean", scale_factor="auto", random_restart_prob=0.0,
                          smoothing=1.0, eps=1e-8, discard_nearest_for_xy=False,
                          block_size=4096, cache_bytes=2 ** 32, dim=None,
-                         max_rows=None) -> None:
+                         max_rows=None, mmd_tolerance=0.25, mmd_bandwidth=None) -> None:
     """Checks every option of :func:`select` that does not depend on the data.
 
     The one validator of these options: :func:`select` calls it, and so does the pipeline's
@@ -154,6 +159,9 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
     check_number("max_resets", max_resets, low=0, integer=True)
     check_number("max_data_size", max_data_size, low=0, high=1, low_open=True)
     check_number("min_kl", min_kl)
+    check_number("mmd_tolerance", mmd_tolerance, low=0, low_open=True)
+    if mmd_bandwidth is not None:
+        check_number("mmd_bandwidth", mmd_bandwidth, low=0, low_open=True)
     check_number("max_sequential_increases", max_sequential_increases, low=1, integer=True)
     check_number("lr", lr, low=0, low_open=True)
     check_number("grad_desc_iter", grad_desc_iter, low=1, integer=True)
@@ -190,6 +198,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
            cache_bytes: int = 2 ** 32, dim=None, max_rows: int | None = None, row_counts=None,
+           mmd_tolerance: float = 0.25, mmd_bandwidth: float | None = None,
            callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
@@ -213,7 +222,18 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         ``min_difference``; ``"sequential_increase_tolerance"`` accepts picks that raise the KL
         until ``max_sequential_increases`` of them come in a row, then stops and drops that run;
         ``"min_kl"`` stops after the first pick whose KL is ``<= min_kl``; ``"data_size"`` stops
-        at ``int(max_data_size * M)`` picks; ``"none"``: only ``max_iter`` and the pool.
+        at ``int(max_data_size * M)`` picks; ``"mmd"`` follows the squared MMD (RBF kernel,
+        median bandwidth of the target) between the target and the selection along the picks,
+        goes on until it has risen ``mmd_tolerance`` (relative) above its lowest value and at
+        least twice as many picks plus ``k`` as that lowest value's, and as many as the target
+        has points, have been made, and
+        returns the picks up to that lowest value: the size at which the selection matches the
+        target best (the picks looked at past it are dropped; the caps below still apply, and
+        the selection ends at the lowest value within them; a start set is not counted in the
+        MMD; ``mmd_bandwidth`` sets the kernel's ``h`` in ``exp(-|a - b|^2 / h)``, by default
+        the median squared distance between target points: on centroids pass the rows'
+        median, which is wider); ``"none"``: only ``max_iter`` and
+        the pool.
       resets_allowed: when a rule fires because the KL stopped falling (``increase``,
         ``max_resets``, ``min_difference``, ``sequential_increase_tolerance``), make every pool
         row available again (duplicates allowed) instead of stopping, at most ``max_resets``
@@ -264,7 +284,8 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         grad_desc_iter=grad_desc_iter, v_init=v_init, scale_factor=scale_factor,
         random_restart_prob=random_restart_prob, smoothing=smoothing, eps=eps,
         discard_nearest_for_xy=discard_nearest_for_xy, block_size=block_size,
-        cache_bytes=cache_bytes, dim=dim, max_rows=max_rows)
+        cache_bytes=cache_bytes, dim=dim, max_rows=max_rows, mmd_tolerance=mmd_tolerance,
+        mmd_bandwidth=mmd_bandwidth)
     k = check_k(k, target.shape[0])
     if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
         raise ValueError("discard_nearest_for_xy does not support weights.")
@@ -314,13 +335,26 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
     driver = _Driver(engine, state, available, method, rng, target_w, target,
                      lr=lr, grad_desc_iter=grad_desc_iter, v_init=v_init,
                      scale_factor=scale_factor, random_restart_prob=random_restart_prob)
+    if stop_criterion == "mmd":
+        from gio_core._mmd import MmdTracker
+        driver.tracker = MmdTracker(target, target_w, pool, pool_w, mmd_bandwidth)
+        driver.mmd_tolerance = float(mmd_tolerance)
     picks, kls, reason, resets = driver.run(
         kl_start, budget, stop_criterion, min_difference=min_difference,
         resets_allowed=resets_allowed, max_resets=max_resets, min_kl=min_kl,
         max_sequential_increases=max_sequential_increases, callback=callback,
         budget_reason=budget_reason, max_rows=max_rows, row_counts=counts)
+    mmd, lookahead = np.zeros((0,)), 0
+    if driver.tracker is not None:
+        mmd = np.asarray(driver.mmd_values, np.float64)
+        if len(picks):
+            best = int(np.argmin(mmd)) + 1
+            lookahead = len(picks) - best
+            if lookahead:
+                picks, kls, mmd, reason = picks[:best], kls[:best], mmd[:best], "mmd"
     return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
-                           float(kl_start), reason, start_rows, start, resets, dim)
+                           float(kl_start), reason, start_rows, start, resets, dim, mmd,
+                           lookahead)
 
 
 class _Driver:
@@ -337,6 +371,9 @@ class _Driver:
         self.grad_desc_iter = grad_desc_iter
         self.v_init = v_init
         self.random_restart_prob = random_restart_prob
+        self.tracker = None          # an MmdTracker for stop_criterion="mmd"
+        self.mmd_tolerance = 0.0
+        self.mmd_values: list[float] = []
         if method == "gradient":
             abar = target_w / target_w.sum()
             self.mean = (abar[:, None] * target).sum(axis=0)
@@ -441,6 +478,17 @@ class _Driver:
                 self._reset()
             if stop_criterion == "min_kl" and kl <= min_kl:
                 return picks, kls, "min_kl", resets
+            if self.tracker is not None:
+                value = self.tracker.add(row)
+                self.mmd_values.append(value)
+                least = min(self.mmd_values)
+                at_least = self.mmd_values.index(least) + 1
+                # The MMD along the picks is not monotone early on (a pick into a new region of
+                # the target can raise it for a while): look at least as far again past the
+                # least value, plus k picks, before trusting a rise.
+                if (rules_apply and value > least * (1.0 + self.mmd_tolerance)
+                        and len(picks) >= max(2 * at_least + self.engine.k, self.engine.n)):
+                    return picks, kls, "mmd", resets
             if max_rows is not None and rows_picked >= max_rows:
                 return picks, kls, "max_rows", resets
             kl_prev = kl

@@ -91,12 +91,13 @@ class SelectSection:
     method: str = "exact"
     seed: int = 0
     max_iter: int | None = None
-    stop_criterion: str = "increase"
+    stop_criterion: str = "mmd"      # stop at the pick where the MMD to the target is least
     min_difference: float = 0.0
     resets_allowed: bool = False
     max_resets: int = 2
     max_data_size: float = 1.0
     min_kl: float = 0.0
+    mmd_tolerance: float = 0.25       # the mmd rule looks ahead until the MMD is this much above its least
     max_sequential_increases: int = 3
     lr: float = 0.01
     grad_desc_iter: int = 50

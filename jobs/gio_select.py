@@ -2,9 +2,11 @@
 
 Reads the run's clustering from ``centroids``; refuses, before collecting, more than
 ``select.max_centroids`` rows; runs ``gio_core.select`` with every option of the config's
-``select`` section (cluster sizes as weights when ``use_weights``); writes the picks to
-``selection`` and a record to ``runs`` (each replacing that run's rows in one transaction) and the
-KL curve to ``<output>/plots/<run_id>_kl_curve.png``.
+``select`` section (cluster sizes as weights when ``use_weights``; the ``mmd`` rule's kernel
+width from the target rows, recorded by quantize); writes the picks to ``selection`` and a record
+to ``runs`` (KL and MMD curves, diagnostics: the KL noise floor, the warm-up picks, the rows
+chosen; each table replacing that run's rows in one transaction) and the curves to
+``<output>/plots/<run_id>_kl_curve.png``.
 
 A ``ValueError`` from the engine here is a bug, not bad input: every option was checked with
 the engine's own validator before Spark started, and the data-dependent limits (the number of
@@ -66,8 +68,15 @@ def library_versions() -> dict:
     return out
 
 
-def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str) -> None:
-    """Writes the KL curve as a PNG (to a temporary name first, then renamed into place)."""
+def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
+               warm_up: int = 0, floor: float | None = None,
+               mmd: np.ndarray | None = None, lookahead: int = 0) -> None:
+    """Writes the KL curve as a PNG (to a temporary name first, then renamed into place).
+
+    The first ``warm_up`` picks (before the estimator averages all k ranks; their values are
+    not comparable with the later ones) are drawn apart, grey; ``floor`` (the estimate between
+    two halves of the target) as a dashed line; the MMD along the picks, when the ``mmd`` rule
+    ran, on a second axis."""
     # The object API, not pyplot: no global figure state, so concurrent runs in one driver are safe.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -77,10 +86,29 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     ax = fig.subplots()
     xs = np.arange(0, len(kl) + 1) if np.isfinite(kl_start) else np.arange(1, len(kl) + 1)
     ys = np.concatenate([[kl_start], kl]) if np.isfinite(kl_start) else kl
-    ax.plot(xs, ys, marker="." if len(kl) < 60 else None)
+    marker = "." if len(kl) < 60 else None
+    warm = xs <= warm_up
+    if warm.any():
+        ax.plot(xs[warm], ys[warm], color="0.6", marker=marker, linestyle=":",
+                label=f"first {warm_up} picks (warm-up)")
+    edge = max(0, int(warm.sum()) - 1)
+    ax.plot(xs[edge:], ys[edge:], color="C0", marker=marker, label="KL estimate")
+    if floor is not None and np.isfinite(floor):
+        ax.axhline(floor, color="C0", linestyle="--", linewidth=1,
+                   label=f"noise floor (target half vs half) {floor:.2f}")
     ax.set_xlabel("picks (clusters)")
     ax.set_ylabel("KL(target || selected)")
     ax.set_title(f"{run_id}: stopped by {reason}")
+    handles, labels = ax.get_legend_handles_labels()
+    if mmd is not None and len(mmd):
+        ax2 = ax.twinx()
+        line, = ax2.plot(np.arange(1, len(mmd) + 1), mmd, color="C1",
+                         label=f"MMD² to the target (least at pick {len(mmd)}"
+                               + (f", {lookahead} picks past it looked at)" if lookahead else ")"))
+        ax2.set_ylabel("MMD² (RBF)")
+        handles.append(line)
+        labels.append(line.get_label())
+    ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
     fig.savefig(tmp, dpi=90)
@@ -110,6 +138,27 @@ def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
                             plan.validate[side][:reuse.ID_CHARS])
         out[side] = json.loads(last["detail"]) if last is not None and last["detail"] else None
     return out
+
+
+def _target_bandwidth(spark, cfg: JobConfig, plan: reuse.Plan) -> float | None:
+    """The target rows' median squared distance, from the clustering's stage record (None for
+    a clustering made before it was recorded: the rule then uses the centroids' own)."""
+    last = reuse.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
+    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
+    value = detail.get("target_bandwidth")
+    if value is None:
+        log("select: this clustering has no recorded target bandwidth (quantized by an earlier "
+            "version); the mmd rule uses the target centroids' median distance")
+    return value
+
+
+def noise_floor(target_c, target_w, s, dim: float) -> float | None:
+    """The knn estimate between two halves of the target centroids (None when there are too
+    few, or for the averaged estimator, whose values are on another scale)."""
+    if s.estimator != "knn" or target_c.shape[0] // 2 <= s.k:
+        return None
+    return gio_core.kl_noise_floor(target_c, k=s.k, target_weights=target_w, dim=dim,
+                                   seed=s.seed)
 
 
 def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = None) -> str:
@@ -149,6 +198,8 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     reuse.begin(spark, cfg.output.path, "select", run_id, fp)
     t1 = time.perf_counter()
     options = engine_options(s)
+    if s.stop_criterion == "mmd":
+        options["mmd_bandwidth"] = _target_bandwidth(spark, cfg, plan)
     options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
     if options["max_rows"] is not None:
         log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
@@ -162,6 +213,18 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         f"stopped by {result.stop_reason}"
         + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else ""))
 
+    diagnostics = {
+        "warm_up_picks": min(s.k, len(result.indices)) if s.estimator == "knn" else 0,
+        "kl_noise_floor": noise_floor(target_c, target_sizes if s.use_weights else None, s,
+                                      result.dim),
+        "mmd_bandwidth": options.get("mmd_bandwidth"),
+        "mmd_lookahead_picks": int(result.lookahead),
+        "rows_selected": int(pool_sizes[result.indices].sum()),
+        "pool_rows": int(pool_sizes.sum()),
+    }
+    if s.stop_criterion == "mmd" and len(result.mmd):
+        log(f"select: least MMD² to the target {result.mmd[-1]:.5f} at pick "
+            f"{len(result.indices)} ({result.lookahead} picks past it looked at and dropped)")
     picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
               for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
     selection = spark.createDataFrame(picked, tables.SELECTION)
@@ -171,14 +234,17 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         run_id, fp, plan.clustering_id, started, dt.datetime.now(),
         json.dumps(cfg.to_dict(), default=str), kl_start, [float(v) for v in result.kl],
         result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
-        json.dumps(reports, sort_keys=True),
+        [float(v) for v in result.mmd] if s.stop_criterion == "mmd" else None,
+        json.dumps(diagnostics, sort_keys=True), json.dumps(reports, sort_keys=True),
         json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3)}),
         json.dumps(library_versions()))], tables.RUNS)
     tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
     tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
     if "://" not in cfg.output.path:
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
-        save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason)
+        save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
+                   warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
+                   mmd=result.mmd, lookahead=result.lookahead)
         log(f"select: KL curve in {plot}")
     reuse.record(spark, cfg.output.path, "select", run_id, fp, "done",
                  {"picks": len(result.indices), "stop_reason": result.stop_reason})

@@ -2,19 +2,21 @@
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
 cluster) under the run's ``clustering_id``. ``k`` is capped at a side's row count with a warning;
-clusters that end up empty are dropped. The pool is clustered with ``quantize.seed``, the target
-with ``quantize.seed + 1``, each on its rows hash-partitioned by ``row_id`` into
-``quantize.partitions`` partitions and sorted, so the same inputs and seed give the same clusters
-on one machine or many, whatever the row order of the sources. With learnt weights (see
-:mod:`jobs.weigh`) both sides are clustered in the weighted space: feature a of every embedding is
-multiplied by the weights' ``scaled`` factor, and the centroids select works on are in that space.
+clusters that end up empty are dropped. The stage log's record of the clustering also holds
+``target_bandwidth``, the median squared distance between target rows (select's ``mmd`` rule). The
+pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``, each on its rows
+hash-partitioned by ``row_id`` into ``quantize.partitions`` partitions and sorted, so the same
+inputs and seed give the same clusters on one machine or many, whatever the row order of the
+sources. With learnt weights (see :mod:`jobs.weigh`) both sides are clustered in the weighted
+space: feature a of every embedding is multiplied by the weights' ``scaled`` factor, and the
+centroids select works on are in that space.
 """
 from __future__ import annotations
 
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import functions as F
 
 from jobs import faults, reuse, tables
@@ -73,6 +75,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     pool_rows, assignments, cached = kmeans_side(pool, q.pool_k, q, q.seed, "pool", warn)
     target_rows, _, cached_t = kmeans_side(target, q.target_k, q, q.seed + 1, "target", warn)
     log(f"quantize: {len(pool_rows)} pool clusters, {len(target_rows)} target clusters")
+    bandwidth = target_bandwidth(cached_t)
     centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                       tables.CENTROIDS)
     tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
@@ -81,5 +84,18 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     cached.unpersist()
     cached_t.unpersist()
     reuse.record(spark, cfg.output.path, "quantize", key, fp, "done",
-                 {"pool_clusters": len(pool_rows), "target_clusters": len(target_rows)})
+                 {"pool_clusters": len(pool_rows), "target_clusters": len(target_rows),
+                  "target_bandwidth": bandwidth})
     return key
+
+
+def target_bandwidth(vectors) -> float:
+    """The median squared distance between target rows (at most 2,048, taken in the order of a
+    hash of their row ids, so not by the source's row order): the RBF kernel's width for
+    select's ``mmd`` rule. Centroids sit closer together than the rows they stand for, so the
+    rule takes its width from the rows."""
+    from gio_core import median_bandwidth
+    from gio_core._mmd import MEDIAN_POINTS
+    rows = (vectors.orderBy(F.xxhash64("row_id"), "row_id").limit(MEDIAN_POINTS)
+            .select(vector_to_array("features").alias("v")).collect())
+    return median_bandwidth(np.array([r["v"] for r in rows], np.float32))

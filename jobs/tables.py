@@ -53,7 +53,7 @@ from pyspark.sql import types as T
 from jobs import faults
 from jobs.errors import ConcurrentRunError, InputError
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 TABLE_PROPERTY = "gio-spark.table"
 SCHEMA_PROPERTY = "gio-spark.schema"
 
@@ -96,6 +96,8 @@ RUNS = T.StructType([
     T.StructField("pool_centroids", T.IntegerType(), False),
     T.StructField("target_centroids", T.IntegerType(), False),
     T.StructField("dim", T.DoubleType(), False),             # the estimator's d
+    T.StructField("mmd_curve", T.ArrayType(T.DoubleType(), False), True),   # stop rule mmd
+    T.StructField("diagnostics", T.StringType(), True),      # JSON: noise floor, warm-up, ...
     T.StructField("inputs", T.StringType(), True),           # JSON: rows read and dropped per side
     T.StructField("timings", T.StringType(), False),         # JSON: seconds per step
     T.StructField("versions", T.StringType(), False),        # JSON: library versions

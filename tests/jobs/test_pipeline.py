@@ -1,5 +1,6 @@
 """End to end with the real model, real Spark and real Delta tables."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,13 @@ def test_end_to_end_tables(spark, text_run, docstrings):
     assert share > 2 * base
     run = tables.read_table(spark, out, "runs").where(F.col("run_id") == summary["run_id"]).first()
     assert run["picks"] == len(chosen) and len(run["kl_curve"]) == run["picks"]
+    # The default rule: the picks end where the MMD to the target was least; the diagnostics
+    # hold the KL noise floor drawn with the curve and the rows chosen.
+    assert run["stop_reason"] in ("mmd", "pool_exhausted")
+    assert len(run["mmd_curve"]) == run["picks"] and run["mmd_curve"][-1] == min(run["mmd_curve"])
+    diag = json.loads(run["diagnostics"])
+    assert diag["rows_selected"] == want and diag["warm_up_picks"] == min(cfg.select.k, len(chosen))
+    assert diag["mmd_bandwidth"] > 0 and np.isfinite(diag["kl_noise_floor"])
     assert os.path.exists(os.path.join(out, "plots", f"{summary['run_id']}_kl_curve.png"))
 
 
