@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels clean
+.PHONY: setup tools lint demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-imnn: $(STAMP)
 bench-datamodels: $(STAMP)
 	$(VENV)/bin/python bench/datamodels_regression.py --out bench/results/datamodels_regression_cpu_2cores.jsonl
 	$(VENV)/bin/python bench/datamodels_workers.py --out bench/results/datamodels_workers_cpu_2cores.jsonl
+
+# Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
+bench-quality: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'
+	$(VENV)/bin/python bench/quality.py --out-dir bench/results/quality
 
 clean:
 	rm -rf $(VENV) .venv-dadapy out build *.egg-info

@@ -1,0 +1,302 @@
+"""Selection quality against the baselines a user would pick instead, at equal budgets.
+
+Cases (each: a pool, a target sample, held-out rows of the target's distribution):
+
+* ``mixture16``, ``mixture384``: 8 Gaussian components, 4,000 pool rows; the target 200 rows of
+  components 0, 1, 2 in proportions 0.5 / 0.3 / 0.2; 600 held-out rows.
+* ``digits``: scikit-learn's digits (64-D pixels); the target 150 rows with shifted class
+  proportions (classes 0-2 three times as likely as the others), 300 held-out rows, the pool the
+  rest; budgets 10%, 25% and 50% of the pool.
+* ``docstrings``: the standard library's docstrings (the demo's pool) embedded with the bundled
+  all-MiniLM-L6-v2; the target 200 docstrings of ``email``, ``http``, ``unittest`` and
+  ``asyncio``, 300 more of them held out, the rest of them in the pool with every other package.
+
+Methods: ``gio_rows`` (``gio_core.select`` on the rows, knn estimator, exact), ``gio_rows_avg``
+(the source's averaged estimator), ``gio_clusters`` and ``gio_clusters_avg`` (as the pipeline
+does it: K-means on both sides (scikit-learn's here, MLlib's in the pipeline), cluster sizes as
+weights, the chosen clusters exploded to their rows, the last one sampled down to the budget),
+``random``, ``k_center`` (farthest-first), ``nn_round_robin`` (each target row in turn takes
+its nearest untaken pool row), and ``dsir`` (hashed n-gram importance resampling, the
+``data-selection`` package, text only, minimum length 1 token). At each fixed budget every method
+returns exactly that many rows. ``*_mmd_stop`` rows: GIO with its default ``mmd`` rule deciding
+the size; the baselines are then also run at that size.
+
+Metrics against the held-out rows: share of the selection from the target's domains and their
+recall, MMD^2 (RBF, median bandwidth of held-out and selected rows together), the knn KL
+(``gio_core.knn_kl``, held-out as the target, its intrinsic dimension), and the accuracy on the
+held-out rows of a logistic regression trained on the selection; wall seconds per method.
+
+    python bench/quality.py [--cases mixture16,digits] [--out-dir bench/results/quality]
+
+Writes ``<out-dir>/<case>.md`` (the table), ``<out-dir>/<case>.png`` (MMD and accuracy against
+the budget) and appends JSON lines to ``<out-dir>/quality_cpu_2cores.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------
+
+def mixture_case(dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim)) * 3 / np.sqrt(dim / 8)
+    comp = rng.integers(0, 8, 4000)
+    pool = (centres[comp] + rng.normal(size=(4000, dim))).astype(np.float32)
+
+    def draw(n):
+        c = rng.choice(3, p=(0.5, 0.3, 0.2), size=n)
+        return (centres[c] + rng.normal(size=(n, dim))).astype(np.float32), c
+
+    target, tlab = draw(200)
+    held, hlab = draw(600)
+    in_domain = int(np.isin(comp, [0, 1, 2]).sum())
+    return dict(pool=pool, pool_labels=comp, target=target, target_labels=tlab, held=held,
+                held_labels=hlab, domains=(0, 1, 2), budgets=[in_domain // 2, in_domain],
+                pool_k=400, target_k=40)
+
+
+def digits_case(seed: int = 0):
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    p = np.where(y <= 2, 3.0, 1.0)
+    order = rng.choice(len(x), size=450, replace=False, p=p / p.sum())
+    target, held = order[:150], order[150:]
+    rest = np.setdiff1d(np.arange(len(x)), order)
+    budgets = [int(f * len(rest)) for f in (0.10, 0.25, 0.50)]
+    return dict(pool=x[rest], pool_labels=y[rest], target=x[target], target_labels=y[target],
+                held=x[held], held_labels=y[held], domains=(0, 1, 2), budgets=budgets,
+                pool_k=200, target_k=30)
+
+
+def docstrings_case(seed: int = 0):
+    from jobs.demo_data import stdlib_docstrings
+    rows = stdlib_docstrings()
+    packages = ("email", "http", "unittest", "asyncio")
+    texts = [r["text"] for r in rows]
+    emb = embed(texts)
+    pkg = np.array([r["package"] for r in rows])
+    mine = np.flatnonzero(np.isin(pkg, packages))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(mine)
+    target, held = np.sort(mine[:200]), np.sort(mine[200:500])
+    rest = np.setdiff1d(np.arange(len(rows)), mine[:500])
+    in_domain = int(np.isin(pkg[rest], packages).sum())
+    return dict(pool=emb[rest], pool_labels=pkg[rest], target=emb[target],
+                target_labels=pkg[target], held=emb[held], held_labels=pkg[held],
+                domains=packages, budgets=[in_domain // 2, in_domain, 2 * in_domain],
+                pool_k=300, target_k=40, pool_texts=[texts[i] for i in rest],
+                target_texts=[texts[i] for i in target])
+
+
+def embed(texts):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from jobs.models import load_model
+    model = load_model("bundled", "cpu")
+    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True),
+                      np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------
+
+def clusters(case):
+    """K-means of both sides (scikit-learn; the pipeline uses MLlib's)."""
+    from sklearn.cluster import KMeans
+    kp = KMeans(min(case["pool_k"], len(case["pool"])), n_init=1, random_state=7).fit(case["pool"])
+    kt = KMeans(case["target_k"], n_init=1, random_state=8).fit(case["target"])
+    return dict(pool_c=kp.cluster_centers_.astype(np.float32), labels=kp.labels_,
+                pool_w=np.bincount(kp.labels_, minlength=kp.n_clusters),
+                target_c=kt.cluster_centers_.astype(np.float32),
+                target_w=np.bincount(kt.labels_, minlength=kt.n_clusters))
+
+
+def explode(cl, chosen, budget, seed=0):
+    """Rows of the chosen clusters in pick order; the last one sampled down to the budget."""
+    rows = []
+    rng = np.random.default_rng(seed)
+    for c in chosen:
+        members = np.flatnonzero(cl["labels"] == c)
+        if budget is not None and len(rows) + len(members) > budget:
+            members = rng.choice(members, size=budget - len(rows), replace=False)
+        rows.extend(members.tolist())
+        if budget is not None and len(rows) >= budget:
+            break
+    return np.asarray(rows, np.int64)
+
+
+def gio_rows(case, budget, estimator="knn"):
+    from gio_core import select
+    if budget is None:
+        return select(case["target"], case["pool"], stop_criterion="mmd", dim="auto").indices
+    return select(case["target"], case["pool"], estimator=estimator, stop_criterion="none",
+                  max_iter=budget, dim="auto").indices
+
+
+def gio_clusters(case, budget, estimator="knn"):
+    from gio_core import median_bandwidth, select
+    cl = case["_clusters"]
+    opts = dict(target_weights=cl["target_w"], pool_weights=cl["pool_w"], dim="auto",
+                estimator=estimator)
+    if budget is None:
+        result = select(cl["target_c"], cl["pool_c"], stop_criterion="mmd",
+                        mmd_bandwidth=median_bandwidth(case["target"]), **opts)
+    else:
+        result = select(cl["target_c"], cl["pool_c"], stop_criterion="none", max_rows=budget,
+                        row_counts=cl["pool_w"].astype(np.int64), **opts)
+    return explode(cl, result.indices, budget)
+
+
+def dsir(case, budget, seed=0):
+    from data_selection import HashedNgramDSIR
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, tgt = os.path.join(tmp, "raw.jsonl"), os.path.join(tmp, "target.jsonl")
+        for path, texts in ((raw, case["pool_texts"]), (tgt, case["target_texts"])):
+            with open(path, "w") as f:
+                for i, t in enumerate(texts):
+                    f.write(json.dumps({"text": t, "i": i}) + "\n")
+        d = HashedNgramDSIR([raw], [tgt], cache_dir=os.path.join(tmp, "cache"), num_proc=1,
+                            min_example_length=1)
+        d.fit_importance_estimator(num_tokens_to_fit="all")
+        d.compute_importance_weights()
+        np.random.seed(seed)              # DSIR samples with numpy's global generator
+        d.resample(out_dir=os.path.join(tmp, "out"), num_to_sample=budget, cache_dir=os.path.join(tmp, "rs"))
+        picked = []
+        for name in sorted(os.listdir(os.path.join(tmp, "out"))):
+            with open(os.path.join(tmp, "out", name)) as f:
+                picked += [json.loads(line)["i"] for line in f if line.strip()]
+    return np.asarray(picked, np.int64)
+
+
+def baselines(case):
+    from gio_core.quality import k_center_greedy, nearest_round_robin, random_rows
+    out = {
+        "random": lambda b: random_rows(len(case["pool"]), b, seed=0),
+        "k_center": lambda b: k_center_greedy(case["target"], case["pool"], b),
+        "nn_round_robin": lambda b: nearest_round_robin(case["target"], case["pool"], b),
+    }
+    if "pool_texts" in case:
+        out["dsir"] = lambda b: dsir(case, b)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Metrics and reports
+# ---------------------------------------------------------------------------
+
+def metrics(case, rows):
+    from gio_core import knn_kl, mmd_rbf
+    from gio_core.quality import domain_share, probe_accuracy
+    sel = case["pool"][rows]
+    labels = case["pool_labels"][rows]
+    out = domain_share(labels, case["domains"], case["pool_labels"])
+    out["mmd"] = mmd_rbf(case["held"], sel)
+    out["knn_kl"] = knn_kl(case["held"], sel, dim=case["_dim"]) if len(rows) > 5 else None
+    out["probe_acc"] = probe_accuracy(sel, labels, case["held"], case["held_labels"])
+    return out
+
+
+def run_case(name, case, emit_row):
+    from gio_core import intrinsic_dimension
+    case["_dim"] = intrinsic_dimension(case["held"])
+    t0 = time.perf_counter()
+    case["_clusters"] = clusters(case)
+    cluster_s = time.perf_counter() - t0
+    methods = {
+        "gio_rows": lambda b: gio_rows(case, b),
+        "gio_rows_avg": lambda b: gio_rows(case, b, "averaged"),
+        "gio_clusters": lambda b: gio_clusters(case, b),
+        "gio_clusters_avg": lambda b: gio_clusters(case, b, "averaged"),
+        **baselines(case)}
+    results = []
+
+    def measure(method, fn, budget, label):
+        t = time.perf_counter()
+        rows = fn(budget)
+        wall = time.perf_counter() - t + (cluster_s if method.startswith("gio_clusters") else 0)
+        row = {"case": name, "budget": label, "rows": int(len(rows)), "method": method,
+               "wall_s": round(wall, 3), **metrics(case, rows)}
+        emit_row(row)
+        results.append(row)
+        return rows
+
+    for budget in case["budgets"]:
+        for method, fn in methods.items():
+            measure(method, fn, budget, budget)
+    # GIO's own stop decides the size; the baselines then get that size.
+    for method in ("gio_rows", "gio_clusters"):
+        rows = measure(f"{method}_mmd_stop", lambda b, m=method: methods[m](None), None,
+                       f"{method} mmd stop")
+        for base, fn in baselines(case).items():
+            measure(base, fn, len(rows), f"{method} mmd stop")
+    return results
+
+
+def markdown(name, results):
+    lines = [f"### {name}", "", "| budget | method | rows | share | recall | MMD² | kNN KL | "
+             "probe acc | wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        kl = "" if r["knn_kl"] is None else f"{r['knn_kl']:.3f}"
+        lines.append(f"| {r['budget']} | {r['method']} | {r['rows']} | {r['share']:.3f} | "
+                     f"{r.get('recall', 0):.3f} | {r['mmd']:.5f} | {kl} | "
+                     f"{r['probe_acc']:.3f} | {r['wall_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(name, results, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    fixed = [r for r in results if isinstance(r["budget"], int)]
+    for method in dict.fromkeys(r["method"] for r in fixed):
+        pts = sorted((r["budget"], r["mmd"], r["probe_acc"]) for r in fixed if r["method"] == method)
+        xs = [p[0] for p in pts]
+        ax1.plot(xs, [p[1] for p in pts], marker="o", label=method)
+        ax2.plot(xs, [p[2] for p in pts], marker="o", label=method)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("budget (rows)")
+    ax1.set_ylabel("MMD² to held-out target rows")
+    ax2.set_xlabel("budget (rows)")
+    ax2.set_ylabel("probe accuracy on held-out rows")
+    ax1.legend(fontsize=7)
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="mixture16,mixture384,digits,docstrings")
+    p.add_argument("--out-dir", default="bench/results/quality")
+    args = p.parse_args()
+    from bench._common import emit
+    os.makedirs(args.out_dir, exist_ok=True)
+    builders = {"mixture16": lambda: mixture_case(16), "mixture384": lambda: mixture_case(384),
+                "digits": digits_case, "docstrings": docstrings_case}
+    for name in args.cases.split(","):
+        case = builders[name]()
+        results = run_case(name, case, lambda row: emit(
+            row, os.path.join(args.out_dir, "quality_cpu_2cores.jsonl")))
+        with open(os.path.join(args.out_dir, f"{name}.md"), "w") as f:
+            f.write(markdown(name, results))
+        plot(name, results, os.path.join(args.out_dir, f"{name}.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Selection quality: the baselines a user would pick instead of GIO, and the metrics that
+compare selections (pure NumPy/JAX/scikit-learn; the harness that runs them is
+``bench/quality.py``).
+
+Baselines, each ``(..., budget) -> int array of pool rows`` in pick order:
+
+* :func:`random_rows`: a seeded uniform sample;
+* :func:`nearest_round_robin`: each target point in turn takes its nearest pool row not yet
+  taken (round after round), the "nearest neighbours of the target" baseline;
+* :func:`k_center_greedy`: farthest-first traversal of the pool (the coreset baseline of active
+  learning), started at the pool row nearest the target's mean.
+
+Metrics: :func:`domain_share` (share of the selection from the target's domains, and their
+recall), :func:`gio_core.mmd_rbf` and :func:`gio_core.knn_kl` against held-out target rows, and
+:func:`probe_accuracy` (a logistic regression trained on the selection, scored on held-out rows).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gio_core._estimators import sq_distances
+from gio_core._validation import as_points, check_number, same_dim
+
+
+def _budget(budget, pool_rows: int) -> int:
+    check_number("budget", budget, low=1, integer=True)
+    if budget > pool_rows:
+        raise ValueError(f"budget={budget} is more than the pool's {pool_rows} rows.")
+    return int(budget)
+
+
+def random_rows(pool_rows: int, budget: int, seed: int = 0) -> np.ndarray:
+    """``budget`` distinct rows of ``range(pool_rows)``, uniformly, seeded."""
+    budget = _budget(budget, pool_rows)
+    return np.random.default_rng(seed).choice(pool_rows, size=budget, replace=False)
+
+
+@jax.jit
+def _nearest_block(target, block):
+    return sq_distances(target, block)
+
+
+def _ranked_neighbours(target, pool, depth: int, block: int = 8192):
+    """Each target point's ``depth`` nearest pool rows, nearest first (ties by row index)."""
+    t = jnp.asarray(target)
+    best_d = np.full((target.shape[0], 0), np.inf, np.float32)
+    best_i = np.zeros((target.shape[0], 0), np.int64)
+    for start in range(0, pool.shape[0], block):
+        d = np.asarray(_nearest_block(t, jnp.asarray(pool[start:start + block])))
+        idx = np.broadcast_to(np.arange(start, start + d.shape[1]), d.shape)
+        all_d = np.concatenate([best_d, d], axis=1)
+        all_i = np.concatenate([best_i, idx], axis=1)
+        order = np.lexsort((all_i, all_d), axis=1)[:, :depth]
+        best_d = np.take_along_axis(all_d, order, axis=1)
+        best_i = np.take_along_axis(all_i, order, axis=1)
+    return best_i
+
+
+def nearest_round_robin(target, pool, budget: int) -> np.ndarray:
+    """Round-robin nearest neighbours: in each round every target point (in order) takes its
+    nearest pool row that no one has taken yet, until ``budget`` rows are taken.
+
+    Neighbour lists are computed ``2 * ceil(budget / n) + 8`` deep and deepened when a point
+    runs out of untaken rows in them."""
+    target = as_points("target", target)
+    pool = as_points("pool", pool)
+    same_dim(target=target, pool=pool)
+    budget = _budget(budget, pool.shape[0])
+    n = target.shape[0]
+    depth = min(pool.shape[0], 2 * -(-budget // n) + 8)
+    lists = _ranked_neighbours(target, pool, depth)
+    cursor = np.zeros(n, np.int64)
+    taken = np.zeros(pool.shape[0], bool)
+    picks: list[int] = []
+    while len(picks) < budget:
+        for i in range(n):
+            while True:
+                if cursor[i] >= lists.shape[1]:
+                    depth = min(pool.shape[0], 2 * lists.shape[1])
+                    lists = _ranked_neighbours(target, pool, depth)
+                row = lists[i, cursor[i]]
+                cursor[i] += 1
+                if not taken[row]:
+                    break
+            taken[row] = True
+            picks.append(int(row))
+            if len(picks) == budget:
+                break
+    return np.asarray(picks, np.int64)
+
+
+@jax.jit
+def _update_min(min_d, pool, point):
+    return jnp.minimum(min_d, jnp.sum((pool - point[None, :]) ** 2, axis=1))
+
+
+def k_center_greedy(target, pool, budget: int) -> np.ndarray:
+    """Farthest-first traversal of the pool: the first row is the one nearest the target's
+    mean, each next one the row farthest from every row taken so far (ties: lowest index)."""
+    target = as_points("target", target)
+    pool = as_points("pool", pool)
+    same_dim(target=target, pool=pool)
+    budget = _budget(budget, pool.shape[0])
+    pool_j = jnp.asarray(pool)
+    first = int(np.argmin(np.sum((pool - target.mean(axis=0)) ** 2, axis=1)))
+    picks = [first]
+    min_d = _update_min(jnp.full((pool.shape[0],), jnp.inf, jnp.float32), pool_j, pool_j[first])
+    for _ in range(budget - 1):
+        row = int(jnp.argmax(min_d))
+        picks.append(row)
+        min_d = _update_min(min_d, pool_j, pool_j[row])
+    return np.asarray(picks, np.int64)
+
+
+def domain_share(selected_domains, target_domains, pool_domains=None) -> dict:
+    """``share``: the fraction of selected rows whose domain is one of ``target_domains``;
+    ``recall``: of the pool's rows from those domains, the fraction selected (needs
+    ``pool_domains``)."""
+    sel = np.asarray(selected_domains)
+    wanted = np.isin(sel, list(target_domains))
+    out = {"share": float(wanted.mean()) if sel.size else 0.0}
+    if pool_domains is not None:
+        total = int(np.isin(np.asarray(pool_domains), list(target_domains)).sum())
+        out["recall"] = float(wanted.sum() / total) if total else 0.0
+    return out
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0,
+                   max_iter: int = 1000) -> float:
+    """Accuracy on ``(test_x, test_y)`` of a standardised logistic regression (scikit-learn)
+    trained on ``(train_x, train_y)``. Classes absent from the training rows count as errors."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    train_y = np.asarray(train_y)
+    if np.unique(train_y).size < 2:
+        return float(np.mean(np.asarray(test_y) == train_y[0])) if train_y.size else 0.0
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter,
+                                                               random_state=seed))
+    model.fit(np.asarray(train_x, np.float64), train_y)
+    return float(model.score(np.asarray(test_x, np.float64), np.asarray(test_y)))
