@@ -74,21 +74,18 @@ def mmd_rbf(x, y, x_weights=None, y_weights=None, bandwidth=None) -> float:
 
     Args:
       x, y: arrays ``[n, d]`` and ``[m, d]``.
-      x_weights, y_weights: optional non-negative weights (for example cluster sizes).
+      x_weights, y_weights: optional positive weights (for example cluster sizes).
       bandwidth: the kernel's ``h`` in ``exp(-|a - b|^2 / h)``; ``None``: the median heuristic
         on ``x`` and ``y`` together.
     Returns:
       The plug-in estimate, a float ``>= 0`` up to rounding.
     """
-    from gio_core._validation import as_points, same_dim
+    from gio_core._validation import as_points, as_weights, same_dim
     x = as_points("x", x)
     y = as_points("y", y)
     same_dim(x=x, y=y)
-    a = np.ones(x.shape[0]) if x_weights is None else np.asarray(x_weights, np.float64)
-    b = np.ones(y.shape[0]) if y_weights is None else np.asarray(y_weights, np.float64)
-    if a.shape != (x.shape[0],) or b.shape != (y.shape[0],) or (a < 0).any() or (b < 0).any() \
-            or a.sum() <= 0 or b.sum() <= 0:
-        raise ValueError("weights must be non-negative, one per point, with a positive sum.")
+    a = as_weights("x_weights", x_weights, x.shape[0]).astype(np.float64)
+    b = as_weights("y_weights", y_weights, y.shape[0]).astype(np.float64)
     h = median_bandwidth(np.concatenate([x, y])) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive; got {bandwidth!r}.")
@@ -141,10 +138,3 @@ class MmdTracker:
         self.total += float(self.pool_w[row])
         self.rows.append(int(row))
         return value
-
-    def truncate(self, count: int) -> None:
-        """Back to the first ``count`` picks (recomputed, exact)."""
-        rows = self.rows[:count]
-        self.rows, self.cross, self.inner, self.total = [], 0.0, 0.0, 0.0
-        for row in rows:
-            self.add(row)

@@ -222,17 +222,14 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         ``min_difference``; ``"sequential_increase_tolerance"`` accepts picks that raise the KL
         until ``max_sequential_increases`` of them come in a row, then stops and drops that run;
         ``"min_kl"`` stops after the first pick whose KL is ``<= min_kl``; ``"data_size"`` stops
-        at ``int(max_data_size * M)`` picks; ``"mmd"`` follows the squared MMD (RBF kernel,
-        median bandwidth of the target) between the target and the selection along the picks,
-        goes on until it has risen ``mmd_tolerance`` (relative) above its lowest value and at
-        least twice as many picks plus ``k`` as that lowest value's, and as many as the target
-        has points, have been made, and
-        returns the picks up to that lowest value: the size at which the selection matches the
-        target best (the picks looked at past it are dropped; the caps below still apply, and
-        the selection ends at the lowest value within them; a start set is not counted in the
-        MMD; ``mmd_bandwidth`` sets the kernel's ``h`` in ``exp(-|a - b|^2 / h)``, by default
-        the median squared distance between target points: on centroids pass the rows'
-        median, which is wider); ``"none"``: only ``max_iter`` and
+        at ``int(max_data_size * M)`` picks; ``"mmd"`` returns the picks up to the one where
+        the squared MMD (RBF kernel) between the target and the selection is least: it picks on
+        until the MMD is ``mmd_tolerance`` (relative) above that least value and it has made at
+        least ``max(2 * best + k, n)`` picks, then drops the picks past the least value (caps
+        still apply: the selection then ends at the least value within them; a start set is not
+        counted in the MMD). ``mmd_bandwidth`` is the kernel's ``h`` in
+        ``exp(-|a - b|^2 / h)``, by default the median squared distance between target points
+        (on centroids pass the rows' median, which is wider); ``"none"``: only ``max_iter`` and
         the pool.
       resets_allowed: when a rule fires because the KL stopped falling (``increase``,
         ``max_resets``, ``min_difference``, ``sequential_increase_tolerance``), make every pool
@@ -374,6 +371,7 @@ class _Driver:
         self.tracker = None          # an MmdTracker for stop_criterion="mmd"
         self.mmd_tolerance = 0.0
         self.mmd_values: list[float] = []
+        self.mmd_best_at = 0         # picks up to the least MMD so far
         if method == "gradient":
             abar = target_w / target_w.sum()
             self.mean = (abar[:, None] * target).sum(axis=0)
@@ -481,13 +479,15 @@ class _Driver:
             if self.tracker is not None:
                 value = self.tracker.add(row)
                 self.mmd_values.append(value)
-                least = min(self.mmd_values)
-                at_least = self.mmd_values.index(least) + 1
+                if not self.mmd_best_at or value < self.mmd_values[self.mmd_best_at - 1]:
+                    self.mmd_best_at = len(self.mmd_values)
+                least = self.mmd_values[self.mmd_best_at - 1]
                 # The MMD along the picks is not monotone early on (a pick into a new region of
                 # the target can raise it for a while): look at least as far again past the
-                # least value, plus k picks, before trusting a rise.
-                if (rules_apply and value > least * (1.0 + self.mmd_tolerance)
-                        and len(picks) >= max(2 * at_least + self.engine.k, self.engine.n)):
+                # least value, plus k picks, and as many picks as the target has points, before
+                # trusting a rise.
+                if (rules_apply and value > least * (1.0 + self.mmd_tolerance) and len(picks)
+                        >= max(2 * self.mmd_best_at + self.engine.k, self.engine.n)):
                     return picks, kls, "mmd", resets
             if max_rows is not None and rows_picked >= max_rows:
                 return picks, kls, "max_rows", resets
