@@ -34,10 +34,8 @@ the budget) and appends JSON lines to ``<out-dir>/quality_cpu_2cores.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -162,24 +160,8 @@ def gio_clusters(case, budget, estimator="knn"):
 
 
 def dsir(case, budget, seed=0):
-    from data_selection import HashedNgramDSIR
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, tgt = os.path.join(tmp, "raw.jsonl"), os.path.join(tmp, "target.jsonl")
-        for path, texts in ((raw, case["pool_texts"]), (tgt, case["target_texts"])):
-            with open(path, "w") as f:
-                for i, t in enumerate(texts):
-                    f.write(json.dumps({"text": t, "i": i}) + "\n")
-        d = HashedNgramDSIR([raw], [tgt], cache_dir=os.path.join(tmp, "cache"), num_proc=1,
-                            min_example_length=1)
-        d.fit_importance_estimator(num_tokens_to_fit="all")
-        d.compute_importance_weights()
-        np.random.seed(seed)              # DSIR samples with numpy's global generator
-        d.resample(out_dir=os.path.join(tmp, "out"), num_to_sample=budget, cache_dir=os.path.join(tmp, "rs"))
-        picked = []
-        for name in sorted(os.listdir(os.path.join(tmp, "out"))):
-            with open(os.path.join(tmp, "out", name)) as f:
-                picked += [json.loads(line)["i"] for line in f if line.strip()]
-    return np.asarray(picked, np.int64)
+    from jobs.evaluate import dsir_rows
+    return dsir_rows(case["pool_texts"], case["target_texts"], budget, seed)
 
 
 def baselines(case):

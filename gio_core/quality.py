@@ -13,8 +13,14 @@ Baselines, each ``(..., budget) -> int array of pool rows`` in pick order:
 Metrics: :func:`domain_share` (share of the selection from the target's domains, and their
 recall), :func:`gio_core.mmd_rbf` and :func:`gio_core.knn_kl` against held-out target rows, and
 :func:`probe_accuracy` (a logistic regression trained on the selection, scored on held-out rows).
+
+:func:`compare` puts them together: a given selection against each method at the same budget,
+every metric for each (what ``gio-spark evaluate`` runs on its sample of the pool).
 """
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -141,3 +147,87 @@ def probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0,
                                                                random_state=seed))
     model.fit(np.asarray(train_x, np.float64), train_y)
     return float(model.score(np.asarray(test_x, np.float64), np.asarray(test_y)))
+
+
+# The methods compare() runs besides the given selection (``gio_rows``: gio_core.select on the
+# rows themselves, the default knn estimator, stopped at the budget).
+METHODS = ("gio_rows", "random", "k_center", "nn_round_robin")
+
+
+def _method(name: str, target, pool, seed: int) -> Callable[[int], np.ndarray]:
+    if name == "gio_rows":
+        from gio_core._selection import select
+
+        def gio(budget: int) -> np.ndarray:
+            return np.asarray(select(target, pool, stop_criterion="none", max_iter=budget,
+                                     dim="auto", seed=seed).indices, np.int64)
+        return gio
+    if name == "random":
+        return lambda budget: random_rows(pool.shape[0], budget, seed)
+    if name == "k_center":
+        return lambda budget: k_center_greedy(target, pool, budget)
+    if name == "nn_round_robin":
+        return lambda budget: nearest_round_robin(target, pool, budget)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+
+
+def compare(pool, target, heldout, selected, methods=METHODS, *, pool_labels=None,
+            heldout_labels=None, pool_domains=None, target_domains=None, seed: int = 0,
+            bandwidth: float | None = None, extra: dict | None = None) -> list[dict]:
+    """A selection against each method at the same budget, on the same pool.
+
+    ``selected``: the selection's rows of ``pool`` (int indices). Each method in ``methods``
+    (from :data:`METHODS`) and each ``extra`` one (``name -> fn(budget) -> rows``) picks
+    ``len(selected)`` rows of ``pool``, knowing only ``target``. Every selection is scored
+    against ``heldout`` (rows of the target's distribution that no method saw):
+
+    * ``mmd``: squared MMD, RBF kernel of width ``bandwidth`` (default: the held-out rows'
+      median squared distance; one width for every method);
+    * ``knn_kl``: :func:`gio_core.knn_kl` (k=5, the held-out rows' intrinsic dimension; None
+      with 5 rows or fewer);
+    * ``share``/``recall``: with ``pool_domains`` and ``target_domains``;
+    * ``accuracy``: with ``pool_labels`` and ``heldout_labels``, a logistic regression's.
+
+    Returns one dict per selection (``method``: ``selection`` first, then the others), with
+    ``rows`` and ``wall_s`` (None for the given selection).
+
+    Raises:
+      ValueError: an empty selection, indices outside the pool, an unknown method.
+    """
+    from gio_core._estimators import intrinsic_dimension, knn_kl
+    from gio_core._mmd import median_bandwidth, mmd_rbf
+    pool = as_points("pool", pool)
+    target = as_points("target", target)
+    heldout = as_points("heldout", heldout)
+    same_dim(pool=pool, target=target, heldout=heldout)
+    selected = np.asarray(selected, np.int64).reshape(-1)
+    if selected.size == 0:
+        raise ValueError("the selection holds none of the pool's rows; nothing to compare.")
+    if selected.min() < 0 or selected.max() >= pool.shape[0]:
+        raise ValueError("selected holds indices outside the pool.")
+    budget = int(np.unique(selected).size)
+    fns = {name: _method(name, target, pool, seed) for name in methods}
+    fns.update(extra or {})
+    width = float(bandwidth) if bandwidth is not None else median_bandwidth(heldout)
+    dim = intrinsic_dimension(heldout)
+
+    def score(method: str, rows: np.ndarray, wall) -> dict:
+        chosen = pool[rows]
+        out = {"method": method, "rows": int(rows.size),
+               "mmd": mmd_rbf(heldout, chosen, bandwidth=width),
+               "knn_kl": (float(knn_kl(heldout, chosen, dim=dim)) if rows.size > 5 else None),
+               "share": None, "recall": None, "accuracy": None, "wall_s": wall}
+        if pool_domains is not None and target_domains is not None:
+            out.update(domain_share(np.asarray(pool_domains)[rows], target_domains,
+                                    pool_domains))
+        if pool_labels is not None and heldout_labels is not None:
+            out["accuracy"] = probe_accuracy(chosen, np.asarray(pool_labels)[rows], heldout,
+                                             heldout_labels, seed=seed)
+        return out
+
+    results = [score("selection", np.unique(selected), None)]
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        rows = np.asarray(fn(budget), np.int64)
+        results.append(score(name, rows, round(time.perf_counter() - t0, 3)))
+    return results

@@ -3,7 +3,8 @@
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
 ``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally ``weigh``
 (learn feature weights with the DII), ``weights`` (cluster and select in a weighted space) and
-``train`` (train a probe on the selected rows, with GAF), and ``imnn`` (fit an IMNN's summaries
+``train`` (train a probe on the selected rows, with GAF), ``evaluate`` (measure the selection
+against baselines on held-out target rows), and ``imnn`` (fit an IMNN's summaries
 from stored simulations; its own command, ``gio-spark imnn``).
 ``--set a.b=value`` overrides one key (the value is parsed as YAML: ``--set select.k=7``,
 ``--set quantize.pool_k=null``; ``--set spark.conf.spark.sql.shuffle.partitions=64`` sets one Spark setting).
@@ -29,6 +30,7 @@ from gio_core.gaf import FUSIONS
 from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
 from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
 from gio_core.imnn import DERIVATIVE_MODES
+from gio_core.quality import METHODS as QUALITY_METHODS
 from jobs.errors import InputError
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
@@ -264,6 +266,39 @@ class TrainSection:
 RUNTIME_TRAIN_OPTIONS = ("max_rows",)
 
 
+EVALUATE_METHODS = QUALITY_METHODS + ("dsir",)
+
+
+@dataclass
+class EvaluateSection:
+    """The evaluate stage: a run's selection measured against the baselines a user would pick
+    instead, on held-out rows of the target's distribution (``gio-spark evaluate``, or the last
+    stage of ``gio-spark run``). Unset (``heldout.path`` null) the stage is off.
+
+    Every method chooses from the same ``sample_rows`` pool rows (the smallest seeded hashes of
+    their ids), as many as the selection holds among them: ``gio_rows`` (GIO on the rows
+    themselves, no clustering), ``random``, ``k_center``, ``nn_round_robin`` and ``dsir``
+    (hashed n-gram importance resampling on the texts; needs the ``quality`` extra). Metrics
+    against at most ``max_heldout`` held-out rows: MMD², the kNN KL, with ``domain_column``
+    the share of rows from ``target_domains`` (default: the held-out rows' own values of that
+    column) and their recall, and with ``label_column`` a probe's accuracy.
+    """
+    heldout: TrainSource = field(default_factory=lambda: TrainSource())
+    selection: str | None = None       # the run to evaluate; null: this config's run
+    methods: list = field(default_factory=lambda: list(QUALITY_METHODS))
+    sample_rows: int = 20_000          # pool rows every method chooses from
+    max_heldout: int = 5_000           # held-out rows scored against (seeded hash sample)
+    label_column: str | None = None    # probe accuracy: a column of the pool and the held-out rows
+    domain_column: str | None = None   # domain share and recall: a column of the pool
+    target_domains: list | None = None  # the target's domains; null: the held-out rows' values
+    seed: int = 0
+    run_id: str | None = None          # the evaluation's id; default eval-<fingerprint>
+
+    @property
+    def enabled(self) -> bool:
+        return self.heldout.path is not None
+
+
 IMNN_MODES = ("spark", "local")
 
 
@@ -397,6 +432,7 @@ class JobConfig:
     weigh: WeighSection = field(default_factory=WeighSection)
     weights: WeightsSection = field(default_factory=WeightsSection)
     train: TrainSection = field(default_factory=TrainSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     imnn: IMNNSection = field(default_factory=IMNNSection)
     datamodels: DatamodelsSection = field(default_factory=DatamodelsSection)
     run_id: str | None = None
@@ -740,6 +776,57 @@ def validate_train(cfg: JobConfig) -> None:
            f"letter or digit); got {t.run_id!r}.")
 
 
+def validate_evaluate(cfg: JobConfig, command: str) -> None:
+    """The ``evaluate`` section (checked whether or not the stage runs)."""
+    v = cfg.evaluate
+    if v.enabled:
+        _check_source(v.heldout, "evaluate.heldout", tuple(f for f in SOURCE_FORMATS
+                                                          if f != "gio_csv"))
+        _check(v.heldout.embedding_column or v.heldout.text_column,
+               "evaluate.heldout needs features: set evaluate.heldout.embedding_column "
+               "(vectors) or evaluate.heldout.text_column (texts embedded with embed.model).")
+    _check(v.selection is None or (isinstance(v.selection, str)
+                                   and RUN_ID_PATTERN.match(v.selection)),
+           f"evaluate.selection must be null or a run id such as run-1a2b3c; got {v.selection!r}.")
+    _check(isinstance(v.methods, list) and all(m in EVALUATE_METHODS for m in v.methods)
+           and len(set(v.methods)) == len(v.methods),
+           f"evaluate.methods must be a list of distinct methods from "
+           f"{', '.join(EVALUATE_METHODS)}; got {v.methods!r}.")
+    _check(_is_int(v.sample_rows) and v.sample_rows >= 100,
+           f"evaluate.sample_rows must be an integer >= 100; got {v.sample_rows!r}.")
+    _check(_is_int(v.max_heldout) and v.max_heldout >= 20,
+           f"evaluate.max_heldout must be an integer >= 20; got {v.max_heldout!r}.")
+    for key in ("label_column", "domain_column"):
+        value = getattr(v, key)
+        _check(value is None or (isinstance(value, str) and value != ""),
+               f"evaluate.{key} must be a column name or null; got {value!r}.")
+    _check(v.target_domains is None or (isinstance(v.target_domains, list) and v.target_domains
+                                        and all(_is_scalar(d) and d is not None
+                                                for d in v.target_domains)),
+           "evaluate.target_domains must be null or a list of the domain column's values; got "
+           f"{v.target_domains!r}.")
+    _check(v.target_domains is None or v.domain_column is not None,
+           "evaluate.target_domains needs evaluate.domain_column: name the pool's column that "
+           "holds each row's domain.")
+    _check(_is_int(v.seed) and 0 <= v.seed < 2 ** 32,
+           "evaluate.seed must be an integer between 0 and 2**32 - 1.")
+    _check(v.run_id is None or (isinstance(v.run_id, str) and RUN_ID_PATTERN.match(v.run_id)),
+           "evaluate.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting "
+           f"with a letter or digit); got {v.run_id!r}.")
+    if v.enabled and "dsir" in v.methods and command in ("run", "evaluate"):
+        texts = [side for side in ("pool", "target") if effective_embedding_column(
+            getattr(cfg, side)) or not getattr(cfg, side).text_column]
+        _check(not texts, f"evaluate.methods has dsir, which resamples by the texts' n-grams, but "
+               f"the {' and '.join(texts)} {'has' if len(texts) == 1 else 'have'} no text "
+               "column (precomputed vectors); leave dsir out of evaluate.methods.")
+        try:
+            import data_selection  # noqa: F401
+        except ImportError:
+            raise InputError("evaluate.methods has dsir, which needs the data-selection "
+                             "package: pip install 'gio-spark[quality]' (or leave dsir out of "
+                             "evaluate.methods).") from None
+
+
 def _num_list(value, key: str, positive: bool = False) -> None:
     _check(isinstance(value, list) and value and all(_is_num(v) for v in value)
            and all(math.isfinite(v) for v in value)
@@ -954,6 +1041,7 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
                f"{type(value).__name__}.")
     validate_weigh(cfg)
     validate_train(cfg)
+    validate_evaluate(cfg, command)
     validate_imnn(cfg)
     validate_datamodels(cfg, command)
     _check(command not in ("imnn", "imnn-example") or cfg.imnn.enabled, "the config has no "
@@ -964,6 +1052,9 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(command != "train" or cfg.train.enabled, "the config has no train stage: set "
            "train.validation.path (and train.label_column) to the labelled rows that score the "
            "probe.")
+    _check(command != "evaluate" or cfg.evaluate.enabled, "the config has no evaluate stage: "
+           "set evaluate.heldout.path to rows of the target's distribution that the target "
+           "sample left out.")
     for side in sides:
         src: SourceSection = getattr(cfg, side)
         _check_source(src, side, SOURCE_FORMATS)

@@ -462,6 +462,7 @@ class Inputs:
     dim: int
     weigh: object | None = None      # jobs.weigh.WeighInput, when the weigh stage runs now
     train: object | None = None      # jobs.train.TrainInput, when the train stage runs now
+    evaluate: object | None = None   # jobs.evaluate.EvaluateInput, when evaluate runs now
 
     def reports(self) -> dict:
         return {"pool": self.pool.report, "target": self.target.report}
@@ -509,12 +510,12 @@ def checked_model_dim(cfg: JobConfig) -> int:
 
 
 def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False,
-                   train: Callable | None = None) -> Inputs:
+                   train: Callable | None = None, evaluate: Callable | None = None) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
     ``weigh``: the weigh source too, when the weigh stage runs in this command and is not done.
     ``train(pool, dim)``: the train stage's checks, run before anything is written (its result
-    is ``Inputs.train``). Where quantize uses learnt weights, checks that they exist and fit the
-    embeddings.
+    is ``Inputs.train``); ``evaluate(pool, dim)`` the same for the evaluate stage. Where
+    quantize uses learnt weights, checks that they exist and fit the embeddings.
 
     Raises:
       InputError: any problem with the sources, their rows, the model, the target's size, the
@@ -551,9 +552,12 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = F
                              "the embedding space (weigh.source.embedding_column, or its "
                              "text_column with the same embed.model), or use other weights.")
     train_input = train(sides["pool"], int(dims["pool"])) if train is not None else None
+    evaluate_input = (evaluate(sides["pool"], int(dims["pool"])) if evaluate is not None
+                      else None)
     reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
                                               for stage, key, fp, report in pending])
-    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input)
+    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input,
+                  evaluate_input)
 
 
 def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:

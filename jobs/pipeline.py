@@ -1,5 +1,5 @@
 """The stages as commands, and the whole pipeline in one Spark application:
-(weigh ->) embed -> quantize -> select -> explode (-> train).
+(weigh ->) embed -> quantize -> select -> explode (-> train) (-> evaluate).
 
     gio-spark run --config conf/demo.yaml [--set select.k=7 ...]
     spark-submit --properties-file conf/spark-defaults.conf jobs/submit.py run --config ...
@@ -27,15 +27,23 @@ from jobs.weigh import run_weigh, weigh_input_unless_done
 
 
 def run_pipeline(spark, cfg: JobConfig) -> dict:
-    """Runs every stage; returns the explode summary (with the train stage's accuracies)."""
+    """Runs every stage; returns the explode summary (with the train stage's accuracies and
+    the evaluate stage's results)."""
+    from jobs.evaluate import evaluate_input_unless_done, run_evaluate
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
     tplan = reuse.make_train_plan(spark, cfg, plan, in_run=True) if cfg.train.enabled else None
-    check_train = None
+    eplan = (reuse.make_evaluate_plan(spark, cfg, plan, in_run=True) if cfg.evaluate.enabled
+             else None)
+    check_train = check_evaluate = None
     if tplan is not None:            # its checks too come before anything is written
         def check_train(pool, dim):
             return train_input_unless_done(spark, cfg, tplan, pool, dim)
-    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True, train=check_train)
+    if eplan is not None:
+        def check_evaluate(pool, dim):
+            return evaluate_input_unless_done(spark, cfg, eplan, pool, dim)
+    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True, train=check_train,
+                            evaluate=check_evaluate)
     if plan.weigh is not None:
         run_weigh(spark, cfg, plan.weigh, inputs.weigh)
     run_quantize(spark, cfg, plan, inputs)
@@ -43,6 +51,9 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     summary = run_explode(spark, cfg, plan, inputs.pool)
     if tplan is not None:
         summary["train"] = run_train(spark, cfg, plan, tplan, inputs.train)
+    if eplan is not None:
+        summary["evaluate"] = run_evaluate(spark, cfg, plan, eplan, inputs.evaluate,
+                                           inputs.pool, inputs.target)
     return summary
 
 
@@ -59,6 +70,20 @@ def train_command(spark, cfg: JobConfig) -> None:
                 dim = checked_model_dim(cfg)
     inp = train_input_unless_done(spark, cfg, tplan, pool, dim)
     run_train(spark, cfg, plan, tplan, inp)
+
+
+def evaluate_command(spark, cfg: JobConfig) -> None:
+    from jobs.evaluate import evaluate_input_unless_done, run_evaluate
+    plan = reuse.make_plan(spark, cfg)
+    eplan = reuse.make_evaluate_plan(spark, cfg, plan)
+    pool = read_only(spark, cfg, plan, "pool", log)
+    target = read_only(spark, cfg, plan, "target", log)
+    check_outputs(spark, cfg, pool.schema)
+    dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
+    if dim is None:
+        dim = checked_model_dim(cfg)
+    inp = evaluate_input_unless_done(spark, cfg, eplan, pool, int(dim))
+    run_evaluate(spark, cfg, plan, eplan, inp, pool, target)
 
 
 def weigh_command(spark, cfg: JobConfig) -> None:
@@ -140,7 +165,7 @@ class Command(NamedTuple):
 
 # The Spark commands of `gio-spark` and `jobs/submit.py`.
 COMMANDS: dict[str, Command] = {
-    "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode (, train)",
+    "run": Command("the whole pipeline: (weigh,) embed, quantize, select, explode (, train, evaluate)",
                    run_command),
     "weigh": Command("the weigh stage alone: feature weights learnt by the DII", weigh_command),
     "embed": Command("the embed stage alone: sentence embeddings of pool and target",
@@ -151,6 +176,9 @@ COMMANDS: dict[str, Command] = {
     "explode": Command("the explode stage alone: chosen clusters back to rows", explode_command),
     "train": Command("the train stage alone: a probe trained on the selected rows (GAF)",
                      train_command),
+    "evaluate": Command("the evaluate stage alone: the selection against random, k-center, "
+                        "nearest neighbours, GIO on rows (and DSIR) on held-out target rows",
+                        evaluate_command),
     "imnn": Command("fit an IMNN's summaries from simulations in Delta (--local: stream them "
                     "through the driver)", imnn_command),
     "imnn-example": Command("write the IMNN tutorial's simulations to imnn.simulations, then "

@@ -225,6 +225,60 @@ def make_train_plan(spark, cfg: JobConfig, pool_plan: "Plan | None" = None,
     return train_plan(cfg, identities, pool_plan)
 
 
+@dataclass(frozen=True)
+class EvaluatePlan:
+    fingerprint: str
+    eval_id: str
+    selection: str                # the run whose selected rows are evaluated
+
+
+def evaluate_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan") -> EvaluatePlan:
+    """The evaluate stage's keys: a pure function of the config, the held-out rows' identity
+    (``heldout``), the selection's (``{"run_id", "explode"}``) and the pool's and target's
+    keys (the rows every method chooses from, and what they aim at)."""
+    v = cfg.evaluate
+    params = {k: val for k, val in dataclasses.asdict(v).items()
+              if k not in ("heldout", "selection", "run_id")}
+    parts = {"heldout": identities["heldout"], "selection": identities["selection"],
+             "params": params,
+             "pool": {"validate": pool_plan.validate["pool"], "embed": pool_plan.embed["pool"]},
+             "target": {"validate": pool_plan.validate["target"],
+                        "embed": pool_plan.embed["target"]},
+             "embed": {"model": _model_identity(cfg.embed.model),
+                       "normalize": cfg.embed.normalize}}
+    fp = fingerprint("evaluate", parts)
+    return EvaluatePlan(fp, v.run_id or "eval-" + fp[:12], identities["selection"]["run_id"])
+
+
+def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
+                       in_run: bool = False) -> EvaluatePlan:
+    """The evaluate stage's keys. ``in_run``: planned inside ``gio-spark run`` before this
+    run's explode.
+
+    Raises:
+      InputError: the run to evaluate has no committed selected rows, or they were made from
+        other inputs or settings than this config's.
+    """
+    run_id = cfg.evaluate.selection or pool_plan.run_id
+    if in_run and run_id == pool_plan.run_id:
+        explode = pool_plan.explode
+    else:
+        last = latest_selection(spark, cfg.output.path, run_id)
+        if last is None or last["status"] != "done":
+            this = " (this config's run)" if run_id == pool_plan.run_id else ""
+            raise InputError(f"run {run_id}{this} has no selected rows under "
+                             f"{cfg.output.path!r} to evaluate; run gio-spark run first, or "
+                             "name a finished run in evaluate.selection.")
+        if run_id == pool_plan.run_id and last["fingerprint"] != pool_plan.explode:
+            raise InputError(f"the selected rows of run {run_id} under {cfg.output.path!r} "
+                             "were made with other inputs or settings than this config's; "
+                             "run gio-spark run with this config first.")
+        explode = last["fingerprint"]
+    identities = {"heldout": source_identity(spark, cfg.evaluate.heldout, "evaluate.heldout"),
+                  "selection": {"run_id": run_id, "explode": explode}}
+    return evaluate_plan(cfg, identities, pool_plan)
+
+
 def select_params(cfg: JobConfig) -> dict:
     """The select options that change the selection (the runtime knobs left out)."""
     return {k: v for k, v in dataclasses.asdict(cfg.select).items()

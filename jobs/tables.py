@@ -15,6 +15,7 @@ Under ``output.path``:
 | ``weight_runs`` | weights_id, fingerprint, params, spaces, DII curve, final DII, ... | weights_id | weigh |
 | ``train_runs`` | train_id, fingerprint, arm, params, rows, classes, per-epoch history, ... | train_id | train |
 | ``models`` | train_id, fingerprint, arm, kind, sizes, classes, standardisation, params | train_id | train |
+| ``evaluations`` | eval_id, fingerprint, run_id, method, rows, MMD², kNN KL, share, recall, accuracy, ... | eval_id | evaluate |
 | ``imnn_history``, ``imnn_fits`` | imnn_id, fingerprint, per-iteration statistics; the fit | imnn_id | imnn |
 | ``datamodels_weights`` | regress_id, target, train_index, weight (nonzero only) | regress_id | datamodels regress |
 | ``datamodels_fits`` | regress_id, fingerprint, target, bias, lambda, MSE and r on val and test | regress_id | datamodels regress |
@@ -187,6 +188,24 @@ MODELS = T.StructType([
     T.StructField("params_format", T.StringType(), False),    # gio_core.gaf.PARAMS_FORMAT
     T.StructField("params", T.BinaryType(), False),           # gio_core.gaf.mlp_to_bytes
 ])
+EVALUATIONS = T.StructType([
+    T.StructField("eval_id", T.StringType(), False),
+    T.StructField("eval_fingerprint", T.StringType(), False),
+    T.StructField("run_id", T.StringType(), False),           # the selection evaluated
+    T.StructField("method", T.StringType(), False),           # selection, gio_rows, random, ...
+    T.StructField("rows", T.IntegerType(), False),            # rows it chose from the sample
+    T.StructField("mmd", T.DoubleType(), False),              # MMD² to the held-out rows
+    T.StructField("knn_kl", T.DoubleType(), True),
+    T.StructField("share", T.DoubleType(), True),             # rows from the target's domains
+    T.StructField("recall", T.DoubleType(), True),            # of the sample's such rows
+    T.StructField("accuracy", T.DoubleType(), True),          # the probe's, on the held-out rows
+    T.StructField("wall_s", T.DoubleType(), True),            # null for the selection itself
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("params", T.StringType(), False),           # JSON of the whole config
+    T.StructField("detail", T.StringType(), False),           # JSON: sample, bandwidth, inputs
+    T.StructField("versions", T.StringType(), False),
+])
 IMNN_HISTORY = T.StructType(
     [T.StructField("imnn_id", T.StringType(), False),
      T.StructField("imnn_fingerprint", T.StringType(), False),
@@ -270,7 +289,8 @@ SELECTED_EXTRA = T.StructType([
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
-           "train_runs": TRAIN_RUNS, "models": MODELS, "imnn_history": IMNN_HISTORY,
+           "train_runs": TRAIN_RUNS, "models": MODELS, "evaluations": EVALUATIONS,
+           "imnn_history": IMNN_HISTORY,
            "imnn_fits": IMNN_FITS, "datamodels_weights": DATAMODELS_WEIGHTS,
            "datamodels_fits": DATAMODELS_FITS, "datamodels_regressions": DATAMODELS_REGRESSIONS,
            "stages": STAGES}
@@ -278,7 +298,8 @@ KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id"
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
         "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
-        "train_runs": "train_id", "models": "train_id", "imnn_history": "imnn_id",
+        "train_runs": "train_id", "models": "train_id", "evaluations": "eval_id",
+        "imnn_history": "imnn_id",
         "imnn_fits": "imnn_id", "datamodels_weights": "regress_id",
         "datamodels_fits": "regress_id", "datamodels_regressions": "regress_id", "stages": None}
 TABLES = tuple(KEYS)

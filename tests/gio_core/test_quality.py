@@ -58,3 +58,46 @@ def test_domain_share_and_probe(rng):
     # One class only: predicts it.
     assert probe_accuracy(x[:10], np.zeros(10), x[100:], y[100:]) == pytest.approx(
         np.mean(y[100:] == 0))
+
+
+def test_compare_scores_every_method_at_the_selections_budget():
+    from gio_core import intrinsic_dimension, knn_kl, mmd_rbf
+    from gio_core.quality import compare
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 4, (4, 5))
+    comp = rng.integers(0, 4, 400)
+    pool = (centres[comp] + rng.normal(size=(400, 5))).astype(np.float32)
+    target = (centres[rng.integers(0, 2, 60)] + rng.normal(size=(60, 5))).astype(np.float32)
+    hcomp = rng.integers(0, 2, 80)
+    held = (centres[hcomp] + rng.normal(size=(80, 5))).astype(np.float32)
+    selected = np.flatnonzero(comp == 0)[:40]
+    calls = []
+
+    def first_rows(budget):
+        calls.append(budget)
+        return np.arange(budget)
+
+    out = compare(pool, target, held, np.concatenate([selected, selected[:3]]),
+                  pool_labels=comp, heldout_labels=hcomp, pool_domains=comp,
+                  target_domains=[0, 1], bandwidth=7.0, extra={"first": first_rows})
+    by = {r["method"]: r for r in out}
+    assert [r["method"] for r in out] == ["selection", "gio_rows", "random", "k_center",
+                                          "nn_round_robin", "first"]
+    assert calls == [40] and {r["rows"] for r in out} == {40}      # duplicates counted once
+    assert by["selection"]["mmd"] == pytest.approx(mmd_rbf(held, pool[selected], bandwidth=7.0))
+    assert by["first"]["mmd"] == pytest.approx(mmd_rbf(held, pool[:40], bandwidth=7.0))
+    dim = intrinsic_dimension(held)
+    assert by["selection"]["knn_kl"] == pytest.approx(knn_kl(held, pool[selected], dim=dim))
+    assert by["selection"]["share"] == 1.0
+    assert by["selection"]["recall"] == pytest.approx(40 / np.isin(comp, [0, 1]).sum())
+    # Trained on component 0 alone, the probe predicts 0 for every held-out row.
+    assert by["selection"]["accuracy"] == pytest.approx(np.mean(hcomp == 0))
+    assert by["selection"]["wall_s"] is None and by["gio_rows"]["wall_s"] >= 0
+    # Methods that see the target pick from its two components; random and k-center do not.
+    for method in ("gio_rows", "nn_round_robin"):
+        assert by[method]["share"] > 0.9 and by[method]["mmd"] < by["random"]["mmd"]
+    assert by["random"]["share"] < 0.8
+    with pytest.raises(ValueError, match="holds none of the pool's rows"):
+        compare(pool, target, held, [])
+    with pytest.raises(ValueError, match="unknown method 'best'"):
+        compare(pool, target, held, selected, ["best"])

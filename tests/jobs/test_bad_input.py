@@ -297,6 +297,23 @@ def train_sets(*extra, command_sets=(), **validation):
     return make
 
 
+def evaluate_sets(*extra, **heldout):
+    """A case maker: the base run (its pool with a domain column) plus an evaluate section
+    scored on held-out rows."""
+    def make(tmp):
+        rng = np.random.default_rng(5)
+        pool = vectors(tmp, "pool", domain=rng.choice(["x", "y"], 60))
+        columns = {"domain": rng.choice(["x"], 30)}
+        columns.update(heldout)
+        held = vectors(tmp, "held", rows=30, dim=columns.pop("dim", 8), **columns)
+        sets, out = base(tmp, pool=pool)
+        sets += [f"evaluate.heldout.path={held}", "evaluate.heldout.format=parquet",
+                 "evaluate.heldout.id_column=id", "evaluate.heldout.embedding_column=vec",
+                 "evaluate.domain_column=domain"]
+        return argv(sets + list(extra)), out
+    return make
+
+
 def floats(rows=30):
     return np.random.default_rng(6).normal(0, 1, rows)
 
@@ -478,6 +495,16 @@ CASES = [
          train_sets(), command="train"),
     Case("train command without a train section", "the config has no train stage",
          with_sets(), command="train"),
+    Case("evaluate domain column missing", "evaluate.domain_column 'nope' is not a column of "
+         "the pool", evaluate_sets("evaluate.domain_column=nope")),
+    Case("evaluate DSIR on vectors", "evaluate.methods has dsir, which resamples by the texts'",
+         evaluate_sets("evaluate.methods=[random, dsir]")),
+    Case("evaluate held-out rows of another dimension", "evaluate.heldout has 4 features but "
+         "the pool's embeddings have 8", evaluate_sets(dim=4)),
+    Case("evaluate a run that has not run", "has no selected rows under",
+         evaluate_sets(), command="evaluate"),
+    Case("evaluate command without an evaluate section", "the config has no evaluate stage",
+         with_sets(), command="evaluate"),
     Case("imnn command without an imnn section", "the config has no imnn stage",
          imnn_no_table(), command="imnn"),
     Case("imnn coupling out of range", "imnn.coupling (the reference's λ) must be a number > 1",

@@ -1,0 +1,443 @@
+"""The evaluate stage: a run's selection measured against what a user would pick instead.
+
+    gio-spark evaluate --config my.yaml     (or as the last stage of ``gio-spark run``)
+
+Every method chooses from the same rows: ``evaluate.sample_rows`` usable pool rows, the ones
+with the smallest seeded hash of their ids (so the sample does not depend on the pool's row
+order or files), with their stored embeddings (or vector column). Pool rows that are also
+held-out rows (the same row id) are left out: no method may score by picking the very rows it
+is measured against. The selection evaluated
+(``evaluate.selection``, or this config's run) holds some of them; each method picks as many
+from the sample, knowing only the target sample's rows (at most ``sample_rows`` of them, the
+same way):
+
+* ``gio_rows``: :func:`gio_core.select` on the rows themselves (knn estimator, no clustering):
+  against the selection it says what the pipeline's clustering costs;
+* ``random``, ``k_center`` (farthest-first), ``nn_round_robin`` (each target row in turn
+  takes its nearest untaken row): :mod:`gio_core.quality`;
+* ``dsir``: hashed n-gram importance resampling of the texts (the ``data-selection`` package,
+  minimum length 1 token; the ``quality`` extra).
+
+Each selection is scored against at most ``evaluate.max_heldout`` rows of ``evaluate.heldout``
+(rows of the target's distribution that the target sample left out), by
+:func:`gio_core.quality.compare`: MMD² (RBF, the held-out rows' median width, the same for
+every method), the kNN KL, with ``domain_column`` the share of rows from the target's domains
+and their recall in the sample, and with ``label_column`` the held-out accuracy of a logistic
+regression trained on the selection.
+
+Written under the evaluation id (``evaluate.run_id`` or ``eval-<fingerprint>``), in one
+transaction: ``evaluations``, one row per method; for a local output also
+``reports/<eval_id>_evaluation.md`` (the table) and ``plots/<eval_id>_evaluation.png``. The
+stage is reused while the selection, the held-out rows and every evaluate option are unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import reuse, tables
+from jobs.config import JobConfig, effective_embedding_column
+from jobs.errors import InputError
+from jobs.inputs import (EMBEDDING, ROW_ID, Side, checked_model_dim, clean_side, enforce,
+                         guarded, read_side, row_id_expr, scan_side)
+from jobs.log import log
+
+HELDOUT = "evaluate.heldout"
+LABEL, DOMAIN, IN_SELECTION = "__gio_label", "__gio_domain", "__gio_selected"
+HASH = "__gio_eval_hash"
+
+
+@dataclass
+class EvaluateInput:
+    """The held-out rows, checked: row_id, the label and domain (as text, when configured) and
+    either the embedding or the text column to embed."""
+    heldout: DataFrame
+    text: str | None
+    report: dict
+    target_domains: list | None      # as configured; None: taken from the held-out rows
+    dim: int
+
+
+# ---------------------------------------------------------------------------
+# Reading and checking
+# ---------------------------------------------------------------------------
+
+def _check_column(schema: T.StructType, column: str, key: str, where: str) -> None:
+    if column not in schema.names:
+        raise InputError(f"evaluate.{key} {column!r} is not a column of {where}; its columns "
+                         f"are: {', '.join(schema.names)}.")
+    dtype = schema[column].dataType
+    if not isinstance(dtype, (T.StringType, T.IntegralType, T.BooleanType)):
+        raise InputError(f"evaluate.{key} {column!r} of {where} has type "
+                         f"{dtype.simpleString()}; it must hold text, integers or booleans.")
+
+
+def check_evaluate_input(spark, cfg: JobConfig, pool: Side, pool_dim: int) -> EvaluateInput:
+    """Reads and checks the held-out rows and the columns the metrics need (writes nothing).
+
+    Raises:
+      InputError: held-out rows it cannot read, bad rows under ``bad_rows: reject``, a label or
+        domain column missing from the pool or the held-out rows, vectors of another dimension.
+    """
+    v = cfg.evaluate
+    df = read_side(spark, HELDOUT, v.heldout)
+    where = f"{HELDOUT} {v.heldout.path!r}"
+    extra = {}
+    if v.label_column is not None:
+        _check_column(pool.schema, v.label_column, "label_column", "the pool")
+        _check_column(df.schema, v.label_column, "label_column", where)
+        extra["null_label"] = F.col(v.label_column).isNull()
+    if v.domain_column is not None:
+        _check_column(pool.schema, v.domain_column, "domain_column", "the pool")
+        if v.target_domains is None:
+            if v.domain_column not in df.columns:
+                raise InputError(f"evaluate.target_domains is null, so the target's domains are "
+                                 f"the held-out rows' values of {v.domain_column!r}, but {where} "
+                                 "has no such column; list the domains in "
+                                 "evaluate.target_domains.")
+            _check_column(df.schema, v.domain_column, "domain_column", where)
+            extra["null_domain"] = F.col(v.domain_column).isNull()
+    report = scan_side(df, HELDOUT, v.heldout, extra)
+    enforce(df, HELDOUT, v.heldout, report, lambda m: log(f"warning: {m}"), extra)
+    clean = clean_side(df, v.heldout, report, extra)
+    vector = effective_embedding_column(v.heldout) is not None
+    dim = report["dim_min"] if vector else checked_model_dim(cfg)
+    if int(dim) != int(pool_dim):
+        raise InputError(f"{HELDOUT} has {dim} features but the pool's embeddings have "
+                         f"{pool_dim}; embed both with the same model (or give vectors of one "
+                         "dimension).")
+    cols = [F.col(ROW_ID)]
+    if v.label_column is not None:
+        cols.append(F.col(v.label_column).cast("string").alias(LABEL))
+    if v.domain_column is not None and v.target_domains is None:
+        cols.append(F.col(v.domain_column).cast("string").alias(DOMAIN))
+    cols.append(F.col(EMBEDDING) if vector else F.col(v.heldout.text_column))
+    log(f"{HELDOUT}: {report['rows']} rows checked, {report['kept']} used")
+    return EvaluateInput(clean.select(*cols), None if vector else v.heldout.text_column, report,
+                         v.target_domains, int(dim))
+
+
+def evaluate_input_unless_done(spark, cfg: JobConfig, eplan: reuse.EvaluatePlan, pool: Side,
+                               pool_dim: int) -> EvaluateInput | None:
+    """The checked inputs, or None when the stage's output is committed already."""
+    if reuse.is_done(spark, cfg.output.path, "evaluate", eplan.eval_id, eplan.fingerprint):
+        return None
+    return check_evaluate_input(spark, cfg, pool, pool_dim)
+
+
+# ---------------------------------------------------------------------------
+# The rows, with their features, on the driver
+# ---------------------------------------------------------------------------
+
+def _stored(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame | None:
+    """(row_id, embedding) of a side: its vector column, or its committed embeddings."""
+    if EMBEDDING in side.frame.columns:
+        return side.frame.select(ROW_ID, EMBEDDING)
+    key = plan.embeddings_id[side.name]
+    if not reuse.is_done(spark, cfg.output.path, f"embed_{side.name}", key, plan.embed[side.name]):
+        return None
+    return tables.read_key(spark, cfg.output.path, f"{side.name}_embeddings", key).select(
+        ROW_ID, EMBEDDING)
+
+
+def _with_features(spark, cfg: JobConfig, rows: DataFrame, stored: DataFrame | None,
+                   text: str | None, what: str) -> DataFrame:
+    """``rows`` with an embedding column: the stored one, or their texts embedded now."""
+    if stored is not None:
+        joined = rows.join(stored, ROW_ID, "left")
+        if text is None:
+            return joined.where(F.col(EMBEDDING).isNotNull())
+        missing = joined.where(F.col(EMBEDDING).isNull()).drop(EMBEDDING)
+        if missing.limit(1).count() == 0:
+            return joined.where(F.col(EMBEDDING).isNotNull())
+        return joined.where(F.col(EMBEDDING).isNotNull()).unionByName(
+            _embedded(spark, cfg, missing, text))
+    if text is None:
+        raise InputError(f"{what} have neither vectors nor texts to embed.")
+    log(f"evaluate: embedding {what}")
+    return _embedded(spark, cfg, rows, text)
+
+
+def _embedded(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
+    from jobs.embed import embed_frame
+    e = cfg.embed
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
+    return rows.join(vectors, ROW_ID)
+
+
+def _sample(frame: DataFrame, n: int, seed: int) -> DataFrame:
+    """The ``n`` rows with the smallest seeded hash of their id, in that order."""
+    return (frame.withColumn(HASH, F.xxhash64(F.lit(int(seed)), F.col(ROW_ID)))
+            .orderBy(HASH, ROW_ID).limit(n))
+
+
+def _collect(frame: DataFrame, what: str):
+    """A pandas frame in hash order, and its embeddings as float32 ``[n, d]``."""
+    pdf = frame.orderBy(HASH, ROW_ID).drop(HASH).toPandas()
+    if len(pdf) == 0:
+        raise InputError(f"{what} has no rows to evaluate with.")
+    x = np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{what} holds NaN or inf feature values; fix the vectors.")
+    return pdf, x
+
+
+def selected_ids(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
+    """The row ids of run ``run_id``'s selected rows, computed as the pool's."""
+    df = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
+    own = [f.name for f in pool.schema.fields]
+    lacking = [c for c in own if c not in df.columns]
+    if lacking:
+        raise InputError(f"the selected rows of run {run_id} lack the pool's columns "
+                         f"{lacking}: they were selected from another pool. Name a run of this "
+                         "config's pool in evaluate.selection.")
+    if pool.src.id_column and pool.src.id_column not in own:
+        raise InputError(f"the pool's id_column {pool.src.id_column!r} is not kept in "
+                         "selected_rows (it is named like gio-spark's own row_id); rename it in "
+                         "the source to evaluate a selection.")
+    return df.select(row_id_expr(own, pool.src.id_column).alias(ROW_ID)).distinct()
+
+
+# ---------------------------------------------------------------------------
+# DSIR (the data-selection package), on the driver
+# ---------------------------------------------------------------------------
+
+def dsir_rows(pool_texts: list, target_texts: list, budget: int, seed: int = 0) -> np.ndarray:
+    """``budget`` pool rows (indices) resampled by DSIR's hashed n-gram importance weights
+    against ``target_texts`` (``data_selection.HashedNgramDSIR``, minimum length 1 token, so
+    short texts are kept; DSIR draws with NumPy's global generator, seeded here)."""
+    from data_selection import HashedNgramDSIR
+    with contextlib.redirect_stderr(io.StringIO()):     # its progress bars, one per pass
+        return _dsir(HashedNgramDSIR, pool_texts, target_texts, budget, seed)
+
+
+def _dsir(dsir_class, pool_texts: list, target_texts: list, budget: int, seed: int) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, tgt = os.path.join(tmp, "raw.jsonl"), os.path.join(tmp, "target.jsonl")
+        for path, texts in ((raw, pool_texts), (tgt, target_texts)):
+            with open(path, "w", encoding="utf-8") as f:
+                for i, t in enumerate(texts):
+                    f.write(json.dumps({"text": str(t), "i": i}) + "\n")
+        d = dsir_class([raw], [tgt], cache_dir=os.path.join(tmp, "cache"), num_proc=1,
+                            min_example_length=1)
+        d.fit_importance_estimator(num_tokens_to_fit="all")
+        d.compute_importance_weights()
+        np.random.seed(seed)
+        d.resample(out_dir=os.path.join(tmp, "out"), num_to_sample=budget,
+                   cache_dir=os.path.join(tmp, "resample"))
+        picked: list = []
+        for name in sorted(os.listdir(os.path.join(tmp, "out"))):
+            with open(os.path.join(tmp, "out", name), encoding="utf-8") as f:
+                picked += [json.loads(line)["i"] for line in f if line.strip()]
+    return np.asarray(picked, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------
+
+NAMES = {"selection": "the selection", "gio_rows": "GIO on rows", "random": "random",
+         "k_center": "k-center", "nn_round_robin": "NN round robin", "dsir": "DSIR"}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(eval_id: str, run_id: str, results: list, detail: dict) -> str:
+    """The results as a Markdown table, with the sample's sizes."""
+    lines = [f"### {eval_id}: run {run_id}", "",
+             f"{detail['sample_rows']} pool rows sampled ({detail['selected_in_sample']} of them "
+             f"in the selection, which holds {detail['selected_rows']} rows; "
+             f"{detail['heldout_in_pool']} pool rows left out as held-out rows); "
+             f"{detail['target_rows']} target rows; {detail['heldout_rows']} held-out rows; "
+             f"RBF width {detail['bandwidth']:.4g}.", "",
+             "| method | rows | MMD² | kNN KL | share | recall | accuracy | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r['method']} | {r['rows']} | {r['mmd']:.5f} | {_fmt(r['knn_kl'])} | "
+                     f"{_fmt(r['share'])} | {_fmt(r['recall'])} | {_fmt(r['accuracy'])} | "
+                     f"{_fmt(r['wall_s'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_plot(path: str, eval_id: str, results: list) -> None:
+    """MMD² (and accuracy, when measured) per method as bars; written to a temporary name
+    first, then renamed into place."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    accuracy = all(r["accuracy"] is not None for r in results)
+    fig = Figure(figsize=(9 if accuracy else 5, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if accuracy else 1)
+    axes = list(axes) if accuracy else [axes]
+    names = [r["method"] for r in results]
+    colours = ["C3" if n == "selection" else "C0" for n in names]
+    axes[0].barh(names, [r["mmd"] for r in results], color=colours)
+    axes[0].set_xlabel("MMD² to the held-out rows (lower is closer)")
+    axes[0].invert_yaxis()
+    if accuracy:
+        axes[1].barh(names, [r["accuracy"] for r in results], color=colours)
+        axes[1].set_xlabel("probe accuracy on the held-out rows")
+        axes[1].invert_yaxis()
+        axes[1].set_yticklabels([])
+    fig.suptitle(f"{eval_id}: {results[0]['rows']} rows each", fontsize=9)
+    fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def stored_results(spark, output: str, eval_id: str, fp: str) -> list:
+    rows = (tables.read_key(spark, output, "evaluations", eval_id)
+            .where(F.col("eval_fingerprint") == fp).collect())
+    order = {m: i for i, m in enumerate(NAMES)}
+    return sorted(({k: r[k] for k in ("method", "rows", "mmd", "knn_kl", "share", "recall",
+                                      "accuracy", "wall_s")} for r in rows),
+                  key=lambda r: order.get(r["method"], len(order)))
+
+
+def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluatePlan,
+                 inp: EvaluateInput | None, pool: Side, target: Side) -> list:
+    """Evaluates and commits (unless done); returns one dict of metrics per method."""
+    from gio_core.quality import compare
+    from jobs.gio_select import configure_jax, library_versions
+    v = cfg.evaluate
+    key, fp = eplan.eval_id, eplan.fingerprint
+    if reuse.is_done(spark, cfg.output.path, "evaluate", key, fp):
+        log(f"evaluate: reusing {key}")
+        return stored_results(spark, cfg.output.path, key, fp)
+    if inp is None:
+        raise RuntimeError("evaluate: the inputs were not checked; call check_evaluate_input "
+                           "first.")
+    configure_jax(cfg.select)
+    started = dt.datetime.now()
+    t0 = time.perf_counter()
+    dsir = "dsir" in v.methods
+    pool_text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
+    target_text = None if EMBEDDING in target.frame.columns else target.src.text_column
+
+    # The pool's sample, each row marked when the selection holds it.
+    cols = [F.col(ROW_ID)]
+    if v.label_column is not None:
+        cols.append(F.coalesce(F.col(v.label_column).cast("string"), F.lit("(null)"))
+                    .alias(LABEL))
+    if v.domain_column is not None:
+        cols.append(F.col(v.domain_column).cast("string").alias(DOMAIN))
+    if pool_text is not None:
+        cols.append(F.col(pool_text))
+    # Held-out rows that are pool rows too (the same row id) are left out of what the methods
+    # choose from: none may score by picking the rows it is measured against.
+    candidates = pool.frame.select(*cols).join(F.broadcast(inp.heldout.select(ROW_ID)), ROW_ID,
+                                               "left_anti")
+    sample = _sample(candidates, v.sample_rows, v.seed)
+    chosen = selected_ids(spark, cfg, eplan.selection, pool)
+    selected_total = chosen.count()
+    sample = (_with_features(spark, cfg, sample, _stored(spark, cfg, plan, pool), pool_text,
+                             "the pool's sample")
+              .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
+    pdf, x = _collect(sample, "the pool's sample")
+    heldout_in_pool = pool.frame.join(F.broadcast(inp.heldout.select(ROW_ID)), ROW_ID,
+                                      "left_semi").count()
+    marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
+    if not marked.any():
+        raise InputError(f"none of run {eplan.selection}'s {selected_total} selected rows is "
+                         f"among the {len(pdf)} pool rows sampled; raise evaluate.sample_rows "
+                         f"(now {v.sample_rows}) so that the sample holds some of them.")
+
+    tcols = [F.col(ROW_ID)] + ([F.col(target_text)] if target_text is not None else [])
+    tsample = _sample(target.frame.select(*tcols), v.sample_rows, v.seed)
+    tpdf, tx = _collect(_with_features(spark, cfg, tsample, _stored(spark, cfg, plan, target),
+                                       target_text, "the target's rows"), "the target sample")
+    hsample = _sample(inp.heldout, v.max_heldout, v.seed)
+    if inp.text is not None:
+        hsample = _with_features(spark, cfg, hsample, None, inp.text,
+                                 f"{HELDOUT}'s rows")
+    hpdf, hx = guarded(lambda: _collect(hsample, HELDOUT), HELDOUT, v.heldout)
+    collect_s = time.perf_counter() - t0
+    if hx.shape[0] <= 10:
+        raise InputError(f"{HELDOUT} holds {hx.shape[0]} usable rows; the metrics need at least "
+                         "11 (the kNN estimates look at 10 neighbours).")
+
+    domains = None
+    if v.domain_column is not None:
+        domains = ([str(d) for d in inp.target_domains] if inp.target_domains is not None
+                   else sorted(set(hpdf[DOMAIN].astype(str))))
+    extra = {}
+    if dsir:
+        ptexts, ttexts = pdf[pool_text].astype(str).tolist(), tpdf[target_text].astype(str).tolist()
+        extra["dsir"] = lambda budget: dsir_rows(ptexts, ttexts, budget, v.seed)
+    from gio_core import median_bandwidth
+    bandwidth = median_bandwidth(hx)
+    log(f"evaluate: run {eplan.selection}: {int(marked.sum())} of its {selected_total} rows are "
+        f"in the {len(pdf)} pool rows sampled ({heldout_in_pool} pool rows left out: they are "
+        f"held-out rows); comparing with "
+        f"{', '.join(v.methods) or 'no other method'} at that budget on {hx.shape[0]} held-out "
+        "rows")
+    t1 = time.perf_counter()
+    results = compare(
+        x, tx, hx, np.flatnonzero(marked), [m for m in v.methods if m != "dsir"],
+        pool_labels=pdf[LABEL].astype(str).to_numpy() if v.label_column else None,
+        heldout_labels=hpdf[LABEL].astype(str).to_numpy() if v.label_column else None,
+        pool_domains=pdf[DOMAIN].astype(str).to_numpy() if domains is not None else None,
+        target_domains=domains, seed=v.seed, bandwidth=bandwidth, extra=extra)
+    compare_s = time.perf_counter() - t1
+    by = {r["method"]: r for r in results}
+    detail = {"sample_rows": len(pdf), "selected_in_sample": int(marked.sum()),
+              "heldout_in_pool": int(heldout_in_pool),
+              "selected_rows": int(selected_total), "target_rows": int(tx.shape[0]),
+              "heldout_rows": int(hx.shape[0]), "bandwidth": bandwidth,
+              "target_domains": domains, "heldout": inp.report,
+              "timings": {"collect_s": round(collect_s, 3), "compare_s": round(compare_s, 3)}}
+    if "gio_rows" in by and by["gio_rows"]["mmd"] > 0:
+        detail["clustering_cost"] = by["selection"]["mmd"] / by["gio_rows"]["mmd"]
+    for r in results:
+        log(f"evaluate: {NAMES.get(r['method'], r['method']):<15} {r['rows']:>6} rows  MMD² "
+            f"{r['mmd']:.5f}" + (f"  kNN KL {r['knn_kl']:.3f}" if r["knn_kl"] is not None else "")
+            + (f"  share {r['share']:.3f}" if r["share"] is not None else "")
+            + (f"  accuracy {r['accuracy']:.3f}" if r["accuracy"] is not None else ""))
+    if "clustering_cost" in detail:
+        log(f"evaluate: the selection's MMD² is {detail['clustering_cost']:.2f}x that of GIO on "
+            "the sampled rows themselves (what clustering costs, or gains)")
+
+    versions = json.dumps(library_versions())
+    params = json.dumps(cfg.to_dict(), default=str)
+    finished = dt.datetime.now()
+    rows = [(key, fp, eplan.selection, r["method"], int(r["rows"]), float(r["mmd"]),
+             r["knn_kl"], r["share"], r["recall"], r["accuracy"], r["wall_s"], started, finished,
+             params, json.dumps(detail, sort_keys=True, default=str), versions)
+            for r in results]
+    reuse.begin(spark, cfg.output.path, "evaluate", key, fp)
+    tables.replace_key(spark, spark.createDataFrame(rows, tables.EVALUATIONS), cfg.output.path,
+                       "evaluations", key)
+    if "://" not in cfg.output.path:
+        report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
+        _write_text(report, markdown(key, eplan.selection, results, detail))
+        save_plot(os.path.join(cfg.output.path, "plots", f"{key}_evaluation.png"), key, results)
+        log(f"evaluate: table in {report}")
+    reuse.record(spark, cfg.output.path, "evaluate", key, fp, "done",
+                 {"methods": [r["method"] for r in results], "rows": results[0]["rows"]})
+    log(f"evaluate: {key} -> {tables.table_path(cfg.output.path, 'evaluations')}")
+    return results
