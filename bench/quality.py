@@ -11,11 +11,17 @@ Cases (each: a pool, a target sample, held-out rows of the target's distribution
   all-MiniLM-L6-v2; the target 200 docstrings of ``email``, ``http``, ``unittest`` and
   ``asyncio``, 300 more of them held out, the rest of them in the pool with every other package.
 
-Methods: ``gio_rows`` (``gio_core.select`` on the rows, knn estimator, exact), ``gio_rows_avg``
-(the source's averaged estimator), ``gio_clusters`` and ``gio_clusters_avg`` (as the pipeline
-does it: K-means on both sides (scikit-learn's here, MLlib's in the pipeline), cluster sizes as
-weights, the chosen clusters exploded to their rows, the last one sampled down to the budget),
-``random``, ``k_center`` (farthest-first), ``nn_round_robin`` (each target row in turn takes
+Methods: ``gio_rows`` (``gio_core.select`` on the rows, knn estimator, exact, KL picks up to
+the budget), ``gio_rows_fill`` (the ``mmd`` rule, then ``fill="mmd"`` to the budget),
+``gio_rows_avg`` (the source's averaged estimator), ``gio_clusters`` and ``gio_clusters_avg``
+(as the pipeline does it with a row budget: K-means on both sides (scikit-learn's here, MLlib's
+in the pipeline; the pool into ``quantize.pool_k: auto``'s count for the pool and the budget),
+cluster sizes as weights, the ``mmd`` rule then ``fill="mmd"`` to the
+budget, the chosen clusters exploded to their rows, the last one sampled down to the budget),
+``random``, ``k_center`` (farthest-first), ``datamodels`` (digits only: 2,000 logistic
+regressions on random halves of the pool, a lasso path per target row from the masks to the
+correct-class margins, then the rows with the largest total positive weight, as
+``gio-spark datamodels select`` ranks them), ``nn_round_robin`` (each target row in turn takes
 its nearest untaken pool row), and ``dsir`` (hashed n-gram importance resampling, the
 ``data-selection`` package, text only, minimum length 1 token). At each fixed budget every method
 returns exactly that many rows. ``*_mmd_stop`` rows: GIO with its default ``mmd`` rule deciding
@@ -62,7 +68,7 @@ def mixture_case(dim: int, seed: int = 0):
     in_domain = int(np.isin(comp, [0, 1, 2]).sum())
     return dict(pool=pool, pool_labels=comp, target=target, target_labels=tlab, held=held,
                 held_labels=hlab, domains=(0, 1, 2), budgets=[in_domain // 2, in_domain],
-                pool_k=400, target_k=40)
+                target_k=40)
 
 
 def digits_case(seed: int = 0):
@@ -77,7 +83,7 @@ def digits_case(seed: int = 0):
     budgets = [int(f * len(rest)) for f in (0.10, 0.25, 0.50)]
     return dict(pool=x[rest], pool_labels=y[rest], target=x[target], target_labels=y[target],
                 held=x[held], held_labels=y[held], domains=(0, 1, 2), budgets=budgets,
-                pool_k=200, target_k=30)
+                target_k=30, datamodels=True)
 
 
 def docstrings_case(seed: int = 0):
@@ -96,7 +102,7 @@ def docstrings_case(seed: int = 0):
     return dict(pool=emb[rest], pool_labels=pkg[rest], target=emb[target],
                 target_labels=pkg[target], held=emb[held], held_labels=pkg[held],
                 domains=packages, budgets=[in_domain // 2, in_domain, 2 * in_domain],
-                pool_k=300, target_k=40, pool_texts=[texts[i] for i in rest],
+                target_k=40, pool_texts=[texts[i] for i in rest],
                 target_texts=[texts[i] for i in target])
 
 
@@ -112,15 +118,28 @@ def embed(texts):
 # Methods
 # ---------------------------------------------------------------------------
 
-def clusters(case):
-    """K-means of both sides (scikit-learn; the pipeline uses MLlib's)."""
+def pool_k(case, budget):
+    """The pipeline's ``quantize.pool_k: auto`` for this pool and row budget."""
+    from jobs.config import SelectSection, auto_pool_k
+    return auto_pool_k(len(case["pool"]), SelectSection(max_rows=budget))
+
+
+def clusters(case, budget):
+    """K-means of both sides (scikit-learn; the pipeline uses MLlib's), the pool's into the
+    pipeline's automatic count for the budget; cached per count, with the seconds it took."""
     from sklearn.cluster import KMeans
-    kp = KMeans(min(case["pool_k"], len(case["pool"])), n_init=1, random_state=7).fit(case["pool"])
-    kt = KMeans(case["target_k"], n_init=1, random_state=8).fit(case["target"])
-    return dict(pool_c=kp.cluster_centers_.astype(np.float32), labels=kp.labels_,
-                pool_w=np.bincount(kp.labels_, minlength=kp.n_clusters),
-                target_c=kt.cluster_centers_.astype(np.float32),
-                target_w=np.bincount(kt.labels_, minlength=kt.n_clusters))
+    k = pool_k(case, budget)
+    cache = case.setdefault("_clusters", {})
+    if k not in cache:
+        t = time.perf_counter()
+        kp = KMeans(k, n_init=1, random_state=7).fit(case["pool"])
+        kt = KMeans(case["target_k"], n_init=1, random_state=8).fit(case["target"])
+        cache[k] = dict(pool_c=kp.cluster_centers_.astype(np.float32), labels=kp.labels_,
+                        pool_w=np.bincount(kp.labels_, minlength=kp.n_clusters),
+                        target_c=kt.cluster_centers_.astype(np.float32),
+                        target_w=np.bincount(kt.labels_, minlength=kt.n_clusters),
+                        seconds=time.perf_counter() - t)
+    return cache[k]
 
 
 def explode(cl, chosen, budget, seed=0):
@@ -137,24 +156,27 @@ def explode(cl, chosen, budget, seed=0):
     return np.asarray(rows, np.int64)
 
 
-def gio_rows(case, budget, estimator="knn"):
+def gio_rows(case, budget, estimator="knn", fill=False):
     from gio_core import select
     if budget is None:
         return select(case["target"], case["pool"], stop_criterion="mmd", dim="auto").indices
+    if fill:
+        return select(case["target"], case["pool"], estimator=estimator, stop_criterion="mmd",
+                      fill="mmd", max_iter=budget, dim="auto").indices
     return select(case["target"], case["pool"], estimator=estimator, stop_criterion="none",
                   max_iter=budget, dim="auto").indices
 
 
 def gio_clusters(case, budget, estimator="knn"):
     from gio_core import median_bandwidth, select
-    cl = case["_clusters"]
+    cl = clusters(case, budget)
     opts = dict(target_weights=cl["target_w"], pool_weights=cl["pool_w"], dim="auto",
                 estimator=estimator)
+    opts.update(stop_criterion="mmd", mmd_bandwidth=median_bandwidth(case["target"]))
     if budget is None:
-        result = select(cl["target_c"], cl["pool_c"], stop_criterion="mmd",
-                        mmd_bandwidth=median_bandwidth(case["target"]), **opts)
-    else:
-        result = select(cl["target_c"], cl["pool_c"], stop_criterion="none", max_rows=budget,
+        result = select(cl["target_c"], cl["pool_c"], **opts)
+    else:                 # the pipeline's defaults with a row budget: the mmd rule, then fill
+        result = select(cl["target_c"], cl["pool_c"], fill="mmd", max_rows=budget,
                         row_counts=cl["pool_w"].astype(np.int64), **opts)
     return explode(cl, result.indices, budget)
 
@@ -162,6 +184,52 @@ def gio_clusters(case, budget, estimator="knn"):
 def dsir(case, budget, seed=0):
     from jobs.evaluate import dsir_rows
     return dsir_rows(case["pool_texts"], case["target_texts"], budget, seed)
+
+
+DATAMODELS = 2000          # models trained on random halves of the pool (digits only)
+
+
+def datamodels_fit(case, models=DATAMODELS, seed=0):
+    """Datamodels of the target rows: ``models`` logistic regressions, each trained on a
+    random half of the pool, their correct-class margins on every target row, and a lasso
+    path per target row from the masks to the margins (``gio_core.datamodels``; a tenth of
+    the models choose each lambda). Cached on the case, with the seconds it took."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from gio_core.datamodels import lasso_path
+    if "_datamodels" in case:
+        return case["_datamodels"]
+    t = time.perf_counter()
+    pool, labels = case["pool"], case["pool_labels"]
+    target, truth = case["target"], case["target_labels"]
+    rng = np.random.default_rng(seed)
+    masks = rng.random((models, len(pool))) < 0.5
+    margins = np.zeros((models, len(target)), np.float32)
+    rows = np.arange(len(target))
+    for i in range(models):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LogisticRegression(max_iter=300).fit(pool[masks[i]] / 16.0, labels[masks[i]])
+        logits = np.full((len(target), 10), -np.inf)
+        logits[:, model.classes_] = model.decision_function(target / 16.0)
+        correct = logits[rows, truth].copy()
+        logits[rows, truth] = -np.inf
+        margins[i] = correct - logits.max(axis=1)
+    val = models // 10
+    fit = lasso_path(masks[val:], margins[val:], val_masks=masks[:val],
+                     val_outputs=margins[:val])
+    case["_datamodels"] = (fit.weight, time.perf_counter() - t)
+    return case["_datamodels"]
+
+
+def datamodels(case, budget, seed=0):
+    """The pool rows with the largest total positive datamodel weight on the target rows (the
+    pipeline's ``gio-spark datamodels select``)."""
+    from jobs.datamodels import ranked_examples
+    weight, _ = datamodels_fit(case)
+    return ranked_examples(weight, budget, seed)
 
 
 def baselines(case):
@@ -173,6 +241,8 @@ def baselines(case):
     }
     if "pool_texts" in case:
         out["dsir"] = lambda b: dsir(case, b)
+    if case.get("datamodels"):
+        out["datamodels"] = lambda b: datamodels(case, b)
     return out
 
 
@@ -195,11 +265,9 @@ def metrics(case, rows):
 def run_case(name, case, emit_row):
     from gio_core import intrinsic_dimension
     case["_dim"] = intrinsic_dimension(case["held"])
-    t0 = time.perf_counter()
-    case["_clusters"] = clusters(case)
-    cluster_s = time.perf_counter() - t0
     methods = {
         "gio_rows": lambda b: gio_rows(case, b),
+        "gio_rows_fill": lambda b: gio_rows(case, b, fill=True),
         "gio_rows_avg": lambda b: gio_rows(case, b, "averaged"),
         "gio_clusters": lambda b: gio_clusters(case, b),
         "gio_clusters_avg": lambda b: gio_clusters(case, b, "averaged"),
@@ -209,7 +277,8 @@ def run_case(name, case, emit_row):
     def measure(method, fn, budget, label):
         t = time.perf_counter()
         rows = fn(budget)
-        wall = time.perf_counter() - t + (cluster_s if method.startswith("gio_clusters") else 0)
+        wall = time.perf_counter() - t      # K-means and the datamodels' training included,
+        # the first time they are needed
         row = {"case": name, "budget": label, "rows": int(len(rows)), "method": method,
                "wall_s": round(wall, 3), **metrics(case, rows)}
         emit_row(row)

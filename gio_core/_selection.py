@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,6 +23,7 @@ METHODS = ("exact", "gradient")
 STOP_CRITERIA = ("increase", "max_resets", "min_difference", "sequential_increase_tolerance",
                  "min_kl", "data_size", "mmd", "none")
 V_INITS = ("mean", "prev_opt", "jump")
+FILLS = (None, "mmd")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class SelectionResult(NamedTuple):
       mmd: float array ``[picks]``, the squared MMD between the target and the selection after
         each pick (``stop_criterion="mmd"`` only; else empty).
       lookahead: picks made past the returned ones and dropped (``stop_criterion="mmd"``).
+      filled: picks made by ``fill="mmd"`` after the least MMD (the last ones of ``indices``).
     """
     indices: np.ndarray
     kl: np.ndarray
@@ -73,6 +76,7 @@ class SelectionResult(NamedTuple):
     dim: float
     mmd: np.ndarray = np.zeros((0,))
     lookahead: int = 0
+    filled: int = 0
 
 
 def _rng(seed) -> np.random.Generator:
@@ -129,7 +133,8 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
                          v_init="mean", scale_factor="auto", random_restart_prob=0.0,
                          smoothing=1.0, eps=1e-8, discard_nearest_for_xy=False,
                          block_size=4096, cache_bytes=2 ** 32, dim=None,
-                         max_rows=None, mmd_tolerance=0.25, mmd_bandwidth=None) -> None:
+                         max_rows=None, mmd_tolerance=0.25, mmd_bandwidth=None,
+                         fill=None) -> None:
     """Checks every option of :func:`select` that does not depend on the data.
 
     The one validator of these options: :func:`select` calls it, and so does the pipeline's
@@ -184,6 +189,11 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
         raise ValueError(f"resets_allowed has no effect with stop_criterion={stop_criterion!r}: a "
                          "reset replaces a stop caused by the KL no longer falling "
                          f"({', '.join(RESETTABLE)}). Choose one of those, or resets_allowed=False.")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be None or 'mmd'; got {fill!r}.")
+    if fill == "mmd" and stop_criterion != "mmd":
+        raise ValueError("fill='mmd' fills a budget past the point where the mmd rule ends the "
+                         "selection; it needs stop_criterion='mmd'.")
     if discard_nearest_for_xy and (estimator != "averaged" or method != "gradient"):
         raise ValueError("discard_nearest_for_xy applies to estimator='averaged' with "
                          "method='gradient' only.")
@@ -199,6 +209,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
            cache_bytes: int = 2 ** 32, dim=None, max_rows: int | None = None, row_counts=None,
            mmd_tolerance: float = 0.25, mmd_bandwidth: float | None = None,
+           fill: str | None = None,
            callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
     """Choose pool rows, one at a time, that minimise KL(target || selected).
 
@@ -227,7 +238,8 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         until the MMD is ``mmd_tolerance`` (relative) above that least value and it has made at
         least ``max(2 * best + k, n)`` picks, then drops the picks past the least value (caps
         still apply: the selection then ends at the least value within them; a start set is not
-        counted in the MMD). ``mmd_bandwidth`` is the kernel's ``h`` in
+        counted in the MMD; ``fill`` below can spend a budget past it). ``mmd_bandwidth`` is the
+        kernel's ``h`` in
         ``exp(-|a - b|^2 / h)``, by default the median squared distance between target points
         (on centroids pass the rows' median, which is wider); ``"none"``: only ``max_iter`` and
         the pool.
@@ -261,6 +273,13 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         brings the rows picked to ``max_rows`` or past it (``stop_reason="max_rows"``), so the
         last pick may hold more rows than are left in the budget (the pipeline samples that
         cluster down). The stopping rule still applies before the budget is reached.
+      fill: ``None`` (default) or ``"mmd"`` (with ``stop_criterion="mmd"``): when a budget
+        (``max_iter`` or ``max_rows``) asks for more picks than the rule's selection holds, keep
+        the picks up to the least MMD and spend the rest of the budget on the rows that keep the
+        MMD to the target lowest, one at a time (each next one the available row whose addition
+        gives the least MMD; ``O(M * d)`` a pick). Past the best match the KL gains are nearly
+        flat and KL-driven picks follow the pool's proportions, not the target's; these picks
+        follow the target's. Without a budget the rule's selection stands.
       callback: called as ``callback(pick_number, pool_row, kl)`` after each accepted pick.
 
     Returns:
@@ -282,7 +301,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         random_restart_prob=random_restart_prob, smoothing=smoothing, eps=eps,
         discard_nearest_for_xy=discard_nearest_for_xy, block_size=block_size,
         cache_bytes=cache_bytes, dim=dim, max_rows=max_rows, mmd_tolerance=mmd_tolerance,
-        mmd_bandwidth=mmd_bandwidth)
+        mmd_bandwidth=mmd_bandwidth, fill=fill)
     k = check_k(k, target.shape[0])
     if discard_nearest_for_xy and (target_weights is not None or pool_weights is not None):
         raise ValueError("discard_nearest_for_xy does not support weights.")
@@ -341,7 +360,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
         resets_allowed=resets_allowed, max_resets=max_resets, min_kl=min_kl,
         max_sequential_increases=max_sequential_increases, callback=callback,
         budget_reason=budget_reason, max_rows=max_rows, row_counts=counts)
-    mmd, lookahead = np.zeros((0,)), 0
+    mmd, lookahead, filled = np.zeros((0,)), 0, 0
     if driver.tracker is not None:
         mmd = np.asarray(driver.mmd_values, np.float64)
         if len(picks):
@@ -349,9 +368,71 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
             lookahead = len(picks) - best
             if lookahead:
                 picks, kls, mmd, reason = picks[:best], kls[:best], mmd[:best], "mmd"
+        if fill == "mmd" and (max_iter is not None or max_rows is not None):
+            available = np.ones(pool.shape[0], bool)
+            available[start_rows] = False
+            available[np.asarray(picks, np.int64)] = False
+            before = len(picks)
+            state = driver.best_state if driver.best_state is not None else state
+            picks, kls, mmd, reason = _mmd_fill(
+                driver.tracker, engine, state, list(picks), list(kls), list(mmd), available,
+                budget, max_rows, counts, reason, callback)
+            filled = len(picks) - before
     return SelectionResult(np.asarray(picks, np.int64), np.asarray(kls, np.float64),
-                           float(kl_start), reason, start_rows, start, resets, dim, mmd,
-                           lookahead)
+                           float(kl_start), reason, start_rows, start, resets, dim,
+                           np.asarray(mmd, np.float64), lookahead, filled)
+
+
+def _mmd_fill(tracker, engine, state, picks, kls, mmd, available, budget, max_rows, counts,
+              reason, callback):
+    """Spends what is left of the budget on the rows that keep the MMD lowest (``fill``)."""
+    from gio_core._mmd import kernel_sums
+    pool, w, tp, h = tracker.pool, tracker.pool_w, tracker.tp, tracker.h
+    chosen = np.asarray(picks, np.int64)
+    rows_picked = int(counts[chosen].sum()) if counts is not None and chosen.size else 0
+
+    def room() -> bool:
+        return (len(picks) < budget and (max_rows is None or rows_picked < max_rows)
+                and bool(available.any()))
+
+    if not room():
+        return picks, kls, mmd, reason
+    # ps_j = sum over the picks of w_s k(pool_j, s): one pass now, one kernel row a pick after.
+    ps = (kernel_sums(pool[chosen], w[chosen], pool, h) if chosen.size
+          else np.zeros(pool.shape[0]))
+    cross = float(w[chosen] @ tp[chosen]) if chosen.size else 0.0
+    inner = float(w[chosen] @ ps[chosen]) if chosen.size else 0.0
+    total = float(w[chosen].sum()) if chosen.size else 0.0
+    pool_j = jnp.asarray(pool)
+    while room():
+        after = total + w
+        value = tracker.tt - 2.0 * (cross + w * tp) / after + (inner + 2.0 * w * ps + w * w) / after ** 2
+        value = np.where(available, value, np.inf)
+        row = int(np.argmin(value))
+        state = engine.accept(state, row)
+        kl = engine.kl(state)
+        cross += float(w[row] * tp[row])
+        inner += float(2.0 * w[row] * ps[row] + w[row] ** 2)
+        total += float(w[row])
+        ps = ps + w[row] * np.asarray(_kernel_row(pool_j, pool_j[row], h), np.float64)
+        available[row] = False
+        picks.append(row)
+        kls.append(kl)
+        mmd.append(max(0.0, float(value[row])))
+        if counts is not None:
+            rows_picked += int(counts[row])
+        if callback is not None:
+            callback(len(picks), row, kl)
+    if max_rows is not None and rows_picked >= max_rows:
+        return picks, kls, mmd, "max_rows"
+    if len(picks) >= budget:
+        return picks, kls, mmd, "max_iter"
+    return picks, kls, mmd, "pool_exhausted"
+
+
+@jax.jit
+def _kernel_row(pool, point, h):
+    return jnp.exp(-jnp.sum((pool - point[None, :]) ** 2, axis=1) / h)
 
 
 class _Driver:
@@ -372,6 +453,7 @@ class _Driver:
         self.mmd_tolerance = 0.0
         self.mmd_values: list[float] = []
         self.mmd_best_at = 0         # picks up to the least MMD so far
+        self.best_state = None       # the engine's state there
         if method == "gradient":
             abar = target_w / target_w.sum()
             self.mean = (abar[:, None] * target).sum(axis=0)
@@ -481,6 +563,7 @@ class _Driver:
                 self.mmd_values.append(value)
                 if not self.mmd_best_at or value < self.mmd_values[self.mmd_best_at - 1]:
                     self.mmd_best_at = len(self.mmd_values)
+                    self.best_state = self.state
                 least = self.mmd_values[self.mmd_best_at - 1]
                 # The MMD along the picks is not monotone early on (a pick into a new region of
                 # the target can raise it for a while): look at least as far again past the

@@ -173,7 +173,8 @@ def _method(name: str, target, pool, seed: int) -> Callable[[int], np.ndarray]:
 
 def compare(pool, target, heldout, selected, methods=METHODS, *, pool_labels=None,
             heldout_labels=None, pool_domains=None, target_domains=None, seed: int = 0,
-            bandwidth: float | None = None, extra: dict | None = None) -> list[dict]:
+            bandwidth: float | None = None, extra: dict | None = None,
+            probe: Callable | None = None) -> list[dict]:
     """A selection against each method at the same budget, on the same pool.
 
     ``selected``: the selection's rows of ``pool`` (int indices). Each method in ``methods``
@@ -186,7 +187,8 @@ def compare(pool, target, heldout, selected, methods=METHODS, *, pool_labels=Non
     * ``knn_kl``: :func:`gio_core.knn_kl` (k=5, the held-out rows' intrinsic dimension; None
       with 5 rows or fewer);
     * ``share``/``recall``: with ``pool_domains`` and ``target_domains``;
-    * ``accuracy``: with ``pool_labels`` and ``heldout_labels``, a logistic regression's.
+    * ``accuracy``: with ``pool_labels`` and ``heldout_labels``, a logistic regression's
+      (:func:`probe_accuracy`), or ``probe(train_x, train_y, test_x, test_y) -> accuracy``'s.
 
     Returns one dict per selection (``method``: ``selection`` first, then the others), with
     ``rows`` and ``wall_s`` (None for the given selection).
@@ -221,8 +223,10 @@ def compare(pool, target, heldout, selected, methods=METHODS, *, pool_labels=Non
             out.update(domain_share(np.asarray(pool_domains)[rows], target_domains,
                                     pool_domains))
         if pool_labels is not None and heldout_labels is not None:
-            out["accuracy"] = probe_accuracy(chosen, np.asarray(pool_labels)[rows], heldout,
-                                             heldout_labels, seed=seed)
+            labels = np.asarray(pool_labels)[rows]
+            out["accuracy"] = (probe_accuracy(chosen, labels, heldout, heldout_labels, seed=seed)
+                               if probe is None else float(probe(chosen, labels, heldout,
+                                                                 heldout_labels)))
         return out
 
     results = [score("selection", np.unique(selected), None)]

@@ -76,7 +76,7 @@ class EmbedSection:
 
 @dataclass
 class QuantizeSection:
-    pool_k: int = 1500
+    pool_k: Any = "auto"              # auto: from the pool's rows and the row budget (auto_pool_k)
     target_k: int = 1500
     seed: int = 7
     max_iter: int = 20
@@ -100,6 +100,7 @@ class SelectSection:
     max_data_size: float = 1.0
     min_kl: float = 0.0
     mmd_tolerance: float = 0.25       # the mmd rule looks ahead until the MMD is this much above its least
+    fill: Any = "auto"                # a budget past the mmd stop: mmd (auto: with the mmd rule) or null
     max_sequential_increases: int = 3
     lr: float = 0.01
     grad_desc_iter: int = 50
@@ -267,6 +268,7 @@ RUNTIME_TRAIN_OPTIONS = ("max_rows",)
 
 
 EVALUATE_METHODS = QUALITY_METHODS + ("dsir",)
+EVALUATE_PROBES = ("logistic", "gaf")
 
 
 @dataclass
@@ -281,7 +283,8 @@ class EvaluateSection:
     (hashed n-gram importance resampling on the texts; needs the ``quality`` extra). Metrics
     against at most ``max_heldout`` held-out rows: MMD², the kNN KL, with ``domain_column``
     the share of rows from ``target_domains`` (default: the held-out rows' own values of that
-    column) and their recall, and with ``label_column`` a probe's accuracy.
+    column) and their recall, and with ``label_column`` a probe's accuracy (``probe``: a
+    scikit-learn logistic regression, or ``gaf``: the train stage's trainer and settings).
     """
     heldout: TrainSource = field(default_factory=lambda: TrainSource())
     selection: str | None = None       # the run to evaluate; null: this config's run
@@ -289,6 +292,7 @@ class EvaluateSection:
     sample_rows: int = 20_000          # pool rows every method chooses from
     max_heldout: int = 5_000           # held-out rows scored against (seeded hash sample)
     label_column: str | None = None    # probe accuracy: a column of the pool and the held-out rows
+    probe: str = "logistic"            # logistic (scikit-learn) or gaf (as the train section says)
     domain_column: str | None = None   # domain share and recall: a column of the pool
     target_domains: list | None = None  # the target's domains; null: the held-out rows' values
     seed: int = 0
@@ -450,10 +454,32 @@ def row_budget(s: SelectSection, pool_rows: int) -> int | None:
     return min(caps) if caps else None
 
 
+POOL_K_MIN, POOL_K_MAX = 50, 20_000
+ROWS_PER_BUDGET_CLUSTER = 100      # a row budget spans at least this many clusters' rows
+
+
+def auto_pool_k(pool_rows: int, s: SelectSection) -> int:
+    """``quantize.pool_k: auto``: ``4 * sqrt(rows)`` clusters (305 for the demo's 5,824
+    docstrings, 4,000 at a million rows), raised so that a row budget (``select.max_rows`` /
+    ``max_fraction``) spans at least 100 clusters' worth of rows, then held between 50 and
+    20,000 (K-means' cost grows with k) and ``select.max_centroids``, and never above the rows.
+    """
+    k = 4.0 * math.sqrt(max(pool_rows, 1))
+    budget = row_budget(s, pool_rows)
+    if budget is not None:
+        k = max(k, ROWS_PER_BUDGET_CLUSTER * pool_rows / budget)
+    k = min(max(k, POOL_K_MIN), POOL_K_MAX, s.max_centroids)
+    return int(max(1, min(round(k), pool_rows)))
+
+
 def engine_options(s: SelectSection) -> dict:
-    """The ``select`` section's options that ``gio_core.select`` takes."""
-    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
-            if f.name not in PIPELINE_SELECT_OPTIONS}
+    """The ``select`` section's options that ``gio_core.select`` takes (``fill: auto`` is
+    ``mmd`` with the mmd rule, else null)."""
+    out = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+           if f.name not in PIPELINE_SELECT_OPTIONS}
+    if out["fill"] == "auto":
+        out["fill"] = "mmd" if s.stop_criterion == "mmd" else None
+    return out
 
 
 def _valid_keys(cls) -> list[str]:
@@ -805,6 +831,8 @@ def validate_evaluate(cfg: JobConfig, command: str) -> None:
                                                 for d in v.target_domains)),
            "evaluate.target_domains must be null or a list of the domain column's values; got "
            f"{v.target_domains!r}.")
+    _check(v.probe in EVALUATE_PROBES, f"evaluate.probe must be one of "
+           f"{', '.join(EVALUATE_PROBES)}; got {v.probe!r}.")
     _check(v.target_domains is None or v.domain_column is not None,
            "evaluate.target_domains needs evaluate.domain_column: name the pool's column that "
            "holds each row's domain.")
@@ -1066,7 +1094,10 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
     _check(isinstance(e.normalize, bool), "embed.normalize must be true or false.")
     q = cfg.quantize
-    for key in ("pool_k", "target_k", "max_iter", "init_steps", "partitions"):
+    _check(q.pool_k == "auto" or (_is_int(q.pool_k) and q.pool_k >= 1),
+           f"quantize.pool_k must be auto (from the pool's size) or an integer >= 1; got "
+           f"{q.pool_k!r}.")
+    for key in ("target_k", "max_iter", "init_steps", "partitions"):
         _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
                f"quantize.{key} must be an integer >= 1.")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
@@ -1074,6 +1105,8 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(_is_num(q.tol) and q.tol >= 0, "quantize.tol must be a number >= 0.")
     _check(q.distance in ("euclidean", "cosine"), "quantize.distance must be euclidean or cosine.")
     s = cfg.select
+    _check(s.fill in ("auto", "mmd", None), "select.fill must be auto (mmd with the mmd rule), "
+           f"mmd or null; got {s.fill!r}.")
     try:
         check_select_options(**engine_options(s))
     except ValueError as err:
@@ -1092,6 +1125,8 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
     for key in ("pool_k", "target_k"):
+        if getattr(q, key) == "auto":
+            continue
         _check(getattr(q, key) <= s.max_centroids,
                f"quantize.{key}={getattr(q, key)} makes more centroids than "
                f"select.max_centroids={s.max_centroids} allows to collect to the driver; lower "

@@ -22,8 +22,9 @@ Each selection is scored against at most ``evaluate.max_heldout`` rows of ``eval
 (rows of the target's distribution that the target sample left out), by
 :func:`gio_core.quality.compare`: MMD² (RBF, the held-out rows' median width, the same for
 every method), the kNN KL, with ``domain_column`` the share of rows from the target's domains
-and their recall in the sample, and with ``label_column`` the held-out accuracy of a logistic
-regression trained on the selection.
+and their recall in the sample, and with ``label_column`` the held-out accuracy of a probe
+trained on the selection (``evaluate.probe``: a scikit-learn logistic regression, or ``gaf``:
+the train stage's trainer, with the train section's settings).
 
 Written under the evaluation id (``evaluate.run_id`` or ``eval-<fingerprint>``), in one
 transaction: ``evaluations``, one row per method; for a local output also
@@ -215,6 +216,20 @@ def selected_ids(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
 # DSIR (the data-selection package), on the driver
 # ---------------------------------------------------------------------------
 
+def _gaf_probe(cfg: JobConfig, classes: list):
+    """``probe(x, y, test_x, test_y) -> accuracy`` for :func:`gio_core.quality.compare`: the
+    train stage's probe (GAF or SGD, logistic or MLP, as the train section says), scored on the
+    held-out rows after its last epoch."""
+    from jobs.train import fit_probe
+
+    def probe(x, y, test_x, test_y) -> float:
+        _, records = fit_probe(cfg, np.asarray(x, np.float32), np.asarray(y).astype(str),
+                               np.asarray(test_x, np.float32), np.asarray(test_y).astype(str),
+                               classes)
+        return float(records[-1]["val_accuracy"])
+    return probe
+
+
 def dsir_rows(pool_texts: list, target_texts: list, budget: int, seed: int = 0) -> np.ndarray:
     """``budget`` pool rows (indices) resampled by DSIR's hashed n-gram importance weights
     against ``target_texts`` (``data_selection.HashedNgramDSIR``, minimum length 1 token, so
@@ -350,8 +365,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         cols.append(F.col(pool_text))
     # Held-out rows that are pool rows too (the same row id) are left out of what the methods
     # choose from: none may score by picking the rows it is measured against.
-    candidates = pool.frame.select(*cols).join(F.broadcast(inp.heldout.select(ROW_ID)), ROW_ID,
-                                               "left_anti")
+    candidates = pool.frame.select(*cols).join(inp.heldout.select(ROW_ID), ROW_ID, "left_anti")
     sample = _sample(candidates, v.sample_rows, v.seed)
     chosen = selected_ids(spark, cfg, eplan.selection, pool)
     selected_total = chosen.count()
@@ -359,8 +373,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                              "the pool's sample")
               .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
     pdf, x = _collect(sample, "the pool's sample")
-    heldout_in_pool = pool.frame.join(F.broadcast(inp.heldout.select(ROW_ID)), ROW_ID,
-                                      "left_semi").count()
+    heldout_in_pool = pool.frame.join(inp.heldout.select(ROW_ID), ROW_ID, "left_semi").count()
     marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
     if not marked.any():
         raise InputError(f"none of run {eplan.selection}'s {selected_total} selected rows is "
@@ -391,6 +404,16 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         extra["dsir"] = lambda budget: dsir_rows(ptexts, ttexts, budget, v.seed)
     from gio_core import median_bandwidth
     bandwidth = median_bandwidth(hx)
+    probe = None
+    if v.label_column is not None and v.probe == "gaf":
+        probe = _gaf_probe(cfg, sorted(set(pdf[LABEL].astype(str)) | set(hpdf[LABEL].astype(str))))
+        need = cfg.train.batch_size * cfg.train.microbatches
+        if int(marked.sum()) < need:
+            raise InputError(f"evaluate.probe gaf trains on the {int(marked.sum())} sampled rows "
+                             f"each method picks, fewer than one step needs (train.batch_size "
+                             f"{cfg.train.batch_size} x train.microbatches "
+                             f"{cfg.train.microbatches} = {need}); lower them, raise "
+                             "evaluate.sample_rows, or use evaluate.probe: logistic.")
     log(f"evaluate: run {eplan.selection}: {int(marked.sum())} of its {selected_total} rows are "
         f"in the {len(pdf)} pool rows sampled ({heldout_in_pool} pool rows left out: they are "
         f"held-out rows); comparing with "
@@ -402,7 +425,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         pool_labels=pdf[LABEL].astype(str).to_numpy() if v.label_column else None,
         heldout_labels=hpdf[LABEL].astype(str).to_numpy() if v.label_column else None,
         pool_domains=pdf[DOMAIN].astype(str).to_numpy() if domains is not None else None,
-        target_domains=domains, seed=v.seed, bandwidth=bandwidth, extra=extra)
+        target_domains=domains, seed=v.seed, bandwidth=bandwidth, extra=extra, probe=probe)
     compare_s = time.perf_counter() - t1
     by = {r["method"]: r for r in results}
     detail = {"sample_rows": len(pdf), "selected_in_sample": int(marked.sum()),

@@ -70,13 +70,14 @@ def library_versions() -> dict:
 
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
                warm_up: int = 0, floor: float | None = None,
-               mmd: np.ndarray | None = None, lookahead: int = 0) -> None:
+               mmd: np.ndarray | None = None, lookahead: int = 0, filled: int = 0) -> None:
     """Writes the KL curve as a PNG (to a temporary name first, then renamed into place).
 
     The first ``warm_up`` picks (before the estimator averages all k ranks; their values are
     not comparable with the later ones) are drawn apart, grey; ``floor`` (the estimate between
     two halves of the target) as a dashed line; the MMD along the picks, when the ``mmd`` rule
-    ran, on a second axis."""
+    ran, on a second axis, with the last ``filled`` picks (a budget filled past the least MMD)
+    marked."""
     # The object API, not pyplot: no global figure state, so concurrent runs in one driver are safe.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -102,9 +103,14 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     handles, labels = ax.get_legend_handles_labels()
     if mmd is not None and len(mmd):
         ax2 = ax.twinx()
+        best = len(mmd) - filled
         line, = ax2.plot(np.arange(1, len(mmd) + 1), mmd, color="C1",
-                         label=f"MMD² to the target (least at pick {len(mmd)}"
+                         label=f"MMD² to the target (least at pick {best}"
                                + (f", {lookahead} picks past it looked at)" if lookahead else ")"))
+        if filled:
+            ax2.axvline(best + 0.5, color="C1", linestyle=":", linewidth=1)
+            ax2.annotate(f"{filled} picks fill the budget", (best + 0.5, float(np.max(mmd))),
+                         fontsize=7, color="C1")
         ax2.set_ylabel("MMD² (RBF)")
         handles.append(line)
         labels.append(line.get_label())
@@ -219,12 +225,16 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                                       result.dim),
         "mmd_bandwidth": options.get("mmd_bandwidth"),
         "mmd_lookahead_picks": int(result.lookahead),
+        "fill_picks": int(result.filled),
         "rows_selected": int(pool_sizes[result.indices].sum()),
         "pool_rows": int(pool_sizes.sum()),
     }
     if s.stop_criterion == "mmd" and len(result.mmd):
-        log(f"select: least MMD² to the target {result.mmd[-1]:.5f} at pick "
-            f"{len(result.indices)} ({result.lookahead} picks past it looked at and dropped)")
+        best = len(result.indices) - result.filled
+        log(f"select: least MMD² to the target {result.mmd[best - 1]:.5f} at pick "
+            f"{best} ({result.lookahead} picks past it looked at and dropped)"
+            + (f"; {result.filled} more fill the budget, each the cluster that keeps the MMD "
+               f"lowest (MMD² {result.mmd[-1]:.5f})" if result.filled else ""))
     picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
               for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
     selection = spark.createDataFrame(picked, tables.SELECTION)
@@ -244,7 +254,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
         save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
                    warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
-                   mmd=result.mmd, lookahead=result.lookahead)
+                   mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)
         log(f"select: KL curve in {plot}")
     reuse.record(spark, cfg.output.path, "select", run_id, fp, "done",
                  {"picks": len(result.indices), "stop_reason": result.stop_reason})

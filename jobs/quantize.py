@@ -20,7 +20,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import functions as F
 
 from jobs import faults, reuse, tables
-from jobs.config import JobConfig
+from jobs.config import JobConfig, auto_pool_k, row_budget
 from jobs.embed import side_embeddings
 from jobs.inputs import Inputs
 from jobs.log import log
@@ -72,7 +72,13 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
         pool, target = apply_weights(pool, scale), apply_weights(target, scale)
     reuse.begin(spark, cfg.output.path, "quantize", key, fp)
     warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
-    pool_rows, assignments, cached = kmeans_side(pool, q.pool_k, q, q.seed, "pool", warn)
+    pool_k = q.pool_k
+    if pool_k == "auto":
+        pool_k = auto_pool_k(int(inputs.pool.report["kept"]), cfg.select)
+        log(f"quantize: pool_k auto: {pool_k} clusters for {inputs.pool.report['kept']} pool rows"
+            + (f" and a budget of {row_budget(cfg.select, int(inputs.pool.report['kept']))}"
+               if row_budget(cfg.select, int(inputs.pool.report["kept"])) else ""))
+    pool_rows, assignments, cached = kmeans_side(pool, pool_k, q, q.seed, "pool", warn)
     target_rows, _, cached_t = kmeans_side(target, q.target_k, q, q.seed + 1, "target", warn)
     log(f"quantize: {len(pool_rows)} pool clusters, {len(target_rows)} target clusters")
     bandwidth = target_bandwidth(cached_t)
@@ -84,7 +90,8 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     cached.unpersist()
     cached_t.unpersist()
     reuse.record(spark, cfg.output.path, "quantize", key, fp, "done",
-                 {"pool_clusters": len(pool_rows), "target_clusters": len(target_rows),
+                 {"pool_k": pool_k, "pool_clusters": len(pool_rows),
+                  "target_clusters": len(target_rows),
                   "target_bandwidth": bandwidth})
     return key
 

@@ -246,6 +246,8 @@ def evaluate_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan") -> Evalua
                         "embed": pool_plan.embed["target"]},
              "embed": {"model": _model_identity(cfg.embed.model),
                        "normalize": cfg.embed.normalize}}
+    if v.probe == "gaf":                 # the probe is trained as the train section says
+        parts["train"] = train_params(cfg)
     fp = fingerprint("evaluate", parts)
     return EvaluatePlan(fp, v.run_id or "eval-" + fp[:12], identities["selection"]["run_id"])
 
@@ -313,6 +315,9 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     parts = [embed["pool"], embed["target"], dataclasses.asdict(cfg.quantize)]
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})
+    if cfg.quantize.pool_k == "auto":    # the clusters then follow the row budget and the cap
+        s = cfg.select
+        parts.append({"pool_k": [s.max_rows, s.max_fraction, s.max_centroids]})
     quantize = fingerprint("quantize", *parts)
     select = fingerprint("select", quantize, select_params(cfg))
     run_id = cfg.run_id or "run-" + select[:12]

@@ -129,7 +129,73 @@ def test_noise_floor_is_near_zero_for_one_distribution_and_below_a_shifted_sampl
         kl_noise_floor(target[:10], k=5)
 
 
+def mixture_case(seed=0, dim=16):
+    """A pool of 8 Gaussians (500 rows each); the target and held-out rows from components
+    0, 1, 2 in proportions 0.5 / 0.3 / 0.2."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim)) * 3 / np.sqrt(dim / 8)
+    comp = np.repeat(np.arange(8), 500)
+    pool = (centres[comp] + rng.normal(size=(4000, dim))).astype(np.float32)
+
+    def draw(n):
+        c = rng.choice(3, p=(0.5, 0.3, 0.2), size=n)
+        return (centres[c] + rng.normal(size=(n, dim))).astype(np.float32)
+    return pool, comp, draw(200), draw(600)
+
+
+def test_mmd_fill_spends_a_budget_closer_to_the_target_than_kl_picks():
+    """Past the rule's stop, KL-driven picks drift from the target; the fill's picks, made by
+    MMD gain, end closer to held-out rows (on average over three draws: measured 0.0032
+    against 0.0070; nearest round robin 0.0023)."""
+    budget, kl_mmd, fill_mmd = 750, [], []
+    for seed in (0, 1, 2):
+        pool, comp, target, held = mixture_case(seed)
+        kl_only = select(target, pool, stop_criterion="none", max_iter=budget, dim="auto")
+        filled = select(target, pool, stop_criterion="mmd", fill="mmd", max_iter=budget,
+                        dim="auto")
+        assert len(filled.indices) == budget and filled.stop_reason == "max_iter"
+        assert 0 < filled.filled < budget and len(set(filled.indices.tolist())) == budget
+        hb = median_bandwidth(held)
+        kl_mmd.append(mmd_rbf(held, pool[kl_only.indices], bandwidth=hb))
+        fill_mmd.append(mmd_rbf(held, pool[filled.indices], bandwidth=hb))
+        if seed == 0:
+            # The rule's own picks come first, and the reported curves are the selection's.
+            rule = select(target, pool, stop_criterion="mmd", dim="auto")
+            assert (filled.indices[:len(rule.indices)] == rule.indices).all()
+            assert filled.filled == budget - len(rule.indices)
+            h = median_bandwidth(target)
+            assert filled.mmd[-1] == pytest.approx(
+                mmd_rbf(target, pool[filled.indices], bandwidth=h), rel=1e-3)
+            assert filled.kl[-1] == pytest.approx(
+                knn_kl(target, pool[filled.indices], dim=filled.dim), rel=1e-3, abs=1e-3)
+            # The target's components, nearly in its proportions 0.5 / 0.3 / 0.2.
+            share = np.bincount(comp[filled.indices], minlength=8)[:3] / budget
+            assert np.abs(share - [0.5, 0.3, 0.2]).max() < 0.05
+    assert np.mean(fill_mmd) < 0.6 * np.mean(kl_mmd)
+
+
+def test_mmd_fill_with_a_row_budget_on_weighted_centroids():
+    pool, comp, target, _ = mixture_case(1)
+    km = KMeans(200, n_init=1, random_state=0).fit(pool)
+    sizes = np.bincount(km.labels_, minlength=200)
+    kt = KMeans(30, n_init=1, random_state=0).fit(target)
+    opts = dict(target_weights=np.bincount(kt.labels_, minlength=30), pool_weights=sizes,
+                dim="auto", mmd_bandwidth=median_bandwidth(target), stop_criterion="mmd")
+    rule = select(kt.cluster_centers_, km.cluster_centers_, **opts)
+    filled = select(kt.cluster_centers_, km.cluster_centers_, fill="mmd", max_rows=1200,
+                    row_counts=sizes.astype(np.int64), **opts)
+    assert filled.stop_reason == "max_rows" and filled.filled > 0
+    assert (filled.indices[:len(rule.indices)] == rule.indices).all()
+    rows = sizes[filled.indices].sum()
+    assert rows >= 1200 and rows - sizes[filled.indices[-1]] < 1200
+    # Without a budget there is nothing to fill: the rule's selection stands.
+    alone = select(kt.cluster_centers_, km.cluster_centers_, fill="mmd", **opts)
+    assert (alone.indices == rule.indices).all() and alone.filled == 0
+
+
 @pytest.mark.parametrize("kwargs,message", [
+    (dict(fill="kl"), "fill must be None or 'mmd'"),
+    (dict(fill="mmd", stop_criterion="increase"), "fill='mmd' fills a budget past"),
     (dict(mmd_tolerance=0), "mmd_tolerance must be > 0"),
     (dict(mmd_bandwidth=-1.0), "mmd_bandwidth must be > 0"),
     (dict(stop_criterion="mmd", resets_allowed=True), "resets_allowed has no effect"),

@@ -50,11 +50,39 @@ def test_cluster_templates_are_valid():
     (["pool.bad_rows=ignore"], "pool.bad_rows must be reject or drop"),
     (["run_id=a/b"], "run_id must be null or 1-128 letters"),
     (["select.use_weights=maybe"], "select.use_weights must be true or false"),
+    (["quantize.pool_k=some"], "quantize.pool_k must be auto (from the pool's size) or an "
+                               "integer >= 1; got 'some'"),
+    (["select.fill=kl"], "select.fill must be auto (mmd with the mmd rule), mmd or null"),
+    (["select.fill=mmd", "select.stop_criterion=increase"], "select.fill='mmd' fills a budget "
+                                                            "past the point where the mmd rule"),
+    (["evaluate.methods=[random, best]"], "evaluate.methods must be a list of distinct methods"),
+    (["evaluate.target_domains=[a]"], "evaluate.target_domains needs evaluate.domain_column"),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(InputError) as err:
         load_config("conf/demo.yaml", overrides)
     assert message in str(err.value)
+
+
+def test_pool_k_auto_follows_the_pool_and_the_budget():
+    from jobs.config import auto_pool_k, engine_options
+    s = load_config("conf/demo.yaml").select
+    assert load_config("conf/demo.yaml", ["quantize.pool_k=auto"]).quantize.pool_k == "auto"
+    assert auto_pool_k(5824, s) == 305                      # 4 sqrt(rows)
+    assert auto_pool_k(10 ** 6, s) == 4000
+    assert auto_pool_k(10 ** 9, s) == 20_000                # the cap
+    assert auto_pool_k(100, s) == 50 and auto_pool_k(30, s) == 30
+    budget = load_config("conf/demo.yaml", ["select.max_rows=1000"]).select
+    assert auto_pool_k(5824, budget) == 582                 # 100 clusters' rows in the budget
+    tiny = load_config("conf/demo.yaml", ["select.max_fraction=0.001"]).select
+    assert auto_pool_k(5824, tiny) == 5824                  # never more than the rows
+    capped = load_config("conf/demo.yaml", ["select.max_rows=1000",
+                                            "select.max_centroids=500"]).select
+    assert auto_pool_k(5824, capped) == 500
+    # fill: auto is mmd with the mmd rule (the default), nothing with the others.
+    assert engine_options(s)["fill"] == "mmd"
+    other = load_config("conf/demo.yaml", ["select.stop_criterion=none"]).select
+    assert engine_options(other)["fill"] is None
 
 
 def test_config_files_that_cannot_be_used(tmp_path):

@@ -170,3 +170,39 @@ def test_text_sides_embed_the_heldout_rows_and_run_dsir(spark, tmp_path, docstri
     assert got["dsir"]["share"] > got["random"]["share"]
     assert got["selection"]["share"] > 2 * got["random"]["share"]
     assert got["selection"]["mmd"] < got["random"]["mmd"]
+
+
+def test_gaf_probe_is_the_train_stages_trainer_on_each_selection(spark, case):
+    """evaluate.probe gaf: each method's accuracy is the train stage's probe (fit_probe, with
+    the train section's settings) trained on its rows in the stage's order."""
+    from jobs.config import load_config
+    from jobs.train import fit_probe
+    sets = ["evaluate.probe=gaf", "evaluate.methods=[random]", "train.epochs=4",
+            "train.model=logistic"]
+    argv = ["evaluate", "--config", case["config"]]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(["run", "--config", case["config"]]) == 0       # reused if the test above ran
+    assert main(argv) == 0
+    cfg = load_config(case["config"], sets)
+    got = {}
+    for r in tables.read_table(spark, case["out"], "evaluations").collect():
+        if '"probe": "gaf"' in r["params"]:
+            got[r["method"]] = r
+    assert set(got) == {"selection", "random"}
+    pool, held = case["pool"].set_index("id"), case["heldout"].set_index("id")
+    sample = sampled_ids(spark, list(pool.index), 1000)
+    selected = set(r["id"] for r in tables.read_table(spark, case["out"], "selected_rows")
+                   .select("id").collect())
+    mine = [i for i in sample if i in selected]
+    held_ids = sampled_ids(spark, list(held.index), 5000)
+    classes = sorted(set(pool.loc[sample, "domain"]) | set(held["domain"]))
+    from gio_core.quality import random_rows
+    drawn = list(np.array(sample)[random_rows(len(sample), len(mine), 0)])
+    for method, ids in (("selection", mine), ("random", drawn)):
+        _, records = fit_probe(cfg, np.stack(pool.loc[ids, "vec"]).astype(np.float32),
+                               pool.loc[ids, "domain"].to_numpy(),
+                               np.stack(held.loc[held_ids, "vec"]).astype(np.float32),
+                               held.loc[held_ids, "domain"].to_numpy(), classes)
+        assert got[method]["accuracy"] == pytest.approx(records[-1]["val_accuracy"]), method
+        assert 0 < got[method]["accuracy"] <= 1

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from jobs.config import load_config
 from jobs.errors import InputError
 from jobs.pipeline import run_pipeline
-from jobs import tables
+from jobs import reuse, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -250,6 +250,40 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
     base = float(line.split("against ")[1].split("%")[0])
     assert share > 3 * base, line
     assert "examples (first picks first):" in run.stdout
+
+
+def test_a_row_budget_past_the_mmd_stop_is_filled(spark, tmp_path):
+    """The default rule (mmd, fill auto) with a budget beyond its own stop: the rule's clusters
+    first, in the same order, then clusters chosen by MMD gain until the budget; exactly the
+    budget comes out."""
+    pool, comp, target = clustered_vectors()
+    free = run_pipeline(spark, vectors_config(tmp_path, pool, target))
+    cfg = vectors_config(tmp_path, pool, target, select__max_rows=300)
+    budget = run_pipeline(spark, cfg)
+    assert budget["selected_rows"] == 300 and free["selected_rows"] < 300
+    rank = {}
+    for name, summary in (("free", free), ("budget", budget)):
+        rank[name] = [r["cluster_id"] for r in tables.read_key(
+            spark, cfg.output.path, "selection", summary["run_id"]).orderBy("rank").collect()]
+    record = tables.read_key(spark, cfg.output.path, "runs", budget["run_id"]).first()
+    diagnostics = json.loads(record["diagnostics"])
+    assert record["stop_reason"] == "max_rows"
+    assert diagnostics["fill_picks"] == len(rank["budget"]) - len(rank["free"]) > 0
+    assert rank["budget"][:len(rank["free"])] == rank["free"]
+    assert len(record["mmd_curve"]) == len(rank["budget"])
+
+
+def test_pool_k_auto_clusters_the_pool_by_its_size(spark, tmp_path):
+    pool, comp, target = clustered_vectors(1)
+    cfg = vectors_config(tmp_path, pool, target, quantize__pool_k="auto")
+    summary = run_pipeline(spark, cfg)
+    plan = reuse.make_plan(spark, cfg)
+    detail = json.loads(reuse.latest(spark, cfg.output.path, "quantize",
+                                     plan.clustering_id)["detail"])
+    assert detail["pool_k"] == 98                                 # 4 sqrt(600)
+    centroids = tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)
+    assert 90 <= centroids.where(F.col("side") == "pool").count() <= 98
+    assert summary["selected_rows"] > 0
 
 
 def test_each_stage_runs_alone_through_its_entry_point(spark, tmp_path):

@@ -49,6 +49,18 @@ def test_each_parameter_changes_its_stage_and_those_after_it():
     assert planned("output.path=/elsewhere") == base          # the output is not an input
 
 
+def test_pool_k_auto_clusters_again_when_the_budget_changes():
+    """With pool_k: auto the cluster count follows the row budget and select.max_centroids, so
+    they are part of quantize's fingerprint there (and only there)."""
+    auto = planned("quantize.pool_k=auto")
+    budget = planned("quantize.pool_k=auto", "select.max_rows=100")
+    assert budget.embed == auto.embed and budget.clustering_id != auto.clustering_id
+    assert planned("quantize.pool_k=auto", "select.max_centroids=500").quantize != auto.quantize
+    fixed, fixed_budget = planned(), planned("select.max_rows=100")
+    assert fixed_budget.clustering_id == fixed.clustering_id
+    assert fixed_budget.select != fixed.select
+
+
 def test_planning_leaves_the_config_as_it_was():
     """The GIO source's CSV form implies its vector column without writing it into the config,
     so a stage run alone plans the same run id as the whole pipeline."""
