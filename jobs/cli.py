@@ -4,18 +4,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import package
+from jobs import __version__, package
 from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS
 from jobs.runner import run_main
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gio-spark", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gio-spark {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="GIO selection on a synthetic 2-D mixture, with plots")
     demo.add_argument("--out", default="out/demo", help="folder for the PNGs (default out/demo)")
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("package", add_help=False, help="build what spark-submit ships to a cluster")
+    sub.add_parser("config", add_help=False, help="print the effective config (defaults, the "
+                   "file and --set together) as YAML, after checking it")
     for name, command in COMMANDS.items():
         sub.add_parser(name, add_help=False, help=command.help)
     sub.add_parser("datamodels", add_help=False, help="datamodels: models trained on random "
@@ -31,6 +34,8 @@ def main(argv=None) -> int:
         return 0
     if args.command == "package":
         return package.main(rest)
+    if args.command == "config":
+        return _config(rest)
     if args.command == "datamodels":
         return _datamodels(rest)
     command = COMMANDS[args.command]
@@ -38,6 +43,28 @@ def main(argv=None) -> int:
         rest = [a for a in rest if a != "--local"] + ["--set", "imnn.mode=local"]
     return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
                     command=args.command)
+
+
+def _config(rest: list) -> int:
+    """``gio-spark config [--show] [--config FILE] [--set KEY=VALUE ...]``: the config every
+    command would run with, every default filled in, as YAML on stdout; a bad value exits 2
+    with its one-line message. Sides a command needs (pool, target) are checked by that
+    command, not here."""
+    import yaml
+
+    from jobs.config import load_config
+    from jobs.errors import EXIT_BAD_INPUT, InputError
+    from jobs.runner import parser
+    p = parser("gio-spark config", "print the effective config as YAML")
+    p.add_argument("--show", action="store_true", help="print it (the default)")
+    args = p.parse_args(rest)
+    try:
+        cfg = load_config(args.config, args.set, command="config")
+    except InputError as err:
+        print(f"gio-spark: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False), end="")
+    return 0
 
 
 def _datamodels(rest: list) -> int:

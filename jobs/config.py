@@ -1033,7 +1033,7 @@ def reads_sides(cfg: JobConfig, command: str = "run") -> tuple[str, ...]:
     """The sides (pool, target) that ``command`` reads, so they must be configured."""
     if command == "datamodels-select":
         return ("pool",)
-    if command in ("weigh", "imnn", "imnn-example") or command in DATAMODELS_COMMANDS:
+    if command in ("weigh", "imnn", "imnn-example", "config") or command in DATAMODELS_COMMANDS:
         return ()
     if command == "train":
         return ("pool", "target") if cfg.train.needs_pool else ()

@@ -102,3 +102,27 @@ def test_config_files_that_cannot_be_used(tmp_path):
     broken.write_text("select: {k: [\n")
     with pytest.raises(InputError, match="is not valid YAML"):
         load_config(str(broken))
+
+
+def test_config_show_prints_the_effective_config_that_loads_back(tmp_path, capsys):
+    import yaml
+
+    from jobs import __version__
+    from jobs.cli import main
+    assert main(["config", "--show", "--config", "conf/demo.yaml", "--set", "select.k=7"]) == 0
+    shown = capsys.readouterr().out
+    data = yaml.safe_load(shown)
+    assert data["select"]["k"] == 7 and data["quantize"]["pool_k"] == 300
+    assert data["select"]["fill"] == "auto" and data["evaluate"]["sample_rows"] == 20000
+    path = tmp_path / "shown.yaml"
+    path.write_text(shown)
+    want = load_config("conf/demo.yaml", ["select.k=7"]).to_dict()
+    assert load_config(str(path)).to_dict() == want
+    assert main(["config", "--set", "select.k=0"]) == 2
+    assert capsys.readouterr().err.strip() == ("gio-spark: error: select.k must be a positive "
+                                               "integer; got 0.")
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"gio-spark {__version__}"
+    from importlib.metadata import version
+    assert version("gio-spark") == __version__                 # setup.cfg reads the same one
