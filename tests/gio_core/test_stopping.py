@@ -174,6 +174,15 @@ def test_mmd_fill_spends_a_budget_closer_to_the_target_than_kl_picks():
     assert np.mean(fill_mmd) < 0.6 * np.mean(kl_mmd)
 
 
+def test_mmd_fill_does_not_depend_on_row_order():
+    pool, _, target, _ = domain_case(3, 16, pool_rows=1200)
+    order = np.random.default_rng(6).permutation(len(pool))
+    a = select(target, pool, stop_criterion="mmd", fill="mmd", max_iter=400)
+    b = select(target, pool[order], stop_criterion="mmd", fill="mmd", max_iter=400)
+    assert a.filled > 0 and (order[b.indices] == a.indices).all()
+    assert b.mmd == pytest.approx(a.mmd, rel=1e-4)
+
+
 def test_mmd_fill_with_a_row_budget_on_weighted_centroids():
     pool, comp, target, _ = mixture_case(1)
     km = KMeans(200, n_init=1, random_state=0).fit(pool)
