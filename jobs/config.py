@@ -733,23 +733,24 @@ def validate_weigh(cfg: JobConfig) -> None:
                "set weights.run_id to other weights.")
 
 
+def _check_features_source(src: SourceSection, key: str) -> None:
+    """A source of rows with features (train's, evaluate's): any format but gio_csv, and a
+    vector column or a text column to embed."""
+    _check_source(src, key, tuple(f for f in SOURCE_FORMATS if f != "gio_csv"))
+    _check(src.embedding_column or src.text_column,
+           f"{key} needs features: set {key}.embedding_column (vectors) or {key}.text_column "
+           "(texts embedded with embed.model).")
+
+
 def validate_train(cfg: JobConfig) -> None:
     """The ``train`` section (checked whether or not the stage runs)."""
     t = cfg.train
     if t.source.path is not None:
-        _check_source(t.source, "train.source", tuple(f for f in SOURCE_FORMATS
-                                                      if f != "gio_csv"))
-        _check(t.source.embedding_column or t.source.text_column,
-               "train.source needs features: set train.source.embedding_column (vectors) or "
-               "train.source.text_column (texts embedded with embed.model).")
+        _check_features_source(t.source, "train.source")
         _check(t.selection is None, "train.selection names a run whose selected rows to train "
                "on, but train.source.path names other rows; set one of them.")
     if t.enabled:
-        _check_source(t.validation, "train.validation", tuple(f for f in SOURCE_FORMATS
-                                                              if f != "gio_csv"))
-        _check(t.validation.embedding_column or t.validation.text_column,
-               "train.validation needs features: set train.validation.embedding_column "
-               "(vectors) or train.validation.text_column (texts embedded with embed.model).")
+        _check_features_source(t.validation, "train.validation")
         _check(isinstance(t.label_column, str) and t.label_column != "",
                "train.label_column is missing: name the column of class labels that the "
                "training rows and train.validation both have.")
@@ -806,11 +807,7 @@ def validate_evaluate(cfg: JobConfig, command: str) -> None:
     """The ``evaluate`` section (checked whether or not the stage runs)."""
     v = cfg.evaluate
     if v.enabled:
-        _check_source(v.heldout, "evaluate.heldout", tuple(f for f in SOURCE_FORMATS
-                                                          if f != "gio_csv"))
-        _check(v.heldout.embedding_column or v.heldout.text_column,
-               "evaluate.heldout needs features: set evaluate.heldout.embedding_column "
-               "(vectors) or evaluate.heldout.text_column (texts embedded with embed.model).")
+        _check_features_source(v.heldout, "evaluate.heldout")
     _check(v.selection is None or (isinstance(v.selection, str)
                                    and RUN_ID_PATTERN.match(v.selection)),
            f"evaluate.selection must be null or a run id such as run-1a2b3c; got {v.selection!r}.")

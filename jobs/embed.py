@@ -62,3 +62,24 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         tables.replace_key(spark, out, cfg.output.path, name, key)
         reuse.record(spark, cfg.output.path, stage, key, fp, "done")
     return tables.read_key(spark, cfg.output.path, name, key).select(ROW_ID, EMBEDDING)
+
+
+def stored_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame | None:
+    """(row_id, embedding) of a side without computing anything: its vector column, or its
+    committed ``<side>_embeddings``; None when neither exists yet."""
+    if EMBEDDING in side.frame.columns:
+        return side.frame.select(ROW_ID, EMBEDDING)
+    key = plan.embeddings_id[side.name]
+    if not reuse.is_done(spark, cfg.output.path, f"embed_{side.name}", key, plan.embed[side.name]):
+        return None
+    return tables.read_key(spark, cfg.output.path, f"{side.name}_embeddings", key).select(
+        ROW_ID, EMBEDDING)
+
+
+def embedded_rows(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
+    """``rows`` (with row_id and ``text``) joined with their texts' embeddings, computed on the
+    executors with the ``embed`` section's model."""
+    e = cfg.embed
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
+    return rows.join(vectors, ROW_ID)

@@ -51,8 +51,9 @@ from pyspark.sql import types as T
 from jobs import reuse, tables
 from jobs.config import JobConfig, effective_embedding_column
 from jobs.errors import InputError
-from jobs.inputs import (EMBEDDING, ROW_ID, Side, checked_model_dim, clean_side, enforce,
-                         guarded, read_side, row_id_expr, scan_side)
+from jobs.embed import embedded_rows, stored_embeddings
+from jobs.inputs import (EMBEDDING, ROW_ID, Side, check_class_column, checked_model_dim,
+                         clean_side, enforce, guarded, read_side, scan_side, selected_frame)
 from jobs.log import log
 
 HELDOUT = "evaluate.heldout"
@@ -76,13 +77,8 @@ class EvaluateInput:
 # ---------------------------------------------------------------------------
 
 def _check_column(schema: T.StructType, column: str, key: str, where: str) -> None:
-    if column not in schema.names:
-        raise InputError(f"evaluate.{key} {column!r} is not a column of {where}; its columns "
-                         f"are: {', '.join(schema.names)}.")
-    dtype = schema[column].dataType
-    if not isinstance(dtype, (T.StringType, T.IntegralType, T.BooleanType)):
-        raise InputError(f"evaluate.{key} {column!r} of {where} has type "
-                         f"{dtype.simpleString()}; it must hold text, integers or booleans.")
+    check_class_column(schema, column, f"evaluate.{key}", where, schema.names,
+                       "class labels" if key == "label_column" else "domains")
 
 
 def check_evaluate_input(spark, cfg: JobConfig, pool: Side, pool_dim: int) -> EvaluateInput:
@@ -142,17 +138,6 @@ def evaluate_input_unless_done(spark, cfg: JobConfig, eplan: reuse.EvaluatePlan,
 # The rows, with their features, on the driver
 # ---------------------------------------------------------------------------
 
-def _stored(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame | None:
-    """(row_id, embedding) of a side: its vector column, or its committed embeddings."""
-    if EMBEDDING in side.frame.columns:
-        return side.frame.select(ROW_ID, EMBEDDING)
-    key = plan.embeddings_id[side.name]
-    if not reuse.is_done(spark, cfg.output.path, f"embed_{side.name}", key, plan.embed[side.name]):
-        return None
-    return tables.read_key(spark, cfg.output.path, f"{side.name}_embeddings", key).select(
-        ROW_ID, EMBEDDING)
-
-
 def _with_features(spark, cfg: JobConfig, rows: DataFrame, stored: DataFrame | None,
                    text: str | None, what: str) -> DataFrame:
     """``rows`` with an embedding column: the stored one, or their texts embedded now."""
@@ -164,19 +149,11 @@ def _with_features(spark, cfg: JobConfig, rows: DataFrame, stored: DataFrame | N
         if missing.limit(1).count() == 0:
             return joined.where(F.col(EMBEDDING).isNotNull())
         return joined.where(F.col(EMBEDDING).isNotNull()).unionByName(
-            _embedded(spark, cfg, missing, text))
+            embedded_rows(spark, cfg, missing, text))
     if text is None:
         raise InputError(f"{what} have neither vectors nor texts to embed.")
     log(f"evaluate: embedding {what}")
-    return _embedded(spark, cfg, rows, text)
-
-
-def _embedded(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
-    from jobs.embed import embed_frame
-    e = cfg.embed
-    threads = int(spark.conf.get("spark.task.cpus", "1"))
-    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
-    return rows.join(vectors, ROW_ID)
+    return embedded_rows(spark, cfg, rows, text)
 
 
 def _sample(frame: DataFrame, n: int, seed: int) -> DataFrame:
@@ -198,18 +175,8 @@ def _collect(frame: DataFrame, what: str):
 
 def selected_ids(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
     """The row ids of run ``run_id``'s selected rows, computed as the pool's."""
-    df = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
-    own = [f.name for f in pool.schema.fields]
-    lacking = [c for c in own if c not in df.columns]
-    if lacking:
-        raise InputError(f"the selected rows of run {run_id} lack the pool's columns "
-                         f"{lacking}: they were selected from another pool. Name a run of this "
-                         "config's pool in evaluate.selection.")
-    if pool.src.id_column and pool.src.id_column not in own:
-        raise InputError(f"the pool's id_column {pool.src.id_column!r} is not kept in "
-                         "selected_rows (it is named like gio-spark's own row_id); rename it in "
-                         "the source to evaluate a selection.")
-    return df.select(row_id_expr(own, pool.src.id_column).alias(ROW_ID)).distinct()
+    return selected_frame(spark, cfg.output.path, run_id, pool, "evaluate.selection",
+                          "evaluate a selection").select(ROW_ID).distinct()
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +336,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
     sample = _sample(candidates, v.sample_rows, v.seed)
     chosen = selected_ids(spark, cfg, eplan.selection, pool)
     selected_total = chosen.count()
-    sample = (_with_features(spark, cfg, sample, _stored(spark, cfg, plan, pool), pool_text,
+    sample = (_with_features(spark, cfg, sample, stored_embeddings(spark, cfg, plan, pool), pool_text,
                              "the pool's sample")
               .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
     pdf, x = _collect(sample, "the pool's sample")
@@ -382,7 +349,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
 
     tcols = [F.col(ROW_ID)] + ([F.col(target_text)] if target_text is not None else [])
     tsample = _sample(target.frame.select(*tcols), v.sample_rows, v.seed)
-    tpdf, tx = _collect(_with_features(spark, cfg, tsample, _stored(spark, cfg, plan, target),
+    tpdf, tx = _collect(_with_features(spark, cfg, tsample, stored_embeddings(spark, cfg, plan, target),
                                        target_text, "the target's rows"), "the target sample")
     hsample = _sample(inp.heldout, v.max_heldout, v.seed)
     if inp.text is not None:

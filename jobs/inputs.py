@@ -569,3 +569,39 @@ def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> No
         if name == "selected_rows" and schema is None:
             continue
         tables.check_existing(spark, cfg.output.path, name, schema)
+
+
+def check_class_column(schema: T.StructType, column: str, key: str, where: str, columns: list,
+                       what: str = "class labels") -> None:
+    """``column`` (the option ``key``) is a column of ``where`` holding text, integers or
+    booleans."""
+    if column not in schema.names:
+        raise InputError(f"{key} {column!r} is not a column of {where}; its columns are: "
+                         f"{', '.join(columns)}.")
+    dtype = schema[column].dataType
+    if not isinstance(dtype, (T.StringType, T.IntegralType, T.BooleanType)):
+        raise InputError(f"{key} {column!r} of {where} has type {dtype.simpleString()}; {what} "
+                         "are text, integers or booleans.")
+
+
+def selected_frame(spark, output: str, run_id: str, pool: Side, key: str, purpose: str):
+    """Run ``run_id``'s selected rows with the pool's own columns and their ``row_id`` computed
+    as the pool's. ``key`` and ``purpose`` name the option and the use in messages
+    ("train.selection", "train on a selection").
+
+    Raises:
+      InputError: the rows lack the pool's columns (another pool's run), or the pool's id column
+        was not kept.
+    """
+    df = tables.read_key(spark, output, "selected_rows", run_id)
+    own = [f.name for f in pool.schema.fields]
+    lacking = [c for c in own if c not in df.columns]
+    if lacking:
+        raise InputError(f"the selected rows of run {run_id} lack the pool's columns "
+                         f"{lacking}: they were selected from another pool. Name a run of this "
+                         f"config's pool in {key}.")
+    if pool.src.id_column and pool.src.id_column not in own:
+        raise InputError(f"the pool's id_column {pool.src.id_column!r} is not kept in "
+                         "selected_rows (it is named like gio-spark's own row_id); rename it in "
+                         f"the source to {purpose}.")
+    return df.select(*own).withColumn(ROW_ID, row_id_expr(own, pool.src.id_column))

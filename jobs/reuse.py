@@ -206,23 +206,36 @@ def make_train_plan(spark, cfg: JobConfig, pool_plan: "Plan | None" = None,
         identities["source"] = source_identity(spark, t.source, "train.source")
     else:
         assert pool_plan is not None
-        run_id = t.selection or pool_plan.run_id
-        if in_run and run_id == pool_plan.run_id:
-            explode = pool_plan.explode
-        else:
-            last = latest_selection(spark, cfg.output.path, run_id)
-            if last is None or last["status"] != "done":
-                this = " (this config's run)" if run_id == pool_plan.run_id else ""
-                raise InputError(f"run {run_id}{this} has no selected rows under "
-                                 f"{cfg.output.path!r} to train on; run gio-spark run first, or "
-                                 "name a finished run in train.selection.")
-            if run_id == pool_plan.run_id and last["fingerprint"] != pool_plan.explode:
-                raise InputError(f"the selected rows of run {run_id} under {cfg.output.path!r} "
-                                 "were made with other inputs or settings than this config's; "
-                                 "run gio-spark run with this config first.")
-            explode = last["fingerprint"]
-        identities["selection"] = {"run_id": run_id, "explode": explode}
+        identities["selection"] = selection_identity(spark, cfg, pool_plan, t.selection, in_run,
+                                                     "train on", "train.selection")
     return train_plan(cfg, identities, pool_plan)
+
+
+def selection_identity(spark, cfg: JobConfig, pool_plan: "Plan", run_id: str | None,
+                       in_run: bool, purpose: str, key: str) -> dict:
+    """``{"run_id", "explode"}`` of the selected rows a stage reads: run ``run_id`` (None: this
+    config's), and the fingerprint its selection stage committed (this run's own explode
+    fingerprint when ``in_run``, before that explode). ``purpose`` and ``key`` name the stage's
+    use and option in messages ("train on", "train.selection").
+
+    Raises:
+      InputError: the run has no committed selected rows, or this config's run was made with
+        other inputs or settings.
+    """
+    run_id = run_id or pool_plan.run_id
+    if in_run and run_id == pool_plan.run_id:
+        return {"run_id": run_id, "explode": pool_plan.explode}
+    last = latest_selection(spark, cfg.output.path, run_id)
+    if last is None or last["status"] != "done":
+        this = " (this config's run)" if run_id == pool_plan.run_id else ""
+        raise InputError(f"run {run_id}{this} has no selected rows under {cfg.output.path!r} "
+                         f"to {purpose}; run gio-spark run first, or name a finished run in "
+                         f"{key}.")
+    if run_id == pool_plan.run_id and last["fingerprint"] != pool_plan.explode:
+        raise InputError(f"the selected rows of run {run_id} under {cfg.output.path!r} were made "
+                         "with other inputs or settings than this config's; run gio-spark run "
+                         "with this config first.")
+    return {"run_id": run_id, "explode": last["fingerprint"]}
 
 
 @dataclass(frozen=True)
@@ -261,23 +274,9 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
       InputError: the run to evaluate has no committed selected rows, or they were made from
         other inputs or settings than this config's.
     """
-    run_id = cfg.evaluate.selection or pool_plan.run_id
-    if in_run and run_id == pool_plan.run_id:
-        explode = pool_plan.explode
-    else:
-        last = latest_selection(spark, cfg.output.path, run_id)
-        if last is None or last["status"] != "done":
-            this = " (this config's run)" if run_id == pool_plan.run_id else ""
-            raise InputError(f"run {run_id}{this} has no selected rows under "
-                             f"{cfg.output.path!r} to evaluate; run gio-spark run first, or "
-                             "name a finished run in evaluate.selection.")
-        if run_id == pool_plan.run_id and last["fingerprint"] != pool_plan.explode:
-            raise InputError(f"the selected rows of run {run_id} under {cfg.output.path!r} "
-                             "were made with other inputs or settings than this config's; "
-                             "run gio-spark run with this config first.")
-        explode = last["fingerprint"]
     identities = {"heldout": source_identity(spark, cfg.evaluate.heldout, "evaluate.heldout"),
-                  "selection": {"run_id": run_id, "explode": explode}}
+                  "selection": selection_identity(spark, cfg, pool_plan, cfg.evaluate.selection,
+                                                  in_run, "evaluate", "evaluate.selection")}
     return evaluate_plan(cfg, identities, pool_plan)
 
 

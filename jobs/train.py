@@ -42,8 +42,9 @@ from pyspark.sql import types as T
 from jobs import reuse, tables
 from jobs.config import JobConfig, effective_embedding_column
 from jobs.errors import ConcurrentRunError, InputError
-from jobs.inputs import (EMBEDDING, ROW_ID, Side, checked_model_dim, clean_side, enforce,
-                         guarded, own_columns, read_side, row_id_expr, scan_side)
+from jobs.inputs import (EMBEDDING, ROW_ID, Side, check_class_column, checked_model_dim,
+                         clean_side, enforce, guarded, own_columns, read_side, scan_side,
+                         selected_frame)
 from jobs.log import log
 
 SOURCE, VALIDATION = "train.source", "train.validation"
@@ -75,13 +76,7 @@ class TrainInput:
 # ---------------------------------------------------------------------------
 
 def _check_label(schema: T.StructType, label: str, where: str, columns: list) -> None:
-    if label not in schema.names:
-        raise InputError(f"train.label_column {label!r} is not a column of {where}; its columns "
-                         f"are: {', '.join(columns)}.")
-    dtype = schema[label].dataType
-    if not isinstance(dtype, (T.StringType, T.IntegralType, T.BooleanType)):
-        raise InputError(f"train.label_column {label!r} of {where} has type "
-                         f"{dtype.simpleString()}; class labels are text, integers or booleans.")
+    check_class_column(schema, label, "train.label_column", where, columns)
 
 
 def read_labelled(spark, cfg: JobConfig, side: str, src) -> tuple[Rows, int]:
@@ -141,22 +136,9 @@ def train_input_unless_done(spark, cfg: JobConfig, tplan: reuse.TrainPlan, pool:
 # The rows of each arm, with their features
 # ---------------------------------------------------------------------------
 
-def _pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> DataFrame | None:
-    if EMBEDDING in pool.frame.columns:
-        return pool.frame.select(ROW_ID, EMBEDDING)
-    key = plan.embeddings_id["pool"]
-    if not reuse.is_done(spark, cfg.output.path, "embed_pool", key, plan.embed["pool"]):
-        return None
-    return tables.read_key(spark, cfg.output.path, "pool_embeddings", key).select(ROW_ID,
-                                                                               EMBEDDING)
-
-
 def _embedded(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
-    from jobs.embed import embed_frame
-    e = cfg.embed
-    threads = int(spark.conf.get("spark.task.cpus", "1"))
-    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
-    return rows.select(ROW_ID, LABEL).join(vectors, ROW_ID)
+    from jobs.embed import embedded_rows
+    return embedded_rows(spark, cfg, rows, text).select(ROW_ID, LABEL, EMBEDDING)
 
 
 def _with_pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, rows: DataFrame,
@@ -164,7 +146,8 @@ def _with_pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, row
     """``rows`` (row_id, label, the pool's text column if any) with the pool's features; rows
     that the stored embeddings lack are embedded from their text."""
     text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
-    stored = _pool_features(spark, cfg, plan, pool)
+    from jobs.embed import stored_embeddings
+    stored = stored_embeddings(spark, cfg, plan, pool)
     if stored is None:
         log(f"train: embedding {what} (no stored pool embeddings for this config)")
         return _embedded(spark, cfg, rows, text)
@@ -185,18 +168,8 @@ def selected_rows(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
     """The selected rows of ``run_id`` as (row_id, label[, text]), the ids computed as the
     pool's; null labels follow ``train.source.bad_rows``."""
     t = cfg.train
-    df = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
-    own = [f.name for f in pool.schema.fields]
-    lacking = [c for c in own if c not in df.columns]
-    if lacking:
-        raise InputError(f"the selected rows of run {run_id} lack the pool's columns "
-                         f"{lacking}: they were selected from another pool. Name a run of this "
-                         "config's pool in train.selection.")
-    if pool.src.id_column and pool.src.id_column not in own:
-        raise InputError(f"the pool's id_column {pool.src.id_column!r} is not kept in "
-                         "selected_rows (it is named like gio-spark's own row_id); rename it in "
-                         "the source to train on a selection.")
-    df = df.select(*own).withColumn(ROW_ID, row_id_expr(own, pool.src.id_column))
+    df = selected_frame(spark, cfg.output.path, run_id, pool, "train.selection",
+                        "train on a selection")
     nulls = df.where(F.col(t.label_column).isNull()).count()
     if nulls:
         if t.source.bad_rows == "reject":

@@ -280,38 +280,37 @@ def nan_feature(tmp):
     return weigh_sets("weigh.a_columns=[a0, a9]", a9=values)(tmp)
 
 
-def train_sets(*extra, command_sets=(), **validation):
-    """A case maker: the base run (its pool labelled) plus a train section scored on a labelled
-    validation set."""
+def scored_sets(key, name, column, pool_values, scored_values, extra, columns, last_set):
+    """A case maker: the base run, its pool with ``column`` (``pool_values``), plus the section
+    source ``key`` (train.validation, evaluate.heldout): 30 vector rows in ``<name>.parquet``
+    with ``column``
+    (``scored_values``; ``columns`` override or add columns, ``dim`` their vectors' length)."""
     def make(tmp):
-        rng = np.random.default_rng(5)
-        pool = vectors(tmp, "pool", label=rng.choice(["x", "y"], 60))
-        columns = {"label": rng.choice(["x", "y"], 30)}
-        columns.update(validation)
-        val = vectors(tmp, "val", rows=30, dim=columns.pop("dim", 8), **columns)
+        pool = vectors(tmp, "pool", **{column: pool_values})
+        cols = {column: scored_values}
+        cols.update(columns)
+        scored = vectors(tmp, name, rows=30, dim=cols.pop("dim", 8), **cols)
         sets, out = base(tmp, pool=pool)
-        sets += [f"train.validation.path={val}", "train.validation.format=parquet",
-                 "train.validation.id_column=id", "train.validation.embedding_column=vec",
-                 "train.label_column=label"]
+        sets += [f"{key}.path={scored}", f"{key}.format=parquet", f"{key}.id_column=id",
+                 f"{key}.embedding_column=vec", last_set]
         return argv(sets + list(extra)), out
     return make
+
+
+def train_sets(*extra, **validation):
+    """The base run (its pool labelled) plus a train section scored on a labelled validation
+    set."""
+    rng = np.random.default_rng(5)
+    return scored_sets("train.validation", "val", "label", rng.choice(["x", "y"], 60),
+                       rng.choice(["x", "y"], 30), extra, validation, "train.label_column=label")
 
 
 def evaluate_sets(*extra, **heldout):
-    """A case maker: the base run (its pool with a domain column) plus an evaluate section
-    scored on held-out rows."""
-    def make(tmp):
-        rng = np.random.default_rng(5)
-        pool = vectors(tmp, "pool", domain=rng.choice(["x", "y"], 60))
-        columns = {"domain": rng.choice(["x"], 30)}
-        columns.update(heldout)
-        held = vectors(tmp, "held", rows=30, dim=columns.pop("dim", 8), **columns)
-        sets, out = base(tmp, pool=pool)
-        sets += [f"evaluate.heldout.path={held}", "evaluate.heldout.format=parquet",
-                 "evaluate.heldout.id_column=id", "evaluate.heldout.embedding_column=vec",
-                 "evaluate.domain_column=domain"]
-        return argv(sets + list(extra)), out
-    return make
+    """The base run (its pool with a domain column) plus an evaluate section scored on
+    held-out rows."""
+    rng = np.random.default_rng(5)
+    return scored_sets("evaluate.heldout", "held", "domain", rng.choice(["x", "y"], 60),
+                       rng.choice(["x"], 30), extra, heldout, "evaluate.domain_column=domain")
 
 
 def floats(rows=30):
