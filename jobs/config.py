@@ -39,11 +39,18 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
 
 
+LOG_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
+
+
 @dataclass
 class SparkSection:
     master: str | None = None          # None: whatever spark-submit says
     app_name: str = "gio-spark"
     conf: dict = field(default_factory=dict)
+    # None: a quiet terminal (the project's lines and one progress bar; Spark's own output goes
+    # to a log file). A log4j level (ERROR, WARN, INFO, DEBUG) shows Spark's log at that level,
+    # its stage bars and the per-pick lines, as --verbose (= WARN) does.
+    log_level: str | None = None
 
 
 @dataclass
@@ -1064,6 +1071,10 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     for key, value in sp.conf.items():
         _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
                f"{type(value).__name__}.")
+    _check(sp.log_level is None or (isinstance(sp.log_level, str)
+                                    and sp.log_level.upper() in LOG_LEVELS),
+           f"spark.log_level must be one of {', '.join(LOG_LEVELS)} or null (quiet), got "
+           f"{sp.log_level!r}.")
     validate_weigh(cfg)
     validate_train(cfg)
     validate_evaluate(cfg, command)

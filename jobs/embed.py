@@ -7,6 +7,7 @@ with a precomputed vector column are read straight from the source.
 """
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import pandas as pd
@@ -15,13 +16,14 @@ from pyspark.sql import DataFrame, functions as F
 from jobs import reuse, tables
 from jobs.config import JobConfig
 from jobs.inputs import EMBEDDING, ROW_ID, Side
-from jobs.log import log
+from jobs.log import log, spark_bar, took
 from jobs.models import load_model, task_device
 
 
 def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: int | None,
-            text_column: str):
-    """A function for ``DataFrame.mapInPandas``: (row_id, text) batches -> (row_id, embedding)."""
+            text_column: str, counter=None):
+    """A function for ``DataFrame.mapInPandas``: (row_id, text) batches -> (row_id, embedding).
+    ``counter``: a Spark accumulator the tasks add their rows to (a progress bar reads it)."""
 
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         st = load_model(model, task_device(device), threads)
@@ -29,6 +31,8 @@ def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: 
             texts = batch[text_column].astype(str).tolist()
             vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize,
                                 convert_to_numpy=True, show_progress_bar=False)
+            if counter is not None:
+                counter.add(len(texts))
             yield pd.DataFrame({ROW_ID: batch[ROW_ID].values,
                                 EMBEDDING: list(vectors.astype("float32"))})
 
@@ -36,9 +40,10 @@ def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: 
 
 
 def embed_frame(df: DataFrame, text_column: str, model: str = "bundled", batch_size: int = 64,
-                normalize: bool = True, device: str = "auto", threads: int | None = None):
+                normalize: bool = True, device: str = "auto", threads: int | None = None,
+                counter=None):
     """Embeds ``text_column`` of ``df``; returns a DataFrame (row_id, embedding array<float>)."""
-    fn = encoder(model, batch_size, normalize, device, threads, text_column)
+    fn = encoder(model, batch_size, normalize, device, threads, text_column, counter)
     return df.select(ROW_ID, text_column).mapInPandas(
         fn, f"{ROW_ID} string, {EMBEDDING} array<float>")
 
@@ -57,9 +62,17 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         log(f"embed {side.name}: encoding {side.report['kept']} texts of "
             f"{side.src.text_column!r} with {e.model} (batch {e.batch_size})")
         reuse.begin(spark, cfg.output.path, stage, key, fp)
+        counter = spark.sparkContext.accumulator(0)
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
-                          e.device, threads).withColumn("embeddings_id", F.lit(key))
-        tables.replace_key(spark, out, cfg.output.path, name, key)
+                          e.device, threads, counter).withColumn("embeddings_id", F.lit(key))
+        t0 = time.perf_counter()
+        rows = int(side.report["kept"])
+        with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
+                       done=lambda: counter.value):
+            tables.replace_key(spark, out, cfg.output.path, name, key)
+        seconds = time.perf_counter() - t0
+        log(f"embed {side.name}: {rows} texts in {took(seconds)} "
+            f"({rows / max(seconds, 1e-9):.0f} texts/s)")
         reuse.record(spark, cfg.output.path, stage, key, fp, "done")
     return tables.read_key(spark, cfg.output.path, name, key).select(ROW_ID, EMBEDDING)
 

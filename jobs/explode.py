@@ -12,6 +12,8 @@ it stops with a :class:`ConcurrentRunError` instead of mixing the two.
 """
 from __future__ import annotations
 
+import time
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -19,7 +21,7 @@ from jobs import reuse, tables
 from jobs.config import JobConfig, row_budget
 from jobs.errors import ConcurrentRunError, InputError
 from jobs.inputs import ROW_ID, Side
-from jobs.log import log
+from jobs.log import log, took
 
 
 def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
@@ -83,6 +85,7 @@ def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
 def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     """Commits ``selected_rows`` for the run (unless done); returns the summary it prints."""
     run_id, fp = plan.run_id, plan.explode
+    t0 = time.perf_counter()
     schema = tables.selected_rows_schema(pool.schema)
     selection = _checked_selection(spark, cfg, plan)
     assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
@@ -107,5 +110,6 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     summary["fraction_of_pool"] = summary["selected_rows"] / max(1, summary["pool_rows"])
     log(f"explode: run {run_id}: {summary['selected_rows']} rows "
         f"({100 * summary['fraction_of_pool']:.2f}% of the pool's "
-        f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path}")
+        f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path} "
+        f"({took(time.perf_counter() - t0)})")
     return summary

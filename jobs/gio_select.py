@@ -27,7 +27,7 @@ import gio_core
 from jobs import reuse, tables
 from jobs.config import JobConfig, engine_options, row_budget
 from jobs.errors import InputError
-from jobs.log import log
+from jobs.log import bar, detail, log, took
 
 
 def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
@@ -195,9 +195,13 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     collect_s = time.perf_counter() - t0
     every = max(1, min(50, len(pool_c) // 20))
 
+    picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
+
     def progress(pick, row, kl):
+        picks_bar.update(pick - picks_bar.n)
         if pick % every == 0:
-            log(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
+            picks_bar.set_postfix_str(f"KL {kl:.4f}", refresh=False)
+            detail(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
 
     log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
         f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
@@ -210,14 +214,17 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     if options["max_rows"] is not None:
         log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
             "rows")
-    result = gio_core.select(
-        target_c, pool_c, callback=progress, row_counts=pool_sizes,
-        target_weights=target_sizes if s.use_weights else None,
-        pool_weights=pool_sizes if s.use_weights else None, **options)
+    try:
+        result = gio_core.select(
+            target_c, pool_c, callback=progress, row_counts=pool_sizes,
+            target_weights=target_sizes if s.use_weights else None,
+            pool_weights=pool_sizes if s.use_weights else None, **options)
+    finally:
+        picks_bar.close()
     select_s = time.perf_counter() - t1
     log(f"select: {len(result.indices)} clusters chosen (estimator d={result.dim:.1f}), "
         f"stopped by {result.stop_reason}"
-        + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else ""))
+        + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else "") + f" in {took(select_s)}")
 
     diagnostics = {
         "warm_up_picks": min(s.k, len(result.indices)) if s.estimator == "knn" else 0,

@@ -10,6 +10,7 @@ a failure resumes (see :mod:`jobs.reuse`).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, NamedTuple
 
 from pyspark.sql import functions as F
@@ -20,7 +21,7 @@ from jobs.embed import side_embeddings
 from jobs.explode import run_explode
 from jobs.gio_select import run_select
 from jobs.inputs import check_outputs, checked_model_dim, prepare_inputs, read_only
-from jobs.log import log
+from jobs.log import log, took
 from jobs.quantize import run_quantize
 from jobs.train import run_train, train_input_unless_done
 from jobs.weigh import run_weigh, weigh_input_unless_done
@@ -30,6 +31,7 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     """Runs every stage; returns the explode summary (with the train stage's accuracies and
     the evaluate stage's results)."""
     from jobs.evaluate import evaluate_input_unless_done, run_evaluate
+    t0 = time.perf_counter()
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
     tplan = reuse.make_train_plan(spark, cfg, plan, in_run=True) if cfg.train.enabled else None
@@ -54,6 +56,7 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     if eplan is not None:
         summary["evaluate"] = run_evaluate(spark, cfg, plan, eplan, inputs.evaluate,
                                            inputs.pool, inputs.target)
+    log(f"run {plan.run_id}: done in {took(time.perf_counter() - t0)}")
     return summary
 
 
@@ -219,6 +222,7 @@ def demo_report(spark, summary: dict, examples: int = 8) -> str:
              "  most selected packages: " + ", ".join(f"{r['package']} {r['count']}" for r in top),
              "  examples (first picks first):"]
     for r in selected.orderBy("rank", "doc_id").limit(examples).collect():
-        first = r["text"].strip().splitlines()[0][:90]
+        lines_of = [t.strip() for t in r["text"].strip().splitlines()]
+        first = next((t for t in lines_of if sum(c.isalpha() for c in t) >= 3), lines_of[0])[:90]
         lines.append(f"    [{r['rank']:>3}] {r['module']}: {first}")
     return "\n".join(lines)

@@ -13,6 +13,8 @@ centroids select works on are in that space.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
@@ -23,15 +25,17 @@ from jobs import faults, reuse, tables
 from jobs.config import JobConfig, auto_pool_k, row_budget
 from jobs.embed import side_embeddings
 from jobs.inputs import Inputs
-from jobs.log import log
+from jobs.log import log, spark_bar, took
 from jobs.weigh import apply_weights, load_weights
 
 
-def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
-    """Fits K-means on one side's (row_id, embedding) rows.
+def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None):
+    """Fits K-means on one side's (row_id, embedding) rows (with a progress bar when ``spark``
+    is given).
 
     Returns:
-      ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input)``.
+      ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input,
+      K-means iterations run)``.
     """
     # K-means|| samples per partition, so the input's layout is part of the seed: a fixed number
     # of partitions by row_id, sorted within each, gives the same clusters on any cluster size.
@@ -43,16 +47,21 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print):
     if k > rows:
         warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
         k = rows
-    model = KMeans(k=k, seed=seed, maxIter=qcfg.max_iter, tol=qcfg.tol,
-                   distanceMeasure=qcfg.distance, initSteps=qcfg.init_steps,
-                   featuresCol="features", predictionCol="cluster_id").fit(vectors)
+    kmeans = KMeans(k=k, seed=seed, maxIter=qcfg.max_iter, tol=qcfg.tol,
+                    distanceMeasure=qcfg.distance, initSteps=qcfg.init_steps,
+                    featuresCol="features", predictionCol="cluster_id")
+    if spark is None:
+        model = kmeans.fit(vectors)
+    else:
+        with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows"):
+            model = kmeans.fit(vectors)
     sizes = model.summary.clusterSizes
     centres = model.clusterCenters()
     centroid_rows = [(side, i, np.asarray(centres[i], np.float32).tolist(), int(sizes[i]))
                      for i in range(len(centres)) if sizes[i] > 0]
     assignments = model.transform(vectors).select(
         "row_id", F.col("cluster_id").cast("int").alias("cluster_id"))
-    return centroid_rows, assignments, vectors
+    return centroid_rows, assignments, vectors, int(model.summary.numIter)
 
 
 def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str:
@@ -78,9 +87,13 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
         log(f"quantize: pool_k auto: {pool_k} clusters for {inputs.pool.report['kept']} pool rows"
             + (f" and a budget of {row_budget(cfg.select, int(inputs.pool.report['kept']))}"
                if row_budget(cfg.select, int(inputs.pool.report["kept"])) else ""))
-    pool_rows, assignments, cached = kmeans_side(pool, pool_k, q, q.seed, "pool", warn)
-    target_rows, _, cached_t = kmeans_side(target, q.target_k, q, q.seed + 1, "target", warn)
-    log(f"quantize: {len(pool_rows)} pool clusters, {len(target_rows)} target clusters")
+    t0 = time.perf_counter()
+    pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool", warn,
+                                                            spark)
+    target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
+                                                        "target", warn, spark)
+    log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
+        f"{len(target_rows)} target clusters ({target_iter}) in {took(time.perf_counter() - t0)}")
     bandwidth = target_bandwidth(cached_t)
     centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                       tables.CENTROIDS)

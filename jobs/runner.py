@@ -16,6 +16,7 @@ from jobs.config import JobConfig, load_config, reads_sides
 from jobs.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
                          InputError, PartialFailure)
 from jobs.inputs import preflight
+from jobs.log import set_verbose
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -23,6 +24,10 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML job config (see conf/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, for example select.k=7 (repeatable)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Spark's log (WARN and up) and stage bars, the model libraries' "
+                        "notices and every few picks of the selection (default: the project's "
+                        "own lines and one progress bar; spark.log_level sets a level)")
     return p
 
 
@@ -32,6 +37,12 @@ def _stop(spark) -> None:
             spark.stop()
         except Exception:  # noqa: BLE001 - the error being reported matters more
             pass
+
+
+def _spark_log() -> str:
+    from jobs.session import current_log
+    path = current_log()
+    return f" and Spark's own log, {path}" if path else ""
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
@@ -45,6 +56,8 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
     spark = None
     try:
         cfg = load_config(args.config, args.set, command)
+        loud = args.verbose or cfg.spark.log_level is not None
+        set_verbose(loud)
         preflight(cfg, reads_sides(cfg, command))
         if precheck is not None:
             precheck(cfg)
@@ -52,7 +65,9 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
 
         from jobs.session import build_session
         existing = SparkSession.getActiveSession()
-        session = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf)
+        session = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf,
+                                quiet=not loud,
+                                log_level=cfg.spark.log_level or ("WARN" if loud else None))
         spark = session if existing is None else None      # stop only a session made here
         body(session, cfg)
         _stop(spark)
@@ -81,5 +96,5 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
         print(f"gio-spark: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
               "\ngio-spark: committed stages are kept and a re-run resumes. Unless the cause is "
               "the environment (memory, disk, network), please report this with the traceback "
-              "above.", file=sys.stderr, flush=True)
+              f"above{_spark_log()}.", file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -16,11 +16,14 @@ Delta's JVM jars come one of three ways:
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
+import tempfile
 from typing import Mapping
 
 from jobs.errors import InputError
+from jobs.log import QUIET_ENV
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -38,14 +41,62 @@ LOCAL_DEFAULTS = {
 }
 
 
+def spark_log_path(app_name: str) -> str:
+    """Where a quiet run's JVM writes its console output: ``$GIO_SPARK_LOG_DIR`` (default
+    ``<temp dir>/gio-spark-logs``), one file per run."""
+    folder = os.environ.get("GIO_SPARK_LOG_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                 "gio-spark-logs")
+    os.makedirs(folder, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in app_name)
+    return os.path.join(folder, f"{safe}-{stamp}-{os.getpid()}.log")
+
+
+_LOG = {"path": None}
+
+
+def current_log() -> str | None:
+    """The log file this process's JVM writes to (a quiet run's), or None."""
+    return _LOG["path"]
+
+
+def _get_quietly(builder, log_path: str):
+    """``builder.getOrCreate()`` with this process's stdout and stderr pointed at ``log_path``
+    while the JVM starts: the JVM (and the Python workers it starts later) keep writing there,
+    this process gets its terminal back."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        return builder.getOrCreate()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+
+
 def build_session(app_name: str = "gio-spark", master: str | None = None,
-                  conf: Mapping[str, str] | None = None):
+                  conf: Mapping[str, str] | None = None, quiet: bool = False,
+                  log_level: str | None = None):
     """A SparkSession with Delta Lake, for local and cluster runs alike.
 
     Args:
       app_name: the Spark application name.
       master: ``local[*]``, ``spark://host:port``...; ``None`` leaves it to spark-submit.
       conf: extra Spark settings; they win over the defaults here.
+      quiet: when this call starts the JVM, send its console output (Ivy's report, log4j's
+        lines, stage bars; the Python workers' stderr) to a log file (:func:`spark_log_path`,
+        :func:`current_log`) and turn Spark's stage bars off, so the terminal holds the
+        project's own lines. Under spark-submit the JVM is already running: only the bars and
+        the log level change.
+      log_level: Spark's log level once the session runs (``None``: Spark's default, WARN, or
+        ERROR for a quiet run under spark-submit, whose JVM writes to the terminal).
     Returns:
       The active SparkSession (an existing one is reused, with these settings applied where
       Spark allows it at run time).
@@ -63,6 +114,10 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     settings.update(DELTA_CONF)
     if os.environ.get("GIO_SPARK_IVY_DIR"):
         settings["spark.jars.ivy"] = os.environ["GIO_SPARK_IVY_DIR"]
+    if quiet:
+        settings["spark.ui.showConsoleProgress"] = "false"
+        for key, value in QUIET_ENV.items():           # the executors' Python workers, too
+            settings[f"spark.executorEnv.{key}"] = value
     settings.update({str(k): str(v) for k, v in (conf or {}).items()})
     jars = settings.get("spark.jars") or os.environ.get("GIO_SPARK_JARS")
 
@@ -76,7 +131,19 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     else:
         from delta import configure_spark_with_delta_pip
         builder = configure_spark_with_delta_pip(builder)
-    spark = builder.getOrCreate()
+    from pyspark import SparkContext
+
+    # Under spark-submit (PYSPARK_GATEWAY_PORT set) the JVM runs already and owns the terminal.
+    starts_jvm = SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ
+    if quiet and starts_jvm:
+        _LOG["path"] = spark_log_path(app_name)
+        spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
+    else:
+        spark = builder.getOrCreate()
+        if quiet and not log_level:
+            spark.sparkContext.setLogLevel("ERROR")
+    if log_level:
+        spark.sparkContext.setLogLevel(log_level.upper())
     check_delta(spark)
     return spark
 

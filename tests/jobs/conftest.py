@@ -5,6 +5,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def spark_logs(tmp_path_factory):
+    """Quiet runs started by the tests (child processes) write Spark's log under the session's
+    temporary folder, not /tmp/gio-spark-logs."""
+    os.environ.setdefault("GIO_SPARK_LOG_DIR", str(tmp_path_factory.mktemp("spark-logs")))
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession with Delta for the whole test session."""

@@ -85,7 +85,9 @@ def standalone(tmp_path):
 def submit(url, tmp_path, local_cfg):
     """The spark-submit command line for ``local_cfg``'s data against the cluster at ``url``."""
     zip_path = build_zip(str(tmp_path / "dist"))
-    overrides = ["spark.master=null", f"output.path={tmp_path / 'cluster'}"]
+    # WARN: the driver's log shows the executor's loss (a quiet run under spark-submit logs at
+    # ERROR only).
+    overrides = ["spark.master=null", f"output.path={tmp_path / 'cluster'}", "spark.log_level=WARN"]
     for side in ("pool", "target"):
         src = getattr(local_cfg, side)
         overrides += [f"{side}.path={src.path}", f"{side}.format=parquet", f"{side}.id_column=id",
