@@ -34,3 +34,67 @@ def submit_command(master_url: str, config: str, overrides: list[str] | None = N
     for item in overrides or []:
         cmd += ["--set", item]
     return cmd
+
+
+def compare_outputs(spark, first: str, second: str) -> tuple[list[str], dict]:
+    """Compares two output folders' runs: the same run ids, and for each the same selection
+    (rank, cluster, KL to 4 decimals) and the same selected rows (every column).
+    Returns ``(differences, {run_id: (clusters, rows)})``; no differences means equal."""
+    from pyspark.sql import functions as F
+
+    from jobs import tables
+
+    def runs(out):
+        return {r["run_id"] for r in tables.read_table(spark, out, "runs").select("run_id")
+                .collect()}
+
+    def selection(out, run_id):
+        return [(r["rank"], r["cluster_id"], round(r["kl_after"], 4)) for r in
+                tables.read_key(spark, out, "selection", run_id).orderBy("rank").collect()]
+
+    def rows(out, run_id):
+        frame = tables.read_table(spark, out, "selected_rows").where(F.col("run_id") == run_id)
+        return sorted(tuple(str(v) for v in r) for r in
+                      frame.select(*sorted(frame.columns)).collect())
+
+    differences, same = [], {}
+    a, b = runs(first), runs(second)
+    if a != b:
+        differences.append(f"run ids differ: {sorted(a)} in {first}, {sorted(b)} in {second}")
+    for run_id in sorted(a & b):
+        sel, rws = selection(first, run_id), rows(first, run_id)
+        if sel != selection(second, run_id):
+            differences.append(f"run {run_id}: the selections differ")
+        elif rws != rows(second, run_id):
+            differences.append(f"run {run_id}: the selected rows differ")
+        else:
+            same[run_id] = (len(sel), len(rws))
+    return differences, same
+
+
+def main(argv=None) -> int:
+    """``python -m jobs.cluster compare OUT_A OUT_B``: exit 0 when both output folders hold the
+    same runs with equal selections and selected rows (docker/compose_demo.sh runs it)."""
+    import argparse
+
+    from jobs.session import build_session
+    p = argparse.ArgumentParser(prog="python -m jobs.cluster")
+    p.add_argument("action", choices=["compare"])
+    p.add_argument("first")
+    p.add_argument("second")
+    args = p.parse_args(argv)
+    spark = build_session("gio-spark-compare", "local[1]", quiet=True)
+    try:
+        differences, same = compare_outputs(spark, args.first, args.second)
+    finally:
+        spark.stop()
+    for line in differences:
+        print(f"compare: {line}")
+    for run_id, (clusters, rows) in same.items():
+        print(f"compare: run {run_id}: the same {clusters} clusters and {rows} rows in "
+              f"{args.first} and {args.second}")
+    return 1 if differences or not same else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

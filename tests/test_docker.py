@@ -1,5 +1,6 @@
-"""Static checks of docker/: no Docker engine runs here, so the files are parsed and compared
-with the commands the cluster test runs (jobs/cluster.py)."""
+"""Static checks of docker/: the files are parsed and compared with the commands the cluster test
+runs (jobs/cluster.py). Building and running them needs a Docker engine: `make compose-demo`
+(docker/compose_demo.sh) does that, outside make test; the README records its run."""
 import pathlib
 
 import yaml
@@ -8,6 +9,19 @@ from jobs import cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+
+
+def test_the_dockerfiles_build_checks_import():
+    """The build's warm-up lines import what exists (a renamed function once broke the build
+    while the static checks passed)."""
+    import re
+    import subprocess
+    import sys
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    for code in re.findall(r'python -c "([^"]+)"', text):
+        imports = ";".join(part for part in code.split(";") if part.strip().startswith("from "))
+        run = subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True)
+        assert run.returncode == 0, (imports, run.stderr[-1000:])
 
 
 def test_compose_services_and_volumes():
@@ -28,15 +42,31 @@ def test_compose_commands_are_the_cluster_test_commands():
         assert services[f"spark-worker-{i}"]["command"] == cluster.worker_command(
             url, f"spark-worker-{i}", cores=2, memory="4g", webui_port=8081)
     assert services["submit"]["command"] == cluster.submit_command(
-        url, "conf/demo.yaml", ["spark.master=null", "output.path=/out/cluster"])
+        url, "conf/demo.yaml", ["spark.master=null", "output.path=/out/compose-cluster"])
+    assert services["local"]["command"][-1] == "output.path=/out/compose-local"
+    assert COMPOSE["x-gio"]["build"]["args"]["BASE"] == \
+        "${GIO_SPARK_BASE:-python:3.11-slim-bookworm}"
+
+
+def test_compose_demo_script_compares_what_the_services_write():
+    """docker/compose_demo.sh runs the services above and compares the folders they write."""
+    import subprocess
+    script = ROOT / "docker" / "compose_demo.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "python -m jobs.cluster compare /out/compose-local /out/compose-cluster" in text
+    for step in ("run --rm local", "up -d spark-master spark-worker-1 spark-worker-2",
+                 "run --rm submit", "docker/base.sh"):
+        assert step in text, step
 
 
 def test_dockerfile_bakes_python_java_jars_and_model():
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    assert text.startswith("#") and "FROM python:3.11" in text
+    assert text.startswith("#") and "ARG BASE=python:3.11-slim-bookworm\nFROM ${BASE}" in text
     assert "openjdk-17-jre-headless" in text
     assert "build_session('warm-up', 'local[1]')" in text          # Delta jars into Ivy's cache
-    assert "model_dimension('bundled') == 384" in text             # the model, loaded offline
+    assert "from jobs.models import model_dimension; assert model_dimension('bundled') == 384" \
+        in text                                                     # the model, loaded offline
     for path in ("setup.cfg", "gio_core", "jobs", "conf"):
         assert f"COPY {path}" in text
 
