@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality clean
+.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# The GAF reference package, for the tests that compare against it. It imports only torch
 	# (installed above) but lists torchvision, whose wheels pin other torch releases: no deps.
 	$(VENV)/bin/python -m pip install --quiet --no-deps gradient-agreement-filtering==0.1.3
+	# Delta's jars into Ivy's cache once, before test workers start sessions side by side.
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -c "from jobs.session import build_session; build_session('warm-up', 'local[1]', quiet=True).stop()"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,8 +42,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check jobs gio_core tests bench
 	$(VENV)/bin/mypy gio_core --ignore-missing-imports
 
+# Two pytest workers (pytest-xdist), each with its own Spark session, a test file each at a time:
+# the Spark tests spend much of their time waiting on JVMs and child processes.
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q --durations=15 -m "not demo"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo"
 
 # The README's first command, `make demo`, run for real and its output checked (7 minutes).
 test-demo: $(STAMP)
@@ -75,6 +79,13 @@ bench-datamodels: $(STAMP)
 bench-quality: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'
 	$(VENV)/bin/python bench/quality.py --out-dir bench/results/quality
+
+# The containers built and run for real (docker/compose_demo.sh): the image (on a base made from
+# Debian's packages where Docker Hub is out of reach), the demo on local[*] in a container and on
+# a master + two workers, and their Delta outputs compared. Needs a Docker engine (started here
+# as root if none runs). Not part of make test (about 20 minutes).
+compose-demo:
+	docker/compose_demo.sh
 
 clean:
 	rm -rf $(VENV) .venv-dadapy out build *.egg-info
