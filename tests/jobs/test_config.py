@@ -14,9 +14,33 @@ def test_demo_config_loads_with_overrides():
 
 def test_cluster_templates_are_valid():
     cfg = load_config("conf/cluster.yaml")
-    assert cfg.spark.master is None and cfg.quantize.pool_k == 1500
+    assert cfg.spark.master is None and cfg.quantize.pool_k == "auto"
+    assert cfg.spark.log_level is None
     gpu = load_config("conf/cluster-gpu.yaml")
     assert gpu.select.jax_memory_fraction == 0.5 and gpu.embed.batch_size == 512
+
+
+@pytest.mark.parametrize("path,sections", [
+    ("conf/cluster.yaml", {"weigh", "train", "evaluate"}),
+    ("conf/demo.yaml", {"weigh", "weights", "train", "evaluate"}),
+])
+def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path, sections):
+    """Each config's commented block for a stage (`# weigh:` and the `#   ...` lines under it)
+    loads and passes the checks once its '# ' is taken off."""
+    import re
+    lines = open(path).read().splitlines()
+    for section in sections:
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"# {section}:"))
+        block = [lines[start]]
+        for line in lines[start + 1:]:
+            if not line.startswith("#   "):
+                break
+            block.append(line)
+        text = "\n".join(lines) + "\n" + "\n".join(
+            re.sub(r"\s+#.*$", "", line[2:]) for line in block) + "\n"
+        (tmp_path / "cfg.yaml").write_text(text)
+        cfg = load_config(str(tmp_path / "cfg.yaml"))
+        assert getattr(cfg, section).enabled if section != "weights" else cfg.weights.path, section
 
 
 @pytest.mark.parametrize("overrides,message", [
