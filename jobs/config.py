@@ -79,6 +79,10 @@ class EmbedSection:
     batch_size: int = 64       # runtime knob: not part of the stage's fingerprint
     normalize: bool = True
     device: str = "auto"       # auto, cpu, cuda; runtime knob
+    # Rows per embedding task (runtime knob): a side of n rows is hash-partitioned by row_id into
+    # ceil(n / rows_per_task) tasks, sorted within each, so the batches, and so the vectors to
+    # the last bit, depend on the rows alone: not on the source's files, order or the cluster.
+    rows_per_task: int = 1024
 
 
 @dataclass
@@ -134,7 +138,7 @@ PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
                            "jax_preallocate", "max_centroids", "max_fraction")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
-RUNTIME_EMBED_OPTIONS = ("batch_size", "device")
+RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task")
 
 
 @dataclass
@@ -1098,6 +1102,8 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
                f"{side} needs text_column (to embed) or embedding_column (precomputed vectors).")
     e = cfg.embed
     _check(_is_int(e.batch_size) and e.batch_size >= 1, "embed.batch_size must be an integer >= 1.")
+    _check(_is_int(e.rows_per_task) and e.rows_per_task >= 1,
+           "embed.rows_per_task must be an integer >= 1 (rows per embedding task; more on GPUs).")
     _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")
     _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
     _check(isinstance(e.normalize, bool), "embed.normalize must be true or false.")

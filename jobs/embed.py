@@ -41,11 +41,21 @@ def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: 
 
 def embed_frame(df: DataFrame, text_column: str, model: str = "bundled", batch_size: int = 64,
                 normalize: bool = True, device: str = "auto", threads: int | None = None,
-                counter=None):
-    """Embeds ``text_column`` of ``df``; returns a DataFrame (row_id, embedding array<float>)."""
+                counter=None, partitions: int | None = None):
+    """Embeds ``text_column`` of ``df``; returns a DataFrame (row_id, embedding array<float>).
+    ``partitions``: hash-partition the rows by row_id into that many tasks, sorted by row_id
+    within each (the same batches whatever the source's layout or the cluster's size)."""
     fn = encoder(model, batch_size, normalize, device, threads, text_column, counter)
-    return df.select(ROW_ID, text_column).mapInPandas(
+    df = df.select(ROW_ID, text_column)
+    if partitions is not None:
+        df = df.repartition(partitions, ROW_ID).sortWithinPartitions(ROW_ID)
+    return df.mapInPandas(
         fn, f"{ROW_ID} string, {EMBEDDING} array<float>")
+
+
+def embed_partitions(rows: int, rows_per_task: int) -> int:
+    """How many embedding tasks a side of ``rows`` rows gets: ceil(rows / rows_per_task)."""
+    return max(1, -(-int(rows) // int(rows_per_task)))
 
 
 def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame:
@@ -60,13 +70,15 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         e = cfg.embed
         threads = int(spark.conf.get("spark.task.cpus", "1"))
         log(f"embed {side.name}: encoding {side.report['kept']} texts of "
-            f"{side.src.text_column!r} with {e.model} (batch {e.batch_size})")
+            f"{side.src.text_column!r} with {e.model} (batch {e.batch_size}, "
+            f"{embed_partitions(side.report['kept'], e.rows_per_task)} tasks)")
         reuse.begin(spark, cfg.output.path, stage, key, fp)
         counter = spark.sparkContext.accumulator(0)
-        out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
-                          e.device, threads, counter).withColumn("embeddings_id", F.lit(key))
-        t0 = time.perf_counter()
         rows = int(side.report["kept"])
+        out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
+                          e.device, threads, counter, embed_partitions(rows, e.rows_per_task)
+                          ).withColumn("embeddings_id", F.lit(key))
+        t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
                        done=lambda: counter.value):
             tables.replace_key(spark, out, cfg.output.path, name, key)

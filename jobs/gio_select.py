@@ -195,8 +195,6 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     collect_s = time.perf_counter() - t0
     every = max(1, min(50, len(pool_c) // 20))
 
-    picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
-
     def progress(pick, row, kl):
         picks_bar.update(pick - picks_bar.n)
         if pick % every == 0:
@@ -214,6 +212,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     if options["max_rows"] is not None:
         log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
             "rows")
+    picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
     try:
         result = gio_core.select(
             target_c, pool_c, callback=progress, row_counts=pool_sizes,

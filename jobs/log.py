@@ -6,8 +6,9 @@ Ivy's report) goes to a log file (:mod:`jobs.session`), and the model libraries'
 ``--verbose``, or ``spark.log_level`` in the config, turns the quiet off: Spark logs to the
 terminal at that level with its stage bars, and the detail lines (every few picks) are printed.
 
-Bars are drawn only on a terminal (tqdm's ``disable=None``), so logs and captured output hold
-lines only; ``GIO_SPARK_PROGRESS=1`` draws them anyway (``0``: never).
+Bars are drawn only on a terminal (tqdm's ``disable=None``) and not when verbose (Spark's own
+stage bars are on then), so logs and captured output hold lines only; ``GIO_SPARK_PROGRESS=1``
+draws them anyway (``0``: never).
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def _bar_disable() -> bool | None:
     forced = os.environ.get("GIO_SPARK_PROGRESS")
     if forced is not None:
         return forced.strip() in ("0", "", "false", "no")
+    if _state["verbose"]:
+        return True                                # Spark draws its own stage bars then
     return None                                    # tqdm: draw only on a terminal
 
 
@@ -79,7 +82,7 @@ def bar(desc: str, total: int | None = None, unit: str = "it"):
 
 
 @contextmanager
-def spark_bar(spark, desc: str, total: int | None = None, unit: str = "job",
+def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
               done: Callable[[], int] | None = None, poll_s: float = 0.5) -> Iterator[None]:
     """A bar for the Spark work inside the block, refreshed every ``poll_s`` seconds.
 

@@ -93,7 +93,8 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
                                                         "target", warn, spark)
     log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
-        f"{len(target_rows)} target clusters ({target_iter}) in {took(time.perf_counter() - t0)}")
+        f"{len(target_rows)} target clusters ({target_iter} iterations) in "
+        f"{took(time.perf_counter() - t0)}")
     bandwidth = target_bandwidth(cached_t)
     centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                       tables.CENTROIDS)

@@ -27,3 +27,24 @@ def test_related_texts_are_closer(spark):
                             "Issue an HTTP GET request to a web server.",
                             "Compute the median of a list of numbers."], normalize_embeddings=True)
     assert a @ b > a @ c + 0.2
+
+
+def test_partitioned_by_row_id_the_vectors_do_not_depend_on_the_layout(spark, docstrings):
+    """Hash-partitioned by row_id and sorted within each task, the same texts give the same
+    vectors to the last bit from any source layout (one partition in order, five shuffled);
+    the batches, and so the padding, are the same."""
+    pool, _ = docstrings
+    rows = [(f"r{i}", r["text"]) for i, r in enumerate(pool[:200])]
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    got = []
+    for data, parts in ((rows, 1), (shuffled, 5)):
+        df = spark.createDataFrame(data, "row_id string, text string").repartition(parts)
+        got.append({r["row_id"]: np.asarray(r["embedding"]) for r in
+                    embed_frame(df, "text", batch_size=16, partitions=3).collect()})
+    assert got[0].keys() == got[1].keys() and len(got[0]) == 200
+    assert all(np.array_equal(got[0][k], got[1][k]) for k in got[0])
+
+
+def test_embed_partitions_follow_the_rows_only():
+    from jobs.embed import embed_partitions
+    assert [embed_partitions(n, 1024) for n in (1, 1024, 1025, 5824)] == [1, 1, 2, 6]

@@ -49,7 +49,7 @@ def test_a_default_run_prints_the_projects_lines_and_bars_only(vectors, tmp_path
     assert lines and all(line.startswith("[gio-spark] ") for line in lines), run.stdout
     said = "\n".join(lines)
     assert re.search(r"quantize: \d+ pool clusters \(\d+ iterations\), \d+ target clusters "
-                     r"\(\d+\) in \d+\.\d s", said), said
+                     r"\(\d+ iterations\) in \d+\.\d s", said), said
     assert re.search(r"select: \d+ clusters chosen .* in \d+\.\d s", said), said
     assert re.search(r"run run-\w+: done in ", said), said
     assert "select: pick " not in said                       # detail lines: verbose only

@@ -236,13 +236,33 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
 
 
 @pytest.mark.slow
+def masked(text: str, out: str) -> list[str]:
+    """Printed lines with what changes from run to run (times, rates, the output folder)
+    replaced by placeholders."""
+    import re
+    text = text.replace(out, "<out>").replace("out/demo-pipeline", "<out>")
+    text = re.sub(r"\d+ h \d+ min|\d+ min \d+ s|\d+\.\d s", "<time>", text)
+    text = re.sub(r"\(\d+ texts/s\)", "(<rate> texts/s)", text)
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def readme_block(title: str) -> str:
+    """The fenced block that follows the README line containing ``title``."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    after = text[text.index(title):]
+    start = after.index("```\n") + 4
+    return after[start:after.index("```", start)]
+
+
 @pytest.mark.demo
 def test_readme_main_command_on_the_demo_data(tmp_path):
-    """What `make demo` runs: the whole pipeline on the standard library's docstrings."""
+    """What `make demo` runs: the whole pipeline on the standard library's docstrings. What it
+    prints is what the README shows, line for line, times and the output folder aside."""
     exe = os.path.join(os.path.dirname(sys.executable), "gio-spark")
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    out = str(tmp_path / "demo")
     run = subprocess.run([exe, "run", "--config", os.path.join(ROOT, "conf", "demo.yaml"),
-                          "--set", f"output.path={tmp_path / 'demo'}"],
+                          "--set", f"output.path={out}"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     line = next(s for s in run.stdout.splitlines() if s.startswith("demo: "))
@@ -250,6 +270,8 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
     base = float(line.split("against ")[1].split("%")[0])
     assert share > 3 * base, line
     assert "examples (first picks first):" in run.stdout
+    assert masked(run.stdout, out) == masked(readme_block("What a cold run printed"), out)
+    assert run.stderr == ""                       # no bars off a terminal, nothing of Spark's
 
 
 def test_a_row_budget_past_the_mmd_stop_is_filled(spark, tmp_path):
