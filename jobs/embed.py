@@ -69,15 +69,15 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
     else:
         e = cfg.embed
         threads = int(spark.conf.get("spark.task.cpus", "1"))
-        log(f"embed {side.name}: encoding {side.report['kept']} texts of "
-            f"{side.src.text_column!r} with {e.model} (batch {e.batch_size}, "
-            f"{embed_partitions(side.report['kept'], e.rows_per_task)} tasks)")
+        rows = int(side.report["kept"])
+        tasks = embed_partitions(rows, e.rows_per_task)
+        log(f"embed {side.name}: encoding {rows} texts of {side.src.text_column!r} with "
+            f"{e.model} (batch {e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
         reuse.begin(spark, cfg.output.path, stage, key, fp)
         counter = spark.sparkContext.accumulator(0)
-        rows = int(side.report["kept"])
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
-                          e.device, threads, counter, embed_partitions(rows, e.rows_per_task)
-                          ).withColumn("embeddings_id", F.lit(key))
+                          e.device, threads, counter, tasks).withColumn("embeddings_id",
+                                                                        F.lit(key))
         t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
                        done=lambda: counter.value):

@@ -47,7 +47,8 @@ def test_build_gives_an_sdist_and_a_wheel_that_install_and_run(tmp_path):
     assert sdist.exists() and wheel.exists(), os.listdir(dist)
     with tarfile.open(sdist) as tar:
         members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
-    for name in ("conf/demo.yaml", "conf/spark-defaults.conf", "docker/Dockerfile",
+    for name in ("conf/demo.yaml", "conf/spark-defaults.conf", "conf/log4j2.properties",
+                 "docker/Dockerfile",
                  "docker/docker-compose.yml", "Makefile", "jobs/cli.py", "gio_core/_selection.py",
                  "tests/jobs/test_package.py"):
         assert name in members, name
