@@ -47,7 +47,7 @@ lint: $(STAMP)
 test: $(STAMP) tools lint
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo"
 
-# The README's first command, `make demo`, run for real and its output checked (7 minutes).
+# The README's first command, `make demo`, run for real and its output checked (5 minutes).
 test-demo: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m demo
 

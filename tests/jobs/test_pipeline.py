@@ -235,7 +235,6 @@ def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
     assert bad.stderr.strip() == "gio-spark: error: select.k must be a positive integer; got -1."
 
 
-@pytest.mark.slow
 def masked(text: str, out: str) -> list[str]:
     """Printed lines with what changes from run to run (times, rates, the output folder)
     replaced by placeholders."""
@@ -249,11 +248,13 @@ def masked(text: str, out: str) -> list[str]:
 def readme_block(title: str) -> str:
     """The fenced block that follows the README line containing ``title``."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert text.count(title) == 1, f"README: {title!r} should name one block"
     after = text[text.index(title):]
     start = after.index("```\n") + 4
     return after[start:after.index("```", start)]
 
 
+@pytest.mark.slow
 @pytest.mark.demo
 def test_readme_main_command_on_the_demo_data(tmp_path):
     """What `make demo` runs: the whole pipeline on the standard library's docstrings. What it
@@ -270,7 +271,7 @@ def test_readme_main_command_on_the_demo_data(tmp_path):
     base = float(line.split("against ")[1].split("%")[0])
     assert share > 3 * base, line
     assert "examples (first picks first):" in run.stdout
-    assert masked(run.stdout, out) == masked(readme_block("What a cold run printed"), out)
+    assert masked(run.stdout, out) == masked(readme_block("What a cold run"), out)
     assert run.stderr == ""                       # no bars off a terminal, nothing of Spark's
 
 
