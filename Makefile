@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality clean
+.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,11 @@ $(STAMP): setup.cfg pyproject.toml
 	# The GAF reference package, for the tests that compare against it. It imports only torch
 	# (installed above) but lists torchvision, whose wheels pin other torch releases: no deps.
 	$(VENV)/bin/python -m pip install --quiet --no-deps gradient-agreement-filtering==0.1.3
+	# A native BLAS for Spark's MLlib (netlib loads libblas.so.3) where apt-get may install one;
+	# without it MLlib runs on its Java BLAS (bench/kmeans.py measures both).
+	@ldconfig -p 2>/dev/null | grep -q 'libblas\.so\.3 ' || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  libopenblas0-pthread) >/dev/null 2>&1; } || echo "no native BLAS installed: MLlib uses its Java BLAS"
 	# Delta's jars into Ivy's cache once, before test workers start sessions side by side.
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -c "from jobs.session import build_session; build_session('warm-up', 'local[1]', quiet=True).stop()"
 	touch $(STAMP)
@@ -76,6 +81,10 @@ bench-datamodels: $(STAMP)
 	$(VENV)/bin/python bench/datamodels_workers.py --out bench/results/datamodels_workers_cpu_2cores.jsonl
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
+# MLlib's K-means (Java BLAS, native BLAS) against scikit-learn's, 100,000 x 384 rows, k = 500.
+bench-kmeans: $(STAMP)
+	$(VENV)/bin/python bench/kmeans.py --out bench/results/kmeans_cpu_2cores.jsonl
+
 bench-quality: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'
 	$(VENV)/bin/python bench/quality.py --out-dir bench/results/quality

@@ -11,7 +11,7 @@
 set -euo pipefail
 TAG="${1:-gio-spark-base:bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES=python3,python3-venv,python3-pip,openjdk-17-jre-headless,procps,tini,ca-certificates
+PACKAGES=python3,python3-venv,python3-pip,openjdk-17-jre-headless,procps,tini,ca-certificates,libopenblas0-pthread
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "base image $TAG exists"; exit 0

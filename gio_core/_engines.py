@@ -96,7 +96,7 @@ class KnnState(NamedTuple):
     lists_w: jax.Array    # [n, k] their weights
     picked: int           # m, selected points so far
     total_w: float        # B, their total weight
-    unit: bool = True     # every selected weight is 1 (enables the closed-form rescoring)
+    unit: bool = True     # every weight is 1 (the closed form's cheaper unit-weight kernels)
     # Exact method: sum_i abar_i F_i(list_i + row) for every pool row (``relative``: minus
     # sum_i abar_i F_i(list_i)), computed for ``gains_ranks`` ranks.
     gains: jax.Array | None = None
@@ -200,6 +200,108 @@ def _fast_delta_kernel_cached(abar, old_kth, new_kth, idx, valid, cache_block, n
                        new_kth[idx], n_ranks, dim)
 
 
+# Weighted lists, closed form. With cumulative weights ``C_l`` along a full list of ``K`` slots,
+# a row at log-distance ``x`` with weight ``w`` takes slot ``pos`` (the slots ``l`` with
+# ``ld_l > x`` shift down one) and the list's score changes by
+#   (dim * min(0, x - ld_K) - sum_{l: ld_l > x} [log(w + C_{l-1}) - log C_l]) / K,
+# a sum over the K slots with no sort and no cumulative sum per candidate (unit weights make the
+# bracket 0: the form above). ``cprev`` is C_{l-1} (0 for the first slot), ``logc`` log C_l.
+
+def _weighted_terms(ld, pool_w, lists_ld, cprev, logc, dim):
+    """``[C, B]`` list-score changes (times K) of adding each row of a block to each list."""
+    total = dim * jnp.minimum(0.0, ld - lists_ld[:, -1:])
+    for slot in range(lists_ld.shape[1]):
+        shifted = lists_ld[:, slot:slot + 1] > ld
+        step = jnp.log(pool_w[None, :] + cprev[:, slot:slot + 1]) - logc[:, slot:slot + 1]
+        total = total - jnp.where(shifted, step, 0.0)
+    return total
+
+
+def weighted_lists(lists_ld, lists_w, n_ranks):
+    """The first ``n_ranks`` slots of each list with ``C_{l-1}`` and ``log C_l``: the closed
+    form's inputs."""
+    cum = jnp.cumsum(lists_w[:, :n_ranks], axis=1)
+    cprev = jnp.concatenate([jnp.zeros_like(cum[:, :1]), cum[:, :-1]], axis=1)
+    return lists_ld[:, :n_ranks], cprev, jnp.log(cum)
+
+
+@jax.jit
+def _wfast_gain_kernel(target, abar, lists_ld, cprev, logc, idx, valid, pool_block, pool_w_block,
+                       n_ranks, dim):
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+    weight = jnp.where(valid, abar[idx], 0.0)
+    return weight @ _weighted_terms(ld, pool_w_block, lists_ld[idx], cprev[idx], logc[idx],
+                                    dim) / n_ranks
+
+
+@jax.jit
+def _wfast_gain_kernel_cached(abar, lists_ld, cprev, logc, idx, valid, cache_block,
+                              pool_w_block, n_ranks, dim):
+    weight = jnp.where(valid, abar[idx], 0.0)
+    return weight @ _weighted_terms(cache_block[idx], pool_w_block, lists_ld[idx], cprev[idx],
+                                    logc[idx], dim) / n_ranks
+
+
+def _wfast_delta(ld, pool_w_block, old, new, idx, valid, abar, dim, n_ranks):
+    weight = jnp.where(valid, abar[idx], 0.0)
+    change = (_weighted_terms(ld, pool_w_block, *(a[idx] for a in new), dim)
+              - _weighted_terms(ld, pool_w_block, *(a[idx] for a in old), dim))
+    return weight @ change / n_ranks
+
+
+@jax.jit
+def _wfast_delta_kernel(target, abar, old_ld, old_cprev, old_logc, new_ld, new_cprev, new_logc,
+                        idx, valid, pool_block, pool_w_block, n_ranks, dim):
+    ld = 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+    return _wfast_delta(ld, pool_w_block, (old_ld, old_cprev, old_logc),
+                        (new_ld, new_cprev, new_logc), idx, valid, abar, dim, n_ranks)
+
+
+@jax.jit
+def _wfast_delta_kernel_cached(abar, old_ld, old_cprev, old_logc, new_ld, new_cprev, new_logc,
+                               idx, valid, cache_block, pool_w_block, n_ranks, dim):
+    return _wfast_delta(cache_block[idx], pool_w_block, (old_ld, old_cprev, old_logc),
+                        (new_ld, new_cprev, new_logc), idx, valid, abar, dim, n_ranks)
+
+
+@jax.jit
+def _chunk_ld(target, idx, pool_block):
+    return 0.5 * jnp.log(sq_distances(target[idx], pool_block))
+
+
+@jax.jit
+def _wfast_delta_ld(abar, old_ld, old_cprev, old_logc, new_ld, new_cprev, new_logc, idx, valid,
+                    ld, pool_w_block, n_ranks, dim):
+    """The change of the gains from a chunk of lists, with the chunk's distances given
+    (``ld[c]`` belongs to target ``idx[c]``)."""
+    weight = jnp.where(valid, abar[idx], 0.0)
+    change = (_weighted_terms(ld, pool_w_block, *(a[idx] for a in
+                                                  (new_ld, new_cprev, new_logc)), dim)
+              - _weighted_terms(ld, pool_w_block, *(a[idx] for a in
+                                                    (old_ld, old_cprev, old_logc)), dim))
+    return weight @ change / n_ranks
+
+
+def _pair_terms(x, w, lists_ld, cprev, logc, dim):
+    """:func:`_weighted_terms` for pairs: row ``j`` at log-distance ``x[j]``, weight ``w[j]``,
+    joining list ``j`` (``lists_* [N, K]``)."""
+    total = dim * jnp.minimum(0.0, x - lists_ld[:, -1])
+    for slot in range(lists_ld.shape[1]):
+        step = jnp.log(w + cprev[:, slot]) - logc[:, slot]
+        total = total - jnp.where(lists_ld[:, slot] > x, step, 0.0)
+    return total
+
+
+@jax.jit
+def _pairs_delta(gains, abar, old_ld, old_cprev, old_logc, new_ld, new_cprev, new_logc, tgt,
+                 prow, x, w, valid, n_ranks, dim):
+    """``gains`` plus the change that the lists of targets ``tgt`` bring to pool rows ``prow``
+    (each pair's row at log-distance ``x``, weight ``w``); padding pairs have ``valid`` False."""
+    new = _pair_terms(x, w, new_ld[tgt], new_cprev[tgt], new_logc[tgt], dim)
+    old = _pair_terms(x, w, old_ld[tgt], old_cprev[tgt], old_logc[tgt], dim)
+    return gains.at[prow].add(jnp.where(valid, abar[tgt] * (new - old) / n_ranks, 0.0))
+
+
 @partial(jax.jit, static_argnames=("k",))
 def _lists_from_points(target, idx, points, weights, k):
     ld = 0.5 * jnp.log(sq_distances(target[idx], points))
@@ -230,7 +332,7 @@ class KnnEngine:
     """
 
     def __init__(self, target, target_w, pool, pool_w, k, *, block_size=4096, smoothing=1.0,
-                 cache_bytes=2 ** 32, dim=None):
+                 cache_bytes=2 ** 30, dim=None, closed_form=True):
         self.target = target
         self.n = target.shape[0]
         self.dim = float(target.shape[1] if dim is None else dim)
@@ -248,8 +350,21 @@ class KnnEngine:
         self.pool_padded = _pad_rows(pool, self.block)
         self.pool_w_padded = _pad_rows(pool_w, self.block, 1.0)
         self.unit_pool = bool(jnp.all(pool_w == 1.0))
-        # Target-to-pool log-distances, one [n, block] array per pool block, when they fit.
-        self.use_cache = self.n * self.pool_padded.shape[0] * 4 <= cache_bytes
+        # Rescoring in closed form once the lists are full (False: insert and rescore each
+        # candidate's list; kept as the reference the tests and benchmarks compare against).
+        self.closed_form = bool(closed_form)
+        # Target-to-pool log-distances, one [n, block] array per pool block, when they all fit
+        # in cache_bytes. When they do not: per target, the pool rows inside its current K-th
+        # neighbour radius (the only rows whose gains its list can change from then on, since
+        # the radius only shrinks), kept once the target's list has changed and while their
+        # total fits in cache_bytes (8 bytes a row); see _rows_delta.
+        self.blocks = self.pool_padded.shape[0] // self.block
+        self.cached_blocks = self.blocks if self.n * self.pool_padded.shape[0] * 4 <= cache_bytes \
+            else 0
+        self.row_budget = int(cache_bytes) // 8
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        self._row_count = 0
+        self._rows_ranks = 0
         self._cache = None
         self._self_ld = 0.5 * jnp.log(jnp.asarray(target_self_neighbours(target, k)[0])[:, k - 1])
         self._closeness = None
@@ -276,12 +391,12 @@ class KnnEngine:
 
     def _cache_blocks(self):
         if self._cache is None:
-            self._cache = []
-            for start in range(0, self.pool_padded.shape[0], self.block):
-                block = self.pool_padded[start:start + self.block]
-                self._cache.append(jnp.concatenate([
+            self._cache = [None] * self.blocks
+            for b in range(self.cached_blocks):
+                block = self.pool_padded[b * self.block:(b + 1) * self.block]
+                self._cache[b] = jnp.concatenate([
                     0.5 * jnp.log(sq_distances(self.target[idx], block))[valid]
-                    for idx, valid in row_chunks(self.n, min(512, self.n))]))
+                    for idx, valid in row_chunks(self.n, min(512, self.n))])
         return self._cache
 
     # -- state ---------------------------------------------------------------
@@ -329,28 +444,141 @@ class KnnEngine:
         if state.gains is None:
             return new
         ranks = state.gains_ranks
-        if self.choice_ranks(new) != ranks or (not state.relative and self._fast(new)):
+        if self.choice_ranks(new) != ranks or state.relative != self._closed(new):
             return new._replace(gains=None, gains_ranks=0, relative=False)
         changed = np.flatnonzero(np.asarray(changed))
         if not changed.size:
             return new
-        if state.relative:
+        if state.relative and not self.cached_blocks:
+            delta = self._rows_delta(state, new, changed, ranks)
+        elif state.relative and new.unit:
             lists = (state.lists_ld[:, ranks - 1], new_ld[:, ranks - 1])
             delta = self._gain_pass(_fast_delta_kernel, _fast_delta_kernel_cached, changed,
                                     ranks, lists)
+        elif state.relative:
+            lists = (*weighted_lists(state.lists_ld, state.lists_w, ranks),
+                     *weighted_lists(new_ld, new_w, ranks))
+            delta = self._gain_pass(_wfast_delta_kernel, _wfast_delta_kernel_cached, changed,
+                                    ranks, lists, weights=True)
         else:
             delta = self._gain_pass(_knn_gain_delta_kernel, None, changed, ranks,
                                     (state.lists_ld, state.lists_w, new_ld, new_w))
         return new._replace(gains=state.gains + delta)
 
-    def _fast(self, state) -> bool:
-        """The closed form applies: unit weights and the ranks scored are all filled."""
-        return state.unit and state.picked >= self.choice_ranks(state)
+    def _rows_delta(self, state, new, changed, ranks):
+        """The closed form's change of the gains without the distance cache.
 
-    def _gain_pass(self, kernel, cached_kernel, target_rows, ranks, lists):
-        """Runs a gain kernel over chunks of ``target_rows`` and every pool block."""
+        A changed target's list changes the gain of a pool row only where the row lies inside
+        the list's old K-th radius. A target whose rows inside that radius are kept (with the
+        radius they were taken at, at least the old one: after a roll-back to an older state it
+        may not be) is rescored on those rows alone, and its rows are then trimmed to the new
+        radius; any other is rescored on the whole pool, block by block, and its rows inside the
+        new radius are kept if they fit in the budget. The radii shrink fast as picks go on, so
+        after the first picks a pick costs little more than with the cache."""
+        if ranks != self._rows_ranks:                # radii of another rank: of no use now
+            self._rows, self._row_count, self._rows_ranks = {}, 0, ranks
+        old_lists = weighted_lists(state.lists_ld, state.lists_w, ranks)
+        new_lists = weighted_lists(new.lists_ld, new.lists_w, ranks)
+        old_radius = np.asarray(state.lists_ld[:, ranks - 1])
+        new_radius = np.asarray(new.lists_ld[:, ranks - 1])
+        have, need = [], []
+        for i in changed.tolist():
+            kept = self._rows.get(i)
+            (have if kept is not None and old_radius[i] <= kept[2] else need).append(i)
+        if need:
+            delta = self._dense_delta(np.asarray(need), old_lists, new_lists, new_radius, ranks)
+        else:
+            delta = jnp.zeros((self.pool_padded.shape[0],), jnp.float32)
+        if have:
+            rows = [self._rows[i] for i in have]
+            sizes = [len(r[0]) for r in rows]
+            total = sum(sizes)
+            size = max(1024, 1 << (max(total, 1) - 1).bit_length())    # few shapes: few compiles
+            tgt, prow = np.zeros(size, np.int32), np.zeros(size, np.int32)
+            x = np.zeros(size, np.float32)
+            if total:
+                tgt[:total] = np.repeat(np.asarray(have, np.int32), sizes)
+                prow[:total] = np.concatenate([r[0] for r in rows])
+                x[:total] = np.concatenate([r[1] for r in rows])
+            w = np.asarray(self.pool_w_padded)[prow]
+            delta = _pairs_delta(delta, self.abar, *old_lists, *new_lists, jnp.asarray(tgt),
+                                 jnp.asarray(prow), jnp.asarray(x), jnp.asarray(w),
+                                 jnp.asarray(np.arange(size) < total), ranks, self.dim)
+            for i, (idx, ld, _) in zip(have, rows, strict=True):
+                inside = ld < new_radius[i]
+                self._row_count -= len(idx) - int(inside.sum())
+                self._rows[i] = (idx[inside], ld[inside], float(new_radius[i]))
+        return delta
+
+    def _dense_delta(self, targets, old_lists, new_lists, new_radius, ranks):
+        """:meth:`_rows_delta` for targets rescored on the whole pool. Keeps their rows inside
+        the new radius while the budget lasts (a target whose rows would not fit keeps none)."""
+        size = _chunk_size(len(targets))
+        room = self.row_budget - self._row_count
+        for i in targets.tolist():                    # taken at a wider radius: replaced below
+            stale = self._rows.pop(i, None)
+            if stale is not None:
+                self._row_count -= len(stale[0])
+                room += len(stale[0])
+        found: dict[int, list] = {int(i): [] for i in targets}
+        counts = dict.fromkeys(found, 0)
+        out = []
+        for start in range(0, self.pool_padded.shape[0], self.block):
+            block = self.pool_padded[start:start + self.block]
+            pool_w = self.pool_w_padded[start:start + self.block]
+            acc = jnp.zeros((self.block,), jnp.float32)
+            for lo in range(0, len(targets), size):
+                part = targets[lo:lo + size]
+                idx = np.zeros(size, np.int32)
+                idx[:len(part)] = part
+                valid = np.arange(size) < len(part)
+                ld = _chunk_ld(self.target, jnp.asarray(idx), block)
+                acc = acc + _wfast_delta_ld(self.abar, *old_lists, *new_lists, jnp.asarray(idx),
+                                            jnp.asarray(valid), ld, pool_w, ranks, self.dim)
+                if room <= 0:                         # no budget left: these keep no rows
+                    for i in part.tolist():
+                        if i in found:
+                            room += counts.pop(i)
+                            del found[i]
+                    continue
+                if not any(i in found for i in part.tolist()):
+                    continue
+                ld_np = np.asarray(ld)[:len(part)]
+                inside = ld_np < new_radius[part][:, None]
+                inside[:, max(0, self.pool_rows - start):] = False      # padding rows
+                for c, n in enumerate(inside.sum(axis=1).tolist()):
+                    i = int(part[c])
+                    if i not in found:
+                        continue
+                    if n > room:                      # does not fit: this target keeps none
+                        room += counts.pop(i)
+                        del found[i]
+                        continue
+                    cols = np.flatnonzero(inside[c])
+                    found[i].append(((start + cols).astype(np.int32), ld_np[c, cols]))
+                    counts[i] += n
+                    room -= n
+            out.append(acc)
+        for i, parts in found.items():
+            idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+            lds = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+            self._rows[i] = (idx, lds, float(new_radius[i]))
+            self._row_count += len(idx)
+        return jnp.concatenate(out)
+
+    def _closed(self, state) -> bool:
+        """The closed form applies: the ranks scored are all filled (and, with weights other
+        than 1, ``closed_form`` is on)."""
+        return (state.picked >= self.choice_ranks(state)
+                and (state.unit or self.closed_form))
+
+    def _gain_pass(self, kernel, cached_kernel, target_rows, ranks, lists, weights=False):
+        """Runs a gain kernel over chunks of ``target_rows`` and every pool block (the cached
+        kernel on the blocks whose distances are cached); ``weights`` passes the block's pool
+        weights to the closed-form kernels (the general kernel always takes them)."""
         size = _chunk_size(len(target_rows))
-        cache = self._cache_blocks() if cached_kernel is not None and self.use_cache else None
+        cache = (self._cache_blocks() if cached_kernel is not None and self.cached_blocks
+                 else [None] * self.blocks)
         chunks = []
         for lo in range(0, len(target_rows), size):
             part = target_rows[lo:lo + size]
@@ -360,14 +588,15 @@ class KnnEngine:
         out = []
         for b, start in enumerate(range(0, self.pool_padded.shape[0], self.block)):
             acc = jnp.zeros((self.block,), jnp.float32)
+            pool_w = (self.pool_w_padded[start:start + self.block],) if weights else ()
             for idx, valid in chunks:
-                if cache is not None:
-                    acc = acc + cached_kernel(self.abar, *lists, idx, valid, cache[b], ranks,
-                                              self.dim)
-                elif cached_kernel is not None:        # fast kernel, distances computed
+                if cache[b] is not None:
+                    acc = acc + cached_kernel(self.abar, *lists, idx, valid, cache[b], *pool_w,
+                                              ranks, self.dim)
+                elif cached_kernel is not None:        # closed form, distances computed
                     acc = acc + kernel(self.target, self.abar, *lists, idx, valid,
-                                       self.pool_padded[start:start + self.block], ranks,
-                                       self.dim)
+                                       self.pool_padded[start:start + self.block], *pool_w,
+                                       ranks, self.dim)
                 else:
                     acc = acc + kernel(self.target, self.abar, *lists, idx, valid,
                                        self.pool_padded[start:start + self.block],
@@ -381,9 +610,14 @@ class KnnEngine:
         if state.gains is not None and state.gains_ranks == ranks:
             return state
         rows = np.arange(self.n)
-        if self._fast(state):
+        if self._closed(state) and state.unit:
             gains = self._gain_pass(_fast_gain_kernel, _fast_gain_kernel_cached, rows, ranks,
                                     (state.lists_ld[:, ranks - 1],))
+            return state._replace(gains=gains, gains_ranks=ranks, relative=True)
+        if self._closed(state):
+            gains = self._gain_pass(_wfast_gain_kernel, _wfast_gain_kernel_cached, rows, ranks,
+                                    weighted_lists(state.lists_ld, state.lists_w, ranks),
+                                    weights=True)
             return state._replace(gains=gains, gains_ranks=ranks, relative=True)
         gains = self._gain_pass(_knn_gain_kernel, None, rows, ranks,
                                 (state.lists_ld, state.lists_w))

@@ -130,7 +130,7 @@ class SelectSection:
     jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
     max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
     block_size: int = 4096            # pool rows scored per block by the exact method
-    cache_bytes: int = 2 ** 32        # the exact method's distance cache
+    cache_bytes: int = 2 ** 30        # the exact method's distance memory (see gio_core.select)
 
 
 # Options of the select section that are not gio_core.select's, and its runtime knobs.

@@ -41,6 +41,19 @@ LOCAL_DEFAULTS = {
 }
 
 
+# netlib's BLAS on the JVM: Spark 4 starts its JVMs with the JDK's vector API
+# (--add-modules=jdk.incubator.vector), so the level-1 routines MLlib's K-means spends its time in
+# run vectorised ("VectorBLAS"); a native BLAS for the level-2 and level-3 ones is loaded where one
+# is installed as libblas.so.3 (Debian: libopenblas0-pthread; make setup installs it where it
+# may). Without one Spark logs "Failed to load implementation from ...JNIBLAS" and falls back.
+
+
+def native_blas() -> str | None:
+    """The native BLAS netlib will load (``libblas.so.3``), or None where none is installed."""
+    import ctypes.util
+    return ctypes.util.find_library("blas")
+
+
 def spark_log_path(app_name: str) -> str:
     """Where a quiet run's JVM writes its console output: ``$GIO_SPARK_LOG_DIR`` (default
     ``<temp dir>/gio-spark-logs``), one file per run."""

@@ -329,6 +329,75 @@ def test_incremental_exact_scores_equal_full_rescoring(mix16, monkeypatch, weigh
     np.testing.assert_allclose(incremental.kl, full.kl, atol=1e-4)
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 2 ** 30, 40_000])
+def test_weighted_closed_form_equals_inserting_into_each_list(mix16, monkeypatch, cache_bytes):
+    """Weighted rows (the pipeline's cluster sizes): once the lists are full, the gains come
+    from the closed form over the lists' cumulative weights (cached distances, recomputed ones,
+    or some blocks of each); inserting each candidate into every list and rescoring it gives the
+    same picks and KL values. Weights from 1 to 300, as cluster sizes spread."""
+    from gio_core import _engines
+    pool, _, target, _, _ = mix16
+    rng = np.random.default_rng(5)
+    kw = dict(pool_weights=rng.integers(1, 300, len(pool)).astype(float),
+              target_weights=rng.integers(1, 20, len(target)).astype(float),
+              stop_criterion="none", max_iter=60, block_size=128, cache_bytes=cache_bytes)
+    closed = select(target, pool, **kw)
+    init = _engines.KnnEngine.__init__
+    engines = []
+
+    def general(self, *args, **options):
+        init(self, *args, **dict(options, closed_form=False))
+        engines.append(self)
+    monkeypatch.setattr(_engines.KnnEngine, "__init__", general)
+    reference = select(target, pool, **kw)
+    assert engines and not engines[0].closed_form
+    np.testing.assert_array_equal(closed.indices, reference.indices)
+    np.testing.assert_allclose(closed.kl, reference.kl, atol=1e-4)
+    assert len(set(closed.indices.tolist())) == 60
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_without_the_cache_the_rows_inside_each_radius_give_the_same_picks(mix16, monkeypatch,
+                                                                           weighted):
+    """When the [n, M] distances do not fit in ``cache_bytes``, a changed target is rescored on
+    the pool rows inside its neighbour radius (kept within the budget, 8 bytes a row) instead
+    of the whole pool: the picks and KL values equal those with the whole cache, the kept rows
+    stay within the budget, and most rescoring goes through them."""
+    from gio_core import _engines
+    pool, _, target, _, _ = mix16
+    rng = np.random.default_rng(6)
+    kw = dict(pool_weights=rng.integers(1, 300, len(pool)).astype(float) if weighted else None,
+              stop_criterion="none", max_iter=80)
+    cached = select(target, pool, cache_bytes=2 ** 30, **kw)
+    engines, calls = [], {"rows": 0, "dense": 0}
+    init, rows_delta, dense_delta = (_engines.KnnEngine.__init__, _engines.KnnEngine._rows_delta,
+                                     _engines.KnnEngine._dense_delta)
+
+    def keep(self, *args, **options):
+        init(self, *args, **options)
+        engines.append(self)
+
+    def count_rows(self, state, new, changed, ranks):
+        calls["rows"] += len(changed)
+        return rows_delta(self, state, new, changed, ranks)
+
+    def count_dense(self, targets, *args):
+        calls["dense"] += len(targets)
+        return dense_delta(self, targets, *args)
+    monkeypatch.setattr(_engines.KnnEngine, "__init__", keep)
+    monkeypatch.setattr(_engines.KnnEngine, "_rows_delta", count_rows)
+    monkeypatch.setattr(_engines.KnnEngine, "_dense_delta", count_dense)
+    budget = 200_000
+    rows = select(target, pool, cache_bytes=budget, **kw)
+    engine = engines[-1]
+    assert engine.cached_blocks == 0 and engine._cache is None
+    np.testing.assert_array_equal(rows.indices, cached.indices)
+    np.testing.assert_allclose(rows.kl, cached.kl, atol=1e-4)
+    kept = sum(len(r[0]) for r in engine._rows.values())
+    assert 0 < kept == engine._row_count <= budget // 8
+    assert calls["rows"] > 2 * calls["dense"] > 0
+
+
 @pytest.mark.parametrize("method", ["exact", "gradient"])
 def test_more_picks_do_not_retrace(mix16, method):
     """Shapes are fixed: a longer selection on the same arrays compiles nothing new."""

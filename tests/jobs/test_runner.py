@@ -58,3 +58,17 @@ def test_a_bad_config_fails_before_the_jvm_starts(tmp_path, capsys, monkeypatch)
     assert got == 2
     assert capsys.readouterr().err.strip() == (
         "gio-spark: error: select.k must be a positive integer; got 0.")
+
+
+def test_mllib_uses_the_native_blas_where_one_is_installed(spark):
+    """netlib (Spark's BLAS) loads libblas.so.3 where it is installed (make setup installs
+    OpenBLAS where apt-get may): its native instance then loads, otherwise it must not claim
+    to. The Java side is the vectorised one either way (Spark 4 adds the JDK's vector API)."""
+    from jobs.session import native_blas
+    netlib = spark._jvm.dev.ludovic.netlib.blas
+    assert netlib.JavaBLAS.getInstance().getClass().getSimpleName() == "VectorBLAS"
+    try:
+        native = netlib.NativeBLAS.getInstance().getClass().getSimpleName()
+    except Exception:                         # noqa: BLE001 - py4j's error for a missing library
+        native = None
+    assert native == ("JNIBLAS" if native_blas() else None)
