@@ -27,6 +27,7 @@ from gio_core._estimators import (
     self_term_table, sq_distances, target_self_neighbours)
 
 _CHUNK_SIZES = (8, 32, 128, 512)
+PAIR_CHUNK = 1 << 20          # (target, pool row) pairs rescored at once without the cache
 
 
 def _chunk_size(count: int) -> int:
@@ -493,17 +494,23 @@ class KnnEngine:
             rows = [self._rows[i] for i in have]
             sizes = [len(r[0]) for r in rows]
             total = sum(sizes)
-            size = max(1024, 1 << (max(total, 1) - 1).bit_length())    # few shapes: few compiles
-            tgt, prow = np.zeros(size, np.int32), np.zeros(size, np.int32)
-            x = np.zeros(size, np.float32)
-            if total:
-                tgt[:total] = np.repeat(np.asarray(have, np.int32), sizes)
-                prow[:total] = np.concatenate([r[0] for r in rows])
-                x[:total] = np.concatenate([r[1] for r in rows])
-            w = np.asarray(self.pool_w_padded)[prow]
-            delta = _pairs_delta(delta, self.abar, *old_lists, *new_lists, jnp.asarray(tgt),
-                                 jnp.asarray(prow), jnp.asarray(x), jnp.asarray(w),
-                                 jnp.asarray(np.arange(size) < total), ranks, self.dim)
+            tgt_all = np.repeat(np.asarray(have, np.int32), sizes)
+            prow_all = np.concatenate([r[0] for r in rows])
+            x_all = np.concatenate([r[1] for r in rows])
+            pool_w = np.asarray(self.pool_w_padded)
+            # In slices of at most PAIR_CHUNK pairs: bounded memory (each pair gathers its
+            # lists) and few shapes to compile (powers of two from 1024).
+            for lo in range(0, max(total, 1), PAIR_CHUNK):
+                n = min(PAIR_CHUNK, total - lo)
+                size = max(1024, 1 << (max(n, 1) - 1).bit_length())
+                tgt, prow = np.zeros(size, np.int32), np.zeros(size, np.int32)
+                x = np.zeros(size, np.float32)
+                tgt[:n], prow[:n], x[:n] = (tgt_all[lo:lo + n], prow_all[lo:lo + n],
+                                            x_all[lo:lo + n])
+                delta = _pairs_delta(delta, self.abar, *old_lists, *new_lists, jnp.asarray(tgt),
+                                     jnp.asarray(prow), jnp.asarray(x),
+                                     jnp.asarray(pool_w[prow]),
+                                     jnp.asarray(np.arange(size) < n), ranks, self.dim)
             for i, (idx, ld, _) in zip(have, rows, strict=True):
                 inside = ld < new_radius[i]
                 self._row_count -= len(idx) - int(inside.sum())

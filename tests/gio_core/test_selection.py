@@ -387,6 +387,7 @@ def test_without_the_cache_the_rows_inside_each_radius_give_the_same_picks(mix16
     monkeypatch.setattr(_engines.KnnEngine, "__init__", keep)
     monkeypatch.setattr(_engines.KnnEngine, "_rows_delta", count_rows)
     monkeypatch.setattr(_engines.KnnEngine, "_dense_delta", count_dense)
+    monkeypatch.setattr(_engines, "PAIR_CHUNK", 1500)        # several slices of pairs a pick
     budget = 200_000
     rows = select(target, pool, cache_bytes=budget, **kw)
     engine = engines[-1]
