@@ -102,20 +102,24 @@ def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
         sc.setJobGroup(group, desc)
     stop = threading.Event()
 
+    tracker = sc.statusTracker()
+
+    def refresh() -> None:
+        try:
+            if done is not None:
+                n = done()
+            else:
+                jobs = (tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group))
+                n = sum(j is not None and j.status == "SUCCEEDED" for j in jobs)
+            n = n if total is None else min(n, total)
+            if n > progress.n:
+                progress.update(n - progress.n)
+        except Exception:  # noqa: BLE001 - a bar must never fail a run; the next poll retries
+            pass
+
     def poll() -> None:
-        tracker = sc.statusTracker()
         while not stop.wait(poll_s):
-            try:
-                if done is not None:
-                    n = done()
-                else:
-                    jobs = (tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group))
-                    n = sum(j is not None and j.status == "SUCCEEDED" for j in jobs)
-                n = n if total is None else min(n, total)
-                if n > progress.n:
-                    progress.update(n - progress.n)
-            except Exception:  # noqa: BLE001 - a bar must never fail a run
-                return
+            refresh()
 
     thread = threading.Thread(target=poll, name="gio-spark-progress", daemon=True)
     thread.start()
@@ -124,6 +128,7 @@ def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
     finally:
         stop.set()
         thread.join(timeout=5)
+        refresh()  # the last count, so a bar left behind by a slow poll still ends where the work did
         if done is None:
             sc._jsc.clearJobGroup()
         progress.close()
