@@ -492,25 +492,37 @@ class KnnEngine:
             delta = jnp.zeros((self.pool_padded.shape[0],), jnp.float32)
         if have:
             rows = [self._rows[i] for i in have]
-            sizes = [len(r[0]) for r in rows]
-            total = sum(sizes)
-            tgt_all = np.repeat(np.asarray(have, np.int32), sizes)
-            prow_all = np.concatenate([r[0] for r in rows])
-            x_all = np.concatenate([r[1] for r in rows])
             pool_w = np.asarray(self.pool_w_padded)
-            # In slices of at most PAIR_CHUNK pairs: bounded memory (each pair gathers its
-            # lists) and few shapes to compile (powers of two from 1024).
-            for lo in range(0, max(total, 1), PAIR_CHUNK):
-                n = min(PAIR_CHUNK, total - lo)
-                size = max(1024, 1 << (max(n, 1) - 1).bit_length())
-                tgt, prow = np.zeros(size, np.int32), np.zeros(size, np.int32)
-                x = np.zeros(size, np.float32)
-                tgt[:n], prow[:n], x[:n] = (tgt_all[lo:lo + n], prow_all[lo:lo + n],
-                                            x_all[lo:lo + n])
-                delta = _pairs_delta(delta, self.abar, *old_lists, *new_lists, jnp.asarray(tgt),
-                                     jnp.asarray(prow), jnp.asarray(x),
-                                     jnp.asarray(pool_w[prow]),
-                                     jnp.asarray(np.arange(size) < n), ranks, self.dim)
+            # In slices of at most PAIR_CHUNK pairs, filled target by target: bounded memory
+            # (each pair gathers its lists; nothing the size of all kept rows is built) and few
+            # shapes to compile (powers of two from 1024).
+            cap = max(1, min(sum(len(r[0]) for r in rows), PAIR_CHUNK))   # pairs per slice
+            size = max(1024, 1 << (cap - 1).bit_length())
+            tgt, prow = np.zeros(size, np.int32), np.zeros(size, np.int32)
+            x = np.zeros(size, np.float32)
+            n = 0
+
+            def flush(delta, n):
+                # NumPy copies: on the CPU, JAX may alias a NumPy array and read it after this
+                # returns (dispatch is asynchronous), and these buffers are refilled.
+                tgt[n:], prow[n:], x[n:] = 0, 0, 0.0
+                return _pairs_delta(delta, self.abar, *old_lists, *new_lists,
+                                    jnp.asarray(tgt.copy()), jnp.asarray(prow.copy()),
+                                    jnp.asarray(x.copy()), jnp.asarray(pool_w[prow]),
+                                    jnp.asarray(np.arange(size) < n), ranks, self.dim)
+
+            for i, (idx, ld, _) in zip(have, rows, strict=True):
+                lo = 0
+                while lo < len(idx):
+                    take = min(cap - n, len(idx) - lo)
+                    tgt[n:n + take] = i
+                    prow[n:n + take] = idx[lo:lo + take]
+                    x[n:n + take] = ld[lo:lo + take]
+                    n, lo = n + take, lo + take
+                    if n == cap:
+                        delta, n = flush(delta, n), 0
+            if n:
+                delta = flush(delta, n)
             for i, (idx, ld, _) in zip(have, rows, strict=True):
                 inside = ld < new_radius[i]
                 self._row_count -= len(idx) - int(inside.sum())
