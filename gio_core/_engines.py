@@ -578,9 +578,11 @@ class KnnEngine:
                     counts[i] += n
                     room -= n
             out.append(acc)
-        for i, parts in found.items():
+        for i in list(found):            # each target's pieces freed once joined: no second copy
+            parts = found.pop(i)
             idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
             lds = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+            del parts
             self._rows[i] = (idx, lds, float(new_radius[i]))
             self._row_count += len(idx)
         return jnp.concatenate(out)

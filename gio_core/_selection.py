@@ -132,7 +132,7 @@ def check_select_options(*, k=5, estimator="knn", method="exact", seed=0, max_it
                          max_sequential_increases=3, lr=0.01, grad_desc_iter=50,
                          v_init="mean", scale_factor="auto", random_restart_prob=0.0,
                          smoothing=1.0, eps=1e-8, discard_nearest_for_xy=False,
-                         block_size=4096, cache_bytes=2 ** 30, dim=None,
+                         block_size=4096, cache_bytes=2 ** 28, dim=None,
                          max_rows=None, mmd_tolerance=0.25, mmd_bandwidth=None,
                          fill=None) -> None:
     """Checks every option of :func:`select` that does not depend on the data.
@@ -207,7 +207,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
            lr: float = 0.01, grad_desc_iter: int = 50, v_init: str = "mean",
            scale_factor="auto", random_restart_prob: float = 0.0, smoothing: float = 1.0,
            eps: float = 1e-8, discard_nearest_for_xy: bool = False, block_size: int = 4096,
-           cache_bytes: int = 2 ** 30, dim=None, max_rows: int | None = None, row_counts=None,
+           cache_bytes: int = 2 ** 28, dim=None, max_rows: int | None = None, row_counts=None,
            mmd_tolerance: float = 0.25, mmd_bandwidth: float | None = None,
            fill: str | None = None,
            callback: Callable[[int, int, float], None] | None = None) -> SelectionResult:
@@ -260,7 +260,7 @@ def select(target, pool, *, k: int = 5, estimator: str = "knn", method: str = "e
       eps, discard_nearest_for_xy: the averaged estimator's epsilon and its option to drop each
         target point's nearest selected point (``method="gradient"`` only).
       block_size: pool rows scored per block by the exact method.
-      cache_bytes: memory for the exact method's distances (default 1 GiB). When the
+      cache_bytes: memory for the exact method's distances (default 256 MiB). When the
         ``[n, M]`` target-to-pool log-distances (4 bytes each) fit, they are kept, and
         rescoring after a pick costs no distance computations. When they do not, each target
         whose neighbour list a pick changes keeps the pool rows inside its K-th neighbour radius
