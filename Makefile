@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans clean
+.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,16 @@ bench-datamodels: $(STAMP)
 # MLlib's K-means (Java BLAS, native BLAS) against scikit-learn's, 100,000 x 384 rows, k = 500.
 bench-kmeans: $(STAMP)
 	$(VENV)/bin/python bench/kmeans.py --out bench/results/kmeans_cpu_2cores.jsonl
+
+# Embedding backends (torch, onnx, onnx-int8) in the Spark UDF, texts/s and cosine to torch.
+bench-embed: $(STAMP)
+	$(VENV)/bin/python bench/embed_throughput.py --out bench/results/embed_cpu_2cores.jsonl
+
+# On a machine with a CUDA GPU: JAX's CUDA wheels, then embed and select on the GPU against the
+# CPU (1M x 100k centroids for select); figures appended to bench/results/gpu.jsonl.
+bench-gpu: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet "jax[cuda12]==$$($(VENV)/bin/python -c 'import jax; print(jax.__version__)')"
+	$(VENV)/bin/python bench/gpu.py --out bench/results/gpu.jsonl
 
 bench-quality: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'

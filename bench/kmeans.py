@@ -1,4 +1,5 @@
-"""K-means as the quantize stage runs it: MLlib on the JVM's BLAS options against scikit-learn.
+"""K-means as the quantize stage runs it (lloyd and MLlib, on the JVM's BLAS options) against
+scikit-learn.
 
 One data set (``--rows`` unit-norm clustered vectors of 384 dimensions, as sentence embeddings
 are), one ``k``, the same iteration cap and tolerance for every variant; each variant runs in its
@@ -8,6 +9,10 @@ own process (a fresh JVM for MLlib, so its Java options apply):
   with the JDK's vector API), the baseline;
 * ``mllib-native``: the same with a native BLAS (OpenBLAS from Debian's packages, found as
   ``libblas.so.3``; skipped, with a note, where none is installed);
+* ``lloyd``: the quantize stage's default engine (``jobs.quantize.kmeans_side`` with
+  ``quantize.algorithm: lloyd``: k-means++ on 20,000 rows chosen by hash, then Lloyd's
+  iterations as matrix products in Arrow tasks), timed from the cached arrays, so its packing
+  into float32 bytes and its own cache are inside the time;
 * ``sklearn-1`` and ``sklearn-2``: scikit-learn's ``KMeans`` (k-means++, Lloyd) on one and two
   BLAS/OpenMP threads.
 
@@ -32,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench._common import clustered, emit, run_child  # noqa: E402
 
-VARIANTS = ("mllib", "mllib-native", "sklearn-1", "sklearn-2")
+VARIANTS = ("mllib", "mllib-native", "lloyd", "sklearn-1", "sklearn-2")
 
 
 def objective(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> float:
@@ -87,6 +92,27 @@ def one_mllib(variant: str, work: str, k: int, max_iter: int, tol: float) -> dic
             "java_blas": blas, "native_blas": native_name, "java_options": spark_options}
 
 
+def one_lloyd(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
+    from jobs.config import QuantizeSection
+    from jobs.quantize import kmeans_side
+    from jobs.session import build_session
+    spark = build_session("kmeans-bench", "local[2]", {
+        "spark.sql.shuffle.partitions": "8", "spark.driver.memory": "6g"}, quiet=True)
+    df = (spark.read.parquet(os.path.join(work, "rows.parquet"))
+          .selectExpr("id AS row_id", "vec AS embedding").cache())
+    df.count()
+    q = QuantizeSection(max_iter=max_iter, tol=tol, partitions=8, algorithm="lloyd")
+    start = time.perf_counter()
+    centroids, _, cached, iterations = kmeans_side(df, k, q, 7, "pool", print, spark)
+    seconds = time.perf_counter() - start
+    cached.unpersist()
+    spark.stop()
+    centres = np.array([c[2] for c in centroids], np.float32)
+    x = np.load(os.path.join(work, "rows.npy"))
+    return {"variant": variant, "seconds": round(seconds, 2), "iterations": iterations,
+            "init_rows": q.init_rows, "objective": objective(x, centres)}
+
+
 def one_sklearn(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
@@ -113,7 +139,8 @@ def main():
     args = parser.parse_args()
     if args.one:
         variant, work = args.one
-        fn = one_sklearn if variant.startswith("sklearn") else one_mllib
+        fn = (one_sklearn if variant.startswith("sklearn") else one_lloyd if variant == "lloyd"
+              else one_mllib)
         print(json.dumps(fn(variant, work, args.k, args.max_iter, args.tol)))
         return
 

@@ -83,6 +83,9 @@ class EmbedSection:
     # ceil(n / rows_per_task) tasks, sorted within each, so the batches, and so the vectors to
     # the last bit, depend on the rows alone: not on the source's files, order or the cluster.
     rows_per_task: int = 1024
+    # What runs the transformer: torch (sentence-transformers), onnx (ONNX Runtime, exported from
+    # the model at first use and cached) or onnx-int8 (weights quantised to int8); see jobs.models.
+    backend: str = "torch"
 
 
 @dataclass
@@ -93,8 +96,11 @@ class QuantizeSection:
     max_iter: int = 20
     tol: float = 1e-4
     distance: str = "euclidean"       # euclidean or cosine
-    init_steps: int = 2
+    init_steps: int = 2               # algorithm mllib: k-means|| rounds
     partitions: int = 8               # K-means input partitions (part of the seed: see quantize)
+    algorithm: str = "lloyd"          # lloyd (matrix products in Arrow tasks) or mllib
+    init_rows: int = 20000            # algorithm lloyd: k-means++ on this many rows (by hash)
+    driver_rows: int = 20000          # algorithm lloyd: a side this small is clustered on the driver
 
 
 @dataclass
@@ -130,7 +136,7 @@ class SelectSection:
     jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
     max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
     block_size: int = 4096            # pool rows scored per block by the exact method
-    cache_bytes: int = 2 ** 30        # the exact method's distance memory (see gio_core.select)
+    cache_bytes: int = 2 ** 28        # the exact method's distance memory (see gio_core.select)
 
 
 # Options of the select section that are not gio_core.select's, and its runtime knobs.
@@ -1107,17 +1113,21 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")
     _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
     _check(isinstance(e.normalize, bool), "embed.normalize must be true or false.")
+    _check(e.backend in ("torch", "onnx", "onnx-int8"),
+           f"embed.backend must be torch, onnx or onnx-int8; got {e.backend!r}.")
     q = cfg.quantize
     _check(q.pool_k == "auto" or (_is_int(q.pool_k) and q.pool_k >= 1),
            f"quantize.pool_k must be auto (from the pool's size) or an integer >= 1; got "
            f"{q.pool_k!r}.")
-    for key in ("target_k", "max_iter", "init_steps", "partitions"):
+    for key in ("target_k", "max_iter", "init_steps", "partitions", "init_rows", "driver_rows"):
         _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
                f"quantize.{key} must be an integer >= 1.")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
            f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
     _check(_is_num(q.tol) and q.tol >= 0, "quantize.tol must be a number >= 0.")
     _check(q.distance in ("euclidean", "cosine"), "quantize.distance must be euclidean or cosine.")
+    _check(q.algorithm in ("lloyd", "mllib"), f"quantize.algorithm must be lloyd or mllib; got "
+           f"{q.algorithm!r}.")
     s = cfg.select
     _check(s.fill in ("auto", "mmd", None), "select.fill must be auto (mmd with the mmd rule), "
            f"mmd or null; got {s.fill!r}.")

@@ -21,12 +21,12 @@ from jobs.models import load_model, task_device
 
 
 def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: int | None,
-            text_column: str, counter=None):
+            text_column: str, counter=None, backend: str = "torch"):
     """A function for ``DataFrame.mapInPandas``: (row_id, text) batches -> (row_id, embedding).
     ``counter``: a Spark accumulator the tasks add their rows to (a progress bar reads it)."""
 
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        st = load_model(model, task_device(device), threads)
+        st = load_model(model, task_device(device), threads, backend)
         for batch in batches:
             texts = batch[text_column].astype(str).tolist()
             vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize,
@@ -41,11 +41,11 @@ def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: 
 
 def embed_frame(df: DataFrame, text_column: str, model: str = "bundled", batch_size: int = 64,
                 normalize: bool = True, device: str = "auto", threads: int | None = None,
-                counter=None, partitions: int | None = None):
+                counter=None, partitions: int | None = None, backend: str = "torch"):
     """Embeds ``text_column`` of ``df``; returns a DataFrame (row_id, embedding array<float>).
     ``partitions``: hash-partition the rows by row_id into that many tasks, sorted by row_id
     within each (the same batches whatever the source's layout or the cluster's size)."""
-    fn = encoder(model, batch_size, normalize, device, threads, text_column, counter)
+    fn = encoder(model, batch_size, normalize, device, threads, text_column, counter, backend)
     df = df.select(ROW_ID, text_column)
     if partitions is not None:
         df = df.repartition(partitions, ROW_ID).sortWithinPartitions(ROW_ID)
@@ -72,11 +72,12 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         rows = int(side.report["kept"])
         tasks = embed_partitions(rows, e.rows_per_task)
         log(f"embed {side.name}: encoding {rows} texts of {side.src.text_column!r} with "
-            f"{e.model} (batch {e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
+            f"{e.model}{'' if e.backend == 'torch' else ' on ' + e.backend} (batch "
+            f"{e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
         reuse.begin(spark, cfg.output.path, stage, key, fp)
         counter = spark.sparkContext.accumulator(0)
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
-                          e.device, threads, counter, tasks).withColumn("embeddings_id",
+                          e.device, threads, counter, tasks, e.backend).withColumn("embeddings_id",
                                                                         F.lit(key))
         t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
@@ -106,5 +107,6 @@ def embedded_rows(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFram
     executors with the ``embed`` section's model."""
     e = cfg.embed
     threads = int(spark.conf.get("spark.task.cpus", "1"))
-    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads)
+    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads,
+                          backend=e.backend)
     return rows.join(vectors, ROW_ID)

