@@ -130,6 +130,7 @@ class OnnxEncoder:
                              f"Pooling and a Normalize module; this one has "
                              f"{[type(m).__name__ for m in modules]}. Use embed.backend: torch.")
         self.st = st
+        self.tokenize = getattr(st, "preprocess", None) or st.tokenize   # preprocess: ST 6
         pooling = next(m for m in modules if isinstance(m, Pooling))
         mode = getattr(pooling, "pooling_mode", None)
         self.mode = mode if mode is not None else pooling.get_pooling_mode_str()
@@ -168,8 +169,17 @@ class OnnxEncoder:
     @classmethod
     def export(cls, st, backend: str) -> str:
         """The ONNX file for ``backend``, exported (and quantised) unless already cached."""
+        import fcntl
         folder = cls.folder(st)
         os.makedirs(folder, exist_ok=True)
+        # One exporter at a time per folder (tasks start side by side on one machine): the
+        # others wait for the lock and then find the files made.
+        with open(os.path.join(folder, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return cls._export_locked(st, backend, folder)
+
+    @classmethod
+    def _export_locked(cls, st, backend: str, folder: str) -> str:
         fp32 = os.path.join(folder, "model.onnx")
         if not os.path.exists(fp32):
             cls._export_fp32(st, folder, fp32)
@@ -193,7 +203,8 @@ class OnnxEncoder:
     def _export_fp32(cls, st, folder: str, path: str) -> None:
         import torch
         module = _Hidden(st[0].auto_model).eval()
-        sample = st.tokenize(["an example sentence to trace", "and another"])
+        sample = (getattr(st, "preprocess", None) or st.tokenize)(["an example sentence to trace",
+                                                                   "and another"])
         args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])).cpu()
                      for name in cls.INPUTS)
         axes = {name: {0: "batch", 1: "tokens"} for name in cls.INPUTS}
@@ -221,7 +232,7 @@ class OnnxEncoder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         for lo in range(0, len(texts), batch_size):
             part = order[lo:lo + batch_size]
-            feats = self.st.tokenize([texts[i] for i in part])
+            feats = self.tokenize([texts[i] for i in part])
             feed = {}
             for name in self.wanted:
                 value = feats.get(name)

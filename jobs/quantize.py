@@ -202,8 +202,10 @@ def _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side):
     order = sorted(range(len(got)), key=lambda i: (got[i]["h"], ids[i]))
     sample = x[order[:max(qcfg.init_rows, k)]]
     start = seed_centres(sample, k, seed, qcfg.distance)
-    fit = lloyd(x, start, qcfg.max_iter, qcfg.tol, qcfg.distance,
-                blocks=np.bincount(parts)[np.unique(parts)].tolist())
+    with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows (on the driver)",
+                   total=1, unit=" fit", done=lambda: 0):
+        fit = lloyd(x, start, qcfg.max_iter, qcfg.tol, qcfg.distance,
+                    blocks=np.bincount(parts)[np.unique(parts)].tolist())
     centroid_rows = [(side, i, fit.centres[i].tolist(), int(fit.sizes[i]))
                      for i in range(len(fit.centres)) if fit.sizes[i] > 0]
     id_type = packed.schema["row_id"].dataType.simpleString()
