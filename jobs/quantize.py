@@ -53,17 +53,29 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spar
     return _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark)
 
 
+def _cached(frame, k: int, side: str, warn):
+    """The side's K-means input persisted and counted; ``k`` capped at its rows, with a warning."""
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    rows = frame.count()
+    faults.point(f"cached:{side}")
+    if k > rows:
+        warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
+        k = rows
+    return frame, rows, k
+
+
+def _centroid_rows(side: str, centres, sizes) -> list:
+    """``(side, cluster_id, centroid, size)`` for every cluster that kept a row."""
+    return [(side, i, np.asarray(centres[i], np.float32).tolist(), int(sizes[i]))
+            for i in range(len(centres)) if sizes[i] > 0]
+
+
 def _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark):
     # K-means|| samples per partition, so the input's layout is part of the seed: a fixed number
     # of partitions by row_id, sorted within each, gives the same clusters on any cluster size.
     vectors = (embeddings.select("row_id", array_to_vector("embedding").alias("features"))
                .repartition(qcfg.partitions, "row_id").sortWithinPartitions("row_id"))
-    vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
-    rows = vectors.count()
-    faults.point(f"cached:{side}")
-    if k > rows:
-        warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
-        k = rows
+    vectors, rows, k = _cached(vectors, k, side, warn)
     kmeans = KMeans(k=k, seed=seed, maxIter=qcfg.max_iter, tol=qcfg.tol,
                     distanceMeasure=qcfg.distance, initSteps=qcfg.init_steps,
                     featuresCol="features", predictionCol="cluster_id")
@@ -74,8 +86,7 @@ def _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark):
             model = kmeans.fit(vectors)
     sizes = model.summary.clusterSizes
     centres = model.clusterCenters()
-    centroid_rows = [(side, i, np.asarray(centres[i], np.float32).tolist(), int(sizes[i]))
-                     for i in range(len(centres)) if sizes[i] > 0]
+    centroid_rows = _centroid_rows(side, centres, sizes)
     assignments = model.transform(vectors).select(
         "row_id", F.col("cluster_id").cast("int").alias("cluster_id"))
     return centroid_rows, assignments, vectors, int(model.summary.numIter)
@@ -206,8 +217,7 @@ def _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side):
                    total=1, unit=" fit", done=lambda: 0):
         fit = lloyd(x, start, qcfg.max_iter, qcfg.tol, qcfg.distance,
                     blocks=np.bincount(parts)[np.unique(parts)].tolist())
-    centroid_rows = [(side, i, fit.centres[i].tolist(), int(fit.sizes[i]))
-                     for i in range(len(fit.centres)) if fit.sizes[i] > 0]
+    centroid_rows = _centroid_rows(side, fit.centres, fit.sizes)
     id_type = packed.schema["row_id"].dataType.simpleString()
     assignments = spark.createDataFrame(
         pd.DataFrame({"row_id": ids, "cluster_id": fit.labels.astype(np.int32)}),
@@ -219,12 +229,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     from gio_core.kmeans import seed_centres, update
     spark = spark if spark is not None else embeddings.sparkSession
     packed = _packed(embeddings, qcfg.partitions, qcfg.distance)
-    packed = packed.persist(StorageLevel.MEMORY_AND_DISK)
-    rows = packed.count()
-    faults.point(f"cached:{side}")
-    if k > rows:
-        warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
-        k = rows
+    packed, rows, k = _cached(packed, k, side, warn)
     if rows <= qcfg.driver_rows:
         return _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side)
     sample = init_sample(packed, max(qcfg.init_rows, k), seed)
@@ -239,8 +244,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
             if shift <= qcfg.tol:
                 break
         sizes = _stats(spark, packed, centres, qcfg.distance).counts
-    centroid_rows = [(side, i, centres[i].tolist(), int(sizes[i]))
-                     for i in range(len(centres)) if sizes[i] > 0]
+    centroid_rows = _centroid_rows(side, centres, sizes)
     assignments = _assign(spark, packed, centres, qcfg.distance)
     return centroid_rows, assignments, packed, done["it"]
 
