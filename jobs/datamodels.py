@@ -124,7 +124,7 @@ def open_store(spark, path: str, spec: Spec | None = None) -> Store | None:
     local = path.removeprefix("file:")
     if "://" not in local and not os.path.exists(local):
         return None
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not tables.exists(spark, path):
         if "://" not in local and os.path.isdir(local) and not os.listdir(local):
             return None
         raise InputError(f"datamodels.store {path!r} holds data that is not a datamodels store "
@@ -150,7 +150,7 @@ def create_store(spark, path: str, spec: Spec) -> Store:
     from delta.tables import DeltaTable
 
     def create():
-        if not DeltaTable.isDeltaTable(spark, path):
+        if not tables.exists(spark, path):
             (DeltaTable.createIfNotExists(spark).location(_location(path))
              .addColumns(store_schema(spec)).property(tables.TABLE_PROPERTY, STORE)
              .property(tables.SCHEMA_PROPERTY, tables.SCHEMA_VERSION)

@@ -71,6 +71,7 @@ def write_tables(spark, cfg) -> dict:
     from delta.tables import DeltaTable
     from pyspark.sql import types as T
 
+    from jobs import tables
     from jobs.errors import InputError
     args = cfg.datamodels.args
     settings = {k: args[k] for k in ("train_size", "targets", "seed") if k in args}
@@ -87,7 +88,7 @@ def write_tables(spark, cfg) -> dict:
         path = src.path
         location = os.path.abspath(path) if "://" not in path else path
         if os.path.exists(path.removeprefix("file:")) or "://" in path:
-            if DeltaTable.isDeltaTable(spark, path):
+            if tables.exists(spark, path):
                 props = dict(DeltaTable.forPath(spark, path).detail().select("properties")
                              .first()["properties"] or {})
                 if props.get(EXAMPLE_PROPERTY) == spec:

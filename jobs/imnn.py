@@ -91,7 +91,7 @@ class Layout:
 def _delta_version(spark, path: str) -> int:
     """The simulations table's current version; InputError when ``path`` is not Delta."""
     from delta.tables import DeltaTable
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not tables.exists(spark, path):
         raise InputError(f"imnn.simulations {path!r} is not a Delta table (no _delta_log); "
                          "write the simulations there as Delta (gio-spark imnn-example writes "
                          "the tutorial's).")
@@ -787,7 +787,7 @@ def write_example(spark, path: str, n_s: int = 1000, n_d: int = 1000, seed: int 
                        "input_shape": list(input_shape)}, sort_keys=True)
     from delta.tables import DeltaTable
     if os.path.exists(path.removeprefix("file:")) or "://" in path:
-        if DeltaTable.isDeltaTable(spark, path):
+        if tables.exists(spark, path):
             props = {r[0]: r[1] for r in spark.sql(
                 f"SHOW TBLPROPERTIES delta.`{os.path.abspath(path)}`").collect()}
             if props.get(EXAMPLE_PROPERTY) == spec:

@@ -64,7 +64,7 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
     if src.format == "demo":
         ident["python"] = sys.version
     elif src.format == "delta":
-        if not DeltaTable.isDeltaTable(spark, src.path):
+        if not tables.exists(spark, src.path):
             raise InputError(f"{side}.path {src.path!r} is not a Delta table (no _delta_log); "
                              f"check the path, or set {side}.format to the files' format.")
         last = DeltaTable.forPath(spark, src.path).history(1).select("version").first()

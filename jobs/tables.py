@@ -312,6 +312,21 @@ def table_path(output: str, name: str) -> str:
 
 
 def exists(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` is a Delta table now.
+
+    ``DeltaTable.isDeltaTable`` answers from the Delta log this JVM cached for the path: once it
+    has seen a folder whose ``_delta_log`` had no commit yet (another process creating the
+    table), it keeps answering False after that commit lands. Reading the table refreshes the
+    cached log, so a False with a ``_delta_log`` present is asked again after one.
+    """
+    if DeltaTable.isDeltaTable(spark, path):
+        return True
+    if not _path_exists(os.path.join(path, "_delta_log")):
+        return False
+    try:
+        DeltaTable.forPath(spark, path)
+    except Exception:               # noqa: BLE001 - not (yet) a table: Delta's AnalysisException
+        return False
     return DeltaTable.isDeltaTable(spark, path)
 
 

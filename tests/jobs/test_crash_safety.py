@@ -249,6 +249,27 @@ def test_three_runs_at_once_on_a_new_output_path(spark, data_dir, clean, tmp_pat
         assert ids.count() == 2
 
 
+def test_a_table_another_process_created_after_we_looked_is_seen(spark, tmp_path):
+    """This JVM looks at a table folder while another process is creating it (its _delta_log is
+    there, the first commit not yet), then the commit lands: the table is seen at once, not
+    taken for someone else's data. (Delta's isDeltaTable alone keeps answering False from the
+    log it cached at the first look; the three-runs test above failed on that once.)"""
+    out, elsewhere = str(tmp_path / "out"), str(tmp_path / "elsewhere")
+    os.makedirs(os.path.join(out, "selection", "_delta_log"))
+    assert not tables.exists(spark, os.path.join(out, "selection"))
+    assert not tables.check_existing(spark, out, "runs")
+    made = tables.ensure_table(spark, elsewhere, "selection")
+    for name in os.listdir(os.path.join(made, "_delta_log")):        # the other process's commit
+        if name.endswith(".json"):
+            with open(os.path.join(made, "_delta_log", name), "rb") as src, \
+                    open(os.path.join(out, "selection", "_delta_log", name), "wb") as dst:
+                dst.write(src.read())
+    started = time.monotonic()
+    assert tables.check_existing(spark, out, "selection")
+    assert time.monotonic() - started < tables.CREATION_WAIT_S / 2
+    assert tables.exists(spark, os.path.join(out, "selection"))
+
+
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory, docstrings):
     folder = tmp_path_factory.mktemp("crash_text")
