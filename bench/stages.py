@@ -5,11 +5,11 @@ runs validate, quantize, select and explode on local[C], timing each. The baseli
 is a plain Spark job over the same pool: read it and count the rows (the floor any stage pays).
 
     python bench/stages.py [--rows 100000] [--pool-k 500] [--target-k 100] [--cores 2]
+                           [--algorithm lloyd|mllib] [--out bench/results/stages_cpu_2cores.jsonl]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -30,14 +30,17 @@ def main():
     parser.add_argument("--pool-k", type=int, default=500)
     parser.add_argument("--target-k", type=int, default=100)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--algorithm", default="lloyd", choices=("lloyd", "mllib"))
+    parser.add_argument("--out")
     args = parser.parse_args()
 
     import pandas as pd
+    from bench._common import emit
+    from jobs import reuse
     from jobs.config import load_config
-    from jobs.embed import side_embeddings
     from jobs.explode import run_explode
     from jobs.gio_select import run_select
-    from jobs.pipeline import validate_inputs
+    from jobs.inputs import prepare_inputs
     from jobs.quantize import run_quantize
     from jobs.session import build_session
 
@@ -52,7 +55,7 @@ def main():
         os.path.join(work, "target.parquet"))
     overrides = [f"spark.master=local[{args.cores}]", f"output.path={work}/out",
                  f"quantize.pool_k={args.pool_k}", f"quantize.target_k={args.target_k}",
-                 "quantize.max_iter=10"]
+                 "quantize.max_iter=10", f"quantize.algorithm={args.algorithm}"]
     for side in ("pool", "target"):
         overrides += [f"{side}.format=parquet", f"{side}.path={work}/{side}.parquet",
                       f"{side}.id_column=id", f"{side}.embedding_column=vec"]
@@ -68,22 +71,24 @@ def main():
         return out
 
     timed("baseline_read_count", lambda: spark.read.parquet(f"{work}/pool.parquet").count())
-    frames = timed("validate", lambda: validate_inputs(spark, cfg))
-    timed("quantize", lambda: run_quantize(spark, cfg, side_embeddings(spark, cfg, "pool", frames["pool"]),
-                                           side_embeddings(spark, cfg, "target", frames["target"])))
-    run_id = timed("select", lambda: run_select(spark, cfg))
-    summary = timed("explode", lambda: run_explode(spark, cfg, run_id, frames["pool"]))
+    def validate():                 # the run's keys, then both sides read and checked
+        plan = reuse.make_plan(spark, cfg)
+        return plan, prepare_inputs(spark, cfg, plan, lambda *a, **k: None)
+
+    plan, inputs = timed("validate", validate)
+    timed("quantize", lambda: run_quantize(spark, cfg, plan, inputs))
+    timed("select", lambda: run_select(spark, cfg, plan, inputs.reports()))
+    summary = timed("explode", lambda: run_explode(spark, cfg, plan, inputs.pool))
     selected = spark.read.format("delta").load(summary["table"]).select("component").toPandas()
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"rows": args.rows, "dim": 384, "cores": args.cores, "pool_k": args.pool_k,
-                      "target_k": args.target_k, "seconds": timings,
-                      "stage_over_baseline": {k: round(v / timings["baseline_read_count"], 1)
-                                              for k, v in timings.items()},
-                      "selected_rows": summary["selected_rows"],
-                      "selected_from_target_components": float(
-                          selected["component"].isin([3, 11, 19, 27, 35]).mean())}))
-
+    emit({"rows": args.rows, "dim": 384, "cores": args.cores, "pool_k": args.pool_k,
+          "target_k": args.target_k, "algorithm": args.algorithm, "seconds": timings,
+          "stage_over_baseline": {k: round(v / timings["baseline_read_count"], 1)
+                                  for k, v in timings.items()},
+          "selected_rows": summary["selected_rows"],
+          "selected_from_target_components": float(
+              selected["component"].isin([3, 11, 19, 27, 35]).mean())}, args.out)
 
 if __name__ == "__main__":
     main()

@@ -126,8 +126,12 @@ class WeighPlan:
 
 def embed_identity(cfg: JobConfig) -> dict:
     """What makes a stage's own embeddings what they are: the model, normalisation and backend."""
-    return {"model": _model_identity(cfg.embed.model), "normalize": cfg.embed.normalize,
-            "backend": cfg.embed.backend}
+    from jobs.models import RECIPES
+    out = {"model": _model_identity(cfg.embed.model), "normalize": cfg.embed.normalize,
+           "backend": cfg.embed.backend}
+    if cfg.embed.backend in RECIPES:
+        out["recipe"] = RECIPES[cfg.embed.backend]
+    return out
 
 
 def weigh_params(cfg: JobConfig) -> dict:

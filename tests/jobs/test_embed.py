@@ -68,10 +68,12 @@ def test_onnx_backends_export_once_and_agree_with_torch(tmp_path, monkeypatch, d
     cos32 = (fp32.encode(texts, batch_size=16, normalize_embeddings=True) * torch_vecs).sum(1)
     cos8 = (int8.encode(texts, batch_size=16, normalize_embeddings=True) * torch_vecs).sum(1)
     assert cos32.min() > 0.9999, cos32.min()
-    assert cos8.mean() > 0.95 and cos8.min() > 0.8, (cos8.mean(), cos8.min())
+    # int8 weights per output channel: mean 0.992, least 0.982 on 600 docstrings (README).
+    assert cos8.mean() > 0.985 and cos8.min() > 0.95, (cos8.mean(), cos8.min())
     assert cos8.mean() < cos32.mean()                 # int8 is an approximation: it can be wrong
     folder = os.path.dirname(fp32.path)
-    assert sorted(os.listdir(folder)) == [".lock", "model-int8.onnx", "model.onnx"]
+    assert sorted(os.listdir(folder)) == [".lock", "model-int8-matmul-per-channel.onnx",
+                                          "model.onnx"]
     stamps = {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in os.listdir(folder)
               if f.endswith(".onnx")}
     monkeypatch.setattr(models, "_MODELS", {})
