@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed clean
+.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -80,10 +80,14 @@ bench-datamodels: $(STAMP)
 	$(VENV)/bin/python bench/datamodels_regression.py --out bench/results/datamodels_regression_cpu_2cores.jsonl
 	$(VENV)/bin/python bench/datamodels_workers.py --out bench/results/datamodels_workers_cpu_2cores.jsonl
 
-# Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
-# MLlib's K-means (Java BLAS, native BLAS) against scikit-learn's, 100,000 x 384 rows, k = 500.
+# K-means engines (lloyd, MLlib with Java and native BLAS) against scikit-learn's, 100,000 x 384
+# rows, k = 500.
 bench-kmeans: $(STAMP)
 	$(VENV)/bin/python bench/kmeans.py --out bench/results/kmeans_cpu_2cores.jsonl
+
+# Per-stage wall time at 100,000 x 384 precomputed rows against reading and counting the pool.
+bench-stages: $(STAMP)
+	$(VENV)/bin/python bench/stages.py --out bench/results/stages_cpu_2cores.jsonl
 
 # Embedding backends (torch, onnx, onnx-int8) in the Spark UDF, texts/s and cosine to torch.
 bench-embed: $(STAMP)
@@ -95,6 +99,7 @@ bench-gpu: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet "jax[cuda12]==$$($(VENV)/bin/python -c 'import jax; print(jax.__version__)')"
 	$(VENV)/bin/python bench/gpu.py --out bench/results/gpu.jsonl
 
+# Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'
 	$(VENV)/bin/python bench/quality.py --out-dir bench/results/quality

@@ -1,0 +1,44 @@
+"""The benchmarks that drive the stages' own functions still run: small sizes, real Spark.
+
+bench/stages.py went stale once (the stages' signatures changed under it and nothing ran it);
+these run it and bench/kmeans.py as their make targets do, at a few thousand rows, and check
+what they report.
+"""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(script, *args, tmp_path):
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), *args,
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_stages_bench_times_every_stage_and_selects_the_targets_rows(tmp_path):
+    [row] = run_bench("stages.py", "--rows", "3000", "--target-rows", "300", "--pool-k", "30",
+                      "--target-k", "10", "--cores", "2", tmp_path=tmp_path)
+    assert list(row["seconds"]) == ["baseline_read_count", "validate", "quantize", "select",
+                                    "explode"]
+    assert all(v > 0 for v in row["seconds"].values())
+    assert row["algorithm"] == "lloyd"
+    assert 0 < row["selected_rows"] < 3000
+    # The target draws from 5 of the pool's 50 components (10% of its rows); the selection
+    # takes mostly theirs (0.64 at this size: 30 clusters mix components).
+    assert row["selected_from_target_components"] > 0.4, row
+
+
+def test_kmeans_bench_reaches_scikit_learns_objective(tmp_path):
+    rows = run_bench("kmeans.py", "--rows", "3000", "--k", "20", "--max-iter", "3",
+                     "--variants", "lloyd,sklearn-1", tmp_path=tmp_path)
+    by = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(by) == {"lloyd", "sklearn-1"}
+    assert by["lloyd"]["iterations"] == 3
+    ratio = by["lloyd"]["objective"] / by["sklearn-1"]["objective"]
+    assert 0.97 < ratio < 1.03, ratio
