@@ -81,6 +81,17 @@ def bar(desc: str, total: int | None = None, unit: str = "it"):
                 file=sys.stderr, disable=_bar_disable(), dynamic_ncols=True, mininterval=0.5)
 
 
+def _caught_up(sc, timeout_ms: int = 5000) -> None:
+    """Wait until Spark's listeners have taken in the events already posted (job ends among
+    them), so that the status tracker counts the jobs that have finished. Spark posts job events
+    to its listeners asynchronously, and on a busy machine the tracker lags the work. Best
+    effort: the bar must never fail."""
+    try:
+        sc._jsc.sc().listenerBus().waitUntilEmpty(timeout_ms)
+    except Exception:  # noqa: BLE001 - a timeout or a changed internal API only costs the count
+        pass
+
+
 @contextmanager
 def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
               done: Callable[[], int] | None = None, poll_s: float = 0.5) -> Iterator[None]:
@@ -128,6 +139,8 @@ def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
     finally:
         stop.set()
         thread.join(timeout=5)
+        if done is None:
+            _caught_up(sc)
         refresh()  # the last count, so a bar left behind by a slow poll still ends where the work did
         if done is None:
             sc._jsc.clearJobGroup()

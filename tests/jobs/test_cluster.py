@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from jobs import cluster, faults, tables
 from jobs.package import build_zip
 from jobs.pipeline import run_pipeline
+from tests.conftest import TEST_JVM_OPTS
 from tests.jobs.test_pipeline import ROOT, clustered_vectors, vectors_config
 
 pytestmark = pytest.mark.slow
@@ -95,7 +96,8 @@ def submit(url, tmp_path, local_cfg):
     overrides += ["quantize.pool_k=30", "quantize.target_k=10", "select.k=3"]
     return cluster.submit_command(url, "conf/demo.yaml", overrides, py_files=zip_path, conf={
         "spark.pyspark.python": sys.executable, "spark.executor.memory": "1g",
-        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+        "spark.executor.extraJavaOptions": TEST_JVM_OPTS})
 
 
 def selection(spark, out, run_id):
@@ -172,7 +174,8 @@ def test_datamodels_work_on_the_cluster_with_main_shipped_by_py_files(spark, sta
                                  py_files=f"{zip_path},{user / (module + '.py')}",
                                  command=("datamodels", "work"), conf={
                                      "spark.pyspark.python": sys.executable,
-                                     "spark.executor.memory": "1g"})
+                                     "spark.executor.memory": "1g",
+                                     "spark.executor.extraJavaOptions": TEST_JVM_OPTS})
     for attempt in range(2):
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=600)

@@ -92,16 +92,31 @@ def test_spark_bar_counts_what_the_tasks_report(spark, monkeypatch, capsys):
     assert shown == sorted(shown) and max(shown) >= 500, shown
 
 
-def test_spark_bar_counts_jobs_of_its_own_group(spark, monkeypatch, capsys):
-    monkeypatch.setenv("GIO_SPARK_PROGRESS", "1")
-    with jlog.spark_bar(spark, "test jobs", total=3, poll_s=0.05):
-        for _ in range(3):
-            spark.range(10).count()
-            time.sleep(0.3)
-    shown = [int(m) for m in re.findall(r"\[gio-spark\] test jobs:.*?(\d)/3",
-                                        capsys.readouterr().err)]
-    assert shown and shown == sorted(shown) and max(shown) >= 2, shown
-    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+JOBS_BAR = """
+import re, sys, time
+from jobs import log as jlog
+from jobs.session import build_session
+spark = build_session("bar-test", "local[2]", {"spark.ui.enabled": "false"}, quiet=True)
+with jlog.spark_bar(spark, "test jobs", total=3, poll_s=0.05):
+    for _ in range(3):
+        spark.range(10).count()
+        time.sleep(0.3)
+assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+"""
+
+
+def test_spark_bar_counts_jobs_of_its_own_group(tmp_path):
+    """The bar without ``done`` counts the finished jobs of the block's own job group. Run in a
+    process of its own: in make test's long-lived worker JVMs the status tracker twice reported
+    none of the group's three finished jobs (never reproduced in a fresh JVM; the cause is not
+    known, see the README's note on the K-means bar)."""
+    run = subprocess.run([sys.executable, "-c", JOBS_BAR], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300,
+                         env=dict(child_env(), GIO_SPARK_PROGRESS="1",
+                                  GIO_SPARK_LOG_DIR=str(tmp_path)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    shown = [int(m) for m in re.findall(r"\[gio-spark\] test jobs:.*?(\d)/3", run.stderr)]
+    assert shown and shown == sorted(shown) and max(shown) >= 2, (shown, run.stderr[-2000:])
 
 
 def test_took_reads_like_a_person_would_say_it():
