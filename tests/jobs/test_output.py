@@ -93,7 +93,7 @@ def test_spark_bar_counts_what_the_tasks_report(spark, monkeypatch, capsys):
 
 
 JOBS_BAR = """
-import re, sys, time
+import time
 from jobs import log as jlog
 from jobs.session import build_session
 spark = build_session("bar-test", "local[2]", {"spark.ui.enabled": "false"}, quiet=True)
