@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  libopenblas0-pthread) >/dev/null 2>&1; } || echo "no native BLAS installed: MLlib uses its Java BLAS"
 	# Delta's jars into Ivy's cache once, before test workers start sessions side by side.
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -c "from jobs.session import build_session; build_session('warm-up', 'local[1]', quiet=True).stop()"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -c "from jobs.io.session import build_session; build_session('warm-up', 'local[1]', quiet=True).stop()"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -13,7 +13,7 @@ a logistic regression on a random half of 200 digits, margins on 100 targets).
   both with one BLAS/OpenMP thread per process (``OMP_NUM_THREADS=1`` and the like), as
   PySpark gives its Python workers (one per task CPU): without it the processes oversubscribe
   the cores and run several times slower;
-* ``spark_ipt{n}``: ``jobs.datamodels.run_work`` on ``local[cores]``, ``n`` indices per Spark
+* ``spark_ipt{n}``: ``jobs.datamodels.actions.run_work`` on ``local[cores]``, ``n`` indices per Spark
   task, each wave of ``commit_every`` indices committed to a fresh Delta store by MERGE, the
   SparkSession started beforehand (its start-up is reported separately).
 
@@ -40,7 +40,7 @@ ARGS = {"train_size": 200, "targets": 100, "alpha": 0.5, "seed": 0}
 
 
 def _one(index: int):
-    from jobs.datamodels_example import main
+    from jobs.datamodels.example import main
     return main(index=index, logdir=tempfile.gettempdir(), **ARGS)
 
 
@@ -76,7 +76,7 @@ def pool(indices, cores: int) -> float:
 
 
 def process_per_index(indices, cores: int) -> float:
-    code = ("import sys; sys.path.insert(0, %r); from jobs.datamodels_example import main; "
+    code = ("import sys; sys.path.insert(0, %r); from jobs.datamodels.example import main; "
             "main(index=int(sys.argv[1]), logdir='/tmp', **%r)" % (ROOT, ARGS))
     start = time.perf_counter()
     queue, running = list(indices), []
@@ -92,7 +92,7 @@ def process_per_index(indices, cores: int) -> float:
 
 
 def spark_work(models: int, cores: int, per_task: int, commit_every: int, tmp: str, spark):
-    from jobs import datamodels as D
+    from jobs.datamodels import actions as D
     from jobs.config import load_config
     out = os.path.join(tmp, f"out_ipt{per_task}")
     cfg = load_config(os.path.join(ROOT, "conf", "datamodels.yaml"),
@@ -128,7 +128,7 @@ def main() -> None:
     rows.append({"path": "process_per_index", "models": n,
                  "seconds": round(process_per_index(indices[:n], args.cores), 2)})
 
-    from jobs.session import build_session
+    from jobs.io.session import build_session
     tmp = tempfile.mkdtemp(prefix="dm-workers-")
     start = time.perf_counter()
     spark = build_session("bench-datamodels-workers", f"local[{args.cores}]",

@@ -33,9 +33,9 @@ def main():
     from bench._common import emit
     import numpy as np
 
-    from jobs.demo_data import demo_rows
-    from jobs.embed import embed_frame, load_model
-    from jobs.session import build_session
+    from jobs.io.demo_data import demo_rows
+    from jobs.io.encoders import embed_frame, load_model
+    from jobs.io.session import build_session
     texts = [r["text"] for r in demo_rows("pool")][: args.texts]
 
     model = load_model("bundled", "auto")

@@ -34,7 +34,7 @@ TARGET_COMPONENTS = [3, 11, 19, 27, 35]
 
 
 def embed_rate(device: str, texts: list[str], batch: int) -> float:
-    from jobs.models import load_model
+    from jobs.io.encoders import load_model
     model = load_model("bundled", device)
     model.encode(texts[:batch], batch_size=batch)                        # warm-up
     if device.startswith("cuda"):
@@ -97,7 +97,7 @@ def main() -> int:
     where = "cuda" if torch.cuda.is_available() else "cpu"
     card = torch.cuda.get_device_name(0) if where == "cuda" else "none (smoke run on the CPU)"
 
-    from jobs.demo_data import demo_rows
+    from jobs.io.demo_data import demo_rows
     docs = [r["text"] for r in demo_rows("pool")]
     texts = (docs * (args.texts // len(docs) + 1))[: args.texts]
     rows = []

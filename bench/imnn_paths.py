@@ -45,9 +45,9 @@ def main() -> None:
     import optax
 
     from gio_core import imnn as I
-    from jobs import imnn as J
+    from jobs.stages import imnn as J
     from jobs.config import load_config
-    from jobs.session import build_session
+    from jobs.io.session import build_session
 
     λ, ϵ = 10.0, 0.1
     sims = I.example_simulations(jax.random.PRNGKey(0), n_s=1000, n_d=1000)

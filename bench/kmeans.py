@@ -9,7 +9,7 @@ own process (a fresh JVM for MLlib, so its Java options apply):
   with the JDK's vector API), the baseline;
 * ``mllib-native``: the same with a native BLAS (OpenBLAS from Debian's packages, found as
   ``libblas.so.3``; skipped, with a note, where none is installed);
-* ``lloyd``: the quantize stage's default engine (``jobs.quantize.kmeans_side`` with
+* ``lloyd``: the quantize stage's default engine (``jobs.stages.quantize.kmeans_side`` with
   ``quantize.algorithm: lloyd``: k-means++ on 20,000 rows chosen by hash, then Lloyd's
   iterations as matrix products in Arrow tasks), timed from the cached arrays, so its packing
   into float32 bytes and its own cache are inside the time;
@@ -56,7 +56,7 @@ def one_mllib(variant: str, work: str, k: int, max_iter: int, tol: float) -> dic
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
 
-    from jobs.session import build_session, native_blas
+    from jobs.io.session import build_session, native_blas
     # The baseline keeps netlib from loading a native BLAS (a library name that does not exist).
     options = "-Ddev.ludovic.netlib.blas.nativeLib=gio-spark-no-native-blas.so"
     if variant != "mllib":
@@ -94,8 +94,8 @@ def one_mllib(variant: str, work: str, k: int, max_iter: int, tol: float) -> dic
 
 def one_lloyd(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
     from jobs.config import QuantizeSection
-    from jobs.quantize import kmeans_side
-    from jobs.session import build_session
+    from jobs.stages.quantize import kmeans_side
+    from jobs.io.session import build_session
     spark = build_session("kmeans-bench", "local[2]", {
         "spark.sql.shuffle.partitions": "8", "spark.driver.memory": "6g"}, quiet=True)
     df = (spark.read.parquet(os.path.join(work, "rows.parquet"))

@@ -87,7 +87,7 @@ def digits_case(seed: int = 0):
 
 
 def docstrings_case(seed: int = 0):
-    from jobs.demo_data import stdlib_docstrings
+    from jobs.io.demo_data import stdlib_docstrings
     rows = stdlib_docstrings()
     packages = ("email", "http", "unittest", "asyncio")
     texts = [r["text"] for r in rows]
@@ -108,7 +108,7 @@ def docstrings_case(seed: int = 0):
 
 def embed(texts):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from jobs.models import load_model
+    from jobs.io.encoders import load_model
     model = load_model("bundled", "cpu")
     return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True),
                       np.float32)
@@ -182,7 +182,7 @@ def gio_clusters(case, budget, estimator="knn"):
 
 
 def dsir(case, budget, seed=0):
-    from jobs.evaluate import dsir_rows
+    from jobs.stages.evaluate import dsir_rows
     return dsir_rows(case["pool_texts"], case["target_texts"], budget, seed)
 
 
@@ -227,7 +227,7 @@ def datamodels_fit(case, models=DATAMODELS, seed=0):
 def datamodels(case, budget, seed=0):
     """The pool rows with the largest total positive datamodel weight on the target rows (the
     pipeline's ``gio-spark datamodels select``)."""
-    from jobs.datamodels import ranked_examples
+    from jobs.datamodels.actions import ranked_examples
     weight, _ = datamodels_fit(case)
     return ranked_examples(weight, budget, seed)
 

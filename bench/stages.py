@@ -36,13 +36,14 @@ def main():
 
     import pandas as pd
     from bench._common import emit
-    from jobs import reuse
+    from jobs.state import reuse
     from jobs.config import load_config
-    from jobs.explode import run_explode
-    from jobs.gio_select import run_select
-    from jobs.inputs import prepare_inputs
-    from jobs.quantize import run_quantize
-    from jobs.session import build_session
+    from jobs.stages.explode import run_explode
+    from jobs.stages.select import run_select
+    from jobs.state.inputs import prepare_inputs
+    from jobs.stages.embed import side_embeddings
+    from jobs.stages.quantize import run_quantize
+    from jobs.io.session import build_session
 
     work = tempfile.mkdtemp(prefix="gio-stages-")
     weights = np.zeros(50)
@@ -76,7 +77,8 @@ def main():
         return plan, prepare_inputs(spark, cfg, plan, lambda *a, **k: None)
 
     plan, inputs = timed("validate", validate)
-    timed("quantize", lambda: run_quantize(spark, cfg, plan, inputs))
+    timed("quantize", lambda: run_quantize(
+        spark, cfg, plan, inputs, lambda side: side_embeddings(spark, cfg, plan, side)))
     timed("select", lambda: run_select(spark, cfg, plan, inputs.reports()))
     summary = timed("explode", lambda: run_explode(spark, cfg, plan, inputs.pool))
     selected = spark.read.format("delta").load(summary["table"]).select("component").toPandas()

@@ -9,7 +9,7 @@
 #     `local` (local[*] in one container) -> out/compose-local, and the cluster: spark-master,
 #     spark-worker-1, spark-worker-2, then `submit` (spark-submit to the master) ->
 #     out/compose-cluster;
-#  4. the two outputs compared (python -m jobs.cluster compare): the same run, selection and
+#  4. the two outputs compared (python -m jobs.tools.cluster compare): the same run, selection and
 #     selected rows, or exit 1. Everything started is stopped, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,5 +69,5 @@ $COMPOSE -f "$COMPOSE_FILE" up -d spark-master spark-worker-1 spark-worker-2
 $COMPOSE -f "$COMPOSE_FILE" run --rm submit
 say "comparing the two outputs ($(elapsed))"
 $COMPOSE -f "$COMPOSE_FILE" run --rm --no-deps local \
-  python -m jobs.cluster compare /out/compose-local /out/compose-cluster
+  python -m jobs.tools.cluster compare /out/compose-local /out/compose-cluster
 say "done in $(elapsed): the cluster's Delta output equals the local run's"

@@ -463,3 +463,59 @@ def _memorised(eval_fn, params, train, flipped) -> float | None:
     if not isinstance(out, tuple) or "accuracy" not in out[1]:
         return None
     return float(out[1]["accuracy"])
+
+
+PROBE_MODELS = ("logistic", "mlp")
+
+
+def probe_sizes(model: str, hidden, dim: int, classes: int) -> list[int]:
+    """The layer sizes of a probe: ``[dim, classes]`` for ``logistic``, ``[dim, *hidden,
+    classes]`` for ``mlp``."""
+    return [int(dim)] + ([int(h) for h in hidden] if model == "mlp" else []) + [int(classes)]
+
+
+def fit_probe(x: np.ndarray, labels, val_x: np.ndarray, val_labels, classes, *,
+              model: str = "logistic", hidden=(128,), method: str = "gaf", epochs: int = 30,
+              batch_size: int = 32, microbatches: int = 2, cos_distance_thresh: float = 0.97,
+              fusion: str = "pairwise", optimizer: str = "sgd", learning_rate: float = 0.01,
+              momentum: float = 0.9, weight_decay: float = 1e-4, plateau: bool = False,
+              plateau_factor: float = 0.1, plateau_patience: int = 10, standardize: bool = True,
+              label_noise: float = 0.0, seed: int = 0, progress: bool = False):
+    """Trains a classifier on feature vectors with GAF (``method="gaf"``) or plain SGD on the
+    same rows (``"sgd"``); returns ``(Probe, epoch records)`` (see :func:`train_gaf`).
+
+    Args:
+      x, val_x: training and validation features, float32 ``[n, d]`` and ``[m, d]``.
+      labels, val_labels: class names, ``[n]`` and ``[m]``, each one of ``classes``.
+      classes: the class names, in the order of the probe's outputs.
+      standardize: scale features by the training rows' mean and standard deviation.
+      label_noise: flip this share of the training labels first (experiments).
+
+    Raises:
+      ValueError: options :func:`train_gaf` refuses (too few rows for a step, ...).
+      FloatingPointError: the training diverged.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[v] for v in labels], np.int32)
+    yv = np.array([index[v] for v in val_labels], np.int32)
+    flipped = None
+    if label_noise > 0:
+        y, flipped = flip_labels(y, label_noise, len(classes), seed)
+        y = y.astype(np.int32)
+    if standardize:
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale < 1e-6] = 1.0
+    else:
+        mean, scale = np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
+    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
+    params, apply_fn = mlp(probe_sizes(model, hidden, x.shape[1], len(classes)), seed=seed)
+    opt = make_optimizer(optimizer, learning_rate, momentum=momentum, weight_decay=weight_decay)
+    schedule = Plateau(factor=plateau_factor, patience=plateau_patience) if plateau else None
+    params, records = train_gaf(
+        classification_loss(apply_fn), params, opt,
+        {"x": (x - mean) / scale, "y": y}, {"x": (val_x - mean) / scale, "y": yv},
+        epochs=epochs, batch_size=batch_size, num_batches_to_force_agreement=microbatches,
+        cos_distance_thresh=cos_distance_thresh, fusion=fusion, gaf=method == "gaf", seed=seed,
+        plateau=schedule, progress=progress, flipped=flipped)
+    return Probe(params, tuple(classes), mean, scale), records

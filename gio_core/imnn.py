@@ -1002,7 +1002,7 @@ class DatasetNumericalGradientIMNN(_Dataset):
 
 
 class Estimator(NamedTuple):
-    """A fitted IMNN reduced to what estimation needs (see ``jobs.imnn.load_estimator``)."""
+    """A fitted IMNN reduced to what estimation needs (see ``jobs.stages.imnn.load_estimator``)."""
     apply_fn: Callable
     w: Any
     θ_fid: Any            # [n_params]

@@ -3,7 +3,7 @@
 Lloyd's algorithm spends its time finding each row's nearest centre. Written as
 ``argmin_c |c|^2 - 2 x.c`` over a block of rows, that is one matrix product (BLAS level 3) per
 block, which is what scikit-learn does and what MLlib (one dot product per row and centre, level
-1) does not. The functions here are pure NumPy; the Spark stage (:mod:`jobs.quantize`) calls
+1) does not. The functions here are pure NumPy; the Spark stage (:mod:`jobs.stages.quantize`) calls
 :func:`block_stats` inside its tasks, adds the blocks' statistics in partition order on the
 driver and calls :func:`update`, and :func:`lloyd` runs the same steps in memory (the oracle the
 stage is tested against, and the fit for data that fits on one machine).

@@ -4,9 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import __version__, package
+import yaml
+
+from jobs import __version__
+from jobs.common.errors import EXIT_BAD_INPUT, InputError
+from jobs.config import load_config
 from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS
-from jobs.runner import run_main
+from jobs.runner import parser, run_main
+from jobs.tools import package
+from jobs.tools.demo import format_summary, run_demo
 
 
 def main(argv=None) -> int:
@@ -29,7 +35,6 @@ def main(argv=None) -> int:
     if args.command == "demo":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from jobs.demo import format_summary, run_demo
         print(format_summary(run_demo(args.out, seed=args.seed)))
         return 0
     if args.command == "package":
@@ -50,11 +55,6 @@ def _config(rest: list) -> int:
     command would run with, every default filled in, as YAML on stdout; a bad value exits 2
     with its one-line message. Sides a command needs (pool, target) are checked by that
     command, not here."""
-    import yaml
-
-    from jobs.config import load_config
-    from jobs.errors import EXIT_BAD_INPUT, InputError
-    from jobs.runner import parser
     p = parser("gio-spark config", "print the effective config as YAML")
     p.add_argument("--show", action="store_true", help="print it (the default)")
     args = p.parse_args(rest)

@@ -6,7 +6,7 @@
 
 Inputs are read and checked before anything heavy runs (and before anything is written); each
 stage reuses its committed output when its inputs and parameters are unchanged, so a re-run after
-a failure resumes (see :mod:`jobs.reuse`).
+a failure resumes (see :mod:`jobs.state.reuse`).
 """
 from __future__ import annotations
 
@@ -15,22 +15,36 @@ from typing import Callable, NamedTuple
 
 from pyspark.sql import functions as F
 
-from jobs import reuse
+from jobs.common.log import log, took
 from jobs.config import JobConfig, effective_embedding_column
-from jobs.embed import side_embeddings
-from jobs.explode import run_explode
-from jobs.gio_select import run_select
-from jobs.inputs import check_outputs, checked_model_dim, prepare_inputs, read_only
-from jobs.log import log, took
-from jobs.quantize import run_quantize
-from jobs.train import run_train, train_input_unless_done
-from jobs.weigh import run_weigh, weigh_input_unless_done
+from jobs.datamodels import actions as datamodels
+from jobs.io.demo_data import TARGET_PACKAGES, demo_rows
+from jobs.io.encoders import model_dimension
+from jobs.io.sources import check_outputs, checked_model_dim
+from jobs.stages.embed import side_embeddings
+from jobs.stages.evaluate import evaluate_input_unless_done, run_evaluate
+from jobs.stages.explode import run_explode
+from jobs.stages.imnn import make_imnn_plan, run_imnn, write_example
+from jobs.stages.quantize import run_quantize
+from jobs.stages.select import run_select
+from jobs.stages.train import run_train, train_input_unless_done
+from jobs.stages.weigh import run_weigh, weigh_input_unless_done
+from jobs.state import reuse, stagelog
+from jobs.state.inputs import Inputs, prepare_inputs, read_only
+
+
+def _embedder(spark, cfg: JobConfig, plan: reuse.Plan):
+    """The embed stage for quantize: a side's embeddings, computed when not committed yet."""
+    return lambda side: side_embeddings(spark, cfg, plan, side)
+
+
+def _quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str:
+    return run_quantize(spark, cfg, plan, inputs, _embedder(spark, cfg, plan))
 
 
 def run_pipeline(spark, cfg: JobConfig) -> dict:
     """Runs every stage; returns the explode summary (with the train stage's accuracies and
     the evaluate stage's results)."""
-    from jobs.evaluate import evaluate_input_unless_done, run_evaluate
     t0 = time.perf_counter()
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
@@ -44,11 +58,15 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     if eplan is not None:
         def check_evaluate(pool, dim):
             return evaluate_input_unless_done(spark, cfg, eplan, pool, dim)
-    inputs = prepare_inputs(spark, cfg, plan, log, weigh=True, train=check_train,
+    check_weigh = None
+    if plan.weigh is not None:
+        def check_weigh(pending):
+            return weigh_input_unless_done(spark, cfg, plan.weigh, pending, model_dimension)
+    inputs = prepare_inputs(spark, cfg, plan, log, weigh=check_weigh, train=check_train,
                             evaluate=check_evaluate)
     if plan.weigh is not None:
         run_weigh(spark, cfg, plan.weigh, inputs.weigh)
-    run_quantize(spark, cfg, plan, inputs)
+    _quantize(spark, cfg, plan, inputs)
     run_select(spark, cfg, plan, inputs.reports())
     summary = run_explode(spark, cfg, plan, inputs.pool)
     if tplan is not None:
@@ -65,7 +83,7 @@ def train_command(spark, cfg: JobConfig) -> None:
     tplan = reuse.make_train_plan(spark, cfg, plan)
     check_outputs(spark, cfg, None)
     pool, dim = None, None
-    if not reuse.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
+    if not stagelog.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
         if plan is not None:
             pool = read_only(spark, cfg, plan, "pool", log)
             dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
@@ -76,7 +94,6 @@ def train_command(spark, cfg: JobConfig) -> None:
 
 
 def evaluate_command(spark, cfg: JobConfig) -> None:
-    from jobs.evaluate import evaluate_input_unless_done, run_evaluate
     plan = reuse.make_plan(spark, cfg)
     eplan = reuse.make_evaluate_plan(spark, cfg, plan)
     pool = read_only(spark, cfg, plan, "pool", log)
@@ -90,13 +107,11 @@ def evaluate_command(spark, cfg: JobConfig) -> None:
 
 
 def weigh_command(spark, cfg: JobConfig) -> None:
-    from jobs.models import model_dimension
     wplan = reuse.make_weigh_plan(spark, cfg)
     check_outputs(spark, cfg, None)
     pending: list = []
     inp = weigh_input_unless_done(spark, cfg, wplan, pending, model_dimension)
-    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
-                                              for stage, key, fp, report in pending])
+    stagelog.record_checks(spark, cfg.output.path, pending)
     run_weigh(spark, cfg, wplan, inp)
 
 
@@ -109,7 +124,7 @@ def embed_command(spark, cfg: JobConfig) -> None:
 
 def quantize_command(spark, cfg: JobConfig) -> None:
     plan = reuse.make_plan(spark, cfg)
-    run_quantize(spark, cfg, plan, prepare_inputs(spark, cfg, plan, log))
+    _quantize(spark, cfg, plan, prepare_inputs(spark, cfg, plan, log))
 
 
 def select_command(spark, cfg: JobConfig) -> None:
@@ -126,13 +141,11 @@ def explode_command(spark, cfg: JobConfig) -> None:
 
 
 def imnn_command(spark, cfg: JobConfig) -> None:
-    from jobs.imnn import make_imnn_plan, run_imnn
     check_outputs(spark, cfg, None)
     run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
 
 
 def imnn_example_command(spark, cfg: JobConfig) -> None:
-    from jobs.imnn import make_imnn_plan, run_imnn, write_example
     check_outputs(spark, cfg, None)
     if write_example(spark, cfg.imnn.simulations):
         log(f"imnn-example: the tutorial's simulations -> {cfg.imnn.simulations}")
@@ -142,16 +155,10 @@ def imnn_example_command(spark, cfg: JobConfig) -> None:
 
 
 def _datamodels(name: str) -> Callable:
-    """A datamodels command's body, imported when it runs."""
+    """A datamodels command's body."""
     def body(spark, cfg: JobConfig) -> None:
-        from jobs import datamodels
         getattr(datamodels, name)(spark, cfg)
     return body
-
-
-def _check_main(cfg: JobConfig) -> None:
-    from jobs.datamodels import check_main
-    check_main(cfg)
 
 
 def run_command(spark, cfg: JobConfig) -> None:
@@ -193,7 +200,7 @@ DATAMODELS_ACTIONS: dict[str, Command] = {
     "init": Command("create the store (a Delta table, one row per model) from the spec",
                     _datamodels("init_command")),
     "work": Command("train every model not yet completed: main(index, logdir, **args) as one "
-                    "Spark task per index", _datamodels("work_command"), _check_main),
+                    "Spark task per index", _datamodels("work_command"), datamodels.check_main),
     "regress": Command("fit a lasso path per target from the masks to the outputs",
                        _datamodels("regress_command")),
     "select": Command("select the training rows with the most positive weight on the targets",
@@ -201,13 +208,12 @@ DATAMODELS_ACTIONS: dict[str, Command] = {
     "export": Command("write the store as the source's .npy files", _datamodels(
         "export_command")),
     "example": Command("the digits example end to end: tables, workers, regression, selection",
-                       _datamodels("example_command"), _check_main),
+                       _datamodels("example_command"), datamodels.check_main),
 }
 
 
 def demo_report(spark, summary: dict, examples: int = 8) -> str:
     """For the demo data: how much of the selection came from the target's packages."""
-    from jobs.demo_data import TARGET_PACKAGES, demo_rows
     selected = spark.read.format("delta").load(summary["table"]).where(
         F.col("run_id") == summary["run_id"])
     in_target = F.col("package").isin(*TARGET_PACKAGES)

@@ -1,6 +1,6 @@
 """How every Spark command runs: arguments, checks before the JVM, the session, exit codes.
 
-Exit codes (see :mod:`jobs.errors`): 0 success; 2 bad input, one line on stderr, nothing
+Exit codes (see :mod:`jobs.common.errors`): 0 success; 2 bad input, one line on stderr, nothing
 written; 75 a concurrent run got in the way, run again; 1 anything else, with the traceback and a
 line saying what to do. The error is always the last line printed: the Spark session (when this
 command started it) is stopped before it is written.
@@ -12,11 +12,12 @@ import sys
 import traceback
 from typing import Callable
 
-from jobs.config import JobConfig, load_config, reads_sides
-from jobs.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
+from jobs.common.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
                          InputError, PartialFailure)
-from jobs.inputs import preflight
-from jobs.log import set_verbose
+from jobs.common.log import set_verbose
+from jobs.config import JobConfig, load_config, reads_sides
+from jobs.io.session import build_session, current_log
+from jobs.io.sources import preflight
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -40,7 +41,6 @@ def _stop(spark) -> None:
 
 
 def _spark_log() -> str:
-    from jobs.session import current_log
     path = current_log()
     return f" and Spark's own log, {path}" if path else ""
 
@@ -63,7 +63,6 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
             precheck(cfg)
         from pyspark.sql import SparkSession
 
-        from jobs.session import build_session
         existing = SparkSession.getActiveSession()
         session = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf,
                                 quiet=not loud,

@@ -1,11 +1,11 @@
 """Static checks of docker/: the files are parsed and compared with the commands the cluster test
-runs (jobs/cluster.py). Building and running them needs a Docker engine: `make compose-demo`
+runs (jobs/tools/cluster.py). Building and running them needs a Docker engine: `make compose-demo`
 (docker/compose_demo.sh) does that, outside make test; the README records its run."""
 import pathlib
 
 import yaml
 
-from jobs import cluster
+from jobs.tools import cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
@@ -54,7 +54,7 @@ def test_compose_demo_script_compares_what_the_services_write():
     script = ROOT / "docker" / "compose_demo.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    assert "python -m jobs.cluster compare /out/compose-local /out/compose-cluster" in text
+    assert "python -m jobs.tools.cluster compare /out/compose-local /out/compose-cluster" in text
     for step in ("run --rm local", "up -d spark-master spark-worker-1 spark-worker-2",
                  "run --rm submit", "docker/base.sh"):
         assert step in text, step
@@ -65,7 +65,7 @@ def test_dockerfile_bakes_python_java_jars_and_model():
     assert text.startswith("#") and "ARG BASE=python:3.11-slim-bookworm\nFROM ${BASE}" in text
     assert "openjdk-17-jre-headless" in text
     assert "build_session('warm-up', 'local[1]')" in text          # Delta jars into Ivy's cache
-    assert "from jobs.models import model_dimension; assert model_dimension('bundled') == 384" \
+    assert "from jobs.io.encoders import model_dimension; assert model_dimension('bundled') == 384" \
         in text                                                     # the model, loaded offline
     for path in ("setup.cfg", "gio_core", "jobs", "conf"):
         assert f"COPY {path}" in text

@@ -15,7 +15,7 @@ def spark_logs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession with Delta for the whole test session."""
-    from jobs.session import build_session
+    from jobs.io.session import build_session
     session = build_session("gio-spark-tests", "local[2]", {
         "spark.sql.shuffle.partitions": "2",
         "spark.default.parallelism": "2",
@@ -29,7 +29,7 @@ def spark():
 @pytest.fixture(scope="session")
 def docstrings():
     """A small fixed slice of the demo data: 360 pool docstrings, 40 target ones."""
-    from jobs.demo_data import TARGET_PACKAGES, stdlib_docstrings
+    from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
     rows = stdlib_docstrings()
     target_side = [r for r in rows if r["package"] in TARGET_PACKAGES]
     other = [r for r in rows if r["package"] not in TARGET_PACKAGES]

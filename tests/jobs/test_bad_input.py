@@ -232,7 +232,7 @@ def plain_folder(tmp):
 def old_version_stages(tmp, spark):
     from delta.tables import DeltaTable
 
-    from jobs import tables
+    from jobs.io import tables
     sets, out = base(tmp)
     (DeltaTable.create(spark).location(os.path.join(out, "stages"))
      .addColumns(SMALL_SCHEMA).property(tables.TABLE_PROPERTY, "stages")
@@ -243,7 +243,7 @@ def old_version_stages(tmp, spark):
 def other_columns_stages(tmp, spark):
     from delta.tables import DeltaTable
 
-    from jobs import tables
+    from jobs.io import tables
     sets, out = base(tmp)
     (DeltaTable.create(spark).location(os.path.join(out, "stages"))
      .addColumns(SMALL_SCHEMA).property(tables.TABLE_PROPERTY, "stages")
@@ -319,7 +319,7 @@ def floats(rows=30):
 
 def simulations(spark, tmp, n=40, kind="fiducial", same=False, nan=False, fmt="delta"):
     """A small simulations table (n training and n validation Gaussian simulations)."""
-    from jobs.imnn import SIMULATIONS
+    from jobs.stages.imnn import SIMULATIONS
     rng = np.random.default_rng(7)
     rows = []
     for split in ("train", "validation"):
@@ -369,7 +369,7 @@ def dm_sets(action, *extra, config=DATAMODELS, store=False, then=(), spec=True):
             sets[2:2] = ["datamodels.num_models=5", DM_SPEC]
         if store:
             from jobs.config import datamodels_spec, load_config
-            from jobs.datamodels import create_store
+            from jobs.datamodels.actions import create_store
             base = load_config(DATAMODELS, [s for s in sets if s.startswith(("datamodels.num",
                                                                              "datamodels.schema"))])
             create_store(spark, os.path.join(out, "datamodels_store"), datamodels_spec(base))
@@ -520,7 +520,7 @@ CASES = [
     Case("imnn simulations that are all the same", "summaries of the training simulations at "
          "the initial weights is singular", imnn_sets(same=True), command="imnn"),
     Case("datamodels work without a spec", "the config has no datamodels spec",
-         dm_sets("work", "datamodels.main_import=jobs.datamodels_example", config=DEMO,
+         dm_sets("work", "datamodels.main_import=jobs.datamodels.example", config=DEMO,
                  spec=False),
          command="datamodels"),
     Case("datamodels spec file that is not JSON", "is not valid JSON: Expecting",
@@ -534,7 +534,7 @@ CASES = [
          "logdir=...", dm_sets("work", "datamodels.main_import=jobs.cli", "datamodels.args={}"),
          command="datamodels"),
     Case("datamodels store of another spec", "was created for another spec", dm_sets(
-        "work", "datamodels.main_import=jobs.datamodels_example", store=True,
+        "work", "datamodels.main_import=jobs.datamodels.example", store=True,
         then=["datamodels.num_models=6"]), command="datamodels"),
     Case("datamodels regress on a key the spec lacks", "datamodels.x_name 'pixels' is not a key "
          "of the store's spec", dm_sets("regress", "datamodels.x_name=pixels", store=True),

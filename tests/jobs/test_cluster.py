@@ -1,5 +1,5 @@
 """A real Spark standalone cluster on 127.0.0.1: one master, two one-core workers, started from the
-installed pyspark with the commands of jobs/cluster.py (the ones docker-compose runs), and the
+installed pyspark with the commands of jobs/tools/cluster.py (the ones docker-compose runs), and the
 pipeline submitted to it with the code shipped as the --py-files zip. Its Delta output must equal a
 local run's on the same data and seed. Every process the test starts is stopped, also on failure.
 
@@ -18,8 +18,10 @@ import urllib.request
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import cluster, faults, tables
-from jobs.package import build_zip
+from jobs.tools import cluster
+from jobs.common import faults
+from jobs.io import tables
+from jobs.tools.package import build_zip
 from jobs.pipeline import run_pipeline
 from tests.conftest import TEST_JVM_OPTS
 from tests.jobs.test_pipeline import ROOT, clustered_vectors, vectors_config

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from jobs.compat import GIOKL
+from jobs.tools.compat import GIOKL
 
 
 def test_source_scale_example_runs_with_import_changes_only(spark, tmp_path):

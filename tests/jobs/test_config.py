@@ -1,7 +1,7 @@
 import pytest
 
 from jobs.config import load_config
-from jobs.errors import InputError
+from jobs.common.errors import InputError
 
 
 def test_demo_config_loads_with_overrides():
@@ -50,7 +50,7 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
     (["select.estimator=mean"], "select.estimator='mean' is not one of 'knn', 'averaged'"),
     (["quantize.distance=manhattan"], "quantize.distance must be euclidean or cosine"),
     (["quantize.algorithm=elkan"], "quantize.algorithm must be lloyd or mllib; got 'elkan'."),
-    (["quantize.init_rows=0"], "quantize.init_rows must be an integer >= 1."),
+    (["quantize.init_rows=0"], "quantize.init_rows must be an integer >= 1; got 0."),
     (["embed.backend=tensorrt"], "embed.backend must be torch, onnx or onnx-int8; got 'tensorrt'."),
     (["pool.format=xlsx"], "pool.format='xlsx' is not one of"),
     (["pool.path=null"], "pool.path is missing"),
@@ -153,3 +153,44 @@ def test_config_show_prints_the_effective_config_that_loads_back(tmp_path, capsy
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"gio-spark {__version__}"
     from importlib.metadata import version
     assert version("gio-spark") == __version__                 # setup.cfg reads the same one
+
+
+def test_numbers_in_every_yaml_spelling_are_numbers(tmp_path):
+    """``1e-4`` is a float in YAML 1.2 (PyYAML, on YAML 1.1, reads it as text): in files and in
+    --set values alike."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("quantize:\n  tol: 1e-4\nselect:\n  min_kl: -2E1\n")
+    cfg = load_config(str(path), ["evaluate.seed=3", "select.lr=5e-2"], command="config")
+    assert cfg.quantize.tol == 1e-4 and isinstance(cfg.quantize.tol, float)
+    assert cfg.select.min_kl == -20.0 and cfg.select.lr == 0.05
+    assert load_config("conf/demo.yaml", ["run_id='1e5'"]).run_id == "1e5"   # quoted: text
+
+
+def test_every_problem_of_a_config_is_named_at_once():
+    with pytest.raises(InputError) as err:
+        load_config("conf/demo.yaml", ["select.k=0", "quantize.tol=abc", "embed.batch_size=0",
+                                       "colour=red", "pool.format=xlsx"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "5 problems in the config:"
+    assert sorted(lines[1:]) == sorted([
+        "  - unknown key(s) 'colour'; valid keys: spark, pool, target, embed, quantize, select, "
+        "output, weigh, weights, train, evaluate, imnn, datamodels, run_id.",
+        "  - pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, text, gio_csv, "
+        "demo.",
+        "  - embed.batch_size must be an integer >= 1; got 0.",
+        "  - quantize.tol must be a number >= 0; got 'abc'.",
+        "  - select.k must be a positive integer; got 0."])
+    # A check that trips over a value already refused says nothing more about it.
+    with pytest.raises(InputError) as err:
+        load_config("conf/demo.yaml", ["quantize.target_k=abc"])
+    assert str(err.value) == "quantize.target_k must be an integer >= 1; got 'abc'."
+
+
+def test_config_command_checks_the_sources_it_shows(capsys):
+    from jobs.cli import main
+    assert main(["config", "--show", "--set", "pool.format=xlsx"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gio-spark: error: pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, "
+        "text, gio_csv, demo.")
+    assert main(["config", "--show", "--set", "target.bad_rows=ignore"]) == 2
+    assert "target.bad_rows must be reject or drop; got 'ignore'." in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 A *child* is the pipeline run as its own process (``python -m jobs.cli run ...``, its own JVM);
 with ``GIO_SPARK_FAILPOINT`` set it kills itself with SIGKILL at a named point (see
-:mod:`jobs.faults`). Re-runs and the clean references run in this process's Spark session. Every
+:mod:`jobs.common.faults`). Re-runs and the clean references run in this process's Spark session. Every
 outcome is compared row for row with a clean run of the same config on a fresh output path.
 """
 import glob
@@ -17,9 +17,11 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import faults, reuse, tables
+from jobs.common import faults
+from jobs.state import stagelog
+from jobs.io import tables
 from jobs.config import load_config
-from jobs.errors import ConcurrentRunError
+from jobs.common.errors import ConcurrentRunError
 from jobs.pipeline import run_pipeline
 from tests.jobs.test_pipeline import ROOT, clustered_vectors
 
@@ -104,7 +106,7 @@ def has_table(out, name) -> bool:
 
 
 def last_status(spark, out, stage, key):
-    last = reuse.latest(spark, str(out), stage, key)
+    last = stagelog.latest(spark, str(out), stage, key)
     return None if last is None else last["status"]
 
 

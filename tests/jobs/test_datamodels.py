@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import datamodels as D
-from jobs import faults, reuse, tables
+from jobs.datamodels import actions as D
+from jobs.common import faults
+from jobs.state import stagelog
+from jobs.io import tables
 from jobs.cli import main
 from jobs.config import load_config
 from tests.jobs.test_crash_safety import child_env
@@ -266,7 +268,7 @@ def test_digits_example_end_to_end(spark, tmp_path, capsys):
     np.testing.assert_allclose(w2, weight, atol=1e-5)
     np.testing.assert_allclose(b2, bias, atol=1e-5)
     # the selection: the 60 training digits with the most positive weight, ranked
-    run = reuse.latest(spark, str(out), "datamodels_select",
+    run = stagelog.latest(spark, str(out), "datamodels_select",
                        [k for k in tables.stored_keys(spark, str(out), "selected_rows")][0])
     assert run is not None and run["status"] == "done"
     selected = tables.read_key(spark, str(out), "selected_rows", run["key"]).collect()
@@ -320,8 +322,8 @@ def test_worker_task_records_a_timeout_and_a_result_off_the_spec(tmp_path, worke
     """The executor side alone (on its last attempt, so errors are recorded, not raised): an
     index that outlives timeout_s fails with that reason, one whose result has another shape
     fails naming the key; the others return main's values, cast and flattened."""
-    from jobs.datamodels_spec import parse_spec
-    from jobs.datamodels_worker import work_task
+    from jobs.config.store_spec import parse_spec
+    from jobs.datamodels.worker import work_task
     module, _, _ = worker_module
     spec = parse_spec({"num_models": 4, "schema": {"masks": {"shape": [6], "dtype": "bool_"},
                                                    "margins": {"shape": [3],

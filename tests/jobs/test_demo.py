@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from jobs.demo import format_summary, run_demo
+from jobs.tools.demo import format_summary, run_demo
 
 
 def test_demo_selects_the_target_components_and_writes_plots(tmp_path):

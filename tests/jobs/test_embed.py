@@ -1,7 +1,7 @@
 import numpy as np
 
-from jobs.embed import embed_frame
-from jobs.models import load_model
+from jobs.io.encoders import embed_frame
+from jobs.io.encoders import load_model
 
 TEXTS = ["Parse an email message from a string.", "Return the HTTP status line.",
          "Open a URL and return a file-like object.", "Compute the greatest common divisor.",
@@ -46,7 +46,7 @@ def test_partitioned_by_row_id_the_vectors_do_not_depend_on_the_layout(spark, do
 
 
 def test_embed_partitions_follow_the_rows_only():
-    from jobs.embed import embed_partitions
+    from jobs.io.encoders import embed_partitions
     assert [embed_partitions(n, 1024) for n in (1, 1024, 1025, 5824)] == [1, 1, 2, 6]
 
 
@@ -56,7 +56,7 @@ def test_onnx_backends_export_once_and_agree_with_torch(tmp_path, monkeypatch, d
     cache reuses the files, and nothing half-written is left beside them."""
     import os
 
-    from jobs import models
+    from jobs.io import encoders as models
     monkeypatch.setenv("GIO_SPARK_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "_MODELS", {})
     pool, _ = docstrings

@@ -13,7 +13,7 @@ import yaml
 from pyspark.sql import functions as F
 
 from gio_core import median_bandwidth, mmd_rbf
-from jobs import tables
+from jobs.io import tables
 from jobs.cli import main
 
 DIM, COMPONENTS = 8, 8
@@ -134,7 +134,7 @@ def test_text_sides_embed_the_heldout_rows_and_run_dsir(spark, tmp_path, docstri
     """Docstrings: the held-out rows are texts embedded by the stage (those that are pool rows
     too are left out of the sample); DSIR resamples the pool's texts; every method is scored by
     the share of rows from the target's packages."""
-    from jobs.demo_data import TARGET_PACKAGES, stdlib_docstrings
+    from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
     pool, target = docstrings
     used = {r["doc_id"] for r in pool + target}
     left = [r for r in stdlib_docstrings() if r["package"] in TARGET_PACKAGES
@@ -177,7 +177,7 @@ def test_gaf_probe_is_the_train_stages_trainer_on_each_selection(spark, case):
     """evaluate.probe gaf: each method's accuracy is the train stage's probe (fit_probe, with
     the train section's settings) trained on its rows in the stage's order."""
     from jobs.config import load_config
-    from jobs.train import fit_probe
+    from jobs.stages.train import fit_probe
     sets = ["evaluate.probe=gaf", "evaluate.methods=[random]", "train.epochs=4",
             "train.model=logistic"]
     argv = ["evaluate", "--config", case["config"]]

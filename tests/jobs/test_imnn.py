@@ -12,8 +12,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from gio_core import imnn as I
-from jobs import imnn as J
-from jobs import reuse, tables
+from jobs.stages import imnn as J
+from jobs.state import stagelog
+from jobs.io import tables
 from jobs.cli import main
 from jobs.config import load_config
 from tests.jobs.test_pipeline import ROOT
@@ -88,7 +89,7 @@ def test_the_example_from_one_command(spark, tmp_path, capsys):
     assert F.shape == (2, 2) and np.linalg.det(F) == pytest.approx(fit["det_F"], rel=1e-4)
     assert json.loads(fit["simulations"])["n_s"] == 1000
     assert os.path.getsize(os.path.join(out, "plots", f"{fit['imnn_id']}_history.png")) > 1000
-    last = reuse.latest(spark, out, "imnn", fit["imnn_id"])
+    last = stagelog.latest(spark, out, "imnn", fit["imnn_id"])
     assert last["status"] == "done" and last["fingerprint"] == fit["imnn_fingerprint"]
 
     # reused: no new commit to the tables
@@ -129,7 +130,7 @@ def test_killed_between_its_tables_resumes_to_the_clean_fit(spark, tmp_path):
                            timeout=600)
     assert child.returncode == -9, child.stderr[-2000:]
     imnn_id = tables.read_table(spark, killed, "imnn_history").first()["imnn_id"]
-    assert reuse.latest(spark, killed, "imnn", imnn_id) is None
+    assert stagelog.latest(spark, killed, "imnn", imnn_id) is None
     assert not os.path.exists(os.path.join(killed, "imnn_fits", "_delta_log"))
     assert main(argv(killed)) == 0
     got = tables.read_table(spark, killed, "imnn_history").orderBy("iteration").toPandas()
@@ -142,13 +143,13 @@ def test_killed_between_its_tables_resumes_to_the_clean_fit(spark, tmp_path):
     want.fit(10.0, 0.1, patience=100, min_iterations=0, max_iterations=3)
     assert got["val_detF"].to_numpy() == pytest.approx(want.history["val_detF"], rel=1e-4)
     assert tables.read_table(spark, killed, "imnn_fits").count() == 1
-    assert reuse.latest(spark, killed, "imnn", imnn_id)["status"] == "done"
+    assert stagelog.latest(spark, killed, "imnn", imnn_id)["status"] == "done"
 
 
 def test_numerical_derivatives_on_spark_and_streamed(spark, tmp_path):
     """imnn.derivatives: numerical: the derivative column holds the [2, n_params, 10]
     re-simulations at θ_fid ∓ δθ/2; both table paths give NumericalGradientIMNN's gradient."""
-    from jobs.imnn import SIMULATIONS
+    from jobs.stages.imnn import SIMULATIONS
     n, δθ = 60, np.array([0.1, 0.1], np.float32)
     keys = jax.random.split(jax.random.PRNGKey(8), 2 * n)
     θ = jnp.array([0.0, 1.0])

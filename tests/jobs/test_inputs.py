@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jobs.config import SourceSection
-from jobs.errors import InputError
-from jobs.inputs import clean_side, enforce, read_side, scan_side
+from jobs.common.errors import InputError
+from jobs.io.sources import clean_side, enforce, read_side, scan_side
 
 
 def checked(df, side, src, warnings=None):

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from jobs import log as jlog
+from jobs.common import log as jlog
 from tests.jobs.test_crash_safety import DEMO, ROOT, child_env, vector_sets
 from tests.jobs.test_pipeline import clustered_vectors
 
@@ -94,8 +94,8 @@ def test_spark_bar_counts_what_the_tasks_report(spark, monkeypatch, capsys):
 
 JOBS_BAR = """
 import time
-from jobs import log as jlog
-from jobs.session import build_session
+from jobs.common import log as jlog
+from jobs.io.session import build_session
 spark = build_session("bar-test", "local[2]", {"spark.ui.enabled": "false"}, quiet=True)
 with jlog.spark_bar(spark, "test jobs", total=3, poll_s=0.05):
     for _ in range(3):

@@ -2,7 +2,7 @@ import subprocess
 import sys
 import zipfile
 
-from jobs.package import build_zip
+from jobs.tools.package import build_zip
 
 
 def test_zip_carries_both_packages_and_imports_from_itself(tmp_path):
@@ -12,7 +12,7 @@ def test_zip_carries_both_packages_and_imports_from_itself(tmp_path):
     assert not any("__pycache__" in n or not n.endswith(".py") for n in names)
     # Importable from the zip first on sys.path, as executors load --py-files (the assertion
     # checks the modules came from the zip, not from the editable install).
-    code = (f"import sys; sys.path.insert(0, {path!r}); import gio_core._selection, jobs.cluster; "
+    code = (f"import sys; sys.path.insert(0, {path!r}); import gio_core._selection, jobs.tools.cluster; "
             f"assert gio_core._selection.__file__.startswith({path!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

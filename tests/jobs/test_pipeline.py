@@ -12,9 +12,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.config import load_config
-from jobs.errors import InputError
+from jobs.common.errors import InputError
 from jobs.pipeline import run_pipeline
-from jobs import reuse, tables
+from jobs.state import reuse, stagelog
+from jobs.io import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -304,7 +305,7 @@ def test_pool_k_auto_clusters_the_pool_by_its_size(spark, tmp_path):
     cfg = vectors_config(tmp_path, pool, target, quantize__pool_k="auto")
     summary = run_pipeline(spark, cfg)
     plan = reuse.make_plan(spark, cfg)
-    detail = json.loads(reuse.latest(spark, cfg.output.path, "quantize",
+    detail = json.loads(stagelog.latest(spark, cfg.output.path, "quantize",
                                      plan.clustering_id)["detail"])
     assert detail["pool_k"] == 98                                 # 4 sqrt(600)
     centroids = tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)

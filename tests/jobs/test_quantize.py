@@ -5,7 +5,7 @@ import pytest
 
 from gio_core import kmeans as km
 from jobs.config import QuantizeSection
-from jobs.quantize import _packed, init_sample, kmeans_side
+from jobs.stages.quantize import _packed, init_sample, kmeans_side
 
 
 def blobs(n=1500, d=16, centres=9, seed=0):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from jobs import reuse
+from jobs.state import reuse, stagelog
 from jobs.config import RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, load_config
 from tests.jobs.test_pipeline import ROOT
 
@@ -71,27 +71,27 @@ def test_planning_leaves_the_config_as_it_was():
 
 
 def test_the_stage_log_cache_sees_every_writer_and_a_table_made_anew(spark, tmp_path):
-    """reuse.latest keeps the log it read while the table's newest commit is the same: a record
+    """stagelog.latest keeps the log it read while the table's newest commit is the same: a record
     appended behind its back (another process, here a plain Delta append) is seen at once, and
     so is a log deleted and written again with as many commits."""
     import datetime as dt
     import shutil
 
-    from jobs import tables
+    from jobs.io import tables
     out = str(tmp_path / "out")
-    reuse.record(spark, out, "embed_pool", "k1", "fp1", "started")
-    reuse.record(spark, out, "embed_pool", "k1", "fp1", "done")
-    assert reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
+    stagelog.record(spark, out, "embed_pool", "k1", "fp1", "started")
+    stagelog.record(spark, out, "embed_pool", "k1", "fp1", "done")
+    assert stagelog.is_done(spark, out, "embed_pool", "k1", "fp1")
     stranger = spark.createDataFrame([("embed_pool", "k1", "fp2", "started", dt.datetime.now(),
                                        10 ** 19 // 10 * 9, None)], tables.STAGES)
     stranger.write.format("delta").mode("append").save(tables.table_path(out, "stages"))
-    assert reuse.latest(spark, out, "embed_pool", "k1")["fingerprint"] == "fp2"
-    assert not reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
+    assert stagelog.latest(spark, out, "embed_pool", "k1")["fingerprint"] == "fp2"
+    assert not stagelog.is_done(spark, out, "embed_pool", "k1", "fp1")
     shutil.rmtree(out)
-    assert reuse.latest(spark, out, "embed_pool", "k1") is None
+    assert stagelog.latest(spark, out, "embed_pool", "k1") is None
     for status in ("started", "done", "started"):        # as many commits as before
-        reuse.record(spark, out, "embed_pool", "k1", "fp3", status)
-    last = reuse.latest(spark, out, "embed_pool", "k1")
+        stagelog.record(spark, out, "embed_pool", "k1", "fp3", status)
+    last = stagelog.latest(spark, out, "embed_pool", "k1")
     assert (last["fingerprint"], last["status"]) == ("fp3", "started")
 
 
@@ -100,6 +100,6 @@ def test_a_relative_output_path_that_does_not_exist_yet_is_created(spark, tmp_pa
     (Delta took such a location for a table name and refused it)."""
     out = os.path.relpath(tmp_path / "fresh-run", os.getcwd())
     assert not os.path.isabs(out) and not os.path.exists(out)
-    reuse.record(spark, out, "embed_pool", "k1", "fp1", "done")
+    stagelog.record(spark, out, "embed_pool", "k1", "fp1", "done")
     assert os.path.isdir(tmp_path / "fresh-run" / "stages" / "_delta_log")
-    assert reuse.is_done(spark, out, "embed_pool", "k1", "fp1")
+    assert stagelog.is_done(spark, out, "embed_pool", "k1", "fp1")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from jobs.errors import ConcurrentRunError, InputError
+from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.runner import run_main
 from tests.jobs.test_pipeline import ROOT
 
@@ -48,11 +48,11 @@ def test_each_kind_of_failure_has_its_exit_code_and_last_line(spark, tmp_path, c
 
 def test_a_bad_config_fails_before_the_jvm_starts(tmp_path, capsys, monkeypatch):
     """Config problems are reported without building a Spark session at all."""
-    import jobs.session
+    import jobs.runner
 
     def no_session(*args, **kwargs):
         raise AssertionError("a Spark session was started for a config error")
-    monkeypatch.setattr(jobs.session, "build_session", no_session)
+    monkeypatch.setattr(jobs.runner, "build_session", no_session)
     got = run_main("gio-spark run", "test", body_raising(AssertionError()),
                    ["--config", DEMO, "--set", "select.k=0"])
     assert got == 2
@@ -64,7 +64,7 @@ def test_mllib_uses_the_native_blas_where_one_is_installed(spark):
     """netlib (Spark's BLAS) loads libblas.so.3 where it is installed (make setup installs
     OpenBLAS where apt-get may): its native instance then loads, otherwise it must not claim
     to. The Java side is the vectorised one either way (Spark 4 adds the JDK's vector API)."""
-    from jobs.session import native_blas
+    from jobs.io.session import native_blas
     netlib = spark._jvm.dev.ludovic.netlib.blas
     assert netlib.JavaBLAS.getInstance().getClass().getSimpleName() == "VectorBLAS"
     try:

@@ -14,9 +14,10 @@ import yaml
 from pyspark.sql import functions as F
 
 from gio_core import gaf
-from jobs import reuse, tables
+from jobs.state import stagelog
+from jobs.io import tables
 from jobs.cli import main
-from jobs.train import load_model
+from jobs.stages.train import load_probe
 
 CENTERS = np.array([[2.0, 0, 0, 0, 0, 0], [0, 2.0, 0, 0, 0, 0], [0, 0, 2.0, 0, 0, 0]])
 
@@ -102,7 +103,7 @@ def test_train_on_a_source_stores_the_probe_gio_core_trains(spark, tmp_path):
     np.testing.assert_allclose([h["memorised"] for h in run["history"]],
                                [r["memorised"] for r in records], atol=1e-6)
     assert [h["steps_taken"] for h in run["history"]] == [r["steps_taken"] for r in records]
-    probe = load_model(spark, out)
+    probe = load_probe(spark, out)
     for got, want in zip(probe.params, params, strict=True):
         np.testing.assert_allclose(got["w"], want["w"], rtol=1e-5, atol=1e-6)
     assert probe.classes == ("a", "b", "c")
@@ -119,7 +120,7 @@ def test_train_on_a_source_stores_the_probe_gio_core_trains(spark, tmp_path):
     ids = sorted(r[0] for r in tables.read_table(spark, out, "models").select("train_id")
                  .distinct().collect())
     assert len(ids) == 2
-    other = load_model(spark, out, [i for i in ids if i != run["train_id"]][0])
+    other = load_probe(spark, out, [i for i in ids if i != run["train_id"]][0])
     for got, want in zip(other.params, probe.params, strict=True):
         np.testing.assert_array_equal(got["w"], want["w"])
 
@@ -159,7 +160,7 @@ def test_train_in_the_pipeline_beats_random_pool_rows(spark, tmp_path):
     assert json.loads(runs["random"]["rows_from"])["kind"] == "random"
     acc = {arm: r["val_accuracy"] for arm, r in runs.items()}
     assert acc["selection"] > acc["random"] + 0.15, acc
-    assert load_model(spark, out, arm="random").classes == ("neg", "pos")
+    assert load_probe(spark, out, arm="random").classes == ("neg", "pos")
     # The train command alone: the stage is reused; another method is another probe.
     before = versions(spark, out, "train_runs")
     assert main(["train", "--config", cfg]) == 0
@@ -184,13 +185,13 @@ def test_train_killed_between_its_tables_resumes_to_the_clean_probe(spark, tmp_p
                            timeout=600)
     assert child.returncode == -9, child.stderr[-2000:]
     train_id = tables.read_table(spark, killed, "models").first()["train_id"]
-    assert reuse.latest(spark, killed, "train", train_id) is None
+    assert stagelog.latest(spark, killed, "train", train_id) is None
     assert tables.read_table(spark, killed, "models").count() == 1
     assert not os.path.exists(os.path.join(killed, "train_runs", "_delta_log"))
     assert main(["train", "--config", cfg]) == 0
     assert main(["train", "--config", config(tmp_path, clean, source=str(tmp_path / "src"),
                                              **OPTS)]) == 0
-    got, want = load_model(spark, killed), load_model(spark, clean)
+    got, want = load_probe(spark, killed), load_probe(spark, clean)
     for a, b in zip(got.params, want.params, strict=True):
         np.testing.assert_array_equal(a["w"], b["w"])
     assert tables.read_table(spark, killed, "models").count() == 1

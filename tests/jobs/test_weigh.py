@@ -11,7 +11,7 @@ import yaml
 from pyspark.sql import functions as F
 
 from gio_core.dii import DiffImbalance
-from jobs import tables
+from jobs.io import tables
 from jobs.cli import main
 from jobs.config import load_config
 from jobs.pipeline import run_pipeline
@@ -51,8 +51,8 @@ def weights_of(spark, out):
 
 
 def sample_ids(spark, frame, n, seed):
-    from jobs.weigh import sample_frame
-    return [r["row_id"] for r in sample_frame(spark.createDataFrame(frame).withColumnRenamed(
+    from jobs.common.frames import seeded_sample
+    return [r["row_id"] for r in seeded_sample(spark.createDataFrame(frame).withColumnRenamed(
         "id", "row_id"), n, seed).select("row_id").collect()]
 
 
@@ -168,8 +168,8 @@ def test_clustering_in_the_weighted_space_selects_the_target_better(spark, weigh
         spark, str(tmp / "plain"), plain["run_id"])
     # Another job names the stored weights by path: it plans the same clustering (so it would
     # reuse it in the same output folder) and scales by the same factors.
-    from jobs import reuse
-    from jobs.weigh import load_weights
+    from jobs.state import reuse
+    from jobs.state.stored import load_weights
     own_cfg = load_config(None, pipeline_sets(tmp, out))
     other_cfg = load_config(None, pipeline_sets(tmp, str(tmp / "other"), False)
                             + [f"weights.path={out}"])
@@ -177,7 +177,8 @@ def test_clustering_in_the_weighted_space_selects_the_target_better(spark, weigh
     assert other.weights_id == own.weights_id and other.weights == own.weights
     assert other.clustering_id == own.clustering_id == clustering_of(spark, out,
                                                                      weighted["run_id"])
-    np.testing.assert_array_equal(load_weights(spark, other_cfg, other), w["scaled"])
+    np.testing.assert_array_equal(load_weights(spark, other_cfg, other.weights_id, other.weights),
+                                  w["scaled"])
 
 
 @pytest.mark.slow

@@ -19,8 +19,10 @@ import dataclasses
 import math
 import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Callable, Iterator, get_type_hints
 
 import yaml
 
@@ -31,7 +33,8 @@ from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
 from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
 from gio_core.imnn import DERIVATIVE_MODES
 from gio_core.quality import METHODS as QUALITY_METHODS
-from jobs.errors import InputError
+from jobs.common.errors import InputError
+from jobs.config.store_spec import parse_spec, read_spec_file
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
 BAD_ROW_POLICIES = ("reject", "drop")
@@ -84,7 +87,7 @@ class EmbedSection:
     # the last bit, depend on the rows alone: not on the source's files, order or the cluster.
     rows_per_task: int = 1024
     # What runs the transformer: torch (sentence-transformers), onnx (ONNX Runtime, exported from
-    # the model at first use and cached) or onnx-int8 (weights quantised to int8); see jobs.models.
+    # the model at first use and cached) or onnx-int8 (weights quantised to int8); see jobs.io.encoders.
     backend: str = "torch"
 
 
@@ -282,6 +285,17 @@ class TrainSection:
 
 
 RUNTIME_TRAIN_OPTIONS = ("max_rows",)
+
+# The train options that shape the probe (gio_core.gaf.fit_probe's keyword arguments).
+PROBE_OPTIONS = ("model", "hidden", "method", "epochs", "batch_size", "microbatches",
+                 "cos_distance_thresh", "fusion", "optimizer", "learning_rate", "momentum",
+                 "weight_decay", "plateau", "plateau_factor", "plateau_patience", "standardize",
+                 "label_noise", "seed")
+
+
+def probe_options(t: "TrainSection") -> dict:
+    """The train section as :func:`gio_core.gaf.fit_probe`'s keyword arguments."""
+    return {name: getattr(t, name) for name in PROBE_OPTIONS}
 
 
 EVALUATE_METHODS = QUALITY_METHODS + ("dsir",)
@@ -499,6 +513,62 @@ def engine_options(s: SelectSection) -> dict:
     return out
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: ``1e-4`` and ``1E5`` are floats
+    (YAML 1.1 wants a dot in the mantissa, so PyYAML alone reads them as text)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """A YAML document (a config file, or a ``--set`` value) with YAML 1.2's numbers."""
+    return yaml.load(text, Loader=_YamlLoader)     # noqa: S506 - a safe loader
+
+
+# ---------------------------------------------------------------------------
+# Every problem at once
+# ---------------------------------------------------------------------------
+
+_PROBLEMS: ContextVar[list | None] = ContextVar("gio_spark_config_problems", default=None)
+
+
+@contextmanager
+def _collecting() -> Iterator[list]:
+    """Inside it, :func:`_check` notes a problem instead of raising; on leaving, one
+    :class:`InputError` names every problem noted (one problem: its message alone)."""
+    outer = _PROBLEMS.get()
+    if outer is not None:                    # nested: the outermost one reports
+        yield outer
+        return
+    problems: list = []
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
+    if len(problems) == 1:
+        raise InputError(problems[0])
+    if problems:
+        raise InputError(f"{len(problems)} problems in the config:\n"
+                         + "\n".join(f"  - {m}" for m in problems))
+
+
+def _part(problems: list, check: Callable, *args) -> None:
+    """Runs one group of checks, noting what it raises. A group that trips over a value a
+    check already refused (a comparison of text with a number, say) stops there: what it would
+    say next is about a value already named."""
+    try:
+        check(*args)
+    except InputError as err:
+        problems.append(str(err))
+    except (TypeError, ValueError, AttributeError, KeyError):
+        if not problems:
+            raise
+
+
 def _valid_keys(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -508,17 +578,17 @@ def _build(cls, data: Any, where: str):
         data = {}
     if not isinstance(data, dict):
         what = f"section {where!r}" if where else "the config's top level"
-        raise InputError(f"{what} must be a mapping of keys to values, got "
-                         f"{type(data).__name__}.")
+        _check(False, f"{what} must be a mapping of keys to values, got {type(data).__name__}.")
+        return cls()
     unknown = sorted(set(map(str, data)) - set(_valid_keys(cls)))
     if unknown:
-        raise InputError(f"unknown key(s) {', '.join(repr(f'{where}.{u}'.lstrip('.')) for u in unknown)}; "
+        _check(False, f"unknown key(s) {', '.join(repr(f'{where}.{u}'.lstrip('.')) for u in unknown)}; "
                          f"valid keys{' in ' + where if where else ''}: "
                          f"{', '.join(_valid_keys(cls))}.")
     hints = get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
+        if f.name not in data or str(f.name) in unknown:
             continue
         value = data[f.name]
         if dataclasses.is_dataclass(hints[f.name]):
@@ -560,7 +630,7 @@ def _read_yaml(path: str) -> dict:
     except OSError as err:
         raise InputError(f"config file {path!r} cannot be read: {err.strerror}.") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
         raise InputError(f"config file {path!r} is not valid YAML: "
                          f"{' '.join(str(err).split())}") from None
@@ -577,7 +647,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
     """Reads a YAML config, applies ``key=value`` overrides and validates the result.
 
     Raises:
-      InputError: naming the first problem found.
+      InputError: naming every problem found (each key, the value it got and what would do).
 
     Example:
       >>> cfg = load_config("conf/demo.yaml", ["select.k=7"])
@@ -588,18 +658,25 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             raise InputError(f"--set {item!r}: expected key=value, for example select.k=7.")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError:
             value = raw            # not YAML: take the text as it is
         _set_dotted(data, key.strip(), value)
-    cfg = _build(JobConfig, data, "")
-    validate(cfg, command)
+    with _collecting():
+        cfg = _build(JobConfig, data, "")
+        validate(cfg, command)
     return cfg
 
 
 def _check(cond: bool, message: str) -> None:
-    if not cond:
+    """A check: ``message`` names the key, the value it got and what would do. Raises it, or
+    notes it while :func:`_collecting`."""
+    if cond:
+        return
+    problems = _PROBLEMS.get()
+    if problems is None:
         raise InputError(message)
+    problems.append(message)
 
 
 def _is_int(v) -> bool:
@@ -625,14 +702,16 @@ WEIGH_B_TYPES = ("auto", "features", "labels")
 GREEDY = (None, "forward", "backward")
 
 
-def _check_source(src: SourceSection, side: str, formats: tuple) -> None:
-    """A source's keys (pool, target, weigh.source)."""
+def _check_source(src: SourceSection, side: str, formats: tuple, read: bool = True) -> None:
+    """A source's keys (pool, target, weigh.source). ``read``: the command reads it, so it
+    needs a path; a source it does not read is checked for what is set."""
     _check(src.format in formats,
            f"{side}.format={src.format!r} is not one of {', '.join(formats)}.")
-    _check(src.path is not None and src.path != "",
+    _check(not read or (src.path is not None and src.path != ""),
            f"{side}.path is missing: name the {side} table or file.")
-    _check(isinstance(src.path, str), f"{side}.path must be a path or URL written as text; "
-           f"got the {type(src.path).__name__} {src.path!r} (quote it if it is a name).")
+    _check(src.path is None or isinstance(src.path, str), f"{side}.path must be a path or URL "
+           f"written as text; got the {type(src.path).__name__} {src.path!r} (quote it if it is "
+           "a name).")
     for key in ("text_column", "id_column", "embedding_column"):
         value = getattr(src, key)
         _check(value is None or (isinstance(value, str) and value != ""),
@@ -934,9 +1013,8 @@ def validate_imnn(cfg: JobConfig) -> None:
 
 
 def datamodels_spec(cfg: JobConfig):
-    """The datamodels spec of the config (a :class:`jobs.datamodels_spec.Spec`), or None when
+    """The datamodels spec of the config (a :class:`jobs.config.store_spec.Spec`), or None when
     it gives none."""
-    from jobs.datamodels_spec import parse_spec, read_spec_file
     d = cfg.datamodels
     if d.spec is not None:
         _check(not d.inline_spec, "datamodels.spec names a spec file, but datamodels.num_models "
@@ -1031,7 +1109,7 @@ def validate_datamodels(cfg: JobConfig, command: str) -> None:
     if command in ("datamodels-work", "datamodels-example"):
         _check(d.main_import is not None, "datamodels.main_import is missing: name the module "
                "whose main(*, index, logdir, **args) trains one model (for example "
-               "jobs.datamodels_example).")
+               "jobs.datamodels.example).")
     if command == "datamodels-select":
         _check((d.budget is None) != (d.budget_fraction is None), "datamodels select needs "
                "one budget: set datamodels.budget (rows) or datamodels.budget_fraction.")
@@ -1067,11 +1145,8 @@ def uses_weights(cfg: JobConfig) -> bool:
             or cfg.weights.path is not None)
 
 
-def validate(cfg: JobConfig, command: str = "run") -> None:
-    """Checks every value; raises :class:`InputError` naming the key and what to do.
-    ``command``: the weigh command (and train on a source of its own) leaves out pool and
-    target, which it does not read."""
-    sides = reads_sides(cfg, command)
+def _validate_spark(cfg: JobConfig) -> None:
+    """The ``spark`` section."""
     sp = cfg.spark
     _check(sp.master is None or (isinstance(sp.master, str) and sp.master.strip() != ""),
            "spark.master must be a master URL such as local[*] or spark://host:7077, or null.")
@@ -1085,11 +1160,10 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
                                     and sp.log_level.upper() in LOG_LEVELS),
            f"spark.log_level must be one of {', '.join(LOG_LEVELS)} or null (quiet), got "
            f"{sp.log_level!r}.")
-    validate_weigh(cfg)
-    validate_train(cfg)
-    validate_evaluate(cfg, command)
-    validate_imnn(cfg)
-    validate_datamodels(cfg, command)
+
+
+def _validate_command(cfg: JobConfig, command: str) -> None:
+    """That the command's own section is there."""
     _check(command not in ("imnn", "imnn-example") or cfg.imnn.enabled, "the config has no "
            "imnn stage: set imnn.simulations to the Delta table of simulations (and "
            "imnn.theta_fid to the fiducial parameters); conf/imnn.yaml is an example.")
@@ -1101,50 +1175,79 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
     _check(command != "evaluate" or cfg.evaluate.enabled, "the config has no evaluate stage: "
            "set evaluate.heldout.path to rows of the target's distribution that the target "
            "sample left out.")
-    for side in sides:
+
+
+def _validate_sides(cfg: JobConfig, command: str) -> None:
+    """The ``pool`` and ``target`` sources: complete where the command reads them."""
+    sides = reads_sides(cfg, command)
+    for side in ("pool", "target"):
         src: SourceSection = getattr(cfg, side)
-        _check_source(src, side, SOURCE_FORMATS)
+        _check_source(src, side, SOURCE_FORMATS, read=side in sides)
+        if side not in sides:
+            continue
         _check(src.format == "demo" or effective_embedding_column(src) or src.text_column,
                f"{side} needs text_column (to embed) or embedding_column (precomputed vectors).")
+
+
+def _validate_embed(cfg: JobConfig) -> None:
+    """The ``embed`` section."""
     e = cfg.embed
-    _check(_is_int(e.batch_size) and e.batch_size >= 1, "embed.batch_size must be an integer >= 1.")
+    _check(_is_int(e.batch_size) and e.batch_size >= 1,
+           f"embed.batch_size must be an integer >= 1; got {e.batch_size!r}.")
     _check(_is_int(e.rows_per_task) and e.rows_per_task >= 1,
-           "embed.rows_per_task must be an integer >= 1 (rows per embedding task; more on GPUs).")
-    _check(e.device in ("auto", "cpu", "cuda"), "embed.device must be auto, cpu or cuda.")
-    _check(isinstance(e.model, str) and e.model != "", "embed.model must be a model name or path.")
-    _check(isinstance(e.normalize, bool), "embed.normalize must be true or false.")
+           "embed.rows_per_task must be an integer >= 1 (rows per embedding task; more on GPUs); "
+           f"got {e.rows_per_task!r}.")
+    _check(e.device in ("auto", "cpu", "cuda"),
+           f"embed.device must be auto, cpu or cuda; got {e.device!r}.")
+    _check(isinstance(e.model, str) and e.model != "",
+           f"embed.model must be a model name or path; got {e.model!r}.")
+    _check(isinstance(e.normalize, bool), f"embed.normalize must be true or false; got {e.normalize!r}.")
     _check(e.backend in ("torch", "onnx", "onnx-int8"),
            f"embed.backend must be torch, onnx or onnx-int8; got {e.backend!r}.")
+
+
+def _validate_quantize(cfg: JobConfig) -> None:
+    """The ``quantize`` section."""
     q = cfg.quantize
     _check(q.pool_k == "auto" or (_is_int(q.pool_k) and q.pool_k >= 1),
            f"quantize.pool_k must be auto (from the pool's size) or an integer >= 1; got "
            f"{q.pool_k!r}.")
     for key in ("target_k", "max_iter", "init_steps", "partitions", "init_rows", "driver_rows"):
         _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
-               f"quantize.{key} must be an integer >= 1.")
+               f"quantize.{key} must be an integer >= 1; got {getattr(q, key)!r}.")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
            f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
-    _check(_is_num(q.tol) and q.tol >= 0, "quantize.tol must be a number >= 0.")
-    _check(q.distance in ("euclidean", "cosine"), "quantize.distance must be euclidean or cosine.")
+    _check(_is_num(q.tol) and q.tol >= 0, f"quantize.tol must be a number >= 0; got {q.tol!r}.")
+    _check(q.distance in ("euclidean", "cosine"),
+           f"quantize.distance must be euclidean or cosine; got {q.distance!r}.")
     _check(q.algorithm in ("lloyd", "mllib"), f"quantize.algorithm must be lloyd or mllib; got "
            f"{q.algorithm!r}.")
+
+
+def _validate_select(cfg: JobConfig) -> None:
+    """The ``select`` section, and its bounds on ``quantize``'s."""
+    q = cfg.quantize
     s = cfg.select
     _check(s.fill in ("auto", "mmd", None), "select.fill must be auto (mmd with the mmd rule), "
            f"mmd or null; got {s.fill!r}.")
     try:
         check_select_options(**engine_options(s))
     except ValueError as err:
-        raise InputError(f"select.{err}") from None
-    _check(isinstance(s.use_weights, bool), "select.use_weights must be true or false.")
+        _check(False, f"select.{err}")
+    _check(isinstance(s.use_weights, bool),
+           f"select.use_weights must be true or false; got {s.use_weights!r}.")
     _check(s.max_fraction is None or (_is_num(s.max_fraction) and 0 < s.max_fraction <= 1),
-           "select.max_fraction must be null or a share of the pool's rows in (0, 1].")
-    _check(isinstance(s.jax_preallocate, bool), "select.jax_preallocate must be true or false.")
+           "select.max_fraction must be null or a share of the pool's rows in (0, 1]; got "
+           f"{s.max_fraction!r}.")
+    _check(isinstance(s.jax_preallocate, bool),
+           f"select.jax_preallocate must be true or false; got {s.jax_preallocate!r}.")
     _check(_is_int(s.max_centroids) and s.max_centroids >= 1,
-           "select.max_centroids must be an integer >= 1.")
-    _check(s.jax_platform in ("auto", "cpu", "gpu"), "select.jax_platform must be auto, cpu or gpu.")
+           f"select.max_centroids must be an integer >= 1; got {s.max_centroids!r}.")
+    _check(s.jax_platform in ("auto", "cpu", "gpu"),
+           f"select.jax_platform must be auto, cpu or gpu; got {s.jax_platform!r}.")
     _check(s.jax_memory_fraction is None
            or (_is_num(s.jax_memory_fraction) and 0 < s.jax_memory_fraction <= 1),
-           "select.jax_memory_fraction must be null or in (0, 1].")
+           f"select.jax_memory_fraction must be null or in (0, 1]; got {s.jax_memory_fraction!r}.")
     _check(s.k < q.target_k,
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
@@ -1155,8 +1258,26 @@ def validate(cfg: JobConfig, command: str = "run") -> None:
                f"quantize.{key}={getattr(q, key)} makes more centroids than "
                f"select.max_centroids={s.max_centroids} allows to collect to the driver; lower "
                f"quantize.{key} or raise select.max_centroids (and the driver's memory).")
+
+
+def _validate_output(cfg: JobConfig) -> None:
+    """``output`` and ``run_id``."""
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
            "output.path must name a folder for the Delta tables.")
     _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and RUN_ID_PATTERN.match(cfg.run_id)),
            "run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a letter "
            f"or digit); got {cfg.run_id!r}.")
+
+
+def validate(cfg: JobConfig, command: str = "run") -> None:
+    """Checks every value; raises one :class:`InputError` naming every problem (the key, the
+    value it got and what would do). ``command``: the sources a command does not read (weigh,
+    and train on a source of its own, read no pool or target) need no path."""
+    with _collecting() as problems:
+        for part, args in ((_validate_spark, (cfg,)), (validate_weigh, (cfg,)),
+                           (validate_train, (cfg,)), (validate_evaluate, (cfg, command)),
+                           (validate_imnn, (cfg,)), (validate_datamodels, (cfg, command)),
+                           (_validate_command, (cfg, command)), (_validate_sides, (cfg, command)),
+                           (_validate_embed, (cfg,)), (_validate_quantize, (cfg,)),
+                           (_validate_select, (cfg,)), (_validate_output, (cfg,))):
+            _part(problems, part, *args)

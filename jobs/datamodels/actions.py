@@ -65,12 +65,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import faults, reuse, tables
+from jobs.common import faults
+from jobs.common.errors import ConcurrentRunError, InputError, PartialFailure
+from jobs.common.log import log
+from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import RUNTIME_DATAMODELS_OPTIONS, JobConfig, datamodels_spec
-from jobs.datamodels_spec import Spec, parse_spec
-from jobs.datamodels_worker import work_task
-from jobs.errors import ConcurrentRunError, InputError, PartialFailure
-from jobs.log import log
+from jobs.config.store_spec import Spec, parse_spec
+from jobs.datamodels import example as datamodels_example
+from jobs.datamodels.worker import work_task
+from jobs.io import tables
+from jobs.io.sources import check_outputs
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
+from jobs.state.inputs import read_only
 
 STORE = "datamodels_store"
 SPEC_PROPERTY = "gio-spark.datamodels-spec"
@@ -679,11 +686,88 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
     tables; returns a summary (``regress_id``, ``targets``, ``test_r_mean``, ``reused``)."""
     from gio_core.datamodels import evaluate
 
-    from jobs.gio_select import configure_jax, library_versions
     d = cfg.datamodels
     out = cfg.output.path
     plan = plan or make_regress_plan(spark, cfg)
-    if reuse.is_done(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint):
+
+    def work(begin):
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        data = read_regression_data(spark, cfg, plan.store)
+        train, val, test = split_models(len(data.indices), cfg)
+        read_s = time.perf_counter() - t0
+        n_targets, p = data.outputs.shape[1], data.masks.shape[1]
+        log(f"datamodels regress: {len(data.indices)} completed models ({len(train)} train, "
+            f"{len(val)} validation, {len(test)} test) x {p} training examples, {n_targets} "
+            f"target(s) [{data.targets[0]}, {data.targets[-1] + 1}); {d.mode} mode")
+        configure_jax(cfg.select)
+        t1 = time.perf_counter()
+        path = fit_paths(spark, cfg, data, train, val)
+        fit_s = time.perf_counter() - t1
+        test_mse = test_r = np.full(n_targets, np.nan)
+        if len(test):
+            test_mse, test_r = evaluate(data.masks[test], data.outputs[test], path.weight,
+                                        path.bias)
+        rows_t = np.arange(n_targets)
+        train_mse = path.train_mse[rows_t, path.best]
+        val_mse = path.val_mse[rows_t, path.best]
+        nonzeros = (path.weight != 0).sum(axis=1)
+        summary = {"targets": int(n_targets), "training_examples": int(p),
+                   "nonzeros_mean": float(nonzeros.mean()),
+                   "val_r_mean": _nan_to_none(np.nanmean(path.val_r)) if np.isfinite(
+                       path.val_r).any() else None,
+                   "test_r_mean": _nan_to_none(np.nanmean(test_r)) if np.isfinite(test_r).any()
+                   else None,
+                   "converged": int(path.converged.sum()), "dropped_models": data.dropped}
+        log(f"datamodels regress: fitted in {fit_s:.1f}s; {summary['nonzeros_mean']:.1f} nonzero "
+            f"weights per target"
+            + (f"; validation r {summary['val_r_mean']:.3f}" if summary["val_r_mean"] is not None
+               else "")
+            + (f"; held-out r {summary['test_r_mean']:.3f} (mean over targets, {len(test)} test "
+               "models)" if summary["test_r_mean"] is not None else ""))
+        if not path.converged.all():
+            log(f"warning: datamodels regress: {int((~path.converged).sum())} target(s) reached "
+                f"datamodels.max_iter={d.max_iter} on some lambda before the duality gap fell below "
+                "datamodels.tol; raise max_iter (or tol) for tighter fits.")
+        import pyarrow as pa
+        ti, ji = np.nonzero(path.weight)
+        weights = pa.table({"regress_id": pa.array([plan.regress_id] * len(ti), pa.string()),
+                            "target": pa.array(data.targets[ti].astype(np.int32)),
+                            "train_index": pa.array(ji.astype(np.int32)),
+                            "weight": pa.array(path.weight[ti, ji].astype(np.float64))})
+        fits = []
+        for t in range(n_targets):
+            steps = int(path.steps[t])
+            fits.append((plan.regress_id, plan.fingerprint, int(data.targets[t]),
+                         float(path.bias[t]), float(path.lam[t]), float(path.lam_max[t]), steps,
+                         int(nonzeros[t]), _nan_to_none(train_mse[t]), _nan_to_none(val_mse[t]),
+                         _nan_to_none(path.val_r[t]), _nan_to_none(test_mse[t]),
+                         _nan_to_none(test_r[t]), int(path.iterations[t]),
+                         bool(path.converged[t]),
+                         [_nan_to_none(v) for v in path.val_mse[t, :steps]]))
+        store_info = {"path": plan.store.path, "version": plan.store.version,
+                      "spec": json.loads(plan.store.spec.to_json()), "x_name": d.x_name,
+                      "y_name": d.y_name}
+        record = (plan.regress_id, plan.fingerprint, started, dt.datetime.now(),
+                  json.dumps(cfg.to_dict(), default=str), json.dumps(store_info),
+                  data.indices[train].tolist(), data.indices[val].tolist(),
+                  data.indices[test].tolist(), int(n_targets), int(p), json.dumps(summary),
+                  json.dumps({"read_s": round(read_s, 3), "fit_s": round(fit_s, 3),
+                              "mode": d.mode}),
+                  json.dumps(library_versions()))
+        begin()
+        tables.replace_key(spark, spark.createDataFrame(weights), out, "datamodels_weights",
+                           plan.regress_id)
+        tables.replace_key(spark, spark.createDataFrame(fits, tables.DATAMODELS_FITS), out,
+                           "datamodels_fits", plan.regress_id)
+        tables.replace_key(spark, spark.createDataFrame([record], tables.DATAMODELS_REGRESSIONS),
+                           out, "datamodels_regressions", plan.regress_id)
+        log(f"datamodels regress: fit {plan.regress_id} -> "
+            f"{tables.table_path(out, 'datamodels_weights')}")
+        return ({"regress_id": plan.regress_id, "reused": False, **summary},
+                {"targets": int(n_targets), "test_r_mean": summary["test_r_mean"]})
+
+    def reused():
         row = tables.read_key(spark, out, "datamodels_regressions", plan.regress_id).first()
         if row is None or row["regress_fingerprint"] != plan.fingerprint:
             raise ConcurrentRunError(f"the datamodels fit {plan.regress_id} under {out!r} was "
@@ -691,82 +775,9 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
         summary = json.loads(row["summary"])
         log(f"datamodels regress: reusing fit {plan.regress_id} ({row['targets']} targets)")
         return {"regress_id": plan.regress_id, "reused": True, **summary}
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    data = read_regression_data(spark, cfg, plan.store)
-    train, val, test = split_models(len(data.indices), cfg)
-    read_s = time.perf_counter() - t0
-    n_targets, p = data.outputs.shape[1], data.masks.shape[1]
-    log(f"datamodels regress: {len(data.indices)} completed models ({len(train)} train, "
-        f"{len(val)} validation, {len(test)} test) x {p} training examples, {n_targets} "
-        f"target(s) [{data.targets[0]}, {data.targets[-1] + 1}); {d.mode} mode")
-    configure_jax(cfg.select)
-    t1 = time.perf_counter()
-    path = fit_paths(spark, cfg, data, train, val)
-    fit_s = time.perf_counter() - t1
-    test_mse = test_r = np.full(n_targets, np.nan)
-    if len(test):
-        test_mse, test_r = evaluate(data.masks[test], data.outputs[test], path.weight,
-                                    path.bias)
-    rows_t = np.arange(n_targets)
-    train_mse = path.train_mse[rows_t, path.best]
-    val_mse = path.val_mse[rows_t, path.best]
-    nonzeros = (path.weight != 0).sum(axis=1)
-    summary = {"targets": int(n_targets), "training_examples": int(p),
-               "nonzeros_mean": float(nonzeros.mean()),
-               "val_r_mean": _nan_to_none(np.nanmean(path.val_r)) if np.isfinite(
-                   path.val_r).any() else None,
-               "test_r_mean": _nan_to_none(np.nanmean(test_r)) if np.isfinite(test_r).any()
-               else None,
-               "converged": int(path.converged.sum()), "dropped_models": data.dropped}
-    log(f"datamodels regress: fitted in {fit_s:.1f}s; {summary['nonzeros_mean']:.1f} nonzero "
-        f"weights per target"
-        + (f"; validation r {summary['val_r_mean']:.3f}" if summary["val_r_mean"] is not None
-           else "")
-        + (f"; held-out r {summary['test_r_mean']:.3f} (mean over targets, {len(test)} test "
-           "models)" if summary["test_r_mean"] is not None else ""))
-    if not path.converged.all():
-        log(f"warning: datamodels regress: {int((~path.converged).sum())} target(s) reached "
-            f"datamodels.max_iter={d.max_iter} on some lambda before the duality gap fell below "
-            "datamodels.tol; raise max_iter (or tol) for tighter fits.")
-    import pyarrow as pa
-    ti, ji = np.nonzero(path.weight)
-    weights = pa.table({"regress_id": pa.array([plan.regress_id] * len(ti), pa.string()),
-                        "target": pa.array(data.targets[ti].astype(np.int32)),
-                        "train_index": pa.array(ji.astype(np.int32)),
-                        "weight": pa.array(path.weight[ti, ji].astype(np.float64))})
-    fits = []
-    for t in range(n_targets):
-        steps = int(path.steps[t])
-        fits.append((plan.regress_id, plan.fingerprint, int(data.targets[t]),
-                     float(path.bias[t]), float(path.lam[t]), float(path.lam_max[t]), steps,
-                     int(nonzeros[t]), _nan_to_none(train_mse[t]), _nan_to_none(val_mse[t]),
-                     _nan_to_none(path.val_r[t]), _nan_to_none(test_mse[t]),
-                     _nan_to_none(test_r[t]), int(path.iterations[t]),
-                     bool(path.converged[t]),
-                     [_nan_to_none(v) for v in path.val_mse[t, :steps]]))
-    store_info = {"path": plan.store.path, "version": plan.store.version,
-                  "spec": json.loads(plan.store.spec.to_json()), "x_name": d.x_name,
-                  "y_name": d.y_name}
-    record = (plan.regress_id, plan.fingerprint, started, dt.datetime.now(),
-              json.dumps(cfg.to_dict(), default=str), json.dumps(store_info),
-              data.indices[train].tolist(), data.indices[val].tolist(),
-              data.indices[test].tolist(), int(n_targets), int(p), json.dumps(summary),
-              json.dumps({"read_s": round(read_s, 3), "fit_s": round(fit_s, 3),
-                          "mode": d.mode}),
-              json.dumps(library_versions()))
-    reuse.begin(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint)
-    tables.replace_key(spark, spark.createDataFrame(weights), out, "datamodels_weights",
-                       plan.regress_id)
-    tables.replace_key(spark, spark.createDataFrame(fits, tables.DATAMODELS_FITS), out,
-                       "datamodels_fits", plan.regress_id)
-    tables.replace_key(spark, spark.createDataFrame([record], tables.DATAMODELS_REGRESSIONS),
-                       out, "datamodels_regressions", plan.regress_id)
-    reuse.record(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint, "done",
-                 {"targets": int(n_targets), "test_r_mean": summary["test_r_mean"]})
-    log(f"datamodels regress: fit {plan.regress_id} -> "
-        f"{tables.table_path(out, 'datamodels_weights')}")
-    return {"regress_id": plan.regress_id, "reused": False, **summary}
+
+    return run_stage(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint, work,
+                     reused)
 
 
 def load_datamodels(spark, output: str, regress_id: str):
@@ -775,7 +786,7 @@ def load_datamodels(spark, output: str, regress_id: str):
     Raises:
       InputError: no finished fit of that id under ``output``.
     """
-    last = reuse.latest(spark, output, "datamodels_regress", regress_id)
+    last = stagelog.latest(spark, output, "datamodels_regress", regress_id)
     if last is None or last["status"] != "done":
         raise InputError(f"there is no finished datamodels fit {regress_id!r} under {output!r}; "
                          "run gio-spark datamodels regress first.")
@@ -820,11 +831,10 @@ def ranked_examples(weight: np.ndarray, budget: int, seed: int) -> np.ndarray:
 def run_dm_select(spark, cfg: JobConfig) -> dict:
     """Writes the datamodels-based selection to ``selected_rows`` (unless done); returns a
     summary (``run_id``, ``selected_rows``, ``regress_id``)."""
-    from jobs.inputs import check_outputs, read_only
     d = cfg.datamodels
     out = cfg.output.path
     plan = make_regress_plan(spark, cfg)
-    if not reuse.is_done(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint):
+    if not stagelog.is_done(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint):
         raise InputError(f"there is no datamodels fit {plan.regress_id} for this store and these "
                          f"regression settings under {out!r}; run gio-spark datamodels regress "
                          "first.")
@@ -848,39 +858,42 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
     run_id = d.select_run_id or "dmsel-" + fp[:12]
     summary = {"run_id": run_id, "regress_id": plan.regress_id, "budget": budget,
                "table": tables.table_path(out, "selected_rows")}
-    if reuse.is_done(spark, out, "datamodels_select", run_id, fp):
+
+    def work(begin):
+        picks = spark.createDataFrame([(int(j), r + 1) for r, j in enumerate(chosen)],
+                                      "position long, rank int")
+        own = [f.name for f in pool.schema.fields]
+        rows = (pool.frame.join(F.broadcast(picks), F.col(column).cast("long") == F.col("position"))
+                .select(*own, F.lit(None).cast("int").alias("cluster_id"), "rank",
+                        F.lit(run_id).alias("run_id")).persist())
+        try:
+            found = rows.select("rank").distinct().count()
+            count = rows.count()
+            if found != budget:
+                have = {r[0] for r in rows.select("rank").distinct().collect()}
+                missing = [int(chosen[r - 1]) for r in range(1, budget + 1) if r not in have]
+                raise InputError(f"the pool has no usable row whose {column!r} is {missing[0]} "
+                                 f"(nor for {len(missing) - 1} more of the {budget} selected "
+                                 "training examples); the pool must hold every training example "
+                                 f"of the masks, {column!r} being its position.")
+            if count != budget:
+                raise InputError(f"the pool's column {column!r} holds some selected positions "
+                                 "more than once; each training example needs one row.")
+            schema = tables.selected_rows_schema(pool.schema)
+            begin()
+            tables.replace_key(spark, rows, out, "selected_rows", run_id, schema)
+        finally:
+            rows.unpersist()
+        log(f"datamodels select: run {run_id}: the {budget} of {weight.shape[1]} training "
+            f"examples with the most positive weight on {weight.shape[0]} targets -> "
+            f"{summary['table']}")
+        return budget, {"regress_id": plan.regress_id, "budget": budget}
+
+    def reused():
         log(f"datamodels select: reusing the selected rows of run {run_id}")
-        summary["selected_rows"] = tables.read_key(spark, out, "selected_rows", run_id).count()
-        return summary
-    picks = spark.createDataFrame([(int(j), r + 1) for r, j in enumerate(chosen)],
-                                  "position long, rank int")
-    own = [f.name for f in pool.schema.fields]
-    rows = (pool.frame.join(F.broadcast(picks), F.col(column).cast("long") == F.col("position"))
-            .select(*own, F.lit(None).cast("int").alias("cluster_id"), "rank",
-                    F.lit(run_id).alias("run_id")).persist())
-    try:
-        found = rows.select("rank").distinct().count()
-        count = rows.count()
-        if found != budget:
-            have = {r[0] for r in rows.select("rank").distinct().collect()}
-            missing = [int(chosen[r - 1]) for r in range(1, budget + 1) if r not in have]
-            raise InputError(f"the pool has no usable row whose {column!r} is {missing[0]} (nor "
-                             f"for {len(missing) - 1} more of the {budget} selected training "
-                             "examples); the pool must hold every training example of the "
-                             f"masks, {column!r} being its position.")
-        if count != budget:
-            raise InputError(f"the pool's column {column!r} holds some selected positions more "
-                             "than once; each training example needs one row.")
-        schema = tables.selected_rows_schema(pool.schema)
-        reuse.begin(spark, out, "datamodels_select", run_id, fp)
-        tables.replace_key(spark, rows, out, "selected_rows", run_id, schema)
-    finally:
-        rows.unpersist()
-    reuse.record(spark, out, "datamodels_select", run_id, fp, "done",
-                 {"regress_id": plan.regress_id, "budget": budget})
-    log(f"datamodels select: run {run_id}: the {budget} of {weight.shape[1]} training examples "
-        f"with the most positive weight on {weight.shape[0]} targets -> {summary['table']}")
-    summary["selected_rows"] = budget
+        return tables.read_key(spark, out, "selected_rows", run_id).count()
+
+    summary["selected_rows"] = run_stage(spark, out, "datamodels_select", run_id, fp, work, reused)
     return summary
 
 
@@ -939,7 +952,6 @@ def work_command(spark, cfg: JobConfig) -> None:
 
 
 def regress_command(spark, cfg: JobConfig) -> None:
-    from jobs.inputs import check_outputs
     check_outputs(spark, cfg, None)
     run_regress(spark, cfg)
 
@@ -954,8 +966,6 @@ def export_command(spark, cfg: JobConfig) -> None:
 
 def example_command(spark, cfg: JobConfig) -> None:
     """The digits example end to end: its tables, the workers, the regression, the selection."""
-    from jobs import datamodels_example
-    from jobs.inputs import check_outputs
     check_outputs(spark, cfg, None)
     wrote = datamodels_example.write_tables(spark, cfg)
     for side, path in wrote.items():

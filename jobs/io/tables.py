@@ -51,8 +51,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import faults
-from jobs.errors import ConcurrentRunError, InputError
+from jobs.common import faults
+from jobs.common.errors import ConcurrentRunError, InputError
 
 SCHEMA_VERSION = "3"
 TABLE_PROPERTY = "gio-spark.table"
@@ -305,6 +305,15 @@ KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id"
 TABLES = tuple(KEYS)
 
 MAX_ATTEMPTS = 8
+
+# Object stores and distributed file systems: their files are not looked at with os.
+_REMOTE = ("s3://", "s3a://", "s3n://", "gs://", "hdfs://", "abfs://", "abfss://", "dbfs:/",
+           "wasb://", "wasbs://")
+
+
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names a location on an object store or a distributed file system."""
+    return path.startswith(_REMOTE)
 
 
 def table_path(output: str, name: str) -> str:

@@ -46,10 +46,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import reuse, tables
+from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.log import log
+from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import RUNTIME_IMNN_OPTIONS, JobConfig
-from jobs.errors import ConcurrentRunError, InputError
-from jobs.log import log
+from jobs.io import tables
+from jobs.io.session import check_delta
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
 
 SPLITS = ("train", "validation")
 KINDS = ("fiducial", "remaining")
@@ -589,7 +593,6 @@ def _imnn_classes():
 def build_imnn(spark, cfg: JobConfig, layout: Layout, frame: DataFrame, mode: str | None = None):
     """The table-backed IMNN for ``mode`` (default ``imnn.mode``): its ``fit``,
     ``get_summaries``, ``get_gradient`` and statistics are gio_core.imnn's."""
-    from jobs.gio_select import configure_jax
     configure_jax(cfg.select)
     local_cls, spark_cls = _imnn_classes()
     spec = network_spec(cfg, layout, cfg.select.jax_platform)
@@ -669,11 +672,89 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
     fit's summary (``imnn_id``, ``det_F``, ``max_det_F``, ``iterations``, ``reused``)."""
     import jax.numpy as jnp
 
-    from jobs.gio_select import library_versions
     m = cfg.imnn
     plan = plan or make_imnn_plan(spark, cfg)
     out = cfg.output.path            # its tables were checked by check_outputs
-    if reuse.is_done(spark, out, "imnn", plan.imnn_id, plan.fingerprint):
+
+    def work(begin):
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        frame, layout = read_simulations(spark, cfg)
+        if layout.version != plan.version:
+            raise ConcurrentRunError(f"imnn.simulations {layout.path!r} changed while the fit was "
+                                     "being planned; run again.")
+        log(f"imnn: {layout.n_s} training simulations ({layout.n_d} with derivatives"
+            f"{', as many for validation' if layout.validation else ', no validation split'}), "
+            f"input {list(layout.input_shape)}, {layout.n_params} parameters; {m.mode} mode")
+        model = build_imnn(spark, cfg, layout, frame)
+        try:
+            try:
+                model._check_start()
+            except ValueError as err:
+                raise InputError(f"imnn: {err}") from None
+            model._start_checked = True
+            check_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            model.progress = _progress_logger(m.max_iterations)
+            model.fit(float(m.coupling), float(m.closeness), patience=m.patience,
+                      min_iterations=m.min_iterations, max_iterations=m.max_iterations,
+                      print_rate=None, best=m.best)
+            fit_s = time.perf_counter() - t1
+        finally:
+            if hasattr(model, "release"):
+                model.release()
+        h = model.history
+        iterations = len(h["detF"])
+        if not np.all(np.isfinite(h["detF"])):
+            raise RuntimeError("the IMNN fit diverged (a non-finite det F); lower "
+                               "imnn.learning_rate.")
+        det_f = float(jnp.linalg.det(model.F))
+        stopped = "max_iterations" if iterations >= m.max_iterations else "patience"
+        log(f"imnn: {iterations} iterations in {fit_s:.1f}s ({iterations / max(fit_s, 1e-9):.2f}/s),"
+            f" stopped by {stopped}; det F {det_f:.4g} (max {float(h['max_detF']):.4g}"
+            f"{', validation' if layout.validation else ''})")
+        from gio_core.imnn import weights_to_bytes
+        spec = network_spec(cfg, layout)
+        history_rows = []
+        for i in range(iterations):
+            vals = []
+            for prefix in ("", "val_"):
+                for name in ("detF", "detC", "detinvC", "Λ2", "r", "loss"):
+                    col = h.get(prefix + name)
+                    vals.append(None if col is None else float(col[i]))
+            history_rows.append((plan.imnn_id, plan.fingerprint, i, *vals))
+        sims = {"path": layout.path, "version": layout.version, "n_s": layout.n_s,
+                "n_d": layout.n_d, "validation": layout.validation,
+                "input_shape": list(layout.input_shape), "derivatives": layout.mode}
+        fit_row = (plan.imnn_id, plan.fingerprint, started, dt.datetime.now(),
+                   json.dumps(cfg.to_dict(), default=str), json.dumps(sims),
+                   json.dumps({k: spec[k] for k in ("hidden", "activation", "n_summaries",
+                                                     "input_shape", "n_params", "mode",
+                                                     "delta_theta")}),
+                   [float(v) for v in m.theta_fid], WEIGHTS_FORMAT,
+                   bytearray(weights_to_bytes(model.w)), bytearray(weights_to_bytes(model.final_w)),
+                   _matrix(model.F), _matrix(model.C), _matrix(model.invC), _matrix(model.invF),
+                   _matrix(model.dμ_dθ), [float(v) for v in np.asarray(model.μ)], det_f,
+                   float(h["max_detF"]), iterations, stopped, m.mode,
+                   json.dumps({"check_s": round(check_s, 3), "fit_s": round(fit_s, 3),
+                               "iterations_per_s": round(iterations / max(fit_s, 1e-9), 3),
+                               "passes": model.passes}),
+                   json.dumps(library_versions()))
+        begin()
+        tables.replace_key(spark, spark.createDataFrame(history_rows, tables.IMNN_HISTORY), out,
+                           "imnn_history", plan.imnn_id)
+        tables.replace_key(spark, spark.createDataFrame([fit_row], tables.IMNN_FITS), out, "imnn_fits",
+                           plan.imnn_id)
+        if "://" not in out:
+            plot = os.path.join(out, "plots", f"{plan.imnn_id}_history.png")
+            save_history_plot(plot, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f)
+            log(f"imnn: history plot in {plot}")
+        log(f"imnn: fit {plan.imnn_id} -> {tables.table_path(out, 'imnn_fits')}")
+        return ({"imnn_id": plan.imnn_id, "det_F": det_f, "max_det_F": float(h["max_detF"]),
+                 "iterations": iterations, "reused": False},
+                {"det_F": det_f, "iterations": iterations})
+
+    def reused():
         row = (tables.read_key(spark, out, "imnn_fits", plan.imnn_id)
                .where(F.col("imnn_fingerprint") == plan.fingerprint).first())
         if row is None:
@@ -683,83 +764,8 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
             f"{row['iterations']} iterations)")
         return {"imnn_id": plan.imnn_id, "det_F": row["det_F"], "max_det_F": row["max_det_F"],
                 "iterations": row["iterations"], "reused": True}
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    frame, layout = read_simulations(spark, cfg)
-    if layout.version != plan.version:
-        raise ConcurrentRunError(f"imnn.simulations {layout.path!r} changed while the fit was "
-                                 "being planned; run again.")
-    log(f"imnn: {layout.n_s} training simulations ({layout.n_d} with derivatives"
-        f"{', as many for validation' if layout.validation else ', no validation split'}), "
-        f"input {list(layout.input_shape)}, {layout.n_params} parameters; {m.mode} mode")
-    model = build_imnn(spark, cfg, layout, frame)
-    try:
-        try:
-            model._check_start()
-        except ValueError as err:
-            raise InputError(f"imnn: {err}") from None
-        model._start_checked = True
-        check_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        model.progress = _progress_logger(m.max_iterations)
-        model.fit(float(m.coupling), float(m.closeness), patience=m.patience,
-                  min_iterations=m.min_iterations, max_iterations=m.max_iterations,
-                  print_rate=None, best=m.best)
-        fit_s = time.perf_counter() - t1
-    finally:
-        if hasattr(model, "release"):
-            model.release()
-    h = model.history
-    iterations = len(h["detF"])
-    if not np.all(np.isfinite(h["detF"])):
-        raise RuntimeError("the IMNN fit diverged (a non-finite det F); lower "
-                           "imnn.learning_rate.")
-    det_f = float(jnp.linalg.det(model.F))
-    stopped = "max_iterations" if iterations >= m.max_iterations else "patience"
-    log(f"imnn: {iterations} iterations in {fit_s:.1f}s ({iterations / max(fit_s, 1e-9):.2f}/s),"
-        f" stopped by {stopped}; det F {det_f:.4g} (max {float(h['max_detF']):.4g}"
-        f"{', validation' if layout.validation else ''})")
-    from gio_core.imnn import weights_to_bytes
-    spec = network_spec(cfg, layout)
-    history_rows = []
-    for i in range(iterations):
-        vals = []
-        for prefix in ("", "val_"):
-            for name in ("detF", "detC", "detinvC", "Λ2", "r", "loss"):
-                col = h.get(prefix + name)
-                vals.append(None if col is None else float(col[i]))
-        history_rows.append((plan.imnn_id, plan.fingerprint, i, *vals))
-    sims = {"path": layout.path, "version": layout.version, "n_s": layout.n_s,
-            "n_d": layout.n_d, "validation": layout.validation,
-            "input_shape": list(layout.input_shape), "derivatives": layout.mode}
-    fit_row = (plan.imnn_id, plan.fingerprint, started, dt.datetime.now(),
-               json.dumps(cfg.to_dict(), default=str), json.dumps(sims),
-               json.dumps({k: spec[k] for k in ("hidden", "activation", "n_summaries",
-                                                 "input_shape", "n_params", "mode",
-                                                 "delta_theta")}),
-               [float(v) for v in m.theta_fid], WEIGHTS_FORMAT,
-               bytearray(weights_to_bytes(model.w)), bytearray(weights_to_bytes(model.final_w)),
-               _matrix(model.F), _matrix(model.C), _matrix(model.invC), _matrix(model.invF),
-               _matrix(model.dμ_dθ), [float(v) for v in np.asarray(model.μ)], det_f,
-               float(h["max_detF"]), iterations, stopped, m.mode,
-               json.dumps({"check_s": round(check_s, 3), "fit_s": round(fit_s, 3),
-                           "iterations_per_s": round(iterations / max(fit_s, 1e-9), 3),
-                           "passes": model.passes}),
-               json.dumps(library_versions()))
-    reuse.begin(spark, out, "imnn", plan.imnn_id, plan.fingerprint)
-    tables.replace_key(spark, spark.createDataFrame(history_rows, tables.IMNN_HISTORY), out,
-                       "imnn_history", plan.imnn_id)
-    tables.replace_key(spark, spark.createDataFrame([fit_row], tables.IMNN_FITS), out, "imnn_fits",
-                       plan.imnn_id)
-    if "://" not in out:
-        plot = os.path.join(out, "plots", f"{plan.imnn_id}_history.png")
-        save_history_plot(plot, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f)
-        log(f"imnn: history plot in {plot}")
-    reuse.record(spark, out, "imnn", plan.imnn_id, plan.fingerprint, "done",
-                 {"det_F": det_f, "iterations": iterations})
-    log(f"imnn: fit {plan.imnn_id} -> {tables.table_path(out, 'imnn_fits')}")
-    return {"imnn_id": plan.imnn_id, "det_F": det_f, "max_det_F": float(h["max_detF"]),
-            "iterations": iterations, "reused": False}
+
+    return run_stage(spark, out, "imnn", plan.imnn_id, plan.fingerprint, work, reused)
 
 
 # ---------------------------------------------------------------------------
@@ -781,7 +787,6 @@ def write_example(spark, path: str, n_s: int = 1000, n_d: int = 1000, seed: int 
     import jax
 
     from gio_core.imnn import example_simulations
-    from jobs.session import check_delta
     check_delta(spark)
     spec = json.dumps({"n_s": n_s, "n_d": n_d, "seed": seed, "theta_fid": list(theta_fid),
                        "input_shape": list(input_shape)}, sort_keys=True)
@@ -833,7 +838,7 @@ def load_estimator(spark, output: str, imnn_id: str | None = None):
             raise InputError(f"{output!r} holds {len(ids)} IMNN fits ({', '.join(ids[:10])}); "
                              "name the one to load.")
         imnn_id = ids[0]
-    last = reuse.latest(spark, output, "imnn", imnn_id)
+    last = stagelog.latest(spark, output, "imnn", imnn_id)
     if last is None or last["status"] != "done":
         raise InputError(f"IMNN fit {imnn_id!r} is not complete under {output!r}; run "
                          "gio-spark imnn first.")

@@ -48,13 +48,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import reuse, tables
-from jobs.config import JobConfig, effective_embedding_column
-from jobs.errors import InputError
-from jobs.embed import embedded_rows, stored_embeddings
-from jobs.inputs import (EMBEDDING, ROW_ID, Side, check_class_column, checked_model_dim,
-                         clean_side, enforce, guarded, read_side, scan_side, selected_frame)
-from jobs.log import log
+from gio_core import gaf
+from jobs.common.errors import InputError
+from jobs.common.frames import EMBEDDING, ROW_ID, seeded_sample
+from jobs.common.log import log
+from jobs.common.runtime import configure_jax, library_versions
+from jobs.config import JobConfig, effective_embedding_column, probe_options
+from jobs.io import tables
+from jobs.io.encoders import embedded_rows
+from jobs.io.sources import (Side, check_class_column, checked_model_dim, clean_side, enforce,
+                             guarded, read_side, scan_side, selected_frame)
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
+from jobs.state.stored import stored_embeddings
 
 HELDOUT = "evaluate.heldout"
 LABEL, DOMAIN, IN_SELECTION = "__gio_label", "__gio_domain", "__gio_selected"
@@ -129,7 +135,7 @@ def check_evaluate_input(spark, cfg: JobConfig, pool: Side, pool_dim: int) -> Ev
 def evaluate_input_unless_done(spark, cfg: JobConfig, eplan: reuse.EvaluatePlan, pool: Side,
                                pool_dim: int) -> EvaluateInput | None:
     """The checked inputs, or None when the stage's output is committed already."""
-    if reuse.is_done(spark, cfg.output.path, "evaluate", eplan.eval_id, eplan.fingerprint):
+    if stagelog.is_done(spark, cfg.output.path, "evaluate", eplan.eval_id, eplan.fingerprint):
         return None
     return check_evaluate_input(spark, cfg, pool, pool_dim)
 
@@ -157,9 +163,8 @@ def _with_features(spark, cfg: JobConfig, rows: DataFrame, stored: DataFrame | N
 
 
 def _sample(frame: DataFrame, n: int, seed: int) -> DataFrame:
-    """The ``n`` rows with the smallest seeded hash of their id, in that order."""
-    return (frame.withColumn(HASH, F.xxhash64(F.lit(int(seed)), F.col(ROW_ID)))
-            .orderBy(HASH, ROW_ID).limit(n))
+    """The ``n`` rows first in the seeded order, with their hash (``HASH``) to order by later."""
+    return seeded_sample(frame, n, seed, keep_hash=HASH)
 
 
 def _collect(frame: DataFrame, what: str):
@@ -187,12 +192,15 @@ def _gaf_probe(cfg: JobConfig, classes: list):
     """``probe(x, y, test_x, test_y) -> accuracy`` for :func:`gio_core.quality.compare`: the
     train stage's probe (GAF or SGD, logistic or MLP, as the train section says), scored on the
     held-out rows after its last epoch."""
-    from jobs.train import fit_probe
+    options = probe_options(cfg.train)
 
     def probe(x, y, test_x, test_y) -> float:
-        _, records = fit_probe(cfg, np.asarray(x, np.float32), np.asarray(y).astype(str),
-                               np.asarray(test_x, np.float32), np.asarray(test_y).astype(str),
-                               classes)
+        try:
+            _, records = gaf.fit_probe(np.asarray(x, np.float32), np.asarray(y).astype(str),
+                                       np.asarray(test_x, np.float32),
+                                       np.asarray(test_y).astype(str), classes, **options)
+        except (ValueError, FloatingPointError) as err:
+            raise InputError(f"train: {err}") from None
         return float(records[-1]["val_accuracy"])
     return probe
 
@@ -305,129 +313,132 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                  inp: EvaluateInput | None, pool: Side, target: Side) -> list:
     """Evaluates and commits (unless done); returns one dict of metrics per method."""
     from gio_core.quality import compare
-    from jobs.gio_select import configure_jax, library_versions
     v = cfg.evaluate
     key, fp = eplan.eval_id, eplan.fingerprint
-    if reuse.is_done(spark, cfg.output.path, "evaluate", key, fp):
+
+    def work(begin):
+        if inp is None:
+            raise RuntimeError("evaluate: the inputs were not checked; call check_evaluate_input "
+                               "first.")
+        configure_jax(cfg.select)
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        dsir = "dsir" in v.methods
+        pool_text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
+        target_text = None if EMBEDDING in target.frame.columns else target.src.text_column
+
+        # The pool's sample, each row marked when the selection holds it.
+        cols = [F.col(ROW_ID)]
+        if v.label_column is not None:
+            cols.append(F.coalesce(F.col(v.label_column).cast("string"), F.lit("(null)"))
+                        .alias(LABEL))
+        if v.domain_column is not None:
+            cols.append(F.col(v.domain_column).cast("string").alias(DOMAIN))
+        if pool_text is not None:
+            cols.append(F.col(pool_text))
+        # Held-out rows that are pool rows too (the same row id) are left out of what the methods
+        # choose from: none may score by picking the rows it is measured against.
+        candidates = pool.frame.select(*cols).join(inp.heldout.select(ROW_ID), ROW_ID, "left_anti")
+        sample = _sample(candidates, v.sample_rows, v.seed)
+        chosen = selected_ids(spark, cfg, eplan.selection, pool)
+        selected_total = chosen.count()
+        stored_pool = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
+        sample = (_with_features(spark, cfg, sample, stored_pool, pool_text, "the pool's sample")
+                  .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
+        pdf, x = _collect(sample, "the pool's sample")
+        heldout_in_pool = pool.frame.join(inp.heldout.select(ROW_ID), ROW_ID, "left_semi").count()
+        marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
+        if not marked.any():
+            raise InputError(f"none of run {eplan.selection}'s {selected_total} selected rows is "
+                             f"among the {len(pdf)} pool rows sampled; raise evaluate.sample_rows "
+                             f"(now {v.sample_rows}) so that the sample holds some of them.")
+
+        tcols = [F.col(ROW_ID)] + ([F.col(target_text)] if target_text is not None else [])
+        tsample = _sample(target.frame.select(*tcols), v.sample_rows, v.seed)
+        stored_target = stored_embeddings(spark, cfg, target, *plan.embeddings_of("target"))
+        tpdf, tx = _collect(_with_features(spark, cfg, tsample, stored_target, target_text,
+                                           "the target's rows"), "the target sample")
+        hsample = _sample(inp.heldout, v.max_heldout, v.seed)
+        if inp.text is not None:
+            hsample = _with_features(spark, cfg, hsample, None, inp.text,
+                                     f"{HELDOUT}'s rows")
+        hpdf, hx = guarded(lambda: _collect(hsample, HELDOUT), HELDOUT, v.heldout)
+        collect_s = time.perf_counter() - t0
+        if hx.shape[0] <= 10:
+            raise InputError(f"{HELDOUT} holds {hx.shape[0]} usable rows; the metrics need at least "
+                             "11 (the kNN estimates look at 10 neighbours).")
+
+        domains = None
+        if v.domain_column is not None:
+            domains = ([str(d) for d in inp.target_domains] if inp.target_domains is not None
+                       else sorted(set(hpdf[DOMAIN].astype(str))))
+        extra = {}
+        if dsir:
+            ptexts, ttexts = pdf[pool_text].astype(str).tolist(), tpdf[target_text].astype(str).tolist()
+            extra["dsir"] = lambda budget: dsir_rows(ptexts, ttexts, budget, v.seed)
+        from gio_core import median_bandwidth
+        bandwidth = median_bandwidth(hx)
+        probe = None
+        if v.label_column is not None and v.probe == "gaf":
+            probe = _gaf_probe(cfg, sorted(set(pdf[LABEL].astype(str)) | set(hpdf[LABEL].astype(str))))
+            need = cfg.train.batch_size * cfg.train.microbatches
+            if int(marked.sum()) < need:
+                raise InputError(f"evaluate.probe gaf trains on the {int(marked.sum())} sampled rows "
+                                 f"each method picks, fewer than one step needs (train.batch_size "
+                                 f"{cfg.train.batch_size} x train.microbatches "
+                                 f"{cfg.train.microbatches} = {need}); lower them, raise "
+                                 "evaluate.sample_rows, or use evaluate.probe: logistic.")
+        log(f"evaluate: run {eplan.selection}: {int(marked.sum())} of its {selected_total} rows are "
+            f"in the {len(pdf)} pool rows sampled ({heldout_in_pool} pool rows left out: they are "
+            f"held-out rows); comparing with "
+            f"{', '.join(v.methods) or 'no other method'} at that budget on {hx.shape[0]} held-out "
+            "rows")
+        t1 = time.perf_counter()
+        results = compare(
+            x, tx, hx, np.flatnonzero(marked), [m for m in v.methods if m != "dsir"],
+            pool_labels=pdf[LABEL].astype(str).to_numpy() if v.label_column else None,
+            heldout_labels=hpdf[LABEL].astype(str).to_numpy() if v.label_column else None,
+            pool_domains=pdf[DOMAIN].astype(str).to_numpy() if domains is not None else None,
+            target_domains=domains, seed=v.seed, bandwidth=bandwidth, extra=extra, probe=probe)
+        compare_s = time.perf_counter() - t1
+        by = {r["method"]: r for r in results}
+        detail = {"sample_rows": len(pdf), "selected_in_sample": int(marked.sum()),
+                  "heldout_in_pool": int(heldout_in_pool),
+                  "selected_rows": int(selected_total), "target_rows": int(tx.shape[0]),
+                  "heldout_rows": int(hx.shape[0]), "bandwidth": bandwidth,
+                  "target_domains": domains, "heldout": inp.report,
+                  "timings": {"collect_s": round(collect_s, 3), "compare_s": round(compare_s, 3)}}
+        if "gio_rows" in by and by["gio_rows"]["mmd"] > 0:
+            detail["clustering_cost"] = by["selection"]["mmd"] / by["gio_rows"]["mmd"]
+        for r in results:
+            log(f"evaluate: {NAMES.get(r['method'], r['method']):<15} {r['rows']:>6} rows  MMD² "
+                f"{r['mmd']:.5f}" + (f"  kNN KL {r['knn_kl']:.3f}" if r["knn_kl"] is not None else "")
+                + (f"  share {r['share']:.3f}" if r["share"] is not None else "")
+                + (f"  accuracy {r['accuracy']:.3f}" if r["accuracy"] is not None else ""))
+        if "clustering_cost" in detail:
+            log(f"evaluate: the selection's MMD² is {detail['clustering_cost']:.2f}x that of GIO on "
+                "the sampled rows themselves (what clustering costs, or gains)")
+
+        versions = json.dumps(library_versions())
+        params = json.dumps(cfg.to_dict(), default=str)
+        finished = dt.datetime.now()
+        rows = [(key, fp, eplan.selection, r["method"], int(r["rows"]), float(r["mmd"]),
+                 r["knn_kl"], r["share"], r["recall"], r["accuracy"], r["wall_s"], started, finished,
+                 params, json.dumps(detail, sort_keys=True, default=str), versions)
+                for r in results]
+        begin()
+        tables.replace_key(spark, spark.createDataFrame(rows, tables.EVALUATIONS), cfg.output.path,
+                           "evaluations", key)
+        if "://" not in cfg.output.path:
+            report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
+            _write_text(report, markdown(key, eplan.selection, results, detail))
+            save_plot(os.path.join(cfg.output.path, "plots", f"{key}_evaluation.png"), key, results)
+            log(f"evaluate: table in {report}")
+        log(f"evaluate: {key} -> {tables.table_path(cfg.output.path, 'evaluations')}")
+        return results, {"methods": [r["method"] for r in results], "rows": results[0]["rows"]}
+
+    def reused():
         log(f"evaluate: reusing {key}")
         return stored_results(spark, cfg.output.path, key, fp)
-    if inp is None:
-        raise RuntimeError("evaluate: the inputs were not checked; call check_evaluate_input "
-                           "first.")
-    configure_jax(cfg.select)
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    dsir = "dsir" in v.methods
-    pool_text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
-    target_text = None if EMBEDDING in target.frame.columns else target.src.text_column
 
-    # The pool's sample, each row marked when the selection holds it.
-    cols = [F.col(ROW_ID)]
-    if v.label_column is not None:
-        cols.append(F.coalesce(F.col(v.label_column).cast("string"), F.lit("(null)"))
-                    .alias(LABEL))
-    if v.domain_column is not None:
-        cols.append(F.col(v.domain_column).cast("string").alias(DOMAIN))
-    if pool_text is not None:
-        cols.append(F.col(pool_text))
-    # Held-out rows that are pool rows too (the same row id) are left out of what the methods
-    # choose from: none may score by picking the rows it is measured against.
-    candidates = pool.frame.select(*cols).join(inp.heldout.select(ROW_ID), ROW_ID, "left_anti")
-    sample = _sample(candidates, v.sample_rows, v.seed)
-    chosen = selected_ids(spark, cfg, eplan.selection, pool)
-    selected_total = chosen.count()
-    sample = (_with_features(spark, cfg, sample, stored_embeddings(spark, cfg, plan, pool), pool_text,
-                             "the pool's sample")
-              .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
-    pdf, x = _collect(sample, "the pool's sample")
-    heldout_in_pool = pool.frame.join(inp.heldout.select(ROW_ID), ROW_ID, "left_semi").count()
-    marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
-    if not marked.any():
-        raise InputError(f"none of run {eplan.selection}'s {selected_total} selected rows is "
-                         f"among the {len(pdf)} pool rows sampled; raise evaluate.sample_rows "
-                         f"(now {v.sample_rows}) so that the sample holds some of them.")
-
-    tcols = [F.col(ROW_ID)] + ([F.col(target_text)] if target_text is not None else [])
-    tsample = _sample(target.frame.select(*tcols), v.sample_rows, v.seed)
-    tpdf, tx = _collect(_with_features(spark, cfg, tsample, stored_embeddings(spark, cfg, plan, target),
-                                       target_text, "the target's rows"), "the target sample")
-    hsample = _sample(inp.heldout, v.max_heldout, v.seed)
-    if inp.text is not None:
-        hsample = _with_features(spark, cfg, hsample, None, inp.text,
-                                 f"{HELDOUT}'s rows")
-    hpdf, hx = guarded(lambda: _collect(hsample, HELDOUT), HELDOUT, v.heldout)
-    collect_s = time.perf_counter() - t0
-    if hx.shape[0] <= 10:
-        raise InputError(f"{HELDOUT} holds {hx.shape[0]} usable rows; the metrics need at least "
-                         "11 (the kNN estimates look at 10 neighbours).")
-
-    domains = None
-    if v.domain_column is not None:
-        domains = ([str(d) for d in inp.target_domains] if inp.target_domains is not None
-                   else sorted(set(hpdf[DOMAIN].astype(str))))
-    extra = {}
-    if dsir:
-        ptexts, ttexts = pdf[pool_text].astype(str).tolist(), tpdf[target_text].astype(str).tolist()
-        extra["dsir"] = lambda budget: dsir_rows(ptexts, ttexts, budget, v.seed)
-    from gio_core import median_bandwidth
-    bandwidth = median_bandwidth(hx)
-    probe = None
-    if v.label_column is not None and v.probe == "gaf":
-        probe = _gaf_probe(cfg, sorted(set(pdf[LABEL].astype(str)) | set(hpdf[LABEL].astype(str))))
-        need = cfg.train.batch_size * cfg.train.microbatches
-        if int(marked.sum()) < need:
-            raise InputError(f"evaluate.probe gaf trains on the {int(marked.sum())} sampled rows "
-                             f"each method picks, fewer than one step needs (train.batch_size "
-                             f"{cfg.train.batch_size} x train.microbatches "
-                             f"{cfg.train.microbatches} = {need}); lower them, raise "
-                             "evaluate.sample_rows, or use evaluate.probe: logistic.")
-    log(f"evaluate: run {eplan.selection}: {int(marked.sum())} of its {selected_total} rows are "
-        f"in the {len(pdf)} pool rows sampled ({heldout_in_pool} pool rows left out: they are "
-        f"held-out rows); comparing with "
-        f"{', '.join(v.methods) or 'no other method'} at that budget on {hx.shape[0]} held-out "
-        "rows")
-    t1 = time.perf_counter()
-    results = compare(
-        x, tx, hx, np.flatnonzero(marked), [m for m in v.methods if m != "dsir"],
-        pool_labels=pdf[LABEL].astype(str).to_numpy() if v.label_column else None,
-        heldout_labels=hpdf[LABEL].astype(str).to_numpy() if v.label_column else None,
-        pool_domains=pdf[DOMAIN].astype(str).to_numpy() if domains is not None else None,
-        target_domains=domains, seed=v.seed, bandwidth=bandwidth, extra=extra, probe=probe)
-    compare_s = time.perf_counter() - t1
-    by = {r["method"]: r for r in results}
-    detail = {"sample_rows": len(pdf), "selected_in_sample": int(marked.sum()),
-              "heldout_in_pool": int(heldout_in_pool),
-              "selected_rows": int(selected_total), "target_rows": int(tx.shape[0]),
-              "heldout_rows": int(hx.shape[0]), "bandwidth": bandwidth,
-              "target_domains": domains, "heldout": inp.report,
-              "timings": {"collect_s": round(collect_s, 3), "compare_s": round(compare_s, 3)}}
-    if "gio_rows" in by and by["gio_rows"]["mmd"] > 0:
-        detail["clustering_cost"] = by["selection"]["mmd"] / by["gio_rows"]["mmd"]
-    for r in results:
-        log(f"evaluate: {NAMES.get(r['method'], r['method']):<15} {r['rows']:>6} rows  MMD² "
-            f"{r['mmd']:.5f}" + (f"  kNN KL {r['knn_kl']:.3f}" if r["knn_kl"] is not None else "")
-            + (f"  share {r['share']:.3f}" if r["share"] is not None else "")
-            + (f"  accuracy {r['accuracy']:.3f}" if r["accuracy"] is not None else ""))
-    if "clustering_cost" in detail:
-        log(f"evaluate: the selection's MMD² is {detail['clustering_cost']:.2f}x that of GIO on "
-            "the sampled rows themselves (what clustering costs, or gains)")
-
-    versions = json.dumps(library_versions())
-    params = json.dumps(cfg.to_dict(), default=str)
-    finished = dt.datetime.now()
-    rows = [(key, fp, eplan.selection, r["method"], int(r["rows"]), float(r["mmd"]),
-             r["knn_kl"], r["share"], r["recall"], r["accuracy"], r["wall_s"], started, finished,
-             params, json.dumps(detail, sort_keys=True, default=str), versions)
-            for r in results]
-    reuse.begin(spark, cfg.output.path, "evaluate", key, fp)
-    tables.replace_key(spark, spark.createDataFrame(rows, tables.EVALUATIONS), cfg.output.path,
-                       "evaluations", key)
-    if "://" not in cfg.output.path:
-        report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
-        _write_text(report, markdown(key, eplan.selection, results, detail))
-        save_plot(os.path.join(cfg.output.path, "plots", f"{key}_evaluation.png"), key, results)
-        log(f"evaluate: table in {report}")
-    reuse.record(spark, cfg.output.path, "evaluate", key, fp, "done",
-                 {"methods": [r["method"] for r in results], "rows": results[0]["rows"]})
-    log(f"evaluate: {key} -> {tables.table_path(cfg.output.path, 'evaluations')}")
-    return results
+    return run_stage(spark, cfg.output.path, "evaluate", key, fp, work, reused)

@@ -24,10 +24,13 @@ import numpy as np
 from pyspark.sql import functions as F
 
 import gio_core
-from jobs import reuse, tables
+from jobs.common.errors import InputError
+from jobs.common.log import bar, detail, log, took
+from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig, engine_options, row_budget
-from jobs.errors import InputError
-from jobs.log import bar, detail, log, took
+from jobs.io import tables
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
 
 
 def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
@@ -51,20 +54,6 @@ def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
         out[side] = (np.array([r["cluster_id"] for r in rows], np.int32),
                      np.array([r["centroid"] for r in rows], np.float32),
                      np.array([r["size"] for r in rows], np.int64))
-    return out
-
-
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out: dict = {}
-    for name in ("gio-spark", "jax", "jaxlib", "numpy", "pyspark", "delta-spark",
-                 "sentence-transformers", "torch"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    import jax
-    out["jax_backend"] = jax.default_backend()
     return out
 
 
@@ -121,26 +110,11 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     os.replace(tmp, path)
 
 
-def configure_jax(s) -> None:
-    """Driver-side JAX settings from the config, applied before JAX starts its backend.
-
-    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless ``jax_preallocate`` (JAX would otherwise take
-    75% of the GPU at start, starving torch on a shared card); ``XLA_PYTHON_CLIENT_MEM_FRACTION``
-    from ``jax_memory_fraction``; the platform from ``jax_platform``. Settings the user already
-    made in the environment win."""
-    import jax
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "true" if s.jax_preallocate else "false")
-    if s.jax_memory_fraction is not None:
-        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(s.jax_memory_fraction))
-    if s.jax_platform != "auto" and "JAX_PLATFORMS" not in os.environ:
-        jax.config.update("jax_platforms", "cpu" if s.jax_platform == "cpu" else "cuda")
-
-
 def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
     """What the input checks found, from the stage log (when select runs alone)."""
     out = {}
     for side in ("pool", "target"):
-        last = reuse.latest(spark, cfg.output.path, f"validate_{side}",
+        last = stagelog.latest(spark, cfg.output.path, f"validate_{side}",
                             plan.validate[side][:reuse.ID_CHARS])
         out[side] = json.loads(last["detail"]) if last is not None and last["detail"] else None
     return out
@@ -149,7 +123,7 @@ def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
 def _target_bandwidth(spark, cfg: JobConfig, plan: reuse.Plan) -> float | None:
     """The target rows' median squared distance, from the clustering's stage record (None for
     a clustering made before it was recorded: the rule then uses the centroids' own)."""
-    last = reuse.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
+    last = stagelog.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
     detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
     value = detail.get("target_bandwidth")
     if value is None:
@@ -171,97 +145,100 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     """Runs GIO on the run's centroids and commits ``selection`` and ``runs``; returns the run
     id. Reused when the run's latest record is done with the same fingerprint."""
     run_id, fp = plan.run_id, plan.select
-    if reuse.is_done(spark, cfg.output.path, "select", run_id, fp):
+
+    def work(begin):
+        if not stagelog.is_done(spark, cfg.output.path, "quantize", plan.clustering_id, plan.quantize):
+            raise InputError(f"there is no clustering {plan.clustering_id} for these inputs and "
+                             f"quantize settings under {cfg.output.path!r}; run quantize (or the "
+                             "whole pipeline) first.")
+        configure_jax(cfg.select)
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        cents = collect_centroids(spark, cfg, plan.clustering_id)
+        pool_ids, pool_c, pool_sizes = cents["pool"]
+        _, target_c, target_sizes = cents["target"]
+        s = cfg.select
+        if target_c.shape[0] <= s.k:
+            raise InputError(f"select.k={s.k} needs more than {s.k} target clusters, but the target "
+                             f"has {target_c.shape[0]}; lower select.k or raise quantize.target_k "
+                             "(the target needs more rows than select.k).")
+        if pool_c.shape[1] != target_c.shape[1]:
+            raise InputError(f"pool centroids have {pool_c.shape[1]} dimensions and target "
+                             f"centroids {target_c.shape[1]}; embed both sides with the same model.")
+        collect_s = time.perf_counter() - t0
+        every = max(1, min(50, len(pool_c) // 20))
+
+        def progress(pick, row, kl):
+            picks_bar.update(pick - picks_bar.n)
+            if pick % every == 0:
+                picks_bar.set_postfix_str(f"KL {kl:.4f}", refresh=False)
+                detail(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
+
+        log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
+            f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
+        begin()
+        t1 = time.perf_counter()
+        options = engine_options(s)
+        if s.stop_criterion == "mmd":
+            options["mmd_bandwidth"] = _target_bandwidth(spark, cfg, plan)
+        options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
+        if options["max_rows"] is not None:
+            log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
+                "rows")
+        picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
+        try:
+            result = gio_core.select(
+                target_c, pool_c, callback=progress, row_counts=pool_sizes,
+                target_weights=target_sizes if s.use_weights else None,
+                pool_weights=pool_sizes if s.use_weights else None, **options)
+        finally:
+            picks_bar.close()
+        select_s = time.perf_counter() - t1
+        log(f"select: {len(result.indices)} clusters chosen (estimator d={result.dim:.1f}), "
+            f"stopped by {result.stop_reason}"
+            + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else "") + f" in {took(select_s)}")
+
+        diagnostics = {
+            "warm_up_picks": min(s.k, len(result.indices)) if s.estimator == "knn" else 0,
+            "kl_noise_floor": noise_floor(target_c, target_sizes if s.use_weights else None, s,
+                                          result.dim),
+            "mmd_bandwidth": options.get("mmd_bandwidth"),
+            "mmd_lookahead_picks": int(result.lookahead),
+            "fill_picks": int(result.filled),
+            "rows_selected": int(pool_sizes[result.indices].sum()),
+            "pool_rows": int(pool_sizes.sum()),
+        }
+        if s.stop_criterion == "mmd" and len(result.mmd):
+            best = len(result.indices) - result.filled
+            log(f"select: least MMD² to the target {result.mmd[best - 1]:.5f} at pick "
+                f"{best} ({result.lookahead} picks past it looked at and dropped)"
+                + (f"; {result.filled} more fill the budget, each the cluster that keeps the MMD "
+                   f"lowest (MMD² {result.mmd[-1]:.5f})" if result.filled else ""))
+        picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
+                  for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
+        selection = spark.createDataFrame(picked, tables.SELECTION)
+        kl_start = float(result.kl_start) if np.isfinite(result.kl_start) else None
+        recorded = reports if reports is not None else _input_reports(spark, cfg, plan)
+        record = spark.createDataFrame([(
+            run_id, fp, plan.clustering_id, started, dt.datetime.now(),
+            json.dumps(cfg.to_dict(), default=str), kl_start, [float(v) for v in result.kl],
+            result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
+            [float(v) for v in result.mmd] if s.stop_criterion == "mmd" else None,
+            json.dumps(diagnostics, sort_keys=True), json.dumps(recorded, sort_keys=True),
+            json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3)}),
+            json.dumps(library_versions()))], tables.RUNS)
+        tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
+        tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
+        if "://" not in cfg.output.path:
+            plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
+            save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
+                       warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
+                       mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)
+            log(f"select: KL curve in {plot}")
+        return run_id, {"picks": len(result.indices), "stop_reason": result.stop_reason}
+
+    def reused():
         log(f"select: reusing the selection of run {run_id}")
         return run_id
-    if not reuse.is_done(spark, cfg.output.path, "quantize", plan.clustering_id, plan.quantize):
-        raise InputError(f"there is no clustering {plan.clustering_id} for these inputs and "
-                         f"quantize settings under {cfg.output.path!r}; run quantize (or the "
-                         "whole pipeline) first.")
-    configure_jax(cfg.select)
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    cents = collect_centroids(spark, cfg, plan.clustering_id)
-    pool_ids, pool_c, pool_sizes = cents["pool"]
-    _, target_c, target_sizes = cents["target"]
-    s = cfg.select
-    if target_c.shape[0] <= s.k:
-        raise InputError(f"select.k={s.k} needs more than {s.k} target clusters, but the target "
-                         f"has {target_c.shape[0]}; lower select.k or raise quantize.target_k "
-                         "(the target needs more rows than select.k).")
-    if pool_c.shape[1] != target_c.shape[1]:
-        raise InputError(f"pool centroids have {pool_c.shape[1]} dimensions and target "
-                         f"centroids {target_c.shape[1]}; embed both sides with the same model.")
-    collect_s = time.perf_counter() - t0
-    every = max(1, min(50, len(pool_c) // 20))
 
-    def progress(pick, row, kl):
-        picks_bar.update(pick - picks_bar.n)
-        if pick % every == 0:
-            picks_bar.set_postfix_str(f"KL {kl:.4f}", refresh=False)
-            detail(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
-
-    log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
-        f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
-    reuse.begin(spark, cfg.output.path, "select", run_id, fp)
-    t1 = time.perf_counter()
-    options = engine_options(s)
-    if s.stop_criterion == "mmd":
-        options["mmd_bandwidth"] = _target_bandwidth(spark, cfg, plan)
-    options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
-    if options["max_rows"] is not None:
-        log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
-            "rows")
-    picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
-    try:
-        result = gio_core.select(
-            target_c, pool_c, callback=progress, row_counts=pool_sizes,
-            target_weights=target_sizes if s.use_weights else None,
-            pool_weights=pool_sizes if s.use_weights else None, **options)
-    finally:
-        picks_bar.close()
-    select_s = time.perf_counter() - t1
-    log(f"select: {len(result.indices)} clusters chosen (estimator d={result.dim:.1f}), "
-        f"stopped by {result.stop_reason}"
-        + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else "") + f" in {took(select_s)}")
-
-    diagnostics = {
-        "warm_up_picks": min(s.k, len(result.indices)) if s.estimator == "knn" else 0,
-        "kl_noise_floor": noise_floor(target_c, target_sizes if s.use_weights else None, s,
-                                      result.dim),
-        "mmd_bandwidth": options.get("mmd_bandwidth"),
-        "mmd_lookahead_picks": int(result.lookahead),
-        "fill_picks": int(result.filled),
-        "rows_selected": int(pool_sizes[result.indices].sum()),
-        "pool_rows": int(pool_sizes.sum()),
-    }
-    if s.stop_criterion == "mmd" and len(result.mmd):
-        best = len(result.indices) - result.filled
-        log(f"select: least MMD² to the target {result.mmd[best - 1]:.5f} at pick "
-            f"{best} ({result.lookahead} picks past it looked at and dropped)"
-            + (f"; {result.filled} more fill the budget, each the cluster that keeps the MMD "
-               f"lowest (MMD² {result.mmd[-1]:.5f})" if result.filled else ""))
-    picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
-              for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
-    selection = spark.createDataFrame(picked, tables.SELECTION)
-    kl_start = float(result.kl_start) if np.isfinite(result.kl_start) else None
-    reports = reports if reports is not None else _input_reports(spark, cfg, plan)
-    record = spark.createDataFrame([(
-        run_id, fp, plan.clustering_id, started, dt.datetime.now(),
-        json.dumps(cfg.to_dict(), default=str), kl_start, [float(v) for v in result.kl],
-        result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
-        [float(v) for v in result.mmd] if s.stop_criterion == "mmd" else None,
-        json.dumps(diagnostics, sort_keys=True), json.dumps(reports, sort_keys=True),
-        json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3)}),
-        json.dumps(library_versions()))], tables.RUNS)
-    tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
-    tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
-    if "://" not in cfg.output.path:
-        plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
-        save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
-                   warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
-                   mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)
-        log(f"select: KL curve in {plot}")
-    reuse.record(spark, cfg.output.path, "select", run_id, fp, "done",
-                 {"picks": len(result.indices), "stop_reason": result.stop_reason})
-    return run_id
+    return run_stage(spark, cfg.output.path, "select", run_id, fp, work, reused)

@@ -20,7 +20,7 @@ It writes, each in one transaction under the train id (``train.run_id`` or
 ``train-<fingerprint>``), one row per arm (``selection``, and ``random`` with the baseline):
 
 * ``models``: the trained parameters (:func:`gio_core.gaf.mlp_to_bytes`), the layer sizes, the
-  class of each output and the features' standardisation: :func:`load_model` gives them back
+  class of each output and the features' standardisation: :func:`load_probe` gives them back
   as a :class:`gio_core.gaf.Probe`;
 * ``train_runs``: the config, where the rows came from, their counts, the classes, and every
   epoch's losses, accuracies and GAF agreement.
@@ -39,17 +39,22 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import reuse, tables
-from jobs.config import JobConfig, effective_embedding_column
-from jobs.errors import ConcurrentRunError, InputError
-from jobs.inputs import (EMBEDDING, ROW_ID, Side, check_class_column, checked_model_dim,
-                         clean_side, enforce, guarded, own_columns, read_side, scan_side,
-                         selected_frame)
-from jobs.log import log
+from gio_core import gaf
+from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.frames import EMBEDDING, ROW_ID, seeded_order, seeded_sample
+from jobs.common.log import log
+from jobs.common.runtime import configure_jax, library_versions
+from jobs.config import JobConfig, effective_embedding_column, probe_options
+from jobs.io import tables
+from jobs.io.encoders import embedded_rows
+from jobs.io.sources import (Side, check_class_column, checked_model_dim, clean_side, enforce,
+                             guarded, own_columns, read_side, scan_side, selected_frame)
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
+from jobs.state.stored import stored_embeddings
 
 SOURCE, VALIDATION = "train.source", "train.validation"
 LABEL = "__gio_label"
-HASH = "__gio_train_hash"
 ARMS = ("selection", "random")
 
 
@@ -127,7 +132,7 @@ def check_train_input(spark, cfg: JobConfig, pool: Side | None, pool_dim: int | 
 def train_input_unless_done(spark, cfg: JobConfig, tplan: reuse.TrainPlan, pool: Side | None,
                             pool_dim: int | None) -> TrainInput | None:
     """The checked inputs, or None when the stage's output is committed already."""
-    if reuse.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
+    if stagelog.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
         return None
     return check_train_input(spark, cfg, pool, pool_dim)
 
@@ -137,7 +142,6 @@ def train_input_unless_done(spark, cfg: JobConfig, tplan: reuse.TrainPlan, pool:
 # ---------------------------------------------------------------------------
 
 def _embedded(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
-    from jobs.embed import embedded_rows
     return embedded_rows(spark, cfg, rows, text).select(ROW_ID, LABEL, EMBEDDING)
 
 
@@ -146,8 +150,7 @@ def _with_pool_features(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, row
     """``rows`` (row_id, label, the pool's text column if any) with the pool's features; rows
     that the stored embeddings lack are embedded from their text."""
     text = None if EMBEDDING in pool.frame.columns else pool.src.text_column
-    from jobs.embed import stored_embeddings
-    stored = stored_embeddings(spark, cfg, plan, pool)
+    stored = stored_embeddings(spark, cfg, pool, *plan.embeddings_of(pool.name))
     if stored is None:
         log(f"train: embedding {what} (no stored pool embeddings for this config)")
         return _embedded(spark, cfg, rows, text)
@@ -187,13 +190,12 @@ def selected_rows(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
 
 def random_rows(cfg: JobConfig, pool: Side, n: int) -> DataFrame:
     """``n`` labelled pool rows with the smallest seeded hash of their ids (the baseline)."""
-    from jobs.weigh import sample_frame
     t = cfg.train
     cols = [F.col(ROW_ID), F.col(t.label_column).cast("string").alias(LABEL)]
     if EMBEDDING not in pool.frame.columns:
         cols.append(F.col(pool.src.text_column))
     labelled = pool.frame.where(F.col(t.label_column).isNotNull()).select(*cols)
-    return sample_frame(labelled, n, t.seed + 1)
+    return seeded_sample(labelled, n, t.seed + 1)
 
 
 def _features(spark, cfg: JobConfig, rows: Rows) -> DataFrame:
@@ -205,8 +207,7 @@ def _features(spark, cfg: JobConfig, rows: Rows) -> DataFrame:
 def collect_arrays(frame: DataFrame, seed: int, what: str):
     """``(row ids, features [n, d] float32, labels [n])`` in the order of a seeded hash of the
     ids: the same arrays whatever the source's row order or partitioning."""
-    pdf = (frame.withColumn(HASH, F.xxhash64(F.lit(int(seed)), F.col(ROW_ID)))
-           .orderBy(HASH, ROW_ID).select(ROW_ID, LABEL, EMBEDDING).toPandas())
+    pdf = seeded_order(frame, seed).select(ROW_ID, LABEL, EMBEDDING).toPandas()
     if len(pdf) == 0:
         raise InputError(f"{what} has no rows to train or score on.")
     lengths = {len(v) for v in pdf[EMBEDDING]}
@@ -223,45 +224,16 @@ def collect_arrays(frame: DataFrame, seed: int, what: str):
 # Training
 # ---------------------------------------------------------------------------
 
-def _sizes(cfg: JobConfig, dim: int, classes: int) -> list[int]:
-    t = cfg.train
-    return [dim] + (list(t.hidden) if t.model == "mlp" else []) + [classes]
-
-
 def fit_probe(cfg: JobConfig, x: np.ndarray, labels: np.ndarray, xv: np.ndarray,
               val_labels: np.ndarray, classes: list, progress: bool = False):
-    """Trains one probe as the config says; returns ``(Probe, epoch records, flipped share)``."""
-    from gio_core import gaf
-    t = cfg.train
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[v] for v in labels], np.int32)
-    yv = np.array([index[v] for v in val_labels], np.int32)
-    flipped = None
-    if t.label_noise > 0:
-        y, flipped = gaf.flip_labels(y, t.label_noise, len(classes), t.seed)
-        y = y.astype(np.int32)
-    if t.standardize:
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        scale[scale < 1e-6] = 1.0
-    else:
-        mean, scale = np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
-    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
-    params, apply_fn = gaf.mlp(_sizes(cfg, x.shape[1], len(classes)), seed=t.seed)
-    optimizer = gaf.make_optimizer(t.optimizer, t.learning_rate, momentum=t.momentum,
-                                   weight_decay=t.weight_decay)
-    plateau = (gaf.Plateau(factor=t.plateau_factor, patience=t.plateau_patience)
-               if t.plateau else None)
+    """Trains one probe as the train section says (:func:`gio_core.gaf.fit_probe`); returns
+    ``(Probe, epoch records)``. Options the trainer refuses, or a diverged training, are bad
+    input."""
     try:
-        params, records = gaf.train_gaf(
-            gaf.classification_loss(apply_fn), params, optimizer,
-            {"x": (x - mean) / scale, "y": y}, {"x": (xv - mean) / scale, "y": yv},
-            epochs=t.epochs, batch_size=t.batch_size, num_batches_to_force_agreement=t.microbatches,
-            cos_distance_thresh=t.cos_distance_thresh, fusion=t.fusion, gaf=t.method == "gaf",
-            seed=t.seed, plateau=plateau, progress=progress, flipped=flipped)
+        return gaf.fit_probe(x, labels, xv, val_labels, classes, progress=progress,
+                             **probe_options(cfg.train))
     except (ValueError, FloatingPointError) as err:
         raise InputError(f"train: {err}") from None
-    return gaf.Probe(params, tuple(classes), mean, scale), records
 
 
 def _history(records: list) -> list:
@@ -274,102 +246,104 @@ def _history(records: list) -> list:
 def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.TrainPlan,
               inp: TrainInput | None, reports: dict | None = None) -> dict:
     """Trains and commits the probes (unless done); returns ``{arm: validation accuracy}``."""
-    from gio_core.gaf import PARAMS_FORMAT, mlp_to_bytes
-    from jobs.gio_select import configure_jax, library_versions
     t = cfg.train
     key, fp = tplan.train_id, tplan.fingerprint
-    if reuse.is_done(spark, cfg.output.path, "train", key, fp):
+
+    def work(begin):
+        if inp is None:
+            raise RuntimeError("train: the inputs were not checked; call check_train_input first.")
+        configure_jax(cfg.select)
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        if inp.source is not None:
+            frame, rows_from = _features(spark, cfg, inp.source), {"kind": "source",
+                                                                   "path": t.source.path}
+            what = f"train.source {t.source.path!r}"
+        else:
+            assert plan is not None and inp.pool is not None
+            what = f"the selected rows of run {tplan.selection}"
+            rows = selected_rows(spark, cfg, tplan.selection, inp.pool)
+            frame = _with_pool_features(spark, cfg, plan, inp.pool, rows, what)
+            rows_from = {"kind": "selection", "run_id": tplan.selection}
+        n = frame.count()
+        need = t.batch_size * t.microbatches
+        if n < need:
+            raise InputError(f"{what} hold {n} labelled rows, fewer than one step needs "
+                             f"(train.batch_size {t.batch_size} x train.microbatches "
+                             f"{t.microbatches} = {need}); lower them or select more rows.")
+        if n > t.max_rows:
+            raise InputError(f"{what} hold {n} rows, more than train.max_rows={t.max_rows} allows to "
+                             "collect to the driver; raise train.max_rows (and the driver's memory).")
+        if inp.source is not None:
+            got = guarded(lambda: collect_arrays(frame, t.seed, what), SOURCE, t.source)
+        else:
+            got = collect_arrays(frame, t.seed, what)
+        arms = {"selection": (got, rows_from)}
+        val_ids, xv, yv = guarded(lambda: collect_arrays(_features(spark, cfg, inp.validation),
+                                                         t.seed, VALIDATION), VALIDATION,
+                                  t.validation)
+        if t.baseline == "random":
+            assert plan is not None and inp.pool is not None
+            sample = random_rows(cfg, inp.pool, n)
+            base = _with_pool_features(spark, cfg, plan, inp.pool, sample, f"{n} random pool rows")
+            arms["random"] = (collect_arrays(base, t.seed, "the random pool rows"),
+                              {"kind": "random", "rows": n, "seed": t.seed + 1})
+        collect_s = time.perf_counter() - t0
+        labels = set(arms["selection"][0][2])
+        if len(labels) < 2:
+            raise InputError(f"{what} all have the label {next(iter(labels))!r}: a classifier needs "
+                             "at least two classes among its training rows.")
+        classes = sorted(set().union(*[set(a[0][2]) for a in arms.values()], set(yv)))
+        unseen = sorted(set(yv) - labels)
+        if unseen:
+            log(f"warning: train: {len(unseen)} validation label(s) never occur in {what} "
+                f"({', '.join(map(repr, unseen[:5]))}); the probe cannot predict them.")
+        model_rows, run_rows, accuracies = [], [], {}
+        versions = json.dumps(library_versions())
+        features = {"dim": inp.dim, "model": cfg.embed.model,
+                    "validation": "vectors" if inp.validation.text is None else "embedded"}
+        for arm, ((ids, x, y), source) in arms.items():
+            log(f"train: {arm}: {t.model} probe on {len(ids)} rows, {len(classes)} classes, "
+                f"{t.method} x{t.epochs} epochs")
+            t1 = time.perf_counter()
+            probe, records = fit_probe(cfg, x, y, xv, yv, classes)
+            train_s = time.perf_counter() - t1
+            last = records[-1]
+            acc = float(last["val_accuracy"])
+            accuracies[arm] = acc
+            best = max(float(r["val_accuracy"]) for r in records)
+            log(f"train: {arm}: validation accuracy {acc:.3f} (best epoch: {best:.3f}), loss "
+                f"{last['val_loss']:.4f}; {train_s:.1f}s")
+            sizes = gaf.probe_sizes(t.model, t.hidden, inp.dim, len(classes))
+            model_rows.append((key, fp, arm, t.model, sizes, list(classes),
+                               [float(v) for v in probe.mean], [float(v) for v in probe.scale],
+                               json.dumps(features), gaf.PARAMS_FORMAT,
+                               bytearray(gaf.mlp_to_bytes(probe.params))))
+            run_rows.append((key, fp, arm, started, dt.datetime.now(),
+                             json.dumps(cfg.to_dict(), default=str), json.dumps(source), len(ids),
+                             len(val_ids), list(classes), json.dumps({"kind": t.model, "sizes": sizes}),
+                             t.method, _history(records), acc, float(last["val_loss"]), best,
+                             json.dumps(reports if reports is not None else {
+                                 "validation": inp.validation.report}, sort_keys=True),
+                             json.dumps({"collect_s": round(collect_s, 3),
+                                         "train_s": round(train_s, 3)}), versions))
+        if "random" in accuracies:
+            log(f"train: the selection's probe scores {accuracies['selection']:.3f} against "
+                f"{accuracies['random']:.3f} for random pool rows "
+                f"({accuracies['selection'] - accuracies['random']:+.3f})")
+        begin()
+        tables.replace_key(spark, spark.createDataFrame(model_rows, tables.MODELS),
+                           cfg.output.path, "models", key)
+        tables.replace_key(spark, spark.createDataFrame(run_rows, tables.TRAIN_RUNS),
+                           cfg.output.path, "train_runs", key)
+        log(f"train: probes {key} -> {tables.table_path(cfg.output.path, 'models')}")
+        return accuracies, {"val_accuracy": accuracies}
+
+    def reused():
         log(f"train: reusing the probes of {key}")
         return stored_accuracies(spark, cfg.output.path, key, fp)
-    if inp is None:
-        raise RuntimeError("train: the inputs were not checked; call check_train_input first.")
-    configure_jax(cfg.select)
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    if inp.source is not None:
-        frame, rows_from = _features(spark, cfg, inp.source), {"kind": "source",
-                                                               "path": t.source.path}
-        what = f"train.source {t.source.path!r}"
-    else:
-        assert plan is not None and inp.pool is not None
-        what = f"the selected rows of run {tplan.selection}"
-        rows = selected_rows(spark, cfg, tplan.selection, inp.pool)
-        frame = _with_pool_features(spark, cfg, plan, inp.pool, rows, what)
-        rows_from = {"kind": "selection", "run_id": tplan.selection}
-    n = frame.count()
-    need = t.batch_size * t.microbatches
-    if n < need:
-        raise InputError(f"{what} hold {n} labelled rows, fewer than one step needs "
-                         f"(train.batch_size {t.batch_size} x train.microbatches "
-                         f"{t.microbatches} = {need}); lower them or select more rows.")
-    if n > t.max_rows:
-        raise InputError(f"{what} hold {n} rows, more than train.max_rows={t.max_rows} allows to "
-                         "collect to the driver; raise train.max_rows (and the driver's memory).")
-    if inp.source is not None:
-        got = guarded(lambda: collect_arrays(frame, t.seed, what), SOURCE, t.source)
-    else:
-        got = collect_arrays(frame, t.seed, what)
-    arms = {"selection": (got, rows_from)}
-    val_ids, xv, yv = guarded(lambda: collect_arrays(_features(spark, cfg, inp.validation),
-                                                     t.seed, VALIDATION), VALIDATION,
-                              t.validation)
-    if t.baseline == "random":
-        assert plan is not None and inp.pool is not None
-        sample = random_rows(cfg, inp.pool, n)
-        base = _with_pool_features(spark, cfg, plan, inp.pool, sample, f"{n} random pool rows")
-        arms["random"] = (collect_arrays(base, t.seed, "the random pool rows"),
-                          {"kind": "random", "rows": n, "seed": t.seed + 1})
-    collect_s = time.perf_counter() - t0
-    labels = set(arms["selection"][0][2])
-    if len(labels) < 2:
-        raise InputError(f"{what} all have the label {next(iter(labels))!r}: a classifier needs "
-                         "at least two classes among its training rows.")
-    classes = sorted(set().union(*[set(a[0][2]) for a in arms.values()], set(yv)))
-    unseen = sorted(set(yv) - labels)
-    if unseen:
-        log(f"warning: train: {len(unseen)} validation label(s) never occur in {what} "
-            f"({', '.join(map(repr, unseen[:5]))}); the probe cannot predict them.")
-    model_rows, run_rows, accuracies = [], [], {}
-    versions = json.dumps(library_versions())
-    features = {"dim": inp.dim, "model": cfg.embed.model,
-                "validation": "vectors" if inp.validation.text is None else "embedded"}
-    for arm, ((ids, x, y), source) in arms.items():
-        log(f"train: {arm}: {t.model} probe on {len(ids)} rows, {len(classes)} classes, "
-            f"{t.method} x{t.epochs} epochs")
-        t1 = time.perf_counter()
-        probe, records = fit_probe(cfg, x, y, xv, yv, classes)
-        train_s = time.perf_counter() - t1
-        last = records[-1]
-        acc = float(last["val_accuracy"])
-        accuracies[arm] = acc
-        best = max(float(r["val_accuracy"]) for r in records)
-        log(f"train: {arm}: validation accuracy {acc:.3f} (best epoch: {best:.3f}), loss "
-            f"{last['val_loss']:.4f}; {train_s:.1f}s")
-        sizes = _sizes(cfg, inp.dim, len(classes))
-        model_rows.append((key, fp, arm, t.model, sizes, list(classes),
-                           [float(v) for v in probe.mean], [float(v) for v in probe.scale],
-                           json.dumps(features), PARAMS_FORMAT,
-                           bytearray(mlp_to_bytes(probe.params))))
-        run_rows.append((key, fp, arm, started, dt.datetime.now(),
-                         json.dumps(cfg.to_dict(), default=str), json.dumps(source), len(ids),
-                         len(val_ids), list(classes), json.dumps({"kind": t.model, "sizes": sizes}),
-                         t.method, _history(records), acc, float(last["val_loss"]), best,
-                         json.dumps(reports if reports is not None else {
-                             "validation": inp.validation.report}, sort_keys=True),
-                         json.dumps({"collect_s": round(collect_s, 3),
-                                     "train_s": round(train_s, 3)}), versions))
-    if "random" in accuracies:
-        log(f"train: the selection's probe scores {accuracies['selection']:.3f} against "
-            f"{accuracies['random']:.3f} for random pool rows "
-            f"({accuracies['selection'] - accuracies['random']:+.3f})")
-    reuse.begin(spark, cfg.output.path, "train", key, fp)
-    tables.replace_key(spark, spark.createDataFrame(model_rows, tables.MODELS),
-                       cfg.output.path, "models", key)
-    tables.replace_key(spark, spark.createDataFrame(run_rows, tables.TRAIN_RUNS),
-                       cfg.output.path, "train_runs", key)
-    reuse.record(spark, cfg.output.path, "train", key, fp, "done", {"val_accuracy": accuracies})
-    log(f"train: probes {key} -> {tables.table_path(cfg.output.path, 'models')}")
-    return accuracies
+
+    return run_stage(spark, cfg.output.path, "train", key, fp, work, reused)
 
 
 def stored_accuracies(spark, output: str, train_id: str, fp: str) -> dict:
@@ -382,7 +356,7 @@ def stored_accuracies(spark, output: str, train_id: str, fp: str) -> dict:
 # Loading a trained probe back
 # ---------------------------------------------------------------------------
 
-def load_model(spark, output: str, train_id: str | None = None, arm: str = "selection"):
+def load_probe(spark, output: str, train_id: str | None = None, arm: str = "selection"):
     """The probe that ``gio-spark train`` committed, as a :class:`gio_core.gaf.Probe`
     (``probe.predict(vectors)`` gives class names).
 
@@ -390,7 +364,6 @@ def load_model(spark, output: str, train_id: str | None = None, arm: str = "sele
       InputError: no such probe, one that is not complete, or several train runs under
         ``output`` and no ``train_id`` to say which.
     """
-    from gio_core.gaf import PARAMS_FORMAT, Probe, mlp_from_bytes
     ids = tables.stored_keys(spark, output, "models")
     if ids is None:
         raise InputError(f"there are no trained probes under {output!r} (no models table); run "
@@ -401,7 +374,7 @@ def load_model(spark, output: str, train_id: str | None = None, arm: str = "sele
             raise InputError(f"{output!r} holds {len(ids)} train runs ({', '.join(ids[:10])}); "
                              "name the one to load.")
         train_id = ids[0]
-    last = reuse.latest(spark, output, "train", train_id)
+    last = stagelog.latest(spark, output, "train", train_id)
     if last is None or last["status"] != "done":
         raise InputError(f"train run {train_id!r} is not complete under {output!r}; run "
                          "gio-spark train first.")
@@ -415,9 +388,9 @@ def load_model(spark, output: str, train_id: str | None = None, arm: str = "sele
                              f"{', '.join(sorted(arms))}.")
         raise ConcurrentRunError(f"the probes of {train_id} under {output!r} were replaced by "
                                  "another run with the same id; load them again.")
-    if row["params_format"] != PARAMS_FORMAT:
+    if row["params_format"] != gaf.PARAMS_FORMAT:
         raise InputError(f"probe {train_id} was stored as {row['params_format']!r}, which this "
-                         f"version of gio-spark does not read ({PARAMS_FORMAT!r}).")
-    return Probe(mlp_from_bytes(row["params"]), tuple(row["classes"]),
+                         f"version of gio-spark does not read ({gaf.PARAMS_FORMAT!r}).")
+    return gaf.Probe(gaf.mlp_from_bytes(row["params"]), tuple(row["classes"]),
                  np.array(row["feature_mean"], np.float32),
                  np.array(row["feature_scale"], np.float32))

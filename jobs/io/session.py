@@ -22,8 +22,8 @@ import sys
 import tempfile
 from typing import Mapping
 
-from jobs.errors import InputError
-from jobs.log import QUIET_ENV
+from jobs.common.errors import InputError
+from jobs.common.log import QUIET_ENV
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",

@@ -17,11 +17,14 @@ import time
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import reuse, tables
+from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.frames import ROW_ID, seed_hash
+from jobs.common.log import log, took
 from jobs.config import JobConfig, row_budget
-from jobs.errors import ConcurrentRunError, InputError
-from jobs.inputs import ROW_ID, Side
-from jobs.log import log, took
+from jobs.io import tables
+from jobs.io.sources import Side
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
 
 
 def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
@@ -36,8 +39,7 @@ def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataF
             .select(ROW_ID, "cluster_id", "rank", "run_id"))
     if cut is not None:
         cluster, keep, seed = cut
-        order = Window.partitionBy("cluster_id").orderBy(F.xxhash64(F.col(ROW_ID), F.lit(seed)),
-                                                         F.col(ROW_ID))
+        order = Window.partitionBy("cluster_id").orderBy(seed_hash(seed), F.col(ROW_ID))
         sampled = (rows.where(F.col("cluster_id") == cluster)
                    .withColumn("_n", F.row_number().over(order))
                    .where(F.col("_n") <= keep).drop("_n"))
@@ -67,7 +69,7 @@ def budget_cut(spark, cfg: JobConfig, plan: reuse.Plan, selection: DataFrame):
 
 def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
     run_id = plan.run_id
-    if not reuse.is_done(spark, cfg.output.path, "select", run_id, plan.select):
+    if not stagelog.is_done(spark, cfg.output.path, "select", run_id, plan.select):
         raise InputError(f"run {run_id} has no selection for these inputs and select settings "
                          f"under {cfg.output.path!r}; run select (or the whole pipeline) first.")
     record = tables.read_key(spark, cfg.output.path, "runs", run_id).first()
@@ -89,10 +91,9 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     schema = tables.selected_rows_schema(pool.schema)
     selection = _checked_selection(spark, cfg, plan)
     assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
-    if reuse.is_done(spark, cfg.output.path, "explode", run_id, fp):
-        log(f"explode: reusing the selected rows of run {run_id}")
-    else:
-        reuse.begin(spark, cfg.output.path, "explode", run_id, fp)
+
+    def work(begin):
+        begin()
         own = [f.name for f in pool.schema.fields]
         cut = budget_cut(spark, cfg, plan, selection)
         if cut is not None:
@@ -100,7 +101,10 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
                 "taken (seeded by select.seed)")
         out = explode_frame(selection, assignments, pool.frame, own, cut)
         tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)
-        reuse.record(spark, cfg.output.path, "explode", run_id, fp, "done")
+        return None, None
+
+    run_stage(spark, cfg.output.path, "explode", run_id, fp, work,
+              reused=lambda: log(f"explode: reusing the selected rows of run {run_id}"))
     path = tables.table_path(cfg.output.path, "selected_rows")
     written = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
     summary = {"run_id": run_id, "selected_rows": written.count(),

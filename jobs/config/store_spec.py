@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.errors import InputError
+from jobs.common.errors import InputError
 
 # NumPy dtype name -> (Spark SQL type name, the NumPy type values are stored as).
 DTYPES = {

@@ -16,7 +16,7 @@ column, or texts embedded with the ``embed`` section's model, on the executors) 
   final DII over the sample with its error, the greedy search when asked, timings, versions).
 
 The weights id is ``weigh.run_id`` or ``weights-<fingerprint>``; the stage is reused while the
-source and every weigh option are unchanged (see :mod:`jobs.reuse`).
+source and every weigh option are unchanged (see :mod:`jobs.state.reuse`).
 
 Using the weights: with a ``weigh`` section, quantize clusters the embeddings scaled by these
 weights (``weights.run_id`` or ``weights.path`` name other, stored ones), so select works in the
@@ -36,15 +36,18 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import reuse, tables
-from jobs.config import JobConfig, uses_own_weights
-from jobs.errors import ConcurrentRunError, InputError
-from jobs.inputs import (EMBEDDING, ROW_ID, clean_side, enforce, guarded, own_columns, read_side,
-                         scan_side)
-from jobs.log import log
+from jobs.common.errors import InputError
+from jobs.common.frames import EMBEDDING, ROW_ID, seeded_sample
+from jobs.common.log import log
+from jobs.common.runtime import configure_jax, library_versions
+from jobs.config import JobConfig
+from jobs.io import tables
+from jobs.io.encoders import embed_frame
+from jobs.io.sources import clean_side, enforce, guarded, own_columns, read_side, scan_side
+from jobs.stages.base import run_stage
+from jobs.state import reuse, stagelog
 
 SIDE = "weigh.source"
-HASH = "__gio_sample_hash"
 
 
 @dataclass
@@ -178,7 +181,7 @@ def read_weigh_input(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pending: lis
     b_kind = _b_kind(cfg, df)
     extra = _conditions(df, a_kind, a_columns, b_kind, w.b_columns)
     key = wplan.validate[:reuse.ID_CHARS]
-    last = reuse.latest(spark, cfg.output.path, "validate_weigh", key)
+    last = stagelog.latest(spark, cfg.output.path, "validate_weigh", key)
     if last is not None and last["status"] == "done" and last["fingerprint"] == wplan.validate:
         report = json.loads(last["detail"])
         log(f"weigh: {report['rows']} source rows, checked on an earlier run")
@@ -216,7 +219,7 @@ def read_weigh_input(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pending: lis
 def weigh_input_unless_done(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pending: list,
                             model_dim) -> WeighInput | None:
     """The checked weigh source, or None when the stage's output is committed already."""
-    if reuse.is_done(spark, cfg.output.path, "weigh", wplan.weights_id, wplan.fingerprint):
+    if stagelog.is_done(spark, cfg.output.path, "weigh", wplan.weights_id, wplan.fingerprint):
         return None
     return read_weigh_input(spark, cfg, wplan, pending, model_dim)
 
@@ -225,15 +228,7 @@ def weigh_input_unless_done(spark, cfg: JobConfig, wplan: reuse.WeighPlan, pendi
 # The sample and the spaces
 # ---------------------------------------------------------------------------
 
-def sample_frame(frame: DataFrame, n: int, seed: int) -> DataFrame:
-    """The ``n`` rows with the smallest seeded hash of their id (ties by id): the same rows in
-    the same order whatever the source's row order or partitioning."""
-    return (frame.withColumn(HASH, F.xxhash64(F.lit(int(seed)), F.col(ROW_ID)))
-            .orderBy(HASH, ROW_ID).limit(n).drop(HASH))
-
-
 def _texts_embedded(spark, cfg: JobConfig, ids: list, texts: list) -> np.ndarray:
-    from jobs.embed import embed_frame
     e = cfg.embed
     df = spark.createDataFrame(list(zip(ids, texts, strict=True)), f"{ROW_ID} string, text string")
     partitions = max(1, min(len(ids) // 256, spark.sparkContext.defaultParallelism))
@@ -262,7 +257,7 @@ def spaces(spark, cfg: JobConfig, inp: WeighInput, n: int):
         cols.append(_as_array(frame, inp.b_columns[0]).alias("__b"))
     else:
         cols += [F.col(c).cast("double").alias(f"__b{i}") for i, c in enumerate(inp.b_columns)]
-    rows = guarded(lambda: sample_frame(frame.select(*cols), n, w.seed).collect(), SIDE, w.source)
+    rows = guarded(lambda: seeded_sample(frame.select(*cols), n, w.seed).collect(), SIDE, w.source)
     ids = [r[ROW_ID] for r in rows]
     if inp.a_kind == "columns":
         a = np.array([[r[f"__a{i}"] for i in range(len(inp.a_columns))] for r in rows],
@@ -361,137 +356,59 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
               reports: dict | None = None) -> str:
     """Learns and commits the weights (unless done); returns the weights id."""
     key, fp = wplan.weights_id, wplan.fingerprint
-    if reuse.is_done(spark, cfg.output.path, "weigh", key, fp):
+
+    def work(begin):
+        if inp is None:
+            raise RuntimeError("weigh: the source was not read; call read_weigh_input first.")
+        configure_jax(cfg.select)
+        started = dt.datetime.now()
+        t0 = time.perf_counter()
+        n = inp.points
+        ids, a, b, labels = spaces(spark, cfg, inp, n)
+        if a.shape[1] != inp.dim:
+            raise InputError(f"weigh: space A has {a.shape[1]} features in the sample, {inp.dim} "
+                             "expected; every vector must have the same dimension.")
+        sample_s = time.perf_counter() - t0
+        log(f"weigh: training the DII on {n} rows, {inp.dim} features of A ({inp.a_kind}) against "
+            f"{b.shape[1]} of B ({inp.b_kind}), {cfg.weigh.num_epochs} epochs")
+        begin()
+        t1 = time.perf_counter()
+        params, imbs, final, error, greedy = _train(cfg, a, b, inp)
+        train_s = time.perf_counter() - t1
+        weights = np.asarray(params[-1], np.float64)
+        top = float(np.max(np.abs(weights)))
+        if not np.isfinite(weights).all() or top == 0:
+            raise InputError("weigh: the training ended with no usable weight (all zero or not "
+                             "finite); lower weigh.learning_rate or weigh.l1_strength.")
+        log(f"weigh: DII {float(imbs[0]):.4f} -> {float(imbs[-1]):.4f}; final DII {final:.4f}"
+            + (f" +- {error:.4f}" if error is not None else "")
+            + "; largest weights: " + ", ".join(
+                f"{inp.names[i]} {weights[i] / top:.2f}" for i in np.argsort(-np.abs(weights))[:5]))
+        rows = [(key, fp, i, inp.names[i], float(abs(weights[i])), float(abs(weights[i]) / top))
+                for i in range(inp.dim)]
+        a_info = {"kind": inp.a_kind, "columns": inp.a_columns, "features": inp.dim}
+        if inp.a_kind == "text":
+            a_info["model"] = cfg.embed.model
+        b_info = {"kind": inp.b_kind, "columns": inp.b_columns, "features": int(b.shape[1])}
+        if labels is not None:
+            b_info["labels"] = [str(v) for v in labels]
+        record = spark.createDataFrame([(
+            key, fp, started, dt.datetime.now(), json.dumps(cfg.to_dict(), default=str),
+            json.dumps(a_info), json.dumps(b_info), n, inp.dim, [float(v) for v in imbs],
+            [[float(v) for v in row] for row in params], float(final),
+            None if error is None else float(error),
+            None if greedy is None else json.dumps(greedy),
+            json.dumps(reports if reports is not None else {"weigh": inp.report}, sort_keys=True),
+            json.dumps({"sample_s": round(sample_s, 3), "train_s": round(train_s, 3)}),
+            json.dumps(library_versions()))], tables.WEIGHT_RUNS)
+        tables.replace_key(spark, spark.createDataFrame(rows, tables.FEATURE_WEIGHTS),
+                           cfg.output.path, "feature_weights", key)
+        tables.replace_key(spark, record, cfg.output.path, "weight_runs", key)
+        log(f"weigh: weights {key} -> {tables.table_path(cfg.output.path, 'feature_weights')}")
+        return key, {"points": n, "features": inp.dim, "dii_final": float(final)}
+
+    def reused():
         log(f"weigh: reusing weights {key}")
         return key
-    if inp is None:
-        raise RuntimeError("weigh: the source was not read; call read_weigh_input first.")
-    from jobs.gio_select import configure_jax, library_versions
-    configure_jax(cfg.select)
-    started = dt.datetime.now()
-    t0 = time.perf_counter()
-    n = inp.points
-    ids, a, b, labels = spaces(spark, cfg, inp, n)
-    if a.shape[1] != inp.dim:
-        raise InputError(f"weigh: space A has {a.shape[1]} features in the sample, {inp.dim} "
-                         "expected; every vector must have the same dimension.")
-    sample_s = time.perf_counter() - t0
-    log(f"weigh: training the DII on {n} rows, {inp.dim} features of A ({inp.a_kind}) against "
-        f"{b.shape[1]} of B ({inp.b_kind}), {cfg.weigh.num_epochs} epochs")
-    reuse.begin(spark, cfg.output.path, "weigh", key, fp)
-    t1 = time.perf_counter()
-    params, imbs, final, error, greedy = _train(cfg, a, b, inp)
-    train_s = time.perf_counter() - t1
-    weights = np.asarray(params[-1], np.float64)
-    top = float(np.max(np.abs(weights)))
-    if not np.isfinite(weights).all() or top == 0:
-        raise InputError("weigh: the training ended with no usable weight (all zero or not "
-                         "finite); lower weigh.learning_rate or weigh.l1_strength.")
-    log(f"weigh: DII {float(imbs[0]):.4f} -> {float(imbs[-1]):.4f}; final DII {final:.4f}"
-        + (f" +- {error:.4f}" if error is not None else "")
-        + "; largest weights: " + ", ".join(
-            f"{inp.names[i]} {weights[i] / top:.2f}" for i in np.argsort(-np.abs(weights))[:5]))
-    rows = [(key, fp, i, inp.names[i], float(abs(weights[i])), float(abs(weights[i]) / top))
-            for i in range(inp.dim)]
-    a_info = {"kind": inp.a_kind, "columns": inp.a_columns, "features": inp.dim}
-    if inp.a_kind == "text":
-        a_info["model"] = cfg.embed.model
-    b_info = {"kind": inp.b_kind, "columns": inp.b_columns, "features": int(b.shape[1])}
-    if labels is not None:
-        b_info["labels"] = [str(v) for v in labels]
-    record = spark.createDataFrame([(
-        key, fp, started, dt.datetime.now(), json.dumps(cfg.to_dict(), default=str),
-        json.dumps(a_info), json.dumps(b_info), n, inp.dim, [float(v) for v in imbs],
-        [[float(v) for v in row] for row in params], float(final),
-        None if error is None else float(error),
-        None if greedy is None else json.dumps(greedy),
-        json.dumps(reports if reports is not None else {"weigh": inp.report}, sort_keys=True),
-        json.dumps({"sample_s": round(sample_s, 3), "train_s": round(train_s, 3)}),
-        json.dumps(library_versions()))], tables.WEIGHT_RUNS)
-    tables.replace_key(spark, spark.createDataFrame(rows, tables.FEATURE_WEIGHTS),
-                       cfg.output.path, "feature_weights", key)
-    tables.replace_key(spark, record, cfg.output.path, "weight_runs", key)
-    reuse.record(spark, cfg.output.path, "weigh", key, fp, "done",
-                 {"points": n, "features": inp.dim, "dii_final": float(final)})
-    log(f"weigh: weights {key} -> {tables.table_path(cfg.output.path, 'feature_weights')}")
-    return key
 
-
-# ---------------------------------------------------------------------------
-# Using the weights
-# ---------------------------------------------------------------------------
-
-def weights_location(cfg: JobConfig) -> str:
-    return cfg.weights.path or cfg.output.path
-
-
-def stored_weights(spark, cfg: JobConfig) -> tuple[str, str]:
-    """``(weights_id, fingerprint)`` of the stored weights that ``weights`` names.
-
-    Raises:
-      InputError: no such weights, or they are not complete, or ``weights.path`` holds several
-        runs and ``weights.run_id`` does not say which.
-    """
-    where = weights_location(cfg)
-    ids = tables.stored_keys(spark, where, "weight_runs")
-    if ids is None:
-        raise InputError(f"there are no learnt weights under {where!r} (no weight_runs table); "
-                         "run gio-spark weigh first, or correct weights.path.")
-    run_id = cfg.weights.run_id
-    if run_id is None:
-        if len(ids) != 1:
-            raise InputError(f"{where!r} holds {len(ids)} weights runs ({', '.join(ids[:10])}); "
-                             "set weights.run_id to the one to use.")
-        run_id = ids[0]
-    last = reuse.latest(spark, where, "weigh", run_id)
-    if last is None or last["status"] != "done":
-        known = f" It holds: {', '.join(ids[:10])}." if ids else ""
-        raise InputError(f"weights.run_id {run_id!r} names no complete weights under {where!r}."
-                         f"{known} Run gio-spark weigh first.")
-    return run_id, last["fingerprint"]
-
-
-def weights_dim(spark, cfg: JobConfig, plan: reuse.Plan, inp: WeighInput | None) -> int:
-    """The number of features of the weights quantize uses (before anything heavy runs)."""
-    if uses_own_weights(cfg) and inp is not None:
-        return inp.dim
-    where = weights_location(cfg)
-    if uses_own_weights(cfg) and not reuse.is_done(spark, where, "weigh", plan.weights_id,
-                                                   plan.weights):
-        raise InputError(f"the weights {plan.weights_id} of this config's weigh section are not "
-                         f"learnt yet under {where!r}; run gio-spark weigh (or run) first.")
-    record = (tables.read_key(spark, where, "weight_runs", plan.weights_id)
-              .where(F.col("weights_fingerprint") == plan.weights)
-              .select("features", "space_a", "params")
-              .first())
-    if record is None:
-        raise ConcurrentRunError(f"the record of weights {plan.weights_id} under {where!r} was "
-                                 "replaced by another run with the same id; run again.")
-    space_a = json.loads(record["space_a"])
-    periods = json.loads(record["params"]).get("weigh", {}).get("periods_A")
-    if periods and any(periods):
-        raise InputError(f"the weights {plan.weights_id} were learnt with periodic features "
-                         "(weigh.periods_A), but K-means has no periodic distance; use weights "
-                         "learnt without periods_A.")
-    return int(space_a["features"])
-
-
-def load_weights(spark, cfg: JobConfig, plan: reuse.Plan) -> np.ndarray:
-    """The scale factors (``scaled``) of the weights quantize uses, by feature index."""
-    where = weights_location(cfg)
-    rows = (tables.read_key(spark, where, "feature_weights", plan.weights_id)
-            .where(F.col("weights_fingerprint") == plan.weights)
-            .orderBy("feature").select("feature", "scaled").collect())
-    if not rows or [r["feature"] for r in rows] != list(range(len(rows))):
-        raise ConcurrentRunError(f"the feature weights {plan.weights_id} under {where!r} were "
-                                 "replaced by another run with the same id while this one ran; "
-                                 "give each weigh config its own run_id (or none) and run again.")
-    return np.array([r["scaled"] for r in rows], np.float64)
-
-
-def apply_weights(embeddings: DataFrame, scale: np.ndarray) -> DataFrame:
-    """``(row_id, embedding)`` with feature a of every embedding multiplied by ``scale[a]``."""
-    factors = F.array(*[F.lit(float(v)) for v in scale])
-    return embeddings.select(ROW_ID, F.zip_with(F.col(EMBEDDING), factors,
-                                                lambda x, s: (x * s).cast("float"))
-                             .alias(EMBEDDING))
+    return run_stage(spark, cfg.output.path, "weigh", key, fp, work, reused)

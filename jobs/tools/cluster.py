@@ -6,6 +6,11 @@ ships.
 """
 from __future__ import annotations
 
+import argparse
+
+from jobs.io import tables
+from jobs.io.session import build_session
+
 SUBMIT_PROPERTIES = "conf/spark-defaults.conf"
 
 
@@ -42,7 +47,6 @@ def compare_outputs(spark, first: str, second: str) -> tuple[list[str], dict]:
     Returns ``(differences, {run_id: (clusters, rows)})``; no differences means equal."""
     from pyspark.sql import functions as F
 
-    from jobs import tables
 
     def runs(out):
         return {r["run_id"] for r in tables.read_table(spark, out, "runs").select("run_id")
@@ -73,12 +77,10 @@ def compare_outputs(spark, first: str, second: str) -> tuple[list[str], dict]:
 
 
 def main(argv=None) -> int:
-    """``python -m jobs.cluster compare OUT_A OUT_B``: exit 0 when both output folders hold the
+    """``python -m jobs.tools.cluster compare OUT_A OUT_B``: exit 0 when both output folders hold the
     same runs with equal selections and selected rows (docker/compose_demo.sh runs it)."""
-    import argparse
 
-    from jobs.session import build_session
-    p = argparse.ArgumentParser(prog="python -m jobs.cluster")
+    p = argparse.ArgumentParser(prog="python -m jobs.tools.cluster")
     p.add_argument("action", choices=["compare"])
     p.add_argument("first")
     p.add_argument("second")

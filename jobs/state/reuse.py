@@ -8,48 +8,29 @@ settings, the collect limit, block and cache sizes) are left out: changing them 
 The functions :func:`plan` and the ``*_fingerprint`` helpers are pure functions of the config and
 the sources' identities (tested without Spark). :func:`source_identity` looks at the sources.
 
-**The stage log.** ``stages`` is an append-only Delta table. A stage appends ``done`` after its last
-output, with its key and fingerprint, and ``started`` before its first output when the latest
-record for its key is a ``done`` (of other settings under the same run id) that its writes would
-make untrue. A stage is reused only when the *latest* record for its key is ``done`` with the same
-fingerprint. Outputs are keyed: the
-embeddings by ``embeddings_id``, centroids and assignments by ``clustering_id`` (both derived from
-fingerprints, so runs with other inputs never share rows), selections by ``run_id``. Hence:
-
-* a run killed anywhere leaves either a ``done`` record whose outputs are complete, or, as the
-  latest for the stage's key, a ``started`` record or none, which makes the next run recompute
-  that stage;
-* a run with other parameters writes other keys and cannot make another config's record stale;
-* two runs at once never mix rows: each writes its own keys, and identical runs write identical
-  rows (the second replaces the first's in one transaction).
+The stage log that records which keys are done is :mod:`jobs.state.stagelog`.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
-from pyspark.sql import functions as F
 
-from jobs import faults, tables
+from jobs.io import tables
 from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS,
                          JobConfig, SourceSection, effective_embedding_column, uses_own_weights,
                          uses_weights)
-from jobs.errors import InputError
+from jobs.common.errors import InputError
+from jobs.io.encoders import RECIPES
+from jobs.state.stagelog import latest
+from jobs.state.stored import stored_weights
 
-_REMOTE = ("s3://", "s3a://", "s3n://", "gs://", "hdfs://", "abfs://", "abfss://", "dbfs:/",
-           "wasb://", "wasbs://")
 ID_CHARS = 16
-
-
-def is_remote(path: str) -> bool:
-    return path.startswith(_REMOTE)
 
 
 def fingerprint(*parts) -> str:
@@ -69,7 +50,7 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
                              f"check the path, or set {side}.format to the files' format.")
         last = DeltaTable.forPath(spark, src.path).history(1).select("version").first()
         ident["version"] = int(last[0])
-    elif not is_remote(src.path):
+    elif not tables.is_remote(src.path):
         path = src.path.removeprefix("file:")
         files = []
         if os.path.isfile(path):
@@ -110,6 +91,10 @@ class Plan:
     weights_id: str | None = None         # the weights quantize uses, if any
     weights: str | None = None            # their weigh fingerprint
 
+    def embeddings_of(self, side: str) -> tuple[str, str]:
+        """``(embeddings_id, fingerprint)`` of a side's embeddings."""
+        return self.embeddings_id[side], self.embed[side]
+
 
 @dataclass(frozen=True)
 class SidePlan:
@@ -126,7 +111,6 @@ class WeighPlan:
 
 def embed_identity(cfg: JobConfig) -> dict:
     """What makes a stage's own embeddings what they are: the model, normalisation and backend."""
-    from jobs.models import RECIPES
     out = {"model": _model_identity(cfg.embed.model), "normalize": cfg.embed.normalize,
            "backend": cfg.embed.backend}
     if cfg.embed.backend in RECIPES:
@@ -338,129 +322,9 @@ def make_plan(spark, cfg: JobConfig) -> Plan:
     if cfg.weigh.enabled:
         identities["weigh"] = source_identity(spark, cfg.weigh.source, "weigh.source")
     if uses_weights(cfg) and not uses_own_weights(cfg):
-        from jobs.weigh import stored_weights
         identities["weights"] = stored_weights(spark, cfg)
     return plan(cfg, identities)
 
 
 def make_weigh_plan(spark, cfg: JobConfig) -> WeighPlan:
     return weigh_plan(cfg, source_identity(spark, cfg.weigh.source, "weigh.source"))
-
-
-# ---------------------------------------------------------------------------
-# The stage log
-# ---------------------------------------------------------------------------
-
-# The stage log as this process last read it: path -> (Delta version, records). A local table's
-# version is the newest commit file in its _delta_log, so a record that any process appended
-# since makes the next look read the table again; this process's own appends are added in place
-# when no other commit came between. Remote tables are read through Spark every time.
-_LOG: dict = {}
-_FIELDS = ("stage", "key", "fingerprint", "status", "at_ns", "detail")
-
-
-def _log_version(path: str) -> tuple | None:
-    """The newest commit of the local Delta table at ``path``: ``(version, mtime, inode)`` of
-    its newest commit file (a table deleted and made anew differs), ``(-1,)`` when there is
-    none; None for a remote path."""
-    local = path.removeprefix("file:")
-    if "://" in local:
-        return None
-    folder = os.path.join(local, "_delta_log")
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return (-1,)
-    commits = [n for n in names if n.endswith(".json") and n[:20].isdigit()]
-    if not commits:
-        return (-1,)
-    newest = max(commits)
-    try:
-        st = os.stat(os.path.join(folder, newest))
-    except FileNotFoundError:
-        return (-2,)                  # changing under us: never equal to a cached version
-    return (int(newest[:20]), st.st_mtime_ns, st.st_ino)
-
-
-def _read_log(spark, output: str) -> list:
-    rows = tables.read_table(spark, output, "stages").select(*_FIELDS).collect()
-    return [r.asDict() for r in rows]
-
-
-def _records(spark, output: str, stage: str, key: str) -> list:
-    path = tables.table_path(output, "stages")
-    version = _log_version(path)
-    if version == (-1,) or not tables._path_exists(path):
-        return []
-    if version is None:                     # remote: ask Delta each time
-        if not tables.exists(spark, path):
-            return []
-        rows = (tables.read_table(spark, output, "stages")
-                .where((F.col("stage") == stage) & (F.col("key") == key))
-                .select(*_FIELDS).collect())
-        return [r.asDict() for r in rows]
-    cached = _LOG.get(path)
-    if cached is None or cached[0] != version:
-        if not tables.exists(spark, path):
-            return []
-        cached = (version, _read_log(spark, output))
-        _LOG[path] = cached
-    return [r for r in cached[1] if r["stage"] == stage and r["key"] == key]
-
-
-def latest(spark, output: str, stage: str, key: str) -> dict | None:
-    """The latest record of ``stage`` for ``key`` (``stage, key, fingerprint, status, at_ns,
-    detail``), or None."""
-    rows = _records(spark, output, stage, key)
-    if not rows:
-        return None
-    return max(rows, key=lambda r: (r["at_ns"], r["status"]))
-
-
-def is_done(spark, output: str, stage: str, key: str, fp: str) -> bool:
-    """Whether the latest record of (stage, key) says it finished with fingerprint ``fp``."""
-    last = latest(spark, output, stage, key)
-    return last is not None and last["status"] == "done" and last["fingerprint"] == fp
-
-
-def record(spark, output: str, stage: str, key: str, fp: str, status: str,
-           detail: dict | None = None) -> None:
-    """Appends one record to the stage log (a blind append: concurrent runs never conflict)."""
-    record_all(spark, output, [(stage, key, fp, status, detail)])
-
-
-def record_all(spark, output: str, records: list) -> None:
-    """Appends ``(stage, key, fingerprint, status, detail)`` records in one commit."""
-    if not records:
-        return
-    now_ns = time.time_ns()
-    rows = [(stage, key, fp, status, dt.datetime.fromtimestamp((now_ns + i) / 1e9), now_ns + i,
-             tables.detail_json(detail))
-            for i, (stage, key, fp, status, detail) in enumerate(records)]
-    path = tables.table_path(output, "stages")
-    before = _log_version(path)
-    tables.append(spark, spark.createDataFrame(rows, tables.STAGES).coalesce(1), output,
-                  "stages")
-    cached = _LOG.get(path)
-    after = _log_version(path)
-    if (cached is not None and before is not None and after is not None and cached[0] == before
-            and len(before) == 3 and len(after) == 3 and after[0] == before[0] + 1):
-        added = [dict(zip(_FIELDS, (r[0], r[1], r[2], r[3], r[5], r[6]), strict=True))
-                 for r in rows]
-        _LOG[path] = (after, cached[1] + added)
-    for stage, _, _, status, _ in records:
-        faults.point(f"{status}:{stage}")
-
-
-def begin(spark, output: str, stage: str, key: str, fp: str) -> None:
-    """Marks a stage as running before its first output where that matters: when the latest
-    record for its key is ``done`` (with another fingerprint; with the same one the stage is
-    reused, never re-run), a ``started`` record makes sure that a run killed after it changed
-    the outputs does not leave that ``done`` as the latest. With no record for the key, or a
-    ``started`` one, the key is not reusable already, and nothing is written (one commit less
-    per stage on a new key)."""
-    last = latest(spark, output, stage, key)
-    if last is not None and last["status"] == "done":
-        record(spark, output, stage, key, fp, "started")
-    else:
-        faults.point(f"started:{stage}")

@@ -8,10 +8,11 @@ Three steps, from cheap to thorough:
 2. :func:`read_side` reads a side's schema: required columns, their types, ``row_id`` and the
    parsed ``embedding``; read failures (a missing file, a file that is not Parquet...) become
    one clear line.
-3. :func:`prepare_inputs` scans each side once (:func:`scan_side`) for rows that cannot be used
-   and applies the side's ``bad_rows`` policy the same way everywhere (:func:`clean_side`); it
-   checks dimensions, the model and the target's size, and that the output tables, if they exist,
-   are gio-spark's own. The scan of an unchanged source is reused.
+3. :func:`scan_side` scans a side once for rows that cannot be used, :func:`enforce` applies
+   the side's ``bad_rows`` policy and :func:`clean_side` leaves the bad rows out, the same way
+   everywhere; :func:`check_outputs` checks that the output tables, if they exist, are
+   gio-spark's own. :func:`jobs.state.inputs.prepare_inputs` runs these for a command (and
+   reuses the scan of an unchanged source).
 
 Bad rows (``bad_rows: reject`` refuses them, ``drop`` leaves them out and counts them):
 a null id; an id that occurs more than once (without ``id_column`` rows are identified by their
@@ -21,7 +22,6 @@ row order: the copy with the smallest content hash stays.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -33,12 +33,13 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import reuse, tables
+from jobs.common.errors import InputError
+from jobs.common.frames import EMBEDDING, ROW_ID
 from jobs.config import JobConfig, SourceSection, effective_embedding_column
-from jobs.errors import InputError
+from jobs.io import tables
+from jobs.io.demo_data import demo_frame
+from jobs.io.encoders import load_model, model_dimension
 
-ROW_ID = "row_id"
-EMBEDDING = "embedding"
 EXAMPLES = 3
 
 
@@ -47,7 +48,7 @@ EXAMPLES = 3
 # ---------------------------------------------------------------------------
 
 def _local(path: str) -> str | None:
-    if reuse.is_remote(path):
+    if tables.is_remote(path):
         return None
     return path.removeprefix("file:")
 
@@ -166,7 +167,6 @@ def guarded(action: Callable, side: str, src: SourceSection):
 
 def _read_raw(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     if src.format == "demo":
-        from jobs.demo_data import demo_frame
         try:
             return demo_frame(spark, src.path)
         except ValueError as err:
@@ -455,52 +455,8 @@ class Side:
     report: dict
 
 
-@dataclass
-class Inputs:
-    pool: Side
-    target: Side
-    dim: int
-    weigh: object | None = None      # jobs.weigh.WeighInput, when the weigh stage runs now
-    train: object | None = None      # jobs.train.TrainInput, when the train stage runs now
-    evaluate: object | None = None   # jobs.evaluate.EvaluateInput, when evaluate runs now
-
-    def reports(self) -> dict:
-        return {"pool": self.pool.report, "target": self.target.report}
-
-
-def _side(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log, pending: list) -> Side:
-    src = getattr(cfg, side)
-    df = read_side(spark, side, src)
-    key = plan.validate[side][:reuse.ID_CHARS]
-    last = reuse.latest(spark, cfg.output.path, f"validate_{side}", key)
-    if last is not None and last["status"] == "done" and last["fingerprint"] == plan.validate[side]:
-        report = json.loads(last["detail"])
-        log(f"{side}: {report['rows']} rows, checked on an earlier run")
-    else:
-        report = scan_side(df, side, src)
-        enforce(df, side, src, report, lambda m: log(f"warning: {m}"))
-        pending.append((f"validate_{side}", key, plan.validate[side], report))
-        log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
-    schema = T.StructType([df.schema[c] for c in own_columns(df)])
-    return Side(side, src, clean_side(df, src, report), schema, report)
-
-
-def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) -> Side:
-    """One side, checked (or its earlier check reused); writes nothing but the check's record.
-    ``plan`` None: the side's keys are computed here (a command that reads only this side)."""
-    if plan is None:
-        identity = reuse.source_identity(spark, getattr(cfg, side), side)
-        plan = reuse.SidePlan({side: reuse.fingerprint("validate", identity)})
-    pending: list = []
-    out = _side(spark, cfg, plan, side, log, pending)
-    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
-                                              for stage, key, fp, report in pending])
-    return out
-
-
 def checked_model_dim(cfg: JobConfig) -> int:
     """The embedding dimension of ``embed.model``; a model that cannot be loaded is bad input."""
-    from jobs.models import load_model, model_dimension
     try:
         dim = model_dimension(cfg.embed.model)
     except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
@@ -514,57 +470,6 @@ def checked_model_dim(cfg: JobConfig) -> int:
         except ValueError as err:
             raise InputError(str(err)) from None
     return dim
-
-
-def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: bool = False,
-                   train: Callable | None = None, evaluate: Callable | None = None) -> Inputs:
-    """Reads and checks both sides and the output location; writes nothing unless all is well.
-    ``weigh``: the weigh source too, when the weigh stage runs in this command and is not done.
-    ``train(pool, dim)``: the train stage's checks, run before anything is written (its result
-    is ``Inputs.train``); ``evaluate(pool, dim)`` the same for the evaluate stage. Where
-    quantize uses learnt weights, checks that they exist and fit the embeddings.
-
-    Raises:
-      InputError: any problem with the sources, their rows, the model, the target's size, the
-        weights or the output tables.
-    """
-    from jobs.models import model_dimension
-    pending: list = []
-    sides = {side: _side(spark, cfg, plan, side, log, pending) for side in ("pool", "target")}
-    dims = {side: s.report.get("dim_min") for side, s in sides.items()
-            if effective_embedding_column(s.src)}
-    if len(dims) < 2:
-        model_dim = checked_model_dim(cfg)
-        for side in ("pool", "target"):
-            dims.setdefault(side, model_dim)
-    if dims["pool"] != dims["target"]:
-        raise InputError(f"embedding dimension mismatch: pool {dims['pool']}, target "
-                         f"{dims['target']}; use the same model for both sides.")
-    target_rows = sides["target"].report["kept"]
-    k = cfg.select.k
-    if target_rows <= k:
-        raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
-                         f"least {k + 1}. Lower select.k or give a larger target sample.")
-    check_outputs(spark, cfg, sides["pool"].schema)
-    weigh_input = None
-    if weigh and plan.weigh is not None:
-        from jobs.weigh import weigh_input_unless_done
-        weigh_input = weigh_input_unless_done(spark, cfg, plan.weigh, pending, model_dimension)
-    if plan.weights_id is not None:
-        from jobs.weigh import weights_dim
-        have = weights_dim(spark, cfg, plan, weigh_input)
-        if have != dims["pool"]:
-            raise InputError(f"the weights {plan.weights_id} have {have} features, but the "
-                             f"embeddings have {dims['pool']} dimensions; learn the weights in "
-                             "the embedding space (weigh.source.embedding_column, or its "
-                             "text_column with the same embed.model), or use other weights.")
-    train_input = train(sides["pool"], int(dims["pool"])) if train is not None else None
-    evaluate_input = (evaluate(sides["pool"], int(dims["pool"])) if evaluate is not None
-                      else None)
-    reuse.record_all(spark, cfg.output.path, [(stage, key, fp, "done", report)
-                                              for stage, key, fp, report in pending])
-    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input,
-                  evaluate_input)
 
 
 def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:

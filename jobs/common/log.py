@@ -2,7 +2,7 @@
 bar at a time on stderr for the long steps (embedding, K-means, the selection's picks).
 
 By default the terminal shows only these: Spark's own console output (its log, stage bars and
-Ivy's report) goes to a log file (:mod:`jobs.session`), and the model libraries' bars are off.
+Ivy's report) goes to a log file (:mod:`jobs.io.session`), and the model libraries' bars are off.
 ``--verbose``, or ``spark.log_level`` in the config, turns the quiet off: Spark logs to the
 terminal at that level with its stage bars, and the detail lines (every few picks) are printed.
 

@@ -1,13 +1,13 @@
 """The GIO source's ``GIOKL`` with its Spark methods, for scripts written against it.
 
-``from jobs.compat import GIOKL`` gives ``fit`` and ``calculate_statistical_distance`` of
+``from jobs.tools.compat import GIOKL`` gives ``fit`` and ``calculate_statistical_distance`` of
 :class:`gio_core.GIOKL` plus the source's ``quantize``, ``explode``, ``read_data_from_csv`` and
 ``read_data_from_parquet`` with their signatures. Differences from the source:
 
 * ``explode`` matches the chosen centroids to cluster ids by nearest centroid (a float32 round
   trip no longer loses matches), and reports centroids it cannot match;
 * ``quantize`` accepts array or vector ``features`` columns;
-* the session is built by :func:`jobs.session.build_session` (Delta configured), or passed in.
+* the session is built by :func:`jobs.io.session.build_session` (Delta configured), or passed in.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gio_core.compat import GIOKL as _NumericGIOKL
+from jobs.io.session import build_session
 
 
 class GIOKL(_NumericGIOKL):
@@ -33,7 +34,6 @@ class GIOKL(_NumericGIOKL):
                  spark=None):
         super().__init__(uniform_low, uniform_high, uniform_start_size, dim, seed)
         if spark is None:
-            from jobs.session import build_session
             spark = build_session("gio-spark-compat")
         self.spark = spark
 

@@ -1,6 +1,6 @@
 """The datamodels worker task: what runs on the executors for ``gio-spark datamodels work``.
 
-Kept apart from :mod:`jobs.datamodels` so that a Python worker imports only this, the spec and
+Kept apart from :mod:`jobs.datamodels.actions` so that a Python worker imports only this, the spec and
 the user's module (not Spark SQL, Delta or JAX): a worker starts in a fraction of a second.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import time
 from functools import partial
 
-from jobs.datamodels_spec import check_output, parse_spec
+from jobs.config.store_spec import check_output, parse_spec
 
 _MAINS: dict = {}
 

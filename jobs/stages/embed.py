@@ -1,0 +1,56 @@
+"""The embed stage: sentence embeddings inside Spark.
+
+The encoder (:func:`jobs.io.encoders.embed_frame`, a ``mapInPandas`` function) loads the
+sentence-transformers model once per Python worker and encodes each Arrow batch. Text sides are
+written to ``<side>_embeddings`` under their ``embeddings_id`` (one transaction each, reused
+while the source and model are unchanged); sides with a precomputed vector column are read
+straight from the source.
+"""
+from __future__ import annotations
+
+import time
+
+from pyspark.sql import DataFrame, functions as F
+
+from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.common.log import log, spark_bar, took
+from jobs.config import JobConfig
+from jobs.io import tables
+from jobs.io.encoders import embed_frame, embed_partitions
+from jobs.io.sources import Side
+from jobs.stages.base import run_stage
+from jobs.state import reuse
+
+
+def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame:
+    """The (row_id, embedding) rows of one side, computed and committed if not done yet."""
+    if EMBEDDING in side.frame.columns:
+        return side.frame.select(ROW_ID, EMBEDDING)
+    name, stage = f"{side.name}_embeddings", f"embed_{side.name}"
+    key, fp = plan.embeddings_of(side.name)
+
+    def work(begin):
+        e = cfg.embed
+        threads = int(spark.conf.get("spark.task.cpus", "1"))
+        rows = int(side.report["kept"])
+        tasks = embed_partitions(rows, e.rows_per_task)
+        log(f"embed {side.name}: encoding {rows} texts of {side.src.text_column!r} with "
+            f"{e.model}{'' if e.backend == 'torch' else ' on ' + e.backend} (batch "
+            f"{e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
+        begin()
+        counter = spark.sparkContext.accumulator(0)
+        out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
+                          e.device, threads, counter, tasks, e.backend).withColumn(
+                              "embeddings_id", F.lit(key))
+        t0 = time.perf_counter()
+        with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
+                       done=lambda: counter.value):
+            tables.replace_key(spark, out, cfg.output.path, name, key)
+        seconds = time.perf_counter() - t0
+        log(f"embed {side.name}: {rows} texts in {took(seconds)} "
+            f"({rows / max(seconds, 1e-9):.0f} texts/s)")
+        return None, None
+
+    run_stage(spark, cfg.output.path, stage, key, fp, work,
+              reused=lambda: log(f"embed {side.name}: reusing {name} {key}"))
+    return tables.read_key(spark, cfg.output.path, name, key).select(ROW_ID, EMBEDDING)

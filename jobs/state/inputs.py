@@ -1,0 +1,110 @@
+"""A command's checked inputs: both sides read and scanned (or their earlier scan reused, by the
+stage log), the dimensions, the model, the target's size, the weights and the output tables
+checked, and the checks of the stages that run later in the command, all before anything heavy
+runs or anything is written."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from pyspark.sql import types as T
+
+from jobs.common.errors import InputError
+from jobs.config import JobConfig, effective_embedding_column
+from jobs.io.sources import (Side, check_outputs, checked_model_dim, clean_side, enforce,
+                             own_columns, read_side, scan_side)
+from jobs.state import reuse, stagelog
+from jobs.state.stored import weights_dim
+
+
+@dataclass
+class Inputs:
+    pool: Side
+    target: Side
+    dim: int
+    weigh: object | None = None      # jobs.stages.weigh.WeighInput, when the weigh stage runs now
+    train: object | None = None      # jobs.stages.train.TrainInput, when the train stage runs now
+    evaluate: object | None = None   # jobs.stages.evaluate.EvaluateInput, when evaluate runs now
+
+    def reports(self) -> dict:
+        return {"pool": self.pool.report, "target": self.target.report}
+
+
+def _side(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log, pending: list) -> Side:
+    src = getattr(cfg, side)
+    df = read_side(spark, side, src)
+    key = plan.validate[side][:reuse.ID_CHARS]
+    last = stagelog.latest(spark, cfg.output.path, f"validate_{side}", key)
+    if last is not None and last["status"] == "done" and last["fingerprint"] == plan.validate[side]:
+        report = json.loads(last["detail"])
+        log(f"{side}: {report['rows']} rows, checked on an earlier run")
+    else:
+        report = scan_side(df, side, src)
+        enforce(df, side, src, report, lambda m: log(f"warning: {m}"))
+        pending.append((f"validate_{side}", key, plan.validate[side], report))
+        log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
+    schema = T.StructType([df.schema[c] for c in own_columns(df)])
+    return Side(side, src, clean_side(df, src, report), schema, report)
+
+
+def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) -> Side:
+    """One side, checked (or its earlier check reused); writes nothing but the check's record.
+    ``plan`` None: the side's keys are computed here (a command that reads only this side)."""
+    if plan is None:
+        identity = reuse.source_identity(spark, getattr(cfg, side), side)
+        plan = reuse.SidePlan({side: reuse.fingerprint("validate", identity)})
+    pending: list = []
+    out = _side(spark, cfg, plan, side, log, pending)
+    stagelog.record_checks(spark, cfg.output.path, pending)
+    return out
+
+
+def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: Callable | None = None,
+                   train: Callable | None = None, evaluate: Callable | None = None) -> Inputs:
+    """Reads and checks both sides and the output location; writes nothing unless all is well.
+    ``weigh(pending)``: the weigh stage's checks of its source, when it runs in this command
+    (its result, None when the stage is done, is ``Inputs.weigh``; the records of its checks go
+    into ``pending``).
+    ``train(pool, dim)``: the train stage's checks, run before anything is written (its result
+    is ``Inputs.train``); ``evaluate(pool, dim)`` the same for the evaluate stage. Where
+    quantize uses learnt weights, checks that they exist and fit the embeddings.
+
+    Raises:
+      InputError: any problem with the sources, their rows, the model, the target's size, the
+        weights or the output tables.
+    """
+    pending: list = []
+    sides = {side: _side(spark, cfg, plan, side, log, pending) for side in ("pool", "target")}
+    dims = {side: s.report.get("dim_min") for side, s in sides.items()
+            if effective_embedding_column(s.src)}
+    if len(dims) < 2:
+        model_dim = checked_model_dim(cfg)
+        for side in ("pool", "target"):
+            dims.setdefault(side, model_dim)
+    if dims["pool"] != dims["target"]:
+        raise InputError(f"embedding dimension mismatch: pool {dims['pool']}, target "
+                         f"{dims['target']}; use the same model for both sides.")
+    target_rows = sides["target"].report["kept"]
+    k = cfg.select.k
+    if target_rows <= k:
+        raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
+                         f"least {k + 1}. Lower select.k or give a larger target sample.")
+    check_outputs(spark, cfg, sides["pool"].schema)
+    weigh_input = None
+    if weigh is not None and plan.weigh is not None:
+        weigh_input = weigh(pending)
+    if plan.weights_id is not None:
+        own_dim = weigh_input.dim if weigh_input is not None else None
+        have = weights_dim(spark, cfg, plan.weights_id, plan.weights, own_dim)
+        if have != dims["pool"]:
+            raise InputError(f"the weights {plan.weights_id} have {have} features, but the "
+                             f"embeddings have {dims['pool']} dimensions; learn the weights in "
+                             "the embedding space (weigh.source.embedding_column, or its "
+                             "text_column with the same embed.model), or use other weights.")
+    train_input = train(sides["pool"], int(dims["pool"])) if train is not None else None
+    evaluate_input = (evaluate(sides["pool"], int(dims["pool"])) if evaluate is not None
+                      else None)
+    stagelog.record_checks(spark, cfg.output.path, pending)
+    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input,
+                  evaluate_input)

@@ -1,0 +1,107 @@
+"""Stored outputs that a stage reads from another stage's tables: learnt feature weights (the
+weigh stage's) and committed embeddings (the embed stage's). A look-up never computes anything:
+it finds what the stage log says is done, or raises with what to run first."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.config import JobConfig, uses_own_weights
+from jobs.io import tables
+from jobs.io.sources import Side
+from jobs.state import stagelog
+
+
+def stored_embeddings(spark, cfg: JobConfig, side: Side, key: str, fp: str) -> DataFrame | None:
+    """(row_id, embedding) of a side without computing anything: its vector column, or its
+    committed ``<side>_embeddings`` under ``key`` with fingerprint ``fp`` (the run plan's
+    ``embeddings_id[side]`` and ``embed[side]``); None when neither exists yet."""
+    if EMBEDDING in side.frame.columns:
+        return side.frame.select(ROW_ID, EMBEDDING)
+    if not stagelog.is_done(spark, cfg.output.path, f"embed_{side.name}", key, fp):
+        return None
+    return tables.read_key(spark, cfg.output.path, f"{side.name}_embeddings", key).select(
+        ROW_ID, EMBEDDING)
+
+
+def weights_location(cfg: JobConfig) -> str:
+    return cfg.weights.path or cfg.output.path
+
+
+def stored_weights(spark, cfg: JobConfig) -> tuple[str, str]:
+    """``(weights_id, fingerprint)`` of the stored weights that ``weights`` names.
+
+    Raises:
+      InputError: no such weights, or they are not complete, or ``weights.path`` holds several
+        runs and ``weights.run_id`` does not say which.
+    """
+    where = weights_location(cfg)
+    ids = tables.stored_keys(spark, where, "weight_runs")
+    if ids is None:
+        raise InputError(f"there are no learnt weights under {where!r} (no weight_runs table); "
+                         "run gio-spark weigh first, or correct weights.path.")
+    run_id = cfg.weights.run_id
+    if run_id is None:
+        if len(ids) != 1:
+            raise InputError(f"{where!r} holds {len(ids)} weights runs ({', '.join(ids[:10])}); "
+                             "set weights.run_id to the one to use.")
+        run_id = ids[0]
+    last = stagelog.latest(spark, where, "weigh", run_id)
+    if last is None or last["status"] != "done":
+        known = f" It holds: {', '.join(ids[:10])}." if ids else ""
+        raise InputError(f"weights.run_id {run_id!r} names no complete weights under {where!r}."
+                         f"{known} Run gio-spark weigh first.")
+    return run_id, last["fingerprint"]
+
+
+def weights_dim(spark, cfg: JobConfig, weights_id: str, weights_fp: str,
+                own_dim: int | None = None) -> int:
+    """The number of features of the weights quantize uses (before anything heavy runs).
+    ``own_dim``: the features of this config's own weigh input, when the weigh stage runs now."""
+    if uses_own_weights(cfg) and own_dim is not None:
+        return own_dim
+    where = weights_location(cfg)
+    if uses_own_weights(cfg) and not stagelog.is_done(spark, where, "weigh", weights_id,
+                                                   weights_fp):
+        raise InputError(f"the weights {weights_id} of this config's weigh section are not "
+                         f"learnt yet under {where!r}; run gio-spark weigh (or run) first.")
+    record = (tables.read_key(spark, where, "weight_runs", weights_id)
+              .where(F.col("weights_fingerprint") == weights_fp)
+              .select("features", "space_a", "params")
+              .first())
+    if record is None:
+        raise ConcurrentRunError(f"the record of weights {weights_id} under {where!r} was "
+                                 "replaced by another run with the same id; run again.")
+    space_a = json.loads(record["space_a"])
+    periods = json.loads(record["params"]).get("weigh", {}).get("periods_A")
+    if periods and any(periods):
+        raise InputError(f"the weights {weights_id} were learnt with periodic features "
+                         "(weigh.periods_A), but K-means has no periodic distance; use weights "
+                         "learnt without periods_A.")
+    return int(space_a["features"])
+
+
+def load_weights(spark, cfg: JobConfig, weights_id: str, weights_fp: str) -> np.ndarray:
+    """The scale factors (``scaled``) of the weights quantize uses, by feature index."""
+    where = weights_location(cfg)
+    rows = (tables.read_key(spark, where, "feature_weights", weights_id)
+            .where(F.col("weights_fingerprint") == weights_fp)
+            .orderBy("feature").select("feature", "scaled").collect())
+    if not rows or [r["feature"] for r in rows] != list(range(len(rows))):
+        raise ConcurrentRunError(f"the feature weights {weights_id} under {where!r} were "
+                                 "replaced by another run with the same id while this one ran; "
+                                 "give each weigh config its own run_id (or none) and run again.")
+    return np.array([r["scaled"] for r in rows], np.float64)
+
+
+def apply_weights(embeddings: DataFrame, scale: np.ndarray) -> DataFrame:
+    """``(row_id, embedding)`` with feature a of every embedding multiplied by ``scale[a]``."""
+    factors = F.array(*[F.lit(float(v)) for v in scale])
+    return embeddings.select(ROW_ID, F.zip_with(F.col(EMBEDDING), factors,
+                                                lambda x, s: (x * s).cast("float"))
+                             .alias(EMBEDDING))
