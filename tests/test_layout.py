@@ -28,8 +28,8 @@ FORBIDDEN = {"pyspark", "delta", "sentence_transformers", "torch", "requests", "
 FORBIDDEN_CALLS = {"open", "print"}
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,
-         "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6, "jobs.runner": 6,
-         "jobs.tools": 6, "jobs.cli": 7, "jobs.submit": 8}
+         "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6,
+         "jobs.runner": 6, "jobs.tools": 6, "jobs.cli": 7, "jobs.submit": 8}
 
 # Function-local imports of the project's own modules, each with the reason it is one.
 LOCAL_IMPORTS = {
@@ -69,32 +69,34 @@ def _modules() -> dict:
 def _imports(modules: dict) -> dict:
     """``{module: [(imported project module, function-local?)]}``, relative imports resolved;
     ``from jobs.x import y`` counts as importing ``jobs.x.y`` where that is a module."""
-    edges: dict = {name: [] for name in modules}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        tree = ast.parse(path.read_text())
+    return {name: _imports_of(name, path, modules) for name, path in modules.items()}
 
-        def visit(node, local: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                inner = local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                    ast.Lambda))
-                targets = []
-                if isinstance(child, ast.Import):
-                    targets = [a.name for a in child.names]
-                elif isinstance(child, ast.ImportFrom):
-                    base = child.module or ""
-                    if child.level:
-                        up = package.split(".")[:len(package.split(".")) - child.level + 1]
-                        base = ".".join(up + ([base] if base else []))
-                    targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                               for a in child.names]
-                for target in targets:
-                    if target in modules and target != name:
-                        edges[name].append((target, inner))
-                visit(child, inner)
 
-        visit(tree, False)
-    return edges
+def _imports_of(name: str, path: pathlib.Path, modules: dict) -> list:
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: list = []
+
+    def visit(node, local: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                ast.Lambda))
+            targets = []
+            if isinstance(child, ast.Import):
+                targets = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    up = package.split(".")[:len(package.split(".")) - child.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                           for a in child.names]
+            for target in targets:
+                if target in modules and target != name:
+                    found.append((target, inner))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text()), False)
+    return found
 
 
 def _rank(module: str) -> tuple[int, str]:
