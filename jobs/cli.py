@@ -9,8 +9,9 @@ import yaml
 from jobs import __version__
 from jobs.common.errors import EXIT_BAD_INPUT, InputError
 from jobs.config import load_config
-from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS
+from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS, REGISTRY
 from jobs.runner import parser, run_main
+from jobs.stages.base import Stage
 from jobs.tools import package
 from jobs.tools.demo import format_summary, run_demo
 
@@ -43,11 +44,16 @@ def main(argv=None) -> int:
         return _config(rest)
     if args.command == "datamodels":
         return _datamodels(rest)
-    command = COMMANDS[args.command]
     if args.command in ("imnn", "imnn-example") and "--local" in rest:
         rest = [a for a in rest if a != "--local"] + ["--set", "imnn.mode=local"]
-    return run_main(f"gio-spark {args.command}", command.help, command.body, rest,
-                    command=args.command)
+    return _run_stage(f"gio-spark {args.command}", COMMANDS[args.command], rest, args.command)
+
+
+def _run_stage(prog: str, stage: Stage, rest: list, command: str) -> int:
+    """A stage's command, with what it declares: the sides it reads, its own section."""
+    return run_main(prog, stage.help, lambda spark, cfg: stage.command(spark, cfg, REGISTRY),
+                    rest, command=command, precheck=stage.precheck, reads=stage.reads,
+                    requires=stage.required)
 
 
 def _config(rest: list) -> int:
@@ -79,9 +85,8 @@ def _datamodels(rest: list) -> int:
         print(f"{usage}\ngio-spark datamodels: error: {got}; choose one of "
               f"{', '.join(DATAMODELS_ACTIONS)}.", file=sys.stderr)
         return 2
-    command = DATAMODELS_ACTIONS[rest[0]]
-    return run_main(f"gio-spark datamodels {rest[0]}", command.help, command.body, rest[1:],
-                    command=f"datamodels-{rest[0]}", precheck=command.precheck)
+    return _run_stage(f"gio-spark datamodels {rest[0]}", DATAMODELS_ACTIONS[rest[0]], rest[1:],
+                      f"datamodels-{rest[0]}")
 
 
 if __name__ == "__main__":

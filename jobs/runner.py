@@ -15,7 +15,7 @@ from typing import Callable
 from jobs.common.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
                          InputError, PartialFailure)
 from jobs.common.log import set_verbose
-from jobs.config import JobConfig, load_config, reads_sides
+from jobs.config import JobConfig, load_config
 from jobs.io.session import build_session, current_log
 from jobs.io.sources import preflight
 
@@ -47,18 +47,22 @@ def _spark_log() -> str:
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
              argv=None, command: str = "run",
-             precheck: Callable[[JobConfig], None] | None = None) -> int:
+             precheck: Callable[[JobConfig], None] | None = None,
+             reads: Callable[[JobConfig], tuple] | None = None,
+             requires: tuple[str, str] | None = None) -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
-    the session and runs ``body(spark, cfg)``; returns the exit code. ``command`` says which
-    sections must be configured (weigh, and train on a source of its own, read no pool or
-    target); ``precheck(cfg)`` runs the command's own checks before the JVM starts."""
+    the session and runs ``body(spark, cfg)``; returns the exit code. ``command``, ``reads``
+    and ``requires`` say what the config must hold (see :func:`jobs.config.load_config`; a
+    stage declares them); ``precheck(cfg)`` runs the command's own checks before the JVM
+    starts."""
     args = parser(prog, description).parse_args(argv)
     spark = None
     try:
-        cfg = load_config(args.config, args.set, command)
+        cfg = load_config(args.config, args.set, command, reads, requires)
         loud = args.verbose or cfg.spark.log_level is not None
         set_verbose(loud)
-        preflight(cfg, reads_sides(cfg, command))
+        preflight(cfg, tuple(reads(cfg)) if reads is not None else (
+            ("pool", "target") if command == "run" else ()))
         if precheck is not None:
             precheck(cfg)
         from pyspark.sql import SparkSession

@@ -14,7 +14,7 @@ __all__ = ["RUNTIME_DATAMODELS_OPTIONS", "RUNTIME_EMBED_OPTIONS", "RUNTIME_IMNN_
            "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "EmbedSection",
            "JobConfig", "QuantizeSection", "SelectSection", "SourceSection", "TrainSection",
            "auto_pool_k", "datamodels_spec", "effective_embedding_column", "engine_options",
-           "load_config", "probe_options", "reads_sides", "row_budget", "uses_own_weights",
+           "load_config", "probe_options", "row_budget", "uses_own_weights",
            "uses_weights", "validate"]
 
 

@@ -34,6 +34,7 @@ from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
 from gio_core.imnn import DERIVATIVE_MODES
 from gio_core.quality import METHODS as QUALITY_METHODS
 from jobs.common.errors import InputError
+from jobs.common.log import log
 from jobs.config.store_spec import parse_spec, read_spec_file
 
 SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
@@ -134,9 +135,10 @@ class SelectSection:
     max_fraction: float | None = None  # or this share of the pool's rows (the smaller wins)
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
     # id, so changing them reuses the run.
-    jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
-    jax_memory_fraction: float | None = None   # share of the driver GPU's memory JAX may take
-    jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
+    # Deprecated: the runtime section's keys (still read, with a warning, when set here).
+    jax_platform: str | None = None
+    jax_memory_fraction: float | None = None
+    jax_preallocate: bool | None = None
     max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
     block_size: int = 4096            # pool rows scored per block by the exact method
     cache_bytes: int = 2 ** 28        # the exact method's distance memory (see gio_core.select)
@@ -456,6 +458,18 @@ class OutputSection:
 
 
 @dataclass
+class RuntimeSection:
+    """How the driver runs JAX: none of it changes a result or an id (so changing it reuses
+    committed work). ``select.jax_*`` are the deprecated names of these keys."""
+    jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
+    jax_memory_fraction: float | None = None   # share of the driver GPU's memory JAX may take
+    jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
+
+
+JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")
+
+
+@dataclass
 class JobConfig:
     spark: SparkSection = field(default_factory=SparkSection)
     pool: SourceSection = field(default_factory=SourceSection)
@@ -470,6 +484,7 @@ class JobConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     imnn: IMNNSection = field(default_factory=IMNNSection)
     datamodels: DatamodelsSection = field(default_factory=DatamodelsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
     run_id: str | None = None
 
     def to_dict(self) -> dict:
@@ -643,8 +658,17 @@ def _read_yaml(path: str) -> dict:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
-                command: str = "run") -> JobConfig:
+                command: str = "run", reads: Callable[[JobConfig], tuple] | None = None,
+                requires: tuple[str, str] | None = None) -> JobConfig:
     """Reads a YAML config, applies ``key=value`` overrides and validates the result.
+
+    Args:
+      command: the command that will run (``run``, a stage's name, ``config``...): some
+        sections check more for their own command.
+      reads: ``reads(cfg)`` -> the sides (``pool``, ``target``) the command reads, which must
+        be complete; default: both for ``run``, none otherwise (a stage declares its own, see
+        :class:`jobs.stages.base.Stage`).
+      requires: ``(section, message)``: the command's own section, which must be enabled.
 
     Raises:
       InputError: naming every problem found (each key, the value it got and what would do).
@@ -664,8 +688,27 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         _set_dotted(data, key.strip(), value)
     with _collecting():
         cfg = _build(JobConfig, data, "")
-        validate(cfg, command)
+        for key in _take_deprecated(cfg, data):
+            log(f"warning: select.{key} is deprecated; write runtime.{key} instead (this run "
+                f"uses runtime.{key}={getattr(cfg.runtime, key)!r}).")
+        validate(cfg, command, reads, requires)
     return cfg
+
+
+def _take_deprecated(cfg: JobConfig, data: dict) -> list[str]:
+    """``select.jax_*`` set (the deprecated names) move to ``runtime`` where the runtime
+    section does not set them itself; returns the keys that were set under select."""
+    given = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    moved = []
+    for key in JAX_KEYS:
+        value = getattr(cfg.select, key)
+        if value is None:
+            continue
+        moved.append(key)
+        if key not in given:
+            setattr(cfg.runtime, key, value)
+        setattr(cfg.select, key, None)
+    return moved
 
 
 def _check(cond: bool, message: str) -> None:
@@ -1121,17 +1164,6 @@ def validate_datamodels(cfg: JobConfig, command: str) -> None:
                "folder for the .npy files.")
 
 
-def reads_sides(cfg: JobConfig, command: str = "run") -> tuple[str, ...]:
-    """The sides (pool, target) that ``command`` reads, so they must be configured."""
-    if command == "datamodels-select":
-        return ("pool",)
-    if command in ("weigh", "imnn", "imnn-example", "config") or command in DATAMODELS_COMMANDS:
-        return ()
-    if command == "train":
-        return ("pool", "target") if cfg.train.needs_pool else ()
-    return ("pool", "target")
-
-
 def uses_own_weights(cfg: JobConfig) -> bool:
     """Whether quantize uses the weights this config's ``weigh`` section learns."""
     if not cfg.weigh.enabled or cfg.weights.path is not None:
@@ -1162,24 +1194,16 @@ def _validate_spark(cfg: JobConfig) -> None:
            f"{sp.log_level!r}.")
 
 
-def _validate_command(cfg: JobConfig, command: str) -> None:
+def _validate_command(cfg: JobConfig, requires: tuple[str, str] | None) -> None:
     """That the command's own section is there."""
-    _check(command not in ("imnn", "imnn-example") or cfg.imnn.enabled, "the config has no "
-           "imnn stage: set imnn.simulations to the Delta table of simulations (and "
-           "imnn.theta_fid to the fiducial parameters); conf/imnn.yaml is an example.")
-    _check(command != "weigh" or cfg.weigh.enabled, "the config has no weigh stage: set "
-           "weigh.source.path (and weigh.b_columns) to the table whose feature weights to learn.")
-    _check(command != "train" or cfg.train.enabled, "the config has no train stage: set "
-           "train.validation.path (and train.label_column) to the labelled rows that score the "
-           "probe.")
-    _check(command != "evaluate" or cfg.evaluate.enabled, "the config has no evaluate stage: "
-           "set evaluate.heldout.path to rows of the target's distribution that the target "
-           "sample left out.")
+    if requires is not None:
+        section, message = requires
+        _check(getattr(cfg, section).enabled, message)
 
 
-def _validate_sides(cfg: JobConfig, command: str) -> None:
-    """The ``pool`` and ``target`` sources: complete where the command reads them."""
-    sides = reads_sides(cfg, command)
+def _validate_sides(cfg: JobConfig, sides: tuple) -> None:
+    """The ``pool`` and ``target`` sources: complete where the command reads them, and what is
+    set of the others."""
     for side in ("pool", "target"):
         src: SourceSection = getattr(cfg, side)
         _check_source(src, side, SOURCE_FORMATS, read=side in sides)
@@ -1239,15 +1263,8 @@ def _validate_select(cfg: JobConfig) -> None:
     _check(s.max_fraction is None or (_is_num(s.max_fraction) and 0 < s.max_fraction <= 1),
            "select.max_fraction must be null or a share of the pool's rows in (0, 1]; got "
            f"{s.max_fraction!r}.")
-    _check(isinstance(s.jax_preallocate, bool),
-           f"select.jax_preallocate must be true or false; got {s.jax_preallocate!r}.")
     _check(_is_int(s.max_centroids) and s.max_centroids >= 1,
            f"select.max_centroids must be an integer >= 1; got {s.max_centroids!r}.")
-    _check(s.jax_platform in ("auto", "cpu", "gpu"),
-           f"select.jax_platform must be auto, cpu or gpu; got {s.jax_platform!r}.")
-    _check(s.jax_memory_fraction is None
-           or (_is_num(s.jax_memory_fraction) and 0 < s.jax_memory_fraction <= 1),
-           f"select.jax_memory_fraction must be null or in (0, 1]; got {s.jax_memory_fraction!r}.")
     _check(s.k < q.target_k,
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
@@ -1260,6 +1277,19 @@ def _validate_select(cfg: JobConfig) -> None:
                f"quantize.{key} or raise select.max_centroids (and the driver's memory).")
 
 
+def _validate_runtime(cfg: JobConfig) -> None:
+    """The ``runtime`` section (``select.jax_*``, deprecated, were moved into it)."""
+    r = cfg.runtime
+    _check(isinstance(r.jax_preallocate, bool),
+           f"runtime.jax_preallocate must be true or false; got {r.jax_preallocate!r}.")
+    _check(r.jax_platform in ("auto", "cpu", "gpu"),
+           f"runtime.jax_platform must be auto, cpu or gpu; got {r.jax_platform!r}.")
+    _check(r.jax_memory_fraction is None
+           or (_is_num(r.jax_memory_fraction) and 0 < r.jax_memory_fraction <= 1),
+           f"runtime.jax_memory_fraction must be null or in (0, 1]; got "
+           f"{r.jax_memory_fraction!r}.")
+
+
 def _validate_output(cfg: JobConfig) -> None:
     """``output`` and ``run_id``."""
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
@@ -1269,15 +1299,23 @@ def _validate_output(cfg: JobConfig) -> None:
            f"or digit); got {cfg.run_id!r}.")
 
 
-def validate(cfg: JobConfig, command: str = "run") -> None:
+def validate(cfg: JobConfig, command: str = "run",
+             reads: Callable[[JobConfig], tuple] | None = None,
+             requires: tuple[str, str] | None = None) -> None:
     """Checks every value; raises one :class:`InputError` naming every problem (the key, the
-    value it got and what would do). ``command``: the sources a command does not read (weigh,
-    and train on a source of its own, read no pool or target) need no path."""
+    value it got and what would do). ``command``, ``reads``, ``requires``: as
+    :func:`load_config` takes them."""
     with _collecting() as problems:
+        try:
+            sides = tuple(reads(cfg)) if reads is not None else (
+                ("pool", "target") if command == "run" else ())
+        except (TypeError, ValueError, AttributeError):    # reads trips over a bad value
+            sides = ()
         for part, args in ((_validate_spark, (cfg,)), (validate_weigh, (cfg,)),
                            (validate_train, (cfg,)), (validate_evaluate, (cfg, command)),
                            (validate_imnn, (cfg,)), (validate_datamodels, (cfg, command)),
-                           (_validate_command, (cfg, command)), (_validate_sides, (cfg, command)),
+                           (_validate_command, (cfg, requires)), (_validate_sides, (cfg, sides)),
                            (_validate_embed, (cfg,)), (_validate_quantize, (cfg,)),
-                           (_validate_select, (cfg,)), (_validate_output, (cfg,))):
+                           (_validate_select, (cfg,)), (_validate_runtime, (cfg,)),
+                           (_validate_output, (cfg,))):
             _part(problems, part, *args)

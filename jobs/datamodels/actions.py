@@ -75,7 +75,7 @@ from jobs.datamodels import example as datamodels_example
 from jobs.datamodels.worker import work_task
 from jobs.io import tables
 from jobs.io.sources import check_outputs
-from jobs.stages.base import run_stage
+from jobs.stages.base import Stage, no_sides, pool_only, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
 
@@ -668,7 +668,7 @@ def fit_paths(spark, cfg: JobConfig, data: RegressionData, train, val):
     try:
         rows = (spark.range(len(chunks)).withColumnRenamed("id", "chunk")
                 .repartition(len(chunks), "chunk")
-                .mapInPandas(partial(_chunk_task, shared, opts, cfg.select.jax_platform),
+                .mapInPandas(partial(_chunk_task, shared, opts, cfg.runtime.jax_platform),
                              schema).collect())
     finally:
         shared.unpersist()
@@ -700,7 +700,7 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
         log(f"datamodels regress: {len(data.indices)} completed models ({len(train)} train, "
             f"{len(val)} validation, {len(test)} test) x {p} training examples, {n_targets} "
             f"target(s) [{data.targets[0]}, {data.targets[-1] + 1}); {d.mode} mode")
-        configure_jax(cfg.select)
+        configure_jax(cfg.runtime)
         t1 = time.perf_counter()
         path = fit_paths(spark, cfg, data, train, val)
         fit_s = time.perf_counter() - t1
@@ -939,7 +939,7 @@ def run_export(spark, cfg: JobConfig) -> dict:
 # The commands
 # ---------------------------------------------------------------------------
 
-def init_command(spark, cfg: JobConfig) -> None:
+def init_command(spark, cfg: JobConfig, registry=None) -> None:
     store, created = ensure_store(spark, cfg)
     done = len(completed_indices(spark, store))
     log(f"datamodels init: {'created' if created else 'found'} the store {store.path} "
@@ -947,24 +947,24 @@ def init_command(spark, cfg: JobConfig) -> None:
         f"{', '.join(store.spec.names)})")
 
 
-def work_command(spark, cfg: JobConfig) -> None:
+def work_command(spark, cfg: JobConfig, registry=None) -> None:
     run_work(spark, cfg)
 
 
-def regress_command(spark, cfg: JobConfig) -> None:
+def regress_command(spark, cfg: JobConfig, registry=None) -> None:
     check_outputs(spark, cfg, None)
     run_regress(spark, cfg)
 
 
-def select_command(spark, cfg: JobConfig) -> None:
+def select_command(spark, cfg: JobConfig, registry=None) -> None:
     run_dm_select(spark, cfg)
 
 
-def export_command(spark, cfg: JobConfig) -> None:
+def export_command(spark, cfg: JobConfig, registry=None) -> None:
     run_export(spark, cfg)
 
 
-def example_command(spark, cfg: JobConfig) -> None:
+def example_command(spark, cfg: JobConfig, registry=None) -> None:
     """The digits example end to end: its tables, the workers, the regression, the selection."""
     check_outputs(spark, cfg, None)
     wrote = datamodels_example.write_tables(spark, cfg)
@@ -975,3 +975,30 @@ def example_command(spark, cfg: JobConfig) -> None:
     print(datamodels_example.format_report(cfg, fit), flush=True)
     if cfg.datamodels.budget is not None or cfg.datamodels.budget_fraction is not None:
         run_dm_select(spark, cfg)
+
+
+# `gio-spark datamodels <action>` (and `jobs/submit.py datamodels <action>`). The store is the
+# user's table (init and work write it, a commit per batch of models); regress and select are
+# stages of the stage log.
+ACTIONS = (
+    Stage("init", "create the store (a Delta table, one row per model) from the spec",
+          "datamodels", no_sides, needs=(), outputs=(), command=init_command),
+    Stage("work", "train every model not yet completed: main(index, logdir, **args) as one "
+          "Spark task per index", "datamodels", no_sides, needs=("init",), outputs=(),
+          command=work_command, precheck=check_main),
+    Stage("regress", "fit a lasso path per target from the masks to the outputs", "datamodels",
+          no_sides, needs=("work",),
+          outputs=("datamodels_weights", "datamodels_fits", "datamodels_regressions"),
+          command=regress_command, log_names=("datamodels_regress",)),
+    Stage("select", "select the training rows with the most positive weight on the targets",
+          "datamodels", pool_only, needs=("regress",), outputs=("selected_rows",),
+          command=select_command, log_names=("datamodels_select",)),
+    Stage("export", "write the store as the source's .npy files", "datamodels", no_sides,
+          needs=("work",), outputs=(), command=export_command),
+    Stage("example", "the digits example end to end: tables, workers, regression, selection",
+          "datamodels", no_sides, needs=(),
+          outputs=("datamodels_weights", "datamodels_fits", "datamodels_regressions",
+                   "selected_rows"),
+          command=example_command, precheck=check_main,
+          log_names=("datamodels_regress", "datamodels_select")),
+)

@@ -16,19 +16,40 @@ tables, its command) and does its work through :func:`run_stage`, which owns the
 A run killed anywhere in 2 leaves no ``done`` for the new fingerprint, so the next run computes
 the stage again and replaces its keyed rows: the outputs equal a clean run's.
 
-Stages name what they need of other stages in ``needs`` and get it as an argument (a function
-that gives the needed stage's output, computing it only when it is not committed yet), never by
-importing another stage.
+Stages name what they need of other stages in ``needs`` and get it through the registry (the
+needed stage's ``provide``, which gives its output, computing it only when it is not committed
+yet), never by importing another stage. :mod:`jobs.pipeline` holds the registry, in the order
+``gio-spark run`` runs the stages; the command line, the run's order and the sides each
+command's config must name are derived from it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from jobs.config import JobConfig
-from jobs.state import stagelog
+from jobs.state import reuse, stagelog
+from jobs.state.inputs import Inputs
 
 T = TypeVar("T")
+
+
+@dataclass
+class Run:
+    """One ``gio-spark run`` as its stages see it: the session, the config, the run's plan, the
+    registry (for what a stage ``needs``), the stages' own plans, the checked inputs and the
+    results of the stages run so far."""
+    spark: Any
+    cfg: JobConfig
+    plan: reuse.Plan
+    registry: Mapping[str, "Stage"]
+    plans: dict = field(default_factory=dict)        # stage name -> its own plan
+    inputs: Inputs | None = None
+    results: dict = field(default_factory=dict)      # stage name -> what it returned
+
+    def need(self, name: str) -> "Stage":
+        """A stage this one declared in ``needs``."""
+        return self.registry[name]
 
 
 @dataclass(frozen=True)
@@ -39,12 +60,23 @@ class Stage:
       name: its command (``gio-spark <name>``) and its name in the stage log.
       help: one line for ``gio-spark --help``.
       section: the config section that holds its options (None: none of its own).
-      reads: ``reads(cfg)`` -> the input sides (``pool``, ``target``) the command reads.
-      needs: the stages whose outputs it uses.
-      outputs: the tables it writes under ``output.path`` (see :data:`jobs.io.tables.KEYS`).
-      command: ``command(spark, cfg)`` runs the stage alone (what ``gio-spark <name>`` runs).
-      in_run: ``in_run(cfg)`` -> whether ``gio-spark run`` runs it (None: never; its own
-        command only).
+      reads: ``reads(cfg)`` -> the input sides (``pool``, ``target``) its command reads.
+      needs: the stages whose outputs it uses (given through the registry, never imported).
+      outputs: the tables it writes under ``output.path``, in the order it writes them (see
+        :data:`jobs.io.tables.KEYS`).
+      command: ``command(spark, cfg, registry)`` runs the stage alone (``gio-spark <name>``).
+      requires: the message when its command runs on a config whose ``section`` is off (None:
+        the stage needs no section of its own).
+      in_run: ``in_run(cfg)`` -> whether ``gio-spark run`` runs it (None: never).
+      plan: ``plan(run)`` -> its own plan inside a run, made before any check (None: the run's
+        plan is enough).
+      check: ``check(run, pending, pool, dim)`` -> its checked input inside a run, before
+        anything is written (see :data:`jobs.state.inputs.StageCheck`).
+      step: ``step(run)`` -> its result inside a run (``run.results[name]``).
+      provide: what a stage that needs this one calls for its output (for embed:
+        ``provide(spark, cfg, plan, side)`` -> the side's embeddings, computed if not yet).
+      log_names: its names in the stage log, where not ``name`` (embed: one per side).
+      precheck: ``precheck(cfg)``: the command's own checks before the JVM starts.
     """
     name: str
     help: str
@@ -53,17 +85,32 @@ class Stage:
     needs: tuple[str, ...]
     outputs: tuple[str, ...]
     command: Callable[..., None]
+    requires: str | None = None
     in_run: Callable[[JobConfig], bool] | None = None
-    log_names: tuple[str, ...] = field(default=())     # stage-log names, when not ``name``
+    plan: Callable[[Run], object] | None = None
+    check: Callable[..., object] | None = None
+    step: Callable[[Run], object] | None = None
+    provide: Callable[..., object] | None = None
+    log_names: tuple[str, ...] = ()
+    precheck: Callable[[JobConfig], None] | None = None
 
     @property
     def logged_as(self) -> tuple[str, ...]:
         """The names its records carry in the stage log."""
         return self.log_names or (self.name,)
 
+    @property
+    def required(self) -> tuple[str, str] | None:
+        """``(section, message)`` for :func:`jobs.config.load_config`'s ``requires``."""
+        return (self.section, self.requires) if self.requires and self.section else None
+
 
 def both_sides(cfg: JobConfig) -> tuple[str, ...]:
     return ("pool", "target")
+
+
+def pool_only(cfg: JobConfig) -> tuple[str, ...]:
+    return ("pool",)
 
 
 def no_sides(cfg: JobConfig) -> tuple[str, ...]:

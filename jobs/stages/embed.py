@@ -18,8 +18,9 @@ from jobs.config import JobConfig
 from jobs.io import tables
 from jobs.io.encoders import embed_frame, embed_partitions
 from jobs.io.sources import Side
-from jobs.stages.base import run_stage
+from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse
+from jobs.state.inputs import prepare_inputs
 
 
 def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> DataFrame:
@@ -54,3 +55,18 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
     run_stage(spark, cfg.output.path, stage, key, fp, work,
               reused=lambda: log(f"embed {side.name}: reusing {name} {key}"))
     return tables.read_key(spark, cfg.output.path, name, key).select(ROW_ID, EMBEDDING)
+
+
+def embed_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    inputs = prepare_inputs(spark, cfg, plan, log)
+    for side in (inputs.pool, inputs.target):
+        side_embeddings(spark, cfg, plan, side)
+
+
+# Not a step of its own in `gio-spark run`: quantize asks for the embeddings (``provide``) only
+# when it has work to do, so a run whose clustering is committed never looks at them.
+STAGE = Stage(
+    "embed", "the embed stage alone: sentence embeddings of pool and target", "embed",
+    both_sides, needs=(), outputs=("pool_embeddings", "target_embeddings"),
+    command=embed_command, provide=side_embeddings, log_names=("embed_pool", "embed_target"))

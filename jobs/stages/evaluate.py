@@ -56,10 +56,11 @@ from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig, effective_embedding_column, probe_options
 from jobs.io import tables
 from jobs.io.encoders import embedded_rows
-from jobs.io.sources import (Side, check_class_column, checked_model_dim, clean_side, enforce,
-                             guarded, read_side, scan_side, selected_frame)
-from jobs.stages.base import run_stage
+from jobs.io.sources import (Side, check_class_column, check_outputs, checked_model_dim,
+                             clean_side, enforce, guarded, read_side, scan_side, selected_frame)
+from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
+from jobs.state.inputs import read_only
 from jobs.state.stored import stored_embeddings
 
 HELDOUT = "evaluate.heldout"
@@ -320,7 +321,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         if inp is None:
             raise RuntimeError("evaluate: the inputs were not checked; call check_evaluate_input "
                                "first.")
-        configure_jax(cfg.select)
+        configure_jax(cfg.runtime)
         started = dt.datetime.now()
         t0 = time.perf_counter()
         dsir = "dsir" in v.methods
@@ -442,3 +443,31 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         return stored_results(spark, cfg.output.path, key, fp)
 
     return run_stage(spark, cfg.output.path, "evaluate", key, fp, work, reused)
+
+
+def evaluate_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    eplan = reuse.make_evaluate_plan(spark, cfg, plan)
+    pool = read_only(spark, cfg, plan, "pool", log)
+    target = read_only(spark, cfg, plan, "target", log)
+    check_outputs(spark, cfg, pool.schema)
+    dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
+    if dim is None:
+        dim = checked_model_dim(cfg)
+    inp = evaluate_input_unless_done(spark, cfg, eplan, pool, int(dim))
+    run_evaluate(spark, cfg, plan, eplan, inp, pool, target)
+
+
+STAGE = Stage(
+    "evaluate", "the evaluate stage alone: the selection against random, k-center, nearest "
+    "neighbours, GIO on rows (and DSIR) on held-out target rows", "evaluate", both_sides,
+    needs=("explode",), outputs=("evaluations",), command=evaluate_command,
+    requires="the config has no evaluate stage: set evaluate.heldout.path to rows of the "
+             "target's distribution that the target sample left out.",
+    in_run=lambda cfg: cfg.evaluate.enabled,
+    plan=lambda run: reuse.make_evaluate_plan(run.spark, run.cfg, run.plan, in_run=True),
+    check=lambda run, pending, pool, dim: evaluate_input_unless_done(
+        run.spark, run.cfg, run.plans["evaluate"], pool, dim),
+    step=lambda run: run_evaluate(run.spark, run.cfg, run.plan, run.plans["evaluate"],
+                                  run.inputs.checked.get("evaluate"), run.inputs.pool,
+                                  run.inputs.target))

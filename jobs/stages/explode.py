@@ -22,9 +22,10 @@ from jobs.common.frames import ROW_ID, seed_hash
 from jobs.common.log import log, took
 from jobs.config import JobConfig, row_budget
 from jobs.io import tables
-from jobs.io.sources import Side
-from jobs.stages.base import run_stage
+from jobs.io.sources import Side, check_outputs
+from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
+from jobs.state.inputs import read_only
 
 
 def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
@@ -117,3 +118,17 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
         f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path} "
         f"({took(time.perf_counter() - t0)})")
     return summary
+
+
+def explode_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    pool = read_only(spark, cfg, plan, "pool", log)
+    check_outputs(spark, cfg, pool.schema)
+    run_explode(spark, cfg, plan, pool)
+
+
+STAGE = Stage(
+    "explode", "the explode stage alone: chosen clusters back to rows", None, both_sides,
+    needs=("select",), outputs=("selected_rows",), command=explode_command,
+    in_run=lambda cfg: True,
+    step=lambda run: run_explode(run.spark, run.cfg, run.plan, run.inputs.pool))

@@ -52,7 +52,8 @@ from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import RUNTIME_IMNN_OPTIONS, JobConfig
 from jobs.io import tables
 from jobs.io.session import check_delta
-from jobs.stages.base import run_stage
+from jobs.io.sources import check_outputs
+from jobs.stages.base import Stage, no_sides, run_stage
 from jobs.state import reuse, stagelog
 
 SPLITS = ("train", "validation")
@@ -593,9 +594,9 @@ def _imnn_classes():
 def build_imnn(spark, cfg: JobConfig, layout: Layout, frame: DataFrame, mode: str | None = None):
     """The table-backed IMNN for ``mode`` (default ``imnn.mode``): its ``fit``,
     ``get_summaries``, ``get_gradient`` and statistics are gio_core.imnn's."""
-    configure_jax(cfg.select)
+    configure_jax(cfg.runtime)
     local_cls, spark_cls = _imnn_classes()
-    spec = network_spec(cfg, layout, cfg.select.jax_platform)
+    spec = network_spec(cfg, layout, cfg.runtime.jax_platform)
     mode = mode or cfg.imnn.mode
     if mode == "local":
         return local_cls(spark, cfg, layout, spec)
@@ -859,3 +860,32 @@ def load_estimator(spark, output: str, imnn_id: str | None = None):
                           np.asarray(row["invC"], np.float32),
                           np.asarray(row["dmu_dtheta"], np.float32),
                           np.asarray(row["mu"], np.float32))
+
+
+def imnn_command(spark, cfg: JobConfig, registry) -> None:
+    check_outputs(spark, cfg, None)
+    run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
+
+
+def imnn_example_command(spark, cfg: JobConfig, registry) -> None:
+    check_outputs(spark, cfg, None)
+    if write_example(spark, cfg.imnn.simulations):
+        log(f"imnn-example: the tutorial's simulations -> {cfg.imnn.simulations}")
+    else:
+        log(f"imnn-example: reusing the tutorial's simulations in {cfg.imnn.simulations}")
+    run_imnn(spark, cfg, make_imnn_plan(spark, cfg))
+
+
+REQUIRES = ("the config has no imnn stage: set imnn.simulations to the Delta table of "
+            "simulations (and imnn.theta_fid to the fiducial parameters); conf/imnn.yaml is an "
+            "example.")
+STAGE = Stage(
+    "imnn", "fit an IMNN's summaries from simulations in Delta (--local: stream them through "
+    "the driver)", "imnn", no_sides, needs=(), outputs=("imnn_history", "imnn_fits"),
+    command=imnn_command, requires=REQUIRES)
+# The tutorial: its simulations written first (a table of the user's, not an output), then the
+# imnn stage.
+EXAMPLE = Stage(
+    "imnn-example", "write the IMNN tutorial's simulations to imnn.simulations, then fit them",
+    "imnn", no_sides, needs=(), outputs=("imnn_history", "imnn_fits"),
+    command=imnn_example_command, requires=REQUIRES, log_names=("imnn",))

@@ -40,9 +40,9 @@ from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig, auto_pool_k, row_budget
 from jobs.io import tables
 from jobs.io.sources import Side
-from jobs.stages.base import run_stage
+from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse
-from jobs.state.inputs import Inputs
+from jobs.state.inputs import Inputs, prepare_inputs
 from jobs.state.stored import apply_weights, load_weights
 
 
@@ -316,3 +316,21 @@ def target_bandwidth(embeddings) -> float:
     rows = (embeddings.orderBy(F.xxhash64("row_id"), "row_id").limit(MEDIAN_POINTS)
             .select(F.col("embedding").cast("array<float>").alias("v")).collect())
     return median_bandwidth(np.array([r["v"] for r in rows], np.float32))
+
+
+def _quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs, registry) -> str:
+    embed = registry["embed"]
+    return run_quantize(spark, cfg, plan, inputs,
+                        lambda side: embed.provide(spark, cfg, plan, side))
+
+
+def quantize_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    _quantize(spark, cfg, plan, prepare_inputs(spark, cfg, plan, log), registry)
+
+
+STAGE = Stage(
+    "quantize", "the quantize stage alone: K-means on pool and target", "quantize", both_sides,
+    needs=("embed",), outputs=("centroids", "pool_assignments"), command=quantize_command,
+    in_run=lambda cfg: True,
+    step=lambda run: _quantize(run.spark, run.cfg, run.plan, run.inputs, run.registry))

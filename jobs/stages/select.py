@@ -29,7 +29,8 @@ from jobs.common.log import bar, detail, log, took
 from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig, engine_options, row_budget
 from jobs.io import tables
-from jobs.stages.base import run_stage
+from jobs.io.sources import check_outputs
+from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 
 
@@ -151,7 +152,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             raise InputError(f"there is no clustering {plan.clustering_id} for these inputs and "
                              f"quantize settings under {cfg.output.path!r}; run quantize (or the "
                              "whole pipeline) first.")
-        configure_jax(cfg.select)
+        configure_jax(cfg.runtime)
         started = dt.datetime.now()
         t0 = time.perf_counter()
         cents = collect_centroids(spark, cfg, plan.clustering_id)
@@ -242,3 +243,16 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         return run_id
 
     return run_stage(spark, cfg.output.path, "select", run_id, fp, work, reused)
+
+
+def select_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg)
+    check_outputs(spark, cfg, None)
+    run_select(spark, cfg, plan)
+
+
+STAGE = Stage(
+    "select", "the select stage alone: GIO on the centroids", "select", both_sides,
+    needs=("quantize",), outputs=("selection", "runs"), command=select_command,
+    in_run=lambda cfg: True,
+    step=lambda run: run_select(run.spark, run.cfg, run.plan, run.inputs.reports()))

@@ -11,7 +11,7 @@ read the same way. Both need ``train.label_column`` (text, integer or boolean la
 
 The rows are collected to the driver in the order of a seeded hash of their ids (so the model
 does not depend on the source's row order or files) and :func:`gio_core.gaf.train_gaf` trains
-a logistic regression or a small MLP there (JAX; the platform follows ``select.jax_platform``).
+a logistic regression or a small MLP there (JAX; the platform follows ``runtime.jax_platform``).
 ``train.baseline: random`` trains the same probe, with the same settings and seed, on as many
 pool rows drawn by a seeded hash of their ids (rows with a label), so the record shows what
 the selection gained over no selection.
@@ -47,10 +47,12 @@ from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig, effective_embedding_column, probe_options
 from jobs.io import tables
 from jobs.io.encoders import embedded_rows
-from jobs.io.sources import (Side, check_class_column, checked_model_dim, clean_side, enforce,
-                             guarded, own_columns, read_side, scan_side, selected_frame)
-from jobs.stages.base import run_stage
+from jobs.io.sources import (Side, check_class_column, check_outputs, checked_model_dim,
+                             clean_side, enforce, guarded, own_columns, read_side, scan_side,
+                             selected_frame)
+from jobs.stages.base import Stage, run_stage
 from jobs.state import reuse, stagelog
+from jobs.state.inputs import read_only
 from jobs.state.stored import stored_embeddings
 
 SOURCE, VALIDATION = "train.source", "train.validation"
@@ -252,7 +254,7 @@ def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.Train
     def work(begin):
         if inp is None:
             raise RuntimeError("train: the inputs were not checked; call check_train_input first.")
-        configure_jax(cfg.select)
+        configure_jax(cfg.runtime)
         started = dt.datetime.now()
         t0 = time.perf_counter()
         if inp.source is not None:
@@ -394,3 +396,32 @@ def load_probe(spark, output: str, train_id: str | None = None, arm: str = "sele
     return gaf.Probe(gaf.mlp_from_bytes(row["params"]), tuple(row["classes"]),
                  np.array(row["feature_mean"], np.float32),
                  np.array(row["feature_scale"], np.float32))
+
+
+def train_command(spark, cfg: JobConfig, registry) -> None:
+    plan = reuse.make_plan(spark, cfg) if cfg.train.needs_pool else None
+    tplan = reuse.make_train_plan(spark, cfg, plan)
+    check_outputs(spark, cfg, None)
+    pool, dim = None, None
+    if not stagelog.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
+        if plan is not None:
+            pool = read_only(spark, cfg, plan, "pool", log)
+            dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
+            if dim is None:
+                dim = checked_model_dim(cfg)
+    inp = train_input_unless_done(spark, cfg, tplan, pool, dim)
+    run_train(spark, cfg, plan, tplan, inp)
+
+
+STAGE = Stage(
+    "train", "the train stage alone: a probe trained on the selected rows (GAF)", "train",
+    lambda cfg: ("pool", "target") if cfg.train.needs_pool else (), needs=("explode",),
+    outputs=("models", "train_runs"), command=train_command,
+    requires="the config has no train stage: set train.validation.path (and train.label_column) "
+             "to the labelled rows that score the probe.",
+    in_run=lambda cfg: cfg.train.enabled,
+    plan=lambda run: reuse.make_train_plan(run.spark, run.cfg, run.plan, in_run=True),
+    check=lambda run, pending, pool, dim: train_input_unless_done(
+        run.spark, run.cfg, run.plans["train"], pool, dim),
+    step=lambda run: run_train(run.spark, run.cfg, run.plan, run.plans["train"],
+                               run.inputs.checked.get("train")))

@@ -8,7 +8,7 @@ takes ``weigh.num_points`` of its usable rows, the same ones whatever the source
 column, or texts embedded with the ``embed`` section's model, on the executors) and space B
 (numeric columns, one vector column, or one label column one-hot encoded), and trains
 :class:`gio_core.dii.DiffImbalance` on the driver (JAX; the platform follows
-``select.jax_platform``). It writes, each in one transaction under the weights id:
+``runtime.jax_platform``). It writes, each in one transaction under the weights id:
 
 * ``feature_weights``: one row per feature of A (index, name, learnt weight, and ``scaled`` =
   weight / max weight, the factor quantize applies);
@@ -42,9 +42,10 @@ from jobs.common.log import log
 from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig
 from jobs.io import tables
-from jobs.io.encoders import embed_frame
-from jobs.io.sources import clean_side, enforce, guarded, own_columns, read_side, scan_side
-from jobs.stages.base import run_stage
+from jobs.io.encoders import embed_frame, model_dimension
+from jobs.io.sources import (check_outputs, clean_side, enforce, guarded, own_columns, read_side,
+                             scan_side)
+from jobs.stages.base import Stage, no_sides, run_stage
 from jobs.state import reuse, stagelog
 
 SIDE = "weigh.source"
@@ -360,7 +361,7 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
     def work(begin):
         if inp is None:
             raise RuntimeError("weigh: the source was not read; call read_weigh_input first.")
-        configure_jax(cfg.select)
+        configure_jax(cfg.runtime)
         started = dt.datetime.now()
         t0 = time.perf_counter()
         n = inp.points
@@ -412,3 +413,23 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
         return key
 
     return run_stage(spark, cfg.output.path, "weigh", key, fp, work, reused)
+
+
+def weigh_command(spark, cfg: JobConfig, registry) -> None:
+    wplan = reuse.make_weigh_plan(spark, cfg)
+    check_outputs(spark, cfg, None)
+    pending: list = []
+    inp = weigh_input_unless_done(spark, cfg, wplan, pending, model_dimension)
+    stagelog.record_checks(spark, cfg.output.path, pending)
+    run_weigh(spark, cfg, wplan, inp)
+
+
+STAGE = Stage(
+    "weigh", "the weigh stage alone: feature weights learnt by the DII", "weigh", no_sides,
+    needs=(), outputs=("feature_weights", "weight_runs"), command=weigh_command,
+    requires="the config has no weigh stage: set weigh.source.path (and weigh.b_columns) to the "
+             "table whose feature weights to learn.",
+    in_run=lambda cfg: cfg.weigh.enabled,
+    check=lambda run, pending, pool, dim: weigh_input_unless_done(
+        run.spark, run.cfg, run.plan.weigh, pending, model_dimension),
+    step=lambda run: run_weigh(run.spark, run.cfg, run.plan.weigh, run.inputs.checked.get("weigh")))

@@ -5,7 +5,7 @@ runs or anything is written."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pyspark.sql import types as T
@@ -18,14 +18,17 @@ from jobs.state import reuse, stagelog
 from jobs.state.stored import weights_dim
 
 
+# A stage's checks inside a command: ``check(pending, pool, dim)`` -> its checked input (None
+# when the stage is done already); records of the checks it made go into ``pending``.
+StageCheck = Callable[[list, Side, int], object]
+
+
 @dataclass
 class Inputs:
     pool: Side
     target: Side
     dim: int
-    weigh: object | None = None      # jobs.stages.weigh.WeighInput, when the weigh stage runs now
-    train: object | None = None      # jobs.stages.train.TrainInput, when the train stage runs now
-    evaluate: object | None = None   # jobs.stages.evaluate.EvaluateInput, when evaluate runs now
+    checked: dict = field(default_factory=dict)   # stage name -> what its check returned
 
     def reports(self) -> dict:
         return {"pool": self.pool.report, "target": self.target.report}
@@ -60,19 +63,17 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) ->
     return out
 
 
-def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: Callable | None = None,
-                   train: Callable | None = None, evaluate: Callable | None = None) -> Inputs:
+def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log,
+                   checks: dict[str, StageCheck] | None = None) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
-    ``weigh(pending)``: the weigh stage's checks of its source, when it runs in this command
-    (its result, None when the stage is done, is ``Inputs.weigh``; the records of its checks go
-    into ``pending``).
-    ``train(pool, dim)``: the train stage's checks, run before anything is written (its result
-    is ``Inputs.train``); ``evaluate(pool, dim)`` the same for the evaluate stage. Where
-    quantize uses learnt weights, checks that they exist and fit the embeddings.
+    ``checks``: the checks of the stages that run later in the command, by stage name, in the
+    order they run (:data:`StageCheck`; their results are ``Inputs.checked``). Where quantize
+    uses learnt weights, checks that they exist (this run's ``weigh`` check gives their
+    dimension) and fit the embeddings.
 
     Raises:
       InputError: any problem with the sources, their rows, the model, the target's size, the
-        weights or the output tables.
+        weights, the output tables, or what a stage's check found.
     """
     pending: list = []
     sides = {side: _side(spark, cfg, plan, side, log, pending) for side in ("pool", "target")}
@@ -91,20 +92,16 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log, weigh: Callable
         raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
                          f"least {k + 1}. Lower select.k or give a larger target sample.")
     check_outputs(spark, cfg, sides["pool"].schema)
-    weigh_input = None
-    if weigh is not None and plan.weigh is not None:
-        weigh_input = weigh(pending)
+    dim = int(dims["pool"])
+    checked = {name: check(pending, sides["pool"], dim) for name, check in (checks or {}).items()}
     if plan.weights_id is not None:
-        own_dim = weigh_input.dim if weigh_input is not None else None
-        have = weights_dim(spark, cfg, plan.weights_id, plan.weights, own_dim)
+        own = checked.get("weigh")
+        have = weights_dim(spark, cfg, plan.weights_id, plan.weights,
+                           getattr(own, "dim", None))
         if have != dims["pool"]:
             raise InputError(f"the weights {plan.weights_id} have {have} features, but the "
                              f"embeddings have {dims['pool']} dimensions; learn the weights in "
                              "the embedding space (weigh.source.embedding_column, or its "
                              "text_column with the same embed.model), or use other weights.")
-    train_input = train(sides["pool"], int(dims["pool"])) if train is not None else None
-    evaluate_input = (evaluate(sides["pool"], int(dims["pool"])) if evaluate is not None
-                      else None)
     stagelog.record_checks(spark, cfg.output.path, pending)
-    return Inputs(sides["pool"], sides["target"], int(dims["pool"]), weigh_input, train_input,
-                  evaluate_input)
+    return Inputs(sides["pool"], sides["target"], dim, checked)

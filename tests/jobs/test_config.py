@@ -17,7 +17,7 @@ def test_cluster_templates_are_valid():
     assert cfg.spark.master is None and cfg.quantize.pool_k == "auto"
     assert cfg.spark.log_level is None
     gpu = load_config("conf/cluster-gpu.yaml")
-    assert gpu.select.jax_memory_fraction == 0.5 and gpu.embed.batch_size == 512
+    assert gpu.runtime.jax_memory_fraction == 0.5 and gpu.embed.batch_size == 512
 
 
 @pytest.mark.parametrize("path,sections", [
@@ -60,7 +60,8 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
      "select.resets_allowed has no effect with stop_criterion='min_kl'"),
     (["select.k"], "expected key=value"),
     (["embed.batch_size=-1"], "embed.batch_size must be an integer >= 1"),
-    (["select.jax_memory_fraction=1.5"], "select.jax_memory_fraction must be null or in (0, 1]"),
+    (["runtime.jax_memory_fraction=1.5"], "runtime.jax_memory_fraction must be null or in (0, 1]"),
+    (["select.jax_memory_fraction=1.5"], "runtime.jax_memory_fraction must be null or in (0, 1]"),
     (["select.dim=-3"], "select.dim must be None"),
     (["select.max_resets=-1"], "select.max_resets must be >= 0"),
     (["select.min_kl=abc"], "select.min_kl must be a finite number"),
@@ -174,7 +175,7 @@ def test_every_problem_of_a_config_is_named_at_once():
     assert lines[0] == "5 problems in the config:"
     assert sorted(lines[1:]) == sorted([
         "  - unknown key(s) 'colour'; valid keys: spark, pool, target, embed, quantize, select, "
-        "output, weigh, weights, train, evaluate, imnn, datamodels, run_id.",
+        "output, weigh, weights, train, evaluate, imnn, datamodels, runtime, run_id.",
         "  - pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, text, gio_csv, "
         "demo.",
         "  - embed.batch_size must be an integer >= 1; got 0.",
@@ -194,3 +195,16 @@ def test_config_command_checks_the_sources_it_shows(capsys):
         "text, gio_csv, demo.")
     assert main(["config", "--show", "--set", "target.bad_rows=ignore"]) == 2
     assert "target.bad_rows must be reject or drop; got 'ignore'." in capsys.readouterr().err
+
+
+def test_the_deprecated_select_jax_keys_still_work_and_say_so(capsys):
+    cfg = load_config("conf/demo.yaml", ["select.jax_platform=cpu", "select.jax_preallocate=true"])
+    assert cfg.runtime.jax_platform == "cpu" and cfg.runtime.jax_preallocate is True
+    assert cfg.select.jax_platform is None
+    out = capsys.readouterr().out
+    assert ("warning: select.jax_platform is deprecated; write runtime.jax_platform instead (this "
+            "run uses runtime.jax_platform='cpu').") in out
+    assert "select.jax_preallocate is deprecated" in out
+    # The runtime section wins where both name a key.
+    both = load_config("conf/demo.yaml", ["select.jax_platform=cpu", "runtime.jax_platform=gpu"])
+    assert both.runtime.jax_platform == "gpu"
