@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint config-reference compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ imnn-example: $(STAMP)
 # Datamodels on the digits (conf/datamodels.yaml): init, work (models as Spark tasks), regress.
 datamodels-example: $(STAMP)
 	$(VENV)/bin/gio-spark datamodels example --config conf/datamodels.yaml
+
+# The config reference (docs/config.md), generated from the config's declaration; a test fails
+# when it is stale.
+config-reference: $(STAMP)
+	$(VENV)/bin/python -m jobs.tools.reference > docs/config.md
 
 # Debian's docker-compose checks docker/ statically (no engine needed); skipped where it can't install.
 tools:

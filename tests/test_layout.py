@@ -12,9 +12,10 @@ its own folder; function-local imports count the same as any other):
 | 4 | ``jobs.state`` | fingerprints and plans, the stage log, stored outputs, checked inputs |
 | 4.5 | ``jobs.stages.base`` | the Stage protocol and its lifecycle, ``run_stage`` |
 | 5 | ``jobs.stages``, ``jobs.datamodels`` | one module per stage; the datamodels actions |
-| 6 | ``jobs.pipeline``, ``jobs.runner``, ``jobs.tools`` | commands over the stages; tools |
-| 7 | ``jobs.cli`` | the command line |
-| 8 | ``jobs.submit`` | the spark-submit entry |
+| 6 | ``jobs.pipeline``, ``jobs.runner`` | the registry and the run; how a command runs |
+| 7 | ``jobs.tools`` | demo, package, cluster, compat, the config reference |
+| 8 | ``jobs.cli`` | the command line |
+| 9 | ``jobs.submit`` | the spark-submit entry |
 
 No stage imports another stage (what one needs of another comes through the stage log and the
 stored tables, or as an argument from :mod:`jobs.pipeline`), and the datamodels actions import
@@ -29,7 +30,7 @@ FORBIDDEN_CALLS = {"open", "print"}
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,
          "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6,
-         "jobs.runner": 6, "jobs.tools": 6, "jobs.cli": 7, "jobs.submit": 8}
+         "jobs.runner": 6, "jobs.tools": 7, "jobs.cli": 8, "jobs.submit": 9}
 
 # Function-local imports of the project's own modules, each with the reason it is one.
 LOCAL_IMPORTS = {
