@@ -895,7 +895,8 @@ def validate_train(cfg: JobConfig) -> None:
                "training rows and train.validation both have.")
         features = {t.validation.text_column, t.validation.embedding_column,
                     t.validation.id_column}
-        _check(t.label_column not in features, f"train.label_column {t.label_column!r} is also "
+        _check(t.label_column is None or t.label_column not in features,
+               f"train.label_column {t.label_column!r} is also "
                "a feature or id column of train.validation; name the column of labels.")
     _check(t.selection is None or (isinstance(t.selection, str)
                                    and RUN_ID_PATTERN.match(t.selection)),

@@ -408,7 +408,7 @@ CASES = [
     Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",
-         with_sets("select.max_centroids=4")),
+         with_sets("select.max_centroids=4", "quantize.target_k=4")),
     Case("unknown source format", "pool.format='xlsx' is not one of", with_sets("pool.format=xlsx")),
     Case("run_id with a slash", "run_id must be null or 1-128 letters", with_sets("run_id=a/b")),
     Case("input path missing", "does not exist. Check the path",
