@@ -10,6 +10,7 @@ the tables as a SIGKILL there would. Real SIGKILLs of child processes are in
 ``test_weigh.py`` and ``test_datamodels.py``.
 """
 import glob
+import json
 import os
 
 import numpy as np
@@ -153,14 +154,23 @@ def _commits(out) -> int:
 
 
 def _canonical(spark, out, name):
-    """A table's rows without what differs between two runs of the same work: times, the
-    config as given (its output path), timings, library versions and input reports."""
-    path = tables.table_path(str(out), name)
-    df = spark.read.format("delta").load(path)
-    keep = [f.name for f in df.schema.fields
-            if not isinstance(f.dataType, T.TimestampType)
-            and f.name not in ("params", "timings", "versions", "reports", "at_ns")]
-    return sorted(tuple(r) for r in df.select(*keep).collect())
+    """A table's rows without what differs between two runs of the same work: times (also an
+    epoch's seconds, a method's wall time, the timings inside JSON records), the config as given (its output
+    path), library versions and input reports."""
+    skip = {"params", "timings", "versions", "reports", "at_ns", "seconds", "wall_s"}
+
+    def clean(value):
+        if isinstance(value, str) and value.startswith("{"):      # a JSON record
+            value = json.loads(value)
+        if isinstance(value, dict):
+            return tuple(sorted((k, clean(v)) for k, v in value.items() if k not in skip))
+        if isinstance(value, list):
+            return tuple(clean(v) for v in value)
+        return value
+
+    df = spark.read.format("delta").load(tables.table_path(str(out), name))
+    keep = [f.name for f in df.schema.fields if not isinstance(f.dataType, T.TimestampType)]
+    return sorted((clean(r.asDict(recursive=True)) for r in df.select(*keep).collect()), key=repr)
 
 
 def test_each_stage_stopped_before_its_record_resumes_to_the_clean_outputs(
