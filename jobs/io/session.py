@@ -20,7 +20,7 @@ import datetime as dt
 import os
 import sys
 import tempfile
-from typing import Mapping
+from typing import Callable, Mapping
 
 from jobs.common.errors import InputError
 from jobs.common.log import QUIET_ENV
@@ -30,7 +30,9 @@ DELTA_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 
-# Quiet, small-machine defaults; every key can be overridden by the caller's conf.
+# Quiet, small-machine defaults for a local Spark that gio-spark starts itself; every key can be
+# overridden by the config's spark.conf. Never applied to a Spark that runs already (spark-submit,
+# a notebook's session) nor to a cluster's: their settings are their owners'.
 LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "8",
@@ -94,6 +96,28 @@ def _get_quietly(builder, log_path: str):
             os.close(f)
 
 
+def _already_set() -> Callable[[str], bool] | None:
+    """For a Spark that runs already in this process (a session a notebook or a test made, or
+    the JVM spark-submit started before this code): whether a setting is set there, by
+    spark-submit, ``spark-defaults.conf``, the session's builder or ``spark.conf.set``. None when
+    no Spark runs yet."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is not None:
+        conf = SparkContext._active_spark_context.getConf()
+    elif "PYSPARK_GATEWAY_PORT" in os.environ:
+        SparkContext._ensure_initialized()     # joins spark-submit's JVM: its spark.* properties
+        conf = SparkConf()
+    else:
+        return None
+    active = SparkSession.getActiveSession()
+
+    def is_set(key: str) -> bool:
+        return conf.contains(key) or (active is not None and active.conf.get(key, None) is not None)
+    return is_set
+
+
 def build_session(app_name: str = "gio-spark", master: str | None = None,
                   conf: Mapping[str, str] | None = None, quiet: bool = False,
                   log_level: str | None = None):
@@ -102,7 +126,8 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     Args:
       app_name: the Spark application name.
       master: ``local[*]``, ``spark://host:port``...; ``None`` leaves it to spark-submit.
-      conf: extra Spark settings; they win over the defaults here.
+      conf: extra Spark settings (the config's ``spark.conf``); they win over the defaults here,
+        never over what a running Spark has set already.
       quiet: when this call starts the JVM, send its console output (Ivy's report, log4j's
         lines, stage bars; the Python workers' stderr) to a log file (:func:`spark_log_path`,
         :func:`current_log`) and turn Spark's stage bars off, so the terminal holds the
@@ -111,8 +136,11 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
       log_level: Spark's log level once the session runs (``None``: Spark's default, WARN, or
         ERROR for a quiet run under spark-submit, whose JVM writes to the terminal).
     Returns:
-      The active SparkSession (an existing one is reused, with these settings applied where
-      Spark allows it at run time).
+      The active SparkSession. A Spark that runs already (spark-submit's, a notebook's) is
+      joined as it is: of ``conf`` and the Delta settings only those it has not set are applied
+      (where Spark allows it at run time), and :data:`LOCAL_DEFAULTS` never; a new local Spark
+      gets :data:`LOCAL_DEFAULTS` under ``conf``; a new cluster session gets neither defaults
+      nor a changed UI setting.
 
     Example:
       >>> spark = build_session(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"})
@@ -123,7 +151,9 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         # Local Python workers run this interpreter (the project's environment), not whatever
         # python3 is first on PATH. On a cluster, PYSPARK_PYTHON says which one to use.
         os.environ["PYSPARK_PYTHON"] = sys.executable
-    settings = dict(LOCAL_DEFAULTS)
+    is_set = _already_set()
+    local = master is not None and master.startswith("local")
+    settings = dict(LOCAL_DEFAULTS) if is_set is None and local else {}
     settings.update(DELTA_CONF)
     if os.environ.get("GIO_SPARK_IVY_DIR"):
         settings["spark.jars.ivy"] = os.environ["GIO_SPARK_IVY_DIR"]
@@ -132,6 +162,8 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         for key, value in QUIET_ENV.items():           # the executors' Python workers, too
             settings[f"spark.executorEnv.{key}"] = value
     settings.update({str(k): str(v) for k, v in (conf or {}).items()})
+    if is_set is not None:                   # a running Spark keeps what its owner set
+        settings = {k: v for k, v in settings.items() if not is_set(k)}
     jars = settings.get("spark.jars") or os.environ.get("GIO_SPARK_JARS")
 
     builder = SparkSession.builder.appName(app_name)

@@ -54,7 +54,8 @@ from jobs.io import tables
 from jobs.io.session import check_delta
 from jobs.io.sources import check_outputs
 from jobs.stages.base import Stage, no_sides, run_stage
-from jobs.state import reuse, stagelog
+from jobs.state import reuse
+from jobs.state.stored import stored_run
 
 SPLITS = ("train", "validation")
 KINDS = ("fiducial", "remaining")
@@ -831,20 +832,14 @@ def load_estimator(spark, output: str, imnn_id: str | None = None):
     import jax
 
     from gio_core import imnn
-    ids = tables.stored_keys(spark, output, "imnn_fits")
-    if not ids:
-        raise InputError(f"there are no IMNN fits under {output!r}; run gio-spark imnn first.")
-    if imnn_id is None:
-        if len(ids) != 1:
-            raise InputError(f"{output!r} holds {len(ids)} IMNN fits ({', '.join(ids[:10])}); "
-                             "name the one to load.")
-        imnn_id = ids[0]
-    last = stagelog.latest(spark, output, "imnn", imnn_id)
-    if last is None or last["status"] != "done":
-        raise InputError(f"IMNN fit {imnn_id!r} is not complete under {output!r}; run "
-                         "gio-spark imnn first.")
+    imnn_id, fp = stored_run(
+        spark, output, "imnn_fits", "imnn", imnn_id,
+        missing=f"there are no IMNN fits under {output!r}; run gio-spark imnn first.",
+        several=("IMNN fits", "name the one to load"),
+        incomplete=lambda run_id, ids: f"IMNN fit {run_id!r} is not complete under {output!r}; "
+                                       "run gio-spark imnn first.")
     row = (tables.read_key(spark, output, "imnn_fits", imnn_id)
-           .where(F.col("imnn_fingerprint") == last["fingerprint"]).first())
+           .where(F.col("imnn_fingerprint") == fp).first())
     if row is None:
         raise ConcurrentRunError(f"the fit {imnn_id} under {output!r} was replaced by another "
                                  "run with the same id; load it again.")

@@ -53,7 +53,7 @@ from jobs.io.sources import (Side, check_class_column, check_outputs, checked_mo
 from jobs.stages.base import Stage, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
-from jobs.state.stored import stored_embeddings
+from jobs.state.stored import stored_embeddings, stored_run
 
 SOURCE, VALIDATION = "train.source", "train.validation"
 LABEL = "__gio_label"
@@ -366,22 +366,16 @@ def load_probe(spark, output: str, train_id: str | None = None, arm: str = "sele
       InputError: no such probe, one that is not complete, or several train runs under
         ``output`` and no ``train_id`` to say which.
     """
-    ids = tables.stored_keys(spark, output, "models")
-    if ids is None:
-        raise InputError(f"there are no trained probes under {output!r} (no models table); run "
-                         "gio-spark train first.")
+    train_id, fp = stored_run(
+        spark, output, "models", "train", train_id,
+        missing=f"there are no trained probes under {output!r} (no models table); run "
+                "gio-spark train first.",
+        several=("train runs", "name the one to load"),
+        incomplete=lambda run_id, ids: f"train run {run_id!r} is not complete under "
+                                       f"{output!r}; run gio-spark train first.")
     models = tables.read_table(spark, output, "models")
-    if train_id is None:
-        if len(ids) != 1:
-            raise InputError(f"{output!r} holds {len(ids)} train runs ({', '.join(ids[:10])}); "
-                             "name the one to load.")
-        train_id = ids[0]
-    last = stagelog.latest(spark, output, "train", train_id)
-    if last is None or last["status"] != "done":
-        raise InputError(f"train run {train_id!r} is not complete under {output!r}; run "
-                         "gio-spark train first.")
     row = (models.where((F.col("train_id") == train_id) & (F.col("arm") == arm)
-                        & (F.col("train_fingerprint") == last["fingerprint"])).first())
+                        & (F.col("train_fingerprint") == fp)).first())
     if row is None:
         arms = [r[0] for r in models.where(F.col("train_id") == train_id).select("arm")
                 .distinct().collect()]

@@ -4,6 +4,7 @@ it finds what the stage log says is done, or raises with what to run first."""
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -29,6 +30,37 @@ def stored_embeddings(spark, cfg: JobConfig, side: Side, key: str, fp: str) -> D
         ROW_ID, EMBEDDING)
 
 
+def stored_run(spark, where: str, table: str, stage: str, run_id: str | None, *,
+               missing: str, several: tuple[str, str],
+               incomplete: Callable[[str, list], str]) -> tuple[str, str]:
+    """``(run id, fingerprint)`` of the stored run of ``stage`` that ``run_id`` names under
+    ``where``, or of the only one there when ``run_id`` is None: the one look-up behind loading
+    weights, probes and IMNN fits.
+
+    Args:
+      table: the stage's table whose keys are its runs.
+      missing: the message when there is none.
+      several: ``(what they are, what to do)`` when there are several and none is named:
+        ``'out' holds 3 train runs (a, b, c); name the one to load.``
+      incomplete: ``incomplete(run_id, ids)`` -> the message when the named run is not done.
+
+    Raises:
+      InputError: none there, several and none named, or the named one is not complete.
+    """
+    ids = tables.stored_keys(spark, where, table)
+    if not ids:
+        raise InputError(missing)
+    if run_id is None:
+        if len(ids) != 1:
+            raise InputError(f"{where!r} holds {len(ids)} {several[0]} ({', '.join(ids[:10])}); "
+                             f"{several[1]}.")
+        run_id = ids[0]
+    last = stagelog.latest(spark, where, stage, run_id)
+    if last is None or last["status"] != "done":
+        raise InputError(incomplete(run_id, ids))
+    return run_id, last["fingerprint"]
+
+
 def weights_location(cfg: JobConfig) -> str:
     return cfg.weights.path or cfg.output.path
 
@@ -41,22 +73,14 @@ def stored_weights(spark, cfg: JobConfig) -> tuple[str, str]:
         runs and ``weights.run_id`` does not say which.
     """
     where = weights_location(cfg)
-    ids = tables.stored_keys(spark, where, "weight_runs")
-    if ids is None:
-        raise InputError(f"there are no learnt weights under {where!r} (no weight_runs table); "
-                         "run gio-spark weigh first, or correct weights.path.")
-    run_id = cfg.weights.run_id
-    if run_id is None:
-        if len(ids) != 1:
-            raise InputError(f"{where!r} holds {len(ids)} weights runs ({', '.join(ids[:10])}); "
-                             "set weights.run_id to the one to use.")
-        run_id = ids[0]
-    last = stagelog.latest(spark, where, "weigh", run_id)
-    if last is None or last["status"] != "done":
-        known = f" It holds: {', '.join(ids[:10])}." if ids else ""
-        raise InputError(f"weights.run_id {run_id!r} names no complete weights under {where!r}."
-                         f"{known} Run gio-spark weigh first.")
-    return run_id, last["fingerprint"]
+    return stored_run(
+        spark, where, "weight_runs", "weigh", cfg.weights.run_id,
+        missing=f"there are no learnt weights under {where!r} (no weight_runs table); run "
+                "gio-spark weigh first, or correct weights.path.",
+        several=("weights runs", "set weights.run_id to the one to use"),
+        incomplete=lambda run_id, ids: f"weights.run_id {run_id!r} names no complete weights "
+                                       f"under {where!r}. It holds: {', '.join(ids[:10])}. Run "
+                                       "gio-spark weigh first.")
 
 
 def weights_dim(spark, cfg: JobConfig, weights_id: str, weights_fp: str,

@@ -1,0 +1,58 @@
+"""gio-spark is a good citizen of a Spark it did not start: it takes the running session as it
+is, and never changes what spark-submit, spark-defaults.conf or the session's owner set."""
+import json
+import os
+import subprocess
+import sys
+
+from jobs.io.session import LOCAL_DEFAULTS, build_session
+from tests.jobs.test_pipeline import ROOT
+
+PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+from jobs.io.session import build_session
+spark = build_session("probe", None, {{"spark.sql.shuffle.partitions": "8",
+                                       "spark.gio.probe": "set-by-gio"}}, quiet=True)
+keys = ("spark.sql.shuffle.partitions", "spark.ui.enabled", "spark.gio.probe",
+        "spark.driver.memory")
+print("PROBE " + json.dumps({{k: spark.conf.get(k, None) for k in keys}}))
+spark.stop()
+"""
+
+
+def test_a_running_session_keeps_its_settings(spark):
+    """The tests' own session set 2 shuffle partitions; gio-spark's defaults (8) and a config's
+    value for a key the session set do not replace it; a key nobody set is applied."""
+    assert LOCAL_DEFAULTS["spark.sql.shuffle.partitions"] != "2"
+    again = build_session("joined", "local[2]", {"spark.sql.shuffle.partitions": "64",
+                                                 "spark.gio.joined": "yes"})
+    try:
+        assert again is spark
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+        assert spark.conf.get("spark.gio.joined") == "yes"
+    finally:
+        spark.conf.unset("spark.gio.joined")
+
+
+def test_spark_submit_settings_win_over_gio_spark_and_its_config(tmp_path):
+    """spark-submit --conf shuffle partitions 2000 and the UI on: the session gio-spark gets
+    still says 2000 and true, although the config asks for 8 and the local defaults say 8 and
+    false; what neither set is applied."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(root=ROOT))
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"],
+               SPARK_LOCAL_IP="127.0.0.1")
+    cmd = ["spark-submit", "--master", "local[1]", "--properties-file",
+           os.path.join(ROOT, "conf", "spark-defaults.conf"),
+           "--conf", "spark.sql.shuffle.partitions=2000", "--conf", "spark.ui.enabled=true",
+           str(script)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    got = json.loads(lines[-1][len("PROBE "):])
+    assert got["spark.sql.shuffle.partitions"] == "2000"
+    assert got["spark.ui.enabled"] == "true"
+    assert got["spark.gio.probe"] == "set-by-gio"
+    assert got["spark.driver.memory"] is None            # no local default on a joined Spark
