@@ -43,6 +43,11 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
 
 
+# The master URLs Spark 4 parses (SparkContext's master regexes), checked before the JVM starts.
+MASTER_PATTERN = re.compile(
+    r"^(local(\[(\*|[1-9][0-9]*)(,\s*[1-9][0-9]*)?\])?"
+    r"|local-cluster\[[1-9][0-9]*,\s*[1-9][0-9]*,\s*[1-9][0-9]*\]"
+    r"|spark://[^\s/]+|yarn|k8s://\S+)$")
 LOG_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
 
 
@@ -1181,8 +1186,9 @@ def uses_weights(cfg: JobConfig) -> bool:
 def _validate_spark(cfg: JobConfig) -> None:
     """The ``spark`` section."""
     sp = cfg.spark
-    _check(sp.master is None or (isinstance(sp.master, str) and sp.master.strip() != ""),
-           "spark.master must be a master URL such as local[*] or spark://host:7077, or null.")
+    _check(sp.master is None or (isinstance(sp.master, str) and MASTER_PATTERN.match(sp.master)),
+           f"spark.master {sp.master!r} is not a master URL Spark takes; use local[*], local[N], "
+           "spark://host:7077, yarn or k8s://https://host:port (or null: spark-submit's).")
     _check(isinstance(sp.app_name, str) and sp.app_name != "", "spark.app_name must be a string.")
     _check(isinstance(sp.conf, dict), "spark.conf must be a mapping of Spark settings to values, "
            f"got {type(sp.conf).__name__}.")

@@ -41,6 +41,8 @@ from jobs.io.demo_data import demo_frame
 from jobs.io.encoders import load_model, model_dimension
 
 EXAMPLES = 3
+# What an id column may hold: one value per row that reads the same as text on every run.
+ID_TYPES = (T.StringType, T.IntegralType, T.DecimalType, T.DateType, T.BooleanType)
 
 
 # ---------------------------------------------------------------------------
@@ -255,6 +257,12 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
         if not isinstance(dtype, T.StringType):
             raise InputError(f"{side}.text_column {src.text_column!r} has type "
                              f"{dtype.simpleString()}; name a column of text to embed.")
+    if src.id_column:
+        dtype = df.schema[src.id_column].dataType
+        if not isinstance(dtype, ID_TYPES):
+            raise InputError(f"{side}.id_column {src.id_column!r} holds {dtype.simpleString()} "
+                             "values; an id is one text or number per row. Name such a column, "
+                             "or set id_column to null to identify rows by their content.")
     for reserved in (ROW_ID, EMBEDDING):
         if reserved in columns and reserved not in (src.id_column, emb):
             df = df.withColumnRenamed(reserved, f"source_{reserved}")

@@ -157,6 +157,14 @@ def string_vectors(tmp):
     return argv(base(tmp, pool=path)[0]), str(tmp / "out")
 
 
+def list_ids(tmp):
+    path = str(tmp / "list_ids.parquet")
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": [[i, i + 1] for i in range(30)],
+                  "vec": list(rng.normal(0, 1, (30, 8)).astype(np.float32))}).to_parquet(path)
+    return argv(base(tmp, pool=path)[0]), str(tmp / "out")
+
+
 def unterminated_quote(tmp):
     path = tmp / "pool.tsv"
     rows = [f'{i}\tline {i}\t[{i}.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]' for i in range(20)]
@@ -432,6 +440,8 @@ CASES = [
     Case("no rows", "has no rows; give it at least one", no_rows),
     Case("vector strings that are not vectors", "30 with a value that is not a vector",
          string_vectors),
+    Case("an id column of lists", "pool.id_column 'id' holds array<bigint> values; an id is one "
+         "text or number per row", list_ids),
     Case("CSV with an unterminated quote", "an unterminated quote shifts the fields",
          unterminated_quote),
     Case("NaN in a vector", "1 with NaN, inf or null vector values (rows '7')", nan_vectors),

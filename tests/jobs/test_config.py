@@ -74,6 +74,9 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
     (["quantize.seed=99999999999999999999999"], "quantize.seed must be an integer between"),
     (["select.k=40"], "select.k=40 needs more than 40 target clusters, but quantize.target_k=40"),
     (["spark.conf=3"], "spark.conf must be a mapping"),
+    (["spark.master=local[abc]"], "spark.master 'local[abc]' is not a master URL Spark takes; "
+                                  "use local[*], local[N], spark://host:7077, yarn"),
+    (["spark.master=spark:/host"], "spark.master 'spark:/host' is not a master URL"),
     (["spark=[1, 2]"], "section 'spark' must be a mapping"),
     (["pool.bad_rows=ignore"], "pool.bad_rows must be reject or drop"),
     (["run_id=a/b"], "run_id must be null or 1-128 letters"),
@@ -208,3 +211,10 @@ def test_the_deprecated_select_jax_keys_still_work_and_say_so(capsys):
     # The runtime section wins where both name a key.
     both = load_config("conf/demo.yaml", ["select.jax_platform=cpu", "runtime.jax_platform=gpu"])
     assert both.runtime.jax_platform == "gpu"
+
+
+@pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local[4, 3]", "local[*,2]",
+                                    "local-cluster[2, 1, 1024]", "spark://127.0.0.1:7077",
+                                    "spark://a:7077,b:7077", "yarn", "k8s://https://h:6443"])
+def test_master_urls_spark_takes_are_accepted(master):
+    assert load_config("conf/demo.yaml", [f"spark.master={master}"]).spark.master == master
