@@ -17,7 +17,7 @@ from jobs.common.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY
 from jobs.common.log import set_verbose
 from jobs.config import JobConfig, load_config
 from jobs.io.session import build_session, current_log
-from jobs.io.sources import preflight
+from jobs.io.sources import check_file_systems, preflight
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -61,8 +61,9 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
         cfg = load_config(args.config, args.set, command, reads, requires)
         loud = args.verbose or cfg.spark.log_level is not None
         set_verbose(loud)
-        preflight(cfg, tuple(reads(cfg)) if reads is not None else (
-            ("pool", "target") if command == "run" else ()))
+        sides = tuple(reads(cfg)) if reads is not None else (
+            ("pool", "target") if command == "run" else ())
+        preflight(cfg, sides)
         if precheck is not None:
             precheck(cfg)
         from pyspark.sql import SparkSession
@@ -72,6 +73,7 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
                                 quiet=not loud,
                                 log_level=cfg.spark.log_level or ("WARN" if loud else None))
         spark = session if existing is None else None      # stop only a session made here
+        check_file_systems(session, cfg, sides)
         body(session, cfg)
         _stop(spark)
         return EXIT_OK

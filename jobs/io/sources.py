@@ -110,6 +110,65 @@ def preflight(cfg: JobConfig, sides: tuple = ("pool", "target")) -> None:
                          f"{err.strerror}); choose a folder you can write to.") from None
 
 
+# Object stores and the package that gives Spark (Hadoop) a file system for each; the version is
+# the running Hadoop's.
+CONNECTORS = {"s3a": "org.apache.hadoop:hadoop-aws", "abfs": "org.apache.hadoop:hadoop-azure",
+              "abfss": "org.apache.hadoop:hadoop-azure", "wasb": "org.apache.hadoop:hadoop-azure",
+              "wasbs": "org.apache.hadoop:hadoop-azure",
+              "gs": "com.google.cloud.bigdataoss:gcs-connector"}
+
+
+def config_paths(cfg: JobConfig, sides: tuple) -> list[tuple[str, str]]:
+    """``(key, path)`` of every location a command with these sides reads or writes."""
+    out = [(f"{key}.path", src.path) for key, src in _sources(cfg, sides)
+           if src.format != "demo" and src.path]
+    if cfg.evaluate.enabled and cfg.evaluate.heldout.path:
+        out.append(("evaluate.heldout.path", cfg.evaluate.heldout.path))
+    for key, path in (("weights.path", cfg.weights.path), ("imnn.simulations", cfg.imnn.simulations),
+                      ("output.path", cfg.output.path)):
+        if path:
+            out.append((key, path))
+    return out
+
+
+def check_file_systems(spark, cfg: JobConfig, sides: tuple) -> None:
+    """Every object-store location of the command has a file system in this Spark, before any
+    work: a missing connector is bad input that names the package to add, not a Java
+    ``ClassNotFoundException`` from the middle of a stage.
+
+    Raises:
+      InputError: a location whose scheme this Spark cannot read or write.
+    """
+    from py4j.protocol import Py4JJavaError
+
+    jvm = spark._jvm
+    conf = spark._jsc.hadoopConfiguration()
+    for key, path in config_paths(cfg, sides):
+        if "://" not in path:
+            continue
+        scheme = path.split("://", 1)[0].lower()
+        if scheme in ("file", "hdfs"):
+            continue
+        try:
+            jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
+        except Py4JJavaError as err:
+            cause = str(err.java_exception.toString()).split("\n")[0]
+            version = jvm.org.apache.hadoop.util.VersionInfo.getVersion()
+            package = CONNECTORS.get(scheme)
+            if scheme in ("s3", "s3n"):
+                fix = "write it as s3a:// (Hadoop's S3 file system) and add the package " \
+                      f"org.apache.hadoop:hadoop-aws:{version}"
+            elif package is None:
+                fix = f"add the package of a Hadoop file system for {scheme}://"
+            else:
+                suffix = f":{version}" if package.startswith("org.apache.hadoop") else ""
+                fix = f"add the package {package}{suffix}"
+            raise InputError(f"{key} {path!r} is on {scheme}://, which this Spark cannot read or "
+                             f"write ({cause}); {fix} to spark.jars.packages (spark.conf in the "
+                             "config, or spark-submit --packages), with the store's credentials "
+                             f"in spark.hadoop.fs.{scheme}.* settings.") from None
+
+
 # ---------------------------------------------------------------------------
 # Read failures in the user's words
 # ---------------------------------------------------------------------------

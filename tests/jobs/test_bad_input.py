@@ -421,6 +421,9 @@ CASES = [
     Case("run_id with a slash", "run_id must be null or 1-128 letters", with_sets("run_id=a/b")),
     Case("input path missing", "does not exist. Check the path",
          with_sets("pool.path=/no/such/pool.parquet")),
+    Case("object store without its connector", "pool.path 's3a://bucket/pool.parquet' is on "
+         "s3a://, which this Spark cannot read or write",
+         with_sets("pool.path=s3a://bucket/pool.parquet")),
     Case("output path is a file", "is a file; name a folder", output_is_file),
     Case("output path not writable", "is not writable", with_sets("output.path=/proc/gio-out")),
     Case("output path is itself a Delta table", "is itself a Delta table", output_is_delta),
