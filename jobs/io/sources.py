@@ -522,6 +522,13 @@ class Side:
     report: dict
 
 
+def side_dim(cfg: JobConfig, side: Side) -> int:
+    """A checked side's embedding dimension: its vectors' (from the scan), or ``embed.model``'s
+    for a side of texts (:func:`checked_model_dim`)."""
+    dim = side.report.get("dim_min") if effective_embedding_column(side.src) else None
+    return int(dim) if dim is not None else checked_model_dim(cfg)
+
+
 def checked_model_dim(cfg: JobConfig) -> int:
     """The embedding dimension of ``embed.model``; a model that cannot be loaded is bad input."""
     try:

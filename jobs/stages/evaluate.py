@@ -57,7 +57,7 @@ from jobs.config import JobConfig, effective_embedding_column, probe_options
 from jobs.io import tables
 from jobs.io.encoders import embedded_rows
 from jobs.io.sources import (Side, check_class_column, check_outputs, checked_model_dim,
-                             clean_side, enforce, guarded, read_side, scan_side, selected_frame)
+                             clean_side, enforce, guarded, read_side, scan_side, selected_frame, side_dim)
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
@@ -451,10 +451,7 @@ def evaluate_command(spark, cfg: JobConfig, registry) -> None:
     pool = read_only(spark, cfg, plan, "pool", log)
     target = read_only(spark, cfg, plan, "target", log)
     check_outputs(spark, cfg, pool.schema)
-    dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
-    if dim is None:
-        dim = checked_model_dim(cfg)
-    inp = evaluate_input_unless_done(spark, cfg, eplan, pool, int(dim))
+    inp = evaluate_input_unless_done(spark, cfg, eplan, pool, side_dim(cfg, pool))
     run_evaluate(spark, cfg, plan, eplan, inp, pool, target)
 
 

@@ -49,7 +49,7 @@ from jobs.io import tables
 from jobs.io.encoders import embedded_rows
 from jobs.io.sources import (Side, check_class_column, check_outputs, checked_model_dim,
                              clean_side, enforce, guarded, own_columns, read_side, scan_side,
-                             selected_frame)
+                             selected_frame, side_dim)
 from jobs.stages.base import Stage, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
@@ -400,9 +400,7 @@ def train_command(spark, cfg: JobConfig, registry) -> None:
     if not stagelog.is_done(spark, cfg.output.path, "train", tplan.train_id, tplan.fingerprint):
         if plan is not None:
             pool = read_only(spark, cfg, plan, "pool", log)
-            dim = pool.report.get("dim_min") if effective_embedding_column(pool.src) else None
-            if dim is None:
-                dim = checked_model_dim(cfg)
+            dim = side_dim(cfg, pool)
     inp = train_input_unless_done(spark, cfg, tplan, pool, dim)
     run_train(spark, cfg, plan, tplan, inp)
 
