@@ -5,7 +5,7 @@ its own folder; function-local imports count the same as any other):
 
 | rank | folders / modules | role |
 | --- | --- | --- |
-| 0 | ``jobs`` (the package itself: its version) | |
+| 0 | ``jobs`` (the package itself: its version; the API's names, loaded by name on first use) | |
 | 1 | ``jobs.common`` | errors, failure points, log, frame helpers, JAX runtime |
 | 2 | ``jobs.config`` | the config sections, loader and checks |
 | 3 | ``jobs.io`` | session, sources, tables, encoders, demo data |
@@ -13,6 +13,7 @@ its own folder; function-local imports count the same as any other):
 | 4.5 | ``jobs.stages.base`` | the Stage protocol and its lifecycle, ``run_stage`` |
 | 5 | ``jobs.stages``, ``jobs.datamodels`` | one module per stage; the datamodels actions |
 | 6 | ``jobs.pipeline``, ``jobs.runner`` | the registry and the run; how a command runs |
+| 6.5 | ``jobs.api`` | the Python API: DataFrames in and out, on the caller's session |
 | 7 | ``jobs.tools`` | demo, package, cluster, compat, the config reference |
 | 8 | ``jobs.cli`` | the command line |
 | 9 | ``jobs.submit`` | the spark-submit entry |
@@ -30,7 +31,7 @@ FORBIDDEN_CALLS = {"open", "print"}
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,
          "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6,
-         "jobs.runner": 6, "jobs.tools": 7, "jobs.cli": 8, "jobs.submit": 9}
+         "jobs.runner": 6, "jobs.api": 6.5, "jobs.tools": 7, "jobs.cli": 8, "jobs.submit": 9}
 
 # Function-local imports of the project's own modules, each with the reason it is one.
 LOCAL_IMPORTS = {

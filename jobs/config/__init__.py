@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["RUNTIME_DATAMODELS_OPTIONS", "RUNTIME_EMBED_OPTIONS", "RUNTIME_IMNN_OPTIONS",
-           "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "EmbedSection",
+           "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "NAMED_FORMATS",
+           "FRAME_FORMAT", "EmbedSection",
            "JobConfig", "QuantizeSection", "SelectSection", "SourceSection", "TrainSection",
-           "auto_pool_k", "datamodels_spec", "effective_embedding_column", "engine_options",
-           "load_config", "probe_options", "row_budget", "uses_own_weights",
+           "auto_pool_k", "config_from_dict", "datamodels_spec", "effective_embedding_column", "engine_options",
+           "load_config", "probe_options", "read_config_file", "row_budget", "uses_own_weights",
            "uses_weights", "validate"]
 
 

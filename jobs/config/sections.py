@@ -15,6 +15,7 @@ itself uses.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -37,7 +38,11 @@ from jobs.common.errors import InputError
 from jobs.common.log import log
 from jobs.config.store_spec import parse_spec, read_spec_file
 
-SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "demo")
+SOURCE_FORMATS = ("delta", "parquet", "csv", "tsv", "jsonl", "text", "gio_csv", "table", "demo")
+FRAME_FORMAT = "dataframe"       # the Python API's, for a DataFrame it was handed
+# Formats whose ``path`` is not a file system location: a catalog table's name, the demo's side,
+# the token of a DataFrame handed to the Python API.
+NAMED_FORMATS = ("table", "demo", "dataframe")
 BAD_ROW_POLICIES = ("reject", "drop")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
@@ -68,7 +73,9 @@ class SourceSection:
 
     ``format``: delta, parquet, csv, tsv, jsonl, text (one row per line, column ``text``),
     gio_csv (the GIO source's tab-separated ``_c0, _c1, _c2`` with a vector string in ``_c2``),
-    or demo (the built-in demo data; ``path`` names the side: ``pool`` or ``target``).
+    table (a table of the session's catalog; ``path`` is its name, such as ``db.docs``),
+    demo (the built-in demo data; ``path`` names the side: ``pool`` or ``target``), or
+    dataframe (set by the Python API for a DataFrame it was handed; not for config files).
     ``bad_rows``: what to do with rows that cannot be used (a null or blank text, a null or
     duplicate id, a missing or broken vector): ``reject`` (default; exit 2 with the count and
     examples) or ``drop`` (drop them, warn, and count them in the ``runs`` record).
@@ -635,6 +642,15 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
+def read_config_file(path: str) -> dict:
+    """A YAML config file's mapping of sections, unchecked (:func:`config_from_dict` checks it).
+
+    Raises:
+      InputError: the file is missing, unreadable, not YAML or not a mapping.
+    """
+    return _read_yaml(path)
+
+
 def _read_yaml(path: str) -> dict:
     if os.path.isdir(path):
         raise InputError(f"config {path!r} is a directory; give the path of a YAML file "
@@ -690,6 +706,28 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             value = parse_yaml(raw)
         except yaml.YAMLError:
             value = raw            # not YAML: take the text as it is
+        _set_dotted(data, key.strip(), value)
+    return config_from_dict(data, command, reads, requires)
+
+
+def config_from_dict(data: dict, command: str = "run",
+                     reads: Callable[[JobConfig], tuple] | None = None,
+                     requires: tuple[str, str] | None = None,
+                     settings: dict | None = None) -> JobConfig:
+    """A validated config from a mapping of sections (what a YAML file holds, or
+    :meth:`JobConfig.to_dict`), with ``settings`` (dotted key -> value, Python values) set over
+    it; the arguments are :func:`load_config`'s.
+
+    Raises:
+      InputError: naming every problem found.
+
+    Example:
+      >>> cfg = config_from_dict({"select": {"k": 7}}, settings={"select.max_rows": 500})
+    """
+    data = copy.deepcopy(data)
+    for key, value in (settings or {}).items():
+        if not isinstance(key, str):
+            raise InputError(f"setting {key!r}: a key is text, a dotted name such as select.k.")
         _set_dotted(data, key.strip(), value)
     with _collecting():
         cfg = _build(JobConfig, data, "")
@@ -753,7 +791,7 @@ GREEDY = (None, "forward", "backward")
 def _check_source(src: SourceSection, side: str, formats: tuple, read: bool = True) -> None:
     """A source's keys (pool, target, weigh.source). ``read``: the command reads it, so it
     needs a path; a source it does not read is checked for what is set."""
-    _check(src.format in formats,
+    _check(src.format in formats or src.format == FRAME_FORMAT,
            f"{side}.format={src.format!r} is not one of {', '.join(formats)}.")
     _check(not read or (src.path is not None and src.path != ""),
            f"{side}.path is missing: name the {side} table or file.")

@@ -35,7 +35,8 @@ from pyspark.sql import types as T
 
 from jobs.common.errors import InputError
 from jobs.common.frames import EMBEDDING, ROW_ID
-from jobs.config import JobConfig, SourceSection, effective_embedding_column
+from jobs.config import (FRAME_FORMAT, NAMED_FORMATS, JobConfig, SourceSection,
+                         effective_embedding_column)
 from jobs.io import tables
 from jobs.io.demo_data import demo_frame
 from jobs.io.encoders import load_model, model_dimension
@@ -55,6 +56,52 @@ def _local(path: str) -> str | None:
     return path.removeprefix("file:")
 
 
+def _file_path(src: SourceSection) -> str | None:
+    """A source's location on the local file system, or None (a remote one, a catalog table's
+    name, the demo's side, a DataFrame's token)."""
+    if src.format in NAMED_FORMATS or not src.path:
+        return None
+    return _local(src.path)
+
+
+# DataFrames handed to the Python API, by the token that stands for them in ``path``.
+_FRAMES: dict[str, DataFrame] = {}
+
+
+def register_frame(df: DataFrame) -> str:
+    """Keeps ``df`` for the run that reads it; returns its token (``path`` of a ``dataframe``
+    source). :func:`release_frame` forgets it."""
+    token = f"<DataFrame {len(_FRAMES) + 1}>"
+    while token in _FRAMES:
+        token += "'"
+    _FRAMES[token] = df
+    return token
+
+
+def release_frame(token: str) -> None:
+    _FRAMES.pop(token, None)
+
+
+def content_identity(df: DataFrame) -> dict:
+    """What identifies a frame's rows without a location or a version to go by (a DataFrame, a
+    view, a table that is not Delta's): their count and a hash that does not depend on their
+    order or partitioning (the sum of each row's 64-bit hash, exact). One pass over the rows."""
+    row = df.select(F.count(F.lit(1)).alias("rows"), F.sum(F.xxhash64(F.to_json(F.struct(
+        *[F.col(c) for c in df.columns]))).cast("decimal(38,0)")).alias("hash")).first()
+    return {"rows": int(row["rows"]), "content": str(row["hash"]),
+            "schema": df.schema.simpleString()}
+
+
+def frame_of(side: str, src: SourceSection) -> DataFrame:
+    """The DataFrame of a ``dataframe`` source."""
+    df = _FRAMES.get(src.path)
+    if df is None:
+        raise InputError(f"{side}.format {FRAME_FORMAT} is the Python API's, for a DataFrame "
+                         f"handed to it ({src.path!r} is none); in a config file name a table "
+                         "(format: table) or files.")
+    return df
+
+
 def _sources(cfg: JobConfig, sides: tuple) -> list[tuple[str, SourceSection]]:
     out = [(side, getattr(cfg, side)) for side in sides]
     if cfg.weigh.enabled:
@@ -72,7 +119,7 @@ def preflight(cfg: JobConfig, sides: tuple = ("pool", "target")) -> None:
     ``sides``: the sides the command reads (none for the weigh command, train on a source of
     its own, imnn and most datamodels commands)."""
     for side, src in _sources(cfg, sides):
-        path = _local(src.path) if src.format != "demo" else None
+        path = _file_path(src)
         if path is not None and not os.path.exists(path):
             raise InputError(f"{side}.path {src.path!r} does not exist. Check the path (relative "
                              f"paths are resolved from {os.getcwd()!r}).")
@@ -91,7 +138,7 @@ def preflight(cfg: JobConfig, sides: tuple = ("pool", "target")) -> None:
                          "gio-spark a folder of its own (its tables go inside it).")
     out_abs = os.path.realpath(out)
     for side, src in _sources(cfg, sides):
-        path = _local(src.path) if src.format != "demo" else None
+        path = _file_path(src)
         if path is not None and os.path.isdir(path):
             inside = os.path.realpath(path)
             if out_abs == inside or out_abs.startswith(inside + os.sep):
@@ -121,7 +168,7 @@ CONNECTORS = {"s3a": "org.apache.hadoop:hadoop-aws", "abfs": "org.apache.hadoop:
 def config_paths(cfg: JobConfig, sides: tuple) -> list[tuple[str, str]]:
     """``(key, path)`` of every location a command with these sides reads or writes."""
     out = [(f"{key}.path", src.path) for key, src in _sources(cfg, sides)
-           if src.format != "demo" and src.path]
+           if src.format not in NAMED_FORMATS and src.path]
     if cfg.evaluate.enabled and cfg.evaluate.heldout.path:
         out.append(("evaluate.heldout.path", cfg.evaluate.heldout.path))
     for key, path in (("weights.path", cfg.weights.path), ("imnn.simulations", cfg.imnn.simulations),
@@ -232,8 +279,12 @@ def _read_raw(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
             return demo_frame(spark, src.path)
         except ValueError as err:
             raise InputError(f"{side}.format demo: {err} Set path: pool, target or heldout.") from None
+    if src.format == FRAME_FORMAT:
+        return frame_of(side, src)
     options = {str(k): str(v) for k, v in src.options.items()}
     reader = spark.read.options(**options)
+    if src.format == "table":
+        return reader.table(src.path)
     if src.format == "delta":
         return reader.format("delta").load(src.path)
     if src.format == "parquet":

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from delta.tables import DeltaTable
 
 from jobs.io import tables
-from jobs.config import (RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS,
+from jobs.io.sources import content_identity, frame_of
+from jobs.config import (FRAME_FORMAT, RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS,
                          JobConfig, SourceSection, effective_embedding_column, uses_own_weights,
                          uses_weights)
 from jobs.common.errors import InputError
@@ -44,6 +45,11 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
              "options": src.options, "bad_rows": src.bad_rows}
     if src.format == "demo":
         ident["python"] = sys.version
+    elif src.format == FRAME_FORMAT:
+        ident["path"] = None                   # the token differs from call to call
+        ident.update(content_identity(frame_of(side, src)))
+    elif src.format == "table":
+        ident.update(_table_identity(spark, side, src))
     elif src.format == "delta":
         if not tables.exists(spark, src.path):
             raise InputError(f"{side}.path {src.path!r} is not a Delta table (no _delta_log); "
@@ -64,6 +70,22 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
                               st.st_mtime_ns))
         ident["files"] = files
     return ident
+
+
+def _table_identity(spark, side: str, src: SourceSection) -> dict:
+    """A catalog table: a Delta table by its location and version; any other table or view by
+    its content (:func:`jobs.io.sources.content_identity`)."""
+    if not spark.catalog.tableExists(src.path):
+        raise InputError(f"{side}.path {src.path!r} is not a table or view of the session's "
+                         "catalog; check the name (database.table), or set "
+                         f"{side}.format to the files' format for a path.")
+    try:
+        table = DeltaTable.forName(spark, src.path)
+    except Exception:              # noqa: BLE001 - not a Delta table: identified by its rows
+        return content_identity(spark.table(src.path))
+    detail = table.detail().select("location").first()
+    last = table.history(1).select("version").first()
+    return {"location": detail[0], "version": int(last[0])}
 
 
 def _model_identity(model: str) -> dict:

@@ -180,7 +180,7 @@ def test_every_problem_of_a_config_is_named_at_once():
         "  - unknown key(s) 'colour'; valid keys: spark, pool, target, embed, quantize, select, "
         "output, weigh, weights, train, evaluate, imnn, datamodels, runtime, run_id.",
         "  - pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, text, gio_csv, "
-        "demo.",
+        "table, demo.",
         "  - embed.batch_size must be an integer >= 1; got 0.",
         "  - quantize.tol must be a number >= 0; got 'abc'.",
         "  - select.k must be a positive integer; got 0."])
@@ -195,7 +195,7 @@ def test_config_command_checks_the_sources_it_shows(capsys):
     assert main(["config", "--show", "--set", "pool.format=xlsx"]) == 2
     assert capsys.readouterr().err.strip() == (
         "gio-spark: error: pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, "
-        "text, gio_csv, demo.")
+        "text, gio_csv, table, demo.")
     assert main(["config", "--show", "--set", "target.bad_rows=ignore"]) == 2
     assert "target.bad_rows must be reject or drop; got 'ignore'." in capsys.readouterr().err
 

@@ -1,0 +1,217 @@
+"""gio-spark from Python: DataFrames in, DataFrames out, on the caller's SparkSession.
+
+    >>> import jobs
+    >>> chosen = jobs.select_rows(pool_df, target_df, max_rows=50_000,
+    ...                           output="s3a://bucket/gio")          # doctest: +SKIP
+    >>> chosen.groupBy("rank").count().show()                         # doctest: +SKIP
+    >>> jobs.runs("s3a://bucket/gio").select("run_id", "picks").show()  # doctest: +SKIP
+
+:func:`select_rows` runs the same pipeline as ``gio-spark run`` (the same stages, checks, Delta
+tables, run ids and reuse): the command line and ``spark-submit`` call the same code with a
+config built from a YAML file. A pool or target may be a DataFrame, the name of a table of the
+session's catalog, or a path (its format told by its name: a folder holding ``_delta_log`` is
+Delta, ``*.csv``, ``*.tsv``, ``*.jsonl``/``*.json`` and ``*.txt`` are what they say, anything
+else is Parquet). A DataFrame or a table that is not Delta's is identified by its content (one
+pass: a row count and an order-free hash), so re-running on the same rows reuses the committed
+stages and a changed row does not; a Delta table by its location and version.
+
+Bad input raises :class:`jobs.InputError` (one message naming the problem, the value and what to
+do) before anything is written; the session is the caller's and keeps its settings.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from typing import Mapping, Union
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.common.errors import InputError
+from jobs.config import JobConfig, config_from_dict, read_config_file
+from jobs.io import tables
+from jobs.io.session import build_session, check_delta
+from jobs.io.sources import check_file_systems, preflight, register_frame, release_frame
+from jobs.pipeline import run_pipeline
+
+Source = Union[DataFrame, str]
+ConfigLike = Union[JobConfig, Mapping, str, None]
+
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+_SCRATCH: list[str] = []
+
+
+def source_settings(side: str, source: Source) -> tuple[dict, str | None]:
+    """The ``<side>.format`` and ``<side>.path`` settings that read ``source``, and the token of
+    a DataFrame (to release after the run), or None."""
+    if isinstance(source, DataFrame):
+        token = register_frame(source)
+        return {f"{side}.format": "dataframe", f"{side}.path": token}, token
+    if not isinstance(source, str) or not source:
+        raise InputError(f"{side} must be a DataFrame, a table name or a path; got "
+                         f"{type(source).__name__} {source!r}.")
+    local = source.removeprefix("file:")
+    if "://" in source or os.path.sep in source or os.path.exists(local):
+        if os.path.isdir(os.path.join(local, "_delta_log")):
+            fmt = "delta"
+        else:
+            fmt = _SUFFIXES.get(os.path.splitext(local.rstrip("/"))[1].lower(), "parquet")
+        return {f"{side}.format": fmt, f"{side}.path": source}, None
+    return {f"{side}.format": "table", f"{side}.path": source}, None
+
+
+def _base(config: ConfigLike) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, JobConfig):
+        return config.to_dict()
+    if isinstance(config, str):
+        return read_config_file(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise InputError(f"config must be a JobConfig, a mapping of sections or the path of a YAML "
+                     f"file; got {type(config).__name__}.")
+
+
+def _session(spark: SparkSession | None, cfg: JobConfig) -> SparkSession:
+    """The caller's session (given, or the active one), as it is; else a local one gio-spark
+    starts with its defaults."""
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        return build_session(cfg.spark.app_name, cfg.spark.master or "local[*]", cfg.spark.conf,
+                             quiet=True, log_level=cfg.spark.log_level)
+    check_delta(spark)
+    return spark
+
+
+def _is_local(spark: SparkSession) -> bool:
+    master = spark.conf.get("spark.master", None) or ""
+    return master.startswith("local")
+
+
+def _scratch_output() -> str:
+    """A folder for a run kept only for this Python process (removed when it exits)."""
+    path = tempfile.mkdtemp(prefix="gio-spark-api-")
+    if not _SCRATCH:
+        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _SCRATCH])
+    _SCRATCH.append(path)
+    return os.path.join(path, "out")
+
+
+def select_rows(pool: Source | None, target: Source | None, *, output: str | None = None,
+                text_column: str | None = None, embedding_column: str | None = None,
+                id_column: str | None = None, max_rows: int | None = None,
+                max_fraction: float | None = None, config: ConfigLike = None,
+                settings: Mapping[str, object] | None = None, run_id: str | None = None,
+                spark: SparkSession | None = None) -> DataFrame:
+    """Selects the pool's rows that bring it closest to the target (GIO on K-means clusters):
+    the whole pipeline, as ``gio-spark run``.
+
+    Args:
+      pool, target: a DataFrame, a catalog table's name (``db.docs``) or a path; None takes the
+        side from ``config``.
+      output: where the run's Delta tables go (a folder or an object-store URL every executor
+        reaches); a re-run with the same inputs and settings reuses them. None: a temporary
+        folder kept until this Python process exits (local Spark only).
+      text_column, embedding_column, id_column: the columns of both sides (None: the config's;
+        by default ``text`` is embedded and rows are identified by their content). With
+        ``embedding_column`` the vectors are used as they are and no model runs.
+      max_rows, max_fraction: the row budget (``select.max_rows`` / ``select.max_fraction``).
+      config: a :class:`jobs.config.JobConfig`, a mapping of sections, or a YAML file's path;
+        the arguments above are set over it.
+      settings: any config key as a dotted name and a Python value, for example
+        ``{"select.k": 7, "quantize.target_k": 200}``; set over ``config``.
+      run_id: the run's id (default: a fingerprint of the inputs and settings).
+      spark: the session to run on (default: the active one; else a local one is started).
+
+    Returns:
+      The selected rows: the pool's own columns, then ``cluster_id``, ``rank`` (the order in
+      which GIO picked the row's cluster) and ``run_id``, read from ``selected_rows``.
+
+    Raises:
+      InputError: bad input (a setting, a missing column, rows that cannot be used...), before
+        anything is written.
+    """
+    data = _base(config)
+    sets: dict = {}
+    tokens = []
+    try:
+        for side, source in (("pool", pool), ("target", target)):
+            if source is not None:
+                found, token = source_settings(side, source)
+                sets.update(found)
+                if token:
+                    tokens.append(token)
+            for key, value in (("text_column", text_column),
+                               ("embedding_column", embedding_column),
+                               ("id_column", id_column)):
+                if value is not None:
+                    sets[f"{side}.{key}"] = value
+        if embedding_column is not None:
+            for side in ("pool", "target"):
+                sets.setdefault(f"{side}.text_column", None)
+        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction),
+                           ("run_id", run_id)):
+            if value is not None:
+                sets[key] = value
+        sets.update(settings or {})
+        if output is not None:
+            sets["output.path"] = output
+        cfg = config_from_dict(data, "run", settings=sets)
+        session = _session(spark, cfg)
+        named = "output.path" in sets or (data.get("output") or {}).get("path")
+        if not named:
+            if not _is_local(session):
+                raise InputError("select_rows without output= keeps the run in a temporary "
+                                 "folder of this machine, which a cluster's executors cannot "
+                                 "reach; give output='s3a://...' (or another shared folder).")
+            cfg.output.path = _scratch_output()
+        preflight(cfg, ("pool", "target"))
+        check_file_systems(session, cfg, ("pool", "target"))
+        summary = run_pipeline(session, cfg)
+    finally:
+        for token in tokens:
+            release_frame(token)
+    return selection(cfg.output.path, summary["run_id"], spark=session)
+
+
+def runs(output: str, spark: SparkSession | None = None) -> DataFrame:
+    """The runs recorded under ``output``, newest first: ``run_id``, ``started_at``,
+    ``finished_at``, ``picks``, ``stop_reason``, the curves, ``params`` (the whole config as
+    JSON), ``inputs`` (rows read and dropped per side)...
+
+    Raises:
+      InputError: ``output`` holds no runs.
+    """
+    spark = spark or _active()
+    return tables.read_table(spark, output, "runs").orderBy(F.desc("finished_at"), "run_id")
+
+
+def selection(output: str, run_id: str | None = None,
+              spark: SparkSession | None = None) -> DataFrame:
+    """The selected rows of run ``run_id`` under ``output`` (default: the run that finished
+    last), as :func:`select_rows` returns them.
+
+    Raises:
+      InputError: no such run, or no run at all.
+    """
+    spark = spark or _active()
+    if run_id is None:
+        last = runs(output, spark).select("run_id").first()
+        if last is None:
+            raise InputError(f"{output!r} holds no finished run; run the pipeline first.")
+        run_id = last[0]
+    elif runs(output, spark).where(F.col("run_id") == run_id).first() is None:
+        known = [r[0] for r in runs(output, spark).select("run_id").limit(5).collect()]
+        raise InputError(f"run {run_id!r} is not recorded under {output!r}; its runs (newest "
+                         f"first): {', '.join(known) or 'none'}.")
+    return tables.read_key(spark, output, "selected_rows", run_id)
+
+
+def _active() -> SparkSession:
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise InputError("no active SparkSession: pass spark=, or start one first.")
+    return spark
