@@ -12,11 +12,10 @@ import importlib
 
 __all__ = ["RUNTIME_DATAMODELS_OPTIONS", "RUNTIME_EMBED_OPTIONS", "RUNTIME_IMNN_OPTIONS",
            "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "NAMED_FORMATS",
-           "FRAME_FORMAT", "EmbedSection",
-           "JobConfig", "QuantizeSection", "SelectSection", "SourceSection", "TrainSection",
-           "auto_pool_k", "config_from_dict", "datamodels_spec", "effective_embedding_column", "engine_options",
-           "load_config", "probe_options", "read_config_file", "row_budget", "uses_own_weights",
-           "uses_weights", "validate"]
+           "FRAME_FORMAT", "EmbedSection", "JobConfig", "QuantizeSection", "SelectSection",
+           "SourceSection", "TrainSection", "auto_pool_k", "config_from_dict", "datamodels_spec",
+           "effective_embedding_column", "engine_options", "load_config", "probe_options",
+           "read_config_file", "row_budget", "uses_own_weights", "uses_weights", "validate"]
 
 
 def __getattr__(name: str):
