@@ -35,6 +35,7 @@ from jobs.io import tables
 from jobs.io.session import build_session, check_delta
 from jobs.io.sources import check_file_systems, preflight, register_frame, release_frame
 from jobs.pipeline import run_pipeline
+from jobs.stages import weigh
 
 Source = Union[DataFrame, str]
 ConfigLike = Union[JobConfig, Mapping, str, None]
@@ -100,6 +101,33 @@ def _scratch_output() -> str:
     return os.path.join(path, "out")
 
 
+def _run(data: dict, sets: dict, command: str, sides: tuple, spark: SparkSession | None,
+         reads=None, requires=None) -> tuple[JobConfig, SparkSession]:
+    """The checked config and the session to run a command on, after the checks every command
+    runs before its work (the output location, the object stores' file systems). Without an
+    output location named, a scratch folder (local Spark only)."""
+    cfg = config_from_dict(data, command, reads, requires, settings=sets)
+    session = _session(spark, cfg)
+    if not ("output.path" in sets or (data.get("output") or {}).get("path")):
+        if not _is_local(session):
+            raise InputError("without output= the run is kept in a temporary folder of this "
+                             "machine, which a cluster's executors cannot reach; give "
+                             "output='s3a://...' (or another shared folder).")
+        cfg.output.path = _scratch_output()
+    preflight(cfg, sides)
+    check_file_systems(session, cfg, sides)
+    return cfg, session
+
+
+def _common(sets: dict, output, run_id, settings) -> dict:
+    if run_id is not None:
+        sets["run_id"] = run_id
+    sets.update(settings or {})
+    if output is not None:
+        sets["output.path"] = output
+    return sets
+
+
 def select_rows(pool: Source | None, target: Source | None, *, output: str | None = None,
                 text_column: str | None = None, embedding_column: str | None = None,
                 id_column: str | None = None, max_rows: int | None = None,
@@ -113,8 +141,9 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
       pool, target: a DataFrame, a catalog table's name (``db.docs``) or a path; None takes the
         side from ``config``.
       output: where the run's Delta tables go (a folder or an object-store URL every executor
-        reaches); a re-run with the same inputs and settings reuses them. None: a temporary
-        folder kept until this Python process exits (local Spark only).
+        reaches); a re-run with the same inputs and settings reuses them. None: the config's
+        ``output.path`` if it names one, else a temporary folder kept until this Python process
+        exits (local Spark only).
       text_column, embedding_column, id_column: the columns of both sides (None: the config's;
         by default ``text`` is embedded and rows are identified by their content). With
         ``embedding_column`` the vectors are used as they are and no model runs.
@@ -134,47 +163,83 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
       InputError: bad input (a setting, a missing column, rows that cannot be used...), before
         anything is written.
     """
-    data = _base(config)
     sets: dict = {}
-    tokens = []
+    tokens: list = []
     try:
         for side, source in (("pool", pool), ("target", target)):
             if source is not None:
                 found, token = source_settings(side, source)
                 sets.update(found)
-                if token:
-                    tokens.append(token)
+                tokens += [token] if token else []
             for key, value in (("text_column", text_column),
                                ("embedding_column", embedding_column),
                                ("id_column", id_column)):
                 if value is not None:
                     sets[f"{side}.{key}"] = value
-        if embedding_column is not None:
-            for side in ("pool", "target"):
-                sets.setdefault(f"{side}.text_column", None)
-        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction),
-                           ("run_id", run_id)):
+        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction)):
             if value is not None:
                 sets[key] = value
-        sets.update(settings or {})
-        if output is not None:
-            sets["output.path"] = output
-        cfg = config_from_dict(data, "run", settings=sets)
-        session = _session(spark, cfg)
-        named = "output.path" in sets or (data.get("output") or {}).get("path")
-        if not named:
-            if not _is_local(session):
-                raise InputError("select_rows without output= keeps the run in a temporary "
-                                 "folder of this machine, which a cluster's executors cannot "
-                                 "reach; give output='s3a://...' (or another shared folder).")
-            cfg.output.path = _scratch_output()
-        preflight(cfg, ("pool", "target"))
-        check_file_systems(session, cfg, ("pool", "target"))
+        cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",
+                            ("pool", "target"), spark)
         summary = run_pipeline(session, cfg)
     finally:
         for token in tokens:
             release_frame(token)
     return selection(cfg.output.path, summary["run_id"], spark=session)
+
+
+def learn_weights(source: Source | None, b_columns: list[str] | str | None = None, *,
+                  a_columns: list[str] | None = None, embedding_column: str | None = None,
+                  text_column: str | None = None, id_column: str | None = None,
+                  output: str | None = None, config: ConfigLike = None,
+                  settings: Mapping[str, object] | None = None, run_id: str | None = None,
+                  spark: SparkSession | None = None) -> DataFrame:
+    """Learns feature weights with the Differentiable Information Imbalance, as ``gio-spark
+    weigh``: the weights of space A's features that make distances in A best predict the
+    neighbours in space B.
+
+    Args:
+      source: the rows (a DataFrame, a catalog table's name or a path); None: the config's
+        ``weigh.source``.
+      b_columns: space B: numeric columns, one vector column, or one label column
+        (``weigh.b_columns``; ``settings={"weigh.b_type": ...}`` says which when the types do
+        not).
+      a_columns, embedding_column, text_column: space A: numeric columns, or a vector column,
+        or a text column embedded with ``embed.model`` (``weigh.a_columns`` /
+        ``weigh.source.*``).
+      id_column, output, config, settings, run_id, spark: as :func:`select_rows`'s (``run_id``
+        is the weights' id, ``weigh.run_id``; settings such as ``{"weigh.num_epochs": 100}``).
+
+    Returns:
+      The weights, one row per feature of A in order: ``feature``, ``name``, ``weight`` (as
+      learnt) and ``scaled`` (divided by the largest: what the pipeline multiplies features by),
+      and ``weights_id``.
+
+    Raises:
+      InputError: bad input, before anything is written.
+    """
+    sets: dict = {}
+    token = None
+    try:
+        if source is not None:
+            found, token = source_settings("weigh.source", source)
+            sets.update(found)
+        if isinstance(b_columns, str):
+            b_columns = [b_columns]
+        for key, value in (("weigh.b_columns", b_columns), ("weigh.a_columns", a_columns),
+                           ("weigh.source.embedding_column", embedding_column),
+                           ("weigh.source.text_column", text_column),
+                           ("weigh.source.id_column", id_column), ("weigh.run_id", run_id)):
+            if value is not None:
+                sets[key] = value
+        cfg, session = _run(_base(config), _common(sets, output, None, settings), "weigh", (),
+                            spark, reads=weigh.STAGE.reads, requires=weigh.STAGE.required)
+        key = weigh.weigh_command(session, cfg, None)
+    finally:
+        if token:
+            release_frame(token)
+    return (tables.read_key(session, cfg.output.path, "feature_weights", key)
+            .select("weights_id", "feature", "name", "weight", "scaled").orderBy("feature"))
 
 
 def runs(output: str, spark: SparkSession | None = None) -> DataFrame:

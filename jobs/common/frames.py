@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 ROW_ID = "row_id"
 EMBEDDING = "embedding"
+
+
+def is_ml_vector(dtype: T.DataType) -> bool:
+    """An MLlib vector column's type (``pyspark.ml`` or ``pyspark.mllib``; its type name is
+    ``vectorudt``, its short form ``vector``)."""
+    return isinstance(dtype, T.UserDefinedType) and dtype.simpleString() == "vector"
 
 
 def seed_hash(seed: int, column: str = ROW_ID) -> Column:

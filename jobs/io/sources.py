@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common.errors import InputError
-from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.common.frames import EMBEDDING, ROW_ID, is_ml_vector
 from jobs.config import (FRAME_FORMAT, NAMED_FORMATS, JobConfig, SourceSection,
                          effective_embedding_column)
 from jobs.io import tables
@@ -311,7 +311,7 @@ def _embedding_expr(df: DataFrame, side: str, column: str):
     if isinstance(dtype, T.StringType):
         # The GIO source's CSV form: a JSON-like vector string such as "[0.1, 0.2, ...]".
         return F.from_json(F.col(column), "array<float>")
-    if dtype.typeName() == "vector":
+    if is_ml_vector(dtype):
         from pyspark.ml.functions import vector_to_array
         return vector_to_array(F.col(column), "float32")
     raise InputError(f"{side}.embedding_column {column!r} has type {dtype.simpleString()}; "

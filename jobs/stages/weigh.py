@@ -32,12 +32,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common.errors import InputError
-from jobs.common.frames import EMBEDDING, ROW_ID, seeded_sample
+from jobs.common.frames import EMBEDDING, ROW_ID, is_ml_vector, seeded_sample
 from jobs.common.log import log
 from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig
@@ -75,12 +76,11 @@ def _is_numeric(dtype) -> bool:
 
 def _is_vector(dtype) -> bool:
     return ((isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.NumericType))
-            or dtype.typeName() == "vector")
+            or is_ml_vector(dtype))
 
 
 def _as_array(df: DataFrame, column: str):
-    if df.schema[column].dataType.typeName() == "vector":
-        from pyspark.ml.functions import vector_to_array
+    if is_ml_vector(df.schema[column].dataType):
         return vector_to_array(F.col(column), "float64")
     return F.col(column).cast("array<double>")
 
@@ -415,13 +415,14 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
     return run_stage(spark, cfg.output.path, "weigh", key, fp, work, reused)
 
 
-def weigh_command(spark, cfg: JobConfig, registry) -> None:
+def weigh_command(spark, cfg: JobConfig, registry) -> str:
+    """``gio-spark weigh``; returns the weights id."""
     wplan = reuse.make_weigh_plan(spark, cfg)
     check_outputs(spark, cfg, None)
     pending: list = []
     inp = weigh_input_unless_done(spark, cfg, wplan, pending, model_dimension)
     stagelog.record_checks(spark, cfg.output.path, pending)
-    run_weigh(spark, cfg, wplan, inp)
+    return run_weigh(spark, cfg, wplan, inp)
 
 
 STAGE = Stage(
