@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[all,test]'
 	# The GAF reference package, for the tests that compare against it. It imports only torch
 	# (installed above) but lists torchvision, whose wheels pin other torch releases: no deps.
 	$(VENV)/bin/python -m pip install --quiet --no-deps gradient-agreement-filtering==0.1.3
@@ -65,7 +65,7 @@ test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,bench]'
 	$(VENV)/bin/python bench/compat_vs_source.py
 	$(VENV)/bin/python bench/scale.py
 
@@ -106,7 +106,7 @@ bench-gpu: $(STAMP)
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,quality]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,quality]'
 	$(VENV)/bin/python bench/quality.py --out-dir bench/results/quality
 
 # The containers built and run for real (docker/compose_demo.sh): the image (on a base made from

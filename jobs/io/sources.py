@@ -34,6 +34,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common.errors import InputError
+from jobs.common.extras import require
 from jobs.common.frames import EMBEDDING, ROW_ID, is_ml_vector
 from jobs.config import (FRAME_FORMAT, NAMED_FORMATS, JobConfig, SourceSection,
                          effective_embedding_column)
@@ -123,6 +124,14 @@ def preflight(cfg: JobConfig, sides: tuple = ("pool", "target")) -> None:
         if path is not None and not os.path.exists(path):
             raise InputError(f"{side}.path {src.path!r} does not exist. Check the path (relative "
                              f"paths are resolved from {os.getcwd()!r}).")
+    embeds = [side for side, src in _sources(cfg, sides)
+              if not effective_embedding_column(src) and (src.text_column or src.format == "demo")
+              and not (side == "weigh.source" and cfg.weigh.a_columns)]
+    if embeds:
+        require("embed", f"embedding the text of {', '.join(embeds)}",
+                "give precomputed vectors (embedding_column)")
+        if cfg.embed.backend != "torch":
+            require("onnx", f"embed.backend {cfg.embed.backend}", "set embed.backend: torch")
     weights = _local(cfg.weights.path) if cfg.weights.path else None
     if weights is not None and not os.path.isdir(weights):
         raise InputError(f"weights.path {cfg.weights.path!r} is not a folder; name the output "
@@ -584,6 +593,8 @@ def checked_model_dim(cfg: JobConfig) -> int:
     """The embedding dimension of ``embed.model``; a model that cannot be loaded is bad input."""
     try:
         dim = model_dimension(cfg.embed.model)
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
         raise InputError(f"embed.model {cfg.embed.model!r} cannot be loaded: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "

@@ -50,6 +50,7 @@ from pyspark.sql import types as T
 
 from gio_core import gaf
 from jobs.common.errors import InputError
+from jobs.common.extras import plotting
 from jobs.common.frames import EMBEDDING, ROW_ID, seeded_sample
 from jobs.common.log import log
 from jobs.common.runtime import configure_jax, library_versions
@@ -267,7 +268,10 @@ def markdown(eval_id: str, run_id: str, results: list, detail: dict) -> str:
 
 def save_plot(path: str, eval_id: str, results: list) -> None:
     """MMD² (and accuracy, when measured) per method as bars; written to a temporary name
-    first, then renamed into place."""
+    first, then renamed into place. Skipped, with a warning, where matplotlib is not
+    installed."""
+    if plotting("evaluate: the plot", log) is None:
+        return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     os.makedirs(os.path.dirname(path), exist_ok=True)

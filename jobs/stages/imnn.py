@@ -47,6 +47,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.extras import plotting
 from jobs.common.log import log
 from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import RUNTIME_IMNN_OPTIONS, JobConfig
@@ -639,8 +640,11 @@ def _matrix(a) -> list:
     return [[float(v) for v in row] for row in np.asarray(a, np.float64)]
 
 
-def save_history_plot(path: str, history: dict, title: str, expected: float | None) -> None:
-    """The fit's history as a PNG (to a temporary name, then renamed into place)."""
+def save_history_plot(path: str, history: dict, title: str, expected: float | None) -> bool:
+    """The fit's history as a PNG (to a temporary name, then renamed into place); False, with a
+    warning, where matplotlib is not installed."""
+    if plotting("imnn: the history plot", log) is None:
+        return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -654,6 +658,7 @@ def save_history_plot(path: str, history: dict, title: str, expected: float | No
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
     fig.savefig(tmp, dpi=90, bbox_inches="tight")
     os.replace(tmp, path)
+    return True
 
 
 def _progress_logger(total: int, every_s: float = 30.0):
@@ -749,8 +754,8 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
                            plan.imnn_id)
         if "://" not in out:
             plot = os.path.join(out, "plots", f"{plan.imnn_id}_history.png")
-            save_history_plot(plot, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f)
-            log(f"imnn: history plot in {plot}")
+            if save_history_plot(plot, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f):
+                log(f"imnn: history plot in {plot}")
         log(f"imnn: fit {plan.imnn_id} -> {tables.table_path(out, 'imnn_fits')}")
         return ({"imnn_id": plan.imnn_id, "det_F": det_f, "max_det_F": float(h["max_detF"]),
                  "iterations": iterations, "reused": False},

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 import gio_core
 from jobs.common.errors import InputError
+from jobs.common.extras import plotting
 from jobs.common.log import bar, detail, log, took
 from jobs.common.runtime import configure_jax, library_versions
 from jobs.config import JobConfig, engine_options, row_budget
@@ -60,8 +61,9 @@ def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
 
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
                warm_up: int = 0, floor: float | None = None,
-               mmd: np.ndarray | None = None, lookahead: int = 0, filled: int = 0) -> None:
-    """Writes the KL curve as a PNG (to a temporary name first, then renamed into place).
+               mmd: np.ndarray | None = None, lookahead: int = 0, filled: int = 0) -> bool:
+    """Writes the KL curve as a PNG (to a temporary name first, then renamed into place);
+    False, with a warning, where matplotlib is not installed.
 
     The first ``warm_up`` picks (before the estimator averages all k ranks; their values are
     not comparable with the later ones) are drawn apart, grey; ``floor`` (the estimate between
@@ -69,6 +71,8 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     ran, on a second axis, with the last ``filled`` picks (a budget filled past the least MMD)
     marked."""
     # The object API, not pyplot: no global figure state, so concurrent runs in one driver are safe.
+    if plotting("select: the KL curve", log) is None:
+        return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -109,6 +113,7 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
+    return True
 
 
 def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
@@ -232,10 +237,11 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
         if "://" not in cfg.output.path:
             plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
-            save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
-                       warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
-                       mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)
-            log(f"select: KL curve in {plot}")
+            if save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
+                          warm_up=diagnostics["warm_up_picks"],
+                          floor=diagnostics["kl_noise_floor"], mmd=result.mmd,
+                          lookahead=result.lookahead, filled=result.filled):
+                log(f"select: KL curve in {plot}")
         return run_id, {"picks": len(result.indices), "stop_reason": result.stop_reason}
 
     def reused():
