@@ -174,8 +174,12 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     if jars:
         builder = builder.config("spark.jars", jars)
     else:
+        # delta-spark's helper sets spark.jars.packages to Delta's coordinates: the packages
+        # the config (or the caller's builder) asks for are handed to it, not dropped.
         from delta import configure_spark_with_delta_pip
-        builder = configure_spark_with_delta_pip(builder)
+        wanted = [p.strip() for p in settings.get("spark.jars.packages", "").split(",")
+                  if p.strip() and not p.strip().startswith("io.delta:delta-spark_")]
+        builder = configure_spark_with_delta_pip(builder, extra_packages=wanted or None)
     from pyspark import SparkContext
 
     # Under spark-submit (PYSPARK_GATEWAY_PORT set) the JVM runs already and owns the terminal.

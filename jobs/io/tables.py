@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 import time
 from typing import Callable, TypeVar
 
@@ -316,6 +317,57 @@ def is_remote(path: str) -> bool:
     return path.startswith(_REMOTE)
 
 
+def _hadoop_path(spark: SparkSession, path: str):
+    """``(Hadoop Path, its FileSystem)`` in this Spark's Hadoop configuration."""
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath, hpath.getFileSystem(spark._jsc.hadoopConfiguration())
+
+
+def remote_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
+    """``(name relative to path, size, modification time in ms)`` of every file under a remote
+    ``path`` (or of the file itself), listed through Hadoop's FileSystem, sorted; [] when
+    nothing is there."""
+    hpath, fs = _hadoop_path(spark, path)
+    if not fs.exists(hpath):
+        return []
+    root = fs.getFileStatus(hpath)
+    if root.isFile():
+        return [(hpath.getName(), int(root.getLen()), int(root.getModificationTime()))]
+    base = str(fs.makeQualified(hpath).toUri().getPath()).rstrip("/") + "/"
+    found, it = [], fs.listFiles(hpath, True)
+    while it.hasNext():
+        st = it.next()
+        name = str(st.getPath().toUri().getPath())
+        found.append((name[len(base):] if name.startswith(base) else name, int(st.getLen()),
+                      int(st.getModificationTime())))
+    return sorted(found)
+
+
+def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]) -> bool:
+    """Writes a side file (a plot, a report) to ``dest`` whatever its scheme: ``write(path)``
+    writes it to a local path (``dest`` itself when it is local, a temporary file otherwise,
+    then copied through Hadoop's FileSystem). Returns False when ``write`` returned False
+    (nothing written)."""
+    if not is_remote(dest):
+        return write(dest.removeprefix("file:")) is not False
+    with tempfile.TemporaryDirectory(prefix="gio-spark-put-") as folder:
+        local = os.path.join(folder, os.path.basename(dest.rstrip("/")))
+        if write(local) is False:
+            return False
+        with open(local, "rb") as f:
+            data = f.read()
+    # One stream of a few hundred kB at most: S3A writes it as one PUT on close (its transfer
+    # manager, which copyFromLocalFile uses, is more than a plot needs).
+    target, fs = _hadoop_path(spark, dest)
+    stream = fs.create(target, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+    return True
+
+
 def table_path(output: str, name: str) -> str:
     return os.path.join(output, name)
 
@@ -474,8 +526,12 @@ def _created_meanwhile(spark: SparkSession, path: str) -> bool:
 
 
 def _path_exists(path: str) -> bool:
-    if "://" in path and not path.startswith("file:"):
-        return True          # remote: let Delta tell (isDeltaTable) and check it
+    """Whether anything is at ``path``; a remote one is asked through Hadoop's FileSystem (in the
+    active session's configuration)."""
+    if is_remote(path) or ("://" in path and not path.startswith("file:")):
+        spark = SparkSession.getActiveSession()
+        hpath, fs = _hadoop_path(spark, path)
+        return bool(fs.exists(hpath))
     return os.path.exists(path.removeprefix("file:"))
 
 

@@ -266,12 +266,12 @@ def markdown(eval_id: str, run_id: str, results: list, detail: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_plot(path: str, eval_id: str, results: list) -> None:
+def save_plot(path: str, eval_id: str, results: list) -> bool:
     """MMD² (and accuracy, when measured) per method as bars; written to a temporary name
     first, then renamed into place. Skipped, with a warning, where matplotlib is not
     installed."""
     if plotting("evaluate: the plot", log) is None:
-        return
+        return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -295,6 +295,7 @@ def save_plot(path: str, eval_id: str, results: list) -> None:
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
+    return True
 
 
 def _write_text(path: str, text: str) -> None:
@@ -434,11 +435,12 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         begin()
         tables.replace_key(spark, spark.createDataFrame(rows, tables.EVALUATIONS), cfg.output.path,
                            "evaluations", key)
-        if "://" not in cfg.output.path:
-            report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
-            _write_text(report, markdown(key, eplan.selection, results, detail))
-            save_plot(os.path.join(cfg.output.path, "plots", f"{key}_evaluation.png"), key, results)
-            log(f"evaluate: table in {report}")
+        report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
+        tables.put_file(spark, report, lambda path: _write_text(
+            path, markdown(key, eplan.selection, results, detail)))
+        tables.put_file(spark, os.path.join(cfg.output.path, "plots", f"{key}_evaluation.png"),
+                        lambda path: save_plot(path, key, results))
+        log(f"evaluate: table in {report}")
         log(f"evaluate: {key} -> {tables.table_path(cfg.output.path, 'evaluations')}")
         return results, {"methods": [r["method"] for r in results], "rows": results[0]["rows"]}
 

@@ -752,10 +752,10 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
                            "imnn_history", plan.imnn_id)
         tables.replace_key(spark, spark.createDataFrame([fit_row], tables.IMNN_FITS), out, "imnn_fits",
                            plan.imnn_id)
-        if "://" not in out:
-            plot = os.path.join(out, "plots", f"{plan.imnn_id}_history.png")
-            if save_history_plot(plot, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f):
-                log(f"imnn: history plot in {plot}")
+        plot = os.path.join(out, "plots", f"{plan.imnn_id}_history.png")
+        if tables.put_file(spark, plot, lambda path: save_history_plot(
+                path, h, f"{plan.imnn_id}: det F {det_f:.3g}", m.expected_det_f)):
+            log(f"imnn: history plot in {plot}")
         log(f"imnn: fit {plan.imnn_id} -> {tables.table_path(out, 'imnn_fits')}")
         return ({"imnn_id": plan.imnn_id, "det_F": det_f, "max_det_F": float(h["max_detF"]),
                  "iterations": iterations, "reused": False},

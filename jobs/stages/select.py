@@ -235,13 +235,12 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             json.dumps(library_versions()))], tables.RUNS)
         tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
         tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
-        if "://" not in cfg.output.path:
-            plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
-            if save_curve(plot, result.kl_start, result.kl, run_id, result.stop_reason,
-                          warm_up=diagnostics["warm_up_picks"],
-                          floor=diagnostics["kl_noise_floor"], mmd=result.mmd,
-                          lookahead=result.lookahead, filled=result.filled):
-                log(f"select: KL curve in {plot}")
+        plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
+        if tables.put_file(spark, plot, lambda path: save_curve(
+                path, result.kl_start, result.kl, run_id, result.stop_reason,
+                warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
+                mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)):
+            log(f"select: KL curve in {plot}")
         return run_id, {"picks": len(result.indices), "stop_reason": result.stop_reason}
 
     def reused():
