@@ -189,6 +189,7 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
     else:
         spark = builder.getOrCreate()
+        check_classic(spark)
         if quiet and not log_level:
             spark.sparkContext.setLogLevel("ERROR")
     if log_level:
@@ -197,10 +198,29 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     return spark
 
 
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (a client of a Spark server)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def check_classic(spark) -> None:
+    """Raises InputError, before any work, for a Spark Connect session: gio-spark's stages need
+    the classic session's SparkContext and JVM (see the README's *Spark Connect*)."""
+    if is_connect(spark):
+        raise InputError("this SparkSession is a Spark Connect client, and gio-spark needs a "
+                         "classic one: its stages use the SparkContext (an accumulator, a "
+                         "broadcast, job groups), Hadoop's FileSystem and Delta's DeltaTable "
+                         "API through the JVM. Run it on a classic session (a single-user or "
+                         "dedicated cluster, or SparkSession.builder.master(...) without "
+                         "remote(...) or SPARK_REMOTE).")
+
+
 def check_delta(spark) -> None:
-    """Raises InputError when the running JVM has no Delta Lake classes."""
+    """Raises InputError when the session is not a classic one (:func:`check_classic`) or its
+    JVM has no Delta Lake classes."""
     from py4j.java_gateway import JavaClass
 
+    check_classic(spark)
     if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
         raise InputError("this Spark session has no Delta Lake jars. With spark-submit, add "
                           "--properties-file conf/spark-defaults.conf (or --packages "
