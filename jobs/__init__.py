@@ -2,9 +2,10 @@
 files).
 
 The Python API (:mod:`jobs.api`) is available here: ``jobs.select_rows``,
-``jobs.learn_weights``, ``jobs.selection``, ``jobs.runs`` and ``jobs.InputError``, the exception
-bad input raises; the Spark ML estimators are in :mod:`jobs.ml`. The API is loaded on first use,
-so that importing a module of this package (a Spark task does) does not import Spark.
+``jobs.learn_weights``, ``jobs.run_stage``, ``jobs.selection``, ``jobs.runs`` and
+``jobs.InputError``, the exception bad input raises; the Spark ML estimators are in
+:mod:`jobs.ml`. The API is loaded on first use, so that importing a module of this package (a
+Spark task does) does not import Spark.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import importlib
 # ``gio-spark --version`` prints it, also from the zip that spark-submit ships.
 __version__ = "0.1.0"
 
-_API = {"select_rows": "jobs.api", "learn_weights": "jobs.api", "selection": "jobs.api",
-        "runs": "jobs.api",
+_API = {"select_rows": "jobs.api", "learn_weights": "jobs.api", "run_stage": "jobs.api",
+        "selection": "jobs.api", "runs": "jobs.api",
         "InputError": "jobs.common.errors"}
 __all__ = ["__version__", *_API]
 

@@ -31,11 +31,13 @@ from pyspark.sql import functions as F
 
 from jobs.common.errors import InputError
 from jobs.config import JobConfig, config_from_dict, read_config_file
+from jobs.config.sections import OutputSection
 from jobs.io import tables
 from jobs.io.session import build_session, check_delta
 from jobs.io.sources import check_file_systems, preflight, register_frame, release_frame
-from jobs.pipeline import run_pipeline
+from jobs.pipeline import COMMANDS, REGISTRY, run_pipeline
 from jobs.stages import weigh
+from jobs.state import reuse
 
 Source = Union[DataFrame, str]
 ConfigLike = Union[JobConfig, Mapping, str, None]
@@ -55,7 +57,11 @@ def source_settings(side: str, source: Source) -> tuple[dict, str | None]:
                          f"{type(source).__name__} {source!r}.")
     local = source.removeprefix("file:")
     if "://" in source or os.path.sep in source or os.path.exists(local):
-        if os.path.isdir(os.path.join(local, "_delta_log")):
+        if tables.on_file_system(source):
+            delta = tables.path_exists(os.path.join(source, "_delta_log"))
+        else:
+            delta = os.path.isdir(os.path.join(local, "_delta_log"))
+        if delta:
             fmt = "delta"
         else:
             fmt = _SUFFIXES.get(os.path.splitext(local.rstrip("/"))[1].lower(), "parquet")
@@ -67,7 +73,12 @@ def _base(config: ConfigLike) -> dict:
     if config is None:
         return {}
     if isinstance(config, JobConfig):
-        return config.to_dict()
+        # Every key of a JobConfig is set, its default output folder too: that one does not
+        # count as naming an output (the run then goes to a temporary folder, as without one).
+        data = config.to_dict()
+        if data["output"]["path"] == OutputSection().path:
+            del data["output"]["path"]
+        return data
     if isinstance(config, str):
         return read_config_file(config)
     if isinstance(config, Mapping):
@@ -117,6 +128,15 @@ def _run(data: dict, sets: dict, command: str, sides: tuple, spark: SparkSession
     preflight(cfg, sides)
     check_file_systems(session, cfg, sides)
     return cfg, session
+
+
+def _columns(sets: dict, text_column, embedding_column, id_column) -> None:
+    """The columns named for both sides (None: the config's)."""
+    for side in ("pool", "target"):
+        for key, value in (("text_column", text_column), ("embedding_column", embedding_column),
+                           ("id_column", id_column)):
+            if value is not None:
+                sets[f"{side}.{key}"] = value
 
 
 def _common(sets: dict, output, run_id, settings) -> dict:
@@ -171,11 +191,7 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
                 found, token = source_settings(side, source)
                 sets.update(found)
                 tokens += [token] if token else []
-            for key, value in (("text_column", text_column),
-                               ("embedding_column", embedding_column),
-                               ("id_column", id_column)):
-                if value is not None:
-                    sets[f"{side}.{key}"] = value
+        _columns(sets, text_column, embedding_column, id_column)
         for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction)):
             if value is not None:
                 sets[key] = value
@@ -242,6 +258,82 @@ def learn_weights(source: Source | None, b_columns: list[str] | str | None = Non
             .select("weights_id", "feature", "name", "weight", "scaled").orderBy("feature"))
 
 
+# The stages run_stage runs, with the plan keys of their output tables.
+STAGE_NAMES = ("weigh", "embed", "quantize", "select", "explode", "train", "evaluate")
+
+
+def _output_keys(spark: SparkSession, cfg: JobConfig, name: str) -> dict[str, str]:
+    """The key of each output table of stage ``name`` under this config (as its command
+    computes them)."""
+    if name == "weigh":
+        weights_id = reuse.make_weigh_plan(spark, cfg).weights_id
+        return {"feature_weights": weights_id, "weight_runs": weights_id}
+    if name == "train":
+        pool_plan = reuse.make_plan(spark, cfg) if cfg.train.needs_pool else None
+        train_id = reuse.make_train_plan(spark, cfg, pool_plan).train_id
+        return {"models": train_id, "train_runs": train_id}
+    plan = reuse.make_plan(spark, cfg)
+    if name == "evaluate":
+        return {"evaluations": reuse.make_evaluate_plan(spark, cfg, plan).eval_id}
+    return {"pool_embeddings": plan.embeddings_id["pool"],
+            "target_embeddings": plan.embeddings_id["target"],
+            "centroids": plan.clustering_id, "pool_assignments": plan.clustering_id,
+            "selection": plan.run_id, "runs": plan.run_id, "selected_rows": plan.run_id}
+
+
+def run_stage(name: str, pool: Source | None = None, target: Source | None = None, *,
+              source: Source | None = None, text_column: str | None = None,
+              embedding_column: str | None = None, id_column: str | None = None,
+              output: str | None = None, config: ConfigLike = None,
+              settings: Mapping[str, object] | None = None, run_id: str | None = None,
+              spark: SparkSession | None = None) -> dict[str, DataFrame]:
+    """Runs one stage alone, as ``gio-spark <name>`` does (reusing what is committed), and
+    returns its output tables, each cut to this config's key.
+
+    Args:
+      name: ``weigh``, ``embed``, ``quantize``, ``select``, ``explode``, ``train`` or
+        ``evaluate``. A stage needs what comes before it under ``output`` (``select`` the
+        clustering ``quantize`` committed...): run them in order, or use :func:`select_rows`.
+      pool, target, text_column, embedding_column, id_column: as :func:`select_rows`'s;
+        ``source``: the weigh stage's rows (its columns go in ``settings``).
+      output, config, settings, run_id, spark: as :func:`select_rows`'s.
+
+    Returns:
+      ``{table: DataFrame}`` for each table the stage writes, for example
+      ``run_stage("embed", pool, target, output=out)["pool_embeddings"]`` (``row_id``,
+      ``embedding``).
+
+    Raises:
+      InputError: an unknown stage, bad input, or a stage before it not run yet.
+    """
+    if name not in STAGE_NAMES:
+        raise InputError(f"stage {name!r} is not one run_stage runs; choose one of "
+                         f"{', '.join(STAGE_NAMES)}.")
+    stage = COMMANDS[name]
+    sets: dict = {}
+    tokens: list = []
+    try:
+        for side, found in (("pool", pool), ("target", target), ("weigh.source", source)):
+            if found is not None:
+                more, token = source_settings(side, found)
+                sets.update(more)
+                tokens += [token] if token else []
+        _columns(sets, text_column, embedding_column, id_column)
+        data = _base(config)
+        probe = config_from_dict(data, "config", settings=_common(dict(sets), output, run_id,
+                                                                   settings))
+        sides = tuple(stage.reads(probe))
+        cfg, session = _run(data, _common(sets, output, run_id, settings), name, sides, spark,
+                            reads=stage.reads, requires=stage.required)
+        stage.command(session, cfg, REGISTRY)
+        keys = _output_keys(session, cfg, name)
+    finally:
+        for token in tokens:
+            release_frame(token)
+    return {table: tables.read_key(session, cfg.output.path, table, keys[table])
+            for table in stage.outputs}
+
+
 def runs(output: str, spark: SparkSession | None = None) -> DataFrame:
     """The runs recorded under ``output``, newest first: ``run_id``, ``started_at``,
     ``finished_at``, ``picks``, ``stop_reason``, the curves, ``params`` (the whole config as
@@ -276,7 +368,7 @@ def selection(output: str, run_id: str | None = None,
 
 
 def _active() -> SparkSession:
-    spark = SparkSession.getActiveSession()
+    spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
     if spark is None:
         raise InputError("no active SparkSession: pass spark=, or start one first.")
     return spark

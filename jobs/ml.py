@@ -45,7 +45,7 @@ from jobs.common.errors import InputError
 from jobs.common.frames import is_ml_vector
 from jobs.io.sources import row_id_expr
 
-_ROW = "__gio_row"
+_ROW = "gio_row_id"
 
 
 def _optional(name: str, doc: str) -> Param:
@@ -160,21 +160,24 @@ class GIOSelectorModel(Model, _GIOParams, MLWritable, MLReadable):
         _check_column(pool, column, "featuresCol", "pool")
         texts = isinstance(pool.schema[column].dataType, T.StringType)
         columns = {"text_column": column} if texts else {"embedding_column": column}
-        chosen = select_rows(pool, self._target, output=self.getOutputPath(),
-                             id_column=self.getIdCol(),
+        # Rows are identified by idCol, or else by their content under a column of the
+        # model's own, which the selected rows keep and the join below matches on.
+        id_col = self.getIdCol()
+        keyed = pool.withColumn(_ROW, row_id_expr([f"`{c}`" for c in pool.columns], id_col))
+        target = self._target.withColumn(_ROW, row_id_expr(
+            [f"`{c}`" for c in self._target.columns], id_col))
+        chosen = select_rows(keyed, target, output=self.getOutputPath(), id_column=_ROW,
                              max_rows=self.getOrDefault(self.maxRows),
                              max_fraction=self.getOrDefault(self.maxFraction),
                              settings=self._select_settings(), spark=pool.sparkSession,
                              **columns)
         rank = self.getOrDefault(self.rankCol)
         if self.getOrDefault(self.onlySelected):
-            return chosen.withColumnRenamed("rank", rank)
-        own = [c for c in pool.columns]
-        picked = chosen.select(row_id_expr(own, self.getIdCol()).alias(_ROW),
-                               F.col("rank").alias(rank))
-        out = pool.withColumn(_ROW, row_id_expr(own, self.getIdCol())).join(picked, _ROW, "left")
-        return out.select(*own, F.col(rank).isNotNull().alias(self.getOrDefault(self.selectedCol)),
-                          rank)
+            return chosen.drop(_ROW).withColumnRenamed("rank", rank)
+        picked = chosen.select(_ROW, F.col("rank").alias(rank))
+        return (keyed.join(picked, _ROW, "left")
+                .select(*pool.columns,
+                        F.col(rank).isNotNull().alias(self.getOrDefault(self.selectedCol)), rank))
 
     def write(self) -> MLWriter:
         return _Writer(self, data=lambda m, path: m._target.write.parquet(path))

@@ -175,7 +175,7 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         builder = builder.config("spark.jars", jars)
     else:
         # delta-spark's helper sets spark.jars.packages to Delta's coordinates: the packages
-        # the config (or the caller's builder) asks for are handed to it, not dropped.
+        # the config's spark.conf asks for are handed to it, not dropped.
         from delta import configure_spark_with_delta_pip
         wanted = [p.strip() for p in settings.get("spark.jars.packages", "").split(",")
                   if p.strip() and not p.strip().startswith("io.delta:delta-spark_")]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,12 +72,16 @@ _FRAMES: dict[str, DataFrame] = {}
 
 def register_frame(df: DataFrame) -> str:
     """Keeps ``df`` for the run that reads it; returns its token (``path`` of a ``dataframe``
-    source). :func:`release_frame` forgets it."""
-    token = f"<DataFrame {len(_FRAMES) + 1}>"
-    while token in _FRAMES:
-        token += "'"
+    source), unique across threads. :func:`release_frame` forgets it."""
+    token = f"<DataFrame {uuid.uuid4().hex[:12]}>"
     _FRAMES[token] = df
     return token
+
+
+def located(src: SourceSection) -> str:
+    """Where a source is, for messages: its path quoted, or "the DataFrame" for one handed to
+    the Python API."""
+    return "the DataFrame" if src.format == FRAME_FORMAT else repr(src.path)
 
 
 def release_frame(token: str) -> None:
@@ -88,7 +93,7 @@ def content_identity(df: DataFrame) -> dict:
     view, a table that is not Delta's): their count and a hash that does not depend on their
     order or partitioning (the sum of each row's 64-bit hash, exact). One pass over the rows."""
     row = df.select(F.count(F.lit(1)).alias("rows"), F.sum(F.xxhash64(F.to_json(F.struct(
-        *[F.col(c) for c in df.columns]))).cast("decimal(38,0)")).alias("hash")).first()
+        *[df[c] for c in df.columns]))).cast("decimal(38,0)")).alias("hash")).first()
     return {"rows": int(row["rows"]), "content": str(row["hash"]),
             "schema": df.schema.simpleString()}
 
@@ -198,7 +203,7 @@ def check_file_systems(spark, cfg: JobConfig, sides: tuple) -> None:
     from py4j.protocol import Py4JJavaError
 
     jvm = spark._jvm
-    conf = spark._jsc.hadoopConfiguration()
+    conf = tables.hadoop_conf(spark)
     for key, path in config_paths(cfg, sides):
         if "://" not in path:
             continue
@@ -363,13 +368,13 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     emb = effective_embedding_column(src)
     columns = df.columns
     if not columns:
-        raise InputError(f"{side} at {src.path!r} has no columns (a file written from an empty "
+        raise InputError(f"{side} at {located(src)} has no columns (a file written from an empty "
                          "table?); give it rows with the configured columns.")
     wanted = {"text_column": src.text_column if not emb else None,
               "id_column": src.id_column, "embedding_column": emb}
     for key, column in wanted.items():
         if column and column not in columns:
-            raise InputError(f"{side}.{key} {column!r} is not a column of {src.path!r}; "
+            raise InputError(f"{side}.{key} {column!r} is not a column of {located(src)}; "
                              f"its columns are: {', '.join(columns)}.")
     if not emb and src.text_column:
         dtype = df.schema[src.text_column].dataType
@@ -392,7 +397,7 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
         except InputError:
             # A file written from an empty frame types its columns loosely: say what is wrong.
             if not guarded(lambda: df.take(1), side, src):
-                raise InputError(f"{side} at {src.path!r} has no rows; give it at least "
+                raise InputError(f"{side} at {located(src)} has no rows; give it at least "
                                  "one.") from None
             raise
     return df
@@ -528,7 +533,7 @@ def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
         usable is left, or the vectors have different lengths.
     """
     if report["rows"] == 0:
-        raise InputError(f"{side} at {src.path!r} has no rows; give it at least one.")
+        raise InputError(f"{side} at {located(src)} has no rows; give it at least one.")
     kinds = [k for k in _KIND_WORDS if report.get(k)]
     if kinds and src.bad_rows == "reject":
         cond = _conditions(df, src, extra)
@@ -543,7 +548,7 @@ def enforce(df: DataFrame, side: str, src: SourceSection, report: dict,
         warn(f"{side}: dropping {report['rows'] - report['kept']} of {report['rows']} rows "
              f"({counts}); {side}.bad_rows is drop.")
     if report["kept"] == 0:
-        raise InputError(f"{side} at {src.path!r} has no usable rows ({report['rows']} read, "
+        raise InputError(f"{side} at {located(src)} has no usable rows ({report['rows']} read, "
                          "all of them bad); fix the source.")
     lo, hi = report.get("dim_min"), report.get("dim_max")
     if lo is not None and lo != hi:

@@ -54,6 +54,7 @@ from pyspark.sql import types as T
 
 from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.log import log
 
 SCHEMA_VERSION = "3"
 TABLE_PROPERTY = "gio-spark.table"
@@ -317,11 +318,24 @@ def is_remote(path: str) -> bool:
     return path.startswith(_REMOTE)
 
 
-def _hadoop_path(spark: SparkSession, path: str):
-    """``(Hadoop Path, its FileSystem)`` in this Spark's Hadoop configuration."""
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath, hpath.getFileSystem(spark._jsc.hadoopConfiguration())
+def on_file_system(path: str) -> bool:
+    """Whether ``path`` is reached through Hadoop's FileSystem rather than ``os``: an object
+    store or a distributed file system (any ``scheme://`` but ``file:``, and ``dbfs:/``)."""
+    return is_remote(path) or ("://" in path and not path.startswith("file:"))
+
+
+def hadoop_conf(spark: SparkSession):
+    """The session's Hadoop configuration: the context's plus the session's own ``spark.conf``
+    settings (credentials a notebook set with ``spark.conf.set`` included)."""
+    return spark._jsparkSession.sessionState().newHadoopConf()
+
+
+def _hadoop_path(spark: SparkSession | None, path: str):
+    """``(Hadoop Path, its FileSystem)`` in the session's Hadoop configuration (``spark``, or
+    the active or last session of this process)."""
+    spark = spark or SparkSession.getActiveSession() or SparkSession._instantiatedSession
+    hpath = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return hpath, hpath.getFileSystem(hadoop_conf(spark))
 
 
 def remote_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
@@ -349,7 +363,7 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
     writes it to a local path (``dest`` itself when it is local, a temporary file otherwise,
     then copied through Hadoop's FileSystem). Returns False when ``write`` returned False
     (nothing written)."""
-    if not is_remote(dest):
+    if not on_file_system(dest):
         return write(dest.removeprefix("file:")) is not False
     with tempfile.TemporaryDirectory(prefix="gio-spark-put-") as folder:
         local = os.path.join(folder, os.path.basename(dest.rstrip("/")))
@@ -359,12 +373,16 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
             data = f.read()
     # One stream of a few hundred kB at most: S3A writes it as one PUT on close (its transfer
     # manager, which copyFromLocalFile uses, is more than a plot needs).
-    target, fs = _hadoop_path(spark, dest)
-    stream = fs.create(target, True)
     try:
-        stream.write(bytearray(data))
-    finally:
-        stream.close()
+        target, fs = _hadoop_path(spark, dest)
+        stream = fs.create(target, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+    except Exception as err:  # noqa: BLE001 - a side file must not fail a committed stage
+        log(f"warning: could not write {dest}: {str(err).splitlines()[0] if str(err) else err}")
+        return False
     return True
 
 
@@ -382,7 +400,7 @@ def exists(spark: SparkSession, path: str) -> bool:
     """
     if DeltaTable.isDeltaTable(spark, path):
         return True
-    if not _path_exists(os.path.join(path, "_delta_log")):
+    if not path_exists(os.path.join(path, "_delta_log")):
         return False
     try:
         DeltaTable.forPath(spark, path)
@@ -472,10 +490,10 @@ def check_existing(spark: SparkSession, output: str, name: str,
     want = schema if schema is not None else SCHEMAS.get(name)
     memo = (path, name, None if want is None else want.simpleString())
     if memo in _CHECKED:
-        if _path_exists(os.path.join(path, "_delta_log")):
+        if path_exists(os.path.join(path, "_delta_log")):
             return True
         _CHECKED.discard(memo)        # deleted since: check (and create) it anew
-    if not _path_exists(path):
+    if not path_exists(path):
         return False
     if not exists(spark, path) and not _created_meanwhile(spark, path):
         raise InputError(f"output.path {output!r} already holds {name!r}, which is not a Delta "
@@ -525,12 +543,11 @@ def _created_meanwhile(spark: SparkSession, path: str) -> bool:
     return False
 
 
-def _path_exists(path: str) -> bool:
+def path_exists(path: str) -> bool:
     """Whether anything is at ``path``; a remote one is asked through Hadoop's FileSystem (in the
     active session's configuration)."""
-    if is_remote(path) or ("://" in path and not path.startswith("file:")):
-        spark = SparkSession.getActiveSession()
-        hpath, fs = _hadoop_path(spark, path)
+    if on_file_system(path):
+        hpath, fs = _hadoop_path(None, path)
         return bool(fs.exists(hpath))
     return os.path.exists(path.removeprefix("file:"))
 
@@ -558,7 +575,7 @@ def ensure_table(spark: SparkSession, output: str, name: str,
     def being_created(err: BaseException) -> bool:
         # Another run's creation under way: its _delta_log is there, its first commit not yet
         # (Delta then reports the table as not found). Seen with three runs creating at once.
-        return "DELTA_TABLE_NOT_FOUND" in str(err) and _path_exists(os.path.join(path,
+        return "DELTA_TABLE_NOT_FOUND" in str(err) and path_exists(os.path.join(path,
                                                                                  "_delta_log"))
 
     with_retries(create, f"creating {path}", transient=being_created)
@@ -574,7 +591,7 @@ def ensure_table(spark: SparkSession, output: str, name: str,
 def read_table(spark: SparkSession, output: str, name: str) -> DataFrame:
     """Reads one of gio-spark's tables after checking that it is one."""
     path = table_path(output, name)
-    if not _path_exists(path) or not exists(spark, path):
+    if not path_exists(path) or not exists(spark, path):
         raise InputError(f"table {name!r} does not exist under {output!r}; run the stage that "
                          "writes it first (or the whole pipeline).")
     check_existing(spark, output, name, None if name == "selected_rows" else SCHEMAS[name])
@@ -584,7 +601,7 @@ def read_table(spark: SparkSession, output: str, name: str) -> DataFrame:
 def stored_keys(spark: SparkSession, output: str, name: str) -> list[str] | None:
     """The keys (sorted) that one of gio-spark's tables holds, or None when it does not exist."""
     path = table_path(output, name)
-    if not _path_exists(path) or not exists(spark, path):
+    if not path_exists(path) or not exists(spark, path):
         return None
     return sorted(r[0] for r in read_table(spark, output, name).select(KEYS[name]).distinct()
                   .collect())

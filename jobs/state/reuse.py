@@ -56,7 +56,7 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
                              f"check the path, or set {side}.format to the files' format.")
         last = DeltaTable.forPath(spark, src.path).history(1).select("version").first()
         ident["version"] = int(last[0])
-    elif tables.is_remote(src.path):
+    elif tables.on_file_system(src.path):
         ident["files"] = tables.remote_files(spark, src.path)
     else:
         path = src.path.removeprefix("file:")

@@ -66,7 +66,7 @@ def _read_log(spark, output: str) -> list:
 def _records(spark, output: str, stage: str, key: str) -> list:
     path = tables.table_path(output, "stages")
     version = _log_version(path)
-    if version == (-1,) or not tables._path_exists(path):
+    if version == (-1,) or not tables.path_exists(path):
         return []
     if version is None:                     # remote: ask Delta each time
         if not tables.exists(spark, path):

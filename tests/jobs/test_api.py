@@ -121,7 +121,7 @@ def test_bad_input_raises_one_message_and_writes_nothing(spark, tmp_path, frames
     out = tmp_path / "bad"
     with pytest.raises(jobs.InputError) as err:
         jobs.select_rows(pool_df, target_df, text_column="body", output=str(out))
-    assert str(err.value) == ("pool.text_column 'body' is not a column of '<DataFrame 1>'; "
+    assert str(err.value) == ("pool.text_column 'body' is not a column of the DataFrame; "
                               "its columns are: id, vec.")
     with pytest.raises(jobs.InputError) as err:
         jobs.select_rows(pool_df, target_df, embedding_column="vec", settings={"select.k": 0},
@@ -138,3 +138,31 @@ def test_bad_input_raises_one_message_and_writes_nothing(spark, tmp_path, frames
     with pytest.raises(jobs.InputError) as err:
         jobs.selection(str(tmp_path / "nothing"))
     assert "table 'runs' does not exist under" in str(err.value)
+
+
+def test_stages_one_by_one_return_their_tables_and_end_where_select_rows_does(spark, tmp_path,
+                                                                                frames):
+    pool_df, target_df = frames
+    out = str(tmp_path / "stages")
+    args = dict(embedding_column="vec", id_column="id", settings=VECTORS, output=out)
+    with pytest.raises(jobs.InputError) as err:
+        jobs.run_stage("select", pool_df, target_df, **args)
+    assert "there is no clustering" in str(err.value) and "run quantize" in str(err.value)
+    quantized = jobs.run_stage("quantize", pool_df, target_df, **args)
+    assert set(quantized) == {"centroids", "pool_assignments"}
+    assert quantized["pool_assignments"].count() == 600
+    sides = {r["side"]: r["n"] for r in quantized["centroids"].groupBy("side")
+             .agg(F.count("*").alias("n")).collect()}
+    assert 0 < sides["target"] <= 6 and 0 < sides["pool"] <= 30
+    selected = jobs.run_stage("select", pool_df, target_df, **args)
+    picks = selected["runs"].first()["picks"]
+    assert selected["selection"].count() == picks > 0
+    rows = jobs.run_stage("explode", pool_df, target_df, **args)["selected_rows"]
+    # The whole pipeline on the same output reuses all three: the same rows, no commit.
+    before = commits(spark, out, "stages")
+    assert picked(jobs.select_rows(pool_df, target_df, **args), "id") == picked(rows, "id")
+    assert commits(spark, out, "stages") == before
+    with pytest.raises(jobs.InputError) as err:
+        jobs.run_stage("cluster", pool_df, target_df, **args)
+    assert str(err.value) == ("stage 'cluster' is not one run_stage runs; choose one of weigh, "
+                              "embed, quantize, select, explode, train, evaluate.")

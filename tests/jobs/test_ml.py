@@ -106,3 +106,19 @@ def test_dii_weigher_finds_the_features_that_matter_and_survives_save_and_load(s
                         settings=weigher.getSettings()).fit(data)
     np.testing.assert_allclose(direct.scaledWeights, scaled, rtol=1e-6)
     assert os.path.basename(direct.weightsId).startswith("weights-")
+
+
+def test_gio_selector_without_ids_on_a_column_named_embedding(spark, columns):
+    """Rows identified by their content, and a vector column with gio-spark's own name."""
+    pool, target = columns
+    assembler = VectorAssembler(inputCols=X, outputCol="embedding")
+    pool, target = assembler.transform(pool).drop("id"), assembler.transform(target).drop("id")
+    model = GIOSelector(featuresCol="embedding", k=3, settings=SMALL).fit(target)
+    flagged = model.transform(pool)
+    assert flagged.columns == [*X, "embedding", "selected", "gio_rank"]
+    marked = sorted((tuple(r[c] for c in X), r["gio_rank"]) for r in flagged.collect()
+                    if r["selected"])
+    only = model.setOnlySelected(True).transform(pool)
+    assert "gio_row_id" not in only.columns
+    assert marked and marked == sorted((tuple(r[c] for c in X), r["gio_rank"])
+                                       for r in only.collect())
