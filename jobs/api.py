@@ -151,9 +151,9 @@ def _common(sets: dict, output, run_id, settings) -> dict:
 def select_rows(pool: Source | None, target: Source | None, *, output: str | None = None,
                 text_column: str | None = None, embedding_column: str | None = None,
                 id_column: str | None = None, max_rows: int | None = None,
-                max_fraction: float | None = None, config: ConfigLike = None,
-                settings: Mapping[str, object] | None = None, run_id: str | None = None,
-                spark: SparkSession | None = None) -> DataFrame:
+                max_fraction: float | None = None, table: str | None = None,
+                config: ConfigLike = None, settings: Mapping[str, object] | None = None,
+                run_id: str | None = None, spark: SparkSession | None = None) -> DataFrame:
     """Selects the pool's rows that bring it closest to the target (GIO on K-means clusters):
     the whole pipeline, as ``gio-spark run``.
 
@@ -168,6 +168,8 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
         by default ``text`` is embedded and rows are identified by their content). With
         ``embedding_column`` the vectors are used as they are and no model runs.
       max_rows, max_fraction: the row budget (``select.max_rows`` / ``select.max_fraction``).
+      table: a catalog table (``db.selected``) the selected rows are also written to
+        (``output.table``: Delta, created when missing, this run's rows replaced).
       config: a :class:`jobs.config.JobConfig`, a mapping of sections, or a YAML file's path;
         the arguments above are set over it.
       settings: any config key as a dotted name and a Python value, for example
@@ -192,7 +194,8 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
                 sets.update(found)
                 tokens += [token] if token else []
         _columns(sets, text_column, embedding_column, id_column)
-        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction)):
+        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction),
+                           ("output.table", table)):
             if value is not None:
                 sets[key] = value
         cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",

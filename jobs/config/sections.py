@@ -464,9 +464,18 @@ DATAMODELS_COMMANDS = ("datamodels-init", "datamodels-work", "datamodels-regress
                        "datamodels-select", "datamodels-export", "datamodels-example")
 
 
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+
+
 @dataclass
 class OutputSection:
+    """Where a run's tables go. ``path``: the folder (or object-store URL) of gio-spark's Delta
+    tables. ``table``: a catalog table (``db.selected``) the run's selected rows are also
+    written to (Delta, partitioned by ``run_id``; created when missing; a run replaces only its
+    own ``run_id``'s rows, in one transaction, and writes nothing when they are there already).
+    """
     path: str = "out/gio-spark"
+    table: str | None = None
 
 
 @dataclass
@@ -1339,6 +1348,10 @@ def _validate_output(cfg: JobConfig) -> None:
     """``output`` and ``run_id``."""
     _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
            "output.path must name a folder for the Delta tables.")
+    table = cfg.output.table
+    _check(table is None or (isinstance(table, str) and TABLE_NAME.match(table)),
+           f"output.table must be null or a table name such as db.selected (letters, digits "
+           f"and '_', up to three parts); got {table!r}.")
     _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and RUN_ID_PATTERN.match(cfg.run_id)),
            "run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a letter "
            f"or digit); got {cfg.run_id!r}.")

@@ -615,7 +615,11 @@ def checked_model_dim(cfg: JobConfig) -> int:
 
 def check_outputs(spark, cfg: JobConfig, pool_schema: T.StructType | None) -> None:
     """Every gio-spark table that already exists under ``output.path`` is gio-spark's own, of
-    this version and shape; refuses before any heavy work otherwise."""
+    this version and shape, and ``output.table``, if it exists, takes the selected rows;
+    refuses before any heavy work otherwise."""
+    if cfg.output.table and pool_schema is not None:
+        tables.check_catalog_table(spark, cfg.output.table,
+                                   tables.selected_rows_schema(pool_schema))
     for name in tables.TABLES:
         schema = (tables.selected_rows_schema(pool_schema)
                   if name == "selected_rows" and pool_schema is not None else None)

@@ -386,6 +386,42 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
     return True
 
 
+def check_catalog_table(spark: SparkSession, name: str, schema: T.StructType) -> None:
+    """``output.table``, if it exists, is a Delta table with the selected rows' columns.
+
+    Raises:
+      InputError: a table of another format or with other columns (never written into).
+    """
+    if not spark.catalog.tableExists(name):
+        return
+    fmt = spark.sql(f"DESCRIBE DETAIL {name}").select("format").first()[0]
+    if fmt != "delta":
+        raise InputError(f"output.table {name!r} is a {fmt} table; gio-spark writes selected "
+                         "rows into a Delta table only. Name a new table (it is created).")
+    have = [(f.name, f.dataType.simpleString()) for f in spark.table(name).schema.fields]
+    want = [(f.name, f.dataType.simpleString()) for f in schema.fields]
+    if have != want:
+        raise InputError(f"output.table {name!r} has the columns "
+                         f"{', '.join(n for n, _ in have)}, not the selected rows' "
+                         f"{', '.join(n for n, _ in want)}; name a new table (it is created) or "
+                         "one that runs on this pool wrote.")
+
+
+def publish_rows(spark: SparkSession, name: str, rows: DataFrame, run_id: str) -> bool:
+    """Writes a run's selected rows into the catalog table ``name``: created (Delta,
+    partitioned by ``run_id``) when missing, else this run's rows replaced in one transaction.
+    Returns False, writing nothing, when the table holds as many rows of the run already."""
+    count = rows.count()
+    if spark.catalog.tableExists(name):
+        if spark.table(name).where(F.col("run_id") == run_id).count() == count:
+            return False
+        (rows.write.format("delta").mode("overwrite")
+         .option("replaceWhere", f"run_id = '{run_id}'").saveAsTable(name))
+    else:
+        rows.write.format("delta").partitionBy("run_id").saveAsTable(name)
+    return True
+
+
 def table_path(output: str, name: str) -> str:
     return os.path.join(output, name)
 

@@ -113,6 +113,11 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
                "clusters": selection.select("cluster_id").distinct().count(),
                "table": path}
     summary["fraction_of_pool"] = summary["selected_rows"] / max(1, summary["pool_rows"])
+    if cfg.output.table:
+        name = cfg.output.table
+        if tables.publish_rows(spark, name, written, run_id):
+            log(f"explode: run {run_id}'s rows written into the table {name}")
+        summary["output_table"] = name
     log(f"explode: run {run_id}: {summary['selected_rows']} rows "
         f"({100 * summary['fraction_of_pool']:.2f}% of the pool's "
         f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path} "

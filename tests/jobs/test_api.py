@@ -79,7 +79,8 @@ def test_tables_and_frames_select_alike_and_a_changed_table_is_not_reused(spark,
         target_df.createOrReplaceTempView("gio_api_target")
         out = str(tmp_path / "tables")
         by_name = jobs.select_rows("gio_api.pool", "gio_api_target", embedding_column="vec",
-                                   id_column="id", settings=VECTORS, output=out)
+                                   id_column="id", settings=VECTORS, output=out,
+                                   table="gio_api.selected")
         by_frame = jobs.select_rows(pool_df, target_df, embedding_column="vec", id_column="id",
                                     settings=VECTORS, output=str(tmp_path / "frames"))
         rows = picked(by_name, "id")
@@ -87,18 +88,37 @@ def test_tables_and_frames_select_alike_and_a_changed_table_is_not_reused(spark,
         assert by_name.columns == ["id", "vec", "cluster_id", "rank", "run_id"]
         first = by_name.first()["run_id"]
 
+        # The rows also went into the catalog table the call named.
+        assert picked(spark.table("gio_api.selected"), "id") == rows
+
         # The Delta table is identified by its version: a re-run reuses, a changed table not.
         stages = commits(spark, out, "stages")
+        written = spark.sql("DESCRIBE HISTORY gio_api.selected").count()
         assert jobs.select_rows("gio_api.pool", "gio_api_target", embedding_column="vec",
-                                id_column="id", settings=VECTORS,
-                                output=out).first()["run_id"] == first
+                                id_column="id", settings=VECTORS, output=out,
+                                table="gio_api.selected").first()["run_id"] == first
         assert commits(spark, out, "stages") == stages
+        assert spark.sql("DESCRIBE HISTORY gio_api.selected").count() == written
         spark.sql("DELETE FROM gio_api.pool WHERE id = 'p0'")
         changed = jobs.select_rows("gio_api.pool", "gio_api_target", embedding_column="vec",
-                                   id_column="id", settings=VECTORS, output=out)
+                                   id_column="id", settings=VECTORS, output=out,
+                                   table="gio_api.selected")
         assert changed.first()["run_id"] != first
         assert "p0" not in {r["id"] for r in changed.collect()}
         assert jobs.runs(out).count() == 2
+        # Each run's rows, side by side in the user's table.
+        by_run = {r["run_id"]: r["n"] for r in spark.table("gio_api.selected").groupBy("run_id")
+                  .agg(F.count("*").alias("n")).collect()}
+        assert by_run == {first: len(rows), changed.first()["run_id"]: changed.count()}
+        # A table of other columns is refused before anything is written.
+        spark.sql("CREATE TABLE gio_api.other (x INT) USING delta")
+        with pytest.raises(jobs.InputError) as err:
+            jobs.select_rows(pool_df, target_df, embedding_column="vec", id_column="id",
+                             settings=VECTORS, output=str(tmp_path / "other"),
+                             table="gio_api.other")
+        assert str(err.value).startswith("output.table 'gio_api.other' has the columns x, not "
+                                         "the selected rows' id, vec, cluster_id, rank, run_id;")
+        assert spark.table("gio_api.other").count() == 0
     finally:
         spark.sql("DROP DATABASE IF EXISTS gio_api CASCADE")
         spark.catalog.dropTempView("gio_api_target")
