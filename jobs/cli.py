@@ -69,7 +69,7 @@ def _config(rest: list) -> int:
     except InputError as err:
         print(f"gio-spark: error: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False), end="")
+    print(yaml.safe_dump(cfg.recorded(), sort_keys=False, default_flow_style=False), end="")
     return 0
 
 

@@ -511,6 +511,39 @@ class JobConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def recorded(self) -> dict:
+        """The config as tables, reports and ``config --show`` keep it: :meth:`to_dict` with the
+        value of every key that names a credential replaced (:func:`redacted`)."""
+        return redacted(self.to_dict())
+
+
+# Words that make a key a credential's ("spark.hadoop.fs.s3a.secret.key",
+# "fs.azure.account.key.<account>", a JDBC "password", "fs.s3a.session.token", a "sas" token).
+# Not "session" alone: session tokens are caught by "token", and spark.sql.session.timeZone is no
+# secret.
+SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "credentials",
+                "sas")
+REDACTED = "*** (redacted)"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether ``key`` names a credential: one of its words (split at ``.``, ``_``, ``-``, case
+    and digits ignored) is in :data:`SECRET_WORDS`."""
+    words = re.split(r"[._\-]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", str(key)).lower())
+    return any(w.rstrip("0123456789") in SECRET_WORDS for w in words)
+
+
+def redacted(value, key: str = ""):
+    """``value`` with every value under a credential's key (:func:`is_secret_key`) replaced by
+    :data:`REDACTED`, at any depth of mappings and lists."""
+    if key and is_secret_key(key) and value is not None:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
 
 def row_budget(s: SelectSection, pool_rows: int) -> int | None:
     """The selection's row budget: ``max_rows``, ``max_fraction`` of ``pool_rows`` (at least
@@ -651,6 +684,27 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(value, path: str, where: str = ""):
+    """``${NAME}`` in a config file's text values, replaced by the environment variable NAME (so
+    credentials need not be written in the file). An unset variable is bad input."""
+    if isinstance(value, dict):
+        return {k: _from_environment(v, path, f"{where}.{k}".lstrip(".")) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_environment(v, path, where) for v in value]
+    if isinstance(value, str) and "${" in value:
+        def env(match):
+            name = match.group(1)
+            if name not in os.environ:
+                raise InputError(f"{where} in {path!r} takes ${{{name}}} from the environment, "
+                                 f"but {name} is not set; export it (or write the value).")
+            return os.environ[name]
+        return _ENV_REF.sub(env, value)
+    return value
+
+
 def read_config_file(path: str) -> dict:
     """A YAML config file's mapping of sections, unchecked (:func:`config_from_dict` checks it).
 
@@ -675,7 +729,7 @@ def _read_yaml(path: str) -> dict:
     except OSError as err:
         raise InputError(f"config file {path!r} cannot be read: {err.strerror}.") from None
     try:
-        data = parse_yaml(text)
+        data = _from_environment(parse_yaml(text), path)
     except yaml.YAMLError as err:
         raise InputError(f"config file {path!r} is not valid YAML: "
                          f"{' '.join(str(err).split())}") from None

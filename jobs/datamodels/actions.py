@@ -749,7 +749,7 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
                       "spec": json.loads(plan.store.spec.to_json()), "x_name": d.x_name,
                       "y_name": d.y_name}
         record = (plan.regress_id, plan.fingerprint, started, dt.datetime.now(),
-                  json.dumps(cfg.to_dict(), default=str), json.dumps(store_info),
+                  json.dumps(cfg.recorded(), default=str), json.dumps(store_info),
                   data.indices[train].tolist(), data.indices[val].tolist(),
                   data.indices[test].tolist(), int(n_targets), int(p), json.dumps(summary),
                   json.dumps({"read_s": round(read_s, 3), "fit_s": round(fit_s, 3),

@@ -426,7 +426,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                 "the sampled rows themselves (what clustering costs, or gains)")
 
         versions = json.dumps(library_versions())
-        params = json.dumps(cfg.to_dict(), default=str)
+        params = json.dumps(cfg.recorded(), default=str)
         finished = dt.datetime.now()
         rows = [(key, fp, eplan.selection, r["method"], int(r["rows"]), float(r["mmd"]),
                  r["knn_kl"], r["share"], r["recall"], r["accuracy"], r["wall_s"], started, finished,

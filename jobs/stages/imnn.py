@@ -734,7 +734,7 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
                 "n_d": layout.n_d, "validation": layout.validation,
                 "input_shape": list(layout.input_shape), "derivatives": layout.mode}
         fit_row = (plan.imnn_id, plan.fingerprint, started, dt.datetime.now(),
-                   json.dumps(cfg.to_dict(), default=str), json.dumps(sims),
+                   json.dumps(cfg.recorded(), default=str), json.dumps(sims),
                    json.dumps({k: spec[k] for k in ("hidden", "activation", "n_summaries",
                                                      "input_shape", "n_params", "mode",
                                                      "delta_theta")}),

@@ -227,7 +227,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         recorded = reports if reports is not None else _input_reports(spark, cfg, plan)
         record = spark.createDataFrame([(
             run_id, fp, plan.clustering_id, started, dt.datetime.now(),
-            json.dumps(cfg.to_dict(), default=str), kl_start, [float(v) for v in result.kl],
+            json.dumps(cfg.recorded(), default=str), kl_start, [float(v) for v in result.kl],
             result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
             [float(v) for v in result.mmd] if s.stop_criterion == "mmd" else None,
             json.dumps(diagnostics, sort_keys=True), json.dumps(recorded, sort_keys=True),

@@ -322,7 +322,7 @@ def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.Train
                                json.dumps(features), gaf.PARAMS_FORMAT,
                                bytearray(gaf.mlp_to_bytes(probe.params))))
             run_rows.append((key, fp, arm, started, dt.datetime.now(),
-                             json.dumps(cfg.to_dict(), default=str), json.dumps(source), len(ids),
+                             json.dumps(cfg.recorded(), default=str), json.dumps(source), len(ids),
                              len(val_ids), list(classes), json.dumps({"kind": t.model, "sizes": sizes}),
                              t.method, _history(records), acc, float(last["val_loss"]), best,
                              json.dumps(reports if reports is not None else {

@@ -394,7 +394,7 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
         if labels is not None:
             b_info["labels"] = [str(v) for v in labels]
         record = spark.createDataFrame([(
-            key, fp, started, dt.datetime.now(), json.dumps(cfg.to_dict(), default=str),
+            key, fp, started, dt.datetime.now(), json.dumps(cfg.recorded(), default=str),
             json.dumps(a_info), json.dumps(b_info), n, inp.dim, [float(v) for v in imbs],
             [[float(v) for v in row] for row in params], float(final),
             None if error is None else float(error),
