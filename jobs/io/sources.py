@@ -434,12 +434,15 @@ def _valid(cond: dict):
     return ~bad
 
 
-def scan_side(df: DataFrame, side: str, src: SourceSection, extra: dict | None = None) -> dict:
+def scan_side(df: DataFrame, side: str, src: SourceSection, extra: dict | None = None,
+              distinct: bool = False) -> dict:
     """One pass over a side: row count, bad rows by kind, duplicates, vector lengths.
 
     Returns:
       ``{"rows", "kept", "duplicate_id", <kind>: count..., "dim_min", "dim_max"}`` where
-      ``kept`` is the number of distinct ids among the valid rows (what the side contributes).
+      ``kept`` is the number of distinct ids among the valid rows (what the side contributes);
+      with ``distinct``, also ``distinct_values``: the valid rows' distinct vectors (or texts,
+      for a side to embed), which bound how many clusters the side can have.
     """
     cond = _conditions(df, src, extra)
     valid = _valid(cond)
@@ -451,6 +454,9 @@ def scan_side(df: DataFrame, side: str, src: SourceSection, extra: dict | None =
     if EMBEDDING in df.columns:
         size = F.when(valid, F.size(EMBEDDING))
         aggs += [F.min(size).alias("dim_min"), F.max(size).alias("dim_max")]
+    if distinct:
+        value = F.col(EMBEDDING) if EMBEDDING in df.columns else F.col(src.text_column)
+        aggs.append(F.count_distinct(F.when(valid, value)).alias("distinct_values"))
     row = guarded(lambda: df.select(*aggs).first(), side, src)
     report = {k: (int(v) if v is not None else None) for k, v in row.asDict().items()}
     report["duplicate_id"] = report["rows"] - report["null_id"] - report.pop("distinct_ids")

@@ -43,7 +43,7 @@ def _side(spark, cfg: JobConfig, plan: reuse.Plan, side: str, log, pending: list
         report = json.loads(last["detail"])
         log(f"{side}: {report['rows']} rows, checked on an earlier run")
     else:
-        report = scan_side(df, side, src)
+        report = scan_side(df, side, src, distinct=side == "target")
         enforce(df, side, src, report, lambda m: log(f"warning: {m}"))
         pending.append((f"validate_{side}", key, plan.validate[side], report))
         log(f"{side}: {report['rows']} rows checked, {report['kept']} used")
@@ -91,6 +91,13 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log,
     if target_rows <= k:
         raise InputError(f"the target has {target_rows} usable rows; select.k={k} needs at "
                          f"least {k + 1}. Lower select.k or give a larger target sample.")
+    distinct = sides["target"].report.get("distinct_values")
+    if distinct is not None and distinct <= k:
+        what = "vectors" if effective_embedding_column(sides["target"].src) else "texts"
+        raise InputError(f"the target's {target_rows} usable rows hold {distinct} distinct "
+                         f"{what}, so K-means can make at most {distinct} target clusters; "
+                         f"select.k={k} needs more than {k}. Lower select.k or give a target "
+                         "sample with more distinct rows.")
     check_outputs(spark, cfg, sides["pool"].schema)
     dim = int(dims["pool"])
     checked = {name: check(pending, sides["pool"], dim) for name, check in (checks or {}).items()}

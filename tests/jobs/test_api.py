@@ -186,3 +186,19 @@ def test_stages_one_by_one_return_their_tables_and_end_where_select_rows_does(sp
         jobs.run_stage("cluster", pool_df, target_df, **args)
     assert str(err.value) == ("stage 'cluster' is not one run_stage runs; choose one of weigh, "
                               "embed, quantize, select, explode, train, evaluate.")
+
+
+def test_a_target_of_identical_vectors_is_refused_before_anything_is_written(spark, tmp_path,
+                                                                              frames):
+    pool_df, _ = frames
+    same = spark.createDataFrame([(f"t{i}", [1.0] * 8) for i in range(40)],
+                                 "id string, vec array<double>")
+    out = tmp_path / "same"
+    with pytest.raises(jobs.InputError) as err:
+        jobs.select_rows(pool_df, same, embedding_column="vec", id_column="id",
+                         settings=VECTORS, output=str(out))
+    assert str(err.value) == (
+        "the target's 40 usable rows hold 1 distinct vectors, so K-means can make at most 1 "
+        "target clusters; select.k=3 needs more than 3. Lower select.k or give a target sample "
+        "with more distinct rows.")
+    assert not out.exists()

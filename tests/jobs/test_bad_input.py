@@ -222,6 +222,12 @@ def small_target(tmp):
     return argv(base(tmp, target=vectors(tmp, "t2", rows=2))[0]), str(tmp / "out")
 
 
+def identical_target(tmp):
+    same = str(tmp / "same.parquet")
+    pd.DataFrame({"id": np.arange(30), "vec": [np.ones(8, np.float32)] * 30}).to_parquet(same)
+    return argv(base(tmp, target=same)[0]), str(tmp / "out")
+
+
 def foreign_table(name):
     def make(tmp, spark):
         sets, out = base(tmp)
@@ -456,6 +462,8 @@ CASES = [
     Case("text that is not UTF-8", "1 with text that is not valid UTF-8", latin1_text),
     Case("target no larger than select.k", "the target has 2 usable rows; select.k=2 needs",
          small_target),
+    Case("target of identical vectors", "hold 1 distinct vectors, so K-means can make at most 1",
+         identical_target),
     Case("model that cannot be loaded", "embed.model '/no/such/model' cannot be loaded",
          with_sets("embed.model=/no/such/model", text=True)),
     Case("a user's Delta table under a gio-spark name", "was not created by gio-spark",
