@@ -18,7 +18,13 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
 fi
 command -v debootstrap >/dev/null || { echo "debootstrap is not installed (apt-get install debootstrap)" >&2; exit 2; }
 ROOT="$(mktemp -d "${TMPDIR:-/tmp}/gio-spark-base.XXXXXX")"
-trap 'umount "$ROOT/proc" 2>/dev/null; rm -rf "$ROOT"' EXIT
+# The clean-up never fails the script: proc is unmounted only where it is still mounted (the
+# CA step unmounts it itself; a second umount under set -e ended a finished build with exit 32).
+cleanup() {
+  if mountpoint -q "$ROOT/proc" 2>/dev/null; then umount "$ROOT/proc" || true; fi
+  rm -rf "$ROOT" || true
+}
+trap cleanup EXIT
 debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 \
   || { tail -20 "$ROOT.log" >&2; exit 1; }
 rm -f "$ROOT.log"

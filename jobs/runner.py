@@ -8,6 +8,9 @@ command started it) is stopped before it is written.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import sys
 import traceback
 from typing import Callable
@@ -43,6 +46,28 @@ def _stop(spark) -> None:
 def _spark_log() -> str:
     path = current_log()
     return f" and Spark's own log, {path}" if path else ""
+
+
+def _disk_full(err: BaseException, cfg: JobConfig | None) -> str | None:
+    """The line for a write that failed because a disk is full (``No space left on device``,
+    from Python or from Spark's JVM), naming the output location and its free space; None for
+    any other failure."""
+    text = f"{err}\n{getattr(err, 'java_exception', '')}"
+    if not (isinstance(err, OSError) and err.errno == errno.ENOSPC) \
+            and "No space left on device" not in text:
+        return None
+    where = ""
+    if cfg is not None:
+        path = cfg.output.path.removeprefix("file:")
+        probe = path
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(os.path.abspath(probe))
+        free = shutil.disk_usage(probe).free if probe and "://" not in path else None
+        where = (f" under output.path {cfg.output.path!r}"
+                 + (f" ({free // 1024} KiB free there now)" if free is not None else ""))
+    return (f"no space left on device: a write{where} or in Spark's local folders "
+            "(spark.local.dir) ran out of room. Free space or choose another output.path, then "
+            "run again: committed stages are kept and the re-run resumes.")
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
@@ -95,6 +120,11 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
               file=sys.stderr, flush=True)
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: report and exit 1
+        full = _disk_full(err, locals().get("cfg"))
+        if full is not None:
+            _stop(spark)
+            print(f"gio-spark: failed: {full}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
         trace = traceback.format_exc()
         _stop(spark)
         print(trace, file=sys.stderr, end="")

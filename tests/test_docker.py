@@ -3,6 +3,7 @@ runs (jobs/tools/cluster.py). Building and running them needs a Docker engine: `
 (docker/compose_demo.sh) does that, outside make test; the README records its run."""
 import pathlib
 
+import pytest
 import yaml
 
 from jobs.tools import cluster
@@ -87,3 +88,25 @@ def test_docker_compose_validates_the_file(tmp_path):
     rendered = yaml.safe_load(run.stdout)
     assert rendered["services"]["submit"]["command"][:3] == ["spark-submit", "--master",
                                                             "spark://spark-master:7077"]
+
+
+@pytest.mark.parametrize("mounted", [False, True])
+def test_base_script_cleans_up_without_failing(tmp_path, mounted):
+    """docker/base.sh's EXIT clean-up, run as the script runs it (bash, set -euo pipefail):
+    with proc still mounted in the root (a failed CA step) and with it unmounted already (the
+    normal path, where a second umount once ended a finished build with exit 32)."""
+    import os
+    import subprocess
+    text = (ROOT / "docker" / "base.sh").read_text()
+    start = text.index("cleanup() {")
+    function = text[start:text.index("\n}\n", start) + 3]
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    if mounted:
+        if os.geteuid() != 0:
+            pytest.skip("mounting proc needs root")
+        subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    script = f"set -euo pipefail\nROOT={root}\n{function}trap cleanup EXIT\necho built\n"
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert (run.returncode, run.stdout.strip()) == (0, "built"), run.stderr
+    assert not root.exists()

@@ -39,6 +39,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import tempfile
 import time
 from typing import Callable, TypeVar
@@ -532,6 +534,13 @@ def check_existing(spark: SparkSession, output: str, name: str,
     if not path_exists(path):
         return False
     if not exists(spark, path) and not _created_meanwhile(spark, path):
+        if _abandoned_creation(path):
+            # No data and no commit: what an interrupted creation left. Removed, then created.
+            log(f"warning: {path} holds only an interrupted creation's temporary files (no "
+                "commit); creating the table anew.")
+            shutil.rmtree(path.removeprefix("file:"), ignore_errors=True)
+            _CHECKED.discard(memo)
+            return False
         raise InputError(f"output.path {output!r} already holds {name!r}, which is not a Delta "
                          "table written by gio-spark; gio-spark never writes into data it did not "
                          "create. Use another output.path.")
@@ -556,6 +565,24 @@ def check_existing(spark: SparkSession, output: str, name: str,
 
 
 CREATION_WAIT_S = 30.0
+
+
+_COMMIT = re.compile(r"^\d{20}\.(json|checkpoint.*|crc)$")
+
+
+def _abandoned_creation(path: str) -> bool:
+    """Whether a local folder is what an interrupted table creation leaves (a full disk, a
+    killed process): nothing but a ``_delta_log`` without any commit (hidden temporary files,
+    empty folders). It holds no data, so it is removed and the table created anew."""
+    local = path.removeprefix("file:")
+    if "://" in local or not os.path.isdir(os.path.join(local, "_delta_log")):
+        return False
+    if any(n != "_delta_log" and not n.startswith(".") for n in os.listdir(local)):
+        return False
+    for _, _, names in os.walk(os.path.join(local, "_delta_log")):
+        if any(_COMMIT.match(n) for n in names):
+            return False
+    return True
 
 
 def _created_meanwhile(spark: SparkSession, path: str) -> bool:
