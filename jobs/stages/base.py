@@ -24,9 +24,11 @@ command's config must name are derived from it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from jobs.common.log import log
 from jobs.config import JobConfig
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import Inputs
@@ -119,7 +121,7 @@ def no_sides(cfg: JobConfig) -> tuple[str, ...]:
 
 def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
               work: Callable[[Callable[[], None]], tuple[T, dict | None]],
-              reused: Callable[[], T]) -> T:
+              reused: Callable[[], T], lost: Callable[[dict], str | None] | None = None) -> T:
     """Runs one stage's lifecycle (see the module's docstring); returns ``work``'s result, or
     ``reused()``'s when the stage is done already.
 
@@ -129,6 +131,10 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
         run id, a clustering id, ...) and what determines it.
       work: ``work(begin) -> (result, detail)``; calls ``begin()`` once, before its first write.
       reused: what the stage returns when its committed outputs are reused.
+      lost: ``lost(detail) -> problem or None``, asked before a reuse: what is missing of the
+        outputs the done record (its ``detail``) stands for. A problem (a table changed by
+        hand, rows deleted) makes the stage compute them again, with a warning, rather than
+        hand on what is not there.
 
     Example::
 
@@ -141,7 +147,13 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
         run_stage(spark, output, "select", run_id, fp, work, reused=lambda: run_id)
     """
     if stagelog.is_done(spark, output, name, key, fingerprint):
-        return reused()
+        if lost is None:
+            return reused()
+        last = stagelog.latest(spark, output, name, key)
+        problem = lost(json.loads(last["detail"]) if last and last["detail"] else {})
+        if problem is None:
+            return reused()
+        log(f"warning: {name}: {key} is recorded as done, but {problem}; computing it again.")
     began: list = []
 
     def begin() -> None:

@@ -303,7 +303,20 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         log(f"quantize: reusing clustering {key}")
         return key
 
-    return run_stage(spark, cfg.output.path, "quantize", key, fp, work, reused)
+    def lost(detail: dict) -> str | None:
+        """What is gone of the committed clustering (rows deleted or replaced by hand)."""
+        counts = {r["side"]: r["n"] for r in tables.read_key(spark, cfg.output.path, "centroids", key)
+                  .groupBy("side").agg(F.count("*").alias("n")).collect()}
+        want = {"pool": detail.get("pool_clusters"), "target": detail.get("target_clusters")}
+        for side in ("pool", "target"):
+            if not counts.get(side) or (want[side] is not None and counts[side] != want[side]):
+                return (f"its {side} centroids are not those it committed ({counts.get(side, 0)} "
+                        f"rows, {want[side]} recorded)")
+        if tables.read_key(spark, cfg.output.path, "pool_assignments", key).limit(1).count() == 0:
+            return "its pool assignments are gone"
+        return None
+
+    return run_stage(spark, cfg.output.path, "quantize", key, fp, work, reused, lost)
 
 
 def target_bandwidth(embeddings) -> float:

@@ -202,3 +202,21 @@ def test_a_target_of_identical_vectors_is_refused_before_anything_is_written(spa
         "target clusters; select.k=3 needs more than 3. Lower select.k or give a target sample "
         "with more distinct rows.")
     assert not out.exists()
+
+
+def test_a_clustering_deleted_by_hand_is_computed_again(spark, tmp_path, frames):
+    """The committed centroids of a clustering deleted behind gio-spark's back: the next run
+    that needs them computes them again, with a warning, instead of refusing for good."""
+    pool_df, target_df = frames
+    out = str(tmp_path / "tampered")
+    args = dict(embedding_column="vec", id_column="id", output=out)
+    jobs.select_rows(pool_df, target_df, settings=VECTORS, **args)
+    key = jobs.runs(out).first()["clustering_id"]
+    DeltaTable.forPath(spark, os.path.join(out, "centroids")).delete(F.col("clustering_id") == key)
+    other = {**VECTORS, "select.k": 2}                 # a new run on the same clustering
+    again = jobs.select_rows(pool_df, target_df, settings=other, **args)
+    clean = jobs.select_rows(pool_df, target_df, settings=other, embedding_column="vec",
+                             id_column="id", output=str(tmp_path / "clean"))
+    assert picked(again, "id") == picked(clean, "id")
+    assert spark.read.format("delta").load(os.path.join(out, "centroids")) \
+        .where(F.col("clustering_id") == key).count() > 0
