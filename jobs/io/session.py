@@ -205,7 +205,7 @@ def is_connect(spark) -> bool:
 
 def check_classic(spark) -> None:
     """Raises InputError, before any work, for a Spark Connect session: gio-spark's stages need
-    the classic session's SparkContext and JVM (see the README's *Spark Connect*)."""
+    the classic session's SparkContext and JVM (see *Spark Connect* in docs/python-api.md)."""
     if is_connect(spark):
         raise InputError("this SparkSession is a Spark Connect client, and gio-spark needs a "
                          "classic one: its stages use the SparkContext (an accumulator, a "

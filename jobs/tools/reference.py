@@ -108,7 +108,7 @@ def reference() -> str:
            "config-reference`); a test fails when this page is stale. Every key is optional; a "
            "config names only what differs from the defaults. *Runtime*: left out of the "
            "fingerprints, so changing it reuses committed work. Values are checked before "
-           "Spark starts, every problem reported at once (see the README's *Bad input*).", ""]
+           "Spark starts, every problem reported at once (see *Bad input* in docs/pipeline.md).", ""]
     hints = typing.get_type_hints(sections.JobConfig)
     for f in dataclasses.fields(sections.JobConfig):
         cls = hints[f.name]

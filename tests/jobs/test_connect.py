@@ -1,5 +1,5 @@
 """Spark Connect, for real: pyspark starts a local Connect server (``remote("local[2]")``) in a
-child process. gio-spark needs a classic session (see the README's *Spark Connect*); on a Connect
+child process. gio-spark needs a classic session (see *Spark Connect* in docs/python-api.md); on a Connect
 session the API and the command line say so in one line, before any work, and write nothing."""
 import os
 import subprocess
