@@ -112,12 +112,14 @@ def _scratch_output() -> str:
     return os.path.join(path, "out")
 
 
-def _run(data: dict, sets: dict, command: str, sides: tuple, spark: SparkSession | None,
+def _run(data: dict, sets: dict, command: str, spark: SparkSession | None,
          reads=None, requires=None) -> tuple[JobConfig, SparkSession]:
     """The checked config and the session to run a command on, after the checks every command
-    runs before its work (the output location, the object stores' file systems). Without an
-    output location named, a scratch folder (local Spark only)."""
+    runs before its work (the output location, the object stores' file systems, for the sides
+    ``reads(cfg)`` names; both without it). Without an output location named, a scratch folder
+    (local Spark only)."""
     cfg = config_from_dict(data, command, reads, requires, settings=sets)
+    sides = tuple(reads(cfg)) if reads is not None else ("pool", "target")
     session = _session(spark, cfg)
     if not ("output.path" in sets or (data.get("output") or {}).get("path")):
         if not _is_local(session):
@@ -199,7 +201,7 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
             if value is not None:
                 sets[key] = value
         cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",
-                            ("pool", "target"), spark)
+                            spark)
         summary = run_pipeline(session, cfg)
     finally:
         for token in tokens:
@@ -251,7 +253,7 @@ def learn_weights(source: Source | None, b_columns: list[str] | str | None = Non
                            ("weigh.source.id_column", id_column), ("weigh.run_id", run_id)):
             if value is not None:
                 sets[key] = value
-        cfg, session = _run(_base(config), _common(sets, output, None, settings), "weigh", (),
+        cfg, session = _run(_base(config), _common(sets, output, None, settings), "weigh",
                             spark, reads=weigh.STAGE.reads, requires=weigh.STAGE.required)
         key = weigh.weigh_command(session, cfg, None)
     finally:
@@ -322,11 +324,7 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
                 sets.update(more)
                 tokens += [token] if token else []
         _columns(sets, text_column, embedding_column, id_column)
-        data = _base(config)
-        probe = config_from_dict(data, "config", settings=_common(dict(sets), output, run_id,
-                                                                   settings))
-        sides = tuple(stage.reads(probe))
-        cfg, session = _run(data, _common(sets, output, run_id, settings), name, sides, spark,
+        cfg, session = _run(_base(config), _common(sets, output, run_id, settings), name, spark,
                             reads=stage.reads, requires=stage.required)
         stage.command(session, cfg, REGISTRY)
         keys = _output_keys(session, cfg, name)

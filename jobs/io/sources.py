@@ -53,7 +53,7 @@ ID_TYPES = (T.StringType, T.IntegralType, T.DecimalType, T.DateType, T.BooleanTy
 # ---------------------------------------------------------------------------
 
 def _local(path: str) -> str | None:
-    if tables.is_remote(path):
+    if tables.on_file_system(path):
         return None
     return path.removeprefix("file:")
 
