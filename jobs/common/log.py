@@ -142,6 +142,7 @@ def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
         if done is None:
             _caught_up(sc)
         refresh()  # the last count, so a bar left behind by a slow poll still ends where the work did
+        progress.refresh()  # drawn even inside tqdm's mininterval, before the bar is cleared
         if done is None:
             sc._jsc.clearJobGroup()
         progress.close()
