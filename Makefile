@@ -3,12 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint config-reference compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[all,test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,docs]'
 	# The GAF reference package, for the tests that compare against it. It imports only torch
 	# (installed above) but lists torchvision, whose wheels pin other torch releases: no deps.
 	$(VENV)/bin/python -m pip install --quiet --no-deps gradient-agreement-filtering==0.1.3
@@ -37,10 +37,22 @@ imnn-example: $(STAMP)
 datamodels-example: $(STAMP)
 	$(VENV)/bin/gio-spark datamodels example --config conf/datamodels.yaml
 
-# The config reference (docs/config.md), generated from the config's declaration; a test fails
-# when it is stale.
-config-reference: $(STAMP)
+# The generated references: the config's (docs/config.md, from the config's declaration) and the
+# CLI's (docs/cli.md, every command's --help); a test fails when either is stale.
+references: $(STAMP)
 	$(VENV)/bin/python -m jobs.tools.reference > docs/config.md
+	$(VENV)/bin/python -c "import sys; from jobs.cli import reference; sys.stdout.write(reference())" > docs/cli.md
+
+config-reference: references
+
+# The documentation site (MkDocs, mkdocs.yml) into site/, strict: a broken link or anchor, a
+# page missing from the nav or an API reference that does not resolve fails it. make test
+# builds it too (tests/test_docs.py). `make docs-serve` serves it on 127.0.0.1:8000.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
 
 # Debian's docker-compose checks docker/ statically (no engine needed); skipped where it can't install.
 tools:

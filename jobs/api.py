@@ -160,19 +160,23 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
     the whole pipeline, as ``gio-spark run``.
 
     Args:
-      pool, target: a DataFrame, a catalog table's name (``db.docs``) or a path; None takes the
-        side from ``config``.
+      pool: the rows to select from: a DataFrame, a catalog table's name (``db.docs``) or a
+        path; None takes the side from ``config``.
+      target: a sample of the distribution to select for, given as ``pool`` is.
       output: where the run's Delta tables go (a folder or an object-store URL every executor
         reaches); a re-run with the same inputs and settings reuses them. None: the config's
         ``output.path`` if it names one, else a temporary folder kept until this Python process
         exits (local Spark only).
-      text_column, embedding_column, id_column: the columns of both sides (None: the config's;
-        by default ``text`` is embedded and rows are identified by their content). With
-        ``embedding_column`` the vectors are used as they are and no model runs.
-      max_rows, max_fraction: the row budget (``select.max_rows`` / ``select.max_fraction``).
+      text_column: the text column of both sides, embedded with ``embed.model`` (None: the
+        config's, by default ``text``).
+      embedding_column: a vector column of both sides, used as it is: no model runs.
+      id_column: a column identifying each row of both sides (None: rows are identified by
+        their content).
+      max_rows: the row budget, at most this many rows (``select.max_rows``).
+      max_fraction: the row budget as a share of the pool's rows (``select.max_fraction``).
       table: a catalog table (``db.selected``) the selected rows are also written to
         (``output.table``: Delta, created when missing, this run's rows replaced).
-      config: a :class:`jobs.config.JobConfig`, a mapping of sections, or a YAML file's path;
+      config: a ``jobs.config.JobConfig``, a mapping of sections, or a YAML file's path;
         the arguments above are set over it.
       settings: any config key as a dotted name and a Python value, for example
         ``{"select.k": 7, "quantize.target_k": 200}``; set over ``config``.
@@ -225,11 +229,17 @@ def learn_weights(source: Source | None, b_columns: list[str] | str | None = Non
       b_columns: space B: numeric columns, one vector column, or one label column
         (``weigh.b_columns``; ``settings={"weigh.b_type": ...}`` says which when the types do
         not).
-      a_columns, embedding_column, text_column: space A: numeric columns, or a vector column,
-        or a text column embedded with ``embed.model`` (``weigh.a_columns`` /
-        ``weigh.source.*``).
-      id_column, output, config, settings, run_id, spark: as :func:`select_rows`'s (``run_id``
-        is the weights' id, ``weigh.run_id``; settings such as ``{"weigh.num_epochs": 100}``).
+      a_columns: space A as numeric columns (``weigh.a_columns``).
+      embedding_column: space A as one vector column (``weigh.source.embedding_column``).
+      text_column: space A as a text column embedded with ``embed.model``
+        (``weigh.source.text_column``).
+      id_column: as in [`select_rows`][jobs.api.select_rows].
+      output: as in [`select_rows`][jobs.api.select_rows].
+      config: as in [`select_rows`][jobs.api.select_rows].
+      settings: as in [`select_rows`][jobs.api.select_rows], for example ``{"weigh.num_epochs": 100}``.
+      run_id: the weights' id (``weigh.run_id``; default: a fingerprint of the inputs and
+        settings).
+      spark: as in [`select_rows`][jobs.api.select_rows].
 
     Returns:
       The weights, one row per feature of A in order: ``feature``, ``name``, ``weight`` (as
@@ -298,10 +308,19 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
     Args:
       name: ``weigh``, ``embed``, ``quantize``, ``select``, ``explode``, ``train`` or
         ``evaluate``. A stage needs what comes before it under ``output`` (``select`` the
-        clustering ``quantize`` committed...): run them in order, or use :func:`select_rows`.
-      pool, target, text_column, embedding_column, id_column: as :func:`select_rows`'s;
-        ``source``: the weigh stage's rows (its columns go in ``settings``).
-      output, config, settings, run_id, spark: as :func:`select_rows`'s.
+        clustering ``quantize`` committed...): run them in order, or use
+        [`select_rows`][jobs.api.select_rows].
+      pool: as in [`select_rows`][jobs.api.select_rows].
+      target: as in [`select_rows`][jobs.api.select_rows].
+      source: the weigh stage's rows (its columns go in ``settings``).
+      text_column: as in [`select_rows`][jobs.api.select_rows].
+      embedding_column: as in [`select_rows`][jobs.api.select_rows].
+      id_column: as in [`select_rows`][jobs.api.select_rows].
+      output: as in [`select_rows`][jobs.api.select_rows].
+      config: as in [`select_rows`][jobs.api.select_rows].
+      settings: as in [`select_rows`][jobs.api.select_rows].
+      run_id: as in [`select_rows`][jobs.api.select_rows].
+      spark: as in [`select_rows`][jobs.api.select_rows].
 
     Returns:
       ``{table: DataFrame}`` for each table the stage writes, for example
@@ -350,7 +369,7 @@ def runs(output: str, spark: SparkSession | None = None) -> DataFrame:
 def selection(output: str, run_id: str | None = None,
               spark: SparkSession | None = None) -> DataFrame:
     """The selected rows of run ``run_id`` under ``output`` (default: the run that finished
-    last), as :func:`select_rows` returns them.
+    last), as [`select_rows`][jobs.api.select_rows] returns them.
 
     Raises:
       InputError: no such run, or no run at all.

@@ -1,7 +1,14 @@
-"""The ``gio-spark`` command line (and, through ``jobs/submit.py``, the spark-submit entry)."""
+"""The ``gio-spark`` command line (and, through ``jobs/submit.py``, the spark-submit entry).
+
+:func:`reference` writes every command's ``--help`` as the CLI reference (docs/cli.md, ``make
+references``); a test fails when that page is stale.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 
 import yaml
@@ -17,7 +24,10 @@ from jobs.tools.demo import format_summary, run_demo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gio-spark", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gio-spark", description="Training-data selection by Gradient Information "
+        "Optimization on Spark, and its family (DII, GAF, IMNN, datamodels). Each command below "
+        "takes --help; spark-submit takes the same commands through jobs/submit.py.")
     parser.add_argument("--version", action="version", version=f"gio-spark {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="GIO selection on a synthetic 2-D mixture, with plots")
@@ -87,6 +97,43 @@ def _datamodels(rest: list) -> int:
         return 2
     return _run_stage(f"gio-spark datamodels {rest[0]}", DATAMODELS_ACTIONS[rest[0]], rest[1:],
                       f"datamodels-{rest[0]}")
+
+
+def _help(argv: list) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv + ["--help"])
+        except SystemExit:
+            pass
+    return out.getvalue().rstrip()
+
+
+def reference() -> str:
+    """The CLI reference as Markdown: every command's ``--help``, 100 columns wide."""
+    width = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"      # argparse wraps to the terminal's width
+    try:
+        commands = ["demo", "package", "config", *COMMANDS]
+        out = ["# CLI reference", "",
+               "Every command's `--help`, generated from its parser by `make references`; a test "
+               "fails when this page is stale. The same commands run under spark-submit as "
+               "`spark-submit [options] jobs/submit.py COMMAND [ARGS]` (see the cluster guide). "
+               "Exit codes: 0 success; 2 bad input (one line, nothing written); 75 another run "
+               "got in the way, run again; 1 anything else. Every key `--set` takes is in the "
+               "config reference.", "", "```text", _help([]), "```", ""]
+        for name in commands:
+            out += [f"## `gio-spark {name}`", "", "```text", _help([name]), "```", ""]
+        out += ["## `gio-spark datamodels`", "", "```text", _help(["datamodels"]), "```", ""]
+        for action in DATAMODELS_ACTIONS:
+            out += [f"### `gio-spark datamodels {action}`", "", "```text",
+                    _help(["datamodels", action]), "```", ""]
+        return "\n".join(out).rstrip() + "\n"
+    finally:
+        if width is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = width
 
 
 if __name__ == "__main__":

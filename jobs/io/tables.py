@@ -626,6 +626,9 @@ def ensure_table(spark: SparkSession, output: str, name: str,
 
     # Delta takes a relative location that does not exist yet for a table name: make it absolute.
     location = path if "://" in path or path.startswith("file:") else os.path.abspath(path)
+    # ...and compares the location with the one it qualifies: file:///x is file:/x to Hadoop.
+    if location.startswith("file:///"):
+        location = "file:/" + location[len("file:///"):]
 
     def create():
         if not exists(spark, path):

@@ -56,7 +56,7 @@ def build_env(out_dir: str, python: str = sys.executable) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gio-spark package", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="dist")
+    parser.add_argument("--out", default="dist", help="folder to write into (default dist)")
     parser.add_argument("--env", action="store_true", help="also pack the Python environment")
     args = parser.parse_args(argv)
     print(build_zip(args.out))

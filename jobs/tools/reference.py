@@ -4,7 +4,7 @@ dataclass declares them, the note written beside it, whether it is a runtime kno
 fingerprints: changing it reuses committed work), and the stages that read the section (from the
 registry).
 
-    python -m jobs.tools.reference > docs/config.md      (make config-reference)
+    python -m jobs.tools.reference > docs/config.md      (make references)
 
 ``tests/jobs/test_reference.py`` fails when ``docs/config.md`` is not what this prints, so the
 reference cannot go stale. The checks themselves (ranges, choices, the rules between keys) are
@@ -105,10 +105,11 @@ def reference() -> str:
     """The config reference as Markdown."""
     out = ["# Config reference", "",
            "Generated from the config's declaration by `python -m jobs.tools.reference` (`make "
-           "config-reference`); a test fails when this page is stale. Every key is optional; a "
+           "references`); a test fails when this page is stale. Every key is optional; a "
            "config names only what differs from the defaults. *Runtime*: left out of the "
            "fingerprints, so changing it reuses committed work. Values are checked before "
-           "Spark starts, every problem reported at once (see *Bad input* in docs/pipeline.md).", ""]
+           "Spark starts, every problem reported at once (see [Bad input](pipeline.md#bad-input)). "
+           "The commands that take these keys: the [CLI reference](cli.md).", ""]
     hints = typing.get_type_hints(sections.JobConfig)
     for f in dataclasses.fields(sections.JobConfig):
         cls = hints[f.name]

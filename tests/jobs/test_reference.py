@@ -22,7 +22,7 @@ def _keys(data, prefix=""):
 def test_the_config_reference_is_not_stale():
     with open(PAGE, encoding="utf-8") as f:
         page = f.read()
-    assert page == reference(), "docs/config.md is stale: run make config-reference"
+    assert page == reference(), "docs/config.md is stale: run make references"
 
 
 def test_the_reference_names_every_key_config_show_prints(capsys):
@@ -33,3 +33,12 @@ def test_the_reference_names_every_key_config_show_prints(capsys):
     page = reference()
     missing = [k for k in keys if f"| `{k}` |" not in page and f"## `{k}`" not in page]
     assert not missing, missing
+
+
+def test_the_cli_reference_is_not_stale():
+    from jobs.cli import reference as cli_reference
+
+    with open(os.path.join(ROOT, "docs", "cli.md"), encoding="utf-8") as f:
+        page = f.read()
+    assert page == cli_reference(), "docs/cli.md is stale: run make references"
+    assert "usage: gio-spark select [-h] [--config CONFIG] [--set KEY=VALUE]" in page
