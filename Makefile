@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -67,14 +67,14 @@ lint: $(STAMP)
 # Two pytest workers (pytest-xdist), each with its own Spark session, a test file each at a time:
 # the Spark tests spend much of their time waiting on JVMs and child processes.
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo and not reference"
 
 # The README's first command, `make demo`, run for real and its output checked (5 minutes).
 test-demo: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m demo
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not demo and not reference"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,bench]'
@@ -82,10 +82,20 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/scale.py
 
 # DADApy 0.3.4 pins jax 0.4.30 and flax 0.8.5: it gets an environment of its own.
-bench-dii: $(STAMP)
-	test -x .venv-dadapy/bin/python || { $(PYTHON) -m venv .venv-dadapy && \
-	  .venv-dadapy/bin/python -m pip install --quiet dadapy==0.3.4; }
+.venv-dadapy/bin/python:
+	$(PYTHON) -m venv .venv-dadapy
+	.venv-dadapy/bin/python -m pip install --quiet dadapy==0.3.4
+
+bench-dii: $(STAMP) .venv-dadapy/bin/python
 	$(VENV)/bin/python bench/dii_vs_dadapy.py --dadapy-python .venv-dadapy/bin/python
+
+# The reference packages run beside ours, the same calls in both (pytest -m reference; a
+# reference that pins other libraries gets an environment of its own): the GIO source package
+# (the bench extra; 5 min, its own run is slow) and DADApy's DiffImbalance (1 min, after its
+# environment is built: 2 min the first time).
+test-references: $(STAMP) .venv-dadapy/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	$(VENV)/bin/python -m pytest -q -m reference
 
 bench-gaf: $(STAMP)
 	$(VENV)/bin/python bench/gaf_vs_reference.py --out bench/results/gaf_vs_reference_cpu_2cores.jsonl

@@ -16,6 +16,9 @@ re-tracing a growing array every step. Without ``seed`` the class draws from
 NumPy's and Python's global generators exactly where the source does; with a
 ``seed`` it uses its own generator and touches no global state.
 
+``GIOKL.GIOKL`` is the class itself (the source README's ``from GIO import GIOKL`` gives
+its module), and ``gradient_descend`` is public, as in the source.
+
 The Spark-side methods (``quantize``, ``explode``, the readers) belong to the
 pipeline package ``jobs``, since this package never imports Spark.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,6 +99,27 @@ class GIOKL:
         same_dim(x=x, y=y)
         check_k(k, x.shape[0])
         return averaged_kl_reference(x, y, k, eps, discard_nearest_for_xy)
+
+    def gradient_descend(self, X, W, v, scaling_factor, max_iterations, lr=0.01, k=5,
+                         discard_nearest_for_xy=False):
+        """Moves ``v`` by ``max_iterations`` gradient steps of ``lr * scaling_factor`` down the
+        KL from the target ``X`` to ``W`` with ``v`` added, as the source's method does (the
+        step GIO takes before it picks the pool point nearest ``v``); returns the new ``v``."""
+        x = as_points("X", X)
+        w = as_points("W", W)
+        v = jnp.asarray(v, dtype=w.dtype)
+        same_dim(X=x, W=w)
+        if v.shape != (w.shape[1],):
+            raise ValueError(f"v must be one point of {w.shape[1]} dimensions; got shape "
+                             f"{tuple(v.shape)}.")
+        check_k(k, x.shape[0])
+        # Not jitted, as in the source: near a kink of the estimator (v about as near two
+        # points) fused float32 arithmetic takes another path within a few dozen steps.
+        gradient = jax.grad(lambda p: averaged_kl_reference(
+            x, jnp.concatenate((w, p[None, :])), k, 1e-8, discard_nearest_for_xy))
+        for _ in range(int(max_iterations)):
+            v = v - lr * scaling_factor * gradient(v)
+        return v
 
     def _get_uniform_start(self, do_normalize):
         spec = UniformStart(self.uniform_low, self.uniform_high, self.uniform_start_size,
@@ -206,3 +231,9 @@ class GIOKL:
         adder = jnp.asarray(pool[available])
         return W, kl_divs, (jnp.asarray(v), scale_factor, just_reset, num_resets, increases,
                             adder, kl_divs)
+
+
+# The source's README imports its module (``from GIO import GIOKL``) and builds
+# ``GIOKL.GIOKL(...)``; here ``GIOKL`` is the class, and ``GIOKL.GIOKL`` is that class again, so
+# that code runs with only its import line changed.
+GIOKL.GIOKL = GIOKL  # type: ignore[attr-defined]  # (the class body cannot name it)

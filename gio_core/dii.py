@@ -17,6 +17,12 @@ import line. Differences: bad input raises ``ValueError`` naming the argument (D
 the greedy searches print nothing; ``train(progress=False)`` silences the bar; one compiled epoch
 function per configuration is shared by every instance and candidate (no re-tracing).
 
+Random draws. Today's JAX draws other numbers for the same key than DADApy 0.3.4's JAX 0.4.30
+(JAX's ``jax_threefry_partitionable`` is on by default since JAX 0.5), so the row sample, the
+mini-batches and the error split differ from DADApy's for the same ``seed``, and so do results
+that depend on them. ``DiffImbalance(..., random_draws="dadapy")``, or any code inside ``with
+dadapy_random():``, draws what DADApy drew; the default stays JAX's current generator.
+
 Memory. Training needs the ``[N_rows, N_cols]`` rank matrix of B (int32: 4 bytes per entry, 256 MB
 at N = 8,000) and, per step, the distance work of a block of rows at a time: at most
 ``BLOCK_ELEMENTS`` (2**27) entries of the ``[rows, cols, D_A]`` difference tensor, recomputed
@@ -34,6 +40,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import warnings
 from functools import partial
@@ -49,6 +57,30 @@ K_MAX = 100                 # lambda comes from the 100 nearest neighbours at mo
 BLOCK_ELEMENTS = 2 ** 27    # difference-tensor entries per block of rows (512 MiB in float32)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAYS = (None, "cos", "exp")
+RANDOM_DRAWS = ("jax", "dadapy")
+
+
+@contextlib.contextmanager
+def dadapy_random():
+    """Inside the block, JAX draws random numbers as JAX 0.4.30 did, so a :class:`DiffImbalance`
+    samples rows, orders mini-batches and splits points for the error as DADApy 0.3.4 does with
+    the same ``seed``: its results are DADApy's, to float rounding. It sets JAX's
+    ``jax_threefry_partitionable`` off for the block (for every JAX draw in it) and restores it
+    after."""
+    with jax.threefry_partitionable(False):
+        yield
+
+
+def _draws(method):
+    """Runs ``method`` inside :func:`dadapy_random` when the instance was made with
+    ``random_draws="dadapy"``."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if self.random_draws == "dadapy":
+            with dadapy_random():
+                return method(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -402,6 +434,9 @@ class DiffImbalance:
       rank_ties: how equal distances in B are ranked: ``first`` (DADApy: by point order) or
         ``average`` (a gio-spark addition: tied points share their mean rank, so the result does
         not depend on the order of the points; use it for labels and other discrete B).
+      random_draws: ``jax`` (default: today's JAX generator) or ``dadapy`` (the numbers DADApy
+        0.3.4 drew on JAX 0.4.30 for the same ``seed``, as inside :func:`dadapy_random`; a
+        gio-spark addition).
 
     Attributes set by :meth:`train`: ``params_training`` ``[num_epochs + 1, P]``, ``imbs_training``
     ``[num_epochs + 1]``, ``params_final`` ``[P]``; by :meth:`return_final_dii`: ``imb_final``,
@@ -413,7 +448,10 @@ class DiffImbalance:
                  point_adapt_lambda=True, k_init=1, k_final=1, lambda_factor=0.1,
                  params_init=None, params_groups=None, optimizer_name="sgd",
                  learning_rate=1e-2, learning_rate_decay=None, num_points_rows=None,
-                 rank_ties="first"):
+                 rank_ties="first", random_draws="jax"):
+        if random_draws not in RANDOM_DRAWS:
+            raise ValueError(f"random_draws must be 'jax' or 'dadapy'; got {random_draws!r}.")
+        self.random_draws = random_draws
         self.data_A = _points("data_A", data_A)
         n, self.nfeatures_A = self.data_A.shape
         if distances_B is None:
@@ -494,14 +532,7 @@ class DiffImbalance:
                                  f"number of points ({n}), or None.")
 
         # The rows: all points, or a sample of them (the sampled rows first among the columns).
-        key = jax.random.PRNGKey(self.seed)
-        self._key, sub = jax.random.split(key)
-        if num_points_rows is not None:
-            rows = np.asarray(jax.random.choice(sub, jnp.arange(n), shape=(num_points_rows,),
-                                                replace=False))
-            columns = np.concatenate([rows, np.delete(np.arange(n), rows)])
-        else:
-            rows = columns = np.arange(n)
+        rows, columns = self._sample_rows(n, num_points_rows)
         self._rows_idx, self._cols_idx = rows, columns
         self.nrows, self.ncolumns = len(rows), len(columns)
         if self.nrows % self.batches_per_epoch:
@@ -547,6 +578,17 @@ class DiffImbalance:
     def _periods_a(self):
         return None if self.periods_A is None else jnp.asarray(self.periods_A)
 
+    @_draws
+    def _sample_rows(self, n, num_points_rows):
+        key = jax.random.PRNGKey(self.seed)
+        self._key, sub = jax.random.split(key)
+        if num_points_rows is None:
+            return np.arange(n), np.arange(n)
+        rows = np.asarray(jax.random.choice(sub, jnp.arange(n), shape=(num_points_rows,),
+                                            replace=False))
+        return rows, np.concatenate([rows, np.delete(np.arange(n), rows)])
+
+    @_draws
     def train(self, bar_label=None, progress=True):
         """Trains the weights; returns ``(params_training [num_epochs + 1, P], imbs_training
         [num_epochs + 1])``: row 0 is the start (absolute weights), row e the weights after epoch
@@ -597,6 +639,7 @@ class DiffImbalance:
                                self.rank_ties)
         return rank_rows(jnp.asarray(self.distances_B[rows][:, columns]), self.rank_ties)
 
+    @_draws
     def return_final_dii(self, compute_error=True, ratio_rows_columns=1, seed=0,
                          discard_close_ind=0):
         """The DII over the whole data set with the trained weights, and its error.
@@ -673,7 +716,8 @@ class DiffImbalance:
             k_final=self.k_final, lambda_factor=self.lambda_factor,
             params_init=np.where(mask, self.params_init, 0.0), optimizer_name=self.optimizer_name,
             learning_rate=self.learning_rate, learning_rate_decay=self.learning_rate_decay,
-            num_points_rows=self.num_points_rows, rank_ties=self.rank_ties)
+            num_points_rows=self.num_points_rows, rank_ties=self.rank_ties,
+            random_draws=self.random_draws)
         copy.train(progress=False)
         return copy
 
@@ -736,6 +780,7 @@ class DiffImbalance:
                 break
         return sets, diis, errors, weights
 
+    @_draws
     def forward_greedy_feature_selection(self, n_features_max=None, n_best=10,
                                          compute_error=False, ratio_rows_columns=1, seed=0,
                                          discard_close_ind=0):
@@ -773,6 +818,7 @@ class DiffImbalance:
                             n_best, compute_error, ratio_rows_columns, seed, discard_close_ind,
                             sets, diis, errors, weights)
 
+    @_draws
     def backward_greedy_feature_selection(self, n_features_min=1, n_best=10, compute_error=False,
                                           ratio_rows_columns=1, seed=0, discard_close_ind=0):
         """Backward greedy search from all features (call :meth:`train` first): remove one

@@ -88,3 +88,8 @@ class GIOKL(_NumericGIOKL):
         self.unmatched_ = int((~matched).sum())
         pairs = self.spark.createDataFrame(list(enumerate(paired)), "i long, id long")
         return pairs.join(kmeans_transformed_df, F.col("id") == F.col("prediction"))
+
+
+# As gio_core's: ``GIOKL.GIOKL(...)`` (the source README's pattern) builds this class, Spark
+# methods included, not the numerics-only one it inherits the attribute from.
+GIOKL.GIOKL = GIOKL  # type: ignore[attr-defined]  # (the class body cannot name it)

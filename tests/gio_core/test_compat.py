@@ -99,3 +99,22 @@ def test_gio_core_never_imports_spark():
             "g.calculate_statistical_distance([[0.,0.],[1.,1.],[2.,0.]], [[0.,1.]], k=1); "
             "sys.exit(1 if any(m.startswith('pyspark') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_source_readme_pattern_and_gradient_descend(rng):
+    """``GIOKL.GIOKL(...)``, as the source's README writes it after ``from GIO import GIOKL``,
+    builds the class; ``gradient_descend`` moves ``v`` down the KL from the target to ``W + v``
+    (``tests/gio_core/test_gio_vs_source.py`` checks both against the source itself)."""
+    gio = GIOKL.GIOKL(dim=3, seed=0)
+    assert isinstance(gio, GIOKL)
+    target = rng.normal(size=(60, 3))
+    selected = rng.normal(size=(12, 3)) + 3.0
+    start = selected.mean(axis=0)
+
+    def kl(v):
+        return float(gio.calculate_statistical_distance(
+            target, np.concatenate([selected, np.asarray(v)[None, :]]), k=4))
+    moved = gio.gradient_descend(target, selected, start, 1.0, 40, lr=0.05, k=4)
+    assert moved.shape == (3,) and kl(moved) < kl(start) - 1e-3
+    with pytest.raises(ValueError, match="v must be one point of 3 dimensions"):
+        gio.gradient_descend(target, selected, start[:2], 1.0, 5)

@@ -15,7 +15,9 @@ def test_source_scale_example_runs_with_import_changes_only(spark, tmp_path):
                 f.write(f"{name}{i}\ttext {i}\t{list(map(float, v))}\n")
 
     # The source README's scale example, with its import line changed.
-    gio_kl = GIOKL(uniform_low=-1, uniform_high=1, uniform_start_size=20, dim=4, spark=spark)
+    gio_kl = GIOKL.GIOKL(uniform_low=-1, uniform_high=1, uniform_start_size=20, dim=4,
+                         spark=spark)            # GIOKL.GIOKL: the README's module pattern
+    assert type(gio_kl) is GIOKL and hasattr(gio_kl, "quantize")
     train_df, target_df = gio_kl.read_data_from_csv(str(tmp_path / "train.tsv"),
                                                      str(tmp_path / "target.tsv"))
     model_train, model_X, transformed_train, transformed_X = gio_kl.quantize(
