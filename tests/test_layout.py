@@ -29,6 +29,11 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORBIDDEN = {"pyspark", "delta", "sentence_transformers", "torch", "requests", "urllib", "socket"}
 FORBIDDEN_CALLS = {"open", "print"}
+# gio_core modules allowed one of the above, each with the reason.
+ALLOWED = {
+    ("gaf_torch.py", "torch"): "the PyTorch-compatible GAF: the reference package is PyTorch's",
+    ("gaf_torch.py", "print"): "the reference's verbose lines, printed as it prints them",
+}
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,
          "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6,
@@ -54,9 +59,12 @@ def test_gio_core_imports_no_spark_and_does_no_io():
             else:
                 names = []
             for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+                top = name.split(".")[0]
+                assert top not in FORBIDDEN or (path.name, top) in ALLOWED, \
+                    f"{path.name} imports {name}"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                assert node.func.id not in FORBIDDEN_CALLS, f"{path.name} calls {node.func.id}()"
+                assert node.func.id not in FORBIDDEN_CALLS or \
+                    (path.name, node.func.id) in ALLOWED, f"{path.name} calls {node.func.id}()"
 
 
 def _modules() -> dict:
