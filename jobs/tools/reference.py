@@ -86,8 +86,10 @@ def _rows(cls, prefix: str, section: str) -> list:
         runtime = "yes" if f.name in RUNTIME.get(section, ()) and "." not in key[len(section) + 1:] \
             else ""
         note = notes.get(f.name, "").replace("|", "\\|")
+        rule = sections.rule_of(cls, f.name)
+        must = (rule.must + rule.hint).replace("|", "\\|") if rule is not None else ""
         rows.append(f"| `{key}` | {_type(hints[f.name])} | `{_value(_default(f))}` | {runtime} | "
-                    f"{note} |")
+                    f"{must} | {note} |")
     return rows
 
 
@@ -107,7 +109,10 @@ def reference() -> str:
            "Generated from the config's declaration by `python -m jobs.tools.reference` (`make "
            "references`); a test fails when this page is stale. Every key is optional; a "
            "config names only what differs from the defaults. *Runtime*: left out of the "
-           "fingerprints, so changing it reuses committed work. Values are checked before "
+           "fingerprints, so changing it reuses committed work. *Constraint*: the rule declared "
+           "beside the field (`Annotated[type, rule]` in `jobs/config/sections.py`), checked "
+           "with the message the reference quotes; keys without one are checked by their "
+           "section's own code. Values are checked before "
            "Spark starts, every problem reported at once (see [Bad input](pipeline.md#bad-input)). "
            "The commands that take these keys: the [CLI reference](cli.md).", ""]
     hints = typing.get_type_hints(sections.JobConfig)
@@ -121,7 +126,8 @@ def reference() -> str:
         if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
             out += [inspect.cleandoc(cls.__doc__), ""]
         out += [f"Read by: {_readers(f.name)}.", "",
-                "| key | type | default | runtime | note |", "| --- | --- | --- | --- | --- |"]
+                "| key | type | default | runtime | constraint | note |",
+                "| --- | --- | --- | --- | --- | --- |"]
         out += _rows(cls, f"{f.name}.", f.name)
         out.append("")
     return "\n".join(out).rstrip() + "\n"

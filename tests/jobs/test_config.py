@@ -218,3 +218,32 @@ def test_the_deprecated_select_jax_keys_still_work_and_say_so(capsys):
                                     "spark://a:7077,b:7077", "yarn", "k8s://https://h:6443"])
 def test_master_urls_spark_takes_are_accepted(master):
     assert load_config("conf/demo.yaml", [f"spark.master={master}"]).spark.master == master
+
+
+def test_each_declared_rule_is_checked_with_its_message():
+    """Every ``Annotated[type, Rule]`` field: a value its rule refuses is refused by the loader
+    with the rule's own message (the one the config reference's constraint column quotes)."""
+    import dataclasses
+
+    import yaml
+
+    from jobs.config import sections
+
+    checked = 0
+    for section in dataclasses.fields(sections.JobConfig):
+        cls = sections.JobConfig.__dataclass_fields__[section.name].default_factory \
+            if section.default_factory is not dataclasses.MISSING else None
+        if cls is None or not dataclasses.is_dataclass(cls):
+            continue
+        for f in dataclasses.fields(cls):
+            rule = sections.rule_of(cls, f.name)
+            if rule is None:
+                continue
+            bad = next(v for v in (0, "zzz", -1, 2.5, True, None) if not rule.ok(v))
+            key = f"{section.name}.{f.name}"
+            with pytest.raises(InputError) as err:
+                load_config("conf/demo.yaml", [f"{key}={yaml.safe_dump(bad).splitlines()[0]}"],
+                            command="config")
+            assert rule.message(key, bad) in str(err.value), (key, str(err.value))
+            checked += 1
+    assert checked >= 20, checked
