@@ -56,8 +56,11 @@ LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
 class Rule:
     """What one key's value must be, declared beside its field (``batch_size:
     Annotated[int, AT_LEAST_1] = 64``) and checked by :func:`_check_rules`; the config reference
-    prints ``must`` (and ``hint``) as the key's constraint. Rules between keys (``select.k`` below
-    ``quantize.target_k``...) stay in the section's ``_validate_*`` function."""
+    prints ``must`` (and ``hint``) as the key's constraint. Make rules at module level (or with
+    :func:`at_least`, :func:`one_of`, :func:`number_in`): a lambda written inside an annotation
+    would not see this module's names when ``get_type_hints`` evaluates it. Rules between keys
+    (``select.k`` below ``quantize.target_k``...) stay in the section's ``_validate_*``
+    function."""
     ok: Callable[[Any], bool]
     must: str               # "an integer >= 1": the message says "<key> must be <must>"
     hint: str = ""          # said after ``must``, before the value: " (rows per task; ...)"
@@ -73,9 +76,19 @@ def at_least(low: int) -> Rule:
     return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
-def one_of(*options: str) -> Rule:
-    words = ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
-    return Rule(lambda v: v in options, words)
+def one_of(*options: str | None) -> Rule:
+    names = ["null" if o is None else str(o) for o in options]
+    words = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    return Rule(lambda v: v in options and (v is not True and v is not False), words)
+
+
+def number_in(low: float, high: float, closed: str = "[]") -> Rule:
+    """A number between ``low`` and ``high``; ``closed`` says which ends are in: ``[]``,
+    ``[)``, ``(]`` or ``()``."""
+    def ok(v) -> bool:
+        return _is_num(v) and (v >= low if closed[0] == "[" else v > low) \
+            and (v <= high if closed[1] == "]" else v < high)
+    return Rule(ok, f"a number in {closed[0]}{low:g}, {high:g}{closed[1]}")
 
 
 AT_LEAST_1 = at_least(1)
@@ -87,6 +100,19 @@ MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                     "null or a share of the pool's rows in (0, 1]")
 MODEL = Rule(lambda v: isinstance(v, str) and v != "", "a model name or path")
 NON_NEGATIVE = Rule(lambda v: _is_num(v) and v >= 0, "a number >= 0")
+POSITIVE = Rule(lambda v: _is_num(v) and v > 0, "a number > 0")
+RUN_REF = Rule(lambda v: v is None or (isinstance(v, str) and bool(RUN_ID_PATTERN.match(v))),
+               "null or a run id such as run-1a2b3c")
+RUN_ID = Rule(lambda v: v is None or (isinstance(v, str) and bool(RUN_ID_PATTERN.match(v))),
+              "null or 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+COLUMN_OR_NULL = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
+                      "a column name or null")
+OPTIONAL_AT_LEAST_1 = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                          "null or an integer >= 1")
+N_SUMMARIES = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                   "null (as many as parameters) or an integer >= 1")
+OPTIONAL_POSITIVE = Rule(lambda v: v is None or (_is_num(v) and v > 0), "null or a number > 0")
+SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 and 2**32 - 1")
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
 
 
@@ -325,30 +351,34 @@ class TrainSection:
     off.
     """
     source: TrainSource = field(default_factory=lambda: TrainSource())
-    selection: str | None = None      # the run whose selected_rows to train on (source.path null)
+    # the run whose selected_rows to train on (source.path null)
+    selection: Annotated[str | None, RUN_REF] = None
     validation: TrainSource = field(default_factory=lambda: TrainSource())
     label_column: str | None = None
-    model: str = "logistic"           # logistic or mlp
+    model: Annotated[str, one_of(*TRAIN_MODELS)] = "logistic"  # logistic or mlp
     hidden: list = field(default_factory=lambda: [128])     # the mlp's hidden layer sizes
-    method: str = "gaf"               # gaf or sgd
-    epochs: int = 30
-    batch_size: int = 32
+    method: Annotated[str, one_of(*TRAIN_METHODS)] = "gaf"  # gaf or sgd
+    epochs: Annotated[int, AT_LEAST_1] = 30
+    batch_size: Annotated[int, AT_LEAST_1] = 32
     microbatches: int = 2             # num_batches_to_force_agreement
     cos_distance_thresh: float = 0.97
-    fusion: str = "pairwise"          # pairwise (the reference's) or mean
-    optimizer: str = "sgd"            # sgd, sgd+nesterov, adam, adamw, rmsprop
-    learning_rate: float = 0.01
-    momentum: float = 0.9             # sgd, sgd+nesterov
-    weight_decay: float = 1e-4        # adamw
-    plateau: bool = False             # lower the learning rate on a validation-loss plateau
-    plateau_factor: float = 0.1
-    plateau_patience: int = 10
-    standardize: bool = True          # scale features by the training rows' mean and std
+    fusion: Annotated[str, one_of(*FUSIONS)] = "pairwise"  # pairwise (the reference's) or mean
+    optimizer: Annotated[str, one_of(*TRAIN_OPTIMIZERS)] = "sgd"  # sgd, sgd+nesterov, adam, adamw, rmsprop
+    learning_rate: Annotated[float, POSITIVE] = 0.01
+    momentum: Annotated[float, NON_NEGATIVE] = 0.9  # sgd, sgd+nesterov
+    weight_decay: Annotated[float, NON_NEGATIVE] = 1e-4  # adamw
+    # lower the learning rate on a validation-loss plateau
+    plateau: Annotated[bool, BOOL] = False
+    plateau_factor: Annotated[float, number_in(0, 1, "()")] = 0.1
+    plateau_patience: Annotated[int, AT_LEAST_1] = 10
+    # scale features by the training rows' mean and std
+    standardize: Annotated[bool, BOOL] = True
     label_noise: float = 0.0          # flip this share of the training labels (experiments)
-    seed: int = 0
-    baseline: str | None = None       # null or random
-    max_rows: int = 1_000_000         # refuse to collect more training rows to the driver
-    run_id: str | None = None         # the model's id; default train-<fingerprint>
+    seed: Annotated[int, SEED_32] = 0
+    baseline: Annotated[str | None, one_of(*TRAIN_BASELINES)] = None  # null or random
+    # refuse to collect more training rows to the driver
+    max_rows: Annotated[int, AT_LEAST_1] = 1_000_000
+    run_id: Annotated[str | None, RUN_ID] = None  # the model's id; default train-<fingerprint>
 
     @property
     def enabled(self) -> bool:
@@ -394,16 +424,21 @@ class EvaluateSection:
     scikit-learn logistic regression, or ``gaf``: the train stage's trainer and settings).
     """
     heldout: TrainSource = field(default_factory=lambda: TrainSource())
-    selection: str | None = None       # the run to evaluate; null: this config's run
+    selection: Annotated[str | None, RUN_REF] = None  # the run to evaluate; null: this config's run
     methods: list = field(default_factory=lambda: list(QUALITY_METHODS))
-    sample_rows: int = 20_000          # pool rows every method chooses from
-    max_heldout: int = 5_000           # held-out rows scored against (seeded hash sample)
-    label_column: str | None = None    # probe accuracy: a column of the pool and the held-out rows
-    probe: str = "logistic"            # logistic (scikit-learn) or gaf (as the train section says)
-    domain_column: str | None = None   # domain share and recall: a column of the pool
+    sample_rows: Annotated[int, at_least(100)] = 20_000  # pool rows every method chooses from
+    # held-out rows scored against (seeded hash sample)
+    max_heldout: Annotated[int, at_least(20)] = 5_000
+    # probe accuracy: a column of the pool and the held-out rows
+    label_column: Annotated[str | None, COLUMN_OR_NULL] = None
+    # logistic (scikit-learn) or gaf (as the train section says)
+    probe: Annotated[str, one_of(*EVALUATE_PROBES)] = "logistic"
+    # domain share and recall: a column of the pool
+    domain_column: Annotated[str | None, COLUMN_OR_NULL] = None
     target_domains: list | None = None  # the target's domains; null: the held-out rows' values
-    seed: int = 0
-    run_id: str | None = None          # the evaluation's id; default eval-<fingerprint>
+    seed: Annotated[int, SEED_32] = 0
+    # the evaluation's id; default eval-<fingerprint>
+    run_id: Annotated[str | None, RUN_ID] = None
 
     @property
     def enabled(self) -> bool:
@@ -429,25 +464,30 @@ class IMNNSection:
     simulations: str | None = None     # the Delta table of simulations; null: no imnn stage
     theta_fid: list = field(default_factory=list)     # the fiducial parameters
     input_shape: list | None = None    # one simulation's shape; null: [length of values]
-    derivatives: str = "gradient"      # gradient (stored derivatives) or numerical
+    # gradient (stored derivatives) or numerical
+    derivatives: Annotated[str, one_of(*DERIVATIVE_MODES)] = "gradient"
     delta_theta: list | None = None    # numerical: the finite-difference steps
-    n_summaries: int | None = None     # null: as many as parameters
+    n_summaries: Annotated[int | None, N_SUMMARIES] = None  # null: as many as parameters
     hidden: list = field(default_factory=lambda: [128, 128, 128])
-    activation: str = "leaky_relu"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    activation: Annotated[str, one_of(*IMNN_ACTIVATIONS)] = "leaky_relu"
+    optimizer: Annotated[str, one_of(*TRAIN_OPTIMIZERS)] = "adam"
+    learning_rate: Annotated[float, POSITIVE] = 1e-3
     coupling: float = 10.0             # λ
     closeness: float = 0.1             # ϵ
-    patience: int = 100
-    min_iterations: int = 100
-    max_iterations: int = 2000
-    best: bool = True                  # keep the weights with the largest validation det F
-    seed: int = 0                      # the network's initial weights
-    mode: str = "spark"                # spark or local
-    batch_size: int = 1000             # simulations per batch (per task's chunk in spark mode)
-    partitions: int | None = None      # spark mode: partitions of the cached simulations
-    expected_det_f: float | None = None   # drawn on the plot (50 for the example)
-    run_id: str | None = None          # the fit's id; default imnn-<fingerprint>
+    patience: Annotated[int, AT_LEAST_1] = 100
+    min_iterations: Annotated[int, at_least(0)] = 100
+    max_iterations: Annotated[int, AT_LEAST_1] = 2000
+    # keep the weights with the largest validation det F
+    best: Annotated[bool, BOOL] = True
+    seed: Annotated[int, SEED_32] = 0  # the network's initial weights
+    mode: Annotated[str, one_of(*IMNN_MODES)] = "spark"  # spark or local
+    # simulations per batch (per task's chunk in spark mode)
+    batch_size: Annotated[int, AT_LEAST_1] = 1000
+    # spark mode: partitions of the cached simulations
+    partitions: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None
+    # drawn on the plot (50 for the example)
+    expected_det_f: Annotated[float | None, OPTIONAL_POSITIVE] = None
+    run_id: Annotated[str | None, RUN_ID] = None  # the fit's id; default imnn-<fingerprint>
 
     @property
     def enabled(self) -> bool:
@@ -1068,49 +1108,20 @@ def validate_train(cfg: JobConfig) -> None:
         _check(t.label_column is None or t.label_column not in features,
                f"train.label_column {t.label_column!r} is also "
                "a feature or id column of train.validation; name the column of labels.")
-    _check(t.selection is None or (isinstance(t.selection, str)
-                                   and RUN_ID_PATTERN.match(t.selection)),
-           f"train.selection must be null or a run id such as run-1a2b3c; got {t.selection!r}.")
-    _check(t.model in TRAIN_MODELS, f"train.model must be one of {', '.join(TRAIN_MODELS)}; got "
-           f"{t.model!r}.")
+    _check_rules(t, "train")
     _check(isinstance(t.hidden, list) and t.hidden and all(_is_int(h) and h >= 1
                                                            for h in t.hidden),
            f"train.hidden must be a list of layer sizes (integers >= 1), such as [128]; got "
            f"{t.hidden!r}.")
-    _check(t.method in TRAIN_METHODS, f"train.method must be gaf or sgd; got {t.method!r}.")
-    for key in ("epochs", "batch_size", "plateau_patience", "max_rows"):
-        _check(_is_int(getattr(t, key)) and getattr(t, key) >= 1,
-               f"train.{key} must be an integer >= 1.")
     _check(_is_int(t.microbatches) and t.microbatches >= (2 if t.method == "gaf" else 1),
            "train.microbatches must be an integer >= 2 with method gaf (GAF compares "
            f"micro-batches' gradients); got {t.microbatches!r}.")
     _check(_is_num(t.cos_distance_thresh) and 0 <= t.cos_distance_thresh <= 2,
            "train.cos_distance_thresh is a cosine distance: a number in [0, 2] (0 fuses only "
            f"identical directions, 2 fuses everything); got {t.cos_distance_thresh!r}.")
-    _check(t.fusion in FUSIONS, f"train.fusion must be one of {', '.join(FUSIONS)}; got "
-           f"{t.fusion!r}.")
-    _check(t.optimizer in TRAIN_OPTIMIZERS, f"train.optimizer must be one of "
-           f"{', '.join(TRAIN_OPTIMIZERS)}; got {t.optimizer!r}.")
-    for key in ("learning_rate",):
-        _check(_is_num(getattr(t, key)) and getattr(t, key) > 0, f"train.{key} must be a number "
-               "> 0.")
-    for key in ("momentum", "weight_decay"):
-        _check(_is_num(getattr(t, key)) and getattr(t, key) >= 0, f"train.{key} must be a "
-               "number >= 0.")
-    _check(_is_num(t.plateau_factor) and 0 < t.plateau_factor < 1,
-           "train.plateau_factor must be a number in (0, 1).")
-    for key in ("plateau", "standardize"):
-        _check(isinstance(getattr(t, key), bool), f"train.{key} must be true or false.")
     _check(_is_num(t.label_noise) and 0 <= t.label_noise < 1,
            f"train.label_noise is the share of training labels to flip: a number in [0, 1); got "
            f"{t.label_noise!r}.")
-    _check(_is_int(t.seed) and 0 <= t.seed < 2 ** 32,
-           "train.seed must be an integer between 0 and 2**32 - 1.")
-    _check(t.baseline in TRAIN_BASELINES, f"train.baseline must be null or random; got "
-           f"{t.baseline!r}.")
-    _check(t.run_id is None or (isinstance(t.run_id, str) and RUN_ID_PATTERN.match(t.run_id)),
-           "train.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
-           f"letter or digit); got {t.run_id!r}.")
 
 
 def validate_evaluate(cfg: JobConfig, command: str) -> None:
@@ -1118,36 +1129,19 @@ def validate_evaluate(cfg: JobConfig, command: str) -> None:
     v = cfg.evaluate
     if v.enabled:
         _check_features_source(v.heldout, "evaluate.heldout")
-    _check(v.selection is None or (isinstance(v.selection, str)
-                                   and RUN_ID_PATTERN.match(v.selection)),
-           f"evaluate.selection must be null or a run id such as run-1a2b3c; got {v.selection!r}.")
+    _check_rules(v, "evaluate")
     _check(isinstance(v.methods, list) and all(m in EVALUATE_METHODS for m in v.methods)
            and len(set(v.methods)) == len(v.methods),
            f"evaluate.methods must be a list of distinct methods from "
            f"{', '.join(EVALUATE_METHODS)}; got {v.methods!r}.")
-    _check(_is_int(v.sample_rows) and v.sample_rows >= 100,
-           f"evaluate.sample_rows must be an integer >= 100; got {v.sample_rows!r}.")
-    _check(_is_int(v.max_heldout) and v.max_heldout >= 20,
-           f"evaluate.max_heldout must be an integer >= 20; got {v.max_heldout!r}.")
-    for key in ("label_column", "domain_column"):
-        value = getattr(v, key)
-        _check(value is None or (isinstance(value, str) and value != ""),
-               f"evaluate.{key} must be a column name or null; got {value!r}.")
     _check(v.target_domains is None or (isinstance(v.target_domains, list) and v.target_domains
                                         and all(_is_scalar(d) and d is not None
                                                 for d in v.target_domains)),
            "evaluate.target_domains must be null or a list of the domain column's values; got "
            f"{v.target_domains!r}.")
-    _check(v.probe in EVALUATE_PROBES, f"evaluate.probe must be one of "
-           f"{', '.join(EVALUATE_PROBES)}; got {v.probe!r}.")
     _check(v.target_domains is None or v.domain_column is not None,
            "evaluate.target_domains needs evaluate.domain_column: name the pool's column that "
            "holds each row's domain.")
-    _check(_is_int(v.seed) and 0 <= v.seed < 2 ** 32,
-           "evaluate.seed must be an integer between 0 and 2**32 - 1.")
-    _check(v.run_id is None or (isinstance(v.run_id, str) and RUN_ID_PATTERN.match(v.run_id)),
-           "evaluate.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting "
-           f"with a letter or digit); got {v.run_id!r}.")
     if v.enabled and "dsir" in v.methods and command in ("run", "evaluate"):
         texts = [side for side in ("pool", "target") if effective_embedding_column(
             getattr(cfg, side)) or not getattr(cfg, side).text_column]
@@ -1183,8 +1177,7 @@ def validate_imnn(cfg: JobConfig) -> None:
                                      and all(_is_int(v) and v >= 1 for v in m.input_shape)),
            f"imnn.input_shape must be null or a list of sizes, such as [10]; got "
            f"{m.input_shape!r}.")
-    _check(m.derivatives in DERIVATIVE_MODES, f"imnn.derivatives must be one of "
-           f"{', '.join(DERIVATIVE_MODES)}; got {m.derivatives!r}.")
+    _check_rules(m, "imnn")
     if m.derivatives == "numerical":
         _check(m.delta_theta is not None, "imnn.derivatives is numerical: set imnn.delta_theta "
                "to the finite-difference step of each parameter, such as [0.1, 0.1].")
@@ -1193,37 +1186,13 @@ def validate_imnn(cfg: JobConfig) -> None:
         _check(not m.theta_fid or len(m.delta_theta) == len(m.theta_fid),
                f"imnn.delta_theta has {len(m.delta_theta)} steps but imnn.theta_fid has "
                f"{len(m.theta_fid)} parameters; give one step per parameter.")
-    _check(m.n_summaries is None or (_is_int(m.n_summaries) and m.n_summaries >= 1),
-           "imnn.n_summaries must be null (as many as parameters) or an integer >= 1.")
     _check(isinstance(m.hidden, list) and all(_is_int(h) and h >= 1 for h in m.hidden),
            f"imnn.hidden must be a list of layer sizes (integers >= 1), such as [128, 128, 128]; "
            f"got {m.hidden!r}.")
-    _check(m.activation in IMNN_ACTIVATIONS, f"imnn.activation must be one of "
-           f"{', '.join(IMNN_ACTIVATIONS)}; got {m.activation!r}.")
-    _check(m.optimizer in TRAIN_OPTIMIZERS, f"imnn.optimizer must be one of "
-           f"{', '.join(TRAIN_OPTIMIZERS)}; got {m.optimizer!r}.")
-    _check(_is_num(m.learning_rate) and m.learning_rate > 0,
-           "imnn.learning_rate must be a number > 0.")
     _check(_is_num(m.coupling) and m.coupling > 1, "imnn.coupling (the reference's λ) must be a "
            f"number > 1; got {m.coupling!r}.")
     _check(_is_num(m.closeness) and m.closeness > 0, "imnn.closeness (the reference's ϵ) must "
            f"be a number > 0; got {m.closeness!r}.")
-    for key in ("patience", "max_iterations", "batch_size"):
-        _check(_is_int(getattr(m, key)) and getattr(m, key) >= 1,
-               f"imnn.{key} must be an integer >= 1.")
-    _check(_is_int(m.min_iterations) and m.min_iterations >= 0,
-           "imnn.min_iterations must be an integer >= 0.")
-    _check(isinstance(m.best, bool), "imnn.best must be true or false.")
-    _check(_is_int(m.seed) and 0 <= m.seed < 2 ** 32,
-           "imnn.seed must be an integer between 0 and 2**32 - 1.")
-    _check(m.mode in IMNN_MODES, f"imnn.mode must be spark or local; got {m.mode!r}.")
-    _check(m.partitions is None or (_is_int(m.partitions) and m.partitions >= 1),
-           "imnn.partitions must be null or an integer >= 1.")
-    _check(m.expected_det_f is None or (_is_num(m.expected_det_f) and m.expected_det_f > 0),
-           "imnn.expected_det_f must be null or a number > 0.")
-    _check(m.run_id is None or (isinstance(m.run_id, str) and RUN_ID_PATTERN.match(m.run_id)),
-           "imnn.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
-           f"letter or digit); got {m.run_id!r}.")
 
 
 def datamodels_spec(cfg: JobConfig):

@@ -88,6 +88,9 @@ def _rows(cls, prefix: str, section: str) -> list:
         note = notes.get(f.name, "").replace("|", "\\|")
         rule = sections.rule_of(cls, f.name)
         must = (rule.must + rule.hint).replace("|", "\\|") if rule is not None else ""
+        if must and note.replace(",", "").replace(" or ", " ") == must.replace(",", "").replace(
+                " or ", " "):
+            note = ""                      # a comment that only lists the choices
         rows.append(f"| `{key}` | {_type(hints[f.name])} | `{_value(_default(f))}` | {runtime} | "
                     f"{must} | {note} |")
     return rows
