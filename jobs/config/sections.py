@@ -28,7 +28,7 @@ from typing import Annotated, Any, Callable, Iterator, get_type_hints
 import yaml
 
 from gio_core import check_select_options
-from gio_core.dii import DECAYS, OPTIMIZERS, TIES
+from gio_core.dii import DECAYS, OPTIMIZERS
 from gio_core.gaf import FUSIONS
 from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
 from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
@@ -112,6 +112,12 @@ OPTIONAL_AT_LEAST_1 = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
 N_SUMMARIES = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                    "null (as many as parameters) or an integer >= 1")
 OPTIONAL_POSITIVE = Rule(lambda v: v is None or (_is_num(v) and v > 0), "null or a number > 0")
+OPTIONAL_AT_LEAST_2 = Rule(lambda v: v is None or (_is_int(v) and v >= 2),
+                          "null or an integer >= 2")
+WEIGHTS_ID = Rule(lambda v: v is None or (isinstance(v, str) and bool(RUN_ID_PATTERN.match(v))),
+                  "null or a weights run id such as weights-1a2b3c")
+WEIGHTS_PATH = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
+                    "null or the output folder that holds the feature_weights table")
 SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 and 2**32 - 1")
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
 
@@ -279,31 +285,33 @@ class WeighSection:
     source: WeighSource = field(default_factory=lambda: WeighSource())
     a_columns: list | None = None
     b_columns: list | None = None
-    b_type: str = "auto"              # auto, features or labels
-    num_points: int = 2000
-    seed: int = 0                     # the sample's and the DII's seed
+    b_type: Annotated[str, one_of(*WEIGH_B_TYPES)] = "auto"  # auto, features or labels
+    num_points: Annotated[int, at_least(3)] = 2000
+    seed: Annotated[int, SEED_32] = 0  # the sample's and the DII's seed
     periods_A: Any = None             # one period per feature of A (0: not periodic), or null
     periods_B: Any = None
-    num_epochs: int = 200
-    batches_per_epoch: int = 1
-    l1_strength: float = 0.0
-    point_adapt_lambda: bool = True
-    k_init: int = 1
-    k_final: int = 1
-    lambda_factor: float = 0.1
+    num_epochs: Annotated[int, AT_LEAST_1] = 200
+    batches_per_epoch: Annotated[int, AT_LEAST_1] = 1
+    l1_strength: Annotated[float, NON_NEGATIVE] = 0.0
+    point_adapt_lambda: Annotated[bool, BOOL] = True
+    k_init: Annotated[int, AT_LEAST_1] = 1
+    k_final: Annotated[int, AT_LEAST_1] = 1
+    lambda_factor: Annotated[float, POSITIVE] = 0.1
     params_init: list | None = None
     optimizer_name: str = "sgd"       # sgd, adam or adamw
-    learning_rate: float = 1e-2
-    learning_rate_decay: str | None = None     # null, cos or exp
-    num_points_rows: int | None = None
-    rank_ties: str = "average"        # equal distances in B (labels): average or first (DADApy)
-    compute_error: bool = True        # the final DII's error (return_final_dii)
-    ratio_rows_columns: float | None = 1
-    discard_close_ind: int = 0
-    greedy: str | None = None         # null, forward or backward
-    n_features: int | None = None     # forward: at most this many; backward: down to this many
-    n_best: int = 10
-    run_id: str | None = None         # the weights' id; default weights-<fingerprint>
+    learning_rate: Annotated[float, POSITIVE] = 1e-2
+    learning_rate_decay: Annotated[str | None, one_of(*DECAYS)] = None  # null, cos or exp
+    num_points_rows: Annotated[int | None, OPTIONAL_AT_LEAST_2] = None
+    # equal distances in B (labels): average or first (DADApy)
+    rank_ties: Annotated[str, one_of("average", "first")] = "average"
+    compute_error: Annotated[bool, BOOL] = True  # the final DII's error (return_final_dii)
+    ratio_rows_columns: Annotated[float | None, OPTIONAL_POSITIVE] = 1
+    discard_close_ind: Annotated[int, at_least(0)] = 0
+    greedy: Annotated[str | None, one_of(*GREEDY)] = None  # null, forward or backward
+    # forward: at most this many; backward: down to this many
+    n_features: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None
+    n_best: Annotated[int, AT_LEAST_1] = 10
+    run_id: Annotated[str | None, RUN_ID] = None  # the weights' id; default weights-<fingerprint>
 
     @property
     def enabled(self) -> bool:
@@ -316,8 +324,8 @@ class WeightsSection:
     ``feature_weights`` table under ``path`` (default ``output.path``). Null ``run_id`` with a
     ``weigh`` section: that section's weights; with ``path`` alone: the one run stored there.
     Feature a of every embedding is scaled by ``|w_a| / max |w|`` before K-means."""
-    run_id: str | None = None
-    path: str | None = None
+    run_id: Annotated[str | None, WEIGHTS_ID] = None
+    path: Annotated[str | None, WEIGHTS_PATH] = None
 
 
 @dataclass
@@ -737,7 +745,7 @@ def _part(problems: list, check: Callable, *args) -> None:
         check(*args)
     except InputError as err:
         problems.append(str(err))
-    except (TypeError, ValueError, AttributeError, KeyError):
+    except (TypeError, ValueError, AttributeError, KeyError, ArithmeticError):
         if not problems:
             raise
 
@@ -1012,45 +1020,21 @@ def validate_weigh(cfg: JobConfig) -> None:
         overlap = set(w.a_columns or []) & set(w.b_columns or [])
         _check(not overlap, f"weigh.a_columns and weigh.b_columns share {sorted(overlap)}; "
                "space B must be other columns than space A.")
-    _check(w.b_type in WEIGH_B_TYPES, f"weigh.b_type must be one of {', '.join(WEIGH_B_TYPES)}; "
-           f"got {w.b_type!r}.")
+    _check_rules(w, "weigh")
     _check(w.b_type != "labels" or w.b_columns is None or len(w.b_columns) == 1,
            "weigh.b_type: labels takes exactly one column in weigh.b_columns.")
-    for key in ("num_epochs", "batches_per_epoch", "k_init", "k_final", "n_best"):
-        _check(_is_int(getattr(w, key)) and getattr(w, key) >= 1,
-               f"weigh.{key} must be an integer >= 1.")
-    _check(_is_int(w.num_points) and w.num_points >= 3, "weigh.num_points must be an integer >= 3.")
-    _check(_is_int(w.seed) and 0 <= w.seed < 2 ** 32,
-           "weigh.seed must be an integer between 0 and 2**32 - 1.")
     _check(w.k_final <= w.k_init, f"weigh.k_init ({w.k_init}) must be >= weigh.k_final "
            f"({w.k_final}).")
-    _check(w.k_init < w.num_points // w.batches_per_epoch if _is_int(w.num_points) else True,
-           f"weigh.k_init={w.k_init} needs more than {w.k_init} points per mini-batch, but "
-           f"weigh.num_points={w.num_points} in {w.batches_per_epoch} batches gives "
-           f"{w.num_points // w.batches_per_epoch}; lower k_init or batches_per_epoch, or raise "
-           "num_points.")
-    for key in ("lambda_factor", "learning_rate"):
-        _check(_is_num(getattr(w, key)) and getattr(w, key) > 0, f"weigh.{key} must be a number "
-               "> 0.")
-    _check(_is_num(w.l1_strength) and w.l1_strength >= 0, "weigh.l1_strength must be a number "
-           ">= 0.")
-    for key in ("point_adapt_lambda", "compute_error"):
-        _check(isinstance(getattr(w, key), bool), f"weigh.{key} must be true or false.")
+    if all(_is_int(v) and v >= 1 for v in (w.num_points, w.batches_per_epoch, w.k_init)):
+        _check(w.k_init < w.num_points // w.batches_per_epoch,
+               f"weigh.k_init={w.k_init} needs more than {w.k_init} points per mini-batch, but "
+               f"weigh.num_points={w.num_points} in {w.batches_per_epoch} batches gives "
+               f"{w.num_points // w.batches_per_epoch}; lower k_init or batches_per_epoch, or raise "
+               "num_points.")
     _check(w.optimizer_name in OPTIMIZERS, f"weigh.optimizer_name must be one of "
            f"{', '.join(OPTIMIZERS)}; got {w.optimizer_name!r}.")
-    _check(w.learning_rate_decay in DECAYS, "weigh.learning_rate_decay must be null, cos or exp; "
-           f"got {w.learning_rate_decay!r}.")
-    _check(w.rank_ties in TIES, "weigh.rank_ties must be average or first; got "
-           f"{w.rank_ties!r}.")
-    _check(w.num_points_rows is None or (_is_int(w.num_points_rows) and w.num_points_rows >= 2),
-           "weigh.num_points_rows must be null or an integer >= 2.")
-    _check(w.ratio_rows_columns is None or (_is_num(w.ratio_rows_columns)
-                                            and w.ratio_rows_columns > 0),
-           "weigh.ratio_rows_columns must be null or a number > 0.")
     _check(not w.compute_error or w.ratio_rows_columns is not None,
            "weigh.compute_error: true needs weigh.ratio_rows_columns (rows / columns).")
-    _check(_is_int(w.discard_close_ind) and w.discard_close_ind >= 0,
-           "weigh.discard_close_ind must be an integer >= 0.")
     _periods(w.periods_A, "weigh.periods_A", w.a_columns)
     _periods(w.periods_B, "weigh.periods_B", w.b_columns)
     _check(w.periods_B is None or w.b_type != "labels",
@@ -1062,19 +1046,7 @@ def validate_weigh(cfg: JobConfig) -> None:
     if w.params_init is not None and w.a_columns is not None and len(w.a_columns) > 1:
         _check(len(w.params_init) == len(w.a_columns), f"weigh.params_init has "
                f"{len(w.params_init)} weights for the {len(w.a_columns)} weigh.a_columns.")
-    _check(w.greedy in GREEDY, f"weigh.greedy must be null, forward or backward; got "
-           f"{w.greedy!r}.")
-    _check(w.n_features is None or (_is_int(w.n_features) and w.n_features >= 1),
-           "weigh.n_features must be null or an integer >= 1.")
-    _check(w.run_id is None or (isinstance(w.run_id, str) and RUN_ID_PATTERN.match(w.run_id)),
-           "weigh.run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a "
-           f"letter or digit); got {w.run_id!r}.")
-    ws = cfg.weights
-    _check(ws.run_id is None or (isinstance(ws.run_id, str) and RUN_ID_PATTERN.match(ws.run_id)),
-           f"weights.run_id must be null or a weights run id such as weights-1a2b3c; got "
-           f"{ws.run_id!r}.")
-    _check(ws.path is None or (isinstance(ws.path, str) and ws.path != ""),
-           "weights.path must be null or the output folder that holds the feature_weights table.")
+    _check_rules(cfg.weights, "weights")
     if uses_own_weights(cfg):
         _check(w.periods_A is None or not any(w.periods_A),
                "weigh.periods_A makes A periodic, but K-means has no periodic distance, so "
