@@ -118,6 +118,12 @@ WEIGHTS_ID = Rule(lambda v: v is None or (isinstance(v, str) and bool(RUN_ID_PAT
                   "null or a weights run id such as weights-1a2b3c")
 WEIGHTS_PATH = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
                     "null or the output folder that holds the feature_weights table")
+PATH_OR_NULL = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
+                    "a path written as text, or null")
+SECONDS_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and v > 0),
+                       "null or a number of seconds > 0")
+OPTIONAL_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
+                         "null or a number in (0, 1]")
 SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 and 2**32 - 1")
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
 
@@ -524,45 +530,57 @@ class DatamodelsSection:
     (``mode: spark``). ``select`` takes the ``budget`` pool rows with the largest total positive
     weight on the targets, where pool row ``index_column`` is the mask position.
     """
-    store: str | None = None           # the store's Delta table; null: <output.path>/datamodels_store
+    # the store's Delta table; null: <output.path>/datamodels_store
+    store: Annotated[str | None, PATH_OR_NULL] = None
     spec: str | None = None            # JSON spec file; or num_models and schema below
     num_models: int | None = None
     schema: dict | None = None         # {key: {shape: [...], dtype: numpy name}}
     main_import: str | None = None     # module with main(*, index, logdir, **args)
     args: dict = field(default_factory=dict)    # extra keyword arguments of main
-    logdir: str | None = None          # main gets <logdir>/workers/<index>; null: <output>/datamodels_logs
+    # main gets <logdir>/workers/<index>; null: <output>/datamodels_logs
+    logdir: Annotated[str | None, PATH_OR_NULL] = None
     indices: list | None = None        # [start, end): only these indices (null: all)
-    commit_every: int = 64             # indices per Spark job and per commit
-    indices_per_task: int = 1          # indices one Spark task runs in turn (1: a task per model)
-    jobs_in_flight: int = 2            # Spark jobs of indices running at once
-    timeout_s: float | None = None     # seconds one index may take (the source's job_timeout)
+    commit_every: Annotated[int, AT_LEAST_1] = 64  # indices per Spark job and per commit
+    # indices one Spark task runs in turn (1: a task per model)
+    indices_per_task: Annotated[int, AT_LEAST_1] = 1
+    jobs_in_flight: Annotated[int, AT_LEAST_1] = 2  # Spark jobs of indices running at once
+    # seconds one index may take (the source's job_timeout)
+    timeout_s: Annotated[float | None, SECONDS_OR_NULL] = None
     x_name: str = "masks"              # the spec key of the masks (the regression's inputs)
     y_name: str = "margins"            # the spec key of the outputs, one per target
-    num_train: int | None = None       # null: the completed models left after val and test
-    num_val: int | None = None         # null: a tenth of the completed models
-    num_test: int = 0                  # held out from the fit, to report how well it predicts
-    bad_models: str = "reject"         # models with non-finite outputs: reject (exit 2) or drop
-    seed: int = 0                      # which completed models go to train, val and test
-    target_start: int = 0              # the targets fitted: outputs [target_start, target_end)
+    # null: the completed models left after val and test
+    num_train: Annotated[int | None, OPTIONAL_AT_LEAST_2] = None
+    num_val: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None  # null: a tenth of the completed models
+    num_test: Annotated[int, at_least(0)] = 0  # held out from the fit, to report how well it predicts
+    # models with non-finite outputs: reject (exit 2) or drop
+    bad_models: Annotated[str, one_of(*BAD_ROW_POLICIES)] = "reject"
+    seed: Annotated[int, SEED_32] = 0  # which completed models go to train, val and test
+    target_start: Annotated[int, at_least(0)] = 0  # the targets fitted: outputs [target_start, target_end)
     target_end: int | None = None      # null: to the last target (the source's -1)
-    k: int = 100                       # lambdas on the path
+    k: Annotated[int, AT_LEAST_1] = 100  # lambdas on the path
     eps: float = 1e-3                  # smallest lambda over the largest
     lr: float = 1.0                    # step as a share of the largest safe step 1/L
-    tol: float = 1e-4                  # duality gap over the outputs' variance (early_stopping.eps)
-    check_every: int = 10              # iterations between convergence checks
-    max_iter: int = 10_000             # iterations per lambda at most
-    min_lambdas: int = 10              # lambdas tried before the path may stop early
-    patience: int | None = 1           # validation MSE rises in a row that stop a path (null: never)
-    refit: bool = True                 # refit the chosen lambda on train + val models
-    batch_size: int | None = None      # models per block when forming sums (runtime)
-    target_chunk: int | None = None    # targets solved at once (runtime)
-    mode: str = "local"                # local (driver, JAX CPU/GPU) or spark (executors; runtime)
-    regress_id: str | None = None      # the fit's id; default datamodels-<fingerprint>
-    export_path: str | None = None     # export: a folder for the source's .npy layout
-    budget: int | None = None          # select: rows to select
-    budget_fraction: float | None = None   # select: or this share of the training examples
-    index_column: str | None = None    # select: the pool column of mask positions (null: id_column)
-    select_run_id: str | None = None   # select: the selection's run id; default dmsel-<fingerprint>
+    tol: Annotated[float, POSITIVE] = 1e-4  # duality gap over the outputs' variance (early_stopping.eps)
+    check_every: Annotated[int, AT_LEAST_1] = 10  # iterations between convergence checks
+    max_iter: Annotated[int, AT_LEAST_1] = 10_000  # iterations per lambda at most
+    min_lambdas: Annotated[int, AT_LEAST_1] = 10  # lambdas tried before the path may stop early
+    # validation MSE rises in a row that stop a path (null: never)
+    patience: Annotated[int | None, OPTIONAL_AT_LEAST_1] = 1
+    refit: Annotated[bool, BOOL] = True  # refit the chosen lambda on train + val models
+    # models per block when forming sums (runtime)
+    batch_size: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None
+    target_chunk: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None  # targets solved at once (runtime)
+    # local (driver, JAX CPU/GPU) or spark (executors; runtime)
+    mode: Annotated[str, one_of(*DATAMODELS_MODES)] = "local"
+    regress_id: Annotated[str | None, RUN_ID] = None  # the fit's id; default datamodels-<fingerprint>
+    export_path: Annotated[str | None, PATH_OR_NULL] = None  # export: a folder for the source's .npy layout
+    budget: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None  # select: rows to select
+    # select: or this share of the training examples
+    budget_fraction: Annotated[float | None, OPTIONAL_FRACTION] = None
+    # select: the pool column of mask positions (null: id_column)
+    index_column: Annotated[str | None, COLUMN_OR_NULL] = None
+    # select: the selection's run id; default dmsel-<fingerprint>
+    select_run_id: Annotated[str | None, RUN_ID] = None
 
     @property
     def inline_spec(self) -> bool:
@@ -1182,19 +1200,11 @@ def datamodels_spec(cfg: JobConfig):
     return None
 
 
-def _optional_int(value, key: str, minimum: int) -> None:
-    _check(value is None or (_is_int(value) and value >= minimum),
-           f"{key} must be null or an integer >= {minimum}; got {value!r}.")
-
-
 def validate_datamodels(cfg: JobConfig, command: str) -> None:
     """The ``datamodels`` section (its spec is read and checked only by the commands that use
     it, its main only by those that run it)."""
     d = cfg.datamodels
-    for key in ("store", "logdir", "export_path"):
-        value = getattr(d, key)
-        _check(value is None or (isinstance(value, str) and value != ""),
-               f"datamodels.{key} must be a path written as text, or null; got {value!r}.")
+    _check_rules(d, "datamodels")
     _check(isinstance(d.args, dict) and all(isinstance(k, str) for k in d.args),
            "datamodels.args must be a mapping of main's keyword arguments to values, such as "
            "{multiple: 2}.")
@@ -1209,26 +1219,11 @@ def validate_datamodels(cfg: JobConfig, command: str) -> None:
                                  and d.indices[0] < d.indices[1]),
            f"datamodels.indices must be null or [start, end) with 0 <= start < end; got "
            f"{d.indices!r}.")
-    for key in ("commit_every", "indices_per_task", "jobs_in_flight", "k", "check_every",
-                "max_iter", "min_lambdas"):
-        _check(_is_int(getattr(d, key)) and getattr(d, key) >= 1,
-               f"datamodels.{key} must be an integer >= 1; got {getattr(d, key)!r}.")
-    _check(d.timeout_s is None or (_is_num(d.timeout_s) and d.timeout_s > 0),
-           "datamodels.timeout_s must be null or a number of seconds > 0.")
     for key in ("x_name", "y_name"):
         _check(isinstance(getattr(d, key), str) and getattr(d, key) != "",
                f"datamodels.{key} must be a key of the spec's schema.")
     _check(d.x_name != d.y_name, "datamodels.x_name and datamodels.y_name must be different "
            "keys (the masks and the outputs).")
-    _optional_int(d.num_train, "datamodels.num_train", 2)
-    _optional_int(d.num_val, "datamodels.num_val", 1)
-    _check(_is_int(d.num_test) and d.num_test >= 0, "datamodels.num_test must be an integer >= 0.")
-    _check(d.bad_models in BAD_ROW_POLICIES, f"datamodels.bad_models must be reject or drop; got "
-           f"{d.bad_models!r}.")
-    _check(_is_int(d.seed) and 0 <= d.seed < 2 ** 32,
-           "datamodels.seed must be an integer between 0 and 2**32 - 1.")
-    _check(_is_int(d.target_start) and d.target_start >= 0,
-           "datamodels.target_start must be an integer >= 0.")
     _check(d.target_end is None or (_is_int(d.target_end) and d.target_end > d.target_start),
            f"datamodels.target_end must be null (to the last target) or an integer above "
            f"datamodels.target_start ({d.target_start}); got {d.target_end!r}.")
@@ -1236,24 +1231,6 @@ def validate_datamodels(cfg: JobConfig, command: str) -> None:
            f"largest) must be a number in (0, 1); got {d.eps!r}.")
     _check(_is_num(d.lr) and 0 < d.lr <= 1, f"datamodels.lr is the step as a share of the "
            f"largest safe step: a number in (0, 1]; got {d.lr!r}.")
-    _check(_is_num(d.tol) and d.tol > 0, f"datamodels.tol must be a number > 0; got {d.tol!r}.")
-    _optional_int(d.patience, "datamodels.patience", 1)
-    _check(isinstance(d.refit, bool), "datamodels.refit must be true or false.")
-    _optional_int(d.batch_size, "datamodels.batch_size", 1)
-    _optional_int(d.target_chunk, "datamodels.target_chunk", 1)
-    _check(d.mode in DATAMODELS_MODES, f"datamodels.mode must be local or spark; got {d.mode!r}.")
-    for key in ("regress_id", "select_run_id"):
-        value = getattr(d, key)
-        _check(value is None or (isinstance(value, str) and RUN_ID_PATTERN.match(value)),
-               f"datamodels.{key} must be null or 1-128 letters, digits, '.', '_' or '-' "
-               f"(starting with a letter or digit); got {value!r}.")
-    _optional_int(d.budget, "datamodels.budget", 1)
-    _check(d.budget_fraction is None or (_is_num(d.budget_fraction) and 0 < d.budget_fraction
-                                         <= 1),
-           f"datamodels.budget_fraction must be null or a number in (0, 1]; got "
-           f"{d.budget_fraction!r}.")
-    _check(d.index_column is None or (isinstance(d.index_column, str) and d.index_column),
-           "datamodels.index_column must be a column name or null.")
     if command not in DATAMODELS_COMMANDS:
         return
     if command in ("datamodels-init", "datamodels-work", "datamodels-example"):
