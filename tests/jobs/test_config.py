@@ -246,4 +246,4 @@ def test_each_declared_rule_is_checked_with_its_message():
                             command="config")
             assert rule.message(key, bad) in str(err.value), (key, str(err.value))
             checked += 1
-    assert checked >= 20, checked
+    assert checked >= 100, checked
