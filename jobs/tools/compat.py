@@ -8,17 +8,30 @@
   trip no longer loses matches), and reports centroids it cannot match;
 * ``quantize`` accepts array or vector ``features`` columns;
 * the session is built by :func:`jobs.io.session.build_session` (Delta configured), or passed in.
+
+``GenerateEmbeddings`` is the source's helper (one text per line in, one vector per line out,
+written as the source writes it), on the model gio-spark embeds with. Differences: the model's
+name ``bundled``, ``all-MiniLM-L6-v2`` or ``sentence-transformers/all-MiniLM-L6-v2`` loads the
+bundled copy of that model (no model hub needed); ``device="cuda"`` (the source's default) falls
+back to the CPU, with a warning, where no GPU is seen. For a large corpus, embed inside Spark
+instead: ``gio-spark embed`` or ``jobs.run_stage("embed", ...)``.
 """
 from __future__ import annotations
 
 import random
+import time
+import warnings
 
 import numpy as np
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gio_core.compat import GIOKL as _NumericGIOKL
+from jobs.io.encoders import load_model
 from jobs.io.session import build_session
+
+# Names of the model gio-spark bundles: loaded from the bundled copy, not a model hub.
+BUNDLED_NAMES = ("bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 class GIOKL(_NumericGIOKL):
@@ -88,6 +101,43 @@ class GIOKL(_NumericGIOKL):
         self.unmatched_ = int((~matched).sum())
         pairs = self.spark.createDataFrame(list(enumerate(paired)), "i long, id long")
         return pairs.join(kmeans_transformed_df, F.col("id") == F.col("prediction"))
+
+
+class GenerateEmbeddings:
+    """Drop-in for ``GIO.generate_text_embeddings.GenerateEmbeddings``: sentence embeddings of a
+    text file, one line per text, written one vector per line as ``[0.1, -0.2, ...]``.
+
+    Example:
+      >>> GenerateEmbeddings("all-MiniLM-L6-v2", device="cpu").generate_embeddings(
+      ...     "target.txt", "target_embeddings.txt")
+    """
+
+    def __init__(self, model_name, device="cuda"):
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                warnings.warn(f"device {device!r}: no GPU is seen here; embedding on the CPU.",
+                              stacklevel=2)
+                device = "cpu"
+        name = "bundled" if model_name in BUNDLED_NAMES else model_name
+        self.model = load_model(name, device)
+        self.device = device
+
+    def generate_embeddings(self, input_file_path, output_file_path):
+        """Embeds every line of ``input_file_path`` (its newline kept, as the source reads it)
+        and writes the vectors to ``output_file_path``, one per line, in the same order."""
+        print("Reading File...")
+        with open(input_file_path, encoding="utf-8") as fp:
+            sentences = fp.readlines()
+        print("Generating Embeddings... This May Take a While")
+        start = time.time()
+        embeddings = self.model.encode(sentences, device=self.device)
+        print("Time Taken (s): " + str(time.time() - start))
+        print("Writing Embeddings.. This May Take a While")
+        with open(output_file_path, "w", encoding="utf-8") as out:
+            for vector in embeddings:
+                out.write(str(vector.tolist()).strip() + "\n")
 
 
 # As gio_core's: ``GIOKL.GIOKL(...)`` (the source README's pattern) builds this class, Spark

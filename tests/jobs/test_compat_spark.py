@@ -39,3 +39,33 @@ def test_source_scale_example_runs_with_import_changes_only(spark, tmp_path):
     want = sum(r["count"] for r in sizes if r["prediction"] in chosen)
     assert len(rows) == want and {r["id"] for r in rows} == chosen
     assert all(r["_c0"].startswith("train") for r in rows)
+
+
+def test_generate_embeddings_writes_the_models_vectors_as_the_source_does(tmp_path):
+    """The source's helper: one text per line in, one ``[...]`` vector per line out, in order;
+    its model's hub name loads the bundled copy (``tests/gio_core/test_gio_vs_source.py`` checks
+    the file against the source's own helper)."""
+    import ast
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from jobs.io.encoders import load_model
+    from jobs.tools.compat import GenerateEmbeddings
+
+    texts = ["Parse an e-mail header.\n", "Open a URL.\n", "Sort a list in place.\n",
+             "Return the HTTP status line."]
+    (tmp_path / "in.txt").write_text("".join(texts))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maker = GenerateEmbeddings("all-MiniLM-L6-v2")          # the source's default: cuda
+    assert maker.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch.cuda.is_available() or any("no GPU" in str(w.message) for w in caught)
+    maker.generate_embeddings(str(tmp_path / "in.txt"), str(tmp_path / "out.txt"))
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    vectors = np.array([ast.literal_eval(line) for line in lines])
+    assert vectors.shape == (4, 384) and all(line.startswith("[") for line in lines)
+    want = load_model("bundled", "cpu").encode(texts)
+    np.testing.assert_allclose(vectors, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vectors[0], vectors[1])
