@@ -177,10 +177,11 @@ class SourceSection:
     """
     format: str = "parquet"
     path: str | None = None
-    text_column: str | None = "text"
-    id_column: str | None = None
-    embedding_column: str | None = None   # precomputed vectors: skips embedding
-    bad_rows: str = "reject"
+    text_column: Annotated[str | None, COLUMN_OR_NULL] = "text"
+    id_column: Annotated[str | None, COLUMN_OR_NULL] = None
+    # precomputed vectors: skips embedding
+    embedding_column: Annotated[str | None, COLUMN_OR_NULL] = None
+    bad_rows: Annotated[str, one_of(*BAD_ROW_POLICIES)] = "reject"
     options: dict = field(default_factory=dict)
 
 
@@ -991,12 +992,7 @@ def _check_source(src: SourceSection, side: str, formats: tuple, read: bool = Tr
     _check(src.path is None or isinstance(src.path, str), f"{side}.path must be a path or URL "
            f"written as text; got the {type(src.path).__name__} {src.path!r} (quote it if it is "
            "a name).")
-    for key in ("text_column", "id_column", "embedding_column"):
-        value = getattr(src, key)
-        _check(value is None or (isinstance(value, str) and value != ""),
-               f"{side}.{key} must be a column name or null; got {value!r}.")
-    _check(src.bad_rows in BAD_ROW_POLICIES,
-           f"{side}.bad_rows must be reject or drop; got {src.bad_rows!r}.")
+    _check_rules(src, side)
     _check(isinstance(src.options, dict), f"{side}.options must be a mapping.")
     for key, value in src.options.items():
         _check(_is_scalar(value), f"{side}.options.{key} must be a single value.")
