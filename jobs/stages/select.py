@@ -191,6 +191,11 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         if options["max_rows"] is not None:
             log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
                 "rows")
+            if options.get("fill") == "mmd" and options["max_rows"] >= int(pool_sizes.sum()):
+                log(f"select: warning: the budget ({options['max_rows']} rows) is the whole pool "
+                    f"or more, so filling it takes every row; lower select.max_rows (or "
+                    "select.max_fraction), or set select.fill: null to stop where the MMD to the "
+                    "target is least")
         picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
         try:
             result = gio_core.select(

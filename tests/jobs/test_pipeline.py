@@ -179,6 +179,19 @@ def test_a_row_budget_gives_that_many_rows(spark, tmp_path):
         .where(F.col("run_id") == summary["run_id"]).collect())
 
 
+def test_a_budget_of_the_whole_pool_is_named_when_filling_it_takes_every_row(spark, tmp_path,
+                                                                               capsys):
+    """A row budget at or above the pool's size with the default fill (mmd) takes every row:
+    the run says so in one line, with what to change."""
+    pool, _, target = clustered_vectors()
+    cfg = vectors_config(tmp_path, pool, target, select__max_rows=1000)
+    summary = run_pipeline(spark, cfg)
+    said = capsys.readouterr().out
+    assert summary["selected_rows"] == len(pool) == 600
+    assert "select: warning: the budget (1000 rows) is the whole pool or more, so filling it " \
+        "takes every row; lower select.max_rows" in said, said[-2000:]
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "does not exist"),
     ("column", "pool.embedding_column 'nope' is not a column"),
