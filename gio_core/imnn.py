@@ -30,6 +30,9 @@ Two layers:
   ``invF``, ``get_estimate`` and ``plot``. The network is any stax-style ``(init_fn,
   apply_fn)`` pair; the optimiser an optax transformation or the ``(init, update,
   get_params)`` triple of ``jax.example_libraries.optimizers``.
+* The reference's ``imnn.utils`` Jacobians: :func:`value_and_jacfwd`, :func:`value_and_jacrev`,
+  :func:`jacfwd`, :func:`jacrev` (the function's value with its Jacobian from one trace; its
+  tutorial builds simulators' derivatives with ``value_and_jacfwd``), on JAX's public API.
 
 Aggregated gradients: the loss depends on the network weights only through the summaries, so
 its gradient is ``Σ_batches vjp(batch summaries)(∂loss/∂summaries of the batch)``. The
@@ -251,6 +254,41 @@ def as_optimiser(optimiser) -> Optimiser:
 def gaussian_simulator(key, θ, input_shape=(10,)):
     """The tutorial's simulator: ``input_shape`` draws from N(θ[0], θ[1])."""
     return θ[0] + jax.random.normal(key, shape=input_shape) * jnp.sqrt(θ[1])
+
+
+def value_and_jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
+    """``fun`` and its forward-mode Jacobian together, as the reference's ``imnn.utils`` has it:
+    the returned function gives ``(fun(*args), jacfwd(fun)(*args))`` from one trace."""
+    def both(*args, **kwargs):
+        def with_value(*inner):
+            out = fun(*inner, **kwargs)
+            return out, out
+        jac, value = jax.jacfwd(with_value, argnums=argnums, has_aux=True,
+                                holomorphic=holomorphic)(*args)
+        return value, jac
+    return both
+
+
+def value_and_jacrev(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
+    """``fun`` and its reverse-mode Jacobian together (see :func:`value_and_jacfwd`)."""
+    def both(*args, **kwargs):
+        def with_value(*inner):
+            out = fun(*inner, **kwargs)
+            return out, out
+        jac, value = jax.jacrev(with_value, argnums=argnums, has_aux=True,
+                                holomorphic=holomorphic)(*args)
+        return value, jac
+    return both
+
+
+def jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
+    """The forward-mode Jacobian of ``fun`` (the reference's ``imnn.utils.jacfwd``)."""
+    return jax.jacfwd(fun, argnums=argnums, holomorphic=holomorphic)
+
+
+def jacrev(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
+    """The reverse-mode Jacobian of ``fun`` (the reference's ``imnn.utils.jacrev``)."""
+    return jax.jacrev(fun, argnums=argnums, holomorphic=holomorphic)
 
 
 def example_simulations(key, n_s: int = 1000, n_d: int = 1000, θ_fid=(0.0, 1.0),

@@ -238,3 +238,25 @@ def test_a_singular_covariance_is_named():
         imnn.fit(λ, ϵ, max_iterations=3)
     with pytest.raises(ValueError, match="no coupling rate"):
         imnn.fit(0.5, ϵ)
+
+
+def test_value_and_jacobians_as_the_reference_utils_give_them():
+    """``value_and_jacfwd`` / ``value_and_jacrev`` (the reference's ``imnn.utils``, which its
+    tutorial imports): the value and the Jacobian of a simulator-like function, with keyword
+    arguments passed through and several ``argnums``."""
+    from gio_core.imnn import jacfwd, jacrev, value_and_jacfwd, value_and_jacrev
+
+    def simulate(θ, noise, scale=1.0):
+        return scale * (θ[0] + jnp.sqrt(θ[1]) * noise)
+
+    θ, noise = jnp.array([0.5, 2.0]), jnp.linspace(-1.0, 1.0, 5)
+    want_value = simulate(θ, noise, scale=3.0)
+    want_jac = jnp.stack([3.0 * jnp.ones(5), 3.0 * noise / (2 * jnp.sqrt(2.0))], axis=1)
+    for both, single in ((value_and_jacfwd, jacfwd), (value_and_jacrev, jacrev)):
+        value, jac = both(simulate)(θ, noise, scale=3.0)
+        np.testing.assert_allclose(value, want_value, rtol=1e-6)
+        np.testing.assert_allclose(jac, want_jac, rtol=1e-5)
+        np.testing.assert_allclose(single(simulate)(θ, noise), want_jac / 3.0, rtol=1e-5)
+        _, (dθ, dnoise) = both(simulate, argnums=(0, 1))(θ, noise)
+        assert dθ.shape == (5, 2) and dnoise.shape == (5, 5)
+        np.testing.assert_allclose(jnp.diag(dnoise), jnp.full(5, jnp.sqrt(2.0)), rtol=1e-6)
