@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -28,7 +29,7 @@ from typing import Annotated, Any, Callable, Iterator, get_type_hints
 import yaml
 
 from gio_core import check_select_options
-from gio_core.dii import DECAYS, OPTIMIZERS
+from gio_core.dii import DECAYS, OPTIMIZERS, TIES
 from gio_core.gaf import FUSIONS
 from gio_core.gaf import OPTIMIZERS as TRAIN_OPTIMIZERS
 from gio_core.imnn import ACTIVATIONS as IMNN_ACTIVATIONS
@@ -128,10 +129,17 @@ SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
 
 
+@functools.cache
+def _rules(cls) -> dict:
+    """``{field: its Rule}`` of a dataclass (resolved once per class)."""
+    hints = get_type_hints(cls, include_extras=True)
+    return {name: rule for name, hint in hints.items()
+            for rule in getattr(hint, "__metadata__", ()) if isinstance(rule, Rule)}
+
+
 def rule_of(cls, name: str) -> Rule | None:
     """The rule declared beside field ``name`` of dataclass ``cls``, if any."""
-    hint = get_type_hints(cls, include_extras=True)[name]
-    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)), None)
+    return _rules(cls).get(name)
 
 
 def _check_rules(section, prefix: str) -> None:
@@ -269,7 +277,7 @@ RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task")
 class WeighSource(SourceSection):
     """The weigh stage's source: as a pool's, but no text column unless one is named."""
     path: str | None = None
-    text_column: str | None = None
+    text_column: Annotated[str | None, COLUMN_OR_NULL] = None
 
 
 @dataclass
@@ -310,7 +318,7 @@ class WeighSection:
     learning_rate_decay: Annotated[str | None, one_of(*DECAYS)] = None  # null, cos or exp
     num_points_rows: Annotated[int | None, OPTIONAL_AT_LEAST_2] = None
     # equal distances in B (labels): average or first (DADApy)
-    rank_ties: Annotated[str, one_of("average", "first")] = "average"
+    rank_ties: Annotated[str, one_of(*reversed(TIES))] = "average"
     compute_error: Annotated[bool, BOOL] = True  # the final DII's error (return_final_dii)
     ratio_rows_columns: Annotated[float | None, OPTIONAL_POSITIVE] = 1
     discard_close_ind: Annotated[int, at_least(0)] = 0
@@ -340,7 +348,7 @@ class TrainSource(SourceSection):
     """A source of the train stage: as a pool's, but no text column unless one is named.
     ``train.source`` with a null path stands for the selected rows of a run."""
     path: str | None = None
-    text_column: str | None = None
+    text_column: Annotated[str | None, COLUMN_OR_NULL] = None
 
 
 TRAIN_MODELS = ("logistic", "mlp")
@@ -1037,8 +1045,9 @@ def validate_weigh(cfg: JobConfig) -> None:
     _check_rules(w, "weigh")
     _check(w.b_type != "labels" or w.b_columns is None or len(w.b_columns) == 1,
            "weigh.b_type: labels takes exactly one column in weigh.b_columns.")
-    _check(w.k_final <= w.k_init, f"weigh.k_init ({w.k_init}) must be >= weigh.k_final "
-           f"({w.k_final}).")
+    if _is_int(w.k_init) and _is_int(w.k_final):
+        _check(w.k_final <= w.k_init, f"weigh.k_init ({w.k_init}) must be >= weigh.k_final "
+               f"({w.k_final}).")
     if all(_is_int(v) and v >= 1 for v in (w.num_points, w.batches_per_epoch, w.k_init)):
         _check(w.k_init < w.num_points // w.batches_per_epoch,
                f"weigh.k_init={w.k_init} needs more than {w.k_init} points per mini-batch, but "

@@ -7,8 +7,8 @@ JAX 0.4.30, so it runs in its own environment, ``.venv-dadapy`` (``make test-ref
 builds it; ``DADAPY_PYTHON`` names another): each side runs in a child process and prints its
 results as JSON.
 
-With ``random_draws="dadapy"`` (the same as ``with dadapy_random():``) ours draws DADApy's random
-numbers and gives its results to float rounding; with the default generator the seeded cases
+With ``random_draws="dadapy"``, and inside ``with dadapy_random():`` (both are run), ours draws
+DADApy's random numbers and gives its results to float rounding; with the default generator the seeded cases
 differ, which is why the option exists.
 """
 import json
@@ -35,8 +35,9 @@ if impl == "dadapy":
     extra = {}
 else:
     from gio_core.dii import DiffImbalance, dadapy_random
-    draws = dadapy_random if impl == "ours-dadapy" else contextlib.nullcontext
-    extra = {}
+    # ours-dadapy: the constructor's option; ours-context: the context; ours: neither
+    draws = dadapy_random if impl == "ours-context" else contextlib.nullcontext
+    extra = {"random_draws": "dadapy"} if impl == "ours-dadapy" else {}
 np.random.seed(0)
 a = np.random.normal(size=(240, 6))
 b = a[:, :4] * np.array([10.0, 3.0, 1.0, 30.0])
@@ -58,12 +59,12 @@ with draws():
         out[name] = {"weights": np.asarray(weights).tolist(), "imbs": np.asarray(imbs).tolist(),
                      "final": [float(imb), float(err)]}
     quiet = {} if impl == "dadapy" else {"progress": False}
-    dii = DiffImbalance(a, b, num_epochs=15, batches_per_epoch=2, seed=5)
+    dii = DiffImbalance(a, b, num_epochs=15, batches_per_epoch=2, seed=5, **extra)
     dii.train(**quiet)                   # DADApy's greedy searches start from a trained one
     sets, diis, errors, ws = dii.forward_greedy_feature_selection(n_features_max=3, n_best=3)
     out["forward"] = {"sets": [list(map(int, s)) for s in sets],
                       "diis": np.asarray(diis, dtype=float).tolist()}
-    dii = DiffImbalance(a, b, num_epochs=15, batches_per_epoch=2, seed=6)
+    dii = DiffImbalance(a, b, num_epochs=15, batches_per_epoch=2, seed=6, **extra)
     dii.train(**quiet)
     sets, diis, errors, ws = dii.backward_greedy_feature_selection(n_features_min=2, n_best=3)
     out["backward"] = {"sets": [list(map(int, s)) for s in sets],
@@ -85,23 +86,25 @@ def results():
     if not os.path.exists(DADAPY):
         pytest.fail(f"{DADAPY} is missing: make test-references builds DADApy's environment")
     return {impl: run(DADAPY if impl == "dadapy" else sys.executable, impl)
-            for impl in ("dadapy", "ours-dadapy", "ours")}
+            for impl in ("dadapy", "ours-dadapy", "ours-context", "ours")}
 
 
 CASES = ["batches_sgd", "rows_adam_cos", "batches_adamw_exp", "full_l1"]
 
 
+@pytest.mark.parametrize("how", ["ours-dadapy", "ours-context"])
 @pytest.mark.parametrize("case", CASES)
-def test_training_and_final_dii_are_dadapys_with_its_random_draws(results, case):
-    theirs, ours = results["dadapy"][case], results["ours-dadapy"][case]
+def test_training_and_final_dii_are_dadapys_with_its_random_draws(results, case, how):
+    theirs, ours = results["dadapy"][case], results[how][case]
     np.testing.assert_allclose(ours["weights"], theirs["weights"], rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(ours["imbs"], theirs["imbs"], rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(ours["final"], theirs["final"], rtol=2e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("how", ["ours-dadapy", "ours-context"])
 @pytest.mark.parametrize("search", ["forward", "backward"])
-def test_greedy_searches_pick_dadapys_sets(results, search):
-    theirs, ours = results["dadapy"][search], results["ours-dadapy"][search]
+def test_greedy_searches_pick_dadapys_sets(results, search, how):
+    theirs, ours = results["dadapy"][search], results[how][search]
     assert ours["sets"] == theirs["sets"]
     np.testing.assert_allclose(ours["diis"], theirs["diis"], rtol=2e-3, atol=1e-5)
 

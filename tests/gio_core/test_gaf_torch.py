@@ -63,6 +63,26 @@ def test_step_gaf_is_the_references_step_for_step(tau):
     assert agreed_any == (tau > 0)
 
 
+def test_with_dropout_the_same_seed_gives_the_same_steps():
+    """A model with dropout draws from torch's global generator after each micro-batch is read:
+    the reference's reading draws too (its DataLoader iterator), and ours the same, so the same
+    seed gives the same steps."""
+    dataset = data(seed=5)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
+    pairs = [(m, torch.optim.SGD(m.parameters(), lr=0.1)) for m in (model, copy.deepcopy(model))]
+    mbs = [Subset(dataset, range(i * 8, (i + 1) * 8)) for i in range(4)]
+    results = []
+    for module, (m, opt) in zip((gaf_torch, reference), pairs, strict=True):
+        torch.manual_seed(42)
+        results.append([module.step_GAF(m, opt, nn.CrossEntropyLoss(), mbs, wandb=False,
+                                        verbose=False, cos_distance_thresh=1.5)
+                        for _ in range(3)])
+    assert results[0] == results[1] and results[0][0]["agreed_count"] > 0
+    for a, b in zip(pairs[0][0].parameters(), pairs[1][0].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_train_gaf_trains_and_prints_as_the_reference_does():
     train, val = data(rows=120, seed=2), data(rows=40, seed=3)
     args = types.SimpleNamespace(epochs=3, batch_size=8, num_batches_to_force_agreement=3)

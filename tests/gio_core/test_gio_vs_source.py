@@ -7,7 +7,7 @@ NumPy's global generator, ``fit``) and the public methods it has besides (``grad
 ``calculate_statistical_distance``), each side in a child process printing JSON; and the
 source's ``GenerateEmbeddings`` against ``jobs.tools.compat``'s. The source's
 constructor starts a SparkSession, so its side takes a JVM. ``make test-references`` installs the
-source package into .venv (``--no-deps``: what it imports is there) and runs this.
+source package into .venv (the ``bench`` extra) and runs this.
 """
 import json
 import os

@@ -220,30 +220,41 @@ def test_master_urls_spark_takes_are_accepted(master):
     assert load_config("conf/demo.yaml", [f"spark.master={master}"]).spark.master == master
 
 
-def test_each_declared_rule_is_checked_with_its_message():
-    """Every ``Annotated[type, Rule]`` field: a value its rule refuses is refused by the loader
-    with the rule's own message (the one the config reference's constraint column quotes)."""
+def _ruled_keys(cls, prefix: str):
+    """``(dotted key, Rule, the section path above it)`` of every declared rule, nested
+    sections (``weigh.source``, ``train.validation``...) included."""
     import dataclasses
 
+    from jobs.config import sections
+
+    hints = __import__("typing").get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _ruled_keys(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        rule = sections.rule_of(cls, f.name)
+        if rule is not None:
+            yield f"{prefix}{f.name}", rule, prefix.rstrip(".")
+
+
+def test_each_declared_rule_is_checked_with_its_message():
+    """Every ``Annotated[type, Rule]`` field, nested sources included: each value of a few
+    candidates that its rule refuses (``True`` too, which is an int to Python) is refused by the
+    loader with the rule's own message (the one the config reference's constraint column
+    quotes). A nested source is checked when its stage is on, so its path is set too."""
     import yaml
 
     from jobs.config import sections
 
     checked = 0
-    for section in dataclasses.fields(sections.JobConfig):
-        cls = sections.JobConfig.__dataclass_fields__[section.name].default_factory \
-            if section.default_factory is not dataclasses.MISSING else None
-        if cls is None or not dataclasses.is_dataclass(cls):
-            continue
-        for f in dataclasses.fields(cls):
-            rule = sections.rule_of(cls, f.name)
-            if rule is None:
+    for key, rule, parent in _ruled_keys(sections.JobConfig, ""):
+        extra = [f"{parent}.path=somewhere"] if parent.count(".") == 1 else []
+        for bad in (0, "zzz", -1, 2.5, True, None, ""):
+            if rule.ok(bad):
                 continue
-            bad = next(v for v in (0, "zzz", -1, 2.5, True, None) if not rule.ok(v))
-            key = f"{section.name}.{f.name}"
+            value = yaml.safe_dump(bad).splitlines()[0] if bad != "" else "''"
             with pytest.raises(InputError) as err:
-                load_config("conf/demo.yaml", [f"{key}={yaml.safe_dump(bad).splitlines()[0]}"],
-                            command="config")
-            assert rule.message(key, bad) in str(err.value), (key, str(err.value))
+                load_config("conf/demo.yaml", [f"{key}={value}", *extra], command="config")
+            assert rule.message(key, bad) in str(err.value), (key, bad, str(err.value))
             checked += 1
-    assert checked >= 100, checked
+    assert checked >= 300, checked
