@@ -256,29 +256,28 @@ def gaussian_simulator(key, θ, input_shape=(10,)):
     return θ[0] + jax.random.normal(key, shape=input_shape) * jnp.sqrt(θ[1])
 
 
-def value_and_jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
-    """``fun`` and its forward-mode Jacobian together, as the reference's ``imnn.utils`` has it:
-    the returned function gives ``(fun(*args), jacfwd(fun)(*args))`` from one trace."""
+def _value_and(jacobian: Callable, fun: Callable, argnums, holomorphic: bool) -> Callable:
+    """``fun`` and its Jacobian by ``jacobian`` (``jax.jacfwd`` or ``jax.jacrev``) together:
+    the returned function gives ``(fun(*args), jacobian(fun)(*args))`` from one trace."""
     def both(*args, **kwargs):
         def with_value(*inner):
             out = fun(*inner, **kwargs)
             return out, out
-        jac, value = jax.jacfwd(with_value, argnums=argnums, has_aux=True,
-                                holomorphic=holomorphic)(*args)
+        jac, value = jacobian(with_value, argnums=argnums, has_aux=True,
+                              holomorphic=holomorphic)(*args)
         return value, jac
     return both
+
+
+def value_and_jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
+    """``fun`` and its forward-mode Jacobian together, as the reference's ``imnn.utils`` has
+    it."""
+    return _value_and(jax.jacfwd, fun, argnums, holomorphic)
 
 
 def value_and_jacrev(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
     """``fun`` and its reverse-mode Jacobian together (see :func:`value_and_jacfwd`)."""
-    def both(*args, **kwargs):
-        def with_value(*inner):
-            out = fun(*inner, **kwargs)
-            return out, out
-        jac, value = jax.jacrev(with_value, argnums=argnums, has_aux=True,
-                                holomorphic=holomorphic)(*args)
-        return value, jac
-    return both
+    return _value_and(jax.jacrev, fun, argnums, holomorphic)
 
 
 def jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
