@@ -37,10 +37,12 @@ imnn-example: $(STAMP)
 datamodels-example: $(STAMP)
 	$(VENV)/bin/gio-spark datamodels example --config conf/datamodels.yaml
 
-# The generated references: the config's (docs/config.md, from the config's declaration) and the
-# CLI's (docs/cli.md, every command's --help); a test fails when either is stale.
+# The generated references: the config's (docs/config.md, from the config's declaration), the
+# CLI's (docs/cli.md, every command's --help) and the docs' benchmark tables (from bench/results/,
+# by bench/report.py); a test fails when any is stale.
 references: $(STAMP)
 	$(VENV)/bin/python -m jobs.tools.reference > docs/config.md
+	$(VENV)/bin/python -m bench.report
 	$(VENV)/bin/python -c "import sys; from jobs.cli import reference; sys.stdout.write(reference())" > docs/cli.md
 
 config-reference: references

@@ -42,3 +42,31 @@ def test_kmeans_bench_reaches_scikit_learns_objective(tmp_path):
     assert by["lloyd"]["iterations"] == 3
     ratio = by["lloyd"]["objective"] / by["sklearn-1"]["objective"]
     assert 0.97 < ratio < 1.03, ratio
+
+
+def test_the_docs_benchmark_tables_are_those_the_results_give():
+    from bench import report
+    marked = {}
+    for page in report.pages():
+        with open(page, encoding="utf-8") as f:
+            text = f.read()
+        for match in report.MARKED.finditer(text):
+            marked[match.group(2)] = page
+        assert report.render_page(text) == text, f"{page} is stale: run make references"
+    # every renderer has its table on a page, and the quality table shows the results' figures
+    assert set(marked) == set(report.TABLES), set(report.TABLES) ^ set(marked)
+    quality = report.quality()
+    assert "| docstrings, 692 | 0.0061, 0.34, acc 0.740 | **0.0033**, 0.36, acc **0.750** |" in quality
+
+
+def test_a_changed_result_changes_its_table(tmp_path, monkeypatch):
+    from bench import report
+    (tmp_path / "gaf_vs_reference_cpu_2cores.jsonl").write_text(json.dumps(
+        {"params": 1234, "microbatches": 3, "reference_s_per_step": 0.5,
+         "gio_core_s_per_step": 0.25, "speedup": 2.0}) + "\n")
+    monkeypatch.setattr(report, "RESULTS", str(tmp_path))
+    page = "a\n<!-- bench-table: gaf -->\n| old |\n<!-- /bench-table -->\nb\n"
+    assert report.render_page(page) == (
+        "a\n<!-- bench-table: gaf -->\n\n| parameters | micro-batches | reference s/step | ours s/step"
+        " | speed-up |\n| ---: | ---: | ---: | ---: | ---: |\n| 1,234 | 3 | 0.50000 | 0.25000 | 2.0x |"
+        "\n\n<!-- /bench-table -->\nb\n")

@@ -1,0 +1,344 @@
+"""The docs' benchmark tables, rendered from the JSON lines the benchmarks wrote to bench/results/.
+
+A page holds a generated table between two markers::
+
+    <!-- bench-table: scale -->
+
+    | ... |
+
+    <!-- /bench-table -->
+
+``python -m bench.report`` (``make references``) rewrites every such table from its results file;
+``python -m bench.report --check`` exits 1 when a page differs from what the results give (a test
+runs it). The prose around a table is written by hand; the figures in the tables are the ones the
+runs printed. Where a results file holds several runs, the table says which lines it shows.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+MARKED = re.compile(r"(<!-- bench-table: ([\w-]+) -->\n)(.*?)(<!-- /bench-table -->)", re.S)
+
+
+def records(name: str) -> list[dict]:
+    """The JSON lines of ``bench/results/<name>``."""
+    with open(os.path.join(RESULTS, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(header: list[str], align: str, rows: list[list]) -> str:
+    """A Markdown table; ``align`` holds one letter a column: ``l`` left, ``r`` right."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [header, rule, *[[str(c) for c in row] for row in rows]]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def thousands(n) -> str:
+    return f"{n:,}"
+
+
+def fixed(x: float, places: int) -> str:
+    return f"{x:.{places}f}"
+
+
+def times(x: float) -> str:
+    """A speed-up or ratio: two figures below 10, one place below 100, whole above."""
+    if x >= 100:
+        return f"{x:,.0f}x"
+    if x >= 10:
+        return f"{x:.1f}x"
+    text = f"{x:.2g}"
+    return (text if "." in text else text + ".0") + "x"
+
+
+def rate(x: float) -> str:
+    """A rate (per second) with one place, two below 1."""
+    return f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def ratio(x: float) -> str:
+    """A ratio near 1 with three to four places: 1.009, 1.0001, 1.000."""
+    text = f"{x:.4f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+def cosine(x: float) -> str:
+    """A cosine near 1 with one figure past its run of nines."""
+    gap = 1 - x
+    nines = min(8, math.floor(-math.log10(gap))) if gap > 0 else 8
+    return f"{x:.{max(nines + 1, 5)}f}"
+
+
+def mib(n_bytes: int) -> str:
+    gib = n_bytes / 2**30
+    return f"{gib:g} GiB" if gib >= 1 else f"{n_bytes // 2**20} MiB"
+
+
+# -- one renderer a table ---------------------------------------------------------------------
+
+def compat() -> str:
+    label = {"quick_start_2d": "2-D quick-start, 100 start points",
+             "pool_2000x64_target_500x64": "2,000 x 64 pool, 500 x 64 target, 20 start points"}
+    rows = []
+    for r in records("compat_vs_source_cpu_2cores.jsonl"):
+        same = "yes" if r["same_picked_set"] else "no"
+        if r["same_picked_set"] and r["same_order_prefix"] == r["ours_picks"]:
+            same += ", same order"
+        rows.append([label.get(r["case"], r["case"]), f"{r['source_seconds']} s",
+                     f"{r['ours_seconds_cold']} s", f"{r['ours_seconds_warm']} s",
+                     f"{times(r['speedup_vs_source_cold'])} / {times(r['speedup_vs_source_warm'])}",
+                     f"{r['source_picks']} / {r['ours_picks']}",
+                     f"{r['source_final_kl']:.7g} / {r['ours_final_kl']:.7g}", same])
+    return table(["case", "source", "ours, cold", "ours, warm", "speed-up (cold / warm)",
+                  "picks (source / ours)", "final KL (source / ours)", "same picked set"],
+                 "lrrrrrrl", rows)
+
+
+def scale() -> str:
+    rows = []
+    for r in records("scale_cpu_2cores.jsonl"):
+        if "pool" not in r:
+            continue
+        method = r["method"] + (" (baseline: full rescoring)" if r["baseline_full_rescoring"] else "")
+        rows.append([thousands(r["pool"]), thousands(r["target"]), thousands(r["picks"]), method,
+                     r["seconds"], round(r["peak_rss_mib"]), fixed(r["from_target_components"], 3)])
+    return table(["pool M", "target n", "picks", "method", "seconds", "peak RSS (MiB)",
+                  "picks from the target's components"], "rrrlrrr", rows)
+
+
+# Lines 5 and 6 of scale_weighted ran the code before the kept pairs were rescored in slices.
+BEFORE_SLICING = {5, 6}
+
+
+def scale_weighted() -> str:
+    rows = []
+    for i, r in enumerate(records("scale_weighted_cpu_2cores.jsonl")):
+        weights = "unit"
+        if r["weighted"]:
+            weights = "1 to 200, " + ("insert and rescore (before)"
+                                      if r["baseline_general_rescoring"] else "closed form")
+        cache = mib(r["cache_bytes"])
+        if r["cache_bytes"] < 4 * 2**30:
+            cache += ", before the pairs were sliced" if i in BEFORE_SLICING else ", sliced"
+        rows.append([f"{thousands(r['pool'])} x {thousands(r['target'])}", weights, cache,
+                     f"{r['seconds']:.1f}", thousands(round(r["peak_rss_mib"]))])
+    return table(["pool M x target n, 500 picks", "weights", "`cache_bytes`", "seconds",
+                  "peak RSS (MiB)"], "llrrr", rows)
+
+
+KMEANS = {"mllib": "MLlib `KMeans`, Java BLAS (netlib's VectorBLAS; `quantize.algorithm: mllib`, "
+                   "the baseline)",
+          "mllib-native": "MLlib `KMeans`, native BLAS",
+          "lloyd": "`quantize.algorithm: lloyd` (the default)",
+          "sklearn-1": "scikit-learn `KMeans` (Lloyd, k-means++), 1 thread",
+          "sklearn-2": "scikit-learn `KMeans`, 2 threads"}
+
+
+def kmeans() -> str:
+    """The last run of the file: the lines after the last summary but one."""
+    lines = records("kmeans_cpu_2cores.jsonl")
+    summaries = [i for i, r in enumerate(lines) if "summary" in r]
+    start = summaries[-2] + 1 if len(summaries) > 1 else 0
+    run, summary = lines[start:summaries[-1]], lines[summaries[-1]]
+    rows = []
+    for r in run:
+        s = summary[r["variant"]]
+        rows.append([KMEANS.get(r["variant"], r["variant"]), r["seconds"], r["iterations"],
+                     f"{r['objective']:,.1f}", fixed(s["vs_mllib"], 2),
+                     fixed(s["time_vs_sklearn2"], 2), ratio(s["objective_vs_sklearn2"])])
+    return table(["variant", "seconds", "iterations", "objective", "time / MLlib",
+                  "time / scikit-learn on 2 threads", "objective / scikit-learn"],
+                 "lrrrrrr", rows)
+
+
+def embed_backends() -> str:
+    lines = records("embed_cpu_2cores.jsonl")
+    summary = next(r for r in lines if "summary" in r)
+    rows = [[f"`{r['backend']}`" + (" (default)" if r["backend"] == "torch" else ""),
+             r["udf_texts_per_s"], f"{summary[r['backend']]:g}",
+             f"{r['cosine_to_torch_mean']:.4f}", f"{r['cosine_to_torch_min']:.4g}"]
+            for r in lines if "backend" in r]
+    return table(["`embed.backend`", "texts/s", "x torch", "cosine mean", "cosine least"],
+                 "lrrrr", rows)
+
+
+STAGES = {"baseline_read_count": "baseline: read + count",
+          "validate": "validate (read both sides, scan embeddings for NaN/size, record the checks)",
+          "quantize": "quantize (K-means on both sides, write centroids and assignments)",
+          "select": "select (collect centroids, GIO, write selection and runs)",
+          "explode": "explode (broadcast join, write selected rows)"}
+
+
+def stages() -> str:
+    (now,), (before,) = records("stages_cpu_2cores.jsonl"), records("stages_100k_cpu_2cores.jsonl")
+    rows = [[STAGES.get(k, k), s, now["stage_over_baseline"][k], before["seconds"].get(k, "—")]
+            for k, s in now["seconds"].items()]
+    return table(["stage", "seconds", "x baseline", "earlier run, MLlib K-means"], "lrrr", rows)
+
+
+def dii() -> str:
+    rows = []
+    for r in records("dii_vs_dadapy_cpu_2cores.jsonl"):
+        case = (f"tutorial (N={r['n']}, D={r['d']})" if r["case"] == "tutorial"
+                else f"N={thousands(r['n'])}, D={r['d']}")
+        ours, theirs = r["ours"], r["dadapy"]
+        rows.append([case, r["epochs"], f"{ours['s_per_epoch']:.4f}", f"{theirs['s_per_epoch']:.4f}",
+                     f"{r['speedup_per_epoch']:.2f}x",
+                     round(ours["peak_rss_mib"]), round(theirs["peak_rss_mib"]),
+                     f"{r['weights_cosine']:.9f}"])
+    return table(["case", "epochs timed", "ours s/epoch", "DADApy s/epoch", "speed-up",
+                  "ours peak RSS (MiB)", "DADApy peak RSS (MiB)", "cosine of final weights"],
+                 "lrrrrrrr", rows)
+
+
+def gaf() -> str:
+    rows = [[thousands(r["params"]), r["microbatches"], f"{r['reference_s_per_step']:.5f}",
+             f"{r['gio_core_s_per_step']:.5f}", times(r["speedup"])]
+            for r in records("gaf_vs_reference_cpu_2cores.jsonl")]
+    return table(["parameters", "micro-batches", "reference s/step", "ours s/step", "speed-up"],
+                 "rrrrr", rows)
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {round(seconds % 60)} s"
+
+
+def imnn() -> str:
+    (r,) = records("imnn_paths_cpu_2cores.jsonl")
+    label = {"in_memory": "in memory (`GradientIMNN`, one compiled loop)",
+             "local": f"streamed from Delta by the driver (`--local`, batches of {r['n_s']})",
+             "spark": f"Spark on {r['master']} (executors, 2 jobs an iteration)"}
+    rows = []
+    for path, text in label.items():
+        p = r[path]
+        shown = f"{p['max_detF']}" + (" (max)" if path == "in_memory" else "")
+        rows.append([text, rate(p["iterations_per_s"]), _minutes(p["seconds_to_detF_40"]),
+                     shown])
+    return table(["path", "iterations/s", "time to det F ≥ 40", "det F there"], "lrrr", rows)
+
+
+WORKERS = {"loop": "a plain Python loop calling `main` (one process, arrays kept in memory)",
+           "pool": "a pool of 2 long-lived processes, one BLAS thread each (no store)",
+           "process_per_index": "the source's way: a fresh Python process per index, 2 at a time",
+           "spark_ipt1": "`datamodels work`, local[2], 1 index per task",
+           "spark_ipt4": "`datamodels work`, local[2], 4 indices per task",
+           "spark_ipt16": "`datamodels work`, local[2], 16 indices per task"}
+
+
+def datamodels_workers() -> str:
+    rows = []
+    for r in records("datamodels_workers_cpu_2cores.jsonl"):
+        label = WORKERS.get(r["path"], r["path"])
+        if r["path"] == "process_per_index":
+            label += f" ({r['models']} timed)"
+        rows.append([label, rate(r["models_per_s"]), f"{r['vs_loop']:.2f}x"])
+    return table(["how the models run", "models/s", "vs the loop"], "lrr", rows)
+
+
+def datamodels_regression() -> str:
+    rows = []
+    for r in records("datamodels_regression_cpu_2cores.jsonl"):
+        targets = thousands(r["targets"])
+        if r["gio_core_targets_timed"] < r["targets"]:
+            targets += f" ({r['gio_core_targets_timed']} timed)"
+        ours, theirs = r["gio_core_s_per_target"], r["sklearn_s_per_target"]
+        rows.append([thousands(r["models"]), thousands(r["examples"]), targets,
+                     "Gram" if r["mode"] == "gram" else r["mode"], f"{ours:.3g}", f"{theirs:.3g}",
+                     times(r["speedup"]), cosine(r["cosine_min"])])
+    return table(["models", "examples", "targets", "mode", "gio_core s/target",
+                  "scikit-learn s/target", "speed-up", "min cosine"], "rrrlrrrr", rows)
+
+
+QUALITY_CASES = {"mixture16": "mixture 16-D", "mixture384": "mixture 384-D",
+                 "digits": "digits", "docstrings": "docstrings"}
+QUALITY_COLUMNS = [("gio_rows", "GIO rows (KL picks)"), ("gio_rows_fill", "GIO rows, filled"),
+                   ("gio_clusters", "GIO clusters, filled"),
+                   ("nn_round_robin", "nearest round-robin"), ("random", "random"),
+                   ("dsir|datamodels", "DSIR (text) / datamodels (digits)")]
+# The mixtures' probe is near 1.0 for every method; the table shows accuracy for these:
+PROBE_CASES = {"digits", "docstrings"}
+
+
+def quality() -> str:
+    """One row a case and budget (and GIO's own ``mmd`` stop), MMD², share and probe accuracy,
+    the best distance and accuracy of each row in bold."""
+    runs: dict = {}
+    for r in records("quality/quality_cpu_2cores.jsonl"):
+        if r["budget"] == "gio_clusters mmd stop":
+            continue
+        method = "gio_rows" if r["method"] == "gio_rows_mmd_stop" else r["method"]
+        runs.setdefault((r["case"], r["budget"]), {})[method] = r
+    rows = []
+    for case, name in QUALITY_CASES.items():
+        budgets = [(b, got) for (c, b), got in runs.items() if c == case]
+        for budget, got in sorted(budgets, key=lambda bg: bg[1]["gio_rows"]["rows"]):
+            cells = [next((got[m] for m in key.split("|") if m in got), None)
+                     for key, _ in QUALITY_COLUMNS]
+            present = [c for c in cells if c]
+            best_mmd = min(round(c["mmd"], 4) for c in present)
+            best_acc = max(round(c["probe_acc"], 3) for c in present)
+            shown = []
+            for c in cells:
+                if c is None:
+                    shown.append("—")
+                    continue
+                mmd = f"{c['mmd']:.4f}"
+                mmd = f"**{mmd}**" if round(c["mmd"], 4) == best_mmd else mmd
+                text = f"{mmd}, {c['share']:.2f}"
+                if case in PROBE_CASES:
+                    acc = f"{c['probe_acc']:.3f}"
+                    text += ", acc " + (f"**{acc}**" if round(c["probe_acc"], 3) == best_acc
+                                        else acc)
+                shown.append(text)
+            rows.append([f"{name}, {thousands(got['gio_rows']['rows'])}"
+                         + (" (`mmd` stop)" if isinstance(budget, str) else ""), *shown])
+    return table(["case, rows", *[title for _, title in QUALITY_COLUMNS]], "l" * 7, rows)
+
+
+TABLES = {f.__name__.replace("_", "-"): f for f in
+          (compat, scale, scale_weighted, kmeans, embed_backends, stages, dii, gaf, imnn,
+           datamodels_workers, datamodels_regression, quality)}
+
+
+def render_page(text: str) -> str:
+    """The page with each marked table rendered afresh; an unknown name raises KeyError."""
+    return MARKED.sub(lambda m: m.group(1) + "\n" + TABLES[m.group(2)]() + "\n" + m.group(4), text)
+
+
+def pages() -> list[str]:
+    return sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only say which pages differ from the results (exit 1 if any)")
+    args = parser.parse_args(argv)
+    stale = []
+    for page in pages():
+        with open(page, encoding="utf-8") as f:
+            text = f.read()
+        fresh = render_page(text)
+        if fresh != text:
+            stale.append(os.path.relpath(page, ROOT))
+            if not args.check:
+                with open(page, "w", encoding="utf-8") as f:
+                    f.write(fresh)
+    verb = "differ from bench/results (run: make references)" if args.check else "rewritten"
+    for page in stale:
+        print(f"{page}: {verb}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
