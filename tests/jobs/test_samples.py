@@ -1,15 +1,26 @@
-"""The code samples of the README and of docs/, checked against the code they show.
+"""The code samples of the README and of docs/, checked against the code they show and run.
 
-Every sample is checked statically here: a YAML sample is a config the loader accepts; a Python
+Every sample is checked statically: a YAML sample is a config the loader accepts; a Python
 sample's imports exist and each call of the project's functions and classes (and of the
 libraries it imports) binds to the callee's signature; a shell sample names commands, make
-targets and ``--set`` keys that exist. The README's two "own data" samples are also run as they
-are written, on small files and tables standing in for the user's data: the command-line one in
-a child process from the README's own YAML, the notebook one on this session (its ``s3a://``
-URLs pointed at a ``file:///`` URL of a local folder; ``tests/jobs/test_s3.py`` runs the
-pipeline on a real S3 API). Both with the row budget scaled down to the test's pool.
-The samples that need a cluster (spark-submit lines) are checked statically only; the
-spark-submit entry itself runs in ``tests/jobs/test_pipeline.py``.
+targets and ``--set`` keys that exist.
+
+And every sample is run, here or by the test ``ELSEWHERE`` names, unless the page marks it
+``<!-- sample: cluster (...) -->`` (a cluster or an object store; the mark says which test runs
+its equivalent on 127.0.0.1):
+
+- the README's two "own data" samples, as written, on small files and tables standing in for
+  the user's data: the command-line one in a child process from the README's own YAML, the
+  notebook one on this session (its ``s3a://`` URLs pointed at a ``file:///`` URL of a local
+  folder; ``tests/jobs/test_s3.py`` runs the pipeline on a real S3 API);
+- every Python sample of docs/, on small arrays and DataFrames bound to the names it uses;
+- the commands of docs/pipeline.md, in this process, on the demo config with a slice of the
+  demo's docstrings standing in for all of them;
+- the YAML sections of the DII, GAF and quality pages, added to the README's config, and those
+  pages' commands on it, in this process.
+
+Where a run is scaled down (a row budget, epochs, sample sizes), the substitution is written
+next to it.
 """
 import ast
 import glob
@@ -31,18 +42,31 @@ from jobs.io.demo_data import TARGET_PACKAGES
 from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS
 from tests.jobs.test_crash_safety import ROOT, child_env
 
-PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT)
-                               for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
-BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+DOCS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+PAGES = ["README.md"] + DOCS
+BLOCK = re.compile(r"(?:^<!-- sample: ([^\n]*?) -->\n)?^```(\w*)\n(.*?)^```", re.S | re.M)
 COMMAND_NAMES = {"demo", "package", "config", "datamodels", *COMMANDS}
+SAMPLE_LANGS = ("python", "bash", "yaml")
 
 
-def blocks(lang: str, pages=PAGES) -> list:
-    """``[(page, text)]`` of the fenced blocks of one language."""
+def blocks(lang: str, pages=PAGES, marked: bool = True) -> list:
+    """``[(page, text)]`` of the fenced blocks of one language (``marked=False``: without the
+    blocks a ``<!-- sample: ... -->`` line marks)."""
     found = []
     for page in pages:
         with open(os.path.join(ROOT, page), encoding="utf-8") as f:
-            found += [(page, m.group(2)) for m in BLOCK.finditer(f.read()) if m.group(1) == lang]
+            found += [(page, m.group(3)) for m in BLOCK.finditer(f.read())
+                      if m.group(2) == lang and (marked or m.group(1) is None)]
+    return found
+
+
+def marks(pages=DOCS) -> list:
+    """``[(page, mark, lang)]`` of the marked blocks."""
+    found = []
+    for page in pages:
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            found += [(page, m.group(1), m.group(2)) for m in BLOCK.finditer(f.read())
+                      if m.group(1) is not None]
     return found
 
 
@@ -212,3 +236,280 @@ def test_the_readme_notebook_sample_runs_as_written(spark, docstrings, tmp_path,
     import jobs
     again = jobs.selection(f"{bucket}/gio", spark=spark)
     assert sorted(r["doc_id"] for r in again.collect()) == sorted(r["doc_id"] for r in chosen)
+
+
+# -- the samples of docs/, run -------------------------------------------------------------------
+
+# A docs command that a test of its own runs (on smaller data where that test says), by name.
+ELSEWHERE = {
+    "make datamodels-example": "tests/jobs/test_datamodels.py::test_digits_example_end_to_end",
+    "spark-submit --properties-file conf/spark-defaults.conf --py-files my_trainer.py "
+    "jobs/submit.py datamodels work --config my.yaml":
+        "tests/jobs/test_cluster.py::test_datamodels_work_on_the_cluster_with_main_shipped_by_py_files",
+    "spark-submit --properties-file conf/spark-defaults.conf jobs/submit.py run --config "
+    "conf/demo.yaml":
+        "tests/jobs/test_pipeline.py::test_spark_submit_runs_the_pipeline_and_bad_config_exits_2",
+    "gio-spark imnn-example --config conf/imnn.yaml":
+        "tests/jobs/test_imnn.py::test_the_example_from_one_command",
+    "gio-spark imnn --config conf/imnn.yaml":
+        "tests/jobs/test_imnn.py::test_the_example_from_one_command",
+    "gio-spark imnn --config conf/imnn.yaml --local":
+        "tests/jobs/test_imnn.py::test_killed_between_its_tables_resumes_to_the_clean_fit",
+}
+PIPELINE_PAGE = "docs/pipeline.md"                   # its gio-spark commands run below
+TOOL_PAGES = ("docs/dii.md", "docs/gaf.md", "docs/quality.md")   # one config, their commands
+PROBE_SAMPLE = "load_probe"                          # gaf.md's, run on the tool pages' train run
+
+
+def _docs_commands(page: str) -> list:
+    return [words for p, text in blocks("bash", [page], marked=False)
+            for words in _shell_lines(p, text)]
+
+
+def test_every_docs_sample_is_run_here_or_elsewhere_or_marked_for_a_cluster():
+    for page, mark, _ in marks():
+        test_file = re.search(r"tests/jobs/test_\w+\.py", mark)
+        assert mark.startswith("cluster (") and test_file, f"{page}: sample mark {mark!r}"
+        assert os.path.exists(os.path.join(ROOT, test_file.group(0))), mark
+    for page, _ in blocks("yaml", DOCS, marked=False):
+        assert page in TOOL_PAGES, f"{page}: a YAML sample no test runs (mark it or run it)"
+    ran_elsewhere = set()
+    for page in DOCS:
+        for words in _docs_commands(page):
+            line = " ".join(words)
+            if words[0] == "gio-spark" and page in (PIPELINE_PAGE, *TOOL_PAGES):
+                continue                                 # run by the tests below
+            assert line in ELSEWHERE, f"{page}: {line!r} is run by no test (mark it or run it)"
+            ran_elsewhere.add(line)
+            path, name = ELSEWHERE[line].split("::")
+            with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+                source = f.read()
+            body = source[source.index(f"def {name}("):]
+            body = body[:body.find("\ndef ", 1)]
+            word = words[1] if words[0] == "make" else next(
+                w for w in words[1:] if w in COMMAND_NAMES or w in DATAMODELS_ACTIONS)
+            word = {"datamodels-example": "example"}.get(word, word)
+            assert f'"{word}"' in body or "spark-submit" in body, (line, ELSEWHERE[line])
+    assert ran_elsewhere == set(ELSEWHERE), set(ELSEWHERE) - ran_elsewhere
+    probe = [text for _, text in blocks("python", DOCS, marked=False) if PROBE_SAMPLE in text]
+    assert len(probe) == 1
+
+
+def _python_scope(spark, tmp_path) -> dict:
+    """The names the docs' Python samples use, bound to small data of the right kind."""
+    import numpy as np
+    from pyspark.ml.feature import VectorAssembler
+    from sklearn.datasets import load_digits
+    rng = np.random.default_rng(0)
+    data_a = rng.normal(size=(200, 4)).astype(np.float32)
+    centres = np.array([[0.0] * 8, [6.0] * 8])
+    pool = np.concatenate([centres[0] + rng.normal(size=(150, 8)),
+                           centres[1] + rng.normal(size=(150, 8))]).astype(np.float32)
+    target = (centres[0] + rng.normal(size=(40, 8))).astype(np.float32)
+    digits = load_digits()
+    x, y = (digits.data / 16).astype(np.float32), digits.target.astype(np.int32)
+    rows = [(i, *map(float, v), int(v[0] > 3)) for i, v in
+            enumerate(np.concatenate([centres[0][:3] + rng.normal(size=(60, 3)),
+                                      centres[1][:3] + rng.normal(size=(60, 3))]))]
+    frame = spark.createDataFrame(rows, "id long, x0 double, x1 double, x2 double, label int")
+    return {"spark": spark, "data_A": data_a, "data_B": data_a[:, :2] * np.float32([1, 3]),
+            "target": target, "pool": pool,
+            "microbatches": {"x": x[:64].reshape(2, 32, 64), "y": y[:64].reshape(2, 32)},
+            "train": {"x": x[:600], "y": y[:600]}, "val": {"x": x[600:800], "y": y[600:800]},
+            "target_df": frame.where("id < 60"), "pool_df": frame,
+            "df": VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features")
+            .transform(frame)}
+
+
+# Each Python sample as run: what it does at a user's size, made small (the sample's text is
+# run with these replaced), and what is checked after it.
+PY_SCALE = {"num_epochs=500": "num_epochs=50", "epochs=40": "epochs=3",
+            "maxRows=50_000": "maxRows=30"}
+
+
+@pytest.mark.slow
+def test_the_docs_python_samples_run(spark, tmp_path):
+    import numpy as np
+    samples = [(page, text) for page, text in blocks("python", DOCS, marked=False)
+               if PROBE_SAMPLE not in text]
+    assert len(samples) >= 9
+    base = _python_scope(spark, tmp_path)
+    for page, text in samples:
+        for old, new in PY_SCALE.items():
+            text = text.replace(old, new)
+        text = text.replace('"/models/gio"', repr(str(tmp_path / "models" / "gio")))
+        scope = dict(base)
+        try:
+            exec(compile(text, page, "exec"), scope)        # noqa: S102 - the docs' sample
+        except Exception as err:                            # noqa: BLE001 - name the sample
+            pytest.fail(f"{page}: its sample fails: {type(err).__name__}: {err}\n{text}")
+        if "gio_core.select(target, pool)" in text:         # engine.md: picks the target's blob
+            assert len(scope["chosen"]) > 0 and scope["result"].stop_reason
+            assert np.abs(scope["chosen"].mean(axis=0)).max() < 1.5
+        if "dii.train()" in text:                           # dii.md and compatibility.md
+            weights = np.asarray(scope["weights"])
+            assert weights.shape[1] == 4 and np.isfinite(weights).all()
+        if "forward_greedy_feature_selection" in text:
+            assert len(scope["sets"]) == 3 and len(scope["sets"][0]) == 1
+        if "gaf.train_gaf" in text:                         # gaf.md
+            assert len(scope["records"]) == 3 and scope["m"].agreed_count >= 1
+        if "GIOSelector" in text:                           # python-api.md
+            from pyspark.ml import PipelineModel
+            saved = PipelineModel.load(str(tmp_path / "models" / "gio"))
+            chosen = saved.transform(scope["pool_df"]).where("selected")
+            assert 0 < chosen.count() <= 30
+            assert chosen.where("id < 60").count() >= 0.9 * chosen.count()  # the target's blob
+            assert max(scope["weigher"].scaledWeights) == 1.0
+        if "GIOKL.GIOKL(" in text:                          # compatibility.md
+            assert scope["gio_kl"].dim == 2
+
+
+def _versions(spark, out: str) -> dict:
+    """Each Delta table's version under ``out``."""
+    from delta.tables import DeltaTable
+    found = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "_delta_log"))):
+        table = os.path.dirname(path)
+        found[os.path.basename(table)] = (DeltaTable.forPath(spark, table).history(1)
+                                          .first()["version"])
+    return found
+
+
+def _cli(words: list, sets: list, capsys) -> str:
+    """A sample's ``gio-spark`` line run in this process (on this session) with ``sets`` added;
+    what it printed."""
+    from jobs.cli import main
+    capsys.readouterr()
+    try:
+        code = main(words[1:] + [a for s in sets for a in ("--set", s)])
+    except SystemExit as done:                     # --version and --help exit through argparse
+        code = done.code
+    printed = capsys.readouterr()
+    assert code == 0, (words, printed.out[-2000:], printed.err[-2000:])
+    return printed.out + printed.err
+
+
+@pytest.mark.slow
+def test_the_pipeline_page_commands_run(spark, tmp_path, docstrings, capsys):
+    """docs/pipeline.md's gio-spark lines, in order, on conf/demo.yaml with the test's slice of
+    the demo's docstrings for its pool and target and fewer clusters (the full demo runs in
+    ``make test-demo``)."""
+    pool, target = docstrings
+    sides = {}
+    for name, rows in (("pool", pool), ("target", target)):
+        sides[name] = str(tmp_path / f"{name}.parquet")
+        pd.DataFrame(rows).to_parquet(sides[name])
+    out = str(tmp_path / "out")
+    scaled = [f"pool.path={sides['pool']}", f"target.path={sides['target']}",
+              "pool.format=parquet", "target.format=parquet", "quantize.pool_k=40",
+              "quantize.target_k=8", f"output.path={out}"]
+    commands = [w for w in _docs_commands(PIPELINE_PAGE) if w[0] == "gio-spark"]
+    assert [w[1] for w in commands] == ["run", "select", "config", "--version"], commands
+    for words in commands:
+        before = _versions(spark, out)
+        printed = _cli(words, scaled if words[1] != "--version" else [], capsys)
+        if words[1] == "run":
+            chosen = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+            assert chosen.count() > 0
+            run = spark.read.format("delta").load(os.path.join(out, "runs")).first()
+            assert json.loads(run["params"])["select"]["k"] == 7
+        elif words[1] == "select":                 # the run's select stage: reused, no commit
+            assert _versions(spark, out) == before
+        elif words[1] == "config":
+            assert "\n  k: 7\n" in printed and f"path: {out}" in printed
+        else:
+            assert printed.startswith("gio-spark ")
+
+
+# The tool pages' YAML sections and commands at a user's size, made small for this test's pool of
+# 360 docstrings: the README's row budget, as in its own test.
+TOOL_SCALE = ["select.max_rows=100"]
+
+
+@pytest.fixture(scope="module")
+def tool_folder(tmp_path_factory, docstrings):
+    """The README's own-data files plus what the tool pages' sections name: ``labelled.parquet``
+    (the weigh source: ids, the bundled model's vectors, a label) and ``data/heldout`` (held-out
+    docstrings with a ``topic`` and a ``source``, as the pool has)."""
+    import numpy as np
+
+    from jobs.io.demo_data import stdlib_docstrings
+    from jobs.io.encoders import load_model
+    folder = tmp_path_factory.mktemp("tool_pages")
+    (folder / "data").mkdir()
+    pool, target = docstrings
+
+    def tagged(rows):
+        return pd.DataFrame([dict(r, topic="target" if r["package"] in TARGET_PACKAGES
+                                  else "other", source=r["package"]) for r in rows])
+    tagged(pool).to_parquet(folder / "data" / "pool.parquet")
+    with open(folder / "data" / "target.jsonl", "w", encoding="utf-8") as f:
+        for row in target:
+            f.write(json.dumps(row) + "\n")
+    used = {r["doc_id"] for r in pool + target}
+    rest = [r for r in stdlib_docstrings() if r["doc_id"] not in used]
+    held = ([r for r in rest if r["package"] in TARGET_PACKAGES][:60]
+            + [r for r in rest if r["package"] not in TARGET_PACKAGES][::40][:60])
+    tagged(held).rename(columns={"doc_id": "id"}).to_parquet(folder / "data" / "heldout")
+    labelled = pool[::2]
+    vectors = load_model("bundled").encode([r["text"] for r in labelled], batch_size=64,
+                                           normalize_embeddings=True)
+    pd.DataFrame({"id": [r["doc_id"] for r in labelled],
+                  "vec": [np.asarray(v, np.float32).tolist() for v in vectors],
+                  "label": [r["package"] for r in labelled]}).to_parquet(folder / "labelled.parquet")
+    return folder
+
+
+@pytest.mark.slow
+def test_the_tool_pages_samples_run_on_the_readme_config(spark, tool_folder, docstrings, capsys,
+                                                          monkeypatch):
+    """The YAML sections of the DII, GAF and quality pages added to the README's config, then
+    those pages' commands in page order: weigh alone, then the whole run (weigh reused), then
+    each stage alone again (reused, nothing written); then gaf.md's probe sample on the run."""
+    import yaml
+    (_, readme), = blocks("yaml", ["README.md"])
+    config = yaml.safe_load(readme)
+    for page in TOOL_PAGES:
+        (_, section), = blocks("yaml", [page], marked=False)
+        config.update(yaml.safe_load(section))
+    # The sample's paths are relative to the folder the user runs in; this process's Spark
+    # resolves relative paths against the JVM's working directory, so they are made absolute.
+    def rooted(node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                rooted(value)
+            elif key == "path" and isinstance(value, str) and not os.path.isabs(value):
+                node[key] = str(tool_folder / value)
+    rooted(config)
+    (tool_folder / "my.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tool_folder)
+    out = str(tool_folder / "out" / "my-selection")
+    seen = []
+    for page in TOOL_PAGES:
+        for words in _docs_commands(page):
+            assert words[0] == "gio-spark" and words[2:] == ["--config", "my.yaml"], words
+            before = _versions(spark, out)
+            _cli(words, TOOL_SCALE, capsys)
+            if words[1] in seen or words[1] in ("train", "evaluate"):
+                assert _versions(spark, out) == before, words      # reused: nothing written
+            seen.append(words[1])
+    assert seen == ["weigh", "run", "run", "train", "run", "evaluate"], seen
+    weights = spark.read.format("delta").load(f"{out}/feature_weights")
+    assert weights.select("weights_id").distinct().count() == 1   # the run reused weigh's
+    runs = spark.read.format("delta").load(f"{out}/train_runs").collect()
+    assert {r["arm"] for r in runs} == {"selection", "random"}
+    selection = next(r for r in runs if r["arm"] == "selection")
+    evaluations = spark.read.format("delta").load(f"{out}/evaluations").collect()
+    assert {r["method"] for r in evaluations} >= {"selection", "random", "k_center",
+                                                  "nn_round_robin", "gio_rows"}
+    # the selection leans to the target's docstrings more than random rows do
+    share = {r["method"]: r["share"] for r in evaluations}
+    assert share["selection"] > share["random"], share
+
+    (_, probe_sample), = [(p, t) for p, t in blocks("python", DOCS, marked=False)
+                          if PROBE_SAMPLE in t]
+    labelled = pd.read_parquet(tool_folder / "labelled.parquet")
+    scope = {"spark": spark, "vectors": labelled["vec"].tolist()[:20]}
+    exec(probe_sample.replace('"out/my-job"', repr(out))                 # noqa: S102
+         .replace('"train-1a2b3c4d5e6f"', repr(selection["train_id"])), scope)
+    assert set(scope["probe"].predict(scope["vectors"])) <= {"target", "other"}
