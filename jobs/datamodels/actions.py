@@ -690,7 +690,7 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
     out = cfg.output.path
     plan = plan or make_regress_plan(spark, cfg)
 
-    def work(begin):
+    def compute():
         started = dt.datetime.now()
         t0 = time.perf_counter()
         data = read_regression_data(spark, cfg, plan.store)
@@ -755,7 +755,10 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
                   json.dumps({"read_s": round(read_s, 3), "fit_s": round(fit_s, 3),
                               "mode": d.mode}),
                   json.dumps(library_versions()))
-        begin()
+        return weights, fits, record, summary, int(n_targets)
+
+    def commit(computed):
+        weights, fits, record, summary, n_targets = computed
         tables.replace_key(spark, spark.createDataFrame(weights), out, "datamodels_weights",
                            plan.regress_id)
         tables.replace_key(spark, spark.createDataFrame(fits, tables.DATAMODELS_FITS), out,
@@ -765,7 +768,7 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
         log(f"datamodels regress: fit {plan.regress_id} -> "
             f"{tables.table_path(out, 'datamodels_weights')}")
         return ({"regress_id": plan.regress_id, "reused": False, **summary},
-                {"targets": int(n_targets), "test_r_mean": summary["test_r_mean"]})
+                {"targets": n_targets, "test_r_mean": summary["test_r_mean"]})
 
     def reused():
         row = tables.read_key(spark, out, "datamodels_regressions", plan.regress_id).first()
@@ -776,8 +779,8 @@ def run_regress(spark, cfg: JobConfig, plan: RegressPlan | None = None) -> dict:
         log(f"datamodels regress: reusing fit {plan.regress_id} ({row['targets']} targets)")
         return {"regress_id": plan.regress_id, "reused": True, **summary}
 
-    return run_stage(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint, work,
-                     reused)
+    return run_stage(spark, out, "datamodels_regress", plan.regress_id, plan.fingerprint, compute,
+                     commit, reused)
 
 
 def load_datamodels(spark, output: str, regress_id: str):
@@ -859,14 +862,14 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
     summary = {"run_id": run_id, "regress_id": plan.regress_id, "budget": budget,
                "table": tables.table_path(out, "selected_rows")}
 
-    def work(begin):
+    def compute():
         picks = spark.createDataFrame([(int(j), r + 1) for r, j in enumerate(chosen)],
                                       "position long, rank int")
         own = [f.name for f in pool.schema.fields]
         rows = (pool.frame.join(F.broadcast(picks), F.col(column).cast("long") == F.col("position"))
                 .select(*own, F.lit(None).cast("int").alias("cluster_id"), "rank",
                         F.lit(run_id).alias("run_id")).persist())
-        try:
+        try:                                     # the rows checked before anything is written
             found = rows.select("rank").distinct().count()
             count = rows.count()
             if found != budget:
@@ -879,9 +882,15 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
             if count != budget:
                 raise InputError(f"the pool's column {column!r} holds some selected positions "
                                  "more than once; each training example needs one row.")
-            schema = tables.selected_rows_schema(pool.schema)
-            begin()
-            tables.replace_key(spark, rows, out, "selected_rows", run_id, schema)
+        except BaseException:
+            rows.unpersist()
+            raise
+        return rows
+
+    def commit(rows):
+        try:
+            tables.replace_key(spark, rows, out, "selected_rows", run_id,
+                               tables.selected_rows_schema(pool.schema))
         finally:
             rows.unpersist()
         log(f"datamodels select: run {run_id}: the {budget} of {weight.shape[1]} training "
@@ -893,7 +902,8 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
         log(f"datamodels select: reusing the selected rows of run {run_id}")
         return tables.read_key(spark, out, "selected_rows", run_id).count()
 
-    summary["selected_rows"] = run_stage(spark, out, "datamodels_select", run_id, fp, work, reused)
+    summary["selected_rows"] = run_stage(spark, out, "datamodels_select", run_id, fp, compute,
+                                         commit, reused)
     return summary
 
 

@@ -6,14 +6,17 @@ tables, its command) and does its work through :func:`run_stage`, which owns the
 
 1. *is it done?* The stage log's latest record for the stage's key says ``done`` with the same
    fingerprint: the committed outputs are reused (``reused()``), nothing is written.
-2. *work.* ``work(begin)`` reads and checks what it needs (writing nothing), calls ``begin()``
-   before its first write, writes each output table in one Delta transaction (with the failure
-   points around each commit, see :mod:`jobs.common.faults`), and returns its result and the
-   detail for the record. ``begin`` writes a ``started`` record only where the latest record is
-   a ``done`` its writes would make untrue (see :mod:`jobs.state.stagelog`).
-3. *record.* ``done`` with the fingerprint and the detail, after the last output.
+2. *compute.* ``compute()`` reads, checks and computes what the stage writes; it writes
+   nothing of its own (it may return lazy DataFrames, which Spark evaluates as they are
+   written; a stage it needs may commit its outputs first, through that stage's lifecycle).
+3. *begin.* A ``started`` record, only where the latest record is a ``done`` that the writes
+   would make untrue (see :mod:`jobs.state.stagelog`).
+4. *commit.* ``commit(computed)`` writes each output table in one Delta transaction (with the
+   failure points around each commit, see :mod:`jobs.common.faults`) and returns the stage's
+   result and the detail for the record.
+5. *record.* ``done`` with the fingerprint and the detail, after the last output.
 
-A run killed anywhere in 2 leaves no ``done`` for the new fingerprint, so the next run computes
+A run killed anywhere in 2 to 4 leaves no ``done`` for the new fingerprint, so the next run computes
 the stage again and replaces its keyed rows: the outputs equal a clean run's.
 
 Stages name what they need of other stages in ``needs`` and get it through the registry (the
@@ -34,6 +37,7 @@ from jobs.state import reuse, stagelog
 from jobs.state.inputs import Inputs
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 @dataclass
@@ -120,16 +124,18 @@ def no_sides(cfg: JobConfig) -> tuple[str, ...]:
 
 
 def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
-              work: Callable[[Callable[[], None]], tuple[T, dict | None]],
+              compute: Callable[[], C], commit: Callable[[C], tuple[T, dict | None]],
               reused: Callable[[], T], lost: Callable[[dict], str | None] | None = None) -> T:
-    """Runs one stage's lifecycle (see the module's docstring); returns ``work``'s result, or
-    ``reused()``'s when the stage is done already.
+    """Runs one stage's lifecycle (see the module's docstring); returns ``commit``'s result, or
+    ``reused()``'s when the stage is done already. This is the only caller of the stage log's
+    ``begin`` and ``record``.
 
     Args:
       output: ``output.path``, where the stage log and the stage's tables are.
       name: the stage's name in the stage log; ``key`` and ``fingerprint``: its output's key (a
         run id, a clustering id, ...) and what determines it.
-      work: ``work(begin) -> (result, detail)``; calls ``begin()`` once, before its first write.
+      compute: ``compute() -> computed``: reads, checks and computes; writes nothing.
+      commit: ``commit(computed) -> (result, detail)``: writes the stage's tables.
       reused: what the stage returns when its committed outputs are reused.
       lost: ``lost(detail) -> problem or None``, asked before a reuse: what is missing of the
         outputs the done record (its ``detail``) stands for. A problem (a table changed by
@@ -138,13 +144,13 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
 
     Example::
 
-        def work(begin):
-            rows = compute()                       # reads and checks: nothing written yet
-            begin()
+        def compute():
+            return select_clusters()               # reads and checks: nothing written
+        def commit(rows):
             tables.replace_key(spark, rows, output, "selection", run_id)
             return run_id, {"rows": rows.count()}
 
-        run_stage(spark, output, "select", run_id, fp, work, reused=lambda: run_id)
+        run_stage(spark, output, "select", run_id, fp, compute, commit, reused=lambda: run_id)
     """
     if stagelog.is_done(spark, output, name, key, fingerprint):
         if lost is None:
@@ -154,16 +160,8 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
         if problem is None:
             return reused()
         log(f"warning: {name}: {key} is recorded as done, but {problem}; computing it again.")
-    began: list = []
-
-    def begin() -> None:
-        if began:
-            raise RuntimeError(f"stage {name} began twice")
-        stagelog.begin(spark, output, name, key, fingerprint)
-        began.append(True)
-
-    result, detail = work(begin)
-    if not began:
-        raise RuntimeError(f"stage {name} wrote its record without beginning")
+    computed = compute()
+    stagelog.begin(spark, output, name, key, fingerprint)
+    result, detail = commit(computed)
     stagelog.record(spark, output, name, key, fingerprint, "done", detail)
     return result

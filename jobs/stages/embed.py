@@ -29,20 +29,25 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         return side.frame.select(ROW_ID, EMBEDDING)
     name, stage = f"{side.name}_embeddings", f"embed_{side.name}"
     key, fp = plan.embeddings_of(side.name)
+    rows = int(side.report["kept"])
 
-    def work(begin):
+    def compute():
+        """The embeddings as a lazy frame (the model runs as commit writes it) and the counter
+        its tasks add their rows to."""
         e = cfg.embed
         threads = int(spark.conf.get("spark.task.cpus", "1"))
-        rows = int(side.report["kept"])
         tasks = embed_partitions(rows, e.rows_per_task)
         log(f"embed {side.name}: encoding {rows} texts of {side.src.text_column!r} with "
             f"{e.model}{'' if e.backend == 'torch' else ' on ' + e.backend} (batch "
             f"{e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
-        begin()
         counter = spark.sparkContext.accumulator(0)
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
                           e.device, threads, counter, tasks, e.backend).withColumn(
                               "embeddings_id", F.lit(key))
+        return out, counter
+
+    def commit(work):
+        out, counter = work
         t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
                        done=lambda: counter.value):
@@ -52,7 +57,7 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
             f"({rows / max(seconds, 1e-9):.0f} texts/s)")
         return None, None
 
-    run_stage(spark, cfg.output.path, stage, key, fp, work,
+    run_stage(spark, cfg.output.path, stage, key, fp, compute, commit,
               reused=lambda: log(f"embed {side.name}: reusing {name} {key}"))
     return tables.read_key(spark, cfg.output.path, name, key).select(ROW_ID, EMBEDDING)
 

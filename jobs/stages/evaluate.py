@@ -322,7 +322,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
     v = cfg.evaluate
     key, fp = eplan.eval_id, eplan.fingerprint
 
-    def work(begin):
+    def compute():
         if inp is None:
             raise RuntimeError("evaluate: the inputs were not checked; call check_evaluate_input "
                                "first.")
@@ -432,7 +432,10 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                  r["knn_kl"], r["share"], r["recall"], r["accuracy"], r["wall_s"], started, finished,
                  params, json.dumps(detail, sort_keys=True, default=str), versions)
                 for r in results]
-        begin()
+        return rows, results, detail
+
+    def commit(computed):
+        rows, results, detail = computed
         tables.replace_key(spark, spark.createDataFrame(rows, tables.EVALUATIONS), cfg.output.path,
                            "evaluations", key)
         report = os.path.join(cfg.output.path, "reports", f"{key}_evaluation.md")
@@ -448,7 +451,7 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         log(f"evaluate: reusing {key}")
         return stored_results(spark, cfg.output.path, key, fp)
 
-    return run_stage(spark, cfg.output.path, "evaluate", key, fp, work, reused)
+    return run_stage(spark, cfg.output.path, "evaluate", key, fp, compute, commit, reused)
 
 
 def evaluate_command(spark, cfg: JobConfig, registry) -> None:

@@ -93,18 +93,19 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side) -> dict:
     selection = _checked_selection(spark, cfg, plan)
     assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
 
-    def work(begin):
-        begin()
+    def compute() -> DataFrame:
         own = [f.name for f in pool.schema.fields]
         cut = budget_cut(spark, cfg, plan, selection)
         if cut is not None:
             log(f"explode: the row budget ends inside cluster {cut[0]}: {cut[1]} of its rows "
                 "taken (seeded by select.seed)")
-        out = explode_frame(selection, assignments, pool.frame, own, cut)
+        return explode_frame(selection, assignments, pool.frame, own, cut)
+
+    def commit(out: DataFrame):
         tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)
         return None, None
 
-    run_stage(spark, cfg.output.path, "explode", run_id, fp, work,
+    run_stage(spark, cfg.output.path, "explode", run_id, fp, compute, commit,
               reused=lambda: log(f"explode: reusing the selected rows of run {run_id}"))
     path = tables.table_path(cfg.output.path, "selected_rows")
     written = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)

@@ -683,7 +683,7 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
     plan = plan or make_imnn_plan(spark, cfg)
     out = cfg.output.path            # its tables were checked by check_outputs
 
-    def work(begin):
+    def compute():
         started = dt.datetime.now()
         t0 = time.perf_counter()
         frame, layout = read_simulations(spark, cfg)
@@ -747,7 +747,10 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
                                "iterations_per_s": round(iterations / max(fit_s, 1e-9), 3),
                                "passes": model.passes}),
                    json.dumps(library_versions()))
-        begin()
+        return history_rows, fit_row, h, det_f, iterations
+
+    def commit(computed):
+        history_rows, fit_row, h, det_f, iterations = computed
         tables.replace_key(spark, spark.createDataFrame(history_rows, tables.IMNN_HISTORY), out,
                            "imnn_history", plan.imnn_id)
         tables.replace_key(spark, spark.createDataFrame([fit_row], tables.IMNN_FITS), out, "imnn_fits",
@@ -772,7 +775,8 @@ def run_imnn(spark, cfg: JobConfig, plan: IMNNPlan | None = None) -> dict:
         return {"imnn_id": plan.imnn_id, "det_F": row["det_F"], "max_det_F": row["max_det_F"],
                 "iterations": row["iterations"], "reused": True}
 
-    return run_stage(spark, out, "imnn", plan.imnn_id, plan.fingerprint, work, reused)
+    return run_stage(spark, out, "imnn", plan.imnn_id, plan.fingerprint, compute, commit,
+                     reused)
 
 
 # ---------------------------------------------------------------------------

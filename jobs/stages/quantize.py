@@ -261,7 +261,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
     embed stage when they are not yet (called only when quantize has work to do)."""
     key, fp = plan.clustering_id, plan.quantize
 
-    def work(begin):
+    def compute():
         q = cfg.quantize
         pool = embeddings(inputs.pool)
         target = embeddings(inputs.target)
@@ -271,7 +271,6 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                 f"({int(np.sum(scale > 1e-3))} of {len(scale)} features above 0.001 of the "
                 "largest)")
             pool, target = apply_weights(pool, scale), apply_weights(target, scale)
-        begin()
         warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
         pool_k = q.pool_k
         kept = int(inputs.pool.report["kept"])
@@ -291,13 +290,18 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         bandwidth = target_bandwidth(target)
         centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                           tables.CENTROIDS)
+        return (centroids, assignments, (cached, cached_t),
+                {"pool_k": pool_k, "pool_clusters": len(pool_rows),
+                 "target_clusters": len(target_rows), "target_bandwidth": bandwidth})
+
+    def commit(computed):
+        centroids, assignments, caches, detail = computed
         tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
         tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
                            cfg.output.path, "pool_assignments", key)
-        cached.unpersist()
-        cached_t.unpersist()
-        return key, {"pool_k": pool_k, "pool_clusters": len(pool_rows),
-                     "target_clusters": len(target_rows), "target_bandwidth": bandwidth}
+        for cached in caches:
+            cached.unpersist()
+        return key, detail
 
     def reused() -> str:
         log(f"quantize: reusing clustering {key}")
@@ -316,7 +320,8 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
             return "its pool assignments are gone"
         return None
 
-    return run_stage(spark, cfg.output.path, "quantize", key, fp, work, reused, lost)
+    return run_stage(spark, cfg.output.path, "quantize", key, fp, compute, commit, reused,
+                     lost)
 
 
 def target_bandwidth(embeddings) -> float:

@@ -152,7 +152,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     id. Reused when the run's latest record is done with the same fingerprint."""
     run_id, fp = plan.run_id, plan.select
 
-    def work(begin):
+    def compute():
         if not stagelog.is_done(spark, cfg.output.path, "quantize", plan.clustering_id, plan.quantize):
             raise InputError(f"there is no clustering {plan.clustering_id} for these inputs and "
                              f"quantize settings under {cfg.output.path!r}; run quantize (or the "
@@ -182,7 +182,6 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
 
         log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
             f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
-        begin()
         t1 = time.perf_counter()
         options = engine_options(s)
         if s.stop_criterion == "mmd":
@@ -238,6 +237,10 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             json.dumps(diagnostics, sort_keys=True), json.dumps(recorded, sort_keys=True),
             json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3)}),
             json.dumps(library_versions()))], tables.RUNS)
+        return selection, record, result, diagnostics
+
+    def commit(computed):
+        selection, record, result, diagnostics = computed
         tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
         tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
@@ -252,7 +255,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         log(f"select: reusing the selection of run {run_id}")
         return run_id
 
-    return run_stage(spark, cfg.output.path, "select", run_id, fp, work, reused)
+    return run_stage(spark, cfg.output.path, "select", run_id, fp, compute, commit, reused)
 
 
 def select_command(spark, cfg: JobConfig, registry) -> None:

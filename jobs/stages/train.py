@@ -251,7 +251,7 @@ def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.Train
     t = cfg.train
     key, fp = tplan.train_id, tplan.fingerprint
 
-    def work(begin):
+    def compute():
         if inp is None:
             raise RuntimeError("train: the inputs were not checked; call check_train_input first.")
         configure_jax(cfg.runtime)
@@ -333,7 +333,10 @@ def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.Train
             log(f"train: the selection's probe scores {accuracies['selection']:.3f} against "
                 f"{accuracies['random']:.3f} for random pool rows "
                 f"({accuracies['selection'] - accuracies['random']:+.3f})")
-        begin()
+        return model_rows, run_rows, accuracies
+
+    def commit(computed):
+        model_rows, run_rows, accuracies = computed
         tables.replace_key(spark, spark.createDataFrame(model_rows, tables.MODELS),
                            cfg.output.path, "models", key)
         tables.replace_key(spark, spark.createDataFrame(run_rows, tables.TRAIN_RUNS),
@@ -345,7 +348,7 @@ def run_train(spark, cfg: JobConfig, plan: reuse.Plan | None, tplan: reuse.Train
         log(f"train: reusing the probes of {key}")
         return stored_accuracies(spark, cfg.output.path, key, fp)
 
-    return run_stage(spark, cfg.output.path, "train", key, fp, work, reused)
+    return run_stage(spark, cfg.output.path, "train", key, fp, compute, commit, reused)
 
 
 def stored_accuracies(spark, output: str, train_id: str, fp: str) -> dict:

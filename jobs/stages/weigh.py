@@ -358,7 +358,7 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
     """Learns and commits the weights (unless done); returns the weights id."""
     key, fp = wplan.weights_id, wplan.fingerprint
 
-    def work(begin):
+    def compute():
         if inp is None:
             raise RuntimeError("weigh: the source was not read; call read_weigh_input first.")
         configure_jax(cfg.runtime)
@@ -372,7 +372,6 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
         sample_s = time.perf_counter() - t0
         log(f"weigh: training the DII on {n} rows, {inp.dim} features of A ({inp.a_kind}) against "
             f"{b.shape[1]} of B ({inp.b_kind}), {cfg.weigh.num_epochs} epochs")
-        begin()
         t1 = time.perf_counter()
         params, imbs, final, error, greedy = _train(cfg, a, b, inp)
         train_s = time.perf_counter() - t1
@@ -402,17 +401,21 @@ def run_weigh(spark, cfg: JobConfig, wplan: reuse.WeighPlan, inp: WeighInput | N
             json.dumps(reports if reports is not None else {"weigh": inp.report}, sort_keys=True),
             json.dumps({"sample_s": round(sample_s, 3), "train_s": round(train_s, 3)}),
             json.dumps(library_versions()))], tables.WEIGHT_RUNS)
+        return rows, record, {"points": n, "features": inp.dim, "dii_final": float(final)}
+
+    def commit(computed):
+        rows, record, detail = computed
         tables.replace_key(spark, spark.createDataFrame(rows, tables.FEATURE_WEIGHTS),
                            cfg.output.path, "feature_weights", key)
         tables.replace_key(spark, record, cfg.output.path, "weight_runs", key)
         log(f"weigh: weights {key} -> {tables.table_path(cfg.output.path, 'feature_weights')}")
-        return key, {"points": n, "features": inp.dim, "dii_final": float(final)}
+        return key, detail
 
     def reused():
         log(f"weigh: reusing weights {key}")
         return key
 
-    return run_stage(spark, cfg.output.path, "weigh", key, fp, work, reused)
+    return run_stage(spark, cfg.output.path, "weigh", key, fp, compute, commit, reused)
 
 
 def weigh_command(spark, cfg: JobConfig, registry) -> str:
