@@ -863,12 +863,16 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
                "table": tables.table_path(out, "selected_rows")}
 
     def compute():
+        # the picks' columns are named apart from any pool column (a pool's "position" was
+        # ambiguous in the join)
         picks = spark.createDataFrame([(int(j), r + 1) for r, j in enumerate(chosen)],
-                                      "position long, rank int")
+                                      "__gio_position long, __gio_rank int")
         own = [f.name for f in pool.schema.fields]
-        rows = (pool.frame.join(F.broadcast(picks), F.col(column).cast("long") == F.col("position"))
-                .select(*own, F.lit(None).cast("int").alias("cluster_id"), "rank",
-                        F.lit(run_id).alias("run_id")).persist())
+        rows = (pool.frame.join(F.broadcast(picks),
+                                F.col(column).cast("long") == F.col("__gio_position"))
+                .select(*own, F.lit(None).cast("int").alias("cluster_id"),
+                        F.col("__gio_rank").alias("rank"), F.lit(run_id).alias("run_id"))
+                .persist())
         try:                                     # the rows checked before anything is written
             found = rows.select("rank").distinct().count()
             count = rows.count()
