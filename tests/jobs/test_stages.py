@@ -2,6 +2,8 @@
 every estimator): the registry is consistent; every command refuses bad input with exit 2, one
 line and nothing written, before Spark starts; a stage stopped between its begin and its record
 resumes to the outputs of a clean run; a re-run of anything done makes no Delta commit at all.
+The run's six stages are checked on one config, the stages outside it (imnn, the datamodels
+fits) on their own; a last test says that every registered stage with tables is checked.
 
 The stop is the ``raise:`` failure point (:mod:`jobs.common.faults`): an exception no handler
 catches, right after the stage's last table is committed and before its record, which leaves
