@@ -157,17 +157,24 @@ MASTER_PATTERN = re.compile(
     r"|local-cluster\[[1-9][0-9]*,\s*[1-9][0-9]*,\s*[1-9][0-9]*\]"
     r"|spark://[^\s/]+|yarn|k8s://\S+)$")
 LOG_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
+MASTER = Rule(lambda v: v is None or (isinstance(v, str) and bool(MASTER_PATTERN.match(v))),
+              "null (spark-submit's) or a master URL Spark takes: local[*], local[N], "
+              "spark://host:7077, yarn or k8s://https://host:port")
+NON_EMPTY_TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+SPARK_CONF = Rule(lambda v: isinstance(v, dict), "a mapping of Spark settings to values")
+LOG_LEVEL = Rule(lambda v: v is None or (isinstance(v, str) and v.upper() in LOG_LEVELS),
+                 f"one of {', '.join(LOG_LEVELS)} or null (quiet)")
 
 
 @dataclass
 class SparkSection:
-    master: str | None = None          # None: whatever spark-submit says
-    app_name: str = "gio-spark"
-    conf: dict = field(default_factory=dict)
+    master: Annotated[str | None, MASTER] = None   # None: whatever spark-submit says
+    app_name: Annotated[str, NON_EMPTY_TEXT] = "gio-spark"
+    conf: Annotated[dict, SPARK_CONF] = field(default_factory=dict)
     # None: a quiet terminal (the project's lines and one progress bar; Spark's own output goes
     # to a log file). A log4j level (ERROR, WARN, INFO, DEBUG) shows Spark's log at that level,
     # its stage bars and the per-pick lines, as --verbose (= WARN) does.
-    log_level: str | None = None
+    log_level: Annotated[str | None, LOG_LEVEL] = None
 
 
 @dataclass
@@ -602,6 +609,11 @@ DATAMODELS_COMMANDS = ("datamodels-init", "datamodels-work", "datamodels-regress
 
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+OUTPUT_PATH = Rule(lambda v: isinstance(v, str) and v != "",
+                   "a folder (or object-store URL) for the Delta tables")
+TABLE = Rule(lambda v: v is None or (isinstance(v, str) and bool(TABLE_NAME.match(v))),
+             "null or a table name such as db.selected (letters, digits and '_', up to three "
+             "parts)")
 
 
 @dataclass
@@ -611,8 +623,8 @@ class OutputSection:
     written to (Delta, partitioned by ``run_id``; created when missing; a run replaces only its
     own ``run_id``'s rows, in one transaction, and writes nothing when they are there already).
     """
-    path: str = "out/gio-spark"
-    table: str | None = None
+    path: Annotated[str, OUTPUT_PATH] = "out/gio-spark"
+    table: Annotated[str | None, TABLE] = None
 
 
 @dataclass
@@ -645,7 +657,7 @@ class JobConfig:
     imnn: IMNNSection = field(default_factory=IMNNSection)
     datamodels: DatamodelsSection = field(default_factory=DatamodelsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
-    run_id: str | None = None
+    run_id: Annotated[str | None, RUN_ID] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -1274,19 +1286,11 @@ def uses_weights(cfg: JobConfig) -> bool:
 def _validate_spark(cfg: JobConfig) -> None:
     """The ``spark`` section."""
     sp = cfg.spark
-    _check(sp.master is None or (isinstance(sp.master, str) and MASTER_PATTERN.match(sp.master)),
-           f"spark.master {sp.master!r} is not a master URL Spark takes; use local[*], local[N], "
-           "spark://host:7077, yarn or k8s://https://host:port (or null: spark-submit's).")
-    _check(isinstance(sp.app_name, str) and sp.app_name != "", "spark.app_name must be a string.")
-    _check(isinstance(sp.conf, dict), "spark.conf must be a mapping of Spark settings to values, "
-           f"got {type(sp.conf).__name__}.")
-    for key, value in sp.conf.items():
-        _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
-               f"{type(value).__name__}.")
-    _check(sp.log_level is None or (isinstance(sp.log_level, str)
-                                    and sp.log_level.upper() in LOG_LEVELS),
-           f"spark.log_level must be one of {', '.join(LOG_LEVELS)} or null (quiet), got "
-           f"{sp.log_level!r}.")
+    _check_rules(sp, "spark")
+    if isinstance(sp.conf, dict):
+        for key, value in sp.conf.items():
+            _check(_is_scalar(value), f"spark.conf.{key} must be a single value, not "
+                   f"{type(value).__name__}.")
 
 
 def _validate_command(cfg: JobConfig, requires: tuple[str, str] | None) -> None:
@@ -1349,15 +1353,8 @@ def _validate_runtime(cfg: JobConfig) -> None:
 
 def _validate_output(cfg: JobConfig) -> None:
     """``output`` and ``run_id``."""
-    _check(isinstance(cfg.output.path, str) and cfg.output.path != "",
-           "output.path must name a folder for the Delta tables.")
-    table = cfg.output.table
-    _check(table is None or (isinstance(table, str) and TABLE_NAME.match(table)),
-           f"output.table must be null or a table name such as db.selected (letters, digits "
-           f"and '_', up to three parts); got {table!r}.")
-    _check(cfg.run_id is None or (isinstance(cfg.run_id, str) and RUN_ID_PATTERN.match(cfg.run_id)),
-           "run_id must be null or 1-128 letters, digits, '.', '_' or '-' (starting with a letter "
-           f"or digit); got {cfg.run_id!r}.")
+    _check_rules(cfg.output, "output")
+    _check(RUN_ID.ok(cfg.run_id), RUN_ID.message("run_id", cfg.run_id))
 
 
 def validate(cfg: JobConfig, command: str = "run",

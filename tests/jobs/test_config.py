@@ -74,9 +74,17 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
     (["quantize.seed=99999999999999999999999"], "quantize.seed must be an integer between"),
     (["select.k=40"], "select.k=40 needs more than 40 target clusters, but quantize.target_k=40"),
     (["spark.conf=3"], "spark.conf must be a mapping"),
-    (["spark.master=local[abc]"], "spark.master 'local[abc]' is not a master URL Spark takes; "
-                                  "use local[*], local[N], spark://host:7077, yarn"),
-    (["spark.master=spark:/host"], "spark.master 'spark:/host' is not a master URL"),
+    (["spark.master=local[abc]"], "spark.master must be null (spark-submit's) or a master URL "
+                                  "Spark takes: local[*], local[N], spark://host:7077, yarn or "
+                                  "k8s://https://host:port; got 'local[abc]'."),
+    (["spark.master=spark:/host"], "a master URL Spark takes: local[*], local[N], "
+                                   "spark://host:7077, yarn or k8s://https://host:port; got "
+                                   "'spark:/host'."),
+    (["spark.app_name=''"], "spark.app_name must be a non-empty string; got ''."),
+    (["spark.conf={a: [1, 2]}"], "spark.conf.a must be a single value, not list."),
+    (["output.path=''"], "output.path must be a folder (or object-store URL) for the Delta "
+                       "tables; got ''."),
+    (["output.table=a.b.c.d"], "output.table must be null or a table name such as db.selected"),
     (["spark=[1, 2]"], "section 'spark' must be a mapping"),
     (["pool.bad_rows=ignore"], "pool.bad_rows must be reject or drop"),
     (["run_id=a/b"], "run_id must be null or 1-128 letters"),

@@ -79,7 +79,7 @@ def test_every_command_refuses_bad_input_before_spark(label, argv, config, tmp_p
     assert main(base + ["--set", "spark.log_level=LOUD"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     bad = ("spark.log_level must be one of OFF, FATAL, ERROR, WARN, INFO, DEBUG, TRACE, ALL or "
-           "null (quiet), got 'LOUD'.")
+           "null (quiet); got 'LOUD'.")
     assert err[0].startswith("gio-spark: error: "), err
     if len(err) == 1:
         problems = [err[0].removeprefix("gio-spark: error: ")]
