@@ -892,11 +892,8 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
         return rows
 
     def commit(rows):
-        try:
-            tables.replace_key(spark, rows, out, "selected_rows", run_id,
-                               tables.selected_rows_schema(pool.schema))
-        finally:
-            rows.unpersist()
+        tables.replace_key(spark, rows, out, "selected_rows", run_id,
+                           tables.selected_rows_schema(pool.schema))
         log(f"datamodels select: run {run_id}: the {budget} of {weight.shape[1]} training "
             f"examples with the most positive weight on {weight.shape[0]} targets -> "
             f"{summary['table']}")
@@ -907,7 +904,7 @@ def run_dm_select(spark, cfg: JobConfig) -> dict:
         return tables.read_key(spark, out, "selected_rows", run_id).count()
 
     summary["selected_rows"] = run_stage(spark, out, "datamodels_select", run_id, fp, compute,
-                                         commit, reused)
+                                         commit, reused, release=lambda rows: rows.unpersist())
     return summary
 
 

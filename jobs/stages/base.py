@@ -13,7 +13,8 @@ tables, its command) and does its work through :func:`run_stage`, which owns the
    would make untrue (see :mod:`jobs.state.stagelog`).
 4. *commit.* ``commit(computed)`` writes each output table in one Delta transaction (with the
    failure points around each commit, see :mod:`jobs.common.faults`) and returns the stage's
-   result and the detail for the record.
+   result and the detail for the record. ``release(computed)``, where given, then frees what
+   ``compute`` cached, also when begin or commit fails.
 5. *record.* ``done`` with the fingerprint and the detail, after the last output.
 
 A run killed anywhere in 2 to 4 leaves no ``done`` for the new fingerprint, so the next run computes
@@ -125,7 +126,8 @@ def no_sides(cfg: JobConfig) -> tuple[str, ...]:
 
 def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
               compute: Callable[[], C], commit: Callable[[C], tuple[T, dict | None]],
-              reused: Callable[[], T], lost: Callable[[dict], str | None] | None = None) -> T:
+              reused: Callable[[], T], lost: Callable[[dict], str | None] | None = None,
+              release: Callable[[C], None] | None = None) -> T:
     """Runs one stage's lifecycle (see the module's docstring); returns ``commit``'s result, or
     ``reused()``'s when the stage is done already. This is the only caller of the stage log's
     ``begin`` and ``record``.
@@ -141,6 +143,8 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
         outputs the done record (its ``detail``) stands for. A problem (a table changed by
         hand, rows deleted) makes the stage compute them again, with a warning, rather than
         hand on what is not there.
+      release: ``release(computed)``: frees what ``compute`` holds (cached DataFrames), after
+        ``commit`` or when ``begin`` or ``commit`` fails.
 
     Example::
 
@@ -161,7 +165,11 @@ def run_stage(spark, output: str, name: str, key: str, fingerprint: str,
             return reused()
         log(f"warning: {name}: {key} is recorded as done, but {problem}; computing it again.")
     computed = compute()
-    stagelog.begin(spark, output, name, key, fingerprint)
-    result, detail = commit(computed)
+    try:
+        stagelog.begin(spark, output, name, key, fingerprint)
+        result, detail = commit(computed)
+    finally:
+        if release is not None:
+            release(computed)
     stagelog.record(spark, output, name, key, fingerprint, "done", detail)
     return result

@@ -46,8 +46,8 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
                               "embeddings_id", F.lit(key))
         return out, counter
 
-    def commit(work):
-        out, counter = work
+    def commit(computed):
+        out, counter = computed
         t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
                        done=lambda: counter.value):

@@ -295,13 +295,15 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                  "target_clusters": len(target_rows), "target_bandwidth": bandwidth})
 
     def commit(computed):
-        centroids, assignments, caches, detail = computed
+        centroids, assignments, _, detail = computed
         tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
         tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
                            cfg.output.path, "pool_assignments", key)
-        for cached in caches:
-            cached.unpersist()
         return key, detail
+
+    def release(computed) -> None:
+        for cached in computed[2]:
+            cached.unpersist()
 
     def reused() -> str:
         log(f"quantize: reusing clustering {key}")
@@ -321,7 +323,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         return None
 
     return run_stage(spark, cfg.output.path, "quantize", key, fp, compute, commit, reused,
-                     lost)
+                     lost, release)
 
 
 def target_bandwidth(embeddings) -> float:

@@ -103,3 +103,49 @@ def test_a_relative_output_path_that_does_not_exist_yet_is_created(spark, tmp_pa
     stagelog.record(spark, out, "embed_pool", "k1", "fp1", "done")
     assert os.path.isdir(tmp_path / "fresh-run" / "stages" / "_delta_log")
     assert stagelog.is_done(spark, out, "embed_pool", "k1", "fp1")
+
+
+def test_run_stage_computes_then_begins_then_commits_then_records(spark, tmp_path, monkeypatch):
+    """The lifecycle's order, on a real stage log: compute before any record; a compute that
+    fails leaves no record and commits nothing; a commit that fails leaves no done and still
+    releases what compute held; a done stage is reused without computing."""
+    from jobs.stages.base import run_stage
+    out = str(tmp_path / "out")
+    calls = []
+    begin = stagelog.begin
+    monkeypatch.setattr(stagelog, "begin", lambda *a: (calls.append("begin"), begin(*a))[1])
+
+    def compute():
+        calls.append("compute")
+        return "computed"
+
+    def commit(value):
+        calls.append(f"commit {value}")
+        return "result", {"n": 1}
+
+    def broken():
+        calls.append("compute")
+        raise ValueError("bad input")
+
+    def failing(value):
+        calls.append("commit")
+        raise OSError("disk")
+
+    release = lambda value: calls.append(f"release {value}")       # noqa: E731
+    with pytest.raises(ValueError):
+        run_stage(spark, out, "toy", "k", "fp1", broken, commit, lambda: "reused", release=release)
+    assert calls == ["compute"] and stagelog.latest(spark, out, "toy", "k") is None
+    calls.clear()
+    with pytest.raises(OSError):
+        run_stage(spark, out, "toy", "k", "fp1", compute, failing, lambda: "reused",
+                  release=release)
+    assert calls == ["compute", "begin", "commit", "release computed"]
+    assert not stagelog.is_done(spark, out, "toy", "k", "fp1")
+    calls.clear()
+    assert run_stage(spark, out, "toy", "k", "fp1", compute, commit, lambda: "reused",
+                     release=release) == "result"
+    assert calls == ["compute", "begin", "commit computed", "release computed"]
+    assert stagelog.latest(spark, out, "toy", "k")["status"] == "done"
+    calls.clear()
+    assert run_stage(spark, out, "toy", "k", "fp1", compute, commit, lambda: "reused") == "reused"
+    assert calls == []
