@@ -346,11 +346,17 @@ def row_id_expr(columns: list[str], id_column: str | None):
     return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
 
 
+# The columns the selected rows add to the pool's own: a pool column of one of these names is
+# kept as source_<name>.
+SELECTED_ADDS = ("cluster_id", "rank", "run_id")
+
+
 def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     """Reads one side's schema and adds ``row_id`` (and ``embedding``); reads no rows.
 
     A source column named ``row_id`` or ``embedding`` that is not the configured id or vector
-    column is kept as ``source_row_id`` / ``source_embedding``.
+    column is kept as ``source_row_id`` / ``source_embedding``; so is a pool column named as one
+    of the columns the selected rows add (``cluster_id``, ``rank``, ``run_id``).
 
     Raises:
       InputError: an unreadable source, a missing column, a column of the wrong type.
@@ -387,7 +393,13 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
             raise InputError(f"{side}.id_column {src.id_column!r} holds {dtype.simpleString()} "
                              "values; an id is one text or number per row. Name such a column, "
                              "or set id_column to null to identify rows by their content.")
-    for reserved in (ROW_ID, EMBEDDING):
+    added = SELECTED_ADDS if side == "pool" else ()
+    for key, column in wanted.items():
+        if column in added:
+            raise InputError(f"{side}.{key} {column!r} has the name of a column the selected rows "
+                             f"add ({', '.join(SELECTED_ADDS)}); copy it to a column of another "
+                             "name in the source and name that one.")
+    for reserved in (ROW_ID, EMBEDDING, *added):
         if reserved in columns and reserved not in (src.id_column, emb):
             df = df.withColumnRenamed(reserved, f"source_{reserved}")
     df = df.withColumn(ROW_ID, row_id_expr(df.columns, src.id_column))

@@ -106,6 +106,28 @@ def test_bad_vectors_are_refused_with_examples(spark, tmp_path):
         checked(read_side(spark, "pool", src), "pool", src)
 
 
+def test_pool_columns_named_as_the_selected_rows_own_are_kept_as_source_columns(spark,
+                                                                                tmp_path):
+    """The selected rows add cluster_id, rank and run_id to the pool's columns: a pool column of
+    one of those names is kept as source_<name> (the run failed in explode before, with an
+    ambiguous reference); the target keeps its columns; an id column of such a name is refused
+    before anything runs."""
+    import pandas as pd
+    path = str(tmp_path / "ranked.parquet")
+    pd.DataFrame({"id": [1, 2], "rank": [3, 4], "run_id": ["a", "b"], "cluster_id": [0, 0],
+                  "text": ["a", "b"]}).to_parquet(path)
+    pool = read_side(spark, "pool", SourceSection(format="parquet", path=path, id_column="id"))
+    assert pool.columns == ["id", "source_rank", "source_run_id", "source_cluster_id", "text",
+                            "row_id"]
+    assert [r["source_rank"] for r in pool.orderBy("id").collect()] == [3, 4]
+    target = read_side(spark, "target", SourceSection(format="parquet", path=path,
+                                                      id_column="id"))
+    assert target.columns[:4] == ["id", "rank", "run_id", "cluster_id"]
+    with pytest.raises(InputError, match="pool.id_column 'rank' has the name of a column the "
+                                         "selected rows add"):
+        read_side(spark, "pool", SourceSection(format="parquet", path=path, id_column="rank"))
+
+
 def test_reserved_column_names_without_an_id_column(spark, tmp_path):
     """A source with its own row_id and embedding columns: kept as source_*, rows hashed."""
     import pandas as pd

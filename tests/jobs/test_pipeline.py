@@ -380,3 +380,27 @@ def test_each_stage_runs_alone_through_its_entry_point(spark, tmp_path):
     again = run_pipeline(spark, load_config(os.path.join(ROOT, "conf", "demo.yaml"),
                                             [a for a in argv[3:] if a != "--set"]))
     assert again["run_id"] == "alone" and again["selected_rows"] == rows.count()
+
+
+def test_a_pool_with_its_own_rank_and_run_id_columns_keeps_them_as_source_columns(spark,
+                                                                                 tmp_path):
+    """End to end: a pool holding columns named rank and run_id (common in exported data)
+    selects as the same pool without them, its values kept as source_rank and source_run_id."""
+    pool, comp, target = clustered_vectors(2)
+    cfg = vectors_config(tmp_path, pool, target, select__max_rows=100,
+                         select__stop_criterion="none")
+    plain = run_pipeline(spark, cfg)
+    ranked = str(tmp_path / "ranked.parquet")
+    pd.DataFrame({"id": range(len(pool)), "vec": list(pool), "rank": np.arange(len(pool)) * 10,
+                  "run_id": [f"export-{i}" for i in range(len(pool))]}).to_parquet(ranked)
+    cfg.pool.path = ranked
+    cfg.output.path = str(tmp_path / "ranked_out")
+    summary = run_pipeline(spark, cfg)
+    rows = (spark.read.format("delta").load(summary["table"])
+            .where(F.col("run_id") == summary["run_id"]).collect())
+    want = (spark.read.format("delta").load(plain["table"])
+            .where(F.col("run_id") == plain["run_id"]).collect())
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in want) and len(rows) == 100
+    for r in rows:
+        assert r["source_rank"] == r["id"] * 10 and r["source_run_id"] == f"export-{r['id']}"
+        assert r["run_id"] == summary["run_id"] and r["rank"] >= 1
