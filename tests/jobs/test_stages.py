@@ -177,20 +177,26 @@ def _canonical(spark, out, name):
     return sorted((clean(r.asDict(recursive=True)) for r in df.select(*keep).collect()), key=repr)
 
 
+def _stop_before_record_and_resume(spark, monkeypatch, out, stage, argv, logged) -> None:
+    """Stops ``argv`` after its stage's last table (before its record), then runs it again: no
+    ``done`` after the stop, ``done`` after the re-run."""
+    monkeypatch.setenv(faults.ENV, f"raise:after:{stage.outputs[-1]}")
+    with pytest.raises(faults.InjectedFailure):
+        main(argv)
+    monkeypatch.delenv(faults.ENV)
+    assert "done" not in _statuses(spark, out, logged), logged
+    assert main(argv) == 0, logged
+    assert _statuses(spark, out, logged)[-1] == "done", logged
+
+
 def test_each_stage_stopped_before_its_record_resumes_to_the_clean_outputs(
         spark, contract, tmp_path, monkeypatch):
     config, clean = contract
     out = tmp_path / "out"
     cfg = config(out)
     for name in PIPELINE:
-        stage = REGISTRY[name]
-        monkeypatch.setenv(faults.ENV, f"raise:after:{stage.outputs[-1]}")
-        with pytest.raises(faults.InjectedFailure):
-            main([name, "--config", cfg])
-        monkeypatch.delenv(faults.ENV)
-        assert "done" not in _statuses(spark, out, name), name
-        assert main([name, "--config", cfg]) == 0, name
-        assert _statuses(spark, out, name)[-1] == "done", name
+        _stop_before_record_and_resume(spark, monkeypatch, out, REGISTRY[name],
+                                       [name, "--config", cfg], name)
     for name in PIPELINE:
         for table in REGISTRY[name].outputs:
             assert _canonical(spark, out, table) == _canonical(spark, clean, table), table
@@ -267,13 +273,7 @@ def test_the_stages_outside_the_run_stopped_before_their_record_resume_to_the_cl
     for name in TOOLS:
         stage = _tool_stage(name)
         logged = "datamodels_" + name.split()[1] if name.startswith("datamodels") else name
-        monkeypatch.setenv(faults.ENV, f"raise:after:{stage.outputs[-1]}")
-        with pytest.raises(faults.InjectedFailure):
-            main(argvs[name])
-        monkeypatch.delenv(faults.ENV)
-        assert "done" not in _statuses(spark, out, logged), name
-        assert main(argvs[name]) == 0, name
-        assert _statuses(spark, out, logged)[-1] == "done", name
+        _stop_before_record_and_resume(spark, monkeypatch, out, stage, argvs[name], logged)
         for table in stage.outputs:
             assert _canonical(spark, out, table) == _canonical(spark, clean, table), table
     # and a re-run of each makes no Delta commit
