@@ -346,9 +346,9 @@ def row_id_expr(columns: list[str], id_column: str | None):
     return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
 
 
-# The columns the selected rows add to the pool's own: a pool column of one of these names is
-# kept as source_<name>.
-SELECTED_ADDS = ("cluster_id", "rank", "run_id")
+# The columns the selected rows add to the pool's own (cluster_id, rank, run_id): a pool column
+# of one of these names is kept as source_<name>.
+SELECTED_ADDS = tuple(tables.SELECTED_EXTRA.names)
 
 
 def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
