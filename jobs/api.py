@@ -33,7 +33,7 @@ from jobs.common.errors import InputError
 from jobs.config import JobConfig, config_from_dict, read_config_file
 from jobs.config.sections import OutputSection
 from jobs.io import tables
-from jobs.io.session import build_session, check_delta
+from jobs.io.session import build_session, check_classic, check_delta
 from jobs.io.sources import check_file_systems, preflight, register_frame, release_frame
 from jobs.pipeline import COMMANDS, REGISTRY, run_pipeline
 from jobs.stages import weigh
@@ -113,7 +113,7 @@ def _scratch_output() -> str:
 
 
 def _run(data: dict, sets: dict, command: str, spark: SparkSession | None,
-         reads=None, requires=None) -> tuple[JobConfig, SparkSession]:
+         reads=None, requires=None, classic: str | None = None) -> tuple[JobConfig, SparkSession]:
     """The checked config and the session to run a command on, after the checks every command
     runs before its work (the output location, the object stores' file systems, for the sides
     ``reads(cfg)`` names; both without it). Without an output location named, a scratch folder
@@ -121,6 +121,8 @@ def _run(data: dict, sets: dict, command: str, spark: SparkSession | None,
     cfg = config_from_dict(data, command, reads, requires, settings=sets)
     sides = tuple(reads(cfg)) if reads is not None else ("pool", "target")
     session = _session(spark, cfg)
+    if classic is not None:
+        check_classic(session, classic)
     if not ("output.path" in sets or (data.get("output") or {}).get("path")):
         if not _is_local(session):
             raise InputError("without output= the run is kept in a temporary folder of this "
@@ -264,7 +266,8 @@ def learn_weights(source: Source | None, b_columns: list[str] | str | None = Non
             if value is not None:
                 sets[key] = value
         cfg, session = _run(_base(config), _common(sets, output, None, settings), "weigh",
-                            spark, reads=weigh.STAGE.reads, requires=weigh.STAGE.required)
+                            spark, reads=weigh.STAGE.reads, requires=weigh.STAGE.required,
+                            classic="learn_weights")
         key = weigh.weigh_command(session, cfg, None)
     finally:
         if token:
@@ -344,7 +347,8 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
                 tokens += [token] if token else []
         _columns(sets, text_column, embedding_column, id_column)
         cfg, session = _run(_base(config), _common(sets, output, run_id, settings), name, spark,
-                            reads=stage.reads, requires=stage.required)
+                            reads=stage.reads, requires=stage.required,
+                            classic=None if stage.connect else f"run_stage({name!r})")
         stage.command(session, cfg, REGISTRY)
         keys = _output_keys(session, cfg, name)
     finally:

@@ -63,7 +63,7 @@ def _run_stage(prog: str, stage: Stage, rest: list, command: str) -> int:
     """A stage's command, with what it declares: the sides it reads, its own section."""
     return run_main(prog, stage.help, lambda spark, cfg: stage.command(spark, cfg, REGISTRY),
                     rest, command=command, precheck=stage.precheck, reads=stage.reads,
-                    requires=stage.required)
+                    requires=stage.required, classic=None if stage.connect else prog)
 
 
 def _config(rest: list) -> int:

@@ -21,6 +21,7 @@ from jobs.common.log import log, took
 from jobs.config import JobConfig
 from jobs.datamodels import actions as datamodels
 from jobs.io.demo_data import TARGET_PACKAGES, demo_rows
+from jobs.io.session import check_classic
 from jobs.stages import embed, evaluate, explode, imnn, quantize, select, train, weigh
 from jobs.stages.base import Run, Stage, both_sides
 from jobs.state import reuse
@@ -39,10 +40,14 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     """Runs every stage the config includes; returns the explode summary (with the train
     stage's accuracies and the evaluate stage's results)."""
     t0 = time.perf_counter()
+    stages = [s for s in STAGES if s.in_run is not None and s.in_run(cfg)]
+    for stage in stages:
+        if not stage.connect:
+            check_classic(spark, f"the {stage.name} stage (the config's {stage.section} section "
+                          "is on)")
     plan = reuse.make_plan(spark, cfg)
     log(f"run {plan.run_id}: clustering {plan.clustering_id}, output {cfg.output.path}")
     run = Run(spark, cfg, plan, REGISTRY)
-    stages = [s for s in STAGES if s.in_run is not None and s.in_run(cfg)]
     for stage in stages:               # plans first: a plan can refuse (no selection to train on)
         if stage.plan is not None:
             run.plans[stage.name] = stage.plan(run)
@@ -67,7 +72,7 @@ def run_command(spark, cfg: JobConfig, registry=None) -> None:
 
 RUN = Stage("run", "the whole pipeline: (weigh,) embed, quantize, select, explode (, train, "
             "evaluate)", None, both_sides, needs=tuple(s.name for s in STAGES if s.in_run),
-            outputs=(), command=run_command)
+            outputs=(), command=run_command, connect=True)
 # The Spark commands of `gio-spark` and `jobs/submit.py`: the run, then each stage alone.
 COMMANDS: dict[str, Stage] = {"run": RUN, **REGISTRY}
 

@@ -19,7 +19,7 @@ from jobs.common.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY
                          InputError, PartialFailure)
 from jobs.common.log import set_verbose
 from jobs.config import JobConfig, load_config
-from jobs.io.session import build_session, current_log
+from jobs.io.session import build_session, check_classic, current_log
 from jobs.io.sources import check_file_systems, preflight
 
 
@@ -74,12 +74,13 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
              argv=None, command: str = "run",
              precheck: Callable[[JobConfig], None] | None = None,
              reads: Callable[[JobConfig], tuple] | None = None,
-             requires: tuple[str, str] | None = None) -> int:
+             requires: tuple[str, str] | None = None, classic: str | None = None) -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
     the session and runs ``body(spark, cfg)``; returns the exit code. ``command``, ``reads``
     and ``requires`` say what the config must hold (see :func:`jobs.config.load_config`; a
     stage declares them); ``precheck(cfg)`` runs the command's own checks before the JVM
-    starts."""
+    starts. ``classic`` names the command when it needs a classic session (refused on Spark
+    Connect, see :func:`jobs.io.session.check_classic`)."""
     args = parser(prog, description).parse_args(argv)
     spark = None
     try:
@@ -98,6 +99,8 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
                                 quiet=not loud,
                                 log_level=cfg.spark.log_level or ("WARN" if loud else None))
         spark = session if existing is None else None      # stop only a session made here
+        if classic is not None:
+            check_classic(session, classic)
         check_file_systems(session, cfg, sides)
         body(session, cfg)
         _stop(spark)

@@ -103,17 +103,21 @@ def spark_bar(spark, desc: str, total: int | None = None, unit: str = " jobs",
     group set for the block. Nothing is polled when the bar is not drawn.
     """
     progress = bar(desc, total=total, unit=unit)
-    if progress.disable:
-        progress.close()
-        yield
+    connect = type(spark).__module__.startswith("pyspark.sql.connect")
+    if progress.disable or (connect and done is None):
+        # A Spark Connect client sees no jobs (no status tracker): its bar shows the time only.
+        try:
+            yield
+        finally:
+            progress.close()
         return
-    sc = spark.sparkContext
+    sc = None if connect else spark.sparkContext
     group = f"gio-spark-{os.getpid()}-{time.monotonic_ns()}"
     if done is None:
         sc.setJobGroup(group, desc)
     stop = threading.Event()
 
-    tracker = sc.statusTracker()
+    tracker = None if sc is None else sc.statusTracker()
 
     def refresh() -> None:
         try:

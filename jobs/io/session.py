@@ -147,6 +147,13 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     """
     from pyspark.sql import SparkSession
 
+    active = SparkSession.getActiveSession()
+    if active is not None and is_connect(active):
+        check_delta(active)          # a Connect session is joined as it is: nothing is set on it
+        return active
+    remote = os.environ.get("SPARK_REMOTE")
+    if remote and active is None:
+        return _connect_session(app_name, remote, conf, quiet)
     if master and master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         # Local Python workers run this interpreter (the project's environment), not whatever
         # python3 is first on PATH. On a cluster, PYSPARK_PYTHON says which one to use.
@@ -189,11 +196,38 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
     else:
         spark = builder.getOrCreate()
-        check_classic(spark)
         if quiet and not log_level:
             spark.sparkContext.setLogLevel("ERROR")
     if log_level:
         spark.sparkContext.setLogLevel(log_level.upper())
+    check_delta(spark)
+    return spark
+
+
+def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None, quiet: bool):
+    """The Spark Connect session ``$SPARK_REMOTE`` names. A ``local`` one is a server this
+    process starts: it gets Delta's settings, :data:`LOCAL_DEFAULTS` and ``conf``, as a local
+    classic session would, and a quiet run sends the server's console output to the log file, as
+    for a local JVM. A remote server is joined as it is (its settings are its owner's)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    if remote.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # The server runs here: side files (plots) may go to its local file system.
+        settings = {**LOCAL_DEFAULTS, **DELTA_CONF,
+                    "spark.connect.copyFromLocalToFs.allowDestLocal": "true",
+                    **{str(k): str(v) for k, v in (conf or {}).items()}}
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        if "spark.jars" not in settings:
+            from delta import configure_spark_with_delta_pip
+            builder = configure_spark_with_delta_pip(builder)
+    if quiet and remote.startswith("local"):
+        _LOG["path"] = spark_log_path(app_name)
+        spark = _get_quietly(builder, _LOG["path"])
+    else:
+        spark = builder.getOrCreate()
     check_delta(spark)
     return spark
 
@@ -203,24 +237,63 @@ def is_connect(spark) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
-def check_classic(spark) -> None:
-    """Raises InputError, before any work, for a Spark Connect session: gio-spark's stages need
-    the classic session's SparkContext and JVM (see *Spark Connect* in docs/python-api.md)."""
+# What runs on a Spark Connect session (docs/python-api.md, *Spark Connect*).
+ON_CONNECT = ("select_rows, selection, runs, the GIOSelector estimator and the commands run, "
+              "embed, quantize, select and explode")
+
+
+def check_classic(spark, what: str) -> None:
+    """Raises InputError, before any work, when ``what`` (a command or function that still
+    needs the classic session's SparkContext and JVM) is asked of a Spark Connect session."""
     if is_connect(spark):
-        raise InputError("this SparkSession is a Spark Connect client, and gio-spark needs a "
-                         "classic one: its stages use the SparkContext (an accumulator, a "
-                         "broadcast, job groups), Hadoop's FileSystem and Delta's DeltaTable "
-                         "API through the JVM. Run it on a classic session (a single-user or "
-                         "dedicated cluster, or SparkSession.builder.master(...) without "
-                         "remote(...) or SPARK_REMOTE).")
+        raise InputError(f"{what} needs a classic SparkSession (it uses the SparkContext or "
+                         f"the JVM), and this one is a Spark Connect client. On Spark Connect "
+                         f"gio-spark runs {ON_CONNECT}; run {what} on a classic session (a "
+                         "single-user or dedicated cluster, or SparkSession.builder.master(...) "
+                         "without remote(...) or SPARK_REMOTE).")
+
+
+class _Carried:
+    """A value the tasks get in their closure, where a Connect session has no broadcast."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def destroy(self) -> None:
+        self.value = None
+
+
+def share(spark, value):
+    """``value`` for the tasks of ``spark``'s jobs (``.value`` there, ``.destroy()`` after): a
+    broadcast on a classic session; on Spark Connect, which has none, the value travels with
+    each task's closure (fine for the centres K-means shares: at most a few MB)."""
+    return _Carried(value) if is_connect(spark) else spark.sparkContext.broadcast(value)
+
+
+def row_counter(spark):
+    """An accumulator the tasks add their rows to (a progress bar reads it), or None on Spark
+    Connect, which has no accumulators (the bar then shows the elapsed time only)."""
+    return None if is_connect(spark) else spark.sparkContext.accumulator(0)
 
 
 def check_delta(spark) -> None:
-    """Raises InputError when the session is not a classic one (:func:`check_classic`) or its
-    JVM has no Delta Lake classes."""
+    """Raises InputError when the session has no Delta Lake (no classes in its JVM; on Spark
+    Connect, no ``delta`` data source on the server)."""
+    if is_connect(spark):
+        if "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", None) or ""):
+            return                   # asked without a failing query (the server logs those)
+        try:
+            _ = spark.read.format("delta").load("/gio-spark-probe/does-not-exist").schema
+        except Exception as err:   # noqa: BLE001 - Delta answers "not found"; no Delta, no source
+            if "DATA_SOURCE_NOT_FOUND" in str(err):
+                raise InputError("the Spark Connect server has no Delta Lake: start it with "
+                                 "--packages io.delta:delta-spark_2.13:4.0.1 and the settings "
+                                 "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension, "
+                                 "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta."
+                                 "catalog.DeltaCatalog.") from None
+        return
     from py4j.java_gateway import JavaClass
 
-    check_classic(spark)
     if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
         raise InputError("this Spark session has no Delta Lake jars. With spark-submit, add "
                           "--properties-file conf/spark-defaults.conf (or --packages "

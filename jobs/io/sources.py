@@ -200,6 +200,9 @@ def check_file_systems(spark, cfg: JobConfig, sides: tuple) -> None:
     Raises:
       InputError: a location whose scheme this Spark cannot read or write.
     """
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        _check_file_systems_on_server(spark, cfg, sides)
+        return
     from py4j.protocol import Py4JJavaError
 
     jvm = spark._jvm
@@ -228,6 +231,31 @@ def check_file_systems(spark, cfg: JobConfig, sides: tuple) -> None:
                              f"write ({cause}); {fix} to spark.jars.packages (spark.conf in the "
                              "config, or spark-submit --packages), with the store's credentials "
                              f"in spark.hadoop.fs.{scheme}.* settings.") from None
+
+
+def _check_file_systems_on_server(spark, cfg: JobConfig, sides: tuple) -> None:
+    """:func:`check_file_systems` on Spark Connect: the server lists each object-store
+    location (the client has no JVM to ask); a scheme it has no file system for is refused."""
+    for key, path in config_paths(cfg, sides):
+        scheme = path.split("://", 1)[0].lower() if "://" in path else "file"
+        if scheme in ("file", "hdfs"):
+            continue
+        try:
+            tables.remote_files(spark, path.rstrip("/") + "/_gio_spark_probe")
+        except Exception as err:  # noqa: BLE001 - only a missing file system is bad input
+            text = str(err)
+            if "UnsupportedFileSystem" not in text and "ClassNotFoundException" not in text \
+                    and "No FileSystem for scheme" not in text:
+                raise
+            package = CONNECTORS.get(scheme)
+            fix = (f"add the package {package} (at the server's Hadoop version)"
+                   if package else f"add the package of a Hadoop file system for {scheme}://")
+            if scheme in ("s3", "s3n"):
+                fix = "write it as s3a:// and add the package org.apache.hadoop:hadoop-aws"
+            raise InputError(f"{key} {path!r} is on {scheme}://, which the Spark Connect server "
+                             f"cannot read or write; {fix} to the server's spark.jars.packages, "
+                             f"with the store's credentials in spark.hadoop.fs.{scheme}.* "
+                             "settings.") from None
 
 
 # ---------------------------------------------------------------------------

@@ -326,6 +326,48 @@ def on_file_system(path: str) -> bool:
     return is_remote(path) or ("://" in path and not path.startswith("file:"))
 
 
+def delta_ref(path: str) -> str:
+    """``path`` as SQL names a Delta table by its location: delta.`path`."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def delta_detail(spark: SparkSession, table: str):
+    """``DESCRIBE DETAIL`` of a Delta table (``table``: a catalog name or :func:`delta_ref`),
+    or None where there is none (nothing there, another format, a view). SQL, so that it works
+    on a Spark Connect session as on a classic one."""
+    from pyspark.errors import AnalysisException
+    try:
+        row = spark.sql(f"DESCRIBE DETAIL {table}").first()
+    except AnalysisException:
+        return None
+    return row if row is not None and row["format"] == "delta" else None
+
+
+def delta_version(spark: SparkSession, table: str) -> int:
+    """The latest version of a Delta table (a catalog name or :func:`delta_ref`)."""
+    return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").select("version").first()[0])
+
+
+def _connect(spark) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def _listing(spark: SparkSession, path: str, recursive: bool = True):
+    """On Spark Connect (no Hadoop FileSystem on the client): the files under ``path`` as the
+    server lists them, ``[(path, size, modification time in ms)]``, or None when nothing is
+    there. Spark's listing leaves out names starting with ``_`` or ``.`` below ``path``."""
+    from pyspark.errors import AnalysisException
+    try:
+        rows = (spark.read.format("binaryFile").option("recursiveFileLookup", str(recursive).lower())
+                .load(path).select("path", "length", "modificationTime").collect())
+    except AnalysisException as err:
+        if "PATH_NOT_FOUND" in str(err):
+            return None
+        raise
+    return [(r["path"], int(r["length"]), int(r["modificationTime"].timestamp() * 1000))
+            for r in rows]
+
+
 def hadoop_conf(spark: SparkSession):
     """The session's Hadoop configuration: the context's plus the session's own ``spark.conf``
     settings (credentials a notebook set with ``spark.conf.set`` included)."""
@@ -344,6 +386,18 @@ def remote_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     """``(name relative to path, size, modification time in ms)`` of every file under a remote
     ``path`` (or of the file itself), listed through Hadoop's FileSystem, sorted; [] when
     nothing is there."""
+    if _connect(spark):
+        from urllib.parse import urlparse
+        listed = _listing(spark, path)
+        if not listed:
+            return []
+        base = urlparse(path).path.rstrip("/") + "/"
+        found = []
+        for name, size, mtime in listed:
+            rel = urlparse(name).path
+            found.append((rel[len(base):] if rel.startswith(base) else os.path.basename(rel),
+                          size, mtime))
+        return sorted(found)
     hpath, fs = _hadoop_path(spark, path)
     if not fs.exists(hpath):
         return []
@@ -364,7 +418,13 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
     """Writes a side file (a plot, a report) to ``dest`` whatever its scheme: ``write(path)``
     writes it to a local path (``dest`` itself when it is local, a temporary file otherwise,
     then copied through Hadoop's FileSystem). Returns False when ``write`` returned False
-    (nothing written)."""
+    (nothing written). On Spark Connect the file goes through the server
+    (``copyFromLocalToFs``) to a location without a scheme, in the server's default file system;
+    where the server does not take it (a location with a scheme; a local file system, unless the
+    server sets spark.connect.copyFromLocalToFs.allowDestLocal) a warning says so and nothing is
+    written."""
+    if spark is not None and _connect(spark):
+        return _put_through_server(spark, dest, write)
     if not on_file_system(dest):
         return write(dest.removeprefix("file:")) is not False
     with tempfile.TemporaryDirectory(prefix="gio-spark-put-") as folder:
@@ -385,6 +445,23 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
     except Exception as err:  # noqa: BLE001 - a side file must not fail a committed stage
         log(f"warning: could not write {dest}: {str(err).splitlines()[0] if str(err) else err}")
         return False
+    return True
+
+
+def _put_through_server(spark: SparkSession, dest: str, write: Callable[[str], bool | None]) -> bool:
+    with tempfile.TemporaryDirectory(prefix="gio-spark-put-") as folder:
+        local = os.path.join(folder, os.path.basename(dest.rstrip("/")))
+        if write(local) is False:
+            return False
+        try:
+            spark.copyFromLocalToFs(local, dest.removeprefix("file:"))
+        except Exception as err:  # noqa: BLE001 - a side file must not fail a committed stage
+            details = getattr(err, "details", None)        # gRPC's own errors carry it
+            why = details() if callable(details) else next(
+                (line for line in str(err).splitlines() if line.strip()), str(err))
+            log(f"warning: {dest} not written: the Spark Connect server did not take it "
+                f"({str(why).strip()[:200]})")
+            return False
     return True
 
 
@@ -436,6 +513,8 @@ def exists(spark: SparkSession, path: str) -> bool:
     table), it keeps answering False after that commit lands. Reading the table refreshes the
     cached log, so a False with a ``_delta_log`` present is asked again after one.
     """
+    if _connect(spark):
+        return delta_detail(spark, delta_ref(path)) is not None
     if DeltaTable.isDeltaTable(spark, path):
         return True
     if not path_exists(os.path.join(path, "_delta_log")):
@@ -508,7 +587,10 @@ _CHECKED: set = set()
 
 
 def _properties(spark: SparkSession, path: str) -> dict:
-    row = DeltaTable.forPath(spark, path).detail().select("properties").first()
+    if _connect(spark):
+        row = delta_detail(spark, delta_ref(path))
+    else:
+        row = DeltaTable.forPath(spark, path).detail().select("properties").first()
     return dict(row["properties"] or {}) if row is not None else {}
 
 
@@ -610,7 +692,10 @@ def path_exists(path: str) -> bool:
     """Whether anything is at ``path``; a remote one is asked through Hadoop's FileSystem (in the
     active session's configuration)."""
     if on_file_system(path):
-        hpath, fs = _hadoop_path(None, path)
+        spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
+        if _connect(spark):
+            return _listing(spark, path, recursive=False) is not None
+        hpath, fs = _hadoop_path(spark, path)
         return bool(fs.exists(hpath))
     return os.path.exists(path.removeprefix("file:"))
 
@@ -631,7 +716,15 @@ def ensure_table(spark: SparkSession, output: str, name: str,
         location = "file:/" + location[len("file:///"):]
 
     def create():
-        if not exists(spark, path):
+        if _connect(spark):
+            # No DeltaTable API on a Connect client: the same in SQL, one commit. The columns
+            # come from an empty frame (DDL cannot name a user-defined type: an MLlib vector).
+            parts = f" PARTITIONED BY (`{KEYS[name]}`)" if KEYS[name] else ""
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {delta_ref(location)} USING delta{parts} "
+                      f"TBLPROPERTIES ('{TABLE_PROPERTY}' = '{name}', "
+                      f"'{SCHEMA_PROPERTY}' = '{SCHEMA_VERSION}') AS SELECT * FROM {{empty}}",
+                      empty=spark.createDataFrame([], schema))
+        elif not exists(spark, path):
             builder = (DeltaTable.createIfNotExists(spark).location(location).addColumns(schema)
                        .property(TABLE_PROPERTY, name).property(SCHEMA_PROPERTY, SCHEMA_VERSION))
             if KEYS[name]:

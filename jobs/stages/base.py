@@ -84,6 +84,8 @@ class Stage:
         ``provide(spark, cfg, plan, side)`` -> the side's embeddings, computed if not yet).
       log_names: its names in the stage log, where not ``name`` (embed: one per side).
       precheck: ``precheck(cfg)``: the command's own checks before the JVM starts.
+      connect: whether it runs on a Spark Connect session (it uses no SparkContext, JVM or
+        ``DeltaTable`` call); a stage that does not is refused there in one line, before work.
     """
     name: str
     help: str
@@ -100,6 +102,7 @@ class Stage:
     provide: Callable[..., object] | None = None
     log_names: tuple[str, ...] = ()
     precheck: Callable[[JobConfig], None] | None = None
+    connect: bool = False
 
     @property
     def logged_as(self) -> tuple[str, ...]:

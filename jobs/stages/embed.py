@@ -17,6 +17,7 @@ from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig
 from jobs.io import tables
 from jobs.io.encoders import embed_frame, embed_partitions
+from jobs.io.session import row_counter
 from jobs.io.sources import Side
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse
@@ -40,7 +41,7 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         log(f"embed {side.name}: encoding {rows} texts of {side.src.text_column!r} with "
             f"{e.model}{'' if e.backend == 'torch' else ' on ' + e.backend} (batch "
             f"{e.batch_size}, {tasks} task{'s' if tasks > 1 else ''})")
-        counter = spark.sparkContext.accumulator(0)
+        counter = row_counter(spark)                    # None on Spark Connect
         out = embed_frame(side.frame, side.src.text_column, e.model, e.batch_size, e.normalize,
                           e.device, threads, counter, tasks, e.backend).withColumn(
                               "embeddings_id", F.lit(key))
@@ -50,7 +51,7 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         out, counter = computed
         t0 = time.perf_counter()
         with spark_bar(spark, f"embed {side.name}", total=rows, unit="texts",
-                       done=lambda: counter.value):
+                       done=None if counter is None else (lambda: counter.value)):
             tables.replace_key(spark, out, cfg.output.path, name, key)
         seconds = time.perf_counter() - t0
         log(f"embed {side.name}: {rows} texts in {took(seconds)} "
@@ -74,4 +75,5 @@ def embed_command(spark, cfg: JobConfig, registry) -> None:
 STAGE = Stage(
     "embed", "the embed stage alone: sentence embeddings of pool and target", "embed",
     both_sides, needs=(), outputs=("pool_embeddings", "target_embeddings"),
-    command=embed_command, provide=side_embeddings, log_names=("embed_pool", "embed_target"))
+    command=embed_command, provide=side_embeddings, log_names=("embed_pool", "embed_target"),
+    connect=True)

@@ -137,4 +137,5 @@ STAGE = Stage(
     "explode", "the explode stage alone: chosen clusters back to rows", None, both_sides,
     needs=("select",), outputs=("selected_rows",), command=explode_command,
     in_run=lambda cfg: True,
-    step=lambda run: run_explode(run.spark, run.cfg, run.plan, run.inputs.pool))
+    step=lambda run: run_explode(run.spark, run.cfg, run.plan, run.inputs.pool),
+    connect=True)

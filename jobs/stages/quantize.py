@@ -39,6 +39,7 @@ from jobs.common.frames import seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig, auto_pool_k, row_budget
 from jobs.io import tables
+from jobs.io.session import share
 from jobs.io.sources import Side
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse
@@ -149,7 +150,7 @@ def _stats(spark, packed, centres: np.ndarray, distance: str):
     sends its partition's sums, counts and inertia, added here in partition order."""
     from gio_core.kmeans import Stats, block_stats, empty_stats
     k, dim = centres.shape
-    shared = spark.sparkContext.broadcast(centres)
+    shared = share(spark, centres)
 
     def task(batches):
         from pyspark import TaskContext
@@ -178,7 +179,7 @@ def _assign(spark, packed, centres: np.ndarray, distance: str):
     """``(row_id, cluster_id)``: each row's nearest centre, computed when read."""
     from gio_core.kmeans import nearest
     dim = centres.shape[1]
-    shared = spark.sparkContext.broadcast(centres)
+    shared = share(spark, centres)
 
     def task(batches):
         c = shared.value
@@ -353,4 +354,5 @@ STAGE = Stage(
     "quantize", "the quantize stage alone: K-means on pool and target", "quantize", both_sides,
     needs=("embed",), outputs=("centroids", "pool_assignments"), command=quantize_command,
     in_run=lambda cfg: True,
-    step=lambda run: _quantize(run.spark, run.cfg, run.plan, run.inputs, run.registry))
+    step=lambda run: _quantize(run.spark, run.cfg, run.plan, run.inputs, run.registry),
+    connect=True)

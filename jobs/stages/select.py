@@ -268,4 +268,5 @@ STAGE = Stage(
     "select", "the select stage alone: GIO on the centroids", "select", both_sides,
     needs=("quantize",), outputs=("selection", "runs"), command=select_command,
     in_run=lambda cfg: True,
-    step=lambda run: run_select(run.spark, run.cfg, run.plan, run.inputs.reports()))
+    step=lambda run: run_select(run.spark, run.cfg, run.plan, run.inputs.reports()),
+    connect=True)

@@ -19,7 +19,6 @@ import os
 import sys
 from dataclasses import dataclass
 
-from delta.tables import DeltaTable
 
 from jobs.io import tables
 from jobs.io.sources import content_identity, frame_of
@@ -54,8 +53,7 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
         if not tables.exists(spark, src.path):
             raise InputError(f"{side}.path {src.path!r} is not a Delta table (no _delta_log); "
                              f"check the path, or set {side}.format to the files' format.")
-        last = DeltaTable.forPath(spark, src.path).history(1).select("version").first()
-        ident["version"] = int(last[0])
+        ident["version"] = tables.delta_version(spark, tables.delta_ref(src.path))
     elif tables.on_file_system(src.path):
         ident["files"] = tables.remote_files(spark, src.path)
     else:
@@ -81,13 +79,10 @@ def _table_identity(spark, side: str, src: SourceSection) -> dict:
         raise InputError(f"{side}.path {src.path!r} is not a table or view of the session's "
                          "catalog; check the name (database.table), or set "
                          f"{side}.format to the files' format for a path.")
-    try:
-        table = DeltaTable.forName(spark, src.path)
-    except Exception:              # noqa: BLE001 - not a Delta table: identified by its rows
+    detail = tables.delta_detail(spark, src.path)
+    if detail is None:             # not a Delta table: identified by its rows
         return content_identity(spark.table(src.path))
-    detail = table.detail().select("location").first()
-    last = table.history(1).select("version").first()
-    return {"location": detail[0], "version": int(last[0])}
+    return {"location": detail["location"], "version": tables.delta_version(spark, src.path)}
 
 
 def _model_identity(model: str) -> dict:
