@@ -196,7 +196,7 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
     else:
         spark = builder.getOrCreate()
-        if quiet and not log_level:
+        if quiet and not log_level and active is None:     # a joined session keeps its level
             spark.sparkContext.setLogLevel("ERROR")
     if log_level:
         spark.sparkContext.setLogLevel(log_level.upper())
