@@ -193,9 +193,11 @@ def _check_what_needs_a_classic_session_is_refused(data):
 
 def _check_gio_spark_run_from_a_shell_with_spark_remote(data):
     """``SPARK_REMOTE=local[2] gio-spark run ...``: the command starts a local Connect server
-    itself (Delta's settings and its local defaults on it) and selects the same rows."""
+    itself (Delta's settings and its local defaults on it). On the files and output of the
+    child's ``gio-spark run`` it reuses every stage (checked on the server) and writes nothing."""
     work, _, found, _ = data
-    out = work / "remote"
+    out = work / "cli"
+    before = sorted(p.name for p in (out / "runs" / "_delta_log").glob("*.json"))
     sets = [f"pool.path={work}/pool.parquet", "pool.format=parquet", "pool.id_column=id",
             "pool.embedding_column=vec", f"target.path={work}/target.parquet",
             "target.format=parquet", "target.id_column=id", "target.embedding_column=vec",
@@ -205,8 +207,10 @@ def _check_gio_spark_run_from_a_shell_with_spark_remote(data):
                          capture_output=True, text=True, timeout=600,
                          env={**os.environ, "SPARK_REMOTE": "local[2]", "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "run run-" in run.stdout and "KL curve in" in run.stdout
+    assert "select: reusing the selection of run run-" in run.stdout
+    assert "explode: reusing the selected rows" in run.stdout
     assert "ivy" not in run.stderr.lower()          # the server's start went to the log file
+    assert sorted(p.name for p in (out / "runs" / "_delta_log").glob("*.json")) == before
     rows = pd.read_parquet(out / "selected_rows")
     got = zip(rows["id"], rows["cluster_id"], rows["rank"], strict=True)
     assert sorted([i, int(c), int(r)] for i, c, r in got) == found["api"]
