@@ -42,6 +42,7 @@ from jobs.config import (FRAME_FORMAT, NAMED_FORMATS, JobConfig, SourceSection,
 from jobs.io import tables
 from jobs.io.demo_data import demo_frame
 from jobs.io.encoders import load_model, model_dimension
+from jobs.io.session import is_connect
 
 EXAMPLES = 3
 # What an id column may hold: one value per row that reads the same as text on every run.
@@ -200,7 +201,7 @@ def check_file_systems(spark, cfg: JobConfig, sides: tuple) -> None:
     Raises:
       InputError: a location whose scheme this Spark cannot read or write.
     """
-    if type(spark).__module__.startswith("pyspark.sql.connect"):
+    if is_connect(spark):
         _check_file_systems_on_server(spark, cfg, sides)
         return
     from py4j.protocol import Py4JJavaError

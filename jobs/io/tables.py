@@ -57,6 +57,7 @@ from pyspark.sql import types as T
 from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.log import log
+from jobs.io.session import is_connect
 
 SCHEMA_VERSION = "3"
 TABLE_PROPERTY = "gio-spark.table"
@@ -348,10 +349,6 @@ def delta_version(spark: SparkSession, table: str) -> int:
     return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").select("version").first()[0])
 
 
-def _connect(spark) -> bool:
-    return type(spark).__module__.startswith("pyspark.sql.connect")
-
-
 def _listing(spark: SparkSession, path: str, recursive: bool = True):
     """On Spark Connect (no Hadoop FileSystem on the client): the files under ``path`` as the
     server lists them, ``[(path, size, modification time in ms)]``, or None when nothing is
@@ -386,7 +383,7 @@ def remote_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     """``(name relative to path, size, modification time in ms)`` of every file under a remote
     ``path`` (or of the file itself), listed through Hadoop's FileSystem, sorted; [] when
     nothing is there."""
-    if _connect(spark):
+    if is_connect(spark):
         from urllib.parse import urlparse
         listed = _listing(spark, path)
         if not listed:
@@ -423,7 +420,7 @@ def put_file(spark: SparkSession, dest: str, write: Callable[[str], bool | None]
     where the server does not take it (a location with a scheme; a local file system, unless the
     server sets spark.connect.copyFromLocalToFs.allowDestLocal) a warning says so and nothing is
     written."""
-    if spark is not None and _connect(spark):
+    if spark is not None and is_connect(spark):
         return _put_through_server(spark, dest, write)
     if not on_file_system(dest):
         return write(dest.removeprefix("file:")) is not False
@@ -513,7 +510,7 @@ def exists(spark: SparkSession, path: str) -> bool:
     table), it keeps answering False after that commit lands. Reading the table refreshes the
     cached log, so a False with a ``_delta_log`` present is asked again after one.
     """
-    if _connect(spark):
+    if is_connect(spark):
         return delta_detail(spark, delta_ref(path)) is not None
     if DeltaTable.isDeltaTable(spark, path):
         return True
@@ -587,7 +584,7 @@ _CHECKED: set = set()
 
 
 def _properties(spark: SparkSession, path: str) -> dict:
-    if _connect(spark):
+    if is_connect(spark):
         row = delta_detail(spark, delta_ref(path))
     else:
         row = DeltaTable.forPath(spark, path).detail().select("properties").first()
@@ -693,7 +690,7 @@ def path_exists(path: str) -> bool:
     active session's configuration)."""
     if on_file_system(path):
         spark = SparkSession.getActiveSession() or SparkSession._instantiatedSession
-        if _connect(spark):
+        if is_connect(spark):
             return _listing(spark, path, recursive=False) is not None
         hpath, fs = _hadoop_path(spark, path)
         return bool(fs.exists(hpath))
@@ -716,7 +713,7 @@ def ensure_table(spark: SparkSession, output: str, name: str,
         location = "file:/" + location[len("file:///"):]
 
     def create():
-        if _connect(spark):
+        if is_connect(spark):
             # No DeltaTable API on a Connect client: the same in SQL, one commit. The columns
             # come from an empty frame (DDL cannot name a user-defined type: an MLlib vector).
             parts = f" PARTITIONED BY (`{KEYS[name]}`)" if KEYS[name] else ""
