@@ -3,6 +3,7 @@
 Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
   check_select_options                                 -- the one validator of select's options
+  candidate_clusters                                   -- chosen clusters and their neighbours
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   kl_noise_floor                                       -- the knn estimate between target halves
   mmd_rbf, median_bandwidth                            -- RBF-kernel MMD (the "mmd" stop rule)
@@ -13,9 +14,10 @@ Public API:
 from gio_core._estimators import averaged_kl, intrinsic_dimension, kl_noise_floor, knn_kl
 from gio_core._mmd import median_bandwidth, mmd_rbf
 from gio_core._selection import (
-    PoolFraction, SelectionResult, UniformStart, check_select_options, select)
+    PoolFraction, SelectionResult, UniformStart, candidate_clusters, check_select_options, select)
 
-__all__ = ["select", "check_select_options", "SelectionResult", "UniformStart", "PoolFraction",
+__all__ = ["select", "check_select_options", "candidate_clusters", "SelectionResult",
+           "UniformStart", "PoolFraction",
            "knn_kl", "averaged_kl", "intrinsic_dimension", "kl_noise_floor", "mmd_rbf",
            "median_bandwidth", "GIOKL", "DiffImbalance"]
 

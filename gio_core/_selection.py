@@ -579,3 +579,44 @@ class _Driver:
             if max_rows is not None and rows_picked >= max_rows:
                 return picks, kls, "max_rows", resets
             kl_prev = kl
+
+
+def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: int) -> np.ndarray:
+    """The pool clusters whose rows a row-level selection chooses from: the ``chosen`` ones
+    (indices into the pool centroids, in pick order, repeats dropped), then the others in order
+    of their centroid's squared distance to the nearest target centroid (ties by index) until
+    the clusters hold at least ``rows`` rows (``sizes``: rows per pool cluster) or none is left.
+
+    Example::
+
+        near = candidate_clusters(pool_c, target_c, sizes, result.indices, 3 * budget)
+    """
+    pool_c = np.asarray(pool_centroids, np.float64)
+    target_c = np.asarray(target_centroids, np.float64)
+    sizes = np.asarray(sizes, np.int64)
+    if pool_c.ndim != 2 or target_c.ndim != 2 or pool_c.shape[1] != target_c.shape[1]:
+        raise ValueError(f"centroids of shapes {pool_c.shape} and {target_c.shape}: both need "
+                         "[rows, d] with the same d")
+    if sizes.shape != (pool_c.shape[0],):
+        raise ValueError(f"{sizes.shape[0] if sizes.ndim else 0} sizes for "
+                         f"{pool_c.shape[0]} pool centroids")
+    out = list(dict.fromkeys(int(c) for c in chosen))
+    total = int(sizes[out].sum()) if out else 0
+    if total >= rows:
+        return np.asarray(out, np.int64)
+    # Squared distances through the product, in blocks of pool centroids (memory O(block * t)).
+    t2 = (target_c ** 2).sum(1)
+    nearest = np.empty(len(pool_c))
+    for lo in range(0, len(pool_c), 4096):
+        block = pool_c[lo:lo + 4096]
+        d2 = (block ** 2).sum(1)[:, None] - 2 * block @ target_c.T + t2[None]
+        nearest[lo:lo + 4096] = np.maximum(d2, 0).min(1)
+    taken = np.zeros(len(pool_c), bool)
+    taken[out] = True
+    for c in np.lexsort((np.arange(len(pool_c)), nearest)):
+        if total >= rows:
+            break
+        if not taken[c]:
+            out.append(int(c))
+            total += int(sizes[c])
+    return np.asarray(out, np.int64)

@@ -97,6 +97,9 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POOL_K = Rule(lambda v: v == "auto" or (_is_int(v) and v >= 1),
               "auto (from the pool's size) or an integer >= 1")
 FILL = Rule(lambda v: v in ("auto", "mmd", None), "auto (mmd with the mmd rule), mmd or null")
+CANDIDATES = Rule(lambda v: _is_num(v) and v >= 1, "a number >= 1 (candidate rows per row "
+                  "to select)")
+REFINE = ("auto", "rows", "clusters")
 MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                     "null or a share of the pool's rows in (0, 1]")
 MODEL = Rule(lambda v: isinstance(v, str) and v != "", "a model name or path")
@@ -260,6 +263,14 @@ class SelectSection:
     max_rows: int | None = None       # row budget: stop once the picked clusters hold this many
     # or this share of the pool's rows (the smaller wins)
     max_fraction: Annotated[float | None, MAX_FRACTION] = None
+    # The row step (explode): GIO again, on the rows of the chosen clusters and their nearest
+    # neighbours, picking as many rows as whole clusters would give. auto: with a row budget
+    # (where it was measured closer to held-out rows); rows: always; clusters: never.
+    refine: Annotated[str, one_of(*REFINE)] = "auto"
+    candidates: Annotated[float, CANDIDATES] = 3.0   # candidate rows per row to select
+    # the row step runs only where its candidate rows fit this cap (collected to the driver)
+    max_candidates: Annotated[int, AT_LEAST_1] = 50_000
+    max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
     # id, so changing them reuses the run.
     # Deprecated: the runtime section's keys (still read, with a warning, when set here).
@@ -274,7 +285,8 @@ class SelectSection:
 
 # Options of the select section that are not gio_core.select's, and its runtime knobs.
 PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
-                           "jax_preallocate", "max_centroids", "max_fraction")
+                           "jax_preallocate", "max_centroids", "max_fraction", "refine",
+                           "candidates", "max_candidates", "max_target_rows")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
 RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task")
@@ -1337,6 +1349,10 @@ def _validate_select(cfg: JobConfig) -> None:
     _check(s.k < q.target_k,
            f"select.k={s.k} needs more than {s.k} target clusters, but quantize.target_k="
            f"{q.target_k}; raise quantize.target_k or lower select.k.")
+    _check(s.k < s.max_target_rows,
+           f"select.k={s.k} needs more than {s.k} target rows in the row step, but "
+           f"select.max_target_rows={s.max_target_rows}; raise select.max_target_rows or lower "
+           "select.k.")
     for key in ("pool_k", "target_k"):
         if getattr(q, key) == "auto":
             continue

@@ -21,7 +21,6 @@ import threading
 import time
 
 import numpy as np
-from pyspark.sql import functions as F
 
 import gio_core
 from jobs.common.errors import InputError
@@ -33,30 +32,7 @@ from jobs.io import tables
 from jobs.io.sources import check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
-
-
-def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
-    """Both sides' centroids as arrays, after checking that they may be collected."""
-    df = tables.read_key(spark, cfg.output.path, "centroids", clustering_id)
-    counts = {r["side"]: r["n"] for r in df.groupBy("side").agg(F.count("*").alias("n")).collect()}
-    limit = cfg.select.max_centroids
-    for side in ("pool", "target"):
-        if counts.get(side, 0) == 0:
-            raise InputError(f"the centroids of clustering {clustering_id} have no {side} rows; "
-                             "run quantize again.")
-        if counts[side] > limit:
-            raise InputError(f"{counts[side]} {side} centroids are more than "
-                             f"select.max_centroids={limit} allows to collect to the driver; "
-                             "lower quantize.pool_k/target_k or raise select.max_centroids "
-                             "(and the driver's memory).")
-    out = {}
-    for side in ("pool", "target"):
-        rows = (df.where(F.col("side") == side).orderBy("cluster_id")
-                .select("cluster_id", "centroid", "size").collect())
-        out[side] = (np.array([r["cluster_id"] for r in rows], np.int32),
-                     np.array([r["centroid"] for r in rows], np.float32),
-                     np.array([r["size"] for r in rows], np.int64))
-    return out
+from jobs.state.stored import collect_centroids, target_bandwidth_of
 
 
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
@@ -126,18 +102,6 @@ def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
     return out
 
 
-def _target_bandwidth(spark, cfg: JobConfig, plan: reuse.Plan) -> float | None:
-    """The target rows' median squared distance, from the clustering's stage record (None for
-    a clustering made before it was recorded: the rule then uses the centroids' own)."""
-    last = stagelog.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
-    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
-    value = detail.get("target_bandwidth")
-    if value is None:
-        log("select: this clustering has no recorded target bandwidth (quantized by an earlier "
-            "version); the mmd rule uses the target centroids' median distance")
-    return value
-
-
 def noise_floor(target_c, target_w, s, dim: float) -> float | None:
     """The knn estimate between two halves of the target centroids (None when there are too
     few, or for the averaged estimator, whose values are on another scale)."""
@@ -185,7 +149,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         t1 = time.perf_counter()
         options = engine_options(s)
         if s.stop_criterion == "mmd":
-            options["mmd_bandwidth"] = _target_bandwidth(spark, cfg, plan)
+            options["mmd_bandwidth"] = target_bandwidth_of(spark, cfg, plan)
         options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
         if options["max_rows"] is not None:
             log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "

@@ -290,10 +290,18 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
     return evaluate_plan(cfg, identities, pool_plan)
 
 
+# The row step's options (explode): they change nothing without a row budget unless
+# select.refine is rows, so there they stay out of the fingerprint, and such runs keep their ids.
+ROW_STEP_OPTIONS = ("refine", "candidates", "max_candidates", "max_target_rows")
+
+
 def select_params(cfg: JobConfig) -> dict:
-    """The select options that change the selection (the runtime knobs left out)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.select).items()
-            if k not in RUNTIME_SELECT_OPTIONS}
+    """The select options that change the selection (the runtime knobs left out, and the row
+    step's where it cannot run)."""
+    s = cfg.select
+    idle = s.refine != "rows" and s.max_rows is None and s.max_fraction is None
+    return {k: v for k, v in dataclasses.asdict(s).items()
+            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)}
 
 
 def plan(cfg: JobConfig, identities: dict) -> Plan:

@@ -1,5 +1,6 @@
 """Stored outputs that a stage reads from another stage's tables: learnt feature weights (the
-weigh stage's) and committed embeddings (the embed stage's). A look-up never computes anything:
+weigh stage's), committed embeddings (the embed stage's) and the clustering's centroids and
+target bandwidth (quantize's, which select and explode read). A look-up never computes anything:
 it finds what the stage log says is done, or raises with what to run first."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pyspark.sql import functions as F
 
 from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.common.log import log
 from jobs.config import JobConfig, uses_own_weights
 from jobs.io import tables
 from jobs.io.sources import Side
@@ -129,3 +131,40 @@ def apply_weights(embeddings: DataFrame, scale: np.ndarray) -> DataFrame:
     return embeddings.select(ROW_ID, F.zip_with(F.col(EMBEDDING), factors,
                                                 lambda x, s: (x * s).cast("float"))
                              .alias(EMBEDDING))
+
+
+def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
+    """Both sides' centroids as arrays, after checking that they may be collected."""
+    df = tables.read_key(spark, cfg.output.path, "centroids", clustering_id)
+    counts = {r["side"]: r["n"] for r in df.groupBy("side").agg(F.count("*").alias("n")).collect()}
+    limit = cfg.select.max_centroids
+    for side in ("pool", "target"):
+        if counts.get(side, 0) == 0:
+            raise InputError(f"the centroids of clustering {clustering_id} have no {side} rows; "
+                             "run quantize again.")
+        if counts[side] > limit:
+            raise InputError(f"{counts[side]} {side} centroids are more than "
+                             f"select.max_centroids={limit} allows to collect to the driver; "
+                             "lower quantize.pool_k/target_k or raise select.max_centroids "
+                             "(and the driver's memory).")
+    out = {}
+    for side in ("pool", "target"):
+        rows = (df.where(F.col("side") == side).orderBy("cluster_id")
+                .select("cluster_id", "centroid", "size").collect())
+        out[side] = (np.array([r["cluster_id"] for r in rows], np.int32),
+                     np.array([r["centroid"] for r in rows], np.float32),
+                     np.array([r["size"] for r in rows], np.int64))
+    return out
+
+
+def target_bandwidth_of(spark, cfg: JobConfig, plan) -> float | None:
+    """The target rows' median squared distance, from the stage record of the clustering of
+    ``plan`` (a :class:`jobs.state.reuse.Plan`); None for a clustering made before it was
+    recorded (the rule then uses the centroids' own)."""
+    last = stagelog.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
+    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
+    value = detail.get("target_bandwidth")
+    if value is None:
+        log("select: this clustering has no recorded target bandwidth (quantized by an earlier "
+            "version); the mmd rule uses the target centroids' median distance")
+    return value

@@ -412,3 +412,18 @@ def test_more_picks_do_not_retrace(mix16, method):
     before = [f._cache_size() for f in jitted]
     select(target, pool, max_iter=60, **kw)
     assert [f._cache_size() for f in jitted] == before
+
+
+def test_candidate_clusters_take_the_chosen_then_those_nearest_the_target():
+    """The chosen clusters first (in pick order, once each), then the nearest to any target
+    centroid until the rows are reached; ties go to the lower index."""
+    from gio_core import candidate_clusters
+    pool_c = np.array([[0.0], [10.0], [3.0], [-3.0], [20.0], [5.0]])
+    target_c = np.array([[0.0], [21.0]])
+    sizes = np.array([5, 5, 5, 5, 5, 5])
+    assert candidate_clusters(pool_c, target_c, sizes, [1, 1], 5).tolist() == [1]
+    # 1 chosen; then 0 (distance 0), 4 (1), 2 and 3 (9 each: 2 first), 5 (16), 1 is taken
+    assert candidate_clusters(pool_c, target_c, sizes, [1], 21).tolist() == [1, 0, 4, 2, 3]
+    assert candidate_clusters(pool_c, target_c, sizes, [], 100).tolist() == [0, 4, 2, 3, 5, 1]
+    with pytest.raises(ValueError, match="5 sizes for 6 pool centroids"):
+        candidate_clusters(pool_c, target_c, sizes[:5], [], 10)

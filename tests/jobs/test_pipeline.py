@@ -142,16 +142,17 @@ def test_precomputed_embeddings_skip_the_model(spark, tmp_path):
 
 
 def test_a_row_budget_gives_that_many_rows(spark, tmp_path):
-    """select.max_rows: the selection stops at the pick that reaches the budget and explode
-    samples that last cluster down, so exactly the budget comes out, every other chosen cluster
-    whole; select.max_fraction is a share of the pool's rows. A re-run reuses both."""
+    """select.max_rows with whole clusters (select.refine: clusters): the selection stops at
+    the pick that reaches the budget and explode samples that last cluster down, so exactly the
+    budget comes out, every other chosen cluster whole; select.max_fraction is a share of the
+    pool's rows. A re-run reuses both."""
     pool, comp, target = clustered_vectors()
     runs = {}
     for name, sets in (("rows", {"select__max_rows": 150}),
                        ("fraction", {"select__max_fraction": 0.1})):
         (tmp_path / name).mkdir()
         cfg = vectors_config(tmp_path / name, pool, target, select__stop_criterion="none",
-                             **sets)
+                             select__refine="clusters", **sets)
         summary = run_pipeline(spark, cfg)
         rows = (spark.read.format("delta").load(summary["table"])
                 .where(F.col("run_id") == summary["run_id"]).collect())
@@ -177,6 +178,50 @@ def test_a_row_budget_gives_that_many_rows(spark, tmp_path):
     assert again["selected_rows"] == 150 and sorted(r["id"] for r in rows) == sorted(
         r["id"] for r in spark.read.format("delta").load(summary["table"])
         .where(F.col("run_id") == summary["run_id"]).collect())
+
+
+def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, capsys):
+    """With a row budget (select.refine: auto), explode runs GIO again on the rows of the
+    chosen clusters and of their neighbours: exactly the budget, ranked 1..budget, each row
+    with its own cluster, candidates (select.candidates x the budget) and figures in the stage
+    log; closer to the target than whole clusters. A candidate cap below the need falls back
+    to whole clusters with the reason (auto), or is refused in one line (rows)."""
+    from gio_core import mmd_rbf
+    pool, comp, target = clustered_vectors(4)
+    cfg = vectors_config(tmp_path, pool, target, select__max_rows=100)
+    summary = run_pipeline(spark, cfg)
+    rows = (spark.read.format("delta").load(summary["table"])
+            .where(F.col("run_id") == summary["run_id"]).orderBy("rank").collect())
+    assert len(rows) == summary["selected_rows"] == 100
+    assert [r["rank"] for r in rows] == list(range(1, 101))       # one rank per row
+    ids = [r["id"] for r in rows]
+    assert len(set(ids)) == 100
+    plan = reuse.make_plan(spark, cfg)
+    assignments = {r["row_id"]: r["cluster_id"] for r in tables.read_key(
+        spark, cfg.output.path, "pool_assignments", plan.clustering_id).collect()}
+    assert all(assignments[str(r["id"])] == r["cluster_id"] for r in rows)
+    figures = json.loads(stagelog.latest(spark, cfg.output.path, "explode",
+                                         summary["run_id"])["detail"])["row_step"]
+    assert figures["rows"] == 100 and 300 <= figures["candidate_rows"] < 600
+    assert figures["target_rows"] == 80
+    assert "explode: the row step: 100 of" in capsys.readouterr().out
+    # auto with too small a cap: whole clusters, and why (on the same output: the clustering
+    # is reused); farther from the target than the row step's rows.
+    capped = vectors_config(tmp_path, pool, target, select__max_rows=100,
+                            select__max_candidates=250)
+    fallback = run_pipeline(spark, capped)
+    whole = [r["id"] for r in spark.read.format("delta").load(fallback["table"])
+             .where(F.col("run_id") == fallback["run_id"]).collect()]
+    assert ("whole clusters, not the row step: its 300 candidate rows (3 x 100) are more than "
+            "select.max_candidates=250") in capsys.readouterr().out
+    assert len(whole) == 100 and set(whole) != set(ids)
+    assert mmd_rbf(target, pool[ids]) < mmd_rbf(target, pool[whole])
+    # rows: refused before anything is written.
+    capped.select.refine = "rows"
+    capped.output.path = str(tmp_path / "refused")
+    with pytest.raises(InputError, match="select.refine=rows: its 300 candidate rows"):
+        run_pipeline(spark, capped)
+    assert not os.path.exists(os.path.join(capped.output.path, "centroids"))
 
 
 def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, tmp_path):

@@ -61,6 +61,19 @@ def test_pool_k_auto_clusters_again_when_the_budget_changes():
     assert fixed_budget.select != fixed.select
 
 
+def test_the_row_step_options_change_the_run_only_where_the_row_step_can_run():
+    """Without a row budget (and select.refine not rows) explode takes whole clusters whatever
+    the row step's options say: the run keeps its id. With a budget each one changes it."""
+    base = planned()
+    for knob in ("select.refine=clusters", "select.candidates=5", "select.max_candidates=10",
+                 "select.max_target_rows=50"):
+        assert planned(knob) == base, knob
+        with_budget = planned("select.max_rows=100", knob)
+        assert with_budget.run_id != planned("select.max_rows=100").run_id, knob
+        assert with_budget.clustering_id == base.clustering_id
+    assert planned("select.refine=rows").run_id != base.run_id
+
+
 def test_planning_leaves_the_config_as_it_was():
     """The GIO source's CSV form implies its vector column without writing it into the config,
     so a stage run alone plans the same run id as the whole pipeline."""
