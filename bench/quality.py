@@ -14,14 +14,17 @@ Cases (each: a pool, a target sample, held-out rows of the target's distribution
 Methods: ``gio_rows`` (``gio_core.select`` on the rows, knn estimator, exact, KL picks up to
 the budget), ``gio_rows_fill`` (the ``mmd`` rule, then ``fill="mmd"`` to the budget),
 ``gio_rows_avg`` (the source's averaged estimator), ``gio_clusters`` and ``gio_clusters_avg``
-(as the pipeline does it with a row budget: K-means on both sides (scikit-learn's here, MLlib's
-in the pipeline; the pool into ``quantize.pool_k: auto``'s count for the pool and the budget),
-cluster sizes as weights, the ``mmd`` rule then ``fill="mmd"`` to the
-budget, the chosen clusters exploded to their rows, the last one sampled down to the budget),
-``random``, ``k_center`` (farthest-first), ``datamodels`` (digits only: 2,000 logistic
-regressions on random halves of the pool, a lasso path per target row from the masks to the
-correct-class margins, then the rows with the largest total positive weight, as
-``gio-spark datamodels select`` ranks them), ``nn_round_robin`` (each target row in turn takes
+(the pipeline's cluster path, ``select.refine: clusters``: K-means on both sides
+(scikit-learn's here, the pipeline's own there; the pool into ``quantize.pool_k: auto``'s count
+for the pool and the budget), cluster sizes as weights, the ``mmd`` rule then ``fill="mmd"`` to
+the budget, the chosen clusters exploded to their rows, the last one sampled down to the
+budget), ``gio_pipeline`` (the pipeline's default with a row budget: those cluster picks, then
+its row step, GIO on the rows of the picked clusters and of those nearest the target, three
+times the budget, filled to the budget), ``random``, ``k_center`` (farthest-first),
+``datamodels`` (digits only: 2,000 logistic regressions on random halves of the pool, a lasso
+path per target row from the masks to the correct-class margins, then the rows with the
+largest total positive weight, as ``gio-spark datamodels select`` ranks them),
+``nn_round_robin`` (each target row in turn takes
 its nearest untaken pool row), and ``dsir`` (hashed n-gram importance resampling, the
 ``data-selection`` package, text only, minimum length 1 token). At each fixed budget every method
 returns exactly that many rows. ``*_mmd_stop`` rows: GIO with its default ``mmd`` rule deciding
@@ -181,6 +184,27 @@ def gio_clusters(case, budget, estimator="knn"):
     return explode(cl, result.indices, budget)
 
 
+def gio_pipeline(case, budget, candidates=3.0):
+    """The pipeline's default with a row budget (``select.refine: auto``): the cluster path's
+    picks (as :func:`gio_clusters`), then the row step: the rows of those clusters and of the
+    pool clusters nearest the target's centroids (``gio_core.candidate_clusters``,
+    ``candidates`` times the budget), and GIO on those rows against the target's rows (the
+    ``mmd`` rule, filled to the budget, the target rows' bandwidth)."""
+    from gio_core import candidate_clusters, median_bandwidth, select
+    cl = clusters(case, budget)
+    opts = dict(target_weights=cl["target_w"], pool_weights=cl["pool_w"], dim="auto",
+                stop_criterion="mmd", mmd_bandwidth=median_bandwidth(case["target"]))
+    picked = select(cl["target_c"], cl["pool_c"], fill="mmd", max_rows=budget,
+                    row_counts=cl["pool_w"].astype(np.int64), **opts).indices
+    want = min(int(np.ceil(candidates * budget)), len(case["pool"]))
+    near = candidate_clusters(cl["pool_c"], cl["target_c"], cl["pool_w"], picked, want)
+    rows = np.flatnonzero(np.isin(cl["labels"], near))
+    result = select(case["target"], case["pool"][rows], stop_criterion="mmd", fill="mmd",
+                    max_iter=budget, dim="auto",
+                    mmd_bandwidth=median_bandwidth(case["target"]))
+    return rows[result.indices]
+
+
 def dsir(case, budget, seed=0):
     from jobs.stages.evaluate import dsir_rows
     return dsir_rows(case["pool_texts"], case["target_texts"], budget, seed)
@@ -272,6 +296,7 @@ def run_case(name, case, emit_row):
         "gio_clusters": lambda b: gio_clusters(case, b),
         "gio_clusters_avg": lambda b: gio_clusters(case, b, "averaged"),
         **baselines(case)}
+    pipeline = {"gio_pipeline": lambda b: gio_pipeline(case, b)}
     results = []
 
     def measure(method, fn, budget, label):
@@ -286,7 +311,7 @@ def run_case(name, case, emit_row):
         return rows
 
     for budget in case["budgets"]:
-        for method, fn in methods.items():
+        for method, fn in {**methods, **pipeline}.items():
             measure(method, fn, budget, budget)
     # GIO's own stop decides the size; the baselines then get that size.
     for method in ("gio_rows", "gio_clusters"):

@@ -184,6 +184,25 @@ def stages() -> str:
     return table(["stage", "seconds", "x baseline", "earlier run, MLlib K-means"], "lrrr", rows)
 
 
+def row_step() -> str:
+    """The row step against whole clusters, per pool size (the latest run of each size)."""
+    latest = {r["rows"]: r for r in records("row_step_cpu_2cores.jsonl")}
+    rows = []
+    for n, r in sorted(latest.items()):
+        c, a = r["clusters"], r["auto"]
+        rows.append([thousands(n), thousands(r["budget"]), r["quantize_s"],
+                     f"{c['stage_s']['explode']} / {a['stage_s']['explode']}",
+                     times(r["explode_ratio"]),
+                     f"{round(c['driver_peak_rss_mib'])} / {round(a['driver_peak_rss_mib'])}",
+                     f"{c['mmd_heldout']:.4f} / {a['mmd_heldout']:.4f}",
+                     f"{c['share_target_components']:.2f} / {a['share_target_components']:.2f}"])
+    return table(["pool rows", "budget", "quantize s (shared)",
+                  "explode s: clusters / row step", "row step x clusters",
+                  "driver peak RSS MiB: clusters / row step",
+                  "held-out MMD²: clusters / row step", "target share: clusters / row step"],
+                 "rrrrrrrr", rows)
+
+
 def dii() -> str:
     rows = []
     for r in records("dii_vs_dadapy_cpu_2cores.jsonl"):
@@ -263,6 +282,7 @@ QUALITY_CASES = {"mixture16": "mixture 16-D", "mixture384": "mixture 384-D",
                  "digits": "digits", "docstrings": "docstrings"}
 QUALITY_COLUMNS = [("gio_rows", "GIO rows (KL picks)"), ("gio_rows_fill", "GIO rows, filled"),
                    ("gio_clusters", "GIO clusters, filled"),
+                   ("gio_pipeline", "pipeline: clusters, then rows"),
                    ("nn_round_robin", "nearest round-robin"), ("random", "random"),
                    ("dsir|datamodels", "DSIR (text) / datamodels (digits)")]
 # The mixtures' probe is near 1.0 for every method; the table shows accuracy for these:
@@ -302,11 +322,12 @@ def quality() -> str:
                 shown.append(text)
             rows.append([f"{name}, {thousands(got['gio_rows']['rows'])}"
                          + (" (`mmd` stop)" if isinstance(budget, str) else ""), *shown])
-    return table(["case, rows", *[title for _, title in QUALITY_COLUMNS]], "l" * 7, rows)
+    return table(["case, rows", *[title for _, title in QUALITY_COLUMNS]],
+                 "l" * (len(QUALITY_COLUMNS) + 1), rows)
 
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
-          (compat, scale, scale_weighted, kmeans, embed_backends, stages, dii, gaf, imnn,
+          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, dii, gaf, imnn,
            datamodels_workers, datamodels_regression, quality)}
 
 
