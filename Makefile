@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -127,6 +127,11 @@ bench-embed: $(STAMP)
 bench-gpu: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet "jax[cuda12]==$$($(VENV)/bin/python -c 'import jax; print(jax.__version__)')"
 	$(VENV)/bin/python bench/gpu.py --out bench/results/gpu.jsonl
+
+# The row step against whole clusters in the pipeline, 100k and 1M precomputed rows (time,
+# driver memory, held-out MMD); appended to bench/results/row_step_cpu_2cores.jsonl.
+bench-row-step: $(STAMP)
+	$(VENV)/bin/python bench/row_step.py
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)
