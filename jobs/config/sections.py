@@ -97,8 +97,8 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POOL_K = Rule(lambda v: v == "auto" or (_is_int(v) and v >= 1),
               "auto (from the pool's size) or an integer >= 1")
 FILL = Rule(lambda v: v in ("auto", "mmd", None), "auto (mmd with the mmd rule), mmd or null")
-CANDIDATES = Rule(lambda v: _is_num(v) and v >= 1, "a number >= 1 (candidate rows per row "
-                  "to select)")
+CANDIDATES = Rule(lambda v: _is_num(v) and math.isfinite(v) and v >= 1,
+                  "a finite number >= 1 (candidate rows per row to select)")
 REFINE = ("auto", "rows", "clusters")
 MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                     "null or a share of the pool's rows in (0, 1]")

@@ -47,8 +47,7 @@ from jobs.io.sources import Side, check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
-from jobs.state.stored import (collect_centroids, load_weights, stored_embeddings,
-                               target_bandwidth_of)
+from jobs.state.stored import collect_centroids, load_weights, stored_embeddings
 
 
 def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
@@ -95,15 +94,6 @@ def _picks(selection: DataFrame) -> list:
             selection.select("rank", "cluster_id", "cluster_size").orderBy("rank").collect()]
 
 
-def budget_cut(spark, cfg: JobConfig, plan: reuse.Plan, selection: DataFrame):
-    """``(cluster_id, rows, seed)`` when the row budget (``select.max_rows``/``max_fraction``)
-    falls inside the last picked cluster, else None."""
-    budget = row_budget(cfg.select, _pool_sizes(spark, cfg, plan))
-    if budget is None:
-        return None
-    return _cut(_picks(selection), budget, int(cfg.select.seed))[0]
-
-
 @dataclass(frozen=True)
 class RowStep:
     """What the row step does: pick ``size`` rows among at least ``candidates`` candidate rows
@@ -126,23 +116,30 @@ def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     Raises:
       InputError: ``refine: rows`` whose candidates do not fit ``select.max_candidates``.
     """
-    want = min(int(math.ceil(s.candidates * size)), pool_rows)
+    want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
     if s.refine == "clusters":
         return RowStep(False, size, want)
     if s.refine == "auto" and budget is None:
         return RowStep(False, size, want)
+    if size == 0:
+        return RowStep(False, size, want, "select chose no rows")
     if size >= pool_rows:
         return RowStep(False, size, want, f"the selection is the whole pool ({pool_rows} rows)")
     if want > s.max_candidates:
         why = (f"its {want} candidate rows ({s.candidates:g} x {size}) are more than "
                f"select.max_candidates={s.max_candidates}")
         if s.refine == "rows":
-            raise InputError(f"select.refine=rows: {why}, the rows it may collect to the "
-                             "driver; raise select.max_candidates (and the driver's memory), "
-                             "lower select.candidates or the row budget, or set select.refine: "
-                             "auto to take whole clusters there.")
+            raise InputError(refused(why, budget))
         return RowStep(False, size, want, why)
     return RowStep(True, size, want)
+
+
+def refused(why: str, budget: int | None) -> str:
+    """``select.refine: rows``'s one line when its candidates do not fit."""
+    smaller = "the row budget" if budget is not None else "the selection (set a row budget)"
+    return (f"select.refine=rows: {why}, the rows it may collect to the driver; raise "
+            f"select.max_candidates (and the driver's memory), lower select.candidates or "
+            f"{smaller}, or set select.refine: auto to take whole clusters there.")
 
 
 def check_row_step(cfg: JobConfig, pool_rows: int) -> None:
@@ -169,18 +166,37 @@ def _matrix(frame: DataFrame, what: str, *extra: str):
     return pdf.drop(columns=[EMBEDDING]), np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
 
 
-def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
-              assignments: DataFrame, picks: list, step: RowStep) -> tuple[DataFrame, dict]:
-    """The row step: ``(ROW_ID, cluster_id, rank)`` of the rows it picks, and its figures."""
-    s = cfg.select
-    t0 = time.perf_counter()
+def candidates_of(spark, cfg: JobConfig, plan: reuse.Plan, picks: list,
+                  step: RowStep) -> tuple[list, int, int]:
+    """``(candidate cluster ids, the rows they hold, the chosen clusters among them)``: the
+    chosen clusters and those nearest the target (:func:`gio_core.candidate_clusters`).
+
+    Raises:
+      ConcurrentRunError: a chosen cluster is not among the clustering's centroids.
+    """
     cents = collect_centroids(spark, cfg, plan.clustering_id)
     pool_ids, pool_c, pool_sizes = cents["pool"]
     index = {int(c): i for i, c in enumerate(pool_ids)}
-    chosen = [index[c] for c, _ in picks if c in index]
+    missing = sorted({c for c, _ in picks if c not in index})
+    if missing:
+        raise ConcurrentRunError(
+            f"run {plan.run_id} chose cluster(s) {missing[:5]} that clustering "
+            f"{plan.clustering_id} does not hold: its tables were replaced while this run ran. "
+            "Run again (give each config its own run_id, or none).")
+    chosen = [index[c] for c, _ in picks]
     near = gio_core.candidate_clusters(pool_c, cents["target"][1], pool_sizes, chosen,
                                        step.candidates)
-    clusters = [int(pool_ids[i]) for i in near]
+    return ([int(pool_ids[i]) for i in near], int(pool_sizes[near].sum()),
+            len(dict.fromkeys(chosen)))
+
+
+def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
+              assignments: DataFrame, clusters: list, chosen: int,
+              step: RowStep) -> tuple[DataFrame, dict]:
+    """The row step on the rows of ``clusters`` (the first ``chosen`` of them select's):
+    ``(ROW_ID, cluster_id, rank)`` of the rows it picks, and its figures."""
+    s = cfg.select
+    t0 = time.perf_counter()
     wanted = spark.createDataFrame([(c,) for c in clusters], "cluster_id int")
     members = F.broadcast(wanted).join(assignments.select(ROW_ID, "cluster_id"), "cluster_id")
     pool_e = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
@@ -194,14 +210,22 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
     if plan.weights_id is not None:             # the clusters' space: scaled by learnt weights
         scale = load_weights(spark, cfg, plan.weights_id, plan.weights).astype(np.float32)
         x, y = x * scale, y * scale
+    if cfg.quantize.distance == "cosine":      # ... and at unit length, as quantize put them
+        from gio_core.kmeans import normalise
+        x, y = normalise(x), normalise(y)
     collect_s = time.perf_counter() - t0
     size = min(step.size, len(cand_ids))
+    if size < step.size:
+        log(f"explode: warning: the candidate clusters hold {len(cand_ids)} usable rows, fewer "
+            f"than the {step.size} to select; the row step selects them all")
     log(f"explode: the row step: {size} of {len(cand_ids)} candidate rows from "
-        f"{len(clusters)} clusters ({len(dict.fromkeys(chosen))} chosen, the rest nearest the "
-        f"target), against {len(target_ids)} target rows")
+        f"{len(clusters)} clusters ({chosen} chosen, the rest nearest the target), against "
+        f"{len(target_ids)} target rows")
     options = engine_options(s)
+    # The mmd rule's kernel width: the median squared distance between the target rows it
+    # matches (mmd_bandwidth None), in the space the step works in.
     options.update(stop_criterion="mmd", fill="mmd", max_iter=size, max_rows=None,
-                   resets_allowed=False, mmd_bandwidth=target_bandwidth_of(spark, cfg, plan))
+                   resets_allowed=False, mmd_bandwidth=None)
     configure_jax(cfg.runtime)
     picks_bar = bar("explode: rows", total=size, unit="row")
     every = max(1, size // 20)
@@ -273,8 +297,17 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
         cut, size = _cut(picks, budget, int(cfg.select.seed))
         step = row_step_plan(cfg.select, budget, size, pool_rows)
         if step.run:
+            clusters, held, chosen = candidates_of(spark, cfg, plan, picks, step)
+            if held > cfg.select.max_candidates:       # whole clusters overshoot the need
+                why = (f"its {len(clusters)} candidate clusters hold {held} rows, more than "
+                       f"select.max_candidates={cfg.select.max_candidates}")
+                if cfg.select.refine == "rows":
+                    raise InputError(refused(why, budget))
+                step = RowStep(False, size, step.candidates, why)
+        if step.run:
             side = target if target is not None else read_only(spark, cfg, plan, "target", log)
-            rows, figures = row_picks(spark, cfg, plan, pool, side, assignments, picks, step)
+            rows, figures = row_picks(spark, cfg, plan, pool, side, assignments, clusters,
+                                      chosen, step)
             out = (pool.frame.join(F.broadcast(rows), ROW_ID)
                    .withColumn("run_id", F.lit(run_id))
                    .select(*own, "cluster_id", "rank", "run_id"))

@@ -96,8 +96,9 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
                                                             "past the point where the mmd rule"),
     (["select.refine=centroids"], "select.refine must be auto, rows or clusters; got "
                                   "'centroids'."),
-    (["select.candidates=0.5"], "select.candidates must be a number >= 1 (candidate rows per "
-                                "row to select); got 0.5."),
+    (["select.candidates=0.5"], "select.candidates must be a finite number >= 1 (candidate "
+                                "rows per row to select); got 0.5."),
+    (["select.candidates=.inf"], "select.candidates must be a finite number >= 1"),
     (["select.max_candidates=0"], "select.max_candidates must be an integer >= 1"),
     (["select.max_target_rows=4"], "select.k=5 needs more than 5 target rows in the row step, "
                                    "but select.max_target_rows=4"),

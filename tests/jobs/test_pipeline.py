@@ -207,17 +207,18 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     assert "explode: the row step: 100 of" in capsys.readouterr().out
     # auto with too small a cap: whole clusters, and why (on the same output: the clustering
     # is reused); farther from the target than the row step's rows.
+    # The cap holds for what the candidate clusters hold: 322 rows here for the 300 wanted.
     capped = vectors_config(tmp_path, pool, target, select__max_rows=100,
-                            select__max_candidates=250)
+                            select__max_candidates=310)
     fallback = run_pipeline(spark, capped)
     whole = [r["id"] for r in spark.read.format("delta").load(fallback["table"])
              .where(F.col("run_id") == fallback["run_id"]).collect()]
-    assert ("whole clusters, not the row step: its 300 candidate rows (3 x 100) are more than "
-            "select.max_candidates=250") in capsys.readouterr().out
+    assert ("whole clusters, not the row step: its 17 candidate clusters hold 322 rows, more "
+            "than select.max_candidates=310") in capsys.readouterr().out
     assert len(whole) == 100 and set(whole) != set(ids)
     assert mmd_rbf(target, pool[ids]) < mmd_rbf(target, pool[whole])
-    # rows: refused before anything is written.
-    capped.select.refine = "rows"
+    # rows, with a cap below 3 x the budget: refused before anything is written.
+    capped.select.refine, capped.select.max_candidates = "rows", 250
     capped.output.path = str(tmp_path / "refused")
     with pytest.raises(InputError, match="select.refine=rows: its 300 candidate rows"):
         run_pipeline(spark, capped)

@@ -228,7 +228,7 @@ def test_the_readme_notebook_sample_runs_as_written(spark, docstrings, tmp_path,
     finally:
         spark.sql("DROP DATABASE IF EXISTS raw CASCADE")
     shown = capsys.readouterr().out
-    assert "|rank|count|" in shown.replace(" ", "") and "stop_reason" in shown
+    assert "|cluster_id|rank|run_id|" in shown.replace(" ", "") and "stop_reason" in shown
     chosen = [r.asDict() for r in scope["chosen"].collect()]
     assert {"doc_id", "text", "cluster_id", "rank", "run_id"} <= set(chosen[0])
     assert len(chosen) == 100 and _target_share(chosen) > 2 * _target_share(pool)
