@@ -17,7 +17,9 @@ import jobs
 from tests.conftest import mixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 6, "select.k": 3}
+# A row budget: the selection takes explode's row step (GIO on candidate rows) on both kinds
+# of session.
+SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 6, "select.k": 3, "select.max_rows": 100}
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, traceback
@@ -133,7 +135,7 @@ def _run_the_child(work, docstrings):
                                      "vec": list(x.astype(float))})
         frames[name].to_parquet(work / f"{name}.parquet")
     texts_pool, texts_target = docstrings
-    for name, rows in (("text_pool", texts_pool[::6]), ("text_target", texts_target[::2])):
+    for name, rows in (("text_pool", texts_pool[::24]), ("text_target", texts_target[::4])):
         frames[name] = pd.DataFrame({"id": [r["doc_id"] for r in rows],
                                      "text": [r["text"] for r in rows]})
         frames[name].to_parquet(work / f"{name}.parquet")
@@ -150,8 +152,8 @@ def _check_the_api_the_command_line_and_the_estimator(spark, data):
     work, frames, found, _ = data
     assert found["connect"].startswith("pyspark.sql.connect")
     rows = found["api"]
-    assert 0 < len(rows) < 600 and found["columns"] == ["id", "vec", "cluster_id", "rank",
-                                                        "run_id"]
+    assert len(rows) == 100 and found["columns"] == ["id", "vec", "cluster_id", "rank", "run_id"]
+    assert sorted(r[2] for r in rows) == list(range(1, 101))      # ranked by the row step
     # The rows a classic session selects from the same data with the same settings.
     classic = jobs.select_rows(spark.createDataFrame(frames["pool"]),
                                spark.createDataFrame(frames["target"]), embedding_column="vec",
