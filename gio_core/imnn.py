@@ -243,7 +243,13 @@ def as_optimiser(optimiser) -> Optimiser:
             w, opt_state = state
             updates, opt_state = optimiser.update(grad, opt_state, w)
             return (optax.apply_updates(w, updates), opt_state)
-        return Optimiser(init, update, lambda state: state[0])
+
+        def params(state):
+            if not (isinstance(state, tuple) and len(state) == 2):
+                raise TypeError("an optax state here is (weights, optimiser state); got "
+                                f"{type(state).__name__}.")
+            return state[0]
+        return Optimiser(init, update, params)
     if isinstance(optimiser, tuple) and len(optimiser) == 3 and all(map(callable, optimiser)):
         return Optimiser(*optimiser)
     raise TypeError("optimiser must be an optax GradientTransformation (optax.adam(1e-3)) or "
@@ -322,11 +328,32 @@ def example_simulations(key, n_s: int = 1000, n_d: int = 1000, θ_fid=(0.0, 1.0)
 # ---------------------------------------------------------------------------
 
 def _int(name, value, low=1):
+    if value is None:
+        raise ValueError(f"{name} is None; give an int.")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int; got {value!r}.")
     if value < low:
         raise ValueError(f"{name} must be at least {low}; got {value}.")
     return int(value)
+
+
+def _float(name, value) -> float:
+    """A Python float, as the reference's ``fit`` wants ``λ`` and ``ϵ``: None is a
+    ValueError, anything else that is not a float (an int, a NumPy float32) a TypeError."""
+    if value is None:
+        raise ValueError(f"{name} is None; give a float such as 10.0.")
+    if not isinstance(value, float):
+        raise TypeError(f"{name} must be a float (write {value!r}.0 or float(...)); got "
+                        f"{type(value).__name__} {value!r}.")
+    return float(value)
+
+
+def _bool(name, value) -> bool:
+    if value is None:
+        raise ValueError(f"{name} is None; give True or False.")
+    if value is not True and value is not False:
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}.")
+    return value
 
 
 def _shape(name, value):
@@ -417,6 +444,9 @@ class _IMNN:
                             "jax.example_libraries.stax.serial(...) returns.")
         self._model_initialiser, self.model = model
         self._opt = as_optimiser(optimiser)
+        if key_or_state is None:
+            raise ValueError("key_or_state is None; give a PRNG key (jax.random.PRNGKey(0)) or "
+                             "an optimiser state to continue from.")
         if _is_key(key_or_state):
             output_shape, w = self._model_initialiser(key_or_state, self.input_shape)
             if tuple(output_shape)[-1:] != (self.n_summaries,):
@@ -425,7 +455,13 @@ class _IMNN:
             self.state = self._opt.init(w)
         else:
             self.state = key_or_state
-            w = self._opt.params(key_or_state)
+            try:
+                w = self._opt.params(key_or_state)
+            except Exception as err:
+                raise TypeError(
+                    "key_or_state is neither a PRNG key (shape (2,), jax.random.PRNGKey(0)) nor "
+                    "an optimiser state this optimiser can read parameters from; got "
+                    f"{type(key_or_state).__name__}.") from err
         self.initial_w = self.final_w = self.best_w = self.w = w
         self._counter = 0
         self._history: dict[str, np.ndarray] = {}
@@ -488,8 +524,9 @@ class _IMNN:
         """Fit the network's weights.
 
         Args:
-          λ: coupling strength of the covariance regulariser (> 1).
-          ϵ: how close to the identity the summaries' covariance should come (> 0).
+          λ: coupling strength of the covariance regulariser (> 1), a float: as the
+            reference, None is a ValueError and an int (``10``) a TypeError.
+          ϵ: how close to the identity the summaries' covariance should come (> 0), a float.
           rng: a PRNG key; needed only when simulating on the fly (:class:`SimulatorIMNN`).
           patience: stop after this many iterations without a larger det F (the validation
             set's when there is one), once ``min_iterations`` have run.
@@ -501,12 +538,19 @@ class _IMNN:
 
         Calling ``fit`` again continues from the optimiser's state; the history grows.
         """
-        λ = float(λ)
-        ϵ = float(ϵ)
+        λ = _float("λ", λ)
+        ϵ = _float("ϵ", ϵ)
         α = coupling_rate(λ, ϵ)
         patience = _int("patience", patience)
         min_iterations = _int("min_iterations", min_iterations, 0)
         max_iterations = _int("max_iterations", max_iterations)
+        best = _bool("best", best)
+        if rng is not None and not _is_key(rng):
+            if hasattr(rng, "shape"):
+                raise ValueError(f"rng should be a PRNG key of shape (2,); got shape "
+                                 f"{tuple(rng.shape)}.")
+            raise TypeError(f"rng must be a PRNG key (jax.random.PRNGKey(0)); got "
+                            f"{type(rng).__name__}.")
         if print_rate is not None:
             print_rate = _int("print_rate", print_rate)
         if self.simulate and rng is None:

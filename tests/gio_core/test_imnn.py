@@ -260,3 +260,30 @@ def test_value_and_jacobians_as_the_reference_utils_give_them():
         _, (dθ, dnoise) = both(simulate, argnums=(0, 1))(θ, noise)
         assert dθ.shape == (5, 2) and dnoise.shape == (5, 5)
         np.testing.assert_allclose(jnp.diag(dnoise), jnp.full(5, jnp.sqrt(2.0)), rtol=1e-6)
+
+
+def test_fit_and_the_constructor_refuse_what_the_reference_refuses(sims):
+    """The reference's checks and exception types: ``λ`` and ``ϵ`` must be floats (None: a
+    ValueError; an int: a TypeError), ``best`` a bool, ``rng`` a key of shape (2,), and
+    ``key_or_state`` a key or a state the optimiser reads parameters from. Nothing is fitted
+    before a refusal."""
+    small = {k: v[:100] for k, v in sims.items()}
+    imnn = I.GradientIMNN(**common(100, 100, hidden=(8,)), **small)
+    for args, kw, error, says in [
+            ((1, ϵ), {}, TypeError, "λ must be a float .*got int 1"),
+            ((λ, 1), {}, TypeError, "ϵ must be a float"),
+            ((None, ϵ), {}, ValueError, "λ is None"),
+            ((λ, None), {}, ValueError, "ϵ is None"),
+            ((λ, ϵ), {"best": None}, ValueError, "best is None"),
+            ((λ, ϵ), {"best": 1}, TypeError, "best must be True or False"),
+            ((λ, ϵ), {"patience": None}, ValueError, "patience is None"),
+            ((λ, ϵ), {"rng": jnp.zeros(3, jnp.uint32)}, ValueError, "shape \\(3,\\)"),
+            ((λ, ϵ), {"rng": 7}, TypeError, "rng must be a PRNG key")]:
+        with pytest.raises(error, match=says):
+            imnn.fit(*args, max_iterations=3, **kw)
+    assert not imnn.history and imnn.F is None            # no iteration ran
+    with pytest.raises(ValueError, match="key_or_state is None"):
+        I.GradientIMNN(**dict(common(100, 100, hidden=(8,)), key_or_state=None), **small)
+    with pytest.raises(TypeError, match="key_or_state is neither a PRNG key"):
+        I.GradientIMNN(**dict(common(100, 100, hidden=(8,)), key_or_state=jnp.zeros(3)),
+                       **small)
