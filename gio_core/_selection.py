@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gio_core.kmeans import nearest as nearest_centre
 from gio_core._engines import AveragedEngine, KnnEngine
 from gio_core._validation import (
     as_points, as_weights, check_bool, check_choice, check_k, check_number, same_dim)
@@ -604,13 +605,7 @@ def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: in
     total = int(sizes[out].sum()) if out else 0
     if total >= rows:
         return np.asarray(out, np.int64)
-    # Squared distances through the product, in blocks of pool centroids (memory O(block * t)).
-    t2 = (target_c ** 2).sum(1)
-    nearest = np.empty(len(pool_c))
-    for lo in range(0, len(pool_c), 4096):
-        block = pool_c[lo:lo + 4096]
-        d2 = (block ** 2).sum(1)[:, None] - 2 * block @ target_c.T + t2[None]
-        nearest[lo:lo + 4096] = np.maximum(d2, 0).min(1)
+    nearest = nearest_centre(pool_c, target_c)[1]   # squared distance to the nearest target one
     taken = np.zeros(len(pool_c), bool)
     taken[out] = True
     for c in np.lexsort((np.arange(len(pool_c)), nearest)):
