@@ -4,6 +4,7 @@ Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
   check_select_options                                 -- the one validator of select's options
   candidate_clusters                                   -- chosen clusters and their neighbours
+  row_regions, Regions, share_out                      -- regions for a row selection in parts
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   kl_noise_floor                                       -- the knn estimate between target halves
   mmd_rbf, median_bandwidth                            -- RBF-kernel MMD (the "mmd" stop rule)
@@ -14,9 +15,11 @@ Public API:
 from gio_core._estimators import averaged_kl, intrinsic_dimension, kl_noise_floor, knn_kl
 from gio_core._mmd import median_bandwidth, mmd_rbf
 from gio_core._selection import (
-    PoolFraction, SelectionResult, UniformStart, candidate_clusters, check_select_options, select)
+    PoolFraction, Regions, SelectionResult, UniformStart, candidate_clusters, check_select_options,
+    row_regions, select, share_out)
 
-__all__ = ["select", "check_select_options", "candidate_clusters", "SelectionResult",
+__all__ = ["select", "check_select_options", "candidate_clusters", "row_regions", "Regions",
+           "share_out", "SelectionResult",
            "UniformStart", "PoolFraction",
            "knn_kl", "averaged_kl", "intrinsic_dimension", "kl_noise_floor", "mmd_rbf",
            "median_bandwidth", "GIOKL", "DiffImbalance"]

@@ -615,3 +615,128 @@ def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: in
             out.append(int(c))
             total += int(sizes[c])
     return np.asarray(out, np.int64)
+
+
+class Regions(NamedTuple):
+    """A split of candidate clusters and target rows into regions of space (see
+    :func:`row_regions`)."""
+    cluster_region: np.ndarray   # [clusters] int64: each candidate cluster's region
+    target_region: np.ndarray    # [target rows] int64: each target row's region
+    rows: np.ndarray             # [regions] int64: the rows each region's clusters hold
+
+
+def row_regions(centroids, sizes, target, cap: int, min_target: int) -> Regions:
+    """Cuts space into regions whose candidate clusters hold about ``cap`` rows at most, so that
+    a row-level selection can run in each region apart: the selection of the candidate rows
+    of a region against the target rows in it.
+
+    The cut is a tree of hyperplanes. A region whose clusters hold more than ``cap`` rows (and
+    more than one cluster) is split across the principal axis of its centroids (weighted by
+    their rows), at the median row, into two halves of about equal rows; the target rows go to
+    the side of the plane they lie on. A split that would leave either side fewer than
+    ``min_target`` target rows is not made: that region stays whole (the caller may then cut
+    its rows further at random, each part with the same target rows). Regions are numbered
+    depth first, the lower side of each plane first. Pure function of its inputs: the same
+    centroids, sizes and target rows (in any order of the target rows) give the same regions.
+
+    Args:
+      centroids: ``[clusters, d]``, the candidate clusters' centroids.
+      sizes: ``[clusters]``, the rows each cluster holds.
+      target: ``[n, d]``, the target rows, in the centroids' space.
+      cap: the most rows a region should hold (``>= 1``).
+      min_target: the fewest target rows a region may have after a split (``>= 1``).
+
+    Example::
+
+        regions = row_regions(cand_c, cand_sizes, target_rows, cap=50_000, min_target=6)
+    """
+    c = np.asarray(centroids, np.float64)
+    t = np.asarray(target, np.float64)
+    sizes = np.asarray(sizes, np.int64)
+    if c.ndim != 2 or t.ndim != 2 or c.shape[1] != t.shape[1]:
+        raise ValueError(f"centroids of shape {c.shape} and target rows of shape {t.shape}: "
+                         "both need [rows, d] with the same d")
+    if sizes.shape != (c.shape[0],):
+        raise ValueError(f"{sizes.shape[0] if sizes.ndim else 0} sizes for {c.shape[0]} "
+                         "centroids")
+    if int(cap) < 1 or int(min_target) < 1:
+        raise ValueError(f"cap and min_target must be >= 1; got {cap} and {min_target}")
+    cluster_region = np.zeros(len(c), np.int64)
+    target_region = np.zeros(len(t), np.int64)
+    rows: list[int] = []
+    stack = [(np.arange(len(c)), np.arange(len(t)))]
+    while stack:
+        clusters, targets = stack.pop()
+        halves = _halves(c[clusters], sizes[clusters], t[targets], int(cap), int(min_target))
+        if halves is None:
+            cluster_region[clusters] = len(rows)
+            target_region[targets] = len(rows)
+            rows.append(int(sizes[clusters].sum()))
+            continue
+        (low_c, low_t), (high_c, high_t) = halves
+        stack.append((clusters[high_c], targets[high_t]))    # popped after the lower side
+        stack.append((clusters[low_c], targets[low_t]))
+    return Regions(cluster_region, target_region, np.asarray(rows, np.int64))
+
+
+def _halves(c, sizes, t, cap: int, min_target: int):
+    """The two sides of the weighted principal plane through ``c``'s median row, as index
+    arrays ``((clusters, targets), (clusters, targets))``; None where no split is due or
+    allowed."""
+    total = int(sizes.sum())
+    if total <= cap or len(c) < 2:
+        return None
+    w = sizes / max(total, 1)
+    centred = c - w @ c
+    _, vectors = np.linalg.eigh((centred * w[:, None]).T @ centred)
+    axis = vectors[:, -1]
+    axis = axis * (1.0 if axis[np.argmax(np.abs(axis))] > 0 else -1.0)   # one sign, always
+    p = c @ axis
+    order = np.lexsort((np.arange(len(c)), p))
+    before = np.cumsum(sizes[order])
+    cut = int(np.clip(np.searchsorted(before, total / 2.0), 0, len(c) - 2)) + 1
+    if p[order[cut - 1]] == p[order[cut]]:
+        return None                                        # no plane between the halves
+    plane = (p[order[cut - 1]] + p[order[cut]]) / 2.0
+    low_t = np.flatnonzero(t @ axis < plane)
+    high_t = np.flatnonzero(t @ axis >= plane)
+    if min(len(low_t), len(high_t)) < min_target:
+        return None
+    return (np.sort(order[:cut]), low_t), (np.sort(order[cut:]), high_t)
+
+
+def share_out(total: int, weights, caps) -> np.ndarray:
+    """``total`` picks shared among parts in proportion to ``weights``, none past its cap:
+    largest remainders (ties to the lower index), and what a capped part cannot take goes to the
+    others in the same proportion. Returns int64 ``[parts]`` summing to
+    ``min(total, sum(caps))``; parts of weight 0 get picks only when the others are full.
+
+    Example::
+
+        share_out(10, [1, 1, 2], [100, 1, 100]).tolist()   # [3, 1, 6]
+    """
+    w = np.asarray(weights, np.float64)
+    caps = np.asarray(caps, np.int64)
+    if w.shape != caps.shape or w.ndim != 1 or (w < 0).any() or (caps < 0).any():
+        raise ValueError("weights and caps need one non-negative value per part")
+    out = np.zeros(len(w), np.int64)
+    left = min(int(total), int(caps.sum()))
+    while left > 0:
+        room = caps - out
+        open_ = room > 0
+        share = np.where(open_, w, 0.0)
+        if share.sum() <= 0:                               # only weightless parts have room
+            share = open_.astype(np.float64)
+        exact = left * share / share.sum()
+        give = np.minimum(np.floor(exact).astype(np.int64), room)
+        rest = left - int(give.sum())
+        if rest > 0:                                        # largest remainders, in room
+            frac = np.where((share > 0) & (room > give), exact - np.floor(exact), -1.0)
+            for i in np.lexsort((np.arange(len(w)), -frac))[:rest]:
+                if frac[i] >= 0:
+                    give[i] += 1
+        if give.sum() == 0:
+            break
+        out += give
+        left -= int(give.sum())
+    return out

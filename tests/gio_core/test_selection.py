@@ -427,3 +427,42 @@ def test_candidate_clusters_take_the_chosen_then_those_nearest_the_target():
     assert candidate_clusters(pool_c, target_c, sizes, [], 100).tolist() == [0, 4, 2, 3, 5, 1]
     with pytest.raises(ValueError, match="5 sizes for 6 pool centroids"):
         candidate_clusters(pool_c, target_c, sizes[:5], [], 10)
+
+
+def test_row_regions_cut_at_the_median_row_and_keep_enough_target_rows():
+    """Clusters on a line: the first plane falls between the halves of the rows (6.5), the
+    target rows go to their side of it; a cut that would leave a side fewer than min_target
+    target rows is not made; regions are numbered depth first, the lower side first, and the
+    target rows' order does not change their regions."""
+    from gio_core import row_regions
+    centroids = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0], [12.0], [13.0]])
+    sizes = np.full(8, 10)
+    target = np.array([[0.5], [1.0], [2.0], [12.0], [12.5], [7.0], [6.0]])
+    two = row_regions(centroids, sizes, target, cap=40, min_target=3)
+    assert two.cluster_region.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert two.target_region.tolist() == [0, 0, 0, 1, 1, 1, 0] and two.rows.tolist() == [40, 40]
+    assert row_regions(centroids, sizes, target, cap=40, min_target=4).rows.tolist() == [80]
+    four = row_regions(centroids, sizes, target, cap=20, min_target=1)
+    assert four.cluster_region.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert four.target_region.tolist() == [0, 0, 1, 3, 3, 2, 1]
+    flipped = row_regions(centroids, sizes, target[::-1], cap=20, min_target=1)
+    assert flipped.target_region[::-1].tolist() == four.target_region.tolist()
+    # one cluster over the cap stays one region (the caller deals its rows into parts)
+    assert row_regions(centroids[:1], [500], target, cap=20, min_target=1).rows.tolist() == [500]
+    with pytest.raises(ValueError, match="same d"):
+        row_regions(centroids, sizes, np.zeros((3, 2)), cap=20, min_target=1)
+
+
+def test_share_out_is_proportional_capped_and_exact():
+    """Largest remainders to the lower index; what a full part cannot take goes to the others
+    by weight; weightless parts only when the weighted ones are full; never more than the
+    caps."""
+    from gio_core import share_out
+    assert share_out(10, [1, 1, 2], [100, 1, 100]).tolist() == [3, 1, 6]
+    assert share_out(3, [1, 1, 1], [9, 9, 9]).tolist() == [1, 1, 1]
+    assert share_out(5, [1, 1, 1], [9, 9, 9]).tolist() == [2, 2, 1]
+    assert share_out(10, [1, 1, 0], [2, 100, 100]).tolist() == [2, 8, 0]
+    assert share_out(10, [0, 1, 0], [5, 3, 5]).tolist() == [4, 3, 3]
+    assert share_out(50, [1, 2], [3, 4]).tolist() == [3, 4]
+    with pytest.raises(ValueError, match="one non-negative value per part"):
+        share_out(3, [1, -1], [2, 2])
