@@ -268,7 +268,7 @@ class SelectSection:
     # (where it was measured closer to held-out rows); rows: always; clusters: never.
     refine: Annotated[str, one_of(*REFINE)] = "auto"
     candidates: Annotated[float, CANDIDATES] = 3.0   # candidate rows per row to select
-    # the row step runs only where its candidate rows fit this cap (collected to the driver)
+    # the most candidate rows one process holds: the driver, else each Spark task of the row step
     max_candidates: Annotated[int, AT_LEAST_1] = 50_000
     max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
@@ -459,7 +459,9 @@ class EvaluateSection:
     Every method chooses from the same ``sample_rows`` pool rows (the smallest seeded hashes of
     their ids), as many as the selection holds among them: ``gio_rows`` (GIO on the rows
     themselves, no clustering), ``random``, ``k_center``, ``nn_round_robin`` and ``dsir``
-    (hashed n-gram importance resampling on the texts; needs the ``quality`` extra). Metrics
+    (hashed n-gram importance resampling on the texts; needs the ``quality`` extra). Where
+    explode's row step made this config's selection, ``whole clusters`` too: the sampled rows
+    of select's cluster picks (what ``select.refine: clusters`` gives), at most as many. Metrics
     against at most ``max_heldout`` held-out rows: MMD², the kNN KL, with ``domain_column``
     the share of rows from ``target_domains`` (default: the held-out rows' own values of that
     column) and their recall, and with ``label_column`` a probe's accuracy (``probe``: a

@@ -16,7 +16,10 @@ same way):
 * ``random``, ``k_center`` (farthest-first), ``nn_round_robin`` (each target row in turn
   takes its nearest untaken row): :mod:`gio_core.quality`;
 * ``dsir``: hashed n-gram importance resampling of the texts (the ``data-selection`` package,
-  minimum length 1 token; the ``quality`` extra).
+  minimum length 1 token; the ``quality`` extra);
+* ``whole_clusters``, where explode's row step made this config's run: the sampled rows of
+  select's cluster picks, as the cluster path would have written them (at most as many, the
+  first in the sample's order; :func:`jobs.state.stored.whole_cluster_rows`).
 
 Each selection is scored against at most ``evaluate.max_heldout`` rows of ``evaluate.heldout``
 (rows of the target's distribution that the target sample left out), by
@@ -62,10 +65,11 @@ from jobs.io.sources import (Side, check_class_column, check_outputs, checked_mo
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
-from jobs.state.stored import stored_embeddings
+from jobs.state.stored import stored_embeddings, whole_cluster_rows
 
 HELDOUT = "evaluate.heldout"
 LABEL, DOMAIN, IN_SELECTION = "__gio_label", "__gio_domain", "__gio_selected"
+IN_CLUSTERS = "__gio_in_whole_clusters"
 HASH = "__gio_eval_hash"
 
 
@@ -180,6 +184,16 @@ def _collect(frame: DataFrame, what: str):
     return pdf, x
 
 
+def row_step_ran(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluatePlan) -> bool:
+    """Whether the selection evaluated is this config's run and explode's row step made it
+    (then whole clusters, what ``select.refine: clusters`` gives, are compared too)."""
+    if eplan.selection != plan.run_id:
+        return False
+    last = stagelog.latest(spark, cfg.output.path, "explode", plan.run_id)
+    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
+    return bool(detail.get("row_step"))
+
+
 def selected_ids(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:
     """The row ids of run ``run_id``'s selected rows, computed as the pool's."""
     return selected_frame(spark, cfg.output.path, run_id, pool, "evaluate.selection",
@@ -242,7 +256,8 @@ def _dsir(dsir_class, pool_texts: list, target_texts: list, budget: int, seed: i
 # ---------------------------------------------------------------------------
 
 NAMES = {"selection": "the selection", "gio_rows": "GIO on rows", "random": "random",
-         "k_center": "k-center", "nn_round_robin": "NN round robin", "dsir": "DSIR"}
+         "k_center": "k-center", "nn_round_robin": "NN round robin", "dsir": "DSIR",
+         "whole_clusters": "whole clusters"}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -351,6 +366,10 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         stored_pool = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
         sample = (_with_features(spark, cfg, sample, stored_pool, pool_text, "the pool's sample")
                   .join(chosen.withColumn(IN_SELECTION, F.lit(True)), ROW_ID, "left"))
+        clusters = row_step_ran(spark, cfg, plan, eplan)
+        if clusters:
+            sample = sample.join(whole_cluster_rows(spark, cfg, plan, pool.frame)
+                                 .withColumn(IN_CLUSTERS, F.lit(True)), ROW_ID, "left")
         pdf, x = _collect(sample, "the pool's sample")
         heldout_in_pool = pool.frame.join(inp.heldout.select(ROW_ID), ROW_ID, "left_semi").count()
         marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
@@ -379,6 +398,10 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
             domains = ([str(d) for d in inp.target_domains] if inp.target_domains is not None
                        else sorted(set(hpdf[DOMAIN].astype(str))))
         extra = {}
+        whole = (np.flatnonzero(pdf[IN_CLUSTERS].eq(True).to_numpy(bool)) if clusters
+                 else np.zeros(0, np.int64))
+        if whole.size:          # the rows whole clusters give, at most as many as the others
+            extra["whole_clusters"] = lambda budget: whole[:budget]
         if dsir:
             ptexts, ttexts = pdf[pool_text].astype(str).tolist(), tpdf[target_text].astype(str).tolist()
             extra["dsir"] = lambda budget: dsir_rows(ptexts, ttexts, budget, v.seed)

@@ -5,12 +5,15 @@ Two ways, by ``select.refine`` (see :func:`row_step_plan`):
 * **the row step** (``auto`` with a row budget, or ``rows``): the candidates are the rows of the
   chosen clusters and of the pool clusters nearest the target's centroids
   (:func:`gio_core.candidate_clusters`), ``select.candidates`` times as many rows as the
-  selection takes, at most ``select.max_candidates``; their embeddings and a seeded sample of at
-  most ``select.max_target_rows`` target rows are collected to the driver (both sorted by row
-  id, so the same rows give the same picks whatever the sources' order), and
-  ``gio_core.select`` picks among the candidate rows, with the select section's options, the
-  ``mmd`` rule and its fill, exactly as many rows as whole clusters would have given;
-  ``rank`` is then the row's pick, ``cluster_id`` its cluster.
+  selection takes; ``gio_core.select`` picks among them, against a seeded sample of at most
+  ``select.max_target_rows`` target rows, with the select section's options, the ``mmd`` rule
+  and its fill, exactly as many rows as whole clusters would have given. Where the candidate
+  clusters hold at most ``select.max_candidates`` rows, on the driver (:func:`row_picks`);
+  else first in Spark tasks, one per part of space (:func:`_task_picks`), then on the driver
+  over the parts' picks where those fit; where they do not, ``auto`` takes whole clusters
+  and ``rows`` has the tasks pick the selection (:func:`rounds`). Rows are sorted by row id wherever they are
+  collected, so the same rows give the same picks whatever the sources' order. ``rank`` is
+  then the row's pick, ``cluster_id`` its cluster.
 * **whole clusters** (``clusters``, or ``auto`` without a budget):
   ``broadcast(selection of this run) JOIN pool_assignments (of the run's clustering) JOIN pool
   rows``, every usable pool row of every chosen cluster (with a row budget, the last cluster
@@ -18,8 +21,8 @@ Two ways, by ``select.refine`` (see :func:`row_step_plan`):
 
 Either way the rows carry the pool's own columns plus ``cluster_id``, ``rank`` and ``run_id``,
 are written to ``selected_rows``, replacing this run's rows in one transaction, and summarised
-on stdout; the row step's figures (candidate rows and clusters, target rows, MMD² to the target,
-seconds) go into the stage log's record.
+on stdout; the row step's figures (where it ran, candidate rows and clusters, target rows, MMD²
+to the target, seconds) go into the stage log's record.
 
 Before it writes, it checks that the run's ``selection`` and ``runs`` rows are the ones this run's
 select committed; if a concurrent run with the same ``run_id`` and other parameters replaced them,
@@ -30,9 +33,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -47,51 +51,9 @@ from jobs.io.sources import Side, check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
-from jobs.state.stored import collect_centroids, load_weights, stored_embeddings
-
-
-def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
-                  own_columns: list[str], cut: tuple[int, int, int] | None = None) -> DataFrame:
-    """The selected rows, as a DataFrame (no I/O). A cluster picked twice (after a reset)
-    keeps its first rank. ``cut``: ``(cluster_id, rows, seed)``, that cluster sampled down to
-    ``rows`` rows: those first by a seeded hash of their row id (so the sample does not depend
-    on the pool's row order)."""
-    chosen = selection.groupBy("cluster_id").agg(F.min("rank").alias("rank"),
-                                                 F.first("run_id").alias("run_id"))
-    rows = (F.broadcast(chosen).join(assignments, "cluster_id")
-            .select(ROW_ID, "cluster_id", "rank", "run_id"))
-    if cut is not None:
-        cluster, keep, seed = cut
-        order = Window.partitionBy("cluster_id").orderBy(seed_hash(seed), F.col(ROW_ID))
-        sampled = (rows.where(F.col("cluster_id") == cluster)
-                   .withColumn("_n", F.row_number().over(order))
-                   .where(F.col("_n") <= keep).drop("_n"))
-        rows = rows.where(F.col("cluster_id") != cluster).unionByName(sampled)
-    return pool_rows.join(rows, ROW_ID).select(*own_columns, "cluster_id", "rank", "run_id")
-
-
-def _pool_sizes(spark, cfg: JobConfig, plan: reuse.Plan) -> int:
-    return int(tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)
-               .where(F.col("side") == "pool").agg(F.sum("size")).first()[0] or 0)
-
-
-def _cut(picks: list, budget: int | None, seed: int):
-    """``(cluster_id, rows, seed)`` when ``budget`` ends inside a picked cluster (``picks``:
-    ``(cluster_id, cluster_size)`` in rank order), else None; and the rows the picks give."""
-    seen, total = set(), 0
-    for cluster, size in picks:
-        if cluster in seen:
-            continue
-        seen.add(cluster)
-        if budget is not None and total + size > budget:
-            return (int(cluster), budget - total, seed), budget
-        total += size
-    return None, total
-
-
-def _picks(selection: DataFrame) -> list:
-    return [(int(r["cluster_id"]), int(r["cluster_size"])) for r in
-            selection.select("rank", "cluster_id", "cluster_size").orderBy("rank").collect()]
+from jobs.state.stored import (
+    cluster_cut, cluster_picks, clustered_rows, collect_centroids, explode_frame, load_weights,
+    stored_embeddings)
 
 
 @dataclass(frozen=True)
@@ -106,70 +68,63 @@ class RowStep:
 
 def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     """Whether the row step runs for a selection of ``size`` rows (what whole clusters give,
-    with the row budget's cut) out of ``pool_rows``.
-
-    ``select.refine``: ``clusters`` never; ``auto`` when there is a row budget; ``rows`` always.
-    It runs only where it has a choice (``size`` below the pool's rows) and its candidates,
-    ``ceil(select.candidates * size)`` rows (at most the pool), fit ``select.max_candidates``;
-    otherwise ``auto`` takes whole clusters, with the reason, and ``rows`` is refused.
-
-    Raises:
-      InputError: ``refine: rows`` whose candidates do not fit ``select.max_candidates``.
-    """
+    with the row budget's cut) out of ``pool_rows``: ``select.refine`` ``clusters`` never,
+    ``auto`` when there is a row budget, ``rows`` always; and only where it has a choice
+    (``size`` rows, more than none and fewer than the pool's). Its candidates:
+    ``ceil(select.candidates * size)`` rows, at most the pool."""
     want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
-    if s.refine == "clusters":
-        return RowStep(False, size, want)
-    if s.refine == "auto" and budget is None:
+    if s.refine == "clusters" or (s.refine == "auto" and budget is None):
         return RowStep(False, size, want)
     if size == 0:
         return RowStep(False, size, want, "select chose no rows")
     if size >= pool_rows:
         return RowStep(False, size, want, f"the selection is the whole pool ({pool_rows} rows)")
-    if want > s.max_candidates:
-        why = (f"its {want} candidate rows ({s.candidates:g} x {size}) are more than "
-               f"select.max_candidates={s.max_candidates}")
-        if s.refine == "rows":
-            raise InputError(refused(why, budget))
-        return RowStep(False, size, want, why)
     return RowStep(True, size, want)
 
 
-def refused(why: str, budget: int | None) -> str:
-    """``select.refine: rows``'s one line when its candidates do not fit."""
-    smaller = "the row budget" if budget is not None else "the selection (set a row budget)"
-    return (f"select.refine=rows: {why}, the rows it may collect to the driver; raise "
-            f"select.max_candidates (and the driver's memory), lower select.candidates or "
-            f"{smaller}, or set select.refine: auto to take whole clusters there.")
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate clusters (ids, in order: select's picks first), their centroids (in the
+    clusters' space) and rows, and how many of them select chose."""
+    ids: list
+    centroids: np.ndarray
+    sizes: np.ndarray
+    chosen: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.sizes.sum())
 
 
-def check_row_step(cfg: JobConfig, pool_rows: int) -> None:
-    """Before anything is written: ``select.refine: rows`` with a row budget whose candidate
-    rows cannot fit ``select.max_candidates`` (the selection takes at most the budget, so the
-    check uses it) is refused.
+def rounds(s, held: int, size: int) -> tuple[str | None, str]:
+    """Where the row step runs for candidate clusters holding ``held`` rows: ``driver`` (they
+    fit ``select.max_candidates``), ``tasks+driver`` (Spark tasks pick :func:`part_picks`
+    rows, which fit, and the driver the selection among them), ``tasks`` (the tasks pick the
+    selection itself: ``select.refine: rows`` only), or None (``auto``: whole clusters; the
+    reason comes second)."""
+    if held <= s.max_candidates:
+        return "driver", ""
+    if size < part_picks(s, size, held) <= s.max_candidates:
+        return "tasks+driver", ""
+    if s.refine == "rows":
+        return "tasks", ""
+    return None, (f"its candidate clusters hold {held} rows, more than select.max_candidates="
+                  f"{s.max_candidates}, and the {part_picks(s, size, held)} rows Spark tasks "
+                  "would pick for the driver's second round do not fit it either (the tasks "
+                  "alone, select.refine: rows, were measured further from held-out rows than "
+                  "whole clusters at 1,000,000 rows); raise select.max_candidates for the row "
+                  "step")
 
-    Raises:
-      InputError: that case, in the words of :func:`row_step_plan`.
-    """
-    budget = row_budget(cfg.select, pool_rows)
-    if cfg.select.refine == "rows" and budget is not None:
-        row_step_plan(cfg.select, budget, min(budget, pool_rows), pool_rows)
 
-
-def _matrix(frame: DataFrame, what: str, *extra: str):
-    """``(pandas frame of row_id and extra, float32 [n, d])`` of rows with an embedding, in row
-    id order."""
-    pdf = (frame.select(ROW_ID, *extra,
-                        F.col(EMBEDDING).cast("array<float>").alias(EMBEDDING))
-           .orderBy(ROW_ID).toPandas())
-    if len(pdf) == 0:
-        raise InputError(f"the row step found no {what}; run quantize again.")
-    return pdf.drop(columns=[EMBEDDING]), np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
+def part_picks(s, size: int, held: int) -> int:
+    """The rows Spark tasks pick for the driver's second round: ``(1 + select.candidates) / 2``
+    times the selection (halfway between it and its candidates), at most ``held``."""
+    return min(held, int(math.ceil(round((1 + s.candidates) / 2 * size, 9))))
 
 
 def candidates_of(spark, cfg: JobConfig, plan: reuse.Plan, picks: list,
-                  step: RowStep) -> tuple[list, int, int]:
-    """``(candidate cluster ids, the rows they hold, the chosen clusters among them)``: the
-    chosen clusters and those nearest the target (:func:`gio_core.candidate_clusters`).
+                  step: RowStep) -> Candidates:
+    """The chosen clusters and those nearest the target (:func:`gio_core.candidate_clusters`).
 
     Raises:
       ConcurrentRunError: a chosen cluster is not among the clustering's centroids.
@@ -186,47 +141,121 @@ def candidates_of(spark, cfg: JobConfig, plan: reuse.Plan, picks: list,
     chosen = [index[c] for c, _ in picks]
     near = gio_core.candidate_clusters(pool_c, cents["target"][1], pool_sizes, chosen,
                                        step.candidates)
-    return ([int(pool_ids[i]) for i in near], int(pool_sizes[near].sum()),
-            len(dict.fromkeys(chosen)))
+    return Candidates([int(pool_ids[i]) for i in near], np.asarray(pool_c)[near],
+                      np.asarray(pool_sizes, np.int64)[near], len(dict.fromkeys(chosen)))
+
+
+def _matrix(frame: DataFrame, what: str, *extra: str):
+    """``(pandas frame of row_id and extra, float32 [n, d])`` of rows with an embedding, in row
+    id order."""
+    pdf = (frame.select(ROW_ID, *extra,
+                        F.col(EMBEDDING).cast("array<float>").alias(EMBEDDING))
+           .orderBy(ROW_ID).toPandas())
+    if len(pdf) == 0:
+        raise InputError(f"the row step found no {what}; run quantize again.")
+    return pdf.drop(columns=[EMBEDDING]), np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
+
+
+def _in_space(x: np.ndarray, scale, cosine: bool) -> np.ndarray:
+    """Rows in the clusters' space: scaled by learnt weights (``scale``, or None) and, for
+    ``cosine``, at unit length, as quantize put them."""
+    if scale is not None:
+        x = x * scale
+    if cosine:
+        from gio_core.kmeans import normalise
+        x = normalise(x)
+    return x
+
+
+def _row_options(s, size: int, bandwidth: float | None) -> dict:
+    """gio_core.select's options for the row step: the select section's, the ``mmd`` rule and
+    fill to ``size`` picks; ``bandwidth`` None: the median squared distance between the target
+    rows it matches."""
+    options = engine_options(s)
+    options.update(stop_criterion="mmd", fill="mmd", max_iter=size, max_rows=None,
+                   resets_allowed=False, mmd_bandwidth=bandwidth)
+    return options
 
 
 def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
-              assignments: DataFrame, clusters: list, chosen: int,
-              step: RowStep) -> tuple[DataFrame, dict]:
-    """The row step on the rows of ``clusters`` (the first ``chosen`` of them select's):
-    ``(ROW_ID, cluster_id, rank)`` of the rows it picks, and its figures."""
+              assignments: DataFrame, cands: Candidates, step: RowStep,
+              where: str = "driver") -> tuple[DataFrame, dict]:
+    """The row step on the rows of the candidate clusters: ``(ROW_ID, cluster_id, rank)`` of
+    the rows it picks, and its figures. ``where``: see :func:`rounds` (Spark tasks:
+    :func:`_task_picks`)."""
     s = cfg.select
     t0 = time.perf_counter()
-    wanted = spark.createDataFrame([(c,) for c in clusters], "cluster_id int")
+    wanted = spark.createDataFrame([(c,) for c in cands.ids], "cluster_id int")
     members = F.broadcast(wanted).join(assignments.select(ROW_ID, "cluster_id"), "cluster_id")
     pool_e = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
     target_e = stored_embeddings(spark, cfg, target, *plan.embeddings_of("target"))
     if pool_e is None or target_e is None:
         raise InputError(f"the embeddings of clustering {plan.clustering_id} are gone from "
                          f"{cfg.output.path!r}; run quantize (or the whole pipeline) again.")
-    cand, x = _matrix(members.join(pool_e, ROW_ID), "candidate rows", "cluster_id")
-    cand_ids, cand_clusters = cand[ROW_ID].tolist(), cand["cluster_id"].to_numpy()
+    scale = (load_weights(spark, cfg, plan.weights_id, plan.weights).astype(np.float32)
+             if plan.weights_id is not None else None)
+    cosine = cfg.quantize.distance == "cosine"
     target_ids, y = _matrix(seeded_sample(target_e, s.max_target_rows, s.seed), "target rows")
-    if plan.weights_id is not None:             # the clusters' space: scaled by learnt weights
-        scale = load_weights(spark, cfg, plan.weights_id, plan.weights).astype(np.float32)
-        x, y = x * scale, y * scale
-    if cfg.quantize.distance == "cosine":      # ... and at unit length, as quantize put them
-        from gio_core.kmeans import normalise
-        x, y = normalise(x), normalise(y)
-    collect_s = time.perf_counter() - t0
-    size = min(step.size, len(cand_ids))
-    if size < step.size:
-        log(f"explode: warning: the candidate clusters hold {len(cand_ids)} usable rows, fewer "
-            f"than the {step.size} to select; the row step selects them all")
-    log(f"explode: the row step: {size} of {len(cand_ids)} candidate rows from "
-        f"{len(clusters)} clusters ({chosen} chosen, the rest nearest the target), against "
-        f"{len(target_ids)} target rows")
-    options = engine_options(s)
-    # The mmd rule's kernel width: the median squared distance between the target rows it
-    # matches (mmd_bandwidth None), in the space the step works in.
-    options.update(stop_criterion="mmd", fill="mmd", max_iter=size, max_rows=None,
-                   resets_allowed=False, mmd_bandwidth=None)
+    y = _in_space(y, scale, cosine)
     configure_jax(cfg.runtime)
+    id_field = assignments.schema[ROW_ID]
+    candidates = members.join(pool_e, ROW_ID)
+    if where == "driver":
+        cand, x = _matrix(candidates, "candidate rows", "cluster_id")
+        ids, clusters, x = cand[ROW_ID].tolist(), cand["cluster_id"].tolist(), \
+            _in_space(x, scale, cosine)
+        figures = {"where": "driver", "candidate_rows": len(ids)}
+        size = _usable(step.size, len(ids))
+        _announce(size, len(ids), cands, len(y))
+    else:
+        ids, clusters, x, figures = _task_picks(spark, candidates, y, scale, cosine, cfg, step,
+                                                cands, id_field, where == "tasks+driver")
+        size = _usable(step.size, figures["candidate_rows"])
+        if x is not None:
+            log(f"explode: the row step on the driver: {size} of the parts' {len(ids)} picks")
+    figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0), 3)
+    if x is not None:                      # one selection on the driver: all candidates or
+        t1 = time.perf_counter()           # the parts' picks
+        result = _select_rows(y, x, s, size)
+        ids, clusters = [ids[i] for i in result.indices], [clusters[i] for i in result.indices]
+        figures.update(mmd=float(result.mmd[-1]) if len(result.mmd) else None,
+                       fill_picks=int(result.filled),
+                       select_s=round(time.perf_counter() - t1, 3))
+    schema = T.StructType([T.StructField(ROW_ID, id_field.dataType, False),
+                           T.StructField("cluster_id", T.IntegerType(), False),
+                           T.StructField("rank", T.IntegerType(), False)])
+    rows = spark.createDataFrame(
+        [(rid, int(c), rank + 1) for rank, (rid, c) in enumerate(zip(ids, clusters,
+                                                                       strict=True))], schema)
+    figures.update(candidate_clusters=len(cands.ids), target_rows=len(target_ids),
+                   rows=len(ids))
+    mmd = figures.get("mmd")
+    spent = took(figures["select_s"])
+    if "tasks_s" in figures:
+        spent = f"{took(figures['tasks_s'])} in Spark tasks" + (
+            f" and {spent} on the driver" if x is not None else "")
+    log(f"explode: the row step picked {len(ids)} rows in {spent} "
+        f"(collect {took(figures['collect_s'])})"
+        + (f", MMD² to the target {mmd:.5f}" if mmd is not None else ""))
+    return rows, figures
+
+
+def _usable(size: int, rows: int) -> int:
+    if rows < size:
+        log(f"explode: warning: the candidate clusters hold {rows} usable rows, fewer than the "
+            f"{size} to select; the row step selects them all")
+    return min(size, rows)
+
+
+def _announce(size: int, rows: int, cands: Candidates, target_rows: int,
+              tasks: str = "") -> None:
+    log(f"explode: the row step{' in Spark tasks' if tasks else ''}: {size} of {rows} candidate "
+        f"rows from {len(cands.ids)} clusters ({cands.chosen} chosen, the rest nearest the "
+        f"target), against {target_rows} target rows{tasks}")
+
+
+def _select_rows(y, x, s, size: int):
+    """``gio_core.select`` of ``size`` rows of ``x`` against ``y``, with a progress bar."""
     picks_bar = bar("explode: rows", total=size, unit="row")
     every = max(1, size // 20)
 
@@ -235,30 +264,109 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
         if pick % every == 0:
             detail(f"explode: row pick {pick}: KL {kl:.4f}")
 
-    t1 = time.perf_counter()
     try:
-        result = gio_core.select(y, x, callback=progress, **options)
+        return gio_core.select(y, x, callback=progress, **_row_options(s, size, None))
     finally:
         picks_bar.close()
+
+
+def _task_picks(spark, candidates: DataFrame, y, scale, cosine: bool, cfg: JobConfig,
+                step: RowStep, cands: Candidates, id_field, second: bool):
+    """The row step's first round, in Spark tasks, for candidates over
+    ``select.max_candidates`` rows: ``(row ids, cluster ids, their rows in the clusters'
+    space or None, figures)`` of the parts' picks.
+
+    :func:`gio_core.row_regions` cuts the candidate clusters and the target rows into regions
+    of space whose clusters hold at most ``select.max_candidates`` rows, each with at least
+    ``select.k + 1`` target rows (a region that cannot be cut further and is still over the
+    cap is dealt into equal parts by a seeded hash of the row ids, each with the region's
+    target rows). Each part is one ``applyInPandas`` group: its rows sorted by row id,
+    ``gio_core.select`` against its target rows with the kernel width of all of them.
+
+    Picks are shared out among the parts in proportion to their target rows
+    (:func:`gio_core.share_out`; a part that holds fewer rows passes the rest on). With
+    ``second``, the parts pick :func:`part_picks` rows and return them (with their vectors)
+    for a second round on the driver over their union; else they pick the selection itself
+    and the driver interleaves their picks into one rank order (pick i of a part's n at
+    ``(i - 0.5) / n``, ties by part), and the rows stay in the tasks (x None)."""
+    s = cfg.select
+    cap = s.max_candidates
+    regions = gio_core.row_regions(cands.centroids, cands.sizes, y, cap, s.k + 1)
+    parts = np.maximum(1, -(-regions.rows // cap))              # each region's parts
+    first = np.r_[0, np.cumsum(parts)[:-1]]
+    deal = spark.createDataFrame(
+        [(cid, int(first[r]), int(parts[r]))
+         for cid, r in zip(cands.ids, regions.cluster_region.tolist(), strict=True)],
+        "cluster_id int, _first int, _parts int")
+    dealt = (candidates.join(F.broadcast(deal), "cluster_id")
+             .withColumn("part", (F.col("_first") + F.pmod(seed_hash(s.seed), F.col("_parts")))
+                         .cast("int"))
+             .select(ROW_ID, "cluster_id", "part",
+                     F.col(EMBEDDING).cast("array<float>").alias(EMBEDDING)))
+    counted = dict(dealt.groupBy("part").count().collect())
+    held = np.asarray([counted.get(r, 0) for r in range(int(parts.sum()))], np.int64)
+    region_of = np.repeat(np.arange(len(parts)), parts)         # each part's region
+    region_rows = np.bincount(region_of, weights=held, minlength=len(parts))
+    targets = np.bincount(regions.target_region, minlength=len(parts))
+    share = targets[region_of] * held / np.maximum(region_rows[region_of], 1)
+    size = min(step.size, int(held.sum()))
+    second = second and part_picks(s, size, int(held.sum())) > size
+    quota = gio_core.share_out(part_picks(s, size, int(held.sum())) if second else size, share,
+                               held)
+    _announce(int(quota.sum()), int(held.sum()), cands, len(y),
+              f", in {len(held)} parts of {cap} rows or about that ({len(parts)} regions)")
+    task = partial(_part_task, y, regions.target_region, region_of, quota,
+                   _row_options(s, size, gio_core.median_bandwidth(y)), scale, cosine,
+                   cfg.runtime, second)
+    fields = [("cluster_id", T.IntegerType()), ("part", T.IntegerType()),
+              ("pick", T.IntegerType()), ("mmd", T.DoubleType()), ("filled", T.IntegerType()),
+              (EMBEDDING, T.ArrayType(T.FloatType(), False))]
+    schema = T.StructType([id_field] + [T.StructField(n, k, n == EMBEDDING)
+                                        for n, k in fields])
+    t1 = time.perf_counter()
+    got = dealt.groupBy("part").applyInPandas(task, schema).toPandas()
     select_s = time.perf_counter() - t1
-    chosen_ids = [cand_ids[i] for i in result.indices]
-    chosen_clusters = [int(cand_clusters[i]) for i in result.indices]
-    id_field = assignments.schema[ROW_ID]
-    schema = T.StructType([T.StructField(ROW_ID, id_field.dataType, False),
-                           T.StructField("cluster_id", T.IntegerType(), False),
-                           T.StructField("rank", T.IntegerType(), False)])
-    rows = spark.createDataFrame(
-        [(rid, c, rank + 1) for rank, (rid, c) in enumerate(zip(chosen_ids, chosen_clusters,
-                                                                  strict=True))], schema)
-    figures = {"candidate_rows": len(cand_ids), "candidate_clusters": len(clusters),
-               "target_rows": len(target_ids), "rows": len(chosen_ids),
-               "mmd": float(result.mmd[-1]) if len(result.mmd) else None,
-               "fill_picks": int(result.filled), "collect_s": round(collect_s, 3),
-               "select_s": round(select_s, 3)}
-    log(f"explode: the row step picked {len(chosen_ids)} rows in {took(select_s)} "
-        f"(collect {took(collect_s)})"
-        + (f", MMD² to the target {figures['mmd']:.5f}" if figures["mmd"] is not None else ""))
-    return rows, figures
+    got = got.assign(_at=(got["pick"] - 0.5) / quota[got["part"].to_numpy()])
+    got = got.sort_values(["part", "pick"] if second else ["_at", "part"], kind="stable")
+    per_part = got.groupby("part").first()
+    figures = {"where": "tasks", "candidate_rows": int(held.sum()), "parts": len(held),
+               "regions": len(parts), "largest_part": int(held.max()) if len(held) else 0,
+               "part_picks": int(quota.sum()), "second_round": bool(second),
+               "parts_mmd": (float(np.average(per_part["mmd"],
+                                              weights=quota[per_part.index.to_numpy()]))
+                             if len(per_part) else None),
+               "parts_fill_picks": int(per_part["filled"].sum()),
+               "fill_picks": int(per_part["filled"].sum()), "mmd": None,
+               "tasks_s": round(select_s, 3), "select_s": 0.0}
+    x = (_in_space(np.stack(got[EMBEDDING].to_numpy()).astype(np.float32), scale, cosine)
+         if second and len(got) else None)
+    return got[ROW_ID].tolist(), got["cluster_id"].tolist(), x, figures
+
+
+def _part_task(y, target_region, region_of, quota, options, scale, cosine, runtime,
+               with_rows: bool, pdf):
+    """applyInPandas: one part's picks, ``(row_id, cluster_id, part, pick, mmd, filled,
+    embedding)`` (the embedding null unless ``with_rows``)."""
+    import pandas as pd
+
+    part = int(pdf["part"].iloc[0])
+    want = int(quota[part])
+    pdf = pdf.sort_values(ROW_ID, kind="stable")
+    vectors = np.stack(pdf[EMBEDDING].to_numpy()).astype(np.float32)
+    idx, mmd, filled = np.zeros(0, np.int64), float("nan"), 0
+    if want > 0:
+        configure_jax(runtime)
+        result = gio_core.select(y[target_region == region_of[part]],
+                                 _in_space(vectors, scale, cosine),
+                                 **dict(options, max_iter=want))
+        idx, filled = np.asarray(result.indices, np.int64), int(result.filled)
+        mmd = float(result.mmd[-1]) if len(result.mmd) else mmd
+    return pd.DataFrame({
+        ROW_ID: pdf[ROW_ID].to_numpy()[idx], "cluster_id": pdf["cluster_id"].to_numpy()[idx],
+        "part": np.full(len(idx), part, np.int32),
+        "pick": np.arange(1, len(idx) + 1, dtype=np.int32), "mmd": np.full(len(idx), mmd),
+        "filled": np.full(len(idx), filled, np.int32),
+        EMBEDDING: list(vectors[idx]) if with_rows else [None] * len(idx)})
 
 
 def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
@@ -291,23 +399,20 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
 
     def compute():
         own = [f.name for f in pool.schema.fields]
-        pool_rows = _pool_sizes(spark, cfg, plan)
+        pool_rows = clustered_rows(spark, cfg, plan)
         budget = row_budget(cfg.select, pool_rows)
-        picks = _picks(selection)
-        cut, size = _cut(picks, budget, int(cfg.select.seed))
+        picks = cluster_picks(selection)
+        cut, size = cluster_cut(picks, budget, int(cfg.select.seed))
         step = row_step_plan(cfg.select, budget, size, pool_rows)
         if step.run:
-            clusters, held, chosen = candidates_of(spark, cfg, plan, picks, step)
-            if held > cfg.select.max_candidates:       # whole clusters overshoot the need
-                why = (f"its {len(clusters)} candidate clusters hold {held} rows, more than "
-                       f"select.max_candidates={cfg.select.max_candidates}")
-                if cfg.select.refine == "rows":
-                    raise InputError(refused(why, budget))
+            cands = candidates_of(spark, cfg, plan, picks, step)
+            where, why = rounds(cfg.select, cands.rows, size)
+            if where is None:
                 step = RowStep(False, size, step.candidates, why)
         if step.run:
             side = target if target is not None else read_only(spark, cfg, plan, "target", log)
-            rows, figures = row_picks(spark, cfg, plan, pool, side, assignments, clusters,
-                                      chosen, step)
+            rows, figures = row_picks(spark, cfg, plan, pool, side, assignments, cands, step,
+                                      where)
             out = (pool.frame.join(F.broadcast(rows), ROW_ID)
                    .withColumn("run_id", F.lit(run_id))
                    .select(*own, "cluster_id", "rank", "run_id"))
@@ -350,7 +455,6 @@ def explode_command(spark, cfg: JobConfig, registry) -> None:
     plan = reuse.make_plan(spark, cfg)
     pool = read_only(spark, cfg, plan, "pool", log)
     check_outputs(spark, cfg, pool.schema)
-    check_row_step(cfg, int(pool.report["kept"]))
     run_explode(spark, cfg, plan, pool)
 
 
@@ -358,7 +462,6 @@ STAGE = Stage(
     "explode", "the explode stage alone: chosen clusters back to rows", None, both_sides,
     needs=("select",), outputs=("selected_rows",), command=explode_command,
     in_run=lambda cfg: True,
-    check=lambda run, pending, pool, dim: check_row_step(run.cfg, int(pool.report["kept"])),
     step=lambda run: run_explode(run.spark, run.cfg, run.plan, run.inputs.pool,
                                  run.inputs.target),
     connect=True)

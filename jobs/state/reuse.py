@@ -293,13 +293,22 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
 # The row step's options (explode): they change nothing without a row budget unless
 # select.refine is rows, so there they stay out of the fingerprint, and such runs keep their ids.
 ROW_STEP_OPTIONS = ("refine", "candidates", "max_candidates", "max_target_rows")
+# The row step's own version, in explode's fingerprint where it can run: a new one recomputes
+# explode's rows (under the same run id) instead of reusing the older step's.
+# 2: candidates over select.max_candidates go to Spark tasks (before: whole clusters).
+ROW_STEP_VERSION = 2
+
+
+def row_step_can_run(s) -> bool:
+    """Whether explode's row step can run under select section ``s``."""
+    return s.refine == "rows" or s.max_rows is not None or s.max_fraction is not None
 
 
 def select_params(cfg: JobConfig) -> dict:
     """The select options that change the selection (the runtime knobs left out, and the row
     step's where it cannot run)."""
     s = cfg.select
-    idle = s.refine != "rows" and s.max_rows is None and s.max_fraction is None
+    idle = not row_step_can_run(s)
     return {k: v for k, v in dataclasses.asdict(s).items()
             if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)}
 
@@ -338,7 +347,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     quantize = fingerprint("quantize", *parts)
     select = fingerprint("select", quantize, select_params(cfg))
     run_id = cfg.run_id or "run-" + select[:12]
-    explode = fingerprint("explode", select, run_id)
+    explode = fingerprint("explode", select, run_id,
+                          *([ROW_STEP_VERSION] if row_step_can_run(cfg.select) else []))
     return Plan(validate, embed, ids, quantize, quantize[:ID_CHARS], select, run_id, explode,
                 weigh, weights_id, weights_fp)
 

@@ -1,20 +1,22 @@
 """Stored outputs that a stage reads from another stage's tables: learnt feature weights (the
 weigh stage's), committed embeddings (the embed stage's) and the clustering's centroids and
 target bandwidth (quantize's, which select and explode read). A look-up never computes anything:
-it finds what the stage log says is done, or raises with what to run first."""
+it finds what the stage log says is done, or raises with what to run first. Also what whole
+clusters give for a run's selection (explode's cluster path, which evaluate compares with the row
+step)."""
 from __future__ import annotations
 
 import json
 from typing import Callable
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.common.errors import ConcurrentRunError, InputError
-from jobs.common.frames import EMBEDDING, ROW_ID
+from jobs.common.frames import EMBEDDING, ROW_ID, seed_hash
 from jobs.common.log import log
-from jobs.config import JobConfig, uses_own_weights
+from jobs.config import JobConfig, row_budget, uses_own_weights
 from jobs.io import tables
 from jobs.io.sources import Side
 from jobs.state import stagelog
@@ -168,3 +170,60 @@ def target_bandwidth_of(spark, cfg: JobConfig, plan) -> float | None:
         log("select: this clustering has no recorded target bandwidth (quantized by an earlier "
             "version); the mmd rule uses the target centroids' median distance")
     return value
+
+
+def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataFrame,
+                  own_columns: list[str], cut: tuple[int, int, int] | None = None) -> DataFrame:
+    """The selected rows, as a DataFrame (no I/O). A cluster picked twice (after a reset)
+    keeps its first rank. ``cut``: ``(cluster_id, rows, seed)``, that cluster sampled down to
+    ``rows`` rows: those first by a seeded hash of their row id (so the sample does not depend
+    on the pool's row order)."""
+    chosen = selection.groupBy("cluster_id").agg(F.min("rank").alias("rank"),
+                                                 F.first("run_id").alias("run_id"))
+    rows = (F.broadcast(chosen).join(assignments, "cluster_id")
+            .select(ROW_ID, "cluster_id", "rank", "run_id"))
+    if cut is not None:
+        cluster, keep, seed = cut
+        order = Window.partitionBy("cluster_id").orderBy(seed_hash(seed), F.col(ROW_ID))
+        sampled = (rows.where(F.col("cluster_id") == cluster)
+                   .withColumn("_n", F.row_number().over(order))
+                   .where(F.col("_n") <= keep).drop("_n"))
+        rows = rows.where(F.col("cluster_id") != cluster).unionByName(sampled)
+    return pool_rows.join(rows, ROW_ID).select(*own_columns, "cluster_id", "rank", "run_id")
+
+
+def clustered_rows(spark, cfg: JobConfig, plan) -> int:
+    """The pool rows the run's clustering holds."""
+    return int(tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)
+               .where(F.col("side") == "pool").agg(F.sum("size")).first()[0] or 0)
+
+
+def cluster_cut(picks: list, budget: int | None, seed: int):
+    """``(cluster_id, rows, seed)`` when ``budget`` ends inside a picked cluster (``picks``:
+    ``(cluster_id, cluster_size)`` in rank order), else None; and the rows the picks give."""
+    seen, total = set(), 0
+    for cluster, size in picks:
+        if cluster in seen:
+            continue
+        seen.add(cluster)
+        if budget is not None and total + size > budget:
+            return (int(cluster), budget - total, seed), budget
+        total += size
+    return None, total
+
+
+def cluster_picks(selection: DataFrame) -> list:
+    """``(cluster_id, cluster_size)`` of a run's selection, in rank order."""
+    return [(int(r["cluster_id"]), int(r["cluster_size"])) for r in
+            selection.select("rank", "cluster_id", "cluster_size").orderBy("rank").collect()]
+
+
+def whole_cluster_rows(spark, cfg: JobConfig, plan, pool_frame: DataFrame) -> DataFrame:
+    """``ROW_ID`` of the rows whole clusters give for the run's committed selection (the row
+    budget's cut as explode makes it): what ``select.refine: clusters`` would have written."""
+    selection = (tables.read_key(spark, cfg.output.path, "selection", plan.run_id)
+                 .where(F.col("select_fingerprint") == plan.select))
+    assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
+    budget = row_budget(cfg.select, clustered_rows(spark, cfg, plan))
+    cut, _ = cluster_cut(cluster_picks(selection), budget, int(cfg.select.seed))
+    return explode_frame(selection, assignments, pool_frame.select(ROW_ID), [ROW_ID], cut)

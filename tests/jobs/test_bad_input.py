@@ -423,9 +423,6 @@ CASES = [
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",
          with_sets("select.max_centroids=4", "quantize.target_k=4")),
-    Case("the row step's candidates over its cap", "select.refine=rows: its 30 candidate rows "
-         "(3 x 10) are more than select.max_candidates=20",
-         with_sets("select.refine=rows", "select.max_rows=10", "select.max_candidates=20")),
     Case("unknown source format", "pool.format='xlsx' is not one of", with_sets("pool.format=xlsx")),
     Case("run_id with a slash", "run_id must be null or 1-128 letters", with_sets("run_id=a/b")),
     Case("input path missing", "does not exist. Check the path",

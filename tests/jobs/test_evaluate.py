@@ -129,6 +129,21 @@ def test_run_evaluates_the_selection_against_the_baselines_on_one_sample(spark, 
         assert other["selection"][key] == got["selection"][key]
         assert other["random"][key] == got["random"][key]
 
+    # With a row budget explode's row step picks the rows, and what whole clusters give for the
+    # same cluster picks (select.refine: clusters) is scored beside it, at most as many rows.
+    capsys.readouterr()
+    assert main(["run", "--config", case["config"], "--set", "select.max_rows=150"]) == 0
+    said = capsys.readouterr().out
+    budgeted = tables.read_table(spark, case["out"], "evaluations").where(
+        ~F.col("eval_id").isin(list(ids)))
+    by = {r["method"]: r for r in budgeted.collect()}
+    assert set(by) == set(got) | {"whole_clusters"}
+    assert 0 < by["whole_clusters"]["rows"] <= by["selection"]["rows"] < 150
+    assert by["whole_clusters"]["share"] > 0.8
+    assert by["selection"]["mmd"] < by["whole_clusters"]["mmd"], (by["selection"]["mmd"],
+                                                                   by["whole_clusters"]["mmd"])
+    assert "evaluate: whole clusters " in said
+
 
 def test_text_sides_embed_the_heldout_rows_and_run_dsir(spark, tmp_path, docstrings):
     """Docstrings: the held-out rows are texts embedded by the stage (those that are pool rows

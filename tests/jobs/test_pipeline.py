@@ -184,8 +184,11 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     """With a row budget (select.refine: auto), explode runs GIO again on the rows of the
     chosen clusters and of their neighbours: exactly the budget, ranked 1..budget, each row
     with its own cluster, candidates (select.candidates x the budget) and figures in the stage
-    log; closer to the target than whole clusters. A candidate cap below the need falls back
-    to whole clusters with the reason (auto), or is refused in one line (rows)."""
+    log; closer to the target than whole clusters. Candidates over select.max_candidates go
+    to Spark tasks and a second round on the driver where twice the budget fits the cap (as
+    close as the driver alone); where it does not, auto takes whole clusters and says why,
+    and refine: rows has the tasks pick the budget (the same budget and ranks, in parts of
+    about the cap, closer to the target than whole clusters)."""
     from gio_core import mmd_rbf
     pool, comp, target = clustered_vectors(4)
     cfg = vectors_config(tmp_path, pool, target, select__max_rows=100)
@@ -205,30 +208,59 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     assert figures["rows"] == 100 and 300 <= figures["candidate_rows"] < 600
     assert figures["target_rows"] == 80
     assert "explode: the row step: 100 of" in capsys.readouterr().out
-    # auto with too small a cap: whole clusters, and why (on the same output: the clustering
-    # is reused); farther from the target than the row step's rows.
-    # The cap holds for what the candidate clusters hold: 322 rows here for the 300 wanted.
+    # A cap below what the candidate clusters hold (322 rows for the 300 wanted) and below
+    # the 200 rows Spark tasks would pick for a second round on the driver: auto takes whole
+    # clusters, and says why (on the same output: the clustering is reused)...
     capped = vectors_config(tmp_path, pool, target, select__max_rows=100,
-                            select__max_candidates=310)
-    fallback = run_pipeline(spark, capped)
-    whole = [r["id"] for r in spark.read.format("delta").load(fallback["table"])
-             .where(F.col("run_id") == fallback["run_id"]).collect()]
-    assert ("whole clusters, not the row step: its 17 candidate clusters hold 322 rows, more "
-            "than select.max_candidates=310") in capsys.readouterr().out
+                            select__max_candidates=150)
+    whole_run = run_pipeline(spark, capped)
+    assert ("whole clusters, not the row step: its candidate clusters hold 322 rows, more than "
+            "select.max_candidates=150, and the 200 rows Spark tasks would pick for the "
+            "driver's second round do not fit it either") in capsys.readouterr().out
+    whole = [r["id"] for r in spark.read.format("delta").load(whole_run["table"])
+             .where(F.col("run_id") == whole_run["run_id"]).collect()]
     assert len(whole) == 100 and set(whole) != set(ids)
     assert mmd_rbf(target, pool[ids]) < mmd_rbf(target, pool[whole])
-    # rows, with a cap below 3 x the budget: refused before anything is written.
-    capped.select.refine, capped.select.max_candidates = "rows", 250
-    capped.output.path = str(tmp_path / "refused")
-    with pytest.raises(InputError, match="select.refine=rows: its 300 candidate rows"):
-        run_pipeline(spark, capped)
-    assert not os.path.exists(os.path.join(capped.output.path, "centroids"))
+    # ... and refine: rows runs it in Spark tasks alone, in parts of at most about 150 rows:
+    # the same budget and ranks, closer to the target than whole clusters.
+    capped.select.refine = "rows"
+    parted = run_pipeline(spark, capped)
+    in_tasks = spark.read.format("delta").load(parted["table"]).where(
+        F.col("run_id") == parted["run_id"]).orderBy("rank").collect()
+    assert [r["rank"] for r in in_tasks] == list(range(1, 101))
+    assert all(assignments[str(r["id"])] == r["cluster_id"] for r in in_tasks)
+    task_ids = [r["id"] for r in in_tasks]
+    figures = json.loads(stagelog.latest(spark, capped.output.path, "explode",
+                                         parted["run_id"])["detail"])["row_step"]
+    assert figures["where"] == "tasks" and figures["rows"] == 100, figures
+    assert not figures["second_round"] and figures["part_picks"] == 100, figures
+    assert figures["parts"] >= 3 and figures["largest_part"] <= 200, figures
+    assert ("explode: the row step in Spark tasks: 100 of 322 candidate rows from 17 clusters "
+            "(8 chosen, the rest nearest the target), against 80 target rows, in "
+            f"{figures['parts']} parts of 150 rows or about that") in capsys.readouterr().out
+    assert mmd_rbf(target, pool[task_ids]) < mmd_rbf(target, pool[whole])
+    assert mmd_rbf(target, pool[task_ids]) < 1.5 * mmd_rbf(target, pool[ids])
+    # A cap below the 322 rows of the candidate clusters but above twice the budget (halfway
+    # to select.candidates' 3x): the parts pick 200 rows in tasks, the driver 100 among them.
+    two = vectors_config(tmp_path, pool, target, select__max_rows=100,
+                         select__max_candidates=310)
+    two_run = run_pipeline(spark, two)
+    figures = json.loads(stagelog.latest(spark, two.output.path, "explode",
+                                         two_run["run_id"])["detail"])["row_step"]
+    assert figures["where"] == "tasks" and figures["second_round"], figures
+    assert figures["part_picks"] == 200 and figures["rows"] == 100, figures
+    assert "explode: the row step on the driver: 100 of the parts' 200 picks" in \
+        capsys.readouterr().out
+    two_ids = [r["id"] for r in spark.read.format("delta").load(two_run["table"])
+               .where(F.col("run_id") == two_run["run_id"]).collect()]
+    assert mmd_rbf(target, pool[two_ids]) < 1.1 * mmd_rbf(target, pool[ids])
 
 
 def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, tmp_path):
     """The determinism the docs promise, end to end: the same pool rows reversed and split
     over three files give the same clusters, the same picks in the same order and, with a
-    row budget that samples the last cluster down, the same rows."""
+    row budget, the same rows in the same rank order, by the row step on the driver and in
+    Spark tasks."""
     pool, comp, target = clustered_vectors(5)
     got = {}
     for name in ("as_is", "reversed"):
@@ -248,13 +280,17 @@ def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, 
                      .orderBy("rank").collect())
         centroids = (tables.read_table(spark, cfg.output.path, "centroids")
                      .where(F.col("side") == "pool").orderBy("cluster_id").collect())
-        rows = (spark.read.format("delta").load(summary["table"])
-                .where(F.col("run_id") == summary["run_id"]).select("id").collect())
+        cfg.select.max_candidates, cfg.select.refine = 150, "rows"    # in Spark tasks
+        in_tasks = run_pipeline(spark, cfg)
         got[name] = ([(r["rank"], r["cluster_id"], r["kl_after"]) for r in selection],
-                     [list(r["centroid"]) for r in centroids], sorted(r["id"] for r in rows))
+                     [list(r["centroid"]) for r in centroids],
+                     *([(r["rank"], r["id"]) for r in spark.read.format("delta")
+                       .load(run["table"]).where(F.col("run_id") == run["run_id"])
+                       .orderBy("rank").collect()] for run in (summary, in_tasks)))
     assert got["as_is"][0] == got["reversed"][0]          # picks, order and KL, to the bit
     assert got["as_is"][1] == got["reversed"][1]          # the pool's centroids, to the bit
     assert got["as_is"][2] == got["reversed"][2] and len(got["as_is"][2]) == 120
+    assert got["as_is"][3] == got["reversed"][3] and len(got["as_is"][3]) == 120
 
 
 def test_a_budget_of_the_whole_pool_is_named_when_filling_it_takes_every_row(spark, tmp_path,

@@ -74,6 +74,17 @@ def test_the_row_step_options_change_the_run_only_where_the_row_step_can_run():
     assert planned("select.refine=rows").run_id != base.run_id
 
 
+def test_a_new_row_step_recomputes_explode_under_the_same_run_id(monkeypatch):
+    """The row step's version is in explode's fingerprint where the step can run: a new one
+    recomputes the rows of such runs (same run id, same selection) and leaves the others be."""
+    budget, whole = planned("select.max_rows=100"), planned()
+    monkeypatch.setattr(reuse, "ROW_STEP_VERSION", reuse.ROW_STEP_VERSION + 1)
+    newer = planned("select.max_rows=100")
+    assert newer.explode != budget.explode
+    assert (newer.run_id, newer.select) == (budget.run_id, budget.select)
+    assert planned() == whole
+
+
 def test_planning_leaves_the_config_as_it_was():
     """The GIO source's CSV form implies its vector column without writing it into the config,
     so a stage run alone plans the same run id as the whole pipeline."""
