@@ -184,23 +184,31 @@ def stages() -> str:
     return table(["stage", "seconds", "x baseline", "earlier run, MLlib K-means"], "lrrr", rows)
 
 
+ROW_STEP_WAYS = (("clusters", "whole clusters"), ("auto", "row step, driver"),
+                 ("tasks_two_rounds", "row step, tasks + driver"),
+                 ("tasks_one_round", "row step, tasks alone (rows)"))
+
+
 def row_step() -> str:
-    """The row step against whole clusters, per pool size (the latest run of each size)."""
+    """The row step against whole clusters, per pool size (the latest run of each size) and
+    way."""
     latest = {r["rows"]: r for r in records("row_step_cpu_2cores.jsonl")}
     rows = []
     for n, r in sorted(latest.items()):
-        c, a = r["clusters"], r["auto"]
-        rows.append([thousands(n), thousands(r["budget"]), r["quantize_s"],
-                     f"{c['stage_s']['explode']} / {a['stage_s']['explode']}",
-                     times(r["explode_ratio"]),
-                     f"{round(c['driver_peak_rss_mib'])} / {round(a['driver_peak_rss_mib'])}",
-                     f"{c['mmd_heldout']:.4f} / {a['mmd_heldout']:.4f}",
-                     f"{c['share_target_components']:.2f} / {a['share_target_components']:.2f}"])
-    return table(["pool rows", "budget", "quantize s (shared)",
-                  "explode s: clusters / row step", "row step x clusters",
-                  "driver peak RSS MiB: clusters / row step",
-                  "held-out MMD²: clusters / row step", "target share: clusters / row step"],
-                 "rrrrrrrr", rows)
+        base = r["clusters"]
+        for key, way in ROW_STEP_WAYS:
+            w = r[key]
+            step = w.get("row_step") or {}
+            rows.append([thousands(n), thousands(r["budget"]), way,
+                         step.get("parts", "—") if step.get("where") == "tasks" else "—",
+                         w["stage_s"]["explode"],
+                         times(round(w["stage_s"]["explode"] / base["stage_s"]["explode"], 2)),
+                         round(w["driver_peak_rss_mib"]), f"{w['mmd_heldout']:.4f}",
+                         times(round(w["mmd_heldout"] / base["mmd_heldout"], 2)),
+                         f"{w['share_target_components']:.2f}"])
+    return table(["pool rows", "budget", "explode", "task parts", "explode s", "x clusters",
+                  "driver peak RSS MiB", "held-out MMD²", "x clusters", "target share"],
+                 "rrlrrrrrrr", rows)
 
 
 def dii() -> str:

@@ -5,8 +5,13 @@ One process per pool size. Each writes a pool of unit-norm clustered vectors (50
 the components, as Parquet, then runs the pipeline on ``local[C]`` with a row budget twice on
 the same output, stage by stage, so both share the inputs' checks and the clustering: first
 ``select.refine: clusters`` (the baseline: whole clusters, the last one sampled), then
-``select.refine: auto`` (the row step). Like for like: the same rows, clusters, budget, cores
-and session; what differs is explode (and select's run id). For each: select's and explode's
+``select.refine: auto`` (the row step, on the driver), then the row step in Spark tasks: with
+``select.max_candidates`` at 3 x the budget (the candidate clusters hold a little more, so the
+parts run in tasks and their picks fit a second round on the driver), and at ``--task-cap``
+(8,000) with ``select.refine: rows`` (one round, the parts' picks interleaved; ``auto`` takes
+whole clusters there). Like for like: the same rows, clusters,
+budget, cores and session; what differs is explode (and select's run id). The tasks' memory is
+in Spark's Python workers, not in the driver's figure. For each: select's and explode's
 seconds, the driver process's peak resident memory during them (sampled every 20 ms from
 ``/proc``; the JVM's is not counted), and the selection's MMD² to the held-out rows
 (``gio_core.mmd_rbf``, RBF, median bandwidth) and its share of rows from the target's
@@ -14,13 +19,14 @@ components.
 
     python bench/row_step.py                      # 100,000 and 1,000,000 rows, one child each
     python bench/row_step.py --rows 100000        # one size, in this process
-        [--budget 10000] [--dim 64] [--pool-k 2000] [--cores 2] [--out FILE]
+        [--budget 10000] [--dim 64] [--pool-k 2000] [--cores 2] [--task-cap 8000] [--out FILE]
 
 Appends one JSON line per size to ``bench/results/row_step_cpu_2cores.jsonl`` (by default).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import shutil
@@ -75,7 +81,7 @@ def one(args) -> dict:
     from jobs.stages.explode import run_explode
     from jobs.stages.quantize import run_quantize
     from jobs.stages.select import run_select
-    from jobs.state import reuse
+    from jobs.state import reuse, stagelog
     from jobs.state.inputs import prepare_inputs
 
     work = tempfile.mkdtemp(prefix="gio-row-step-")
@@ -100,8 +106,14 @@ def one(args) -> dict:
                           {"spark.sql.shuffle.partitions": str(4 * args.cores)})
     out = {"rows": args.rows, "dim": args.dim, "cores": args.cores, "budget": args.budget,
            "pool_k": args.pool_k}
-    for refine in ("clusters", "auto"):
-        cfg = load_config(demo, overrides + [f"select.refine={refine}"])
+    variants = {"clusters": ["select.refine=clusters"], "auto": ["select.refine=auto"],
+                # the row step in Spark tasks: a cap of select.candidates x the budget (the
+                # parts' picks fit the driver: a second round there), then one far below it
+                "tasks_two_rounds": [f"select.max_candidates={3 * args.budget}"],
+                "tasks_one_round": [f"select.max_candidates={args.task_cap}",
+                                    "select.refine=rows"]}
+    for refine, sets in variants.items():
+        cfg = load_config(demo, overrides + sets)
         plan = reuse.make_plan(spark, cfg)
         inputs = prepare_inputs(spark, cfg, plan, lambda *a, **k: None)
         seconds = {}
@@ -119,7 +131,9 @@ def one(args) -> dict:
         rows = (spark.read.format("delta").load(summary["table"])
                 .where(f"run_id = '{summary['run_id']}'").select("component", "vec").toPandas())
         chosen = np.stack(rows["vec"].to_numpy()).astype(np.float32)
+        detail = stagelog.latest(spark, cfg.output.path, "explode", summary["run_id"])["detail"]
         out[refine] = {"stage_s": seconds, "driver_peak_rss_mib": round(rss.peak, 1),
+                       "row_step": json.loads(detail)["row_step"],
                        "driver_rss_before_mib": round(rss.base, 1),
                        "selected_rows": int(summary["selected_rows"]),
                        "mmd_heldout": mmd_rbf(held, chosen),
@@ -127,10 +141,13 @@ def one(args) -> dict:
                                                         .mean())}
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)
-    c, r = out["clusters"], out["auto"]
+    c = out["clusters"]
     out["quantize_s"] = c["stage_s"]["quantize"]
-    out["explode_ratio"] = round(r["stage_s"]["explode"] / c["stage_s"]["explode"], 2)
-    out["mmd_ratio"] = round(r["mmd_heldout"] / c["mmd_heldout"], 3)
+    for name in variants:
+        if name != "clusters":
+            r = out[name]
+            r["explode_ratio"] = round(r["stage_s"]["explode"] / c["stage_s"]["explode"], 2)
+            r["mmd_ratio"] = round(r["mmd_heldout"] / c["mmd_heldout"], 3)
     return out
 
 
@@ -141,6 +158,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--pool-k", default="2000")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--task-cap", type=int, default=8_000,
+                   help="select.max_candidates of the one-round Spark-task variant")
     p.add_argument("--out", default=OUT)
     args = p.parse_args()
     if args.rows is not None:
@@ -149,7 +168,7 @@ def main() -> None:
     for rows in (100_000, 1_000_000):
         run_child([__file__, "--rows", str(rows), "--budget", str(args.budget), "--dim",
                    str(args.dim), "--pool-k", args.pool_k, "--cores", str(args.cores),
-                   "--out", args.out])
+                   "--task-cap", str(args.task_cap), "--out", args.out])
 
 
 if __name__ == "__main__":
