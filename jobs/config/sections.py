@@ -268,7 +268,7 @@ class SelectSection:
     # (where it was measured closer to held-out rows); rows: always; clusters: never.
     refine: Annotated[str, one_of(*REFINE)] = "auto"
     candidates: Annotated[float, CANDIDATES] = 3.0   # candidate rows per row to select
-    # the most candidate rows one process holds: the driver, else each Spark task of the row step
+    # the most candidate rows one process holds (about, in Spark tasks): the driver, else each task
     max_candidates: Annotated[int, AT_LEAST_1] = 50_000
     max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run

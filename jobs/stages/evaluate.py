@@ -190,8 +190,9 @@ def row_step_ran(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
     if eplan.selection != plan.run_id:
         return False
     last = stagelog.latest(spark, cfg.output.path, "explode", plan.run_id)
-    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
-    return bool(detail.get("row_step"))
+    if last is None or last["status"] != "done" or last["fingerprint"] != plan.explode:
+        return False
+    return bool(json.loads(last["detail"] or "{}").get("row_step"))
 
 
 def selected_ids(spark, cfg: JobConfig, run_id: str, pool: Side) -> DataFrame:

@@ -104,16 +104,22 @@ def rounds(s, held: int, size: int) -> tuple[str | None, str]:
     reason comes second)."""
     if held <= s.max_candidates:
         return "driver", ""
-    if size < part_picks(s, size, held) <= s.max_candidates:
+    picks = part_picks(s, size, held)
+    if size < picks <= s.max_candidates:
         return "tasks+driver", ""
     if s.refine == "rows":
         return "tasks", ""
-    return None, (f"its candidate clusters hold {held} rows, more than select.max_candidates="
-                  f"{s.max_candidates}, and the {part_picks(s, size, held)} rows Spark tasks "
-                  "would pick for the driver's second round do not fit it either (the tasks "
-                  "alone, select.refine: rows, were measured further from held-out rows than "
-                  "whole clusters at 1,000,000 rows); raise select.max_candidates for the row "
-                  "step")
+    over = (f"its candidate clusters hold {held} rows, more than select.max_candidates="
+            f"{s.max_candidates}, and ")
+    if picks <= size:
+        over += (f"select.candidates={s.candidates:g} leaves Spark tasks nothing to narrow "
+                 "for a second round on the driver")
+    else:
+        over += (f"the {picks} rows Spark tasks would pick for the driver's second round do "
+                 "not fit it either")
+    return None, (over + " (the tasks alone, select.refine: rows, were measured further from "
+                  "held-out rows than whole clusters at 1,000,000 rows); raise "
+                  "select.max_candidates for the row step")
 
 
 def part_picks(s, size: int, held: int) -> int:
@@ -199,18 +205,16 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
     y = _in_space(y, scale, cosine)
     configure_jax(cfg.runtime)
     id_field = assignments.schema[ROW_ID]
-    candidates = members.join(pool_e, ROW_ID)
     if where == "driver":
-        cand, x = _matrix(candidates, "candidate rows", "cluster_id")
+        cand, x = _matrix(members.join(pool_e, ROW_ID), "candidate rows", "cluster_id")
         ids, clusters, x = cand[ROW_ID].tolist(), cand["cluster_id"].tolist(), \
             _in_space(x, scale, cosine)
-        figures = {"where": "driver", "candidate_rows": len(ids)}
+        figures = {"where": where, "candidate_rows": len(ids)}
         size = _usable(step.size, len(ids))
         _announce(size, len(ids), cands, len(y))
     else:
-        ids, clusters, x, figures = _task_picks(spark, candidates, y, scale, cosine, cfg, step,
-                                                cands, id_field, where == "tasks+driver")
-        size = _usable(step.size, figures["candidate_rows"])
+        ids, clusters, x, figures, size = _task_picks(spark, members, pool_e, y, scale, cosine,
+                                                      cfg, step, cands, id_field, where)
         if x is not None:
             log(f"explode: the row step on the driver: {size} of the parts' {len(ids)} picks")
     figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0), 3)
@@ -218,9 +222,10 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
         t1 = time.perf_counter()           # the parts' picks
         result = _select_rows(y, x, s, size)
         ids, clusters = [ids[i] for i in result.indices], [clusters[i] for i in result.indices]
+        if "tasks_s" in figures:
+            figures["parts_fill_picks"] = figures["fill_picks"]
         figures.update(mmd=float(result.mmd[-1]) if len(result.mmd) else None,
-                       fill_picks=int(result.filled),
-                       select_s=round(time.perf_counter() - t1, 3))
+                       fill_picks=int(result.filled), select_s=round(time.perf_counter() - t1, 3))
     schema = T.StructType([T.StructField(ROW_ID, id_field.dataType, False),
                            T.StructField("cluster_id", T.IntegerType(), False),
                            T.StructField("rank", T.IntegerType(), False)])
@@ -270,11 +275,12 @@ def _select_rows(y, x, s, size: int):
         picks_bar.close()
 
 
-def _task_picks(spark, candidates: DataFrame, y, scale, cosine: bool, cfg: JobConfig,
-                step: RowStep, cands: Candidates, id_field, second: bool):
+def _task_picks(spark, members: DataFrame, pool_e: DataFrame, y, scale, cosine: bool,
+                cfg: JobConfig, step: RowStep, cands: Candidates, id_field, where: str):
     """The row step's first round, in Spark tasks, for candidates over
     ``select.max_candidates`` rows: ``(row ids, cluster ids, their rows in the clusters'
-    space or None, figures)`` of the parts' picks.
+    space or None, figures, the selection's size)`` of the parts' picks (``members``: the
+    candidate rows' ids and clusters; ``pool_e``: the pool's stored embeddings).
 
     :func:`gio_core.row_regions` cuts the candidate clusters and the target rows into regions
     of space whose clusters hold at most ``select.max_candidates`` rows, each with at least
@@ -283,12 +289,13 @@ def _task_picks(spark, candidates: DataFrame, y, scale, cosine: bool, cfg: JobCo
     target rows). Each part is one ``applyInPandas`` group: its rows sorted by row id,
     ``gio_core.select`` against its target rows with the kernel width of all of them.
 
-    Picks are shared out among the parts in proportion to their target rows
-    (:func:`gio_core.share_out`; a part that holds fewer rows passes the rest on). With
-    ``second``, the parts pick :func:`part_picks` rows and return them (with their vectors)
-    for a second round on the driver over their union; else they pick the selection itself
-    and the driver interleaves their picks into one rank order (pick i of a part's n at
-    ``(i - 0.5) / n``, ties by part), and the rows stay in the tasks (x None)."""
+    Picks are shared out among the parts in proportion to their regions' target rows (a
+    region's parts by their rows; :func:`gio_core.share_out`: a part that holds fewer rows
+    passes the rest on). With ``where`` ``tasks+driver``, the parts pick :func:`part_picks`
+    rows and return them with their vectors, sorted by row id, for a second round on the
+    driver over their union; else they pick the selection itself and the driver interleaves
+    their picks into one rank order (pick i of a part's n at ``(i - 0.5) / n``, ties by
+    part), and the rows stay in the tasks (x None)."""
     s = cfg.select
     cap = s.max_candidates
     regions = gio_core.row_regions(cands.centroids, cands.sizes, y, cap, s.k + 1)
@@ -298,21 +305,22 @@ def _task_picks(spark, candidates: DataFrame, y, scale, cosine: bool, cfg: JobCo
         [(cid, int(first[r]), int(parts[r]))
          for cid, r in zip(cands.ids, regions.cluster_region.tolist(), strict=True)],
         "cluster_id int, _first int, _parts int")
-    dealt = (candidates.join(F.broadcast(deal), "cluster_id")
+    dealt = (members.join(F.broadcast(deal), "cluster_id")
              .withColumn("part", (F.col("_first") + F.pmod(seed_hash(s.seed), F.col("_parts")))
                          .cast("int"))
-             .select(ROW_ID, "cluster_id", "part",
-                     F.col(EMBEDDING).cast("array<float>").alias(EMBEDDING)))
-    counted = dict(dealt.groupBy("part").count().collect())
+             .select(ROW_ID, "cluster_id", "part"))
+    counted = dict(dealt.join(pool_e.select(ROW_ID), ROW_ID).groupBy("part").count().collect())
+    dealt = dealt.join(pool_e.select(ROW_ID, F.col(EMBEDDING).cast("array<float>")
+                                     .alias(EMBEDDING)), ROW_ID)
     held = np.asarray([counted.get(r, 0) for r in range(int(parts.sum()))], np.int64)
     region_of = np.repeat(np.arange(len(parts)), parts)         # each part's region
     region_rows = np.bincount(region_of, weights=held, minlength=len(parts))
     targets = np.bincount(regions.target_region, minlength=len(parts))
     share = targets[region_of] * held / np.maximum(region_rows[region_of], 1)
-    size = min(step.size, int(held.sum()))
-    second = second and part_picks(s, size, int(held.sum())) > size
-    quota = gio_core.share_out(part_picks(s, size, int(held.sum())) if second else size, share,
-                               held)
+    size = _usable(step.size, int(held.sum()))
+    picks = part_picks(s, size, int(held.sum()))
+    second = where == "tasks+driver" and picks > size
+    quota = gio_core.share_out(picks if second else size, share, held)
     _announce(int(quota.sum()), int(held.sum()), cands, len(y),
               f", in {len(held)} parts of {cap} rows or about that ({len(parts)} regions)")
     task = partial(_part_task, y, regions.target_region, region_of, quota,
@@ -327,20 +335,19 @@ def _task_picks(spark, candidates: DataFrame, y, scale, cosine: bool, cfg: JobCo
     got = dealt.groupBy("part").applyInPandas(task, schema).toPandas()
     select_s = time.perf_counter() - t1
     got = got.assign(_at=(got["pick"] - 0.5) / quota[got["part"].to_numpy()])
-    got = got.sort_values(["part", "pick"] if second else ["_at", "part"], kind="stable")
+    got = got.sort_values([ROW_ID] if second else ["_at", "part"], kind="stable")
     per_part = got.groupby("part").first()
-    figures = {"where": "tasks", "candidate_rows": int(held.sum()), "parts": len(held),
+    figures = {"where": where, "candidate_rows": int(held.sum()), "parts": len(held),
                "regions": len(parts), "largest_part": int(held.max()) if len(held) else 0,
                "part_picks": int(quota.sum()), "second_round": bool(second),
                "parts_mmd": (float(np.average(per_part["mmd"],
                                               weights=quota[per_part.index.to_numpy()]))
                              if len(per_part) else None),
-               "parts_fill_picks": int(per_part["filled"].sum()),
                "fill_picks": int(per_part["filled"].sum()), "mmd": None,
                "tasks_s": round(select_s, 3), "select_s": 0.0}
     x = (_in_space(np.stack(got[EMBEDDING].to_numpy()).astype(np.float32), scale, cosine)
          if second and len(got) else None)
-    return got[ROW_ID].tolist(), got["cluster_id"].tolist(), x, figures
+    return got[ROW_ID].tolist(), got["cluster_id"].tolist(), x, figures, size
 
 
 def _part_task(y, target_region, region_of, quota, options, scale, cosine, runtime,

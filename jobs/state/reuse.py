@@ -293,8 +293,9 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
 # The row step's options (explode): they change nothing without a row budget unless
 # select.refine is rows, so there they stay out of the fingerprint, and such runs keep their ids.
 ROW_STEP_OPTIONS = ("refine", "candidates", "max_candidates", "max_target_rows")
-# The row step's own version, in explode's fingerprint where it can run: a new one recomputes
-# explode's rows (under the same run id) instead of reusing the older step's.
+# The row step's own version, in explode's fingerprint where it can run (not under
+# refine: clusters): a new one recomputes explode's rows (under the same run id) instead of
+# reusing the older step's.
 # 2: candidates over select.max_candidates go to Spark tasks (before: whole clusters).
 ROW_STEP_VERSION = 2
 
@@ -347,8 +348,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     quantize = fingerprint("quantize", *parts)
     select = fingerprint("select", quantize, select_params(cfg))
     run_id = cfg.run_id or "run-" + select[:12]
-    explode = fingerprint("explode", select, run_id,
-                          *([ROW_STEP_VERSION] if row_step_can_run(cfg.select) else []))
+    step = row_step_can_run(cfg.select) and cfg.select.refine != "clusters"
+    explode = fingerprint("explode", select, run_id, *([ROW_STEP_VERSION] if step else []))
     return Plan(validate, embed, ids, quantize, quantize[:ID_CHARS], select, run_id, explode,
                 weigh, weights_id, weights_fp)
 

@@ -206,6 +206,7 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     figures = json.loads(stagelog.latest(spark, cfg.output.path, "explode",
                                          summary["run_id"])["detail"])["row_step"]
     assert figures["rows"] == 100 and 300 <= figures["candidate_rows"] < 600
+    assert figures["where"] == "driver", figures
     assert figures["target_rows"] == 80
     assert "explode: the row step: 100 of" in capsys.readouterr().out
     # A cap below what the candidate clusters hold (322 rows for the 300 wanted) and below
@@ -233,7 +234,7 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     figures = json.loads(stagelog.latest(spark, capped.output.path, "explode",
                                          parted["run_id"])["detail"])["row_step"]
     assert figures["where"] == "tasks" and figures["rows"] == 100, figures
-    assert not figures["second_round"] and figures["part_picks"] == 100, figures
+    assert not figures["second_round"] and figures["mmd"] is None, figures
     assert figures["parts"] >= 3 and figures["largest_part"] <= 200, figures
     assert ("explode: the row step in Spark tasks: 100 of 322 candidate rows from 17 clusters "
             "(8 chosen, the rest nearest the target), against 80 target rows, in "
@@ -247,13 +248,33 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     two_run = run_pipeline(spark, two)
     figures = json.loads(stagelog.latest(spark, two.output.path, "explode",
                                          two_run["run_id"])["detail"])["row_step"]
-    assert figures["where"] == "tasks" and figures["second_round"], figures
+    assert figures["where"] == "tasks+driver" and figures["second_round"], figures
     assert figures["part_picks"] == 200 and figures["rows"] == 100, figures
     assert "explode: the row step on the driver: 100 of the parts' 200 picks" in \
         capsys.readouterr().out
     two_ids = [r["id"] for r in spark.read.format("delta").load(two_run["table"])
                .where(F.col("run_id") == two_run["run_id"]).collect()]
     assert mmd_rbf(target, pool[two_ids]) < 1.1 * mmd_rbf(target, pool[ids])
+
+
+def test_where_the_row_step_runs_follows_the_cap():
+    """The driver where the candidate clusters fit select.max_candidates; Spark tasks and the
+    driver where twice the selection does; else the tasks alone under refine: rows, and
+    whole clusters under auto, with the reason (also for select.candidates 1, which leaves
+    the tasks nothing to narrow)."""
+    from types import SimpleNamespace as Ns
+
+    from jobs.stages.explode import rounds
+    auto = Ns(max_candidates=1000, candidates=3.0, refine="auto")
+    assert rounds(auto, 1000, 300) == ("driver", "")
+    assert rounds(auto, 1500, 500) == ("tasks+driver", "")
+    where, why = rounds(auto, 1500, 501)
+    assert where is None and why.startswith("its candidate clusters hold 1500 rows, more than "
+                                            "select.max_candidates=1000, and the 1002 rows")
+    assert rounds(Ns(max_candidates=1000, candidates=3.0, refine="rows"), 1500, 501) == \
+        ("tasks", "")
+    where, why = rounds(Ns(max_candidates=1000, candidates=1.0, refine="auto"), 1500, 400)
+    assert where is None and "select.candidates=1 leaves Spark tasks nothing to narrow" in why
 
 
 def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, tmp_path):
@@ -282,6 +303,8 @@ def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, 
                      .where(F.col("side") == "pool").orderBy("cluster_id").collect())
         cfg.select.max_candidates, cfg.select.refine = 150, "rows"    # in Spark tasks
         in_tasks = run_pipeline(spark, cfg)
+        assert json.loads(stagelog.latest(spark, cfg.output.path, "explode", in_tasks["run_id"])
+                          ["detail"])["row_step"]["where"] == "tasks"
         got[name] = ([(r["rank"], r["cluster_id"], r["kl_after"]) for r in selection],
                      [list(r["centroid"]) for r in centroids],
                      *([(r["rank"], r["id"]) for r in spark.read.format("delta")

@@ -83,6 +83,9 @@ def test_a_new_row_step_recomputes_explode_under_the_same_run_id(monkeypatch):
     assert newer.explode != budget.explode
     assert (newer.run_id, newer.select) == (budget.run_id, budget.select)
     assert planned() == whole
+    clusters = planned("select.max_rows=100", "select.refine=clusters")
+    monkeypatch.setattr(reuse, "ROW_STEP_VERSION", reuse.ROW_STEP_VERSION - 1)
+    assert planned("select.max_rows=100", "select.refine=clusters") == clusters
 
 
 def test_planning_leaves_the_config_as_it_was():
