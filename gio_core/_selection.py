@@ -582,6 +582,20 @@ class _Driver:
             kl_prev = kl
 
 
+def _sized(centroids, sizes, other, what: str, other_what: str):
+    """``(centroids, other, sizes)`` as float64 ``[rows, d]`` (the same d) and int64 (one size
+    per centroid), or a ValueError naming ``what`` and ``other_what``."""
+    c = np.asarray(centroids, np.float64)
+    o = np.asarray(other, np.float64)
+    sizes = np.asarray(sizes, np.int64)
+    if c.ndim != 2 or o.ndim != 2 or c.shape[1] != o.shape[1]:
+        raise ValueError(f"{what} of shape {c.shape} and {other_what} of shape {o.shape}: both "
+                         "need [rows, d] with the same d")
+    if sizes.shape != (c.shape[0],):
+        raise ValueError(f"{sizes.shape[0] if sizes.ndim else 0} sizes for {c.shape[0]} {what}")
+    return c, o, sizes
+
+
 def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: int) -> np.ndarray:
     """The pool clusters whose rows a row-level selection chooses from: the ``chosen`` ones
     (indices into the pool centroids, in pick order, repeats dropped), then the others in order
@@ -592,15 +606,8 @@ def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: in
 
         near = candidate_clusters(pool_c, target_c, sizes, result.indices, 3 * budget)
     """
-    pool_c = np.asarray(pool_centroids, np.float64)
-    target_c = np.asarray(target_centroids, np.float64)
-    sizes = np.asarray(sizes, np.int64)
-    if pool_c.ndim != 2 or target_c.ndim != 2 or pool_c.shape[1] != target_c.shape[1]:
-        raise ValueError(f"centroids of shapes {pool_c.shape} and {target_c.shape}: both need "
-                         "[rows, d] with the same d")
-    if sizes.shape != (pool_c.shape[0],):
-        raise ValueError(f"{sizes.shape[0] if sizes.ndim else 0} sizes for "
-                         f"{pool_c.shape[0]} pool centroids")
+    pool_c, target_c, sizes = _sized(pool_centroids, sizes, target_centroids, "pool centroids",
+                                     "target centroids")
     out = list(dict.fromkeys(int(c) for c in chosen))
     total = int(sizes[out].sum()) if out else 0
     if total >= rows:
@@ -650,15 +657,7 @@ def row_regions(centroids, sizes, target, cap: int, min_target: int) -> Regions:
 
         regions = row_regions(cand_c, cand_sizes, target_rows, cap=50_000, min_target=6)
     """
-    c = np.asarray(centroids, np.float64)
-    t = np.asarray(target, np.float64)
-    sizes = np.asarray(sizes, np.int64)
-    if c.ndim != 2 or t.ndim != 2 or c.shape[1] != t.shape[1]:
-        raise ValueError(f"centroids of shape {c.shape} and target rows of shape {t.shape}: "
-                         "both need [rows, d] with the same d")
-    if sizes.shape != (c.shape[0],):
-        raise ValueError(f"{sizes.shape[0] if sizes.ndim else 0} sizes for {c.shape[0]} "
-                         "centroids")
+    c, t, sizes = _sized(centroids, sizes, target, "centroids", "target rows")
     if int(cap) < 1 or int(min_target) < 1:
         raise ValueError(f"cap and min_target must be >= 1; got {cap} and {min_target}")
     cluster_region = np.zeros(len(c), np.int64)
