@@ -584,11 +584,12 @@ _CHECKED: set = set()
 
 
 def _properties(spark: SparkSession, path: str) -> dict:
-    if is_connect(spark):
-        row = delta_detail(spark, delta_ref(path))
-    else:
-        row = DeltaTable.forPath(spark, path).detail().select("properties").first()
-    return dict(row["properties"] or {}) if row is not None else {}
+    """The table's properties. ``SHOW TBLPROPERTIES`` reads them from the log's metadata;
+    ``DESCRIBE DETAIL`` (or ``DeltaTable.detail``) also sizes the files, which costs a Spark
+    job (0.6 s against 0.05 s the first time a process looks at a table). SQL, so that it works
+    on Spark Connect as on a classic session."""
+    rows = spark.sql(f"SHOW TBLPROPERTIES {delta_ref(path)}").collect()
+    return {row["key"]: row["value"] for row in rows}
 
 
 def _describe(schema: T.StructType) -> dict:
