@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -68,6 +69,22 @@ def _disk_full(err: BaseException, cfg: JobConfig | None) -> str | None:
     return (f"no space left on device: a write{where} or in Spark's local folders "
             "(spark.local.dir) ran out of room. Free space or choose another output.path, then "
             "run again: committed stages are kept and the re-run resumes.")
+
+
+_TASK_FAILURE = re.compile(r"Job aborted due to stage failure: (Task \S+ in stage \S+ failed \d+ "
+                           r"times?).*?\): (?:[\w.$]+(?:Exception|Error): )?([^\n]*)")
+
+
+def _summary(err: BaseException) -> str:
+    """The failure's one-line summary: for a Spark job that a task's failure aborted, the task
+    and what ended it (``Python worker exited unexpectedly (crashed)``, an executor lost...),
+    which a Py4J error's own first line (``An error occurred while calling o1561.getResult``)
+    does not say."""
+    found = _TASK_FAILURE.search(f"{err}\n{getattr(err, 'java_exception', '')}")
+    if found is not None:
+        cause = found.group(2).split(". Consider setting")[0].strip().rstrip(".")
+        return f"a Spark task failed ({found.group(1)}): {cause[:300]}"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def run_main(prog: str, description: str, body: Callable[[object, JobConfig], None],
@@ -131,8 +148,8 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
         trace = traceback.format_exc()
         _stop(spark)
         print(trace, file=sys.stderr, end="")
-        print(f"gio-spark: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-              "\ngio-spark: committed stages are kept and a re-run resumes. Unless the cause is "
-              "the environment (memory, disk, network), please report this with the traceback "
-              f"above{_spark_log()}.", file=sys.stderr, flush=True)
+        print(f"gio-spark: failed: {_summary(err)}\ngio-spark: committed stages are kept and a "
+              "re-run resumes. Unless the cause is the environment (memory, disk, network), "
+              f"please report this with the traceback above{_spark_log()}.", file=sys.stderr,
+              flush=True)
         return EXIT_FAILED

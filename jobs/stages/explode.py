@@ -41,6 +41,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import gio_core
+from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.frames import EMBEDDING, ROW_ID, seed_hash, seeded_sample
 from jobs.common.log import bar, detail, log, took
@@ -356,6 +357,7 @@ def _part_task(y, target_region, region_of, quota, options, scale, cosine, runti
     embedding)`` (the embedding null unless ``with_rows``)."""
     import pandas as pd
 
+    faults.point("row_step:part")          # in the Python worker: a crash test kills it here
     part = int(pdf["part"].iloc[0])
     want = int(quota[part])
     pdf = pdf.sort_values(ROW_ID, kind="stable")

@@ -6,6 +6,7 @@ with ``GIO_SPARK_FAILPOINT`` set it kills itself with SIGKILL at a named point (
 outcome is compared row for row with a clean run of the same config on a fresh output path.
 """
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -181,6 +182,30 @@ def test_killed_inside_quantize_and_no_stale_reuse(spark, data_dir, clean, tmp_p
     assert_same_as_clean(spark, out, ref_b, run_b)
     assignments = tables.read_table(spark, str(out), "pool_assignments")
     assert assignments.count() == assignments.select("clustering_id", "row_id").distinct().count()
+
+
+def test_a_task_of_the_row_step_killed_in_spark_tasks(spark, data_dir, clean, tmp_path):
+    """A row budget whose candidates are over select.max_candidates: the row step runs in Spark
+    tasks. The Python worker of each task kills itself (SIGKILL, in a child run): the run exits
+    1 naming the crashed task, explode writes nothing, and the re-run's selection and rows
+    equal a clean run's, from the same tasks and second round."""
+    extra = ("select.max_rows=60", "select.max_candidates=150")
+    out = tmp_path / "out"
+    sets = vector_sets(data_dir, out, *extra)
+    rc = run_child(sets, "row_step:part", tmp_path / "task.log")
+    log = open(tmp_path / "task.log").read()
+    assert rc == 1, log[-3000:]
+    assert "explode: the row step in Spark tasks: 120 of 189 candidate rows" in log
+    assert ("gio-spark: failed: a Spark task failed (Task 0 in stage " in log
+            and "Python worker exited unexpectedly (crashed)\n" in log), log[-3000:]
+    ref_out, run_id = clean(*extra)
+    assert last_status(spark, out, "explode", run_id) != "done"
+    assert last_status(spark, out, "select", run_id) == "done"
+    assert not has_table(out, "selected_rows")
+    assert run_here(spark, sets)["run_id"] == run_id
+    assert_same_as_clean(spark, out, ref_out, run_id)
+    figures = json.loads(stagelog.latest(spark, str(out), "explode", run_id)["detail"])
+    assert figures["row_step"]["where"] == "tasks+driver", figures
 
 
 @pytest.mark.parametrize("failpoint", ["after:selection", "after:selected_rows"])
