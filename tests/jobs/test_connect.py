@@ -18,8 +18,10 @@ from tests.conftest import mixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A row budget: the selection takes explode's row step (GIO on candidate rows) on both kinds
-# of session.
-SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 6, "select.k": 3, "select.max_rows": 100}
+# of session, in Spark tasks (applyInPandas on the server's Python workers) and a second round
+# on the driver: the candidate clusters hold more than the cap's 250 rows, their 200 picks fit.
+SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 6, "select.k": 3, "select.max_rows": 100,
+            "select.max_candidates": 250}
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, traceback
@@ -61,7 +63,10 @@ SCRIPT = textwrap.dedent("""
     api = os.path.join(work, "api")
     chosen = jobs.select_rows(pool, target, embedding_column="vec", id_column="id",
                               settings=settings, output=api)
-    say(api=picked(chosen), columns=chosen.columns)
+    say(api=picked(chosen), columns=chosen.columns,
+        where=[json.loads(r["detail"])["row_step"]["where"] for r in
+               spark.read.format("delta").load(os.path.join(api, "stages"))
+               .where("stage = 'explode' AND status = 'done'").collect()])
     before = commits(os.path.join(api, "runs")), commits(os.path.join(api, "stages"))
     again = jobs.select_rows(pool.orderBy("vec"), target, embedding_column="vec",
                              id_column="id", settings=settings, output=api)
@@ -154,6 +159,7 @@ def _check_the_api_the_command_line_and_the_estimator(spark, data):
     rows = found["api"]
     assert len(rows) == 100 and found["columns"] == ["id", "vec", "cluster_id", "rank", "run_id"]
     assert sorted(r[2] for r in rows) == list(range(1, 101))      # ranked by the row step
+    assert found["where"] == ["tasks+driver"]                      # in the server's tasks
     # The rows a classic session selects from the same data with the same settings.
     classic = jobs.select_rows(spark.createDataFrame(frames["pool"]),
                                spark.createDataFrame(frames["target"]), embedding_column="vec",
