@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -132,6 +132,11 @@ bench-gpu: $(STAMP)
 # driver memory, held-out MMD); appended to bench/results/row_step_cpu_2cores.jsonl.
 bench-row-step: $(STAMP)
 	$(VENV)/bin/python bench/row_step.py
+
+# A small run's time (1,000 precomputed rows) from the command line and in a session that is
+# up, cold and with a new select option, against the same runs on an earlier commit (--baseline).
+bench-small-runs: $(STAMP)
+	$(VENV)/bin/python bench/small_runs.py --out bench/results/small_runs_cpu_2cores.jsonl
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)

@@ -211,6 +211,23 @@ def row_step() -> str:
                  "rrlrrrrrrr", rows)
 
 
+SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output"),
+              ("cli_warm", "`gio-spark run`, `select.k` changed"),
+              ("api_cold", "`select_rows` in a session that is up, new output"),
+              ("api_warm", "`select_rows` in that session, `select.k` changed"))
+
+
+def small_runs() -> str:
+    """A small run's seconds and Delta commits, this tree against the baseline commit (the
+    latest run)."""
+    r = records("small_runs_cpu_2cores.jsonl")[-1]
+    base, now = r["baseline"], r["now"]
+    rows = [[what, fixed(base[k], 1), fixed(now[k], 1), times(r["now_over_baseline"][k]),
+             now[f"{k}_commits"]] for k, what in SMALL_RUNS]
+    return table(["run (1,000 rows)", f"seconds at {r['baseline_commit']}",
+                  f"seconds at {r['commit']}", "x baseline", "Delta commits"], "lrrrr", rows)
+
+
 def dii() -> str:
     rows = []
     for r in records("dii_vs_dadapy_cpu_2cores.jsonl"):
@@ -335,8 +352,8 @@ def quality() -> str:
 
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
-          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, dii, gaf, imnn,
-           datamodels_workers, datamodels_regression, quality)}
+          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs, dii,
+           gaf, imnn, datamodels_workers, datamodels_regression, quality)}
 
 
 def render_page(text: str) -> str:

@@ -1,0 +1,154 @@
+"""How long a small run takes, from the command line and in a notebook's session, against the
+same runs on an earlier commit (the baseline), in one run on the same data and cores.
+
+1,000 pool rows and 200 target rows of precomputed 64-D vectors (Parquet), `conf/demo.yaml`
+with those sides, `local[2]`. For each tree (the baseline, checked out with `git worktree`,
+then this one), each on its own output path:
+
+- ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed);
+- ``cli_warm``: the same with ``select.k=4`` (a new JVM; quantize reused, select and explode
+  computed), as a user trying an option does;
+- ``api_cold`` / ``api_warm``: the same two runs through ``jobs.select_rows`` in one Python
+  process whose session is already up (a notebook), after ``session_s`` to start it.
+
+Each run's Delta commits are counted (the ``_delta_log`` JSON files it added).
+
+    python bench/small_runs.py [--baseline REF] [--rows 1000]
+                               [--out bench/results/small_runs_cpu_2cores.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench._common import clustered, emit  # noqa: E402
+
+API = """
+import json, sys, time
+t0 = time.perf_counter()
+from jobs import api
+from jobs.io.session import build_session
+spark = build_session("small-runs", "local[2]", {})
+found = {"session_s": round(time.perf_counter() - t0, 2)}
+work, out = sys.argv[1], sys.argv[2]
+for name, settings in (("api_cold", {}), ("api_warm", {"select.k": 4})):
+    t = time.perf_counter()
+    rows = api.select_rows(f"{work}/pool.parquet", f"{work}/target.parquet", output=out,
+                           embedding_column="vec", id_column="id",
+                           config=sys.argv[3], settings=settings).count()
+    found[name] = round(time.perf_counter() - t, 2)
+    found[name + "_rows"] = rows
+    print("DONE " + name, flush=True)
+    input()                       # the parent counts the commits, then says go on
+print("RESULT " + json.dumps(found), flush=True)
+"""
+
+
+def commits(out: str) -> int:
+    return len(glob.glob(os.path.join(out, "*", "_delta_log", "*.json")))
+
+
+def cli(tree: str, work: str, out: str, *extra: str) -> float:
+    argv = [sys.executable, "-m", "jobs.cli", "run", "--config",
+            os.path.join(tree, "conf", "demo.yaml"), "--set", f"output.path={out}",
+            "--set", "spark.master=local[2]"]
+    for side in ("pool", "target"):
+        for key, value in (("format", "parquet"), ("path", f"{work}/{side}.parquet"),
+                           ("id_column", "id"), ("embedding_column", "vec")):
+            argv += ["--set", f"{side}.{key}={value}"]
+    for item in extra:
+        argv += ["--set", item]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=tree))
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return round(time.perf_counter() - start, 2)
+
+
+def api_runs(tree: str, work: str, out: str) -> dict:
+    config = os.path.join(work, "api.yaml")
+    with open(config, "w") as f:            # the demo config's settings, sides given as paths
+        f.write(open(os.path.join(tree, "conf", "demo.yaml")).read())
+    proc = subprocess.Popen([sys.executable, "-c", API, work, out, config], cwd=tree,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=tree))
+    counted = {}
+    for line in proc.stdout:
+        if line.startswith("DONE "):
+            counted[line.split()[1] + "_commits"] = commits(out) - sum(counted.values())
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        elif line.startswith("RESULT "):
+            found = json.loads(line[len("RESULT "):])
+            proc.wait()
+            return {**found, **counted}
+    raise RuntimeError(f"the API run ended with {proc.wait()}")
+
+
+def measure(tree: str, work: str) -> dict:
+    out = tempfile.mkdtemp(prefix="small-cli-")
+    found = {"cli_cold": cli(tree, work, out)}
+    found["cli_cold_commits"] = commits(out)
+    found["cli_warm"] = cli(tree, work, out, "select.k=4")
+    found["cli_warm_commits"] = commits(out) - found["cli_cold_commits"]
+    shutil.rmtree(out, ignore_errors=True)
+    out = tempfile.mkdtemp(prefix="small-api-")
+    shutil.rmtree(out)
+    found.update(api_runs(tree, work, out))
+    shutil.rmtree(out, ignore_errors=True)
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline", default="d79d8e1",
+                        help="the commit to compare with (default: the tree before this "
+                             "benchmark's first changes)")
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    import pandas as pd
+
+    work = tempfile.mkdtemp(prefix="small-runs-")
+    weights = np.zeros(50)
+    weights[[3, 11, 19]] = [0.5, 0.3, 0.2]
+    pool, _ = clustered(args.rows, 64, seed=1)
+    target, _ = clustered(200, 64, seed=2, weights=weights)
+    pd.DataFrame({"id": np.arange(len(pool)), "vec": list(pool)}).to_parquet(f"{work}/pool.parquet")
+    pd.DataFrame({"id": np.arange(len(target)), "vec": list(target)}).to_parquet(
+        f"{work}/target.parquet")
+    base = os.path.join(work, "baseline")
+    subprocess.run(["git", "worktree", "add", "--detach", base, args.baseline], cwd=ROOT,
+                   check=True, capture_output=True)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=base, text=True,
+                         capture_output=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True, check=True).stdout.strip()
+    try:
+        baseline = measure(base, work)
+        now = measure(str(ROOT), work)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", base], cwd=ROOT,
+                       capture_output=True)
+    ratios = {k: round(now[k] / baseline[k], 2) for k in
+              ("cli_cold", "cli_warm", "api_cold", "api_warm")}
+    emit({"bench": "small_runs", "date": time.strftime("%Y-%m-%d"), "rows": args.rows,
+          "cores": 2, "baseline_commit": sha, "commit": head, "baseline": baseline,
+          "now": now, "now_over_baseline": ratios}, args.out)
+
+
+if __name__ == "__main__":
+    main()
