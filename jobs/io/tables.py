@@ -583,12 +583,22 @@ def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPT
 _CHECKED: set = set()
 
 
+def _location(path: str) -> str:
+    """``path`` as Delta's SQL takes it for a table's location: SQL's delta.`path` is a table
+    name unless the path is absolute, so a relative one is made absolute; and Delta compares a
+    location with the one it qualifies: file:///x is file:/x to Hadoop."""
+    location = path if "://" in path or path.startswith("file:") else os.path.abspath(path)
+    if location.startswith("file:///"):
+        location = "file:/" + location[len("file:///"):]
+    return location
+
+
 def _properties(spark: SparkSession, path: str) -> dict:
     """The table's properties. ``SHOW TBLPROPERTIES`` reads them from the log's metadata;
     ``DESCRIBE DETAIL`` (or ``DeltaTable.detail``) also sizes the files, which costs a Spark
     job (0.3-0.8 s against 0.02 s for a table the process has not read yet). SQL, so that it
     works on Spark Connect as on a classic session."""
-    rows = spark.sql(f"SHOW TBLPROPERTIES {delta_ref(path)}").collect()
+    rows = spark.sql(f"SHOW TBLPROPERTIES {delta_ref(_location(path))}").collect()
     return {row["key"]: row["value"] for row in rows}
 
 
@@ -707,11 +717,7 @@ def ensure_table(spark: SparkSession, output: str, name: str,
     if check_existing(spark, output, name, schema):
         return path
 
-    # Delta takes a relative location that does not exist yet for a table name: make it absolute.
-    location = path if "://" in path or path.startswith("file:") else os.path.abspath(path)
-    # ...and compares the location with the one it qualifies: file:///x is file:/x to Hadoop.
-    if location.startswith("file:///"):
-        location = "file:/" + location[len("file:///"):]
+    location = _location(path)
 
     def create():
         if is_connect(spark):
