@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -69,14 +69,19 @@ lint: $(STAMP)
 # Two pytest workers (pytest-xdist), each with its own Spark session, a test file each at a time:
 # the Spark tests spend much of their time waiting on JVMs and child processes.
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo and not reference"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo and not reference and not connect"
 
 # The README's first command, `make demo`, run for real and its output checked (5 minutes).
 test-demo: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m demo
 
+# Spark Connect end to end (tests/jobs/test_connect.py, 4-5 minutes): a local Connect server that
+# pyspark starts, driven through the Python API, the estimator and the command line.
+test-connect: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m connect
+
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow and not demo and not reference"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not demo and not reference and not connect"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,bench]'

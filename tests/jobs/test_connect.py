@@ -12,10 +12,12 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import jobs
 from tests.conftest import mixture
 
+pytestmark = pytest.mark.connect
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A row budget: the selection takes explode's row step (GIO on candidate rows) on both kinds
 # of session, in Spark tasks (applyInPandas on the server's Python workers) and a second round

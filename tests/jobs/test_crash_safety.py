@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from jobs import runner
 from jobs.common import faults
 from jobs.state import stagelog
 from jobs.io import tables
@@ -186,18 +187,23 @@ def test_killed_inside_quantize_and_no_stale_reuse(spark, data_dir, clean, tmp_p
 
 def test_a_task_of_the_row_step_killed_in_spark_tasks(spark, data_dir, clean, tmp_path):
     """A row budget whose candidates are over select.max_candidates: the row step runs in Spark
-    tasks. The Python worker of each task kills itself (SIGKILL, in a child run): the run exits
-    1 naming the crashed task, explode writes nothing, and the re-run's selection and rows
-    equal a clean run's, from the same tasks and second round."""
+    tasks. The Python worker of each task kills itself (SIGKILL; the failure point reaches the
+    workers through the SparkContext's environment): the run fails naming the crashed task,
+    explode writes nothing, and the re-run's selection and rows equal a clean run's, from the
+    same tasks and second round."""
     extra = ("select.max_rows=60", "select.max_candidates=150")
     out = tmp_path / "out"
     sets = vector_sets(data_dir, out, *extra)
-    rc = run_child(sets, "row_step:part", tmp_path / "task.log")
-    log = open(tmp_path / "task.log").read()
-    assert rc == 1, log[-3000:]
-    assert "explode: the row step in Spark tasks: 120 of 189 candidate rows" in log
-    assert ("gio-spark: failed: a Spark task failed (Task 0 in stage " in log
-            and "Python worker exited unexpectedly (crashed)\n" in log), log[-3000:]
+    environment = spark.sparkContext.environment
+    environment[faults.ENV] = "row_step:part"
+    try:
+        with pytest.raises(Exception) as failed:
+            run_here(spark, sets)
+    finally:
+        environment.pop(faults.ENV, None)
+    said = runner._summary(failed.value)
+    assert said.startswith("a Spark task failed (Task ") and said.endswith(
+        "Python worker exited unexpectedly (crashed)"), said
     ref_out, run_id = clean(*extra)
     assert last_status(spark, out, "explode", run_id) != "done"
     assert last_status(spark, out, "select", run_id) == "done"
