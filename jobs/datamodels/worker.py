@@ -37,6 +37,16 @@ def _call_with_timeout(fn, seconds):
         signal.signal(signal.SIGALRM, old)
 
 
+def _failure(err: BaseException) -> str:
+    """What the store's ``error`` column says of a failed index."""
+    if isinstance(err, SystemExit):
+        return (f"SystemExit({err.code!r}): main exited instead of returning its values. A "
+                "script that reads its settings from the command line (fastargs, argparse) "
+                "exits this way when they are missing or unknown: a Spark task has no command "
+                "line of the script's, so take them as keyword arguments (datamodels.args).")
+    return f"{type(err).__name__}: {str(err).strip()}"[:2000]
+
+
 def work_task(spec_json: str, main_import: str, logdir: str, args: dict, max_failures: int,
                timeout_s, indices):
     """Runs ``main`` for each index of this task; yields one result tuple per index:
@@ -62,10 +72,12 @@ def work_task(spec_json: str, main_import: str, logdir: str, args: dict, max_fai
             values = check_output(spec, int(index), out)
             yield (int(index), True, attempt, started, time.time(), time.perf_counter() - t0,
                    host, None, values)
-        except Exception as err:  # noqa: BLE001 - the user's main may raise anything
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - main may raise anything
+            message = _failure(err)
             if attempt + 1 < max_failures:
+                if isinstance(err, SystemExit):          # a task error Spark retries, not an
+                    raise RuntimeError(message) from None  # exit of the Python worker
                 raise
-            message = f"{type(err).__name__}: {str(err).strip()}"[:2000]
             yield (int(index), False, attempt, started, time.time(), time.perf_counter() - t0,
                    host, message, None)
 

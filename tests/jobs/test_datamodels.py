@@ -40,10 +40,12 @@ MAIN = textwrap.dedent('''
         return masks, (2 * masks[:3] + 0.01 * index + 0.1 * rng.random(3)).astype(np.float32)
 
 
-    def main(*, index, logdir, calls_dir=None, fail=(), flaky=(), size=6, sleep=0.0):
+    def main(*, index, logdir, calls_dir=None, fail=(), flaky=(), size=6, sleep=0.0, exits=()):
         if calls_dir:
             open(os.path.join(calls_dir, f"{index}-{os.getpid()}-{time.time_ns()}"), "w").close()
         time.sleep(sleep)
+        if index in exits:                   # as a command-line parser missing its arguments
+            raise SystemExit(2)
         if index in fail:
             raise ValueError(f"index {index} is broken")
         if index in flaky and not os.path.exists(os.path.join(logdir, "tried")):
@@ -339,3 +341,11 @@ def test_worker_task_records_a_timeout_and_a_result_off_the_spec(tmp_path, worke
     assert wrong[0][1] is False and "'masks' for index 3 has shape [4]" in wrong[0][7]
     with pytest.raises(ValueError, match="index 3 is broken"):      # not the last attempt
         list(work_task(spec.to_json(), module, str(tmp_path), {"fail": [3]}, 2, None, [3]))
+    # A main that exits (SystemExit gets past `except Exception`): recorded for its index and
+    # the next one still runs; before the last attempt, a task error for Spark to retry.
+    exited = list(work_task(spec.to_json(), module, str(tmp_path), {"exits": [2]}, 1, None,
+                            [2, 1]))
+    assert [r[:2] for r in exited] == [(2, False), (1, True)]
+    assert exited[0][7].startswith("SystemExit(2): main exited instead of returning its values.")
+    with pytest.raises(RuntimeError, match=r"^SystemExit\(2\): main exited"):
+        list(work_task(spec.to_json(), module, str(tmp_path), {"exits": [2]}, 2, None, [2]))
