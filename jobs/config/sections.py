@@ -576,6 +576,9 @@ class DatamodelsSection:
     jobs_in_flight: Annotated[int, AT_LEAST_1] = 2  # Spark jobs of indices running at once
     # seconds one index may take (the source's job_timeout)
     timeout_s: Annotated[float | None, SECONDS_OR_NULL] = None
+    # run completed indices again too (the source's --worker.do_if_complete): a new result
+    # replaces the stored one; a failure leaves it as it was
+    do_if_complete: bool = False
     x_name: str = "masks"              # the spec key of the masks (the regression's inputs)
     y_name: str = "margins"            # the spec key of the outputs, one per target
     # null: the completed models left after val and test

@@ -335,9 +335,10 @@ def _results_frame(spark, spec: Spec, results: list) -> DataFrame:
     return tables.conform(spark.createDataFrame(table), store_schema(spec))
 
 
-def commit_results(spark, store: Store, results: list) -> None:
+def commit_results(spark, store: Store, results: list, again: bool = False) -> None:
     """One MERGE: inserts indices the store lacks, updates those not completed; completed
-    indices are never written again."""
+    indices are never written again, unless ``again`` (``datamodels.do_if_complete``): then a
+    completed result replaces a completed row too (a failure never does)."""
     from delta.tables import DeltaTable
     if not results:
         return
@@ -347,7 +348,8 @@ def commit_results(spark, store: Store, results: list) -> None:
 
     def merge():
         (DeltaTable.forPath(spark, store.path).alias("t").merge(frame.alias("s"), cond)
-         .whenMatchedUpdateAll(condition="t.completed = false")
+         .whenMatchedUpdateAll(condition="t.completed = false"
+                               + (" OR s.completed = true" if again else ""))
          .whenNotMatchedInsertAll().execute())
     faults.point(f"before:{STORE}")
     tables.with_retries(merge, f"committing to {store.path}")
@@ -376,7 +378,7 @@ def run_work(spark, cfg: JobConfig) -> WorkReport:
         raise InputError(f"datamodels.indices [{lo}, {hi}) reaches past num_models "
                          f"({store.spec.num_models}); indices run from 0 to num_models - 1.")
     done = set(completed_indices(spark, store).tolist())
-    pending = [i for i in range(lo, hi) if i not in done]
+    pending = [i for i in range(lo, hi) if d.do_if_complete or i not in done]
     report = WorkReport(len(pending))
     if not pending:
         log(f"datamodels work: all {hi - lo} indices in [{lo}, {hi}) are completed in "
@@ -428,7 +430,7 @@ def run_work(spark, cfg: JobConfig) -> WorkReport:
                     for i in wave:
                         report.lost[i] = why
                     continue
-                commit_results(spark, store, results)
+                commit_results(spark, store, results, d.do_if_complete)
                 for r in results:
                     if r[1]:
                         report.completed += 1

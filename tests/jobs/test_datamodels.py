@@ -141,6 +141,20 @@ def test_work_commits_each_index_once_and_reports_failures_by_index(spark, tmp_p
     versions = len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect())
     assert main(argv("work", work_sets(tmp_path, module, calls))) == 0        # nothing to run
     assert len(spark.sql(f"DESCRIBE HISTORY delta.`{store}`").collect()) == versions
+    # do_if_complete (the source's flag): completed indices run again; one that fails now
+    # keeps its completed row, and the run says it failed
+    before = store_rows(spark, store)
+    assert main(argv("work", work_sets(tmp_path, module, calls, "datamodels.indices=[0, 4]",
+                                       "datamodels.do_if_complete=true",
+                                       "datamodels.args.fail=[3]"))) == 1
+    assert calls_per_index(calls) == {i: (2 if i in (0, 1, 2, 3, 5, 17) else 1)
+                                      for i in range(24)}
+    rows = store_rows(spark, store)
+    assert rows[3] == before[3] and all(r["completed"] for r in rows.values())
+    assert [rows[i]["finished_at"] > before[i]["finished_at"] for i in range(5)] == \
+        [True, True, True, False, False]
+    for i in range(3):
+        assert_values(rows[i])
     # regress dies between its tables (as a kill there leaves them); the re-run fits again and
     # leaves one fit, equal to a clean one under another id
     fit_sets = work_sets(tmp_path, module, calls, "datamodels.num_val=4", "datamodels.num_test=0",
