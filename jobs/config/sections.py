@@ -578,7 +578,7 @@ class DatamodelsSection:
     timeout_s: Annotated[float | None, SECONDS_OR_NULL] = None
     # run completed indices again too (the source's --worker.do_if_complete): a new result
     # replaces the stored one; a failure leaves it as it was
-    do_if_complete: bool = False
+    do_if_complete: Annotated[bool, BOOL] = False
     x_name: str = "masks"              # the spec key of the masks (the regression's inputs)
     y_name: str = "margins"            # the spec key of the outputs, one per target
     # null: the completed models left after val and test
