@@ -297,6 +297,7 @@ def _output_keys(spark: SparkSession, cfg: JobConfig, name: str) -> dict[str, st
     return {"pool_embeddings": plan.embeddings_id["pool"],
             "target_embeddings": plan.embeddings_id["target"],
             "centroids": plan.clustering_id, "pool_assignments": plan.clustering_id,
+            "set_aside": plan.clustering_id,
             "selection": plan.run_id, "runs": plan.run_id, "selected_rows": plan.run_id}
 
 
@@ -307,7 +308,8 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
               settings: Mapping[str, object] | None = None, run_id: str | None = None,
               spark: SparkSession | None = None) -> dict[str, DataFrame]:
     """Runs one stage alone, as ``gio-spark <name>`` does (reusing what is committed), and
-    returns its output tables, each cut to this config's key.
+    returns its output tables, each cut to this config's key (quantize's ``set_aside`` only
+    where ``decontaminate.threshold`` is set).
 
     Args:
       name: ``weigh``, ``embed``, ``quantize``, ``select``, ``explode``, ``train`` or
@@ -356,7 +358,7 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
         for token in tokens:
             release_frame(token)
     return {table: tables.read_key(session, cfg.output.path, table, keys[table])
-            for table in stage.outputs}
+            for table in stage.outputs if table != "set_aside" or cfg.decontaminate.enabled}
 
 
 def runs(output: str, spark: SparkSession | None = None) -> DataFrame:

@@ -1,7 +1,8 @@
 """Job configuration: YAML in, typed and validated objects out, before Spark starts.
 
 A config file has the sections ``spark``, ``pool``, ``target``, ``embed``, ``quantize``,
-``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally ``weigh``
+``select`` and ``output`` (plus an optional top-level ``run_id``), and optionally
+``decontaminate`` (set aside pool rows that copy target rows, before clustering), ``weigh``
 (learn feature weights with the DII), ``weights`` (cluster and select in a weighted space) and
 ``train`` (train a probe on the selected rows, with GAF), ``evaluate`` (measure the selection
 against baselines on held-out target rows), and ``imnn`` (fit an IMNN's summaries
@@ -234,6 +235,32 @@ class QuantizeSection:
     init_rows: Annotated[int, AT_LEAST_1] = 20000  # algorithm lloyd: k-means++ on this many rows (by hash)
     # algorithm lloyd: a side this small is clustered on the driver
     driver_rows: Annotated[int, AT_LEAST_1] = 20000
+
+
+COPY_THRESHOLD = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
+                      "null (off) or a cosine similarity in (0, 1]")
+
+
+@dataclass
+class DecontaminateSection:
+    """Pool rows that copy target rows, set aside before the pool is clustered (a step of the
+    quantize stage; off while ``threshold`` is null).
+
+    A pool row whose cosine similarity with a target row is at least ``threshold`` is a copy:
+    exact copies (1.0) and near ones (0.95 catches a reworded line on the bundled model). Each
+    pool row is compared only with the target rows of its ``probes`` nearest target clusters
+    (quantize's own clustering of the target, in the space it clusters in), so the search costs
+    about ``probes / target_k`` of all pairs; exact copies are always found. The rows found are
+    left out of the pool's clustering, and so of every selection made from it, and recorded in
+    the ``set_aside`` table (the pool row, the target row it copies, their cosine) under the
+    clustering's id.
+    """
+    threshold: Annotated[float | None, COPY_THRESHOLD] = None
+    probes: Annotated[int, AT_LEAST_1] = 3  # target clusters each pool row is compared in
+
+    @property
+    def enabled(self) -> bool:
+        return self.threshold is not None
 
 
 @dataclass
@@ -665,6 +692,7 @@ class JobConfig:
     target: SourceSection = field(default_factory=SourceSection)
     embed: EmbedSection = field(default_factory=EmbedSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
     select: SelectSection = field(default_factory=SelectSection)
     output: OutputSection = field(default_factory=OutputSection)
     weigh: WeighSection = field(default_factory=WeighSection)
@@ -1335,11 +1363,13 @@ def _validate_embed(cfg: JobConfig) -> None:
 
 
 def _validate_quantize(cfg: JobConfig) -> None:
-    """The ``quantize`` section: its fields' rules, and the seed's range."""
+    """The ``quantize`` section (its fields' rules, and the seed's range) and its
+    ``decontaminate`` step."""
     q = cfg.quantize
     _check_rules(q, "quantize")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
            f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
+    _check_rules(cfg.decontaminate, "decontaminate")
 
 
 def _validate_select(cfg: JobConfig) -> None:

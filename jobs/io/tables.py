@@ -8,6 +8,7 @@ Under ``output.path``:
 | ``pool_embeddings``, ``target_embeddings`` | embeddings_id, row_id, embedding | embeddings_id | embed (text sources) |
 | ``centroids`` | clustering_id, side, cluster_id, centroid, size | clustering_id | quantize |
 | ``pool_assignments`` | clustering_id, row_id, cluster_id | clustering_id | quantize |
+| ``set_aside`` | clustering_id, row_id, copy_of, side, cosine | clustering_id | quantize (``decontaminate``) |
 | ``selection`` | run_id, select_fingerprint, rank, cluster_id, cluster_size, kl_after | run_id | select |
 | ``runs`` | run_id, select_fingerprint, clustering_id, params, KL curve, inputs, ... | run_id | select |
 | ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | run_id | explode |
@@ -79,6 +80,13 @@ ASSIGNMENTS = T.StructType([
     T.StructField("clustering_id", T.StringType(), False),
     T.StructField("row_id", T.StringType(), False),
     T.StructField("cluster_id", T.IntegerType(), False),
+])
+SET_ASIDE = T.StructType([
+    T.StructField("clustering_id", T.StringType(), False),
+    T.StructField("row_id", T.StringType(), False),          # the pool row set aside
+    T.StructField("copy_of", T.StringType(), False),         # the row it copies
+    T.StructField("side", T.StringType(), False),            # where that row is: target
+    T.StructField("cosine", T.DoubleType(), False),
 ])
 SELECTION = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -292,7 +300,8 @@ SELECTED_EXTRA = T.StructType([
 ])
 
 SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
-           "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "selection": SELECTION,
+           "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "set_aside": SET_ASIDE,
+           "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
            "train_runs": TRAIN_RUNS, "models": MODELS, "evaluations": EVALUATIONS,
            "imnn_history": IMNN_HISTORY,
@@ -301,7 +310,7 @@ SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "stages": STAGES}
 KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
-        "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
+        "set_aside": "clustering_id", "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
         "train_runs": "train_id", "models": "train_id", "evaluations": "eval_id",
         "imnn_history": "imnn_id",

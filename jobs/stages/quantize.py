@@ -9,7 +9,10 @@ chosen by a hash of their ids. ``mllib`` runs MLlib's ``KMeans`` (k-means|| with
 the same cores (``bench/kmeans.py``).
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
-cluster) under the run's ``clustering_id``. ``k`` is capped at a side's row count with a warning;
+cluster) under the run's ``clustering_id``. With a ``decontaminate`` section (a threshold set),
+the target is clustered first, and the pool rows that copy a target row (:func:`find_copies`,
+through the target's clusters) are left out of the pool's clustering and written to
+``set_aside`` before ``pool_assignments``. ``k`` is capped at a side's row count with a warning;
 clusters that end up empty are dropped. The stage log's record of the clustering also holds
 ``target_bandwidth``, the median squared distance between target rows (select's ``mmd`` rule). The
 pool is clustered with ``quantize.seed``, the target with ``quantize.seed + 1``, each on its rows
@@ -35,6 +38,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.common import faults
+from jobs.common.errors import InputError
 from jobs.common.frames import seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig, auto_pool_k, row_budget
@@ -255,6 +259,60 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     return centroid_rows, assignments, packed, done["it"]
 
 
+def find_copies(spark, pool: DataFrame, target: DataFrame, target_rows: list, d,
+                distance: str):
+    """The decontamination step: the pool rows that copy a target row (cosine at least
+    ``decontaminate.threshold``), each compared with the target rows of its
+    ``decontaminate.probes`` nearest target clusters (:mod:`gio_core.copies`).
+
+    ``pool``, ``target``: (row_id, embedding) in the space quantize clusters in;
+    ``target_rows``: the target's centroid rows (:func:`kmeans_side`).
+
+    Returns ``(found, release, rows, compared)``: ``(row_id, copy_of, cosine)`` of the pool
+    rows found (persisted: ``release()`` frees them and the target rows shared with the tasks,
+    once nothing reads them), how many rows, and the target rows compared in all.
+    """
+    from gio_core.copies import copy_index, near_copies
+    from gio_core.kmeans import normalise
+    got = (target.select("row_id", F.col("embedding").cast("array<float>").alias("v"))
+           .orderBy("row_id").collect())
+    ids = [str(r["row_id"]) for r in got]
+    refs = np.array([r["v"] for r in got], np.float32)
+    centres = np.array([r[2] for r in target_rows], np.float32)
+    index = copy_index(normalise(refs) if distance == "cosine" else refs, centres, distance)
+    shared = share(spark, (index, ids))
+    threshold, probes = float(d.threshold), int(d.probes)
+
+    def task(batches):
+        index, ids = shared.value
+        for b in batches:
+            emb = b.column(1)
+            x = np.asarray(pc.list_flatten(emb).to_numpy(zero_copy_only=False),
+                           np.float32).reshape(len(emb), -1)
+            found = near_copies(index, x, threshold, probes)
+            hits = pa.array(found.rows)
+            yield pa.RecordBatch.from_arrays(
+                [pa.concat_arrays([b.column(0).take(hits), pa.nulls(1, b.column(0).type)]),
+                 pa.array([ids[j] for j in found.refs] + [None], pa.string()),
+                 pa.array(found.cosine.astype(np.float64).tolist() + [None], pa.float64()),
+                 pa.array([0] * len(found.rows) + [found.compared], pa.int64())],
+                ["row_id", "copy_of", "cosine", "compared"])
+
+    id_type = pool.schema["row_id"].dataType.simpleString()
+    cached = (pool.select("row_id", F.col("embedding").cast("array<float>").alias("embedding"))
+              .mapInArrow(task, f"row_id {id_type}, copy_of string, cosine double, "
+                                "compared long")
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    totals = cached.agg(F.count("row_id").alias("rows"),
+                        F.sum("compared").alias("compared")).first()
+
+    def release() -> None:
+        cached.unpersist()
+        shared.destroy()
+    return (cached.where(F.col("row_id").isNotNull()).drop("compared"), release,
+            int(totals["rows"]), int(totals["compared"] or 0))
+
+
 def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                  embeddings: Callable[[Side], DataFrame]) -> str:
     """Clusters both sides and commits the tables, unless done already; returns the
@@ -273,38 +331,49 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                 "largest)")
             pool, target = apply_weights(pool, scale), apply_weights(target, scale)
         warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
-        pool_k = q.pool_k
+        t0 = time.perf_counter()
+        target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
+                                                            "target", warn, spark)
         kept = int(inputs.pool.report["kept"])
+        aside, frees, detail = None, [cached_t.unpersist], {}
+        if cfg.decontaminate.enabled:
+            pool, aside, free, detail = _decontaminated(spark, cfg, pool, target, target_rows,
+                                                        kept)
+            frees.append(free)
+            kept -= detail["set_aside"]
+        pool_k = q.pool_k
         if pool_k == "auto":
             pool_k = auto_pool_k(kept, cfg.select)
             log(f"quantize: pool_k auto: {pool_k} clusters for {kept} pool rows"
                 + (f" and a budget of {row_budget(cfg.select, kept)}"
                    if row_budget(cfg.select, kept) else ""))
-        t0 = time.perf_counter()
         pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool",
                                                                 warn, spark)
-        target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
-                                                            "target", warn, spark)
         log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
             f"{len(target_rows)} target clusters ({target_iter} iterations) in "
             f"{took(time.perf_counter() - t0)}")
         bandwidth = target_bandwidth(target)
         centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
                                           tables.CENTROIDS)
-        return (centroids, assignments, (cached, cached_t),
+        return (centroids, assignments, aside,
+                [cached.unpersist] + frees,
                 {"pool_k": pool_k, "pool_clusters": len(pool_rows),
-                 "target_clusters": len(target_rows), "target_bandwidth": bandwidth})
+                 "target_clusters": len(target_rows), "target_bandwidth": bandwidth, **detail})
 
     def commit(computed):
-        centroids, assignments, _, detail = computed
+        centroids, assignments, aside, _, detail = computed
         tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
+        if aside is not None:
+            tables.replace_key(spark, aside.withColumn("clustering_id", F.lit(key))
+                               .withColumn("side", F.lit("target")),
+                               cfg.output.path, "set_aside", key)
         tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
                            cfg.output.path, "pool_assignments", key)
         return key, detail
 
     def release(computed) -> None:
-        for cached in computed[2]:
-            cached.unpersist()
+        for free in computed[3]:
+            free()
 
     def reused() -> str:
         log(f"quantize: reusing clustering {key}")
@@ -325,6 +394,34 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
 
     return run_stage(spark, cfg.output.path, "quantize", key, fp, compute, commit, reused,
                      lost, release)
+
+
+def _decontaminated(spark, cfg: JobConfig, pool: DataFrame, target: DataFrame,
+                    target_rows: list, kept: int):
+    """``(the pool without the rows that copy target rows, those rows, what frees them, the
+    figures for the stage log)``: :func:`find_copies`, logged.
+
+    Raises:
+      InputError: every pool row copies a target row.
+    """
+    d = cfg.decontaminate
+    t0 = time.perf_counter()
+    aside, release, rows, compared = find_copies(spark, pool, target, target_rows, d,
+                                                 cfg.quantize.distance)
+    per_row = compared / max(kept, 1)
+    log(f"quantize: decontaminate: {rows} of {kept} pool rows copy a target row (cosine >= "
+        f"{d.threshold:g}) and are set aside; {per_row:.1f} target rows compared per pool row, "
+        f"of {len(target_rows)} clusters' {int(sum(r[3] for r in target_rows))} (probes="
+        f"{d.probes}), in {took(time.perf_counter() - t0)}")
+    if rows >= kept:
+        release()
+        raise InputError(f"every one of the pool's {kept} rows copies a target row (cosine >= "
+                         f"decontaminate.threshold={d.threshold:g}): nothing is left to select "
+                         "from; check that pool and target are not the same rows, or raise "
+                         "decontaminate.threshold.")
+    if rows:
+        pool = pool.join(aside.select("row_id"), "row_id", "left_anti")
+    return pool, aside, release, {"set_aside": rows, "compared_per_row": round(per_row, 3)}
 
 
 def target_bandwidth(embeddings) -> float:
@@ -352,7 +449,8 @@ def quantize_command(spark, cfg: JobConfig, registry) -> None:
 
 STAGE = Stage(
     "quantize", "the quantize stage alone: K-means on pool and target", "quantize", both_sides,
-    needs=("embed",), outputs=("centroids", "pool_assignments"), command=quantize_command,
+    needs=("embed",), outputs=("centroids", "set_aside", "pool_assignments"),
+    command=quantize_command,
     in_run=lambda cfg: True,
     step=lambda run: _quantize(run.spark, run.cfg, run.plan, run.inputs, run.registry),
     connect=True)

@@ -342,6 +342,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     parts = [embed["pool"], embed["target"], dataclasses.asdict(cfg.quantize)]
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})
+    if cfg.decontaminate.enabled:         # rows set aside: runs without keep their ids
+        parts.append({"decontaminate": dataclasses.asdict(cfg.decontaminate)})
     if cfg.quantize.pool_k == "auto":    # the clusters then follow the row budget and the cap
         s = cfg.select
         parts.append({"pool_k": [s.max_rows, s.max_fraction, s.max_centroids]})

@@ -419,6 +419,10 @@ CASES = [
     Case("a seed too large", "quantize.seed must be an integer between",
          with_sets("quantize.seed=99999999999999999999")),
     Case("an option out of range", "select.k must be a positive integer", with_sets("select.k=-1")),
+    Case("a copy threshold above 1", "decontaminate.threshold must be null (off) or a cosine "
+         "similarity in (0, 1]", with_sets("decontaminate.threshold=1.5")),
+    Case("no target cluster to probe", "decontaminate.probes must be an integer >= 1",
+         with_sets("decontaminate.threshold=0.95", "decontaminate.probes=0")),
     Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",

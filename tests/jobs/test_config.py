@@ -193,8 +193,8 @@ def test_every_problem_of_a_config_is_named_at_once():
     lines = str(err.value).splitlines()
     assert lines[0] == "5 problems in the config:"
     assert sorted(lines[1:]) == sorted([
-        "  - unknown key(s) 'colour'; valid keys: spark, pool, target, embed, quantize, select, "
-        "output, weigh, weights, train, evaluate, imnn, datamodels, runtime, run_id.",
+        "  - unknown key(s) 'colour'; valid keys: spark, pool, target, embed, quantize, decontaminate, "
+        "select, output, weigh, weights, train, evaluate, imnn, datamodels, runtime, run_id.",
         "  - pool.format='xlsx' is not one of delta, parquet, csv, tsv, jsonl, text, gio_csv, "
         "table, demo.",
         "  - embed.batch_size must be an integer >= 1; got 0.",
