@@ -119,14 +119,25 @@ def near_copies(index: CopyIndex, x: np.ndarray, threshold: float,
     return Copies(hit.astype(np.int64), best_ref[hit], best[hit], int(compared))
 
 
-def all_pairs_copies(refs: np.ndarray, x: np.ndarray, threshold: float) -> Copies:
-    """The same question answered by comparing every row of ``x`` with every reference row:
-    the oracle :func:`near_copies` is tested and benchmarked against."""
-    sims = normalise(np.asarray(x, np.float32)) @ normalise(np.asarray(refs, np.float32)).T
-    if sims.size == 0:
-        return Copies(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                      int(sims.size))
-    top = np.argmax(sims, axis=1)
-    value = sims[np.arange(len(x)), top]
-    hit = np.flatnonzero(value >= threshold - SLACK)
-    return Copies(hit.astype(np.int64), top[hit].astype(np.int64), value[hit], int(sims.size))
+def all_pairs_copies(refs: np.ndarray, x: np.ndarray, threshold: float,
+                     block: int = 4096) -> Copies:
+    """The same question answered by comparing every row of ``x`` with every reference row
+    (``block`` rows of ``x`` at a time): the oracle :func:`near_copies` is tested and
+    benchmarked against."""
+    unit_refs = normalise(np.asarray(refs, np.float32))
+    x = np.asarray(x, np.float32)
+    rows, hits, values = [], [], []
+    for lo in range(0, len(x), block):
+        sims = normalise(x[lo:lo + block]) @ unit_refs.T
+        if sims.shape[1] == 0:
+            break
+        top = np.argmax(sims, axis=1)
+        value = sims[np.arange(len(sims)), top]
+        hit = np.flatnonzero(value >= threshold - SLACK)
+        rows.append(lo + hit)
+        hits.append(top[hit])
+        values.append(value[hit])
+    if not rows:
+        return Copies(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0)
+    return Copies(np.concatenate(rows).astype(np.int64), np.concatenate(hits).astype(np.int64),
+                  np.concatenate(values), len(x) * len(unit_refs))

@@ -243,20 +243,23 @@ COPY_THRESHOLD = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
 
 @dataclass
 class DecontaminateSection:
-    """Pool rows that copy target rows, set aside before the pool is clustered (a step of the
-    quantize stage; off while ``threshold`` is null).
+    """Pool rows that copy target rows or held-out rows, set aside before the pool is clustered
+    (a step of the quantize stage; off while ``threshold`` is null).
 
-    A pool row whose cosine similarity with a target row is at least ``threshold`` is a copy:
-    exact copies (1.0) and near ones (0.95 catches a reworded line on the bundled model). Each
-    pool row is compared only with the target rows of its ``probes`` nearest target clusters
-    (quantize's own clustering of the target, in the space it clusters in), so the search costs
-    about ``probes / target_k`` of all pairs; exact copies are always found. The rows found are
-    left out of the pool's clustering, and so of every selection made from it, and recorded in
-    the ``set_aside`` table (the pool row, the target row it copies, their cosine) under the
-    clustering's id.
+    A pool row whose cosine similarity with a target row (or, with ``heldout`` and an evaluate
+    section, a row of ``evaluate.heldout``) is at least ``threshold`` is a copy: exact copies
+    (1.0) and near ones. Each pool row is compared only with the rows of its ``probes`` nearest
+    target clusters (quantize's own clustering of the target, in the space it clusters in; each
+    held-out row goes with its nearest), so the search costs about ``probes / target_k`` of all
+    pairs; exact copies are always found. The rows found are left out of the pool's clustering,
+    and so of every selection made from it (and of what evaluate's baselines choose from), and
+    recorded in the ``set_aside`` table (the pool row, the row it copies and its side, their
+    cosine) under the clustering's id.
     """
     threshold: Annotated[float | None, COPY_THRESHOLD] = None
     probes: Annotated[int, AT_LEAST_1] = 3  # target clusters each pool row is compared in
+    # copies of the evaluate section's held-out rows too (where the config has one)
+    heldout: Annotated[bool, BOOL] = True
 
     @property
     def enabled(self) -> bool:

@@ -6,7 +6,9 @@ Every method chooses from the same rows: ``evaluate.sample_rows`` usable pool ro
 with the smallest seeded hash of their ids (so the sample does not depend on the pool's row
 order or files), with their stored embeddings (or vector column). Pool rows that are also
 held-out rows (the same row id) are left out: no method may score by picking the very rows it
-is measured against. The selection evaluated
+is measured against; with ``decontaminate.threshold`` set, so are the rows the run's clustering
+set aside as copies of target or held-out rows (``set_aside``), which the selection cannot
+hold either. The selection evaluated
 (``evaluate.selection``, or this config's run) holds some of them; each method picks as many
 from the sample, knowing only the target sample's rows (at most ``sample_rows`` of them, the
 same way):
@@ -61,10 +63,10 @@ from jobs.config import JobConfig, effective_embedding_column, probe_options
 from jobs.io import tables
 from jobs.io.encoders import embedded_rows
 from jobs.io.sources import (Side, check_class_column, check_outputs, checked_model_dim,
-                             clean_side, enforce, guarded, read_side, scan_side, selected_frame, side_dim)
+                             guarded, read_side, selected_frame, side_dim)
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
-from jobs.state.inputs import read_only
+from jobs.state.inputs import checked_rows, read_only
 from jobs.state.stored import stored_embeddings, whole_cluster_rows
 
 HELDOUT = "evaluate.heldout"
@@ -118,9 +120,7 @@ def check_evaluate_input(spark, cfg: JobConfig, pool: Side, pool_dim: int) -> Ev
                                  "evaluate.target_domains.")
             _check_column(df.schema, v.domain_column, "domain_column", where)
             extra["null_domain"] = F.col(v.domain_column).isNull()
-    report = scan_side(df, HELDOUT, v.heldout, extra)
-    enforce(df, HELDOUT, v.heldout, report, lambda m: log(f"warning: {m}"), extra)
-    clean = clean_side(df, v.heldout, report, extra)
+    clean, report = checked_rows(df, HELDOUT, v.heldout, log, extra)
     vector = effective_embedding_column(v.heldout) is not None
     dim = report["dim_min"] if vector else checked_model_dim(cfg)
     if int(dim) != int(pool_dim):
@@ -361,6 +361,11 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         # Held-out rows that are pool rows too (the same row id) are left out of what the methods
         # choose from: none may score by picking the rows it is measured against.
         candidates = pool.frame.select(*cols).join(inp.heldout.select(ROW_ID), ROW_ID, "left_anti")
+        if cfg.decontaminate.enabled:      # nor the rows the clustering set aside as copies
+            candidates = candidates.join(
+                tables.read_key(spark, cfg.output.path, "set_aside", plan.clustering_id)
+                .select(F.col("row_id").alias("_aside")), F.col(ROW_ID).cast("string")
+                == F.col("_aside"), "left_anti")
         sample = _sample(candidates, v.sample_rows, v.seed)
         chosen = selected_ids(spark, cfg, eplan.selection, pool)
         selected_total = chosen.count()

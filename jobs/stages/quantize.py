@@ -47,7 +47,7 @@ from jobs.io.session import share
 from jobs.io.sources import Side
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse
-from jobs.state.inputs import Inputs, prepare_inputs
+from jobs.state.inputs import Inputs, heldout_vectors, prepare_inputs
 from jobs.state.stored import apply_weights, load_weights
 
 
@@ -259,58 +259,73 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     return centroid_rows, assignments, packed, done["it"]
 
 
-def find_copies(spark, pool: DataFrame, target: DataFrame, target_rows: list, d,
-                distance: str):
-    """The decontamination step: the pool rows that copy a target row (cosine at least
-    ``decontaminate.threshold``), each compared with the target rows of its
-    ``decontaminate.probes`` nearest target clusters (:mod:`gio_core.copies`).
+def find_copies(spark, pool: DataFrame, refs: dict, target_rows: list, d, distance: str):
+    """The decontamination step: the pool rows that copy a row of ``refs`` (cosine at least
+    ``decontaminate.threshold``), each compared with the rows of its ``decontaminate.probes``
+    nearest target clusters (:mod:`gio_core.copies`).
 
-    ``pool``, ``target``: (row_id, embedding) in the space quantize clusters in;
-    ``target_rows``: the target's centroid rows (:func:`kmeans_side`).
+    ``pool`` and each of ``refs`` (``{side: frame}``: the target's rows, and the held-out rows
+    where they count): (row_id, embedding) in the space quantize clusters in; ``target_rows``:
+    the target's centroid rows (:func:`kmeans_side`).
 
-    Returns ``(found, release, rows, compared)``: ``(row_id, copy_of, cosine)`` of the pool
-    rows found (persisted: ``release()`` frees them and the target rows shared with the tasks,
-    once nothing reads them), how many rows, and the target rows compared in all.
+    Returns ``(found, release, rows, compared)``: ``(row_id, copy_of, side, cosine)`` of the
+    pool rows found (persisted: ``release()`` frees them and the rows shared with the tasks,
+    once nothing reads them), how many rows by the side they copy, and the rows compared in
+    all.
+
+    Raises:
+      InputError: held-out vectors of another dimension than the pool's.
     """
     from gio_core.copies import copy_index, near_copies
     from gio_core.kmeans import normalise
-    got = (target.select("row_id", F.col("embedding").cast("array<float>").alias("v"))
-           .orderBy("row_id").collect())
-    ids = [str(r["row_id"]) for r in got]
-    refs = np.array([r["v"] for r in got], np.float32)
+    ids, sides, vectors = [], [], []
+    for side, frame in refs.items():
+        got = (frame.select("row_id", F.col("embedding").cast("array<float>").alias("v"))
+               .orderBy("row_id").collect())
+        ids += [str(r["row_id"]) for r in got]
+        sides += [side] * len(got)
+        vectors += [r["v"] for r in got]
     centres = np.array([r[2] for r in target_rows], np.float32)
-    index = copy_index(normalise(refs) if distance == "cosine" else refs, centres, distance)
-    shared = share(spark, (index, ids))
+    lengths = {len(v) for v in vectors}
+    if lengths != {centres.shape[1]}:
+        raise InputError(f"the rows to decontaminate against have {sorted(lengths)} features, "
+                         f"the pool {centres.shape[1]}; give evaluate.heldout vectors of the "
+                         "pool's dimension (or texts), or set decontaminate.heldout: false.")
+    x = np.array(vectors, np.float32)
+    index = copy_index(normalise(x) if distance == "cosine" else x, centres, distance)
+    shared = share(spark, (index, ids, sides))
     threshold, probes = float(d.threshold), int(d.probes)
 
     def task(batches):
-        index, ids = shared.value
+        index, ids, sides = shared.value
         for b in batches:
             emb = b.column(1)
             x = np.asarray(pc.list_flatten(emb).to_numpy(zero_copy_only=False),
                            np.float32).reshape(len(emb), -1)
             found = near_copies(index, x, threshold, probes)
-            hits = pa.array(found.rows)
             yield pa.RecordBatch.from_arrays(
-                [pa.concat_arrays([b.column(0).take(hits), pa.nulls(1, b.column(0).type)]),
+                [pa.concat_arrays([b.column(0).take(pa.array(found.rows)),
+                                   pa.nulls(1, b.column(0).type)]),
                  pa.array([ids[j] for j in found.refs] + [None], pa.string()),
+                 pa.array([sides[j] for j in found.refs] + [None], pa.string()),
                  pa.array(found.cosine.astype(np.float64).tolist() + [None], pa.float64()),
                  pa.array([0] * len(found.rows) + [found.compared], pa.int64())],
-                ["row_id", "copy_of", "cosine", "compared"])
+                ["row_id", "copy_of", "side", "cosine", "compared"])
 
     id_type = pool.schema["row_id"].dataType.simpleString()
     cached = (pool.select("row_id", F.col("embedding").cast("array<float>").alias("embedding"))
-              .mapInArrow(task, f"row_id {id_type}, copy_of string, cosine double, "
-                                "compared long")
+              .mapInArrow(task, f"row_id {id_type}, copy_of string, side string, "
+                                "cosine double, compared long")
               .persist(StorageLevel.MEMORY_AND_DISK))
-    totals = cached.agg(F.count("row_id").alias("rows"),
-                        F.sum("compared").alias("compared")).first()
+    totals = cached.groupBy("side").agg(F.count("row_id").alias("rows"),
+                                        F.sum("compared").alias("compared")).collect()
+    rows = {r["side"]: int(r["rows"]) for r in totals if r["side"] is not None}
+    compared = sum(int(r["compared"] or 0) for r in totals)
 
     def release() -> None:
         cached.unpersist()
         shared.destroy()
-    return (cached.where(F.col("row_id").isNotNull()).drop("compared"), release,
-            int(totals["rows"]), int(totals["compared"] or 0))
+    return cached.where(F.col("row_id").isNotNull()).drop("compared"), release, rows, compared
 
 
 def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
@@ -324,6 +339,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         q = cfg.quantize
         pool = embeddings(inputs.pool)
         target = embeddings(inputs.target)
+        scale = None
         if plan.weights_id is not None:
             scale = load_weights(spark, cfg, plan.weights_id, plan.weights)
             log(f"quantize: in the space weighted by {plan.weights_id} "
@@ -337,7 +353,11 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         kept = int(inputs.pool.report["kept"])
         aside, frees, detail = None, [cached_t.unpersist], {}
         if cfg.decontaminate.enabled:
-            pool, aside, free, detail = _decontaminated(spark, cfg, pool, target, target_rows,
+            refs = {"target": target}
+            if reuse.decontaminates_heldout(cfg):
+                held = heldout_vectors(spark, cfg, log)
+                refs["heldout"] = held if scale is None else apply_weights(held, scale)
+            pool, aside, free, detail = _decontaminated(spark, cfg, pool, refs, target_rows,
                                                         kept)
             frees.append(free)
             kept -= detail["set_aside"]
@@ -364,8 +384,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         centroids, assignments, aside, _, detail = computed
         tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
         if aside is not None:
-            tables.replace_key(spark, aside.withColumn("clustering_id", F.lit(key))
-                               .withColumn("side", F.lit("target")),
+            tables.replace_key(spark, aside.withColumn("clustering_id", F.lit(key)),
                                cfg.output.path, "set_aside", key)
         tables.replace_key(spark, assignments.withColumn("clustering_id", F.lit(key)),
                            cfg.output.path, "pool_assignments", key)
@@ -396,32 +415,37 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                      lost, release)
 
 
-def _decontaminated(spark, cfg: JobConfig, pool: DataFrame, target: DataFrame,
-                    target_rows: list, kept: int):
-    """``(the pool without the rows that copy target rows, those rows, what frees them, the
+def _decontaminated(spark, cfg: JobConfig, pool: DataFrame, refs: dict, target_rows: list,
+                    kept: int):
+    """``(the pool without the rows that copy a row of refs, those rows, what frees them, the
     figures for the stage log)``: :func:`find_copies`, logged.
 
     Raises:
-      InputError: every pool row copies a target row.
+      InputError: every pool row is a copy.
     """
     d = cfg.decontaminate
     t0 = time.perf_counter()
-    aside, release, rows, compared = find_copies(spark, pool, target, target_rows, d,
-                                                 cfg.quantize.distance)
+    aside, release, by_side, compared = find_copies(spark, pool, refs, target_rows, d,
+                                                    cfg.quantize.distance)
+    rows = sum(by_side.values())
     per_row = compared / max(kept, 1)
-    log(f"quantize: decontaminate: {rows} of {kept} pool rows copy a target row (cosine >= "
-        f"{d.threshold:g}) and are set aside; {per_row:.1f} target rows compared per pool row, "
-        f"of {len(target_rows)} clusters' {int(sum(r[3] for r in target_rows))} (probes="
-        f"{d.probes}), in {took(time.perf_counter() - t0)}")
+    against = " or ".join({"target": "target rows", "heldout": "held-out rows"}[s]
+                          for s in refs)
+    found = ", ".join(f"{by_side.get(s, 0)} {s}" for s in refs) if len(refs) > 1 else ""
+    log(f"quantize: decontaminate: {rows} of {kept} pool rows copy {against} (cosine >= "
+        f"{d.threshold:g}{'; ' + found if found else ''}) and are set aside; {per_row:.1f} rows "
+        f"compared per pool row, in {len(target_rows)} target clusters (probes={d.probes}), in "
+        f"{took(time.perf_counter() - t0)}")
     if rows >= kept:
         release()
-        raise InputError(f"every one of the pool's {kept} rows copies a target row (cosine >= "
+        raise InputError(f"every one of the pool's {kept} rows copies {against} (cosine >= "
                          f"decontaminate.threshold={d.threshold:g}): nothing is left to select "
-                         "from; check that pool and target are not the same rows, or raise "
+                         "from; check that the pool is not the same rows, or raise "
                          "decontaminate.threshold.")
     if rows:
         pool = pool.join(aside.select("row_id"), "row_id", "left_anti")
-    return pool, aside, release, {"set_aside": rows, "compared_per_row": round(per_row, 3)}
+    return pool, aside, release, {"set_aside": rows, "set_aside_by_side": by_side,
+                                  "compared_per_row": round(per_row, 3)}
 
 
 def target_bandwidth(embeddings) -> float:

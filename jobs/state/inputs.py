@@ -11,7 +11,9 @@ from typing import Callable
 from pyspark.sql import types as T
 
 from jobs.common.errors import InputError
+from jobs.common.frames import EMBEDDING, ROW_ID
 from jobs.config import JobConfig, effective_embedding_column
+from jobs.io.encoders import embedded_rows
 from jobs.io.sources import (Side, check_outputs, checked_model_dim, clean_side, enforce,
                              own_columns, read_side, scan_side)
 from jobs.state import reuse, stagelog
@@ -61,6 +63,28 @@ def read_only(spark, cfg: JobConfig, plan: reuse.Plan | None, side: str, log) ->
     out = _side(spark, cfg, plan, side, log, pending)
     stagelog.record_checks(spark, cfg.output.path, pending)
     return out
+
+
+def checked_rows(df, key: str, src, log, extra: dict | None = None):
+    """The usable rows of a source other than the two sides (``evaluate.heldout``), scanned,
+    its ``bad_rows`` policy enforced and cleaned as a side's are: ``(rows, report)``.
+    ``extra``: more conditions that make a row unusable, by name (see
+    :func:`jobs.io.sources.scan_side`)."""
+    report = scan_side(df, key, src, extra)
+    enforce(df, key, src, report, lambda m: log(f"warning: {m}"), extra)
+    return clean_side(df, src, report, extra), report
+
+
+def heldout_vectors(spark, cfg: JobConfig, log):
+    """The evaluate section's held-out rows as ``(row_id, embedding)``: their vectors, or their
+    texts embedded with the embed section's model (computed when read; not stored)."""
+    src = cfg.evaluate.heldout
+    rows, _ = checked_rows(read_side(spark, "evaluate.heldout", src), "evaluate.heldout", src,
+                           log)
+    if effective_embedding_column(src):
+        return rows.select(ROW_ID, EMBEDDING)
+    text = src.text_column
+    return embedded_rows(spark, cfg, rows.select(ROW_ID, text), text).select(ROW_ID, EMBEDDING)
 
 
 def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log,

@@ -269,6 +269,8 @@ def evaluate_plan(cfg: JobConfig, identities: dict, pool_plan: "Plan") -> Evalua
              "target": {"validate": pool_plan.validate["target"],
                         "embed": pool_plan.embed["target"]},
              "embed": embed_identity(cfg)}
+    if cfg.decontaminate.enabled:        # the sample leaves out the clustering's copies
+        parts["set_aside"] = pool_plan.quantize
     if v.probe == "gaf":                 # the probe is trained as the train section says
         parts["train"] = train_params(cfg)
     fp = fingerprint("evaluate", parts)
@@ -317,8 +319,10 @@ def select_params(cfg: JobConfig) -> dict:
 def plan(cfg: JobConfig, identities: dict) -> Plan:
     """Keys and fingerprints of every stage: a pure function of the config and identities.
 
-    ``identities``: ``pool`` and ``target`` (:func:`source_identity`), ``weigh`` (the weigh
-    source's, when the config has a weigh section) and ``weights`` (``(weights_id, fingerprint)``
+    ``identities``: ``pool`` and ``target`` (:func:`source_identity`), ``heldout`` (the
+    evaluate section's held-out rows', when quantize sets aside their copies:
+    :func:`decontaminates_heldout`), ``weigh`` (the weigh source's, when the config has a weigh
+    section) and ``weights`` (``(weights_id, fingerprint)``
     of stored weights that quantize uses, when they are not this config's own)."""
     validate, embed, ids = {}, {}, {}
     embed_params = {k: v for k, v in dataclasses.asdict(cfg.embed).items()
@@ -343,7 +347,12 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})
     if cfg.decontaminate.enabled:         # rows set aside: runs without keep their ids
-        parts.append({"decontaminate": dataclasses.asdict(cfg.decontaminate)})
+        against = {"decontaminate": dataclasses.asdict(cfg.decontaminate)}
+        if decontaminates_heldout(cfg):
+            against["heldout"] = fingerprint("validate", identities["heldout"])
+            if not effective_embedding_column(cfg.evaluate.heldout):
+                against["embed"] = embed_identity(cfg)
+        parts.append(against)
     if cfg.quantize.pool_k == "auto":    # the clusters then follow the row budget and the cap
         s = cfg.select
         parts.append({"pool_k": [s.max_rows, s.max_fraction, s.max_centroids]})
@@ -356,9 +365,16 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
                 weigh, weights_id, weights_fp)
 
 
+def decontaminates_heldout(cfg: JobConfig) -> bool:
+    """Whether quantize sets aside copies of the evaluate section's held-out rows too."""
+    return cfg.decontaminate.enabled and cfg.decontaminate.heldout and cfg.evaluate.enabled
+
+
 def make_plan(spark, cfg: JobConfig) -> Plan:
     identities = {side: source_identity(spark, getattr(cfg, side), side)
                   for side in ("pool", "target")}
+    if decontaminates_heldout(cfg):
+        identities["heldout"] = source_identity(spark, cfg.evaluate.heldout, "evaluate.heldout")
     if cfg.weigh.enabled:
         identities["weigh"] = source_identity(spark, cfg.weigh.source, "weigh.source")
     if uses_weights(cfg) and not uses_own_weights(cfg):
