@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-decontaminate bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -142,6 +142,12 @@ bench-row-step: $(STAMP)
 # up, cold and with a new select option, against the same runs on an earlier commit (--baseline).
 bench-small-runs: $(STAMP)
 	$(VENV)/bin/python bench/small_runs.py --out bench/results/small_runs_cpu_2cores.jsonl
+
+# Decontamination: the copy search through the target's clusters against all pairs (100k x 20k,
+# planted copies), and the demo selected without and with it; bench/results/decontaminate_cpu_2cores.jsonl.
+bench-decontaminate: $(STAMP)
+	rm -f bench/results/decontaminate_cpu_2cores.jsonl
+	$(VENV)/bin/python bench/decontaminate.py --out bench/results/decontaminate_cpu_2cores.jsonl
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)

@@ -8,7 +8,7 @@ Planted in the pool: 300 exact copies of target rows and 300 near ones at each o
 distances (cosine about 0.99, 0.97 and 0.96 to the row they copy). For ``probes`` 1, 3 and 10:
 target rows compared per pool row, the share of all pairs that is, the seconds, and the copies
 found, against :func:`gio_core.copies.all_pairs_copies` on the same rows, in the same process
-and on the same cores (threshold 0.95).
+and on the same cores (threshold 0.95; each time the better of two calls, after a warm-up).
 
 ``pipeline`` (Spark, the bundled model): the demo (``conf/demo.yaml``), whose pool holds every
 docstring of the standard library, and so every one of the target's, run through
@@ -49,6 +49,16 @@ def _near(rng, rows: np.ndarray, cosine: float) -> np.ndarray:
     return rows + noise
 
 
+def best_of(times: int, fn):
+    """``(fn(), the least of its wall times over times calls)``."""
+    best, out = float("inf"), None
+    for _ in range(times):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
 def search(pool_rows: int, target_rows: int, target_k: int, out: str | None) -> None:
     from gio_core.copies import all_pairs_copies, copy_index, near_copies
     from gio_core.kmeans import lloyd, normalise, seed_centres
@@ -68,16 +78,13 @@ def search(pool_rows: int, target_rows: int, target_k: int, out: str | None) -> 
     t0 = time.perf_counter()
     fit = lloyd(target, seed_centres(target[:20_000], target_k, 0), 20, 1e-4)
     cluster_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    oracle = all_pairs_copies(target, pool, THRESHOLD)
-    all_s = time.perf_counter() - t0
+    near_copies(copy_index(target, fit.centres), pool[:2000], THRESHOLD, 3)     # warm-up
+    oracle, all_s = best_of(2, lambda: all_pairs_copies(target, pool, THRESHOLD))
     cos = np.einsum("ij,ij->i", normalise(pool[at]), normalise(target[of]))
     truth = set(oracle.rows.tolist())
     for probes in (1, 3, 10):
         index = copy_index(target, fit.centres)
-        t0 = time.perf_counter()
-        found = near_copies(index, pool, THRESHOLD, probes)
-        took = time.perf_counter() - t0
+        found, took = best_of(2, lambda i=index, p=probes: near_copies(i, pool, THRESHOLD, p))
         got = set(found.rows.tolist())
         row = {"bench": "decontaminate", "part": "search", "pool_rows": pool_rows,
                "target_rows": target_rows, "target_k": target_k, "dim": 384,

@@ -228,6 +228,36 @@ def small_runs() -> str:
                   f"seconds at {r['commit']}", "x baseline", "Delta commits"], "lrrrr", rows)
 
 
+def decontaminate_search() -> str:
+    """The copy search through the target's clusters against all pairs (one row per probes)."""
+    rows = []
+    for r in records("decontaminate_cpu_2cores.jsonl"):
+        if r["part"] != "search":
+            continue
+        planted = [v for k, v in r.items() if k.startswith("planted ")]
+        rows.append([r["probes"], fixed(r["compared_per_row"], 1),
+                     f"{100 * r['share_of_pairs']:.2f}%", fixed(r["seconds"], 2),
+                     fixed(r["all_pairs_seconds"], 2),
+                     times(r["all_pairs_seconds"] / r["seconds"]),
+                     f"{sum(p['found'] for p in planted):,} of {sum(p['rows'] for p in planted):,}",
+                     f"{r['found']:,} of {r['all_pairs_found']:,}", r["false_finds"]])
+    return table(["probes", "rows compared per pool row", "of all pairs", "seconds",
+                  "all pairs, seconds", "faster than all pairs", "planted copies found",
+                  "found of all pairs' finds", "found that all pairs did not"],
+                 "rrrrrrrrr", rows)
+
+
+def decontaminate_demo() -> str:
+    """The demo selected without and with the step (the latest run)."""
+    r = [r for r in records("decontaminate_cpu_2cores.jsonl") if r["part"] == "pipeline"][-1]
+    rows = [["without", f"{r['selected_without']:,}", r["copies_selected_without"], "", ""],
+            [f"with, threshold {r['threshold']:g}", f"{r['selected_with']:,}",
+             r["copies_selected_with"], f"{r['set_aside']:,}",
+             "yes" if r["set_aside_is_all_pairs"] else "no"]]
+    return table(["decontaminate", "rows selected", "of them copies of target rows",
+                  "pool rows set aside", "set aside = all pairs' copies"], "lrrrl", rows)
+
+
 def dii() -> str:
     rows = []
     for r in records("dii_vs_dadapy_cpu_2cores.jsonl"):
@@ -352,8 +382,9 @@ def quality() -> str:
 
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
-          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs, dii,
-           gaf, imnn, datamodels_workers, datamodels_regression, quality)}
+          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
+           decontaminate_search, decontaminate_demo, dii, gaf, imnn, datamodels_workers,
+           datamodels_regression, quality)}
 
 
 def render_page(text: str) -> str:

@@ -41,10 +41,6 @@ class CopyIndex(NamedTuple):
     centres: np.ndarray
     distance: str
 
-    @property
-    def sizes(self) -> np.ndarray:
-        return np.diff(self.starts)
-
 
 class Copies(NamedTuple):
     """For each pool row with a copy: its index (``rows``), the reference row it copies most
