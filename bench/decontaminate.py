@@ -12,10 +12,11 @@ and on the same cores (threshold 0.95; each time the better of two calls, after 
 
 ``pipeline`` (Spark, the bundled model): the demo (``conf/demo.yaml``), whose pool holds every
 docstring of the standard library, and so every one of the target's, run through
-``jobs.select_rows`` without and then with ``decontaminate.threshold``; for each run, how many of
-the selected rows copy a target row (cosine at or above the threshold with one, by all pairs on
-the stored embeddings), and for the second, how many rows were set aside and whether they are
-exactly the pool rows all pairs finds.
+``jobs.select_rows`` without the step, with ``decontaminate.threshold``, and with
+``decontaminate.duplicates`` too, on one output path; for each run, how many of the selected
+rows copy a target row (cosine at or above the threshold with one, by all pairs on the stored
+embeddings) and how many pairs of selected rows are that close to each other, and how many
+rows were set aside (the copies compared with what all pairs finds).
 
     python bench/decontaminate.py [--part search|pipeline|both] [--pool 100000]
                                   [--target 20000] [--out bench/results/decontaminate_cpu_2cores.jsonl]
@@ -116,35 +117,52 @@ def pipeline(out: str | None) -> None:
     work = tempfile.mkdtemp(prefix="gio-decontaminate-")
     config = str(ROOT / "conf" / "demo.yaml")
     runs = {}
-    for name, threshold in (("without", None), ("with", THRESHOLD)):
+    for name, settings in (("without", {}), ("with", {"decontaminate.threshold": THRESHOLD}),
+                           ("with_duplicates", {"decontaminate.threshold": THRESHOLD,
+                                                "decontaminate.duplicates": THRESHOLD})):
         t0 = time.perf_counter()
-        chosen = jobs.select_rows(None, None, config=config, output=work,
-                                  settings={"decontaminate.threshold": threshold})
+        chosen = jobs.select_rows(None, None, config=config, output=work, settings=settings)
         ids = {r["doc_id"] for r in chosen.select("doc_id").collect()}
         runs[name] = (ids, round(time.perf_counter() - t0, 1))
     emb = {side: tables.read_table(spark, work, f"{side}_embeddings")
            .select("row_id", F.col("embedding").cast("array<float>").alias("v"))
            .orderBy("row_id").toPandas() for side in ("pool", "target")}
     x = {side: np.stack(emb[side]["v"].to_numpy()).astype(np.float32) for side in emb}
+    ids = [str(v) for v in emb["pool"]["row_id"]]
     oracle = all_pairs_copies(x["target"], x["pool"], THRESHOLD)
-    copies = {str(emb["pool"]["row_id"].iloc[i]) for i in oracle.rows}
-    exact = {str(emb["pool"]["row_id"].iloc[i])
-             for i in all_pairs_copies(x["target"], x["pool"], 1.0).rows}
-    aside = {r["row_id"] for r in tables.read_table(spark, work, "set_aside").collect()}
+    copies = {ids[i] for i in oracle.rows}
+    exact = {ids[i] for i in all_pairs_copies(x["target"], x["pool"], 1.0).rows}
+    at = {rid: i for i, rid in enumerate(ids)}
+
+    def near_pairs(chosen: set) -> int:
+        """Pairs of the chosen rows at a cosine of THRESHOLD or more (all pairs)."""
+        rows = x["pool"][[at[r] for r in sorted(chosen)]]
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        return int((np.triu(sims, 1) >= THRESHOLD - 1e-5).sum())
+
+    # the copies are found before the pool is clustered: the same in both runs that look
+    aside = {(r["row_id"], r["side"]) for r in tables.read_table(spark, work, "set_aside")
+             .collect()}
     quantize = [json.loads(r["detail"]) for r in tables.read_table(spark, work, "stages")
                 .where((F.col("stage") == "quantize") & (F.col("status") == "done")).collect()]
-    step = next(d for d in quantize if "set_aside" in d)
-    emit({"bench": "decontaminate", "part": "pipeline", "data": "demo (conf/demo.yaml)",
-          "pool_rows": len(x["pool"]), "target_rows": len(x["target"]),
-          "threshold": THRESHOLD, "pool_rows_copying_target": len(copies),
-          "of_which_exact": len(exact),
-          "selected_without": len(runs["without"][0]),
-          "copies_selected_without": len(runs["without"][0] & copies),
-          "selected_with": len(runs["with"][0]),
-          "copies_selected_with": len(runs["with"][0] & copies),
-          "set_aside": len(aside), "set_aside_is_all_pairs": aside == copies,
-          "compared_per_row": step["compared_per_row"],
-          "seconds_without": runs["without"][1], "seconds_with": runs["with"][1]}, out)
+    with_copies = next(d for d in quantize if "set_aside" in d
+                       and "duplicates_compared_per_row" not in d)
+    with_dups = next(d for d in quantize if "duplicates_compared_per_row" in d)
+    row = {"bench": "decontaminate", "part": "pipeline", "data": "demo (conf/demo.yaml)",
+           "pool_rows": len(x["pool"]), "target_rows": len(x["target"]),
+           "threshold": THRESHOLD, "pool_rows_copying_target": len(copies),
+           "of_which_exact": len(exact),
+           "set_aside_is_all_pairs": {r for r, s in aside if s == "target"} == copies,
+           "compared_per_row": with_copies["compared_per_row"],
+           "duplicates_set_aside": with_dups["set_aside_by_side"].get("pool", 0),
+           "duplicates_compared_per_row": with_dups["duplicates_compared_per_row"]}
+    for name, (chosen, seconds) in runs.items():
+        row[name] = {"selected": len(chosen), "copies_selected": len(chosen & copies),
+                     "near_duplicate_pairs": near_pairs(chosen), "seconds": seconds}
+    row["with"]["set_aside"] = with_copies["set_aside"]
+    row["with_duplicates"]["set_aside"] = with_dups["set_aside"]
+    emit(row, out)
     spark.stop()
 
 

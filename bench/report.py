@@ -248,14 +248,18 @@ def decontaminate_search() -> str:
 
 
 def decontaminate_demo() -> str:
-    """The demo selected without and with the step (the latest run)."""
+    """The demo selected without the step, with it, and with duplicates removed too (the latest
+    run)."""
     r = [r for r in records("decontaminate_cpu_2cores.jsonl") if r["part"] == "pipeline"][-1]
-    rows = [["without", f"{r['selected_without']:,}", r["copies_selected_without"], "", ""],
-            [f"with, threshold {r['threshold']:g}", f"{r['selected_with']:,}",
-             r["copies_selected_with"], f"{r['set_aside']:,}",
-             "yes" if r["set_aside_is_all_pairs"] else "no"]]
+    t = f"{r['threshold']:g}"
+    rows = []
+    for key, what in (("without", "without"), ("with", f"`threshold: {t}`"),
+                      ("with_duplicates", f"`threshold: {t}`, `duplicates: {t}`")):
+        got = r[key]
+        rows.append([what, f"{got['selected']:,}", got["copies_selected"],
+                     got["near_duplicate_pairs"], f"{got.get('set_aside', 0):,}"])
     return table(["decontaminate", "rows selected", "of them copies of target rows",
-                  "pool rows set aside", "set aside = all pairs' copies"], "lrrrl", rows)
+                  "pairs of selected rows at that cosine", "pool rows set aside"], "lrrrr", rows)
 
 
 def dii() -> str:

@@ -137,3 +137,45 @@ def all_pairs_copies(refs: np.ndarray, x: np.ndarray, threshold: float,
         return Copies(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0)
     return Copies(np.concatenate(rows).astype(np.int64), np.concatenate(hits).astype(np.int64),
                   np.concatenate(values), len(x) * len(unit_refs))
+
+
+def duplicates(x: np.ndarray, threshold: float, block: int = 1024) -> Copies:
+    """The rows of ``x`` [n, d] that nearly duplicate an earlier row: taken in order, a row is
+    kept unless its cosine with a row kept before it is at least ``threshold`` (less
+    :data:`SLACK`). ``rows``: the duplicates; ``refs``: the kept row each is closest to (the
+    first of equals); ``compared``: the pairs compared."""
+    unit = normalise(np.asarray(x, np.float32))
+    n = len(unit)
+    kept = np.zeros(0, np.int64)
+    rows, refs, values = [], [], []
+    compared = 0
+    for lo in range(0, n, block):
+        u = unit[lo:lo + block]
+        m = len(u)
+        before = np.full(m, -np.inf, np.float32)          # best cosine with earlier blocks' kept
+        before_ref = np.full(m, -1, np.int64)
+        if len(kept):
+            sims = u @ unit[kept].T
+            compared += sims.size
+            top = np.argmax(sims, axis=1)
+            before = sims[np.arange(m), top]
+            before_ref = kept[top]
+        inner = u @ u.T
+        here: list[int] = []                               # kept rows of this block, in order
+        for i in range(m):
+            best, ref = before[i], before_ref[i]
+            if here:
+                s = inner[i, here]
+                compared += len(here)
+                j = int(np.argmax(s))
+                if s[j] > best or (s[j] == best and lo + here[j] < ref):
+                    best, ref = s[j], lo + here[j]
+            if best >= threshold - SLACK:
+                rows.append(lo + i)
+                refs.append(ref)
+                values.append(best)
+            else:
+                here.append(i)
+        kept = np.concatenate([kept, lo + np.asarray(here, np.int64)])
+    return Copies(np.asarray(rows, np.int64), np.asarray(refs, np.int64),
+                  np.asarray(values, np.float32), int(compared))

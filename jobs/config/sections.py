@@ -255,15 +255,24 @@ class DecontaminateSection:
     and so of every selection made from it (and of what evaluate's baselines choose from), and
     recorded in the ``set_aside`` table (the pool row, the row it copies and its side, their
     cosine) under the clustering's id.
+
+    ``duplicates`` (off while null) removes near-duplicates inside the pool, and so inside every
+    selection made from it: after the pool is clustered, its rows are taken cluster by cluster
+    in row id order, and a row whose cosine with a row kept before it in its cluster is at least
+    ``duplicates`` is set aside too (``side`` ``pool``, ``copy_of`` the kept row). The
+    clusters' sizes count the rows kept; their centroids stay the K-means means.
     """
     threshold: Annotated[float | None, COPY_THRESHOLD] = None
     probes: Annotated[int, AT_LEAST_1] = 3  # target clusters each pool row is compared in
     # copies of the evaluate section's held-out rows too (where the config has one)
     heldout: Annotated[bool, BOOL] = True
+    # pool rows at this cosine or more with an earlier row of their pool cluster; null: kept
+    duplicates: Annotated[float | None, COPY_THRESHOLD] = None
 
     @property
     def enabled(self) -> bool:
-        return self.threshold is not None
+        """Whether quantize sets any row aside (copies, duplicates or both)."""
+        return self.threshold is not None or self.duplicates is not None
 
 
 @dataclass

@@ -352,7 +352,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                                                             "target", warn, spark)
         kept = int(inputs.pool.report["kept"])
         aside, frees, detail = None, [cached_t.unpersist], {}
-        if cfg.decontaminate.enabled:
+        if cfg.decontaminate.threshold is not None:
             refs = {"target": target}
             if reuse.decontaminates_heldout(cfg):
                 held = heldout_vectors(spark, cfg, log)
@@ -369,6 +369,13 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                    if row_budget(cfg.select, kept) else ""))
         pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool",
                                                                 warn, spark)
+        if cfg.decontaminate.duplicates is not None:
+            assignments, pool_rows, dups, free, more = _deduplicated(
+                spark, cfg.decontaminate.duplicates, pool, assignments, pool_rows)
+            frees.append(free)
+            aside = dups if aside is None else aside.unionByName(dups)
+            by_side = {**detail.get("set_aside_by_side", {}), "pool": more.pop("duplicates")}
+            detail.update(more, set_aside=sum(by_side.values()), set_aside_by_side=by_side)
         log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
             f"{len(target_rows)} target clusters ({target_iter} iterations) in "
             f"{took(time.perf_counter() - t0)}")
@@ -446,6 +453,54 @@ def _decontaminated(spark, cfg: JobConfig, pool: DataFrame, refs: dict, target_r
         pool = pool.join(aside.select("row_id"), "row_id", "left_anti")
     return pool, aside, release, {"set_aside": rows, "set_aside_by_side": by_side,
                                   "compared_per_row": round(per_row, 3)}
+
+
+def _deduplicated(spark, threshold: float, pool: DataFrame, assignments: DataFrame,
+                  pool_rows: list):
+    """Near-duplicates inside the pool (``decontaminate.duplicates``): each cluster's rows in
+    row id order, a row set aside when its cosine with a row kept before it in its cluster is at
+    least ``threshold`` (:func:`gio_core.copies.duplicates`, one ``applyInPandas`` group per
+    cluster).
+
+    Returns ``(the assignments without them, the pool's centroid rows with the sizes of the
+    rows kept, them as (row_id, copy_of, side, cosine), what frees them, the figures)``.
+    """
+    from gio_core.copies import duplicates
+    t0 = time.perf_counter()
+
+    def task(pdf):
+        pdf = pdf.sort_values("row_id", kind="stable")
+        found = duplicates(np.stack(pdf["embedding"].to_numpy()).astype(np.float32), threshold)
+        ids = pdf["row_id"].to_numpy()
+        return pd.DataFrame({
+            "row_id": np.r_[ids[found.rows], ids[:1]],
+            "copy_of": [str(v) for v in ids[found.refs]] + [None],   # the last: the figures
+            "cosine": np.r_[found.cosine.astype(np.float64), np.nan],
+            "cluster_id": np.full(len(found.rows) + 1, pdf["cluster_id"].iloc[0], np.int32),
+            "compared": np.r_[np.zeros(len(found.rows), np.int64), found.compared]})
+
+    id_type = pool.schema["row_id"].dataType.simpleString()
+    cached = (assignments.join(pool.select("row_id", F.col("embedding").cast("array<float>")
+                                           .alias("embedding")), "row_id")
+              .groupBy("cluster_id")
+              .applyInPandas(task, f"row_id {id_type}, copy_of string, cosine double, "
+                                   "cluster_id int, compared long")
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    found = cached.where(F.col("copy_of").isNotNull())
+    per_cluster = dict(found.groupBy("cluster_id").count().collect())
+    compared = cached.agg(F.sum("compared")).first()[0] or 0
+    rows = sum(per_cluster.values())
+    total = sum(r[3] for r in pool_rows)
+    log(f"quantize: duplicates: {rows} of {total} pool rows nearly duplicate a row before them "
+        f"in their cluster (cosine >= {threshold:g}) and are set aside; "
+        f"{compared / max(total, 1):.1f} rows compared per pool row, in "
+        f"{took(time.perf_counter() - t0)}")
+    if rows:
+        assignments = assignments.join(found.select("row_id"), "row_id", "left_anti")
+    sized = [(side, i, c, size - per_cluster.get(i, 0)) for side, i, c, size in pool_rows]
+    aside = found.select("row_id", "copy_of", F.lit("pool").alias("side"), "cosine")
+    return assignments, sized, aside, cached.unpersist, {
+        "duplicates": rows, "duplicates_compared_per_row": round(compared / max(total, 1), 3)}
 
 
 def target_bandwidth(embeddings) -> float:

@@ -367,7 +367,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
 
 def decontaminates_heldout(cfg: JobConfig) -> bool:
     """Whether quantize sets aside copies of the evaluate section's held-out rows too."""
-    return cfg.decontaminate.enabled and cfg.decontaminate.heldout and cfg.evaluate.enabled
+    d = cfg.decontaminate
+    return d.threshold is not None and d.heldout and cfg.evaluate.enabled
 
 
 def make_plan(spark, cfg: JobConfig) -> Plan:

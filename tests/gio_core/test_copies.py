@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gio_core.copies import all_pairs_copies, copy_index, near_copies, probe
+from gio_core.copies import all_pairs_copies, copy_index, duplicates, near_copies, probe
 from gio_core.kmeans import lloyd, normalise, seed_centres
 
 
@@ -74,3 +74,33 @@ def test_no_rows_no_copies():
     _, _, _, _, index = _planted("euclidean")
     got = near_copies(index, np.zeros((0, 48), np.float32), 0.9)
     assert len(got.rows) == 0 and got.compared == 0
+
+
+def _greedy(x, threshold):
+    """The rule written out one row at a time: kept unless at ``threshold`` with a kept row."""
+    u = normalise(x)
+    kept, out = [], {}
+    for i in range(len(u)):
+        if kept:
+            s = u[kept] @ u[i]
+            j = int(np.argmax(s))
+            if s[j] >= threshold - 1e-5:
+                out[i] = kept[j]
+                continue
+        kept.append(i)
+    return out
+
+
+@pytest.mark.parametrize("block", [50, 1024])
+def test_duplicates_keep_the_first_of_each_and_point_at_it(block):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(1200, 16)).astype(np.float32)
+    x[700] = x[3]                                   # an exact copy, after its original
+    x[900] = 3 * x[3]                               # the same direction, longer
+    x[1100] = x[40] + 0.001 * rng.normal(size=16).astype(np.float32)
+    x[20] = x[1000]                                 # a copy before its original: the later goes
+    got = duplicates(x, 0.99, block=block)
+    assert dict(zip(got.rows.tolist(), got.refs.tolist(), strict=True)) == _greedy(x, 0.99)
+    assert {700: 3, 900: 3, 1100: 40, 1000: 20}.items() <= dict(
+        zip(got.rows.tolist(), got.refs.tolist(), strict=True)).items()
+    assert got.compared < 1200 * 1199 // 2 + 1

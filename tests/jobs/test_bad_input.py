@@ -423,6 +423,8 @@ CASES = [
          "similarity in (0, 1]", with_sets("decontaminate.threshold=1.5")),
     Case("no target cluster to probe", "decontaminate.probes must be an integer >= 1",
          with_sets("decontaminate.threshold=0.95", "decontaminate.probes=0")),
+    Case("a duplicates threshold of 0", "decontaminate.duplicates must be null (off) or a "
+         "cosine similarity in (0, 1]", with_sets("decontaminate.duplicates=0")),
     Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",

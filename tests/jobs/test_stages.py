@@ -21,6 +21,7 @@ import pytest
 import yaml
 from pyspark.sql import types as T
 
+from gio_core.copies import all_pairs_copies
 from jobs.cli import main
 from jobs.common import faults
 from jobs.config import load_config
@@ -113,14 +114,46 @@ def _mixture(path, n, components, seed, prefix):
                   "comp": comp.astype(np.int64), "domain": [f"c{c}" for c in comp]}).to_parquet(path)
 
 
+# Copies planted in the contract's pool, for quantize's decontamination: (source, how many,
+# how many of them exact; the rest moved by noise of 1% of their length).
+PLANTED = (("target", 10, 6), ("heldout", 6, 4), ("pool", 8, 5))
+
+
+def _plant_copies(root) -> None:
+    """Overwrites rows of the contract's pool (at random places, each used once) with copies of
+    target, held-out and other pool rows, as :data:`PLANTED` says; ``(side, pool row, row
+    copied, exact)`` of each goes to ``planted.json``."""
+    rng = np.random.default_rng(21)
+    frames = {side: pd.read_parquet(root / f"{side}.parquet")
+              for side in ("pool", "target", "heldout")}
+    pool = frames["pool"]
+    places = iter(rng.permutation(len(pool)).tolist())
+    planted = []
+    for side, count, exact in PLANTED:
+        for n in range(count):
+            at = next(places)
+            of = next(places) if side == "pool" else int(rng.integers(len(frames[side])))
+            row = np.asarray(frames[side]["vec"].iloc[of], np.float32).copy()
+            if n >= exact:
+                noise = rng.normal(size=row.shape).astype(np.float32)
+                row += 0.01 * np.linalg.norm(row) * noise / np.linalg.norm(noise)
+            pool.at[at, "vec"] = row
+            planted.append((side, str(pool["id"].iloc[at]), str(frames[side]["id"].iloc[of]),
+                            n < exact))
+    pool.to_parquet(root / "pool.parquet")
+    (root / "planted.json").write_text(json.dumps(planted))
+
+
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
-    """A config that runs every stage of `gio-spark run` on small 8-D vectors, and the outputs
-    of a clean run of it."""
+    """A config that runs every stage of `gio-spark run` on small 8-D vectors (quantize's
+    decontamination included, on a pool with copies planted), and the outputs of a clean run of
+    it."""
     root = tmp_path_factory.mktemp("contract")
     _mixture(root / "pool.parquet", 600, [0, 1, 2, 3, 4], 1, "p")
     _mixture(root / "target.parquet", 120, [0, 1, 2], 2, "t")
     _mixture(root / "heldout.parquet", 150, [0, 1, 2], 3, "h")
+    _plant_copies(root)
     vec = {"format": "parquet", "id_column": "id", "embedding_column": "vec"}
 
     def config(out):
@@ -128,6 +161,7 @@ def contract(tmp_path_factory):
                 "pool": dict(vec, path=str(root / "pool.parquet")),
                 "target": dict(vec, path=str(root / "target.parquet")),
                 "quantize": {"pool_k": 40, "target_k": 10}, "select": {"k": 3},
+                "decontaminate": {"threshold": 0.99, "duplicates": 0.99},
                 "weigh": {"source": dict(vec, path=str(root / "pool.parquet")),
                           "b_columns": ["comp"], "num_points": 300, "num_epochs": 20},
                 "train": {"validation": dict(vec, path=str(root / "heldout.parquet")),
@@ -309,3 +343,82 @@ def test_a_rerun_of_anything_done_makes_no_delta_commit(spark, contract, capsys)
                  "explode: reusing the selected rows", "train: reusing the probes",
                  "evaluate: reusing", "weigh: reusing weights"):
         assert line in printed, line
+
+
+# ---------------------------------------------------------------------------
+# What the contract's run set aside (quantize's decontamination)
+# ---------------------------------------------------------------------------
+
+def _greedy_duplicates(unit: dict, clusters: dict, threshold: float) -> dict:
+    """The duplicates rule written out: each cluster's rows in row id order, a row set aside
+    when its cosine with a row kept before it is at least ``threshold``."""
+    out = {}
+    for members in clusters.values():
+        kept: list = []
+        for rid in sorted(members):
+            if kept:
+                sims = np.stack([unit[k] for k in kept]) @ unit[rid]
+                j = int(np.argmax(sims))
+                if sims[j] >= threshold - 1e-5:
+                    out[rid] = kept[j]
+                    continue
+            kept.append(rid)
+    return out
+
+
+def test_the_contract_run_set_aside_every_copy_and_duplicate_and_selected_none(spark,
+                                                                                contract):
+    """The clean run's ``set_aside`` against all pairs (copies of target and held-out rows, in
+    the weighted space quantize works in) and against the duplicates rule written out; none of
+    those rows is assigned, selected or in evaluate's sample."""
+    config, clean = contract
+    out, root = str(clean), clean.parent
+    d = load_config(config(clean)).decontaminate
+    scale = np.array([r["scaled"] for r in tables.read_table(spark, out, "feature_weights")
+                      .orderBy("feature").collect()], np.float32)
+    sides = {side: pd.read_parquet(root / f"{side}.parquet")
+             for side in ("pool", "target", "heldout")}
+    x = {side: np.stack(f["vec"].to_numpy()).astype(np.float32) * scale
+         for side, f in sides.items()}
+    want: dict = {}
+    for side in ("target", "heldout"):
+        oracle = all_pairs_copies(x[side], x["pool"], d.threshold)
+        for i, j, c in zip(oracle.rows.tolist(), oracle.refs.tolist(), oracle.cosine.tolist(),
+                           strict=True):
+            rid = sides["pool"]["id"].iloc[i]
+            if c > want.get(rid, (None, None, -1.0))[2]:
+                want[rid] = (sides[side]["id"].iloc[j], side, c)
+    aside = {r["row_id"]: r for r in tables.read_table(spark, out, "set_aside").collect()}
+    copies = {k: (r["copy_of"], r["side"]) for k, r in aside.items() if r["side"] != "pool"}
+    assert copies == {k: (ref, side) for k, (ref, side, _) in want.items()}
+    planted = json.loads((root / "planted.json").read_text())
+    for side, at, of, _ in planted:
+        if side != "pool":                           # every planted copy, with its row
+            assert copies[at] == (of, side), (side, at, of)
+
+    # duplicates inside the pool: the rule, cluster by cluster, on the rows the copies left
+    assignments = {r["row_id"]: r["cluster_id"] for r in
+                   tables.read_table(spark, out, "pool_assignments").collect()}
+    dups = {k: r["copy_of"] for k, r in aside.items() if r["side"] == "pool"}
+    clusters: dict = {}
+    for rid, cluster in assignments.items():
+        clusters.setdefault(cluster, []).append(rid)
+    for rid, kept in dups.items():
+        clusters[assignments[kept]].append(rid)      # a duplicate is in its row's cluster
+    unit = {rid: v / np.linalg.norm(v) for rid, v in zip(sides["pool"]["id"], x["pool"],
+                                                         strict=True)}
+    assert dups == _greedy_duplicates(unit, clusters, d.duplicates)
+    found = {frozenset(p) for p in dups.items()}
+    for side, at, of, exact in planted:              # exact duplicates share their cluster
+        assert side != "pool" or not exact or frozenset((at, of)) in found, (at, of)
+
+    gone = set(aside)
+    assert len(gone) >= sum(count for _, count, _ in PLANTED) - 3
+    assert all(r["cosine"] >= min(d.threshold, d.duplicates) - 1e-5 for r in aside.values())
+    assert len(assignments) == 600 - len(gone) and not set(assignments) & gone
+    centroids = tables.read_table(spark, out, "centroids")
+    assert centroids.where("side = 'pool'").groupBy().sum("size").first()[0] == 600 - len(gone)
+    selected = {r["id"] for r in tables.read_table(spark, out, "selected_rows").collect()}
+    assert selected and not selected & gone
+    detail = json.loads(tables.read_table(spark, out, "evaluations").first()["detail"])
+    assert detail["sample_rows"] == 600 - len(gone)
