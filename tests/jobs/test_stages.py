@@ -27,6 +27,7 @@ from jobs.common import faults
 from jobs.config import load_config
 from jobs.io import tables
 from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS, REGISTRY, STAGES
+from tests.gio_core.test_copies import _greedy
 from tests.jobs.test_pipeline import ROOT
 
 DEMO = os.path.join(ROOT, "conf", "demo.yaml")
@@ -350,19 +351,13 @@ def test_a_rerun_of_anything_done_makes_no_delta_commit(spark, contract, capsys)
 # ---------------------------------------------------------------------------
 
 def _greedy_duplicates(unit: dict, clusters: dict, threshold: float) -> dict:
-    """The duplicates rule written out: each cluster's rows in row id order, a row set aside
-    when its cosine with a row kept before it is at least ``threshold``."""
+    """The duplicates rule written out (:func:`tests.gio_core.test_copies._greedy`), cluster by
+    cluster, on each cluster's rows in row id order."""
     out = {}
     for members in clusters.values():
-        kept: list = []
-        for rid in sorted(members):
-            if kept:
-                sims = np.stack([unit[k] for k in kept]) @ unit[rid]
-                j = int(np.argmax(sims))
-                if sims[j] >= threshold - 1e-5:
-                    out[rid] = kept[j]
-                    continue
-            kept.append(rid)
+        ids = sorted(members)
+        found = _greedy(np.stack([unit[rid] for rid in ids]), threshold)
+        out.update({ids[i]: ids[k] for i, k in found.items()})
     return out
 
 
