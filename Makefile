@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-decontaminate bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-e2e test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-decontaminate bench-plan bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ lint: $(STAMP)
 # Two pytest workers (pytest-xdist), each with its own Spark session, a test file each at a time:
 # the Spark tests spend much of their time waiting on JVMs and child processes.
 test: $(STAMP) tools lint
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo and not reference and not connect"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not demo and not reference and not connect and not e2e"
 
 # The README's first command, `make demo`, run for real and its output checked (5 minutes).
 test-demo: $(STAMP)
@@ -80,8 +80,15 @@ test-demo: $(STAMP)
 test-connect: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m connect
 
+# The end-to-end checks that need most time (13-17 minutes on 2 cores): a run on an S3 API on
+# 127.0.0.1, a standalone cluster with a worker killed, a full disk, and runs killed inside embed
+# and inside quantize (the kill at every stage boundary and in the row step's tasks stay in
+# make test).
+test-e2e: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=10 -m e2e
+
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow and not demo and not reference and not connect"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not demo and not reference and not connect and not e2e"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[all,test,bench]'
@@ -148,6 +155,10 @@ bench-small-runs: $(STAMP)
 bench-decontaminate: $(STAMP)
 	rm -f bench/results/decontaminate_cpu_2cores.jsonl
 	$(VENV)/bin/python bench/decontaminate.py --out bench/results/decontaminate_cpu_2cores.jsonl
+
+# gio-spark plan on the demo, then the run: the embedding time planned against taken (8 minutes).
+bench-plan: $(STAMP)
+	$(VENV)/bin/python bench/plan.py --out bench/results/plan_cpu_2cores.jsonl
 
 # Selection quality against random, k-center, nearest neighbours and DSIR (bench/quality.py).
 bench-quality: $(STAMP)

@@ -262,6 +262,18 @@ def decontaminate_demo() -> str:
                   "pairs of selected rows at that cosine", "pool rows set aside"], "lrrrr", rows)
 
 
+def plan_demo() -> str:
+    """``gio-spark plan``'s embedding estimate for the demo against the run that followed (the
+    latest record)."""
+    r = records("plan_cpu_2cores.jsonl")[-1]
+    rows = [[side, f"{s['rows']:,}", s["tasks"], f"{s['estimate_s']:.1f}", f"{s['took_s']:.1f}",
+             f"{s['ratio']:.2f}"] for side, s in r["sides"].items()]
+    rows.append(["both", "", "", f"{r['estimate_s']:.1f}", f"{r['took_s']:.1f}",
+                 f"{r['ratio']:.2f}"])
+    return table(["side", "texts", "tasks", "planned s", "embed took s", "planned / took"],
+                 "lrrrrr", rows)
+
+
 def dii() -> str:
     rows = []
     for r in records("dii_vs_dadapy_cpu_2cores.jsonl"):
@@ -387,7 +399,7 @@ def quality() -> str:
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
           (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
-           decontaminate_search, decontaminate_demo, dii, gaf, imnn, datamodels_workers,
+           decontaminate_search, decontaminate_demo, plan_demo, dii, gaf, imnn, datamodels_workers,
            datamodels_regression, quality)}
 
 

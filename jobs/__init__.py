@@ -2,7 +2,7 @@
 files).
 
 The Python API (:mod:`jobs.api`) is available here: ``jobs.select_rows``,
-``jobs.learn_weights``, ``jobs.run_stage``, ``jobs.selection``, ``jobs.runs`` and
+``jobs.learn_weights``, ``jobs.run_stage``, ``jobs.plan``, ``jobs.selection``, ``jobs.runs`` and
 ``jobs.InputError``, the exception bad input raises; the Spark ML estimators are in
 :mod:`jobs.ml`. The API is loaded on first use, so that importing a module of this package (a
 Spark task does) does not import Spark.
@@ -16,7 +16,7 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {"select_rows": "jobs.api", "learn_weights": "jobs.api", "run_stage": "jobs.api",
-        "selection": "jobs.api", "runs": "jobs.api",
+        "selection": "jobs.api", "runs": "jobs.api", "plan": "jobs.api",
         "InputError": "jobs.common.errors"}
 __all__ = ["__version__", *_API]
 

@@ -35,7 +35,8 @@ from jobs.config.sections import OutputSection
 from jobs.io import tables
 from jobs.io.session import build_session, check_classic, check_delta
 from jobs.io.sources import check_file_systems, preflight, register_frame, release_frame
-from jobs.pipeline import COMMANDS, REGISTRY, run_pipeline
+from jobs import planning
+from jobs.pipeline import COMMANDS, REGISTRY, STAGES, run_pipeline
 from jobs.stages import weigh
 from jobs.state import reuse
 
@@ -214,6 +215,65 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
         for token in tokens:
             release_frame(token)
     return selection(cfg.output.path, summary["run_id"], spark=session)
+
+
+def plan(pool: Source | None = None, target: Source | None = None, *,
+         output: str | None = None, text_column: str | None = None,
+         embedding_column: str | None = None, id_column: str | None = None,
+         max_rows: int | None = None, max_fraction: float | None = None,
+         config: ConfigLike = None, settings: Mapping[str, object] | None = None,
+         run_id: str | None = None, sample_rows: int = planning.SAMPLE_ROWS,
+         measure: bool = True, spark: SparkSession | None = None) -> planning.Forecast:
+    """What [`select_rows`][jobs.api.select_rows] would do with the same arguments, before it
+    runs, as ``gio-spark plan``: the stages it would reuse or run (and why), each side's files,
+    bytes and rows, the clusters, the embedding time measured on a sample of the pool's texts,
+    the driver memory the selection needs against what the driver has, and warnings naming the
+    setting to change. Nothing is written.
+
+    Args:
+      pool: as in [`select_rows`][jobs.api.select_rows].
+      target: as in [`select_rows`][jobs.api.select_rows].
+      output: as in [`select_rows`][jobs.api.select_rows]; without one, every stage would run.
+      text_column: as in [`select_rows`][jobs.api.select_rows].
+      embedding_column: as in [`select_rows`][jobs.api.select_rows].
+      id_column: as in [`select_rows`][jobs.api.select_rows].
+      max_rows: as in [`select_rows`][jobs.api.select_rows].
+      max_fraction: as in [`select_rows`][jobs.api.select_rows].
+      config: as in [`select_rows`][jobs.api.select_rows].
+      settings: as in [`select_rows`][jobs.api.select_rows].
+      run_id: as in [`select_rows`][jobs.api.select_rows].
+      sample_rows: the pool texts the embedding is timed on, after the model loads (at least
+        16).
+      measure: False runs no model: the embedding time is left out.
+      spark: as in [`select_rows`][jobs.api.select_rows].
+
+    Returns:
+      A ``jobs.planning.Forecast``: ``text()`` is what ``gio-spark plan`` prints, ``to_dict()``
+      the same as data (``stages``, ``inputs``, ``clusters``, ``embedding``, ``driver``,
+      ``changed``, ``warnings``).
+
+    Raises:
+      InputError: bad input, as [`select_rows`][jobs.api.select_rows] raises it.
+    """
+    sample_rows = planning.sample_rows_of(sample_rows, "sample_rows")
+    sets: dict = {}
+    tokens: list = []
+    try:
+        for side, source in (("pool", pool), ("target", target)):
+            if source is not None:
+                found, token = source_settings(side, source)
+                sets.update(found)
+                tokens += [token] if token else []
+        _columns(sets, text_column, embedding_column, id_column)
+        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction)):
+            if value is not None:
+                sets[key] = value
+        cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",
+                            spark)
+        return planning.forecast(session, cfg, STAGES, sample_rows, measure=measure)
+    finally:
+        for token in tokens:
+            release_frame(token)
 
 
 def learn_weights(source: Source | None, b_columns: list[str] | str | None = None, *,

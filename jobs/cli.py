@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 
@@ -16,7 +17,8 @@ import yaml
 from jobs import __version__
 from jobs.common.errors import EXIT_BAD_INPUT, InputError
 from jobs.config import load_config
-from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS, REGISTRY
+from jobs import planning
+from jobs.pipeline import COMMANDS, DATAMODELS_ACTIONS, REGISTRY, STAGES
 from jobs.runner import parser, run_main
 from jobs.stages.base import Stage
 from jobs.tools import package
@@ -36,6 +38,10 @@ def main(argv=None) -> int:
     sub.add_parser("package", add_help=False, help="build what spark-submit ships to a cluster")
     sub.add_parser("config", add_help=False, help="print the effective config (defaults, the "
                    "file and --set together) as YAML, after checking it")
+    sub.add_parser("plan", add_help=False, help="what `gio-spark run` would do with this config: "
+                   "the stages it would reuse or run (and why), the inputs' sizes, the "
+                   "clusters, the embedding time measured on a sample, the driver's memory; "
+                   "nothing written")
     for name, command in COMMANDS.items():
         sub.add_parser(name, add_help=False, help=command.help)
     sub.add_parser("datamodels", add_help=False, help="datamodels: models trained on random "
@@ -52,6 +58,8 @@ def main(argv=None) -> int:
         return package.main(rest)
     if args.command == "config":
         return _config(rest)
+    if args.command == "plan":
+        return _plan(rest)
     if args.command == "datamodels":
         return _datamodels(rest)
     if args.command in ("imnn", "imnn-example") and "--local" in rest:
@@ -81,6 +89,33 @@ def _config(rest: list) -> int:
         return EXIT_BAD_INPUT
     print(yaml.safe_dump(cfg.recorded(), sort_keys=False, default_flow_style=False), end="")
     return 0
+
+
+def _plan(rest: list) -> int:
+    """``gio-spark plan``: :func:`jobs.planning.forecast` printed, as text or JSON."""
+    parsed: dict = {}
+
+    def options(p):
+        p.add_argument("--sample-rows", default=str(planning.SAMPLE_ROWS), metavar="N",
+                       help="pool texts the embedding time is measured on, after the model "
+                            f"loads (default {planning.SAMPLE_ROWS}; at least "
+                            f"{planning.MIN_SAMPLE_ROWS})")
+        p.add_argument("--no-measure", action="store_true",
+                       help="run no model: leave the embedding time out")
+        p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    def precheck(cfg):
+        parsed["sample_rows"] = planning.sample_rows_of(parsed["sample_rows"], "--sample-rows")
+
+    def body(spark, cfg):
+        found = planning.forecast(spark, cfg, STAGES, parsed["sample_rows"],
+                                  measure=not parsed["no_measure"], why_not="--no-measure")
+        print(json.dumps(found.to_dict(), indent=2, default=str) if parsed["json"]
+              else found.text(), flush=True)
+
+    return run_main("gio-spark plan", "what gio-spark run would do with this config, before it "
+                    "runs; nothing is written", body, rest, command="run", precheck=precheck,
+                    options=options, parsed=parsed)
 
 
 def _datamodels(rest: list) -> int:
@@ -114,7 +149,7 @@ def reference() -> str:
     width = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"      # argparse wraps to the terminal's width
     try:
-        commands = ["demo", "package", "config", *COMMANDS]
+        commands = ["demo", "package", "config", "plan", *COMMANDS]
         out = ["# CLI reference", "",
                "Every command's `--help`, generated from its parser by `make references`; a test "
                "fails when this page is stale. The same commands run under spark-submit as "

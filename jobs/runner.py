@@ -91,14 +91,23 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
              argv=None, command: str = "run",
              precheck: Callable[[JobConfig], None] | None = None,
              reads: Callable[[JobConfig], tuple] | None = None,
-             requires: tuple[str, str] | None = None, classic: str | None = None) -> int:
+             requires: tuple[str, str] | None = None, classic: str | None = None,
+             options: Callable[[argparse.ArgumentParser], None] | None = None,
+             parsed: dict | None = None) -> int:
     """Parses ``--config``/``--set``, checks everything it can before the JVM starts, builds
     the session and runs ``body(spark, cfg)``; returns the exit code. ``command``, ``reads``
     and ``requires`` say what the config must hold (see :func:`jobs.config.load_config`; a
     stage declares them); ``precheck(cfg)`` runs the command's own checks before the JVM
     starts. ``classic`` names the command when it needs a classic session (refused on Spark
-    Connect, see :func:`jobs.io.session.check_classic`)."""
-    args = parser(prog, description).parse_args(argv)
+    Connect, see :func:`jobs.io.session.check_classic`). ``options(parser)`` adds the
+    command's own arguments; their values go into ``parsed`` (a dict the command's ``precheck``
+    and ``body`` read) before anything else runs."""
+    p = parser(prog, description)
+    if options is not None:
+        options(p)
+    args = p.parse_args(argv)
+    if parsed is not None:
+        parsed.update(vars(args))
     spark = None
     try:
         cfg = load_config(args.config, args.set, command, reads, requires)

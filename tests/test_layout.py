@@ -12,7 +12,7 @@ its own folder; function-local imports count the same as any other):
 | 4 | ``jobs.state`` | fingerprints and plans, the stage log, stored outputs, checked inputs |
 | 4.5 | ``jobs.stages.base`` | the Stage protocol and its lifecycle, ``run_stage`` |
 | 5 | ``jobs.stages``, ``jobs.datamodels`` | one module per stage; the datamodels actions |
-| 6 | ``jobs.pipeline``, ``jobs.runner`` | the registry and the run; how a command runs |
+| 6 | ``jobs.pipeline``, ``jobs.runner``, ``jobs.planning`` | the registry, the run, a command; a plan |
 | 6.5 | ``jobs.api`` | the Python API: DataFrames in and out, on the caller's session |
 | 6.75 | ``jobs.ml`` | the Spark ML estimators, on the Python API |
 | 7 | ``jobs.tools`` | demo, package, cluster, compat, the config reference |
@@ -37,7 +37,8 @@ ALLOWED = {
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,
          "jobs.stages.base": 4.5, "jobs.stages": 5, "jobs.datamodels": 5, "jobs.pipeline": 6,
-         "jobs.runner": 6, "jobs.api": 6.5, "jobs.ml": 6.75, "jobs.tools": 7, "jobs.cli": 8, "jobs.submit": 9}
+         "jobs.runner": 6, "jobs.planning": 6, "jobs.api": 6.5, "jobs.ml": 6.75, "jobs.tools": 7,
+         "jobs.cli": 8, "jobs.submit": 9}
 
 # Function-local imports of the project's own modules, each with the reason it is one.
 LOCAL_IMPORTS = {

@@ -56,7 +56,7 @@ def side_embeddings(spark, cfg: JobConfig, plan: reuse.Plan, side: Side) -> Data
         seconds = time.perf_counter() - t0
         log(f"embed {side.name}: {rows} texts in {took(seconds)} "
             f"({rows / max(seconds, 1e-9):.0f} texts/s)")
-        return None, None
+        return None, {"rows": rows, "seconds": round(seconds, 3)}
 
     run_stage(spark, cfg.output.path, stage, key, fp, compute, commit,
               reused=lambda: log(f"embed {side.name}: reusing {name} {key}"))

@@ -26,7 +26,7 @@ from jobs.pipeline import run_pipeline
 from tests.conftest import TEST_JVM_OPTS
 from tests.jobs.test_pipeline import ROOT, clustered_vectors, vectors_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def free_port() -> int:

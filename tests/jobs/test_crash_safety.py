@@ -158,6 +158,7 @@ def test_killed_at_every_point_resumes_to_the_clean_result(spark, data_dir, clea
     assert_same_as_clean(spark, out, ref_out, run_id)
 
 
+@pytest.mark.e2e
 def test_killed_inside_quantize_and_no_stale_reuse(spark, data_dir, clean, tmp_path):
     """The reviewer's case: run A; run B (other pool_k) and SIGKILL it after its centroids
     commit, before its assignments; then run A with select.k=4. Quantize must not be reused with
@@ -324,6 +325,7 @@ def text_sets(folder, out, *extra):
     return sets + list(extra)
 
 
+@pytest.mark.e2e
 def test_killed_inside_embed_and_stale_embeddings(spark, text_data, tmp_path, monkeypatch):
     """Text sides: a run killed between the pool's and the target's embeddings resumes to the
     clean result; a dead run with other embedding settings leaves nothing another config could

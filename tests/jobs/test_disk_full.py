@@ -31,6 +31,7 @@ def _rows(spark, out):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_is_named_and_the_rerun_resumes_to_the_clean_rows(spark, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")

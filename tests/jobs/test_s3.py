@@ -57,6 +57,7 @@ def _run(config: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_run_on_s3_reuses_what_is_unchanged_and_not_what_was_refreshed(s3, tmp_path):
     endpoint, client = s3
     rng = np.random.default_rng(1)

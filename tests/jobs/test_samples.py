@@ -45,7 +45,7 @@ from tests.jobs.test_crash_safety import ROOT, child_env
 DOCS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 PAGES = ["README.md"] + DOCS
 BLOCK = re.compile(r"(?:^<!-- sample: ([^\n]*?) -->\n)?^```(\w*)\n(.*?)^```", re.S | re.M)
-COMMAND_NAMES = {"demo", "package", "config", "datamodels", *COMMANDS}
+COMMAND_NAMES = {"demo", "package", "config", "plan", "datamodels", *COMMANDS}
 SAMPLE_LANGS = ("python", "bash", "yaml")
 
 
@@ -186,6 +186,7 @@ def _target_share(rows) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_readme_command_line_sample_runs_as_written(own_data, spark, docstrings, capsys):
     (page, config), = blocks("yaml", ["README.md"])
     (own_data / "my.yaml").write_text(config)
@@ -417,11 +418,14 @@ def test_the_pipeline_page_commands_run(spark, tmp_path, docstrings, capsys):
               "pool.format=parquet", "target.format=parquet", "quantize.pool_k=40",
               "quantize.target_k=8", f"output.path={out}"]
     commands = [w for w in _docs_commands(PIPELINE_PAGE) if w[0] == "gio-spark"]
-    assert [w[1] for w in commands] == ["run", "select", "config", "--version"], commands
+    assert [w[1] for w in commands] == ["plan", "run", "select", "config", "--version"], commands
     for words in commands:
         before = _versions(spark, out)
         printed = _cli(words, scaled if words[1] != "--version" else [], capsys)
-        if words[1] == "run":
+        if words[1] == "plan":                     # before the run: all of it runs, none written
+            assert printed.startswith("plan for run run-") and "\n  run    explode " in printed
+            assert not os.path.exists(out)
+        elif words[1] == "run":
             chosen = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
             assert chosen.count() > 0
             run = spark.read.format("delta").load(os.path.join(out, "runs")).first()
@@ -474,6 +478,7 @@ def tool_folder(tmp_path_factory, docstrings):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_tool_pages_samples_run_on_the_readme_config(spark, tool_folder, docstrings, capsys,
                                                           monkeypatch):
     """The YAML sections of the DII, GAF and quality pages added to the README's config, then

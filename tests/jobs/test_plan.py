@@ -1,0 +1,130 @@
+"""``gio-spark plan`` and ``jobs.plan``: what a run would do, checked against the run itself.
+
+The plan is made on text files (the demo's docstrings, 1,800 in the pool: two embedding tasks on
+this session's two cores), then the run is made and the plan's figures are compared with the
+run's own: the stages it said would run ran, the rows it counted are the rows read, the clusters
+it gave ``pool_k: auto`` are the clusters made, and the embedding time it measured on a sample
+is within 2x of what the embed stages took (their records hold it). After the run every stage
+is reused; a changed setting runs the stages after it and is named.
+"""
+import json
+import os
+
+import pandas as pd
+import pytest
+
+import jobs
+from jobs.cli import main
+from jobs.config import auto_pool_k, load_config
+from jobs.io import tables
+from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
+from jobs.planning import Forecast, _warnings, driver_memory
+from jobs.state import stagelog
+
+SETTINGS = {"quantize.pool_k": "auto", "quantize.target_k": 10, "select.k": 3,
+            "quantize.max_iter": 8}
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plan")
+    rows = stdlib_docstrings()
+    target = [r for r in rows if r["package"] in TARGET_PACKAGES][::5][:60]
+    pool = [r for r in rows if r["package"] not in TARGET_PACKAGES][::2][:1800]
+    pd.DataFrame(pool).to_parquet(folder / "pool.parquet")
+    pd.DataFrame(target).to_parquet(folder / "target.parquet")
+    return folder, len(pool), len(target)
+
+
+def _plan(folder, out, spark, **more):
+    return jobs.plan(str(folder / "pool.parquet"), str(folder / "target.parquet"), output=out,
+                     id_column="doc_id", settings={**SETTINGS, **more.pop("settings", {})},
+                     spark=spark, **more)
+
+
+def _actions(plan) -> dict:
+    return {s.stage: s.action for s in plan.stages}
+
+
+@pytest.mark.slow
+def test_the_plan_says_what_the_run_then_does_and_takes(spark, texts, tmp_path):
+    folder, pool_rows, target_rows = texts
+    out = str(tmp_path / "out")
+    plan = _plan(folder, out, spark, sample_rows=128)
+    assert not os.path.exists(out)                                   # nothing written
+    assert _actions(plan) == {"embed_pool": "run", "embed_target": "run", "quantize": "run",
+                              "select": "run", "explode": "run"}
+    assert "new or changed" in plan.stages[0].why
+    pool = plan.inputs["pool"]
+    assert (pool.rows, pool.rows_from, pool.files) == (pool_rows, "Parquet footers", 1)
+    assert pool.bytes == os.path.getsize(folder / "pool.parquet")
+    assert plan.inputs["target"].rows == target_rows
+    cfg = load_config(None, [f"{k}={v}" for k, v in SETTINGS.items()], command="config")
+    assert plan.clusters["pool_k"] == auto_pool_k(pool_rows, cfg.select)
+    assert plan.clusters["dim"] == 384
+    assert plan.embedding["sides"]["pool"]["tasks"] == 2 and plan.embedding["slots"] == 2
+    assert plan.driver["need_bytes"] == sum(plan.driver["parts"].values()) > 0
+    assert plan.warnings == []
+    text = plan.text()
+    assert f"{pool_rows:,} rows (Parquet footers)" in text and "about" in text
+
+    chosen = jobs.select_rows(str(folder / "pool.parquet"), str(folder / "target.parquet"),
+                              output=out, id_column="doc_id", settings=SETTINGS, spark=spark)
+    assert chosen.select("run_id").first()[0] == plan.run_id
+    record = tables.read_key(spark, out, "runs", plan.run_id).first()
+    assert record["pool_centroids"] == plan.clusters["pool_k"]
+    took = {}
+    for side in ("pool", "target"):
+        key = plan.stages[0 if side == "pool" else 1].key
+        took[side] = json.loads(stagelog.latest(spark, out, f"embed_{side}", key)["detail"])
+        assert took[side]["rows"] == plan.inputs[side].rows
+    estimate, actual = plan.embedding["seconds"], sum(t["seconds"] for t in took.values())
+    assert actual / 2 <= estimate <= 2 * actual, (estimate, took, plan.embedding)
+
+    again = _plan(folder, out, spark)
+    assert _actions(again) == {"embed_pool": "skip", "embed_target": "skip", "quantize": "reuse",
+                               "select": "reuse", "explode": "reuse"}
+    assert again.inputs["pool"].rows_from.startswith("checked on an earlier run")
+    assert again.embedding == {"why": "nothing to embed: the embeddings or the clustering are "
+                                      "reused"}
+    other = _plan(folder, out, spark, settings={"select.k": 4})
+    assert _actions(other)["quantize"] == "reuse"
+    assert _actions(other)["select"] == _actions(other)["explode"] == "run"
+    assert other.changed == ["select.k: 3 -> 4"]
+
+
+def test_the_command_line_prints_the_plan_and_refuses_a_bad_sample(spark, texts, tmp_path,
+                                                                   capsys):
+    folder, pool_rows, _ = texts
+    sets = [f"pool.path={folder / 'pool.parquet'}", "pool.format=parquet",
+            f"target.path={folder / 'target.parquet'}", "target.format=parquet",
+            "pool.id_column=doc_id", "target.id_column=doc_id",
+            f"output.path={tmp_path / 'out'}"] + [f"{k}={v}" for k, v in SETTINGS.items()]
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["plan", "--sample-rows", "0"] + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gio-spark: error: --sample-rows must be an integer >= 16; got '0'."]
+    assert main(["plan", "--no-measure", "--json"] + args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["inputs"]["pool"]["rows"] == pool_rows
+    assert {s["stage"]: s["action"] for s in printed["stages"]}["quantize"] == "run"
+    assert printed["embedding"] == {"why": "not measured (--no-measure)"}
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_warnings_name_the_setting_to_change():
+    cfg = load_config(None, ["select.max_rows=5000", "quantize.pool_k=20000"], command="config")
+    parts = driver_memory(cfg, 20_000, 5000, 384)
+    assert parts["distances"] == cfg.select.cache_bytes          # 5000 x 20,480 x 4 > 256 MiB
+    assert parts["collect"] == 25_000 * 384 * 32
+    assert driver_memory(cfg, 20_000, 1500, 384)["distances"] == 1500 * 20_480 * 4
+    f = Forecast("run-x", "out")
+    f.driver = {"parts": parts, "need_bytes": sum(parts.values()), "free_bytes": 2 ** 28,
+                "max_result": "32m", "driver_memory": "64m"}
+    found = _warnings(cfg, f, 20_000, 5000, 384, 4000)
+    assert any("spark.driver.maxResultSize=32m" in w and "quantize.pool_k" in w for w in found)
+    assert any("spark.driver.memory" in w for w in found)
+    assert any("this machine has 256.0 MiB free" in w for w in found)
+    assert any("row budget (5,000) is the whole pool (4,000 rows)" in w for w in found)
+    f.driver.update(free_bytes=2 ** 40, max_result="4g", driver_memory="8g")
+    assert _warnings(cfg, f, 20_000, 5000, 384, 400_000) == []
