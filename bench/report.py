@@ -265,13 +265,23 @@ def decontaminate_demo() -> str:
 def plan_demo() -> str:
     """``gio-spark plan``'s embedding estimate for the demo against the run that followed (the
     latest record)."""
-    r = records("plan_cpu_2cores.jsonl")[-1]
-    rows = [[side, f"{s['rows']:,}", s["tasks"], f"{s['estimate_s']:.1f}", f"{s['took_s']:.1f}",
-             f"{s['ratio']:.2f}"] for side, s in r["sides"].items()]
+    r = [r for r in records("plan_cpu_2cores.jsonl") if r["case"] == "demo"][-1]
+    rows = [[side, f"{s.get('texts', s['rows']):,}", s["tasks"], f"{s['estimate_s']:.1f}",
+             f"{s['took_s']:.1f}", f"{s['ratio']:.2f}"] for side, s in r["sides"].items()]
     rows.append(["both", "", "", f"{r['estimate_s']:.1f}", f"{r['took_s']:.1f}",
                  f"{r['ratio']:.2f}"])
-    return table(["side", "texts", "tasks", "planned s", "embed took s", "planned / took"],
+    return table(["side", "texts embedded", "tasks", "planned s", "embed took s",
+                  "planned / took"],
                  "lrrrrr", rows)
+
+
+def plan_memory() -> str:
+    """``gio-spark plan``'s driver memory for each phase of the precomputed pool's run against
+    what that phase measured (the latest record)."""
+    r = [r for r in records("plan_cpu_2cores.jsonl") if r["case"] == "precomputed"][-1]
+    rows = [[phase, f"{p['planned_mib']:.0f}", f"{p['used_mib']:.0f}", f"{p['ratio']:.2f}"]
+            for phase, p in r["phases"].items()]
+    return table(["phase", "planned MiB", "measured MiB", "planned / measured"], "lrrr", rows)
 
 
 def dii() -> str:
@@ -399,8 +409,8 @@ def quality() -> str:
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
           (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
-           decontaminate_search, decontaminate_demo, plan_demo, dii, gaf, imnn, datamodels_workers,
-           datamodels_regression, quality)}
+           decontaminate_search, decontaminate_demo, plan_demo, plan_memory, dii, gaf, imnn,
+           datamodels_workers, datamodels_regression, quality)}
 
 
 def render_page(text: str) -> str:

@@ -32,43 +32,16 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench._common import clustered, emit, run_child  # noqa: E402
+from jobs.common.runtime import PeakMemory  # noqa: E402
 
 OUT = "bench/results/row_step_cpu_2cores.jsonl"
 COMPONENTS = [3, 11, 19, 27, 35]
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class PeakRss:
-    """The process's largest resident set while the ``with`` block runs, in MiB."""
-
-    def __enter__(self):
-        self.peak, self.base, self._stop = rss_mib(), rss_mib(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_mib())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
 
 
 def one(args) -> dict:
@@ -121,7 +94,7 @@ def one(args) -> dict:
         run_quantize(spark, cfg, plan, inputs,
                      lambda side, c=cfg, p=plan: side_embeddings(spark, c, p, side))
         seconds["quantize"] = round(time.perf_counter() - start, 2)   # 0 the second time
-        with PeakRss() as rss:
+        with PeakMemory() as rss:
             start = time.perf_counter()
             run_select(spark, cfg, plan, inputs.reports())
             seconds["select"] = round(time.perf_counter() - start, 2)

@@ -354,7 +354,8 @@ def _output_keys(spark: SparkSession, cfg: JobConfig, name: str) -> dict[str, st
     plan = reuse.make_plan(spark, cfg)
     if name == "evaluate":
         return {"evaluations": reuse.make_evaluate_plan(spark, cfg, plan).eval_id}
-    return {"pool_embeddings": plan.embeddings_id["pool"],
+    return {"text_embeddings": reuse.text_model_id(cfg),
+            "pool_embeddings": plan.embeddings_id["pool"],
             "target_embeddings": plan.embeddings_id["target"],
             "centroids": plan.clustering_id, "pool_assignments": plan.clustering_id,
             "set_aside": plan.clustering_id,
@@ -369,7 +370,7 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
               spark: SparkSession | None = None) -> dict[str, DataFrame]:
     """Runs one stage alone, as ``gio-spark <name>`` does (reusing what is committed), and
     returns its output tables, each cut to this config's key (quantize's ``set_aside`` only
-    where ``decontaminate.threshold`` is set).
+    where ``decontaminate.threshold`` is set; embed's ``text_embeddings`` where it exists).
 
     Args:
       name: ``weigh``, ``embed``, ``quantize``, ``select``, ``explode``, ``train`` or
@@ -391,7 +392,8 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
     Returns:
       ``{table: DataFrame}`` for each table the stage writes, for example
       ``run_stage("embed", pool, target, output=out)["pool_embeddings"]`` (``row_id``,
-      ``embedding``).
+      ``embedding``; ``text_embeddings`` is the store of every text's vector under the model's
+      key).
 
     Raises:
       InputError: an unknown stage, bad input, or a stage before it not run yet.
@@ -418,7 +420,18 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
         for token in tokens:
             release_frame(token)
     return {table: tables.read_key(session, cfg.output.path, table, keys[table])
-            for table in stage.outputs if table != "set_aside" or cfg.decontaminate.enabled}
+            for table in stage.outputs if _returned(session, cfg, table)}
+
+
+def _returned(spark: SparkSession, cfg: JobConfig, table: str) -> bool:
+    """Whether run_stage returns ``table``: quantize's ``set_aside`` where the decontaminate
+    section is on; embed's store where it exists (sides of precomputed vectors, or text sides
+    whose embeddings were made before the store, write none)."""
+    if table == "set_aside":
+        return cfg.decontaminate.enabled
+    if table == "text_embeddings":
+        return tables.exists(spark, tables.table_path(cfg.output.path, table))
+    return True
 
 
 def runs(output: str, spark: SparkSession | None = None) -> DataFrame:

@@ -15,9 +15,10 @@ For a config (the file and ``--set``, or the Python API's arguments), :func:`for
 - **embedding time**: measured, not guessed: a sample of the pool's texts is embedded with the
   config's model and backend in one Spark task, twice (the first pass loads the model), which
   gives the model's load time and one task's texts per second; the estimate for each side is
-  ``load + rows / (rate * tasks at once)``, the tasks at once being the side's embedding tasks
-  (``embed.rows_per_task``) up to the session's cores (``defaultParallelism /
-  spark.task.cpus``);
+  ``load + texts / (rate * tasks at once)``, for the side's distinct texts that
+  ``text_embeddings`` does not hold yet (one pass over the side's texts, hashed), the tasks at
+  once being the side's embedding tasks (``embed.rows_per_task``) up to the session's cores
+  (``defaultParallelism / spark.task.cpus``);
 - **driver memory**: what collecting the centroids and the selection hold on the driver (the
   terms are in :func:`driver_memory`), against the memory the driver machine has free, the
   JVM's ``spark.driver.maxResultSize`` and ``spark.driver.memory``;
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
 
+from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.common.errors import InputError
@@ -46,6 +49,7 @@ from jobs.io.demo_data import demo_rows
 from jobs.io.encoders import embed_frame, embed_partitions, model_dimension
 from jobs.io.session import is_connect
 from jobs.io.sources import read_side
+from jobs.stages.embed import TEXT_HASH, stored_hashes
 from jobs.state import reuse, stagelog
 
 # Texts the embedding measure encodes after the model is loaded (``--sample-rows``).
@@ -56,6 +60,9 @@ MIN_SAMPLE_ROWS = 16
 # The bytes one value of a collected row costs in Python (a float object and its pointer in
 # the row's list): collect() turns each centroid into a list of Python floats before numpy.
 PY_VALUE_BYTES = 32
+# The row step's arrays at their peak: Arrow's buffer, the pandas column's arrays, the stacked
+# matrix.
+ARROW_COPIES = 3
 GIB = 2 ** 30
 TEXT_FORMATS = ("jsonl", "csv", "tsv", "text")
 
@@ -120,16 +127,21 @@ class Forecast:
                           f"task: {e['rate']:.0f} texts/s a task, model load "
                           f"{e['load_seconds']:.1f} s; {e['slots']} task(s) at once)"]
             for side, est in e["sides"].items():
-                lines.append(f"  {side:<7} {est['rows']:,} texts in {est['tasks']} task(s): "
-                             f"about {_duration(est['seconds'])}")
+                stored = est["texts"] - est["missing"]
+                where = "stored already" if side == "pool" else "stored or the pool's"
+                lines.append(f"  {side:<7} {est['texts']:,} distinct texts, {stored:,} {where}: "
+                             f"{est['missing']:,} to embed in {est['tasks']} task(s), about "
+                             f"{_duration(est['seconds'])}")
             lines.append(f"  total   about {_duration(e['seconds'])}")
         elif e.get("why"):
             lines += ["", f"embedding: {e['why']}"]
         d = self.driver
         if d:
-            parts = ", ".join(f"{name} {_size(b)}" for name, b in d["parts"].items())
-            lines += ["", f"driver memory: about {_size(d['need_bytes'])} for the selection "
-                          f"({parts})"]
+            lines += ["", f"driver memory: about {_size(d['need_bytes'])} at the most, beside "
+                          "the driver's own (the larger of its phases)"]
+            for phase, terms in d["phases"].items():
+                parts = ", ".join(f"{name} {_size(b)}" for name, b in terms.items())
+                lines.append(f"  {phase:<8} {_size(sum(terms.values()))} ({parts})")
             has = [f"{_size(d['free_bytes'])} free on this machine"] if d.get("free_bytes") else []
             has += [f"spark.driver.maxResultSize {d['max_result']}",
                     f"spark.driver.memory {d['driver_memory']}"]
@@ -329,6 +341,10 @@ def stage_forecasts(spark, cfg: JobConfig, plan: reuse.Plan, stages) -> list[Sta
                             "earlier check)")
     add("quantize", plan.clustering_id, plan.quantize,
         embeds + (["weigh"] if plan.weights_id and plan.weigh else []))
+    if out[-1].action == "run" and cfg.quantize.update == "assign":
+        out[-1].why += (f"; it updates clustering {plan.base} (quantize.update: assign; "
+                        "clustered again past quantize.max_drift)" if plan.base else
+                        "; no earlier clustering of this pool to update: it is clustered")
     add("select", plan.run_id, plan.select, ["quantize"])
     add("explode", plan.run_id, plan.explode, ["select"])
     for name in ("train", "evaluate"):
@@ -381,6 +397,33 @@ def measure_embedding(spark, cfg: JobConfig, sample_rows: int = SAMPLE_ROWS) -> 
     return {"sample_rows": n, "rate": rate, "load_seconds": load, "dim": dim}
 
 
+def texts_to_embed(spark, cfg: JobConfig, sides) -> dict:
+    """``{side: (distinct texts, texts not in text_embeddings yet)}`` for the text sides in
+    ``sides``, as the run would find them: the pool first, then the target, whose texts the
+    pool's embedding stores too (one pass over each side's texts, hashed and kept; texts the
+    run would drop as blank are counted)."""
+    covered = stored_hashes(spark, cfg.output.path, reuse.text_model_id(cfg))
+    found, kept = {}, []
+    try:
+        for side in ("pool", "target"):
+            src = getattr(cfg, side)
+            if side not in sides or effective_embedding_column(src):
+                continue
+            text = F.col(src.text_column)
+            hashes = (read_side(spark, side, src).where(text.isNotNull())
+                      .select(F.sha2(text.cast("string"), 256).alias(TEXT_HASH)).distinct()
+                      .persist(StorageLevel.MEMORY_AND_DISK))
+            kept.append(hashes)
+            missing = hashes if covered is None else hashes.join(covered, TEXT_HASH, "left_anti")
+            row = missing.agg(F.count(F.lit(1)).alias("n")).first()
+            found[side] = (hashes.count(), int(row["n"]))
+            covered = hashes if covered is None else covered.unionByName(hashes)
+    finally:
+        for frame in kept:
+            frame.unpersist()
+    return found
+
+
 def task_slots(spark) -> int | None:
     """How many tasks the session runs at once: its cores over ``spark.task.cpus`` (None on
     Spark Connect, where the cores are not visible)."""
@@ -390,32 +433,69 @@ def task_slots(spark) -> int | None:
     return max(1, spark.sparkContext.defaultParallelism // cpus)
 
 
-def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int) -> dict:
-    """The driver's memory for the selection, in bytes, term by term:
+def _scoring(s, targets: int, rows: int) -> int:
+    """The ``knn`` estimator's first picks (its warm-up): each chunk of targets (up to 512)
+    scores a block of rows by inserting every row into the chunk's ``select.k`` neighbour lists:
+    two ``[chunk, block, k]`` float32 lists and two ``[chunk, block]`` arrays; 0 for the other
+    estimators."""
+    if s.estimator != "knn":
+        return 0
+    chunk = next((c for c in (8, 32, 128, 512) if targets <= c), 512)
+    block = min(s.block_size, -(-rows // 128) * 128)
+    return 2 * chunk * block * (s.k + 1) * 4
+
+
+def _distances(s, targets: int, rows: int) -> int:
+    """The exact method's target-to-row distances (float32, rows padded to the scoring block)
+    where they fit in ``select.cache_bytes``, else that cap; one block for the gradient method."""
+    block = min(s.block_size, -(-rows // 128) * 128)
+    if s.method != "exact":
+        return targets * block * 4
+    full = targets * (-(-rows // block) * block) * 4
+    return full if full <= s.cache_bytes else s.cache_bytes
+
+
+def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
+                  pool_rows: int | None = None, target_rows: int | None = None) -> dict:
+    """The driver's memory for the selection, in bytes, per phase and term; the phases run one
+    after the other, so the need is the larger phase's sum.
+
+    ``select`` (the select stage):
 
     - ``collect``: the centroids as collected rows (a Python float and its pointer a value)
       before they become arrays;
     - ``centroids``: the arrays, in numpy and again in JAX (float32);
-    - ``distances``: the exact method's target-to-pool distances (float32, pool rows padded
-      to ``select.block_size``) where they fit in ``select.cache_bytes``, else that cap; a
-      block of them for the gradient method;
-    - ``row step``: with a row budget, the candidate rows and the target rows it holds
-      (``select.max_candidates``, ``select.max_target_rows``), collected as rows.
+    - ``distances``: see :func:`_distances`;
+    - ``scoring``: see :func:`_scoring`.
+
+    ``row step`` (explode, where it runs: a row budget smaller than the pool, or ``select.refine:
+    rows``): the candidate rows (``select.candidates`` times the budget, at most
+    ``select.max_candidates`` on the driver; that cap without a budget) and the target rows it
+    matches (``select.max_target_rows``), collected through Arrow into float32 arrays (3 copies
+    at the peak), their distances and their scoring.
     """
     s = cfg.select
     values = (pool_k + target_k) * dim
-    block = min(s.block_size, -(-pool_k // 128) * 128)
-    padded = -(-pool_k // block) * block
-    if s.method == "exact":
-        full = target_k * padded * 4
-        distances = full if full <= s.cache_bytes else s.cache_bytes
-    else:
-        distances = target_k * block * 4
-    parts = {"collect": values * PY_VALUE_BYTES, "centroids": values * 4 * 2,
-             "distances": distances}
-    if reuse.row_step_can_run(s) and s.refine != "clusters":
-        parts["row step"] = (s.max_candidates + s.max_target_rows) * dim * (PY_VALUE_BYTES + 4)
-    return parts
+    phases = {"select": {"collect": values * PY_VALUE_BYTES, "centroids": values * 4 * 2,
+                         "distances": _distances(s, target_k, pool_k),
+                         "scoring": _scoring(s, target_k, pool_k)}}
+    budget = row_budget(s, pool_rows) if pool_rows else None
+    whole_pool = budget is not None and pool_rows is not None and budget >= pool_rows
+    if reuse.row_step_can_run(s) and s.refine != "clusters" and not whole_pool:
+        # as explode plans it: candidates for the budget, at most max_candidates on the driver
+        # (without a budget, or rows unknown: that cap)
+        held = s.max_candidates if budget is None or pool_rows is None else min(
+            math.ceil(s.candidates * budget), pool_rows, s.max_candidates)
+        targets = min(s.max_target_rows, target_rows or s.max_target_rows)
+        phases["row step"] = {"collect": (held + targets) * dim * 4 * ARROW_COPIES,
+                              "distances": _distances(s, targets, held),
+                              "scoring": _scoring(s, targets, held)}
+    return phases
+
+
+def memory_need(phases: dict) -> int:
+    """The larger phase's bytes (see :func:`driver_memory`)."""
+    return max(sum(terms.values()) for terms in phases.values())
 
 
 def _free_memory() -> int | None:
@@ -469,15 +549,18 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
         slots = task_slots(spark)
         dim, dim_from = m["dim"], f"{cfg.embed.model}'s output"
         sides, total, loaded = {}, 0.0, False
-        for side in sorted(to_embed, key=("pool", "target").index):
-            rows = out.inputs[side].rows
-            if rows is None:
+        for side, (distinct, missing) in texts_to_embed(spark, cfg, to_embed).items():
+            if missing == 0:
+                sides[side] = {"rows": out.inputs[side].rows, "texts": distinct, "missing": 0,
+                               "tasks": 0, "seconds": 0.0}
                 continue
-            tasks = embed_partitions(rows, cfg.embed.rows_per_task)
+            chunks = max(1, math.ceil(missing / cfg.embed.commit_rows))
+            tasks = embed_partitions(math.ceil(missing / chunks), cfg.embed.rows_per_task)
             at_once = min(tasks, slots or tasks)
-            seconds = rows / (m["rate"] * at_once) + (0.0 if loaded else m["load_seconds"])
+            seconds = missing / (m["rate"] * at_once) + (0.0 if loaded else m["load_seconds"])
             loaded = True
-            sides[side] = {"rows": rows, "tasks": tasks, "seconds": seconds}
+            sides[side] = {"rows": out.inputs[side].rows, "texts": distinct, "missing": missing,
+                           "tasks": tasks * chunks, "seconds": seconds}
             total += seconds
         out.embedding = {**m, "slots": slots or 1, "sides": sides, "seconds": total}
     elif to_embed and "pool" not in texts:
@@ -492,10 +575,10 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
     if pool_k is not None and dim:
         out.clusters = {"pool_k": pool_k, "pool_k_from": pool_k_from, "target_k": target_k,
                         "dim": dim, "dim_from": dim_from}
-        parts = driver_memory(cfg, pool_k, target_k, dim)
-        need = sum(parts.values())
+        phases = driver_memory(cfg, pool_k, target_k, dim, pool_rows, target_rows)
         conf = spark.conf
-        out.driver = {"parts": parts, "need_bytes": need, "free_bytes": _free_memory(),
+        out.driver = {"phases": phases, "need_bytes": memory_need(phases),
+                      "free_bytes": _free_memory(),
                       "max_result": conf.get("spark.driver.maxResultSize", "1g"),
                       "driver_memory": conf.get("spark.driver.memory", "1g")}
         out.warnings += _warnings(cfg, out, pool_k, target_k, dim, pool_rows)

@@ -3,6 +3,7 @@ of the libraries a run records next to its results."""
 from __future__ import annotations
 
 import os
+import threading
 from importlib.metadata import PackageNotFoundError, version
 
 # The packages whose versions every run records (``runs.versions`` and the other stages' tables).
@@ -36,3 +37,53 @@ def configure_jax(s) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(s.jax_memory_fraction))
     if s.jax_platform != "auto" and "JAX_PLATFORMS" not in os.environ:
         jax.config.update("jax_platforms", "cpu" if s.jax_platform == "cpu" else "cuda")
+
+
+def rss_mib() -> float | None:
+    """This process's resident memory in MiB (Linux's /proc); None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """The largest resident memory of this process while the ``with`` block runs, sampled every
+    20 ms: ``peak`` and ``base`` (at the start) in MiB, and ``grown`` (``peak - base``); all
+    None where the memory cannot be read."""
+
+    def __init__(self, every: float = 0.02):
+        self.every = every
+        self.base = self.peak = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def grown(self) -> float | None:
+        return None if self.base is None or self.peak is None else self.peak - self.base
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            now = rss_mib()
+            if now is not None:
+                self.peak = max(self.peak or now, now)
+
+    def __enter__(self) -> "PeakMemory":
+        self.base = self.peak = rss_mib()
+        if self.base is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="gio-spark-peak-memory")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            now = rss_mib()
+            if now is not None:
+                self.peak = max(self.peak or now, now)

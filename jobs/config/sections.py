@@ -211,10 +211,14 @@ class EmbedSection:
     batch_size: Annotated[int, AT_LEAST_1] = 64  # runtime knob: not part of the stage's fingerprint
     normalize: Annotated[bool, BOOL] = True
     device: Annotated[str, one_of("auto", "cpu", "cuda")] = "auto"  # auto, cpu, cuda; runtime knob
-    # Rows per embedding task (runtime knob): a side of n rows is hash-partitioned by row_id into
-    # ceil(n / rows_per_task) tasks, sorted within each, so the batches, and so the vectors to
-    # the last bit, depend on the rows alone: not on the source's files, order or the cluster.
+    # Texts per embedding task (runtime knob): the texts to embed are hash-partitioned by the
+    # text's hash into ceil(n / rows_per_task) tasks, sorted within each, so the batches, and so
+    # the vectors to the last bit, depend on the texts alone: not on the source's files, order
+    # or the cluster.
     rows_per_task: Annotated[int, AT_LEAST_1.hinted("rows per embedding task; more on GPUs")] = 1024
+    # Texts embedded per commit to text_embeddings (runtime knob): a killed embed stage keeps
+    # the chunks it committed, and the re-run embeds only the texts not stored yet.
+    commit_rows: Annotated[int, AT_LEAST_1.hinted("texts per commit")] = 100_000
     # What runs the transformer: torch (sentence-transformers), onnx (ONNX Runtime, exported from
     # the model at first use and cached) or onnx-int8 (weights quantised to int8); see jobs.io.encoders.
     backend: Annotated[str, one_of("torch", "onnx", "onnx-int8")] = "torch"
@@ -235,6 +239,13 @@ class QuantizeSection:
     init_rows: Annotated[int, AT_LEAST_1] = 20000  # algorithm lloyd: k-means++ on this many rows (by hash)
     # algorithm lloyd: a side this small is clustered on the driver
     driver_rows: Annotated[int, AT_LEAST_1] = 20000
+    # On a pool that grew or changed: recluster (K-means again) or assign (its rows to the pool
+    # clusters of this pool's latest other clustering under output.path, the sizes counted again,
+    # unless the fit worsened by more than max_drift: then recluster)
+    update: Annotated[str, one_of("recluster", "assign")] = "recluster"
+    # update assign: the most the rows' mean squared distance to their centre may grow, as a
+    # share of the first clustering's, before the pool is clustered again
+    max_drift: Annotated[float, NON_NEGATIVE] = 0.1
 
 
 COPY_THRESHOLD = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
@@ -328,7 +339,10 @@ PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
                            "candidates", "max_candidates", "max_target_rows")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
-RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task")
+RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task", "commit_rows")
+# The quantize options of an update (``update: assign``): in the clustering's fingerprint only
+# where set, so clusterings made before them keep their ids.
+QUANTIZE_UPDATE_OPTIONS = ("update", "max_drift")
 
 
 @dataclass
@@ -1381,6 +1395,9 @@ def _validate_quantize(cfg: JobConfig) -> None:
     _check_rules(q, "quantize")
     _check(_is_int(q.seed) and LONG_MIN <= q.seed < LONG_MAX,
            f"quantize.seed must be an integer between {LONG_MIN} and {LONG_MAX - 1}.")
+    _check(q.update != "assign" or q.algorithm == "lloyd",
+           f"quantize.update: assign needs quantize.algorithm: lloyd (got {q.algorithm!r}); set "
+           "quantize.algorithm: lloyd or quantize.update: recluster.")
     _check_rules(cfg.decontaminate, "decontaminate")
 
 

@@ -96,6 +96,31 @@ def _get_quietly(builder, log_path: str):
             os.close(f)
 
 
+def _spark_running() -> bool:
+    """Whether this process has a Spark to join: a SparkContext, or spark-submit's JVM."""
+    from pyspark import SparkContext
+    return SparkContext._active_spark_context is not None or "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _defaults_master() -> str | None:
+    """``spark.master`` from the ``spark-defaults.conf`` a new JVM reads (``$SPARK_CONF_DIR``,
+    else ``$SPARK_HOME/conf``, else pyspark's own folder's), or None."""
+    import pyspark
+    folders = [os.environ.get("SPARK_CONF_DIR"),
+               os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME")
+               else None, os.path.join(os.path.dirname(pyspark.__file__), "conf")]
+    for folder in folders:
+        path = os.path.join(folder, "spark-defaults.conf") if folder else None
+        if path and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    words = line.strip().split(None, 1)
+                    if len(words) == 2 and words[0] == "spark.master":
+                        return words[1].strip()
+            return None
+    return None
+
+
 def _already_set() -> Callable[[str], bool] | None:
     """For a Spark that runs already in this process (a session a notebook or a test made, or
     the JVM spark-submit started before this code): whether a setting is set there, by
@@ -154,12 +179,19 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     remote = os.environ.get("SPARK_REMOTE")
     if remote and active is None:
         return _connect_session(app_name, remote, conf, quiet)
-    if master and master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+    if master is None and active is None and not _spark_running():
+        # No master named and no Spark to join: Spark starts its default, local[*], unless a
+        # spark-defaults.conf names one (which is kept, not overridden).
+        master_default = _defaults_master()
+        implicit_local = master_default is None or master_default.startswith("local")
+    else:
+        implicit_local = False
+    local = (master is not None and master.startswith("local")) or implicit_local
+    if local and "PYSPARK_PYTHON" not in os.environ:
         # Local Python workers run this interpreter (the project's environment), not whatever
         # python3 is first on PATH. On a cluster, PYSPARK_PYTHON says which one to use.
         os.environ["PYSPARK_PYTHON"] = sys.executable
     is_set = _already_set()
-    local = master is not None and master.startswith("local")
     settings = dict(LOCAL_DEFAULTS) if is_set is None and local else {}
     settings.update(DELTA_CONF)
     if os.environ.get("GIO_SPARK_IVY_DIR"):

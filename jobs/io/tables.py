@@ -5,6 +5,7 @@ Under ``output.path``:
 
 | table | columns | key (partition) | written by |
 | --- | --- | --- | --- |
+| ``text_embeddings`` | model_id, text_hash, embedding (one row per distinct text) | model_id | embed (appended chunk by chunk) |
 | ``pool_embeddings``, ``target_embeddings`` | embeddings_id, row_id, embedding | embeddings_id | embed (text sources) |
 | ``centroids`` | clustering_id, side, cluster_id, centroid, size | clustering_id | quantize |
 | ``pool_assignments`` | clustering_id, row_id, cluster_id | clustering_id | quantize |
@@ -28,7 +29,10 @@ Rules every write follows:
 * a table is created explicitly (schema, partition column and the ``gio-spark.table`` /
   ``gio-spark.schema`` properties) before its first write; two runs creating it at once both
   succeed;
-* a write replaces exactly one key's partition (``replaceWhere`` on the key) in one transaction,
+* ``text_embeddings`` alone is appended to (blind appends, one transaction a chunk, never
+  conflicting): the vectors of texts it does not hold yet, so a killed embed stage keeps the
+  chunks it committed and a grown source embeds only its new texts;
+* every other write replaces exactly one key's partition (``replaceWhere`` on the key) in one transaction,
   never the whole table, so runs with other keys keep their rows, and a re-run replaces its own
   rows instead of duplicating them; a concurrent-commit conflict is retried a bounded number of
   times;
@@ -64,6 +68,13 @@ SCHEMA_VERSION = "3"
 TABLE_PROPERTY = "gio-spark.table"
 SCHEMA_PROPERTY = "gio-spark.schema"
 
+# The texts' vectors, one row per distinct text and model (the store the embed stage looks texts
+# up in before it runs the model, and appends to chunk by chunk).
+TEXT_EMBEDDINGS = T.StructType([
+    T.StructField("model_id", T.StringType(), False),
+    T.StructField("text_hash", T.StringType(), False),        # SHA-256 of the text, hex
+    T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
+])
 EMBEDDINGS = T.StructType([
     T.StructField("embeddings_id", T.StringType(), False),
     T.StructField("row_id", T.StringType(), False),
@@ -299,7 +310,8 @@ SELECTED_EXTRA = T.StructType([
     T.StructField("run_id", T.StringType(), True),
 ])
 
-SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
+SCHEMAS = {"text_embeddings": TEXT_EMBEDDINGS,
+           "pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "set_aside": SET_ASIDE,
            "selection": SELECTION,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
@@ -308,7 +320,8 @@ SCHEMAS = {"pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "imnn_fits": IMNN_FITS, "datamodels_weights": DATAMODELS_WEIGHTS,
            "datamodels_fits": DATAMODELS_FITS, "datamodels_regressions": DATAMODELS_REGRESSIONS,
            "stages": STAGES}
-KEYS = {"pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
+KEYS = {"text_embeddings": "model_id",
+        "pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
         "set_aside": "clustering_id", "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
@@ -817,7 +830,11 @@ def append(spark: SparkSession, df: DataFrame, output: str, name: str) -> None:
     """Appends ``df`` (a blind append: never conflicts with other writers)."""
     path = ensure_table(spark, output, name)
     data = conform(df, SCHEMAS[name])
+    if name != "stages":                 # the stage log has failure points of its own
+        faults.point(f"before:{name}")
     with_retries(lambda: data.write.format("delta").mode("append").save(path), f"writing {path}")
+    if name != "stages":
+        faults.point(f"after:{name}")
 
 
 def detail_json(value: dict | None) -> str | None:

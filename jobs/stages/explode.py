@@ -45,7 +45,7 @@ from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.frames import EMBEDDING, ROW_ID, seed_hash, seeded_sample
 from jobs.common.log import bar, detail, log, took
-from jobs.common.runtime import configure_jax
+from jobs.common.runtime import PeakMemory, configure_jax
 from jobs.config import JobConfig, engine_options, row_budget
 from jobs.io import tables
 from jobs.io.sources import Side, check_outputs
@@ -191,42 +191,44 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
     the rows it picks, and its figures. ``where``: see :func:`rounds` (Spark tasks:
     :func:`_task_picks`)."""
     s = cfg.select
-    t0 = time.perf_counter()
-    wanted = spark.createDataFrame([(c,) for c in cands.ids], "cluster_id int")
-    members = F.broadcast(wanted).join(assignments.select(ROW_ID, "cluster_id"), "cluster_id")
-    pool_e = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
-    target_e = stored_embeddings(spark, cfg, target, *plan.embeddings_of("target"))
-    if pool_e is None or target_e is None:
-        raise InputError(f"the embeddings of clustering {plan.clustering_id} are gone from "
-                         f"{cfg.output.path!r}; run quantize (or the whole pipeline) again.")
-    scale = (load_weights(spark, cfg, plan.weights_id, plan.weights).astype(np.float32)
-             if plan.weights_id is not None else None)
-    cosine = cfg.quantize.distance == "cosine"
-    target_ids, y = _matrix(seeded_sample(target_e, s.max_target_rows, s.seed), "target rows")
-    y = _in_space(y, scale, cosine)
-    configure_jax(cfg.runtime)
-    id_field = assignments.schema[ROW_ID]
-    if where == "driver":
-        cand, x = _matrix(members.join(pool_e, ROW_ID), "candidate rows", "cluster_id")
-        ids, clusters, x = cand[ROW_ID].tolist(), cand["cluster_id"].tolist(), \
-            _in_space(x, scale, cosine)
-        figures = {"where": where, "candidate_rows": len(ids)}
-        size = _usable(step.size, len(ids))
-        _announce(size, len(ids), cands, len(y))
-    else:
-        ids, clusters, x, figures, size = _task_picks(spark, members, pool_e, y, scale, cosine,
-                                                      cfg, step, cands, id_field, where)
-        if x is not None:
-            log(f"explode: the row step on the driver: {size} of the parts' {len(ids)} picks")
-    figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0), 3)
-    if x is not None:                      # one selection on the driver: all candidates or
-        t1 = time.perf_counter()           # the parts' picks
-        result = _select_rows(y, x, s, size)
-        ids, clusters = [ids[i] for i in result.indices], [clusters[i] for i in result.indices]
-        if "tasks_s" in figures:
-            figures["parts_fill_picks"] = figures["fill_picks"]
-        figures.update(mmd=float(result.mmd[-1]) if len(result.mmd) else None,
-                       fill_picks=int(result.filled), select_s=round(time.perf_counter() - t1, 3))
+    with PeakMemory() as memory:      # the driver's memory for the step
+        t0 = time.perf_counter()
+        wanted = spark.createDataFrame([(c,) for c in cands.ids], "cluster_id int")
+        members = F.broadcast(wanted).join(assignments.select(ROW_ID, "cluster_id"), "cluster_id")
+        pool_e = stored_embeddings(spark, cfg, pool, *plan.embeddings_of("pool"))
+        target_e = stored_embeddings(spark, cfg, target, *plan.embeddings_of("target"))
+        if pool_e is None or target_e is None:
+            raise InputError(f"the embeddings of clustering {plan.clustering_id} are gone from "
+                             f"{cfg.output.path!r}; run quantize (or the whole pipeline) again.")
+        scale = (load_weights(spark, cfg, plan.weights_id, plan.weights).astype(np.float32)
+                 if plan.weights_id is not None else None)
+        cosine = cfg.quantize.distance == "cosine"
+        target_ids, y = _matrix(seeded_sample(target_e, s.max_target_rows, s.seed), "target rows")
+        y = _in_space(y, scale, cosine)
+        configure_jax(cfg.runtime)
+        id_field = assignments.schema[ROW_ID]
+        if where == "driver":
+            cand, x = _matrix(members.join(pool_e, ROW_ID), "candidate rows", "cluster_id")
+            ids, clusters, x = cand[ROW_ID].tolist(), cand["cluster_id"].tolist(), \
+                _in_space(x, scale, cosine)
+            figures = {"where": where, "candidate_rows": len(ids)}
+            size = _usable(step.size, len(ids))
+            _announce(size, len(ids), cands, len(y))
+        else:
+            ids, clusters, x, figures, size = _task_picks(spark, members, pool_e, y, scale, cosine,
+                                                          cfg, step, cands, id_field, where)
+            if x is not None:
+                log(f"explode: the row step on the driver: {size} of the parts' {len(ids)} picks")
+        figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0), 3)
+        if x is not None:                      # one selection on the driver: all candidates or
+            t1 = time.perf_counter()           # the parts' picks
+            result = _select_rows(y, x, s, size)
+            ids, clusters = [ids[i] for i in result.indices], [clusters[i] for i in result.indices]
+            if "tasks_s" in figures:
+                figures["parts_fill_picks"] = figures["fill_picks"]
+            figures.update(mmd=float(result.mmd[-1]) if len(result.mmd) else None,
+                           fill_picks=int(result.filled), select_s=round(time.perf_counter() - t1, 3))
+    figures["driver_peak_mib"] = None if memory.grown is None else round(memory.grown, 1)
     schema = T.StructType([T.StructField(ROW_ID, id_field.dataType, False),
                            T.StructField("cluster_id", T.IntegerType(), False),
                            T.StructField("rank", T.IntegerType(), False)])

@@ -21,9 +21,15 @@ inputs and seed give the same clusters on one machine or many, whatever the row 
 sources. With learnt weights (see :mod:`jobs.stages.weigh`) both sides are clustered in the weighted
 space: feature a of every embedding is multiplied by the weights' ``scaled`` factor, and the
 centroids select works on are in that space.
+
+``quantize.update: assign``: a pool that grew is assigned to the pool centroids of the latest
+clustering of another version of it (:func:`jobs.state.reuse.update_base`), the sizes counted
+again, unless the rows fit those centroids worse than the first clustering's rows did by more
+than ``quantize.max_drift`` (:func:`_updated`): then it is clustered again.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable
 
@@ -46,7 +52,7 @@ from jobs.io import tables
 from jobs.io.session import share
 from jobs.io.sources import Side
 from jobs.stages.base import Stage, both_sides, run_stage
-from jobs.state import reuse
+from jobs.state import reuse, stagelog
 from jobs.state.inputs import Inputs, heldout_vectors, prepare_inputs
 from jobs.state.stored import apply_weights, load_weights
 
@@ -362,13 +368,31 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
             frees.append(free)
             kept -= detail["set_aside"]
         pool_k = q.pool_k
-        if pool_k == "auto":
-            pool_k = auto_pool_k(kept, cfg.select)
-            log(f"quantize: pool_k auto: {pool_k} clusters for {kept} pool rows"
-                + (f" and a budget of {row_budget(cfg.select, kept)}"
-                   if row_budget(cfg.select, kept) else ""))
-        pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed, "pool",
-                                                                warn, spark)
+        updated = None
+        if q.update == "assign":
+            detail.update(basis=plan.basis, pool_validate=plan.validate["pool"], base=plan.base)
+            if plan.base is None:
+                log("quantize: update assign: no earlier clustering of this pool under "
+                    "output.path to update; clustering it")
+                detail["update"] = "first"
+            else:
+                updated, more = _updated(spark, cfg, plan.base, pool, warn)
+                detail.update(more)
+        if updated is not None:
+            pool_rows, assignments, cached = updated
+            pool_k, how = len(pool_rows), f"assigned to clustering {plan.base}'s"
+        else:
+            if pool_k == "auto":
+                pool_k = auto_pool_k(kept, cfg.select)
+                log(f"quantize: pool_k auto: {pool_k} clusters for {kept} pool rows"
+                    + (f" and a budget of {row_budget(cfg.select, kept)}"
+                       if row_budget(cfg.select, kept) else ""))
+            pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed,
+                                                                    "pool", warn, spark)
+            how = f"{pool_iter} iterations"
+            if q.update == "assign":          # the fit later updates are measured against
+                fit = _fit_per_row(spark, cached, pool_rows, q.distance)
+                detail.update(pool_inertia_per_row=fit, reference_inertia_per_row=fit)
         if cfg.decontaminate.duplicates is not None:
             assignments, pool_rows, dups, free, more = _deduplicated(
                 spark, cfg.decontaminate.duplicates, pool, assignments, pool_rows)
@@ -376,7 +400,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
             aside = dups if aside is None else aside.unionByName(dups)
             by_side = {**detail.get("set_aside_by_side", {}), "pool": more.pop("duplicates")}
             detail.update(more, set_aside=sum(by_side.values()), set_aside_by_side=by_side)
-        log(f"quantize: {len(pool_rows)} pool clusters ({pool_iter} iterations), "
+        log(f"quantize: {len(pool_rows)} pool clusters ({how}), "
             f"{len(target_rows)} target clusters ({target_iter} iterations) in "
             f"{took(time.perf_counter() - t0)}")
         bandwidth = target_bandwidth(target)
@@ -416,10 +440,67 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                         f"rows, {want[side]} recorded)")
         if tables.read_key(spark, cfg.output.path, "pool_assignments", key).limit(1).count() == 0:
             return "its pool assignments are gone"
+        aside = detail.get("set_aside")
+        if aside is not None:
+            table = tables.table_path(cfg.output.path, "set_aside")
+            found = (tables.read_key(spark, cfg.output.path, "set_aside", key).count()
+                     if tables.exists(spark, table) else 0)
+            if found != aside:
+                return f"its set-aside rows are not those it committed ({found} rows, {aside} recorded)"
         return None
 
     return run_stage(spark, cfg.output.path, "quantize", key, fp, compute, commit, reused,
                      lost, release)
+
+
+def _fit_per_row(spark, packed, centroid_rows: list, distance: str) -> float:
+    """The mean squared distance of the (packed, cached) rows to their nearest centroid."""
+    centres = np.array([r[2] for r in centroid_rows], np.float32)
+    stats = _stats(spark, packed, centres, distance)
+    return float(stats.inertia) / max(int(stats.counts.sum()), 1)
+
+
+def _updated(spark, cfg: JobConfig, base: str, pool: DataFrame, warn):
+    """``quantize.update: assign``: the pool's rows assigned to the pool centroids of clustering
+    ``base`` and the sizes counted again, ``((centroid rows, assignments, cached input), detail)``;
+    ``(None, detail)`` when the rows' fit to those centroids (their mean squared distance) is
+    worse than the first clustering's by more than ``quantize.max_drift``: the pool is then
+    clustered again."""
+    q = cfg.quantize
+    out = cfg.output.path
+    rows = (tables.read_key(spark, out, "centroids", base).where(F.col("side") == "pool")
+            .orderBy("cluster_id").select("cluster_id", "centroid").collect())
+    record = stagelog.latest(spark, out, "quantize", base)
+    before = json.loads(record["detail"]) if record is not None and record["detail"] else {}
+    reference = before.get("reference_inertia_per_row", before.get("pool_inertia_per_row"))
+    if not rows or reference is None:
+        log(f"quantize: update assign: clustering {base} is gone or recorded no fit; "
+            "clustering the pool")
+        return None, {"update": "reclustered"}
+    ids = np.array([r["cluster_id"] for r in rows], np.int32)
+    centres = np.array([r["centroid"] for r in rows], np.float32)
+    packed, count, _ = _cached(_packed(pool, q.partitions, q.distance), len(ids), "pool", warn)
+    stats = _stats(spark, packed, centres, q.distance)
+    fit = float(stats.inertia) / max(count, 1)
+    drift = fit / reference - 1.0 if reference > 0 else (0.0 if fit == 0 else float("inf"))
+    detail = {"drift": round(drift, 6), "pool_inertia_per_row": fit,
+              "reference_inertia_per_row": reference}
+    if drift > q.max_drift:
+        log(f"quantize: update assign: the pool's rows fit clustering {base}'s centroids "
+            f"{drift:.1%} worse than its first clustering's rows did (more than "
+            f"quantize.max_drift {q.max_drift:g}); clustering the pool again")
+        packed.unpersist()
+        return None, {**detail, "update": "reclustered"}
+    log(f"quantize: update assign: {count} pool rows assigned to clustering {base}'s "
+        f"{len(ids)} pool clusters (fit {drift:+.1%} against its first clustering)")
+    index = spark.createDataFrame([(i, int(c)) for i, c in enumerate(ids)],
+                                  "position int, cluster int")
+    labels = _assign(spark, packed, centres, q.distance)
+    assignments = (labels.join(F.broadcast(index), labels["cluster_id"] == index["position"])
+                   .select("row_id", F.col("cluster").alias("cluster_id")))
+    centroid_rows = [("pool", int(ids[i]), centres[i].tolist(), int(stats.counts[i]))
+                     for i in range(len(ids)) if stats.counts[i] > 0]
+    return (centroid_rows, assignments, packed), {**detail, "update": "assigned"}
 
 
 def _decontaminated(spark, cfg: JobConfig, pool: DataFrame, refs: dict, target_rows: list,

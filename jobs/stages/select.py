@@ -26,13 +26,17 @@ import gio_core
 from jobs.common.errors import InputError
 from jobs.common.extras import plotting
 from jobs.common.log import bar, detail, log, took
-from jobs.common.runtime import configure_jax, library_versions
+from jobs.common.runtime import PeakMemory, configure_jax, library_versions
 from jobs.config import JobConfig, engine_options, row_budget
 from jobs.io import tables
 from jobs.io.sources import check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.stored import collect_centroids, target_bandwidth_of
+
+
+def _mib(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
@@ -123,51 +127,52 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                              "whole pipeline) first.")
         configure_jax(cfg.runtime)
         started = dt.datetime.now()
-        t0 = time.perf_counter()
-        cents = collect_centroids(spark, cfg, plan.clustering_id)
-        pool_ids, pool_c, pool_sizes = cents["pool"]
-        _, target_c, target_sizes = cents["target"]
-        s = cfg.select
-        if target_c.shape[0] <= s.k:
-            raise InputError(f"select.k={s.k} needs more than {s.k} target clusters, but the target "
-                             f"has {target_c.shape[0]}; lower select.k or raise quantize.target_k "
-                             "(the target needs more rows than select.k).")
-        if pool_c.shape[1] != target_c.shape[1]:
-            raise InputError(f"pool centroids have {pool_c.shape[1]} dimensions and target "
-                             f"centroids {target_c.shape[1]}; embed both sides with the same model.")
-        collect_s = time.perf_counter() - t0
-        every = max(1, min(50, len(pool_c) // 20))
+        with PeakMemory() as memory:      # the driver's memory for collect and select
+            t0 = time.perf_counter()
+            cents = collect_centroids(spark, cfg, plan.clustering_id)
+            pool_ids, pool_c, pool_sizes = cents["pool"]
+            _, target_c, target_sizes = cents["target"]
+            s = cfg.select
+            if target_c.shape[0] <= s.k:
+                raise InputError(f"select.k={s.k} needs more than {s.k} target clusters, but the target "
+                                 f"has {target_c.shape[0]}; lower select.k or raise quantize.target_k "
+                                 "(the target needs more rows than select.k).")
+            if pool_c.shape[1] != target_c.shape[1]:
+                raise InputError(f"pool centroids have {pool_c.shape[1]} dimensions and target "
+                                 f"centroids {target_c.shape[1]}; embed both sides with the same model.")
+            collect_s = time.perf_counter() - t0
+            every = max(1, min(50, len(pool_c) // 20))
 
-        def progress(pick, row, kl):
-            picks_bar.update(pick - picks_bar.n)
-            if pick % every == 0:
-                picks_bar.set_postfix_str(f"KL {kl:.4f}", refresh=False)
-                detail(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
+            def progress(pick, row, kl):
+                picks_bar.update(pick - picks_bar.n)
+                if pick % every == 0:
+                    picks_bar.set_postfix_str(f"KL {kl:.4f}", refresh=False)
+                    detail(f"select: pick {pick}: cluster {int(pool_ids[row])}, KL {kl:.4f}")
 
-        log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
-            f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
-        t1 = time.perf_counter()
-        options = engine_options(s)
-        if s.stop_criterion == "mmd":
-            options["mmd_bandwidth"] = target_bandwidth_of(spark, cfg, plan)
-        options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
-        if options["max_rows"] is not None:
-            log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
-                "rows")
-            if options.get("fill") == "mmd" and options["max_rows"] >= int(pool_sizes.sum()):
-                log(f"select: warning: the budget ({options['max_rows']} rows) is the whole pool "
-                    f"or more, so filling it takes every row; lower select.max_rows (or "
-                    "select.max_fraction), or set select.fill: null to stop where the MMD to the "
-                    "target is least")
-        picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
-        try:
-            result = gio_core.select(
-                target_c, pool_c, callback=progress, row_counts=pool_sizes,
-                target_weights=target_sizes if s.use_weights else None,
-                pool_weights=pool_sizes if s.use_weights else None, **options)
-        finally:
-            picks_bar.close()
-        select_s = time.perf_counter() - t1
+            log(f"select: {len(pool_c)} pool and {len(target_c)} target centroids, "
+                f"estimator={s.estimator}, method={s.method}, dim={s.dim}")
+            t1 = time.perf_counter()
+            options = engine_options(s)
+            if s.stop_criterion == "mmd":
+                options["mmd_bandwidth"] = target_bandwidth_of(spark, cfg, plan)
+            options["max_rows"] = row_budget(s, int(pool_sizes.sum()))
+            if options["max_rows"] is not None:
+                log(f"select: a budget of {options['max_rows']} of the pool's {int(pool_sizes.sum())} "
+                    "rows")
+                if options.get("fill") == "mmd" and options["max_rows"] >= int(pool_sizes.sum()):
+                    log(f"select: warning: the budget ({options['max_rows']} rows) is the whole pool "
+                        f"or more, so filling it takes every row; lower select.max_rows (or "
+                        "select.max_fraction), or set select.fill: null to stop where the MMD to the "
+                        "target is least")
+            picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
+            try:
+                result = gio_core.select(
+                    target_c, pool_c, callback=progress, row_counts=pool_sizes,
+                    target_weights=target_sizes if s.use_weights else None,
+                    pool_weights=pool_sizes if s.use_weights else None, **options)
+            finally:
+                picks_bar.close()
+            select_s = time.perf_counter() - t1
         log(f"select: {len(result.indices)} clusters chosen (estimator d={result.dim:.1f}), "
             f"stopped by {result.stop_reason}"
             + (f", KL {result.kl[-1]:.4f}" if len(result.kl) else "") + f" in {took(select_s)}")
@@ -199,7 +204,8 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
             [float(v) for v in result.mmd] if s.stop_criterion == "mmd" else None,
             json.dumps(diagnostics, sort_keys=True), json.dumps(recorded, sort_keys=True),
-            json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3)}),
+            json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3),
+                        "driver_peak_mib": _mib(memory.grown)}),
             json.dumps(library_versions()))], tables.RUNS)
         return selection, record, result, diagnostics
 

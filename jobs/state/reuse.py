@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from jobs.io import tables
 from jobs.io.sources import content_identity, frame_of
-from jobs.config import (FRAME_FORMAT, RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS,
-                         JobConfig, SourceSection, effective_embedding_column, uses_own_weights,
-                         uses_weights)
+from jobs.config import (FRAME_FORMAT, QUANTIZE_UPDATE_OPTIONS, RUNTIME_EMBED_OPTIONS,
+                         RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS, JobConfig, SourceSection,
+                         effective_embedding_column, uses_own_weights, uses_weights)
 from jobs.common.errors import InputError
 from jobs.io.encoders import RECIPES
 from jobs.state.stagelog import latest
@@ -109,6 +109,8 @@ class Plan:
     weigh: "WeighPlan | None" = None      # the weigh stage, when the config has one
     weights_id: str | None = None         # the weights quantize uses, if any
     weights: str | None = None            # their weigh fingerprint
+    basis: str = ""                       # what the clustering depends on but the pool's rows
+    base: str | None = None               # quantize.update assign: the clustering it updates
 
     def embeddings_of(self, side: str) -> tuple[str, str]:
         """``(embeddings_id, fingerprint)`` of a side's embeddings."""
@@ -135,6 +137,12 @@ def embed_identity(cfg: JobConfig) -> dict:
     if cfg.embed.backend in RECIPES:
         out["recipe"] = RECIPES[cfg.embed.backend]
     return out
+
+
+def text_model_id(cfg: JobConfig) -> str:
+    """The key of the embed section's vectors in ``text_embeddings``: what makes a text's vector
+    what it is (:func:`embed_identity`), hashed."""
+    return fingerprint("text-embeddings", embed_identity(cfg))[:ID_CHARS]
 
 
 def weigh_params(cfg: JobConfig) -> dict:
@@ -343,7 +351,9 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
         weights_id, weights_fp = weigh.weights_id, weigh.fingerprint
     elif uses_weights(cfg):
         weights_id, weights_fp = identities["weights"]
-    parts = [embed["pool"], embed["target"], dataclasses.asdict(cfg.quantize)]
+    params = {k: v for k, v in dataclasses.asdict(cfg.quantize).items()
+              if k not in QUANTIZE_UPDATE_OPTIONS}
+    parts = [embed["pool"], embed["target"], params]
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})
     if cfg.decontaminate.enabled:         # rows set aside: runs without keep their ids
@@ -356,13 +366,69 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     if cfg.quantize.pool_k == "auto":    # the clusters then follow the row budget and the cap
         s = cfg.select
         parts.append({"pool_k": [s.max_rows, s.max_fraction, s.max_centroids]})
+    basis = quantize_basis(cfg, identities["pool"], parts[1:])
+    if cfg.quantize.update == "assign":   # recluster (the default) keeps the ids it always had
+        parts.append({"update": "assign", "max_drift": cfg.quantize.max_drift,
+                      "base": identities.get("base")})
     quantize = fingerprint("quantize", *parts)
     select = fingerprint("select", quantize, select_params(cfg))
     run_id = cfg.run_id or "run-" + select[:12]
     step = row_step_can_run(cfg.select) and cfg.select.refine != "clusters"
     explode = fingerprint("explode", select, run_id, *([ROW_STEP_VERSION] if step else []))
     return Plan(validate, embed, ids, quantize, quantize[:ID_CHARS], select, run_id, explode,
-                weigh, weights_id, weights_fp)
+                weigh, weights_id, weights_fp, basis, identities.get("base"))
+
+
+# What names a source apart from its rows: a source that grew keeps these.
+SOURCE_NAMING = ("format", "path", "text", "id", "embedding", "options", "bad_rows", "location")
+
+
+def quantize_basis(cfg: JobConfig, pool_identity: dict, rest: list) -> str:
+    """What a clustering depends on but the pool's rows: the pool source's name (not its files,
+    version or content), how its rows are embedded, and the clustering's other parts
+    (``rest``: the target's embeddings, the settings, the weights...). Two clusterings with the
+    same basis cluster versions of one pool: the later may update the earlier
+    (``quantize.update: assign``)."""
+    named = {k: pool_identity.get(k) for k in SOURCE_NAMING}
+    if effective_embedding_column(cfg.pool):
+        recipe: dict = {"precomputed": True}
+    else:
+        recipe = {"model": _model_identity(cfg.embed.model),
+                  "params": {k: v for k, v in dataclasses.asdict(cfg.embed).items()
+                             if k not in RUNTIME_EMBED_OPTIONS and k != "model"}}
+    return fingerprint("basis", named, recipe, *rest)
+
+
+def update_base(spark, cfg: JobConfig, basis: str, pool_validate: str) -> str | None:
+    """``quantize.update: assign``: the clustering a run updates, found in the stage log under
+    ``output.path``: where this pool (the same rows) was clustered before with this basis, the
+    base that clustering used (so a re-run is reused); else the latest clustering of another
+    version of the pool with this basis that recorded its fit (``pool_inertia_per_row``) and is
+    still done; None for none (the pool is then clustered). A pool given as a DataFrame has no
+    name to know its versions by: it has no base."""
+    if cfg.pool.format == FRAME_FORMAT:
+        return None
+    path = tables.table_path(cfg.output.path, "stages")
+    if not tables.path_exists(path) or not tables.exists(spark, path):
+        return None
+    records = [r.asDict() for r in tables.read_table(spark, cfg.output.path, "stages")
+               .where("stage = 'quantize' and status = 'done'")
+               .select("key", "fingerprint", "at_ns", "detail").collect()]
+    found = []
+    for r in records:
+        detail = json.loads(r["detail"]) if r["detail"] else {}
+        if detail.get("basis") != basis or "pool_inertia_per_row" not in detail:
+            continue
+        latest_of_key = latest(spark, cfg.output.path, "quantize", r["key"])
+        if latest_of_key is None or latest_of_key["at_ns"] != r["at_ns"]:
+            continue                      # recomputed or started again since
+        found.append((r["at_ns"], r["key"], detail))
+    found.sort(key=lambda f: f[0], reverse=True)
+    for _, _, detail in found:
+        if detail.get("pool_validate") == pool_validate:
+            return detail.get("base")
+    others = [key for _, key, detail in found if detail.get("pool_validate") != pool_validate]
+    return others[0] if others else None
 
 
 def decontaminates_heldout(cfg: JobConfig) -> bool:
@@ -380,6 +446,9 @@ def make_plan(spark, cfg: JobConfig) -> Plan:
         identities["weigh"] = source_identity(spark, cfg.weigh.source, "weigh.source")
     if uses_weights(cfg) and not uses_own_weights(cfg):
         identities["weights"] = stored_weights(spark, cfg)
+    if cfg.quantize.update == "assign":
+        first = plan(cfg, identities)
+        identities["base"] = update_base(spark, cfg, first.basis, first.validate["pool"])
     return plan(cfg, identities)
 
 

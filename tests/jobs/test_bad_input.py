@@ -425,6 +425,10 @@ CASES = [
          with_sets("decontaminate.threshold=0.95", "decontaminate.probes=0")),
     Case("a duplicates threshold of 0", "decontaminate.duplicates must be null (off) or a "
          "cosine similarity in (0, 1]", with_sets("decontaminate.duplicates=0")),
+    Case("an update with MLlib's K-means", "quantize.update: assign needs quantize.algorithm: "
+         "lloyd", with_sets("quantize.update=assign", "quantize.algorithm=mllib")),
+    Case("embedding commits of no texts", "embed.commit_rows must be an integer >= 1",
+         with_sets("embed.commit_rows=0")),
     Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",

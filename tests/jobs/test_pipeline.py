@@ -360,6 +360,7 @@ def test_bad_inputs_fail_before_writing(spark, tmp_path, case, message):
     assert not os.path.exists(cfg.output.path)
 
 
+@pytest.mark.e2e
 def test_spark_submit_runs_the_pipeline_and_bad_config_exits_2(tmp_path):
     pool, _, target = clustered_vectors(1)
     cfg_args = []

@@ -18,7 +18,7 @@ from jobs.cli import main
 from jobs.config import auto_pool_k, load_config
 from jobs.io import tables
 from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
-from jobs.planning import Forecast, _warnings, driver_memory
+from jobs.planning import Forecast, _warnings, driver_memory, memory_need
 from jobs.state import stagelog
 
 SETTINGS = {"quantize.pool_k": "auto", "quantize.target_k": 10, "select.k": 3,
@@ -63,7 +63,8 @@ def test_the_plan_says_what_the_run_then_does_and_takes(spark, texts, tmp_path):
     assert plan.clusters["pool_k"] == auto_pool_k(pool_rows, cfg.select)
     assert plan.clusters["dim"] == 384
     assert plan.embedding["sides"]["pool"]["tasks"] == 2 and plan.embedding["slots"] == 2
-    assert plan.driver["need_bytes"] == sum(plan.driver["parts"].values()) > 0
+    assert list(plan.driver["phases"]) == ["select"]                  # no row budget
+    assert plan.driver["need_bytes"] == sum(plan.driver["phases"]["select"].values()) > 0
     assert plan.warnings == []
     text = plan.text()
     assert f"{pool_rows:,} rows (Parquet footers)" in text and "about" in text
@@ -78,6 +79,9 @@ def test_the_plan_says_what_the_run_then_does_and_takes(spark, texts, tmp_path):
         key = plan.stages[0 if side == "pool" else 1].key
         took[side] = json.loads(stagelog.latest(spark, out, f"embed_{side}", key)["detail"])
         assert took[side]["rows"] == plan.inputs[side].rows
+        planned = plan.embedding["sides"][side]
+        assert (planned["texts"], planned["missing"]) == (took[side]["texts"],
+                                                          took[side]["embedded"])
     estimate, actual = plan.embedding["seconds"], sum(t["seconds"] for t in took.values())
     assert actual / 2 <= estimate <= 2 * actual, (estimate, took, plan.embedding)
 
@@ -114,12 +118,21 @@ def test_the_command_line_prints_the_plan_and_refuses_a_bad_sample(spark, texts,
 
 def test_the_warnings_name_the_setting_to_change():
     cfg = load_config(None, ["select.max_rows=5000", "quantize.pool_k=20000"], command="config")
-    parts = driver_memory(cfg, 20_000, 5000, 384)
-    assert parts["distances"] == cfg.select.cache_bytes          # 5000 x 20,480 x 4 > 256 MiB
-    assert parts["collect"] == 25_000 * 384 * 32
-    assert driver_memory(cfg, 20_000, 1500, 384)["distances"] == 1500 * 20_480 * 4
+    phases = driver_memory(cfg, 20_000, 5000, 384, 40_000, 300)
+    select = phases["select"]
+    assert select["distances"] == cfg.select.cache_bytes          # 5000 x 20,480 x 4 > 256 MiB
+    assert select["collect"] == 25_000 * 384 * 32
+    assert driver_memory(cfg, 20_000, 1500, 384)["select"]["distances"] == 1500 * 20_480 * 4
+    # the row step: 3 x the budget of 5,000 candidates, 300 targets, the candidates padded to
+    # blocks of 4,096; none where the budget is the whole pool
+    assert phases["row step"] == {"collect": 15_300 * 384 * 4 * 3,
+                                  "distances": 300 * 16_384 * 4,
+                                  "scoring": 2 * 512 * 4096 * (cfg.select.k + 1) * 4}
+    assert select["scoring"] == 2 * 512 * 4096 * (cfg.select.k + 1) * 4
+    assert "row step" not in driver_memory(cfg, 20_000, 5000, 384, 4000, 300)
+    assert memory_need(phases) == sum(select.values())
     f = Forecast("run-x", "out")
-    f.driver = {"parts": parts, "need_bytes": sum(parts.values()), "free_bytes": 2 ** 28,
+    f.driver = {"phases": phases, "need_bytes": memory_need(phases), "free_bytes": 2 ** 28,
                 "max_result": "32m", "driver_memory": "64m"}
     found = _warnings(cfg, f, 20_000, 5000, 384, 4000)
     assert any("spark.driver.maxResultSize=32m" in w and "quantize.pool_k" in w for w in found)

@@ -176,3 +176,22 @@ def test_run_stage_computes_then_begins_then_commits_then_records(spark, tmp_pat
     calls.clear()
     assert run_stage(spark, out, "toy", "k", "fp1", compute, commit, lambda: "reused") == "reused"
     assert calls == []
+
+
+def test_an_update_is_keyed_by_the_clustering_it_updates_and_recluster_keeps_its_ids():
+    base = planned()
+    assert planned("quantize.update=recluster", "quantize.max_drift=0.5") == base
+    assert planned("embed.commit_rows=10") == base                    # a runtime knob
+    assign = planned("quantize.update=assign")
+    assert assign.embed == base.embed and assign.clustering_id != base.clustering_id
+    updating = reuse.plan(load_config(DEMO, ["quantize.update=assign"]),
+                          dict(IDENTITIES, base="c0ffee"))
+    assert updating.base == "c0ffee" and updating.clustering_id != assign.clustering_id
+    # the basis names the pool, not its rows: a pool that grew keeps it; other settings do not
+    grown = dict(IDENTITIES, pool=dict(IDENTITIES["pool"], files=[("a", 10, 1), ("b", 3, 4)]))
+    assert planned(identities=grown).basis == base.basis
+    assert planned(identities=grown).clustering_id != base.clustering_id
+    assert planned("select.k=7").basis == base.basis
+    assert planned("quantize.pool_k=50").basis != base.basis
+    moved = dict(IDENTITIES, pool=dict(IDENTITIES["pool"], path="elsewhere"))
+    assert planned(identities=moved).basis != base.basis

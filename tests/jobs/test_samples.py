@@ -196,8 +196,10 @@ def test_the_readme_command_line_sample_runs_as_written(own_data, spark, docstri
     for words in shell:
         # the run line's budget (50,000 rows, for a real pool) scaled to this test's small pool
         words = [w.replace("select.max_rows=50000", "select.max_rows=100") for w in words]
+        # as a user runs it: no PYSPARK_PYTHON (the README's config names no spark.master)
+        env = {k: v for k, v in child_env().items() if k != "PYSPARK_PYTHON"}
         run = subprocess.run([sys.executable, "-m", "jobs.cli", *words[1:]], cwd=own_data,
-                             capture_output=True, text=True, timeout=600, env=child_env())
+                             capture_output=True, text=True, timeout=600, env=env)
         assert run.returncode == 0, (words, run.stdout[-2000:], run.stderr[-3000:])
         if words[1] == "config":
             assert "path: data/pool.parquet" in run.stdout and "max_rows: 100000" in run.stdout

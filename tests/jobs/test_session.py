@@ -61,3 +61,31 @@ def test_spark_submit_settings_win_over_gio_spark_and_its_config(tmp_path):
     assert got["spark.ui.enabled"] == "true"
     assert got["spark.gio.probe"] == "set-by-gio"
     assert got["spark.driver.memory"] is None            # no local default on a joined Spark
+
+
+WORKER_PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+from jobs.io.session import build_session
+spark = build_session("probe", None, quiet=True)
+workers = spark.range(2, numPartitions=2).rdd.map(lambda _: __import__("sys").executable)
+print("PROBE " + json.dumps({{"workers": sorted(set(workers.collect())),
+                             "master": spark.sparkContext.master,
+                             "ui": spark.conf.get("spark.ui.enabled", None)}}))
+spark.stop()
+"""
+
+
+def test_without_a_master_the_local_workers_run_this_python(tmp_path):
+    """``gio-spark run`` with no ``spark.master`` and no spark-submit starts Spark's default,
+    local[*]: its Python workers run the interpreter gio-spark runs in (not the python3 first
+    on PATH, which may lack the project's libraries), and the local defaults apply."""
+    script = tmp_path / "probe.py"
+    script.write_text(WORKER_PROBE.format(root=ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "SPARK_CONF_DIR")}
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    got = json.loads(lines[-1][len("PROBE "):])
+    assert got == {"workers": [sys.executable], "master": "local[*]", "ui": "false"}

@@ -14,11 +14,14 @@ the tables as a SIGKILL there would. Real SIGKILLs of child processes are in
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gio_core.copies import all_pairs_copies
@@ -361,8 +364,8 @@ def _greedy_duplicates(unit: dict, clusters: dict, threshold: float) -> dict:
     return out
 
 
-def test_the_contract_run_set_aside_every_copy_and_duplicate_and_selected_none(spark,
-                                                                                contract):
+def test_the_contract_run_set_aside_every_copy_and_duplicate_and_selected_none(spark, contract,
+                                                                                tmp_path, capsys):
     """The clean run's ``set_aside`` against all pairs (copies of target and held-out rows, in
     the weighted space quantize works in) and against the duplicates rule written out; none of
     those rows is assigned, selected or in evaluate's sample."""
@@ -406,6 +409,21 @@ def test_the_contract_run_set_aside_every_copy_and_duplicate_and_selected_none(s
     found = {frozenset(p) for p in dups.items()}
     for side, at, of, exact in planted:              # exact duplicates share their cluster
         assert side != "pool" or not exact or frozenset((at, of)) in found, (at, of)
+
+    # set-aside rows deleted by hand: the clustering is not reused without them
+    tampered = tmp_path / "tampered"
+    shutil.copytree(clean, tampered)
+    DeltaTable.forPath(spark, tables.table_path(str(tampered), "set_aside")).delete(
+        F.col("side") == "target")
+    capsys.readouterr()
+    assert main(["quantize", "--config", config(tampered)]) == 0
+    printed = "".join(capsys.readouterr())
+    kept = len(aside) - sum(side == "target" for _, side in copies.values())
+    assert f"set-aside rows are not those it committed ({kept} rows, {len(aside)} recorded); " \
+        "computing it again" in printed, printed[-3000:]
+    again = {r["row_id"]: (r["copy_of"], r["side"])
+             for r in tables.read_table(spark, str(tampered), "set_aside").collect()}
+    assert again == {k: (r["copy_of"], r["side"]) for k, r in aside.items()}
 
     gone = set(aside)
     assert len(gone) >= sum(count for _, count, _ in PLANTED) - 3
