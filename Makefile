@@ -80,11 +80,11 @@ test-demo: $(STAMP)
 test-connect: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m connect
 
-# The end-to-end checks that need most time (about 13 minutes on 2 cores): a run on an S3 API on
+# The end-to-end checks that need most time (about 15 minutes on 2 cores): a run on an S3 API on
 # 127.0.0.1, a standalone cluster with a worker killed, a full disk, runs killed inside embed and
-# inside quantize (the kill at every stage boundary, in the row step's tasks and in the text
-# store's chunks stay in make test), spark-submit on local[*], and the README's command-line and
-# the tool pages' samples run as written.
+# inside quantize and between the text store's chunks (then the pool grown), spark-submit on
+# local[*], and the README's command-line and the tool pages' samples run as written (the kill
+# at every stage boundary and in the row step's tasks stay in make test).
 test-e2e: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=10 -m e2e
 

@@ -52,6 +52,7 @@ def chosen(out, run_id, id_column="doc_id"):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_embed_resumes_and_a_grown_pool_embeds_only_its_new_texts(spark, docstrings,
                                                                            tmp_path):
     pool, target = docstrings
