@@ -21,10 +21,11 @@ do) before anything is written; the session is the caller's and keeps its settin
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
-from typing import Mapping, Union
+from typing import Iterator, Mapping, Union
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -153,6 +154,28 @@ def _common(sets: dict, output, run_id, settings) -> dict:
     return sets
 
 
+@contextlib.contextmanager
+def _pipeline_run(pool, target, columns: tuple, extra: dict, config, output, run_id, settings,
+                  spark) -> Iterator[tuple[JobConfig, SparkSession]]:
+    """The checked config and session of a ``run`` on ``pool`` and ``target`` (given as
+    select_rows takes them), ``columns`` (text, embedding, id) and the ``extra`` settings that
+    are not None; a DataFrame handed in stays registered until the block ends."""
+    sets: dict = {}
+    tokens: list = []
+    try:
+        for side, source in (("pool", pool), ("target", target)):
+            if source is not None:
+                found, token = source_settings(side, source)
+                sets.update(found)
+                tokens += [token] if token else []
+        _columns(sets, *columns)
+        sets.update({key: value for key, value in extra.items() if value is not None})
+        yield _run(_base(config), _common(sets, output, run_id, settings), "run", spark)
+    finally:
+        for token in tokens:
+            release_frame(token)
+
+
 def select_rows(pool: Source | None, target: Source | None, *, output: str | None = None,
                 text_column: str | None = None, embedding_column: str | None = None,
                 id_column: str | None = None, max_rows: int | None = None,
@@ -195,25 +218,11 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
       InputError: bad input (a setting, a missing column, rows that cannot be used...), before
         anything is written.
     """
-    sets: dict = {}
-    tokens: list = []
-    try:
-        for side, source in (("pool", pool), ("target", target)):
-            if source is not None:
-                found, token = source_settings(side, source)
-                sets.update(found)
-                tokens += [token] if token else []
-        _columns(sets, text_column, embedding_column, id_column)
-        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction),
-                           ("output.table", table)):
-            if value is not None:
-                sets[key] = value
-        cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",
-                            spark)
+    extra = {"select.max_rows": max_rows, "select.max_fraction": max_fraction,
+             "output.table": table}
+    with _pipeline_run(pool, target, (text_column, embedding_column, id_column), extra, config,
+                       output, run_id, settings, spark) as (cfg, session):
         summary = run_pipeline(session, cfg)
-    finally:
-        for token in tokens:
-            release_frame(token)
     return selection(cfg.output.path, summary["run_id"], spark=session)
 
 
@@ -256,24 +265,10 @@ def plan(pool: Source | None = None, target: Source | None = None, *,
       InputError: bad input, as [`select_rows`][jobs.api.select_rows] raises it.
     """
     sample_rows = planning.sample_rows_of(sample_rows, "sample_rows")
-    sets: dict = {}
-    tokens: list = []
-    try:
-        for side, source in (("pool", pool), ("target", target)):
-            if source is not None:
-                found, token = source_settings(side, source)
-                sets.update(found)
-                tokens += [token] if token else []
-        _columns(sets, text_column, embedding_column, id_column)
-        for key, value in (("select.max_rows", max_rows), ("select.max_fraction", max_fraction)):
-            if value is not None:
-                sets[key] = value
-        cfg, session = _run(_base(config), _common(sets, output, run_id, settings), "run",
-                            spark)
+    extra = {"select.max_rows": max_rows, "select.max_fraction": max_fraction}
+    with _pipeline_run(pool, target, (text_column, embedding_column, id_column), extra, config,
+                       output, run_id, settings, spark) as (cfg, session):
         return planning.forecast(session, cfg, STAGES, sample_rows, measure=measure)
-    finally:
-        for token in tokens:
-            release_frame(token)
 
 
 def learn_weights(source: Source | None, b_columns: list[str] | str | None = None, *,
