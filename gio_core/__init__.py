@@ -5,6 +5,7 @@ Public API:
   check_select_options                                 -- the one validator of select's options
   candidate_clusters                                   -- chosen clusters and their neighbours
   row_regions, Regions, share_out                      -- regions for a row selection in parts
+  select_shares, nearest_domain, share_budgets         -- several targets (domains)
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
   kl_noise_floor                                       -- the knn estimate between target halves
   mmd_rbf, median_bandwidth                            -- RBF-kernel MMD (the "mmd" stop rule)
@@ -17,9 +18,11 @@ from gio_core._mmd import median_bandwidth, mmd_rbf
 from gio_core._selection import (
     PoolFraction, Regions, SelectionResult, UniformStart, candidate_clusters, check_select_options,
     row_regions, select, share_out)
+from gio_core.domains import DomainSelection, nearest_domain, select_shares, share_budgets
 
 __all__ = ["select", "check_select_options", "candidate_clusters", "row_regions", "Regions",
-           "share_out", "SelectionResult",
+           "share_out", "SelectionResult", "select_shares", "nearest_domain", "share_budgets",
+           "DomainSelection",
            "UniformStart", "PoolFraction",
            "knn_kl", "averaged_kl", "intrinsic_dimension", "kl_noise_floor", "mmd_rbf",
            "median_bandwidth", "GIOKL", "DiffImbalance"]

@@ -154,6 +154,34 @@ def _common(sets: dict, output, run_id, settings) -> dict:
     return sets
 
 
+DEFAULT_DOMAIN_COLUMN = "domain"
+
+
+def _targets(target, domain_column: str | None):
+    """A target given as ``{domain: DataFrame}``: one DataFrame, each row with its domain in
+    ``domain_column`` (default ``domain``), and the column's name; any other target as it is."""
+    if not isinstance(target, Mapping):
+        return target, domain_column
+    column = domain_column or DEFAULT_DOMAIN_COLUMN
+    if not target:
+        raise InputError("target is an empty mapping; give {domain: DataFrame} with at least one "
+                         "domain.")
+    frames = []
+    for name, frame in target.items():
+        if not isinstance(frame, DataFrame):
+            raise InputError(f"target[{name!r}] is a {type(frame).__name__}; a target given by "
+                             "domain maps each domain to a DataFrame (spark.table(name) or "
+                             "spark.read... for a table or files).")
+        if column in frame.columns:
+            raise InputError(f"target[{name!r}] already has a column {column!r}, the column the "
+                             "domains go into; pass domain_column= another name.")
+        frames.append(frame.withColumn(column, F.lit(str(name))))
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame, allowMissingColumns=True)
+    return union, column
+
+
 @contextlib.contextmanager
 def _pipeline_run(pool, target, columns: tuple, extra: dict, config, output, run_id, settings,
                   spark) -> Iterator[tuple[JobConfig, SparkSession]]:
@@ -162,6 +190,9 @@ def _pipeline_run(pool, target, columns: tuple, extra: dict, config, output, run
     are not None; a DataFrame handed in stays registered until the block ends."""
     sets: dict = {}
     tokens: list = []
+    target, domain_column = _targets(target, extra.pop("target.domain_column", None))
+    if domain_column is not None:
+        extra["target.domain_column"] = domain_column
     try:
         for side, source in (("pool", pool), ("target", target)):
             if source is not None:
@@ -180,6 +211,7 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
                 text_column: str | None = None, embedding_column: str | None = None,
                 id_column: str | None = None, max_rows: int | None = None,
                 max_fraction: float | None = None, table: str | None = None,
+                domain_column: str | None = None, shares: Mapping[str, float] | None = None,
                 config: ConfigLike = None, settings: Mapping[str, object] | None = None,
                 run_id: str | None = None, spark: SparkSession | None = None) -> DataFrame:
     """Selects the pool's rows that bring it closest to the target (GIO on K-means clusters):
@@ -188,7 +220,9 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
     Args:
       pool: the rows to select from: a DataFrame, a catalog table's name (``db.docs``) or a
         path; None takes the side from ``config``.
-      target: a sample of the distribution to select for, given as ``pool`` is.
+      target: a sample of the distribution to select for, given as ``pool`` is; or several
+        targets, ``{domain: DataFrame}``, each row then labelled with its domain in
+        ``domain_column`` (default ``domain``).
       output: where the run's Delta tables go (a folder or an object-store URL every executor
         reaches); a re-run with the same inputs and settings reuses them. None: the config's
         ``output.path`` if it names one, else a temporary folder kept until this Python process
@@ -202,6 +236,12 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
       max_fraction: the row budget as a share of the pool's rows (``select.max_fraction``).
       table: a catalog table (``db.selected``) the selected rows are also written to
         (``output.table``: Delta, created when missing, this run's rows replaced).
+      domain_column: the target's column naming the domain (the target) each row serves
+        (``target.domain_column``): each domain is clustered apart, and ``selection_domains``
+        records the domain each pick serves.
+      shares: each domain's share of the row budget, such as ``{"code": 0.7, "math": 0.3}``
+        (``select.shares``; needs a domain column and a budget); None: GIO chooses for the
+        whole target.
       config: a ``jobs.config.JobConfig``, a mapping of sections, or a YAML file's path;
         the arguments above are set over it.
       settings: any config key as a dotted name and a Python value, for example
@@ -219,7 +259,8 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
         anything is written.
     """
     extra = {"select.max_rows": max_rows, "select.max_fraction": max_fraction,
-             "output.table": table}
+             "output.table": table, "target.domain_column": domain_column,
+             "select.shares": dict(shares) if shares is not None else None}
     with _pipeline_run(pool, target, (text_column, embedding_column, id_column), extra, config,
                        output, run_id, settings, spark) as (cfg, session):
         summary = run_pipeline(session, cfg)
@@ -230,6 +271,7 @@ def plan(pool: Source | None = None, target: Source | None = None, *,
          output: str | None = None, text_column: str | None = None,
          embedding_column: str | None = None, id_column: str | None = None,
          max_rows: int | None = None, max_fraction: float | None = None,
+         domain_column: str | None = None, shares: Mapping[str, float] | None = None,
          config: ConfigLike = None, settings: Mapping[str, object] | None = None,
          run_id: str | None = None, sample_rows: int = planning.SAMPLE_ROWS,
          measure: bool = True, spark: SparkSession | None = None) -> planning.Forecast:
@@ -248,6 +290,8 @@ def plan(pool: Source | None = None, target: Source | None = None, *,
       id_column: as in [`select_rows`][jobs.api.select_rows].
       max_rows: as in [`select_rows`][jobs.api.select_rows].
       max_fraction: as in [`select_rows`][jobs.api.select_rows].
+      domain_column: as in [`select_rows`][jobs.api.select_rows].
+      shares: as in [`select_rows`][jobs.api.select_rows].
       config: as in [`select_rows`][jobs.api.select_rows].
       settings: as in [`select_rows`][jobs.api.select_rows].
       run_id: as in [`select_rows`][jobs.api.select_rows].
@@ -265,7 +309,9 @@ def plan(pool: Source | None = None, target: Source | None = None, *,
       InputError: bad input, as [`select_rows`][jobs.api.select_rows] raises it.
     """
     sample_rows = planning.sample_rows_of(sample_rows, "sample_rows")
-    extra = {"select.max_rows": max_rows, "select.max_fraction": max_fraction}
+    extra = {"select.max_rows": max_rows, "select.max_fraction": max_fraction,
+             "target.domain_column": domain_column,
+             "select.shares": dict(shares) if shares is not None else None}
     with _pipeline_run(pool, target, (text_column, embedding_column, id_column), extra, config,
                        output, run_id, settings, spark) as (cfg, session):
         return planning.forecast(session, cfg, STAGES, sample_rows, measure=measure)

@@ -130,6 +130,10 @@ SECONDS_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and v > 0),
 OPTIONAL_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                          "null or a number in (0, 1]")
 SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 and 2**32 - 1")
+SHARES = Rule(lambda v: v is None or (isinstance(v, dict) and bool(v) and all(
+    isinstance(k, (str, int)) and not isinstance(k, bool) and _is_num(x) and 0 < x <= 1
+    for k, x in v.items())), "null or a mapping of each target domain to its share of the row "
+    "budget, each in (0, 1], together 1 (such as {code: 0.7, math: 0.3})")
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
 
 
@@ -202,6 +206,21 @@ class SourceSection:
     embedding_column: Annotated[str | None, COLUMN_OR_NULL] = None
     bad_rows: Annotated[str, one_of(*BAD_ROW_POLICIES)] = "reject"
     options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TargetSource(SourceSection):
+    """Where the sample of the target distribution comes from: the keys are the pool's (see
+    ``pool``: formats, ``bad_rows``), plus ``domain_column``.
+
+    ``domain_column`` makes the target several targets: each row names the domain it belongs
+    to (``code``, ``math``...; text, a number or a boolean; a null is a bad row). Each domain is
+    clustered apart (``quantize.target_k`` shared out by the domains' rows, at least
+    ``select.k + 1`` each), and ``selection_domains`` records which domain each pick serves:
+    with ``select.shares``, the domain whose share chose it; without, the domain of the target
+    centroid nearest to it."""
+    # several targets: a column naming each row's domain (at most 64 domains)
+    domain_column: Annotated[str | None, COLUMN_OR_NULL] = None
 
 
 @dataclass
@@ -321,6 +340,10 @@ class SelectSection:
     # the most candidate rows one process holds (about, in Spark tasks): the driver, else each task
     max_candidates: Annotated[int, AT_LEAST_1] = 50_000
     max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
+    # Several targets (target.domain_column): null lets GIO choose for the whole target (each
+    # pick is credited to the domain of its nearest target centroid); a mapping of every domain
+    # to its share of the row budget (shares sum to 1) runs GIO for each domain on its share.
+    shares: Annotated[Any, SHARES] = None
     # Runtime knobs: how the selection runs, not what it selects. They are not part of the run
     # id, so changing them reuses the run.
     # Deprecated: the runtime section's keys (still read, with a warning, when set here).
@@ -336,7 +359,7 @@ class SelectSection:
 # Options of the select section that are not gio_core.select's, and its runtime knobs.
 PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
                            "jax_preallocate", "max_centroids", "max_fraction", "refine",
-                           "candidates", "max_candidates", "max_target_rows")
+                           "candidates", "max_candidates", "max_target_rows", "shares")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
 RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task", "commit_rows")
@@ -715,7 +738,7 @@ JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")
 class JobConfig:
     spark: SparkSection = field(default_factory=SparkSection)
     pool: SourceSection = field(default_factory=SourceSection)
-    target: SourceSection = field(default_factory=SourceSection)
+    target: TargetSource = field(default_factory=TargetSource)
     embed: EmbedSection = field(default_factory=EmbedSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
@@ -1381,6 +1404,14 @@ def _validate_sides(cfg: JobConfig, sides: tuple) -> None:
             continue
         _check(src.format == "demo" or effective_embedding_column(src) or src.text_column,
                f"{side} needs text_column (to embed) or embedding_column (precomputed vectors).")
+    t = cfg.target
+    if t.domain_column is not None and COLUMN_OR_NULL.ok(t.domain_column):
+        used = {"text_column": None if effective_embedding_column(t) else t.text_column,
+                "id_column": t.id_column, "embedding_column": effective_embedding_column(t)}
+        for key, column in used.items():
+            _check(column != t.domain_column,
+                   f"target.domain_column {t.domain_column!r} is also target.{key}; name the "
+                   "column that says which domain each row belongs to.")
 
 
 def _validate_embed(cfg: JobConfig) -> None:
@@ -1417,6 +1448,23 @@ def _validate_select(cfg: JobConfig) -> None:
            f"select.k={s.k} needs more than {s.k} target rows in the row step, but "
            f"select.max_target_rows={s.max_target_rows}; raise select.max_target_rows or lower "
            "select.k.")
+    if s.shares is not None and SHARES.ok(s.shares):
+        _check(cfg.target.domain_column is not None,
+               "select.shares needs target.domain_column: name the target's column that says "
+               "which domain each row belongs to, or set select.shares to null.")
+        total = sum(float(v) for v in s.shares.values())
+        _check(abs(total - 1.0) <= 1e-6,
+               f"select.shares add up to {total:g}, not 1 ({s.shares}); give each domain its "
+               "share of the row budget so that together they make 1.")
+        _check(len({str(d) for d in s.shares}) == len(s.shares),
+               f"select.shares names a domain twice ({list(s.shares)}); domains are compared as "
+               "text, so 1 and '1' are one domain.")
+        _check(s.max_rows is not None or s.max_fraction is not None,
+               "select.shares divide a row budget, but there is none; set select.max_rows or "
+               "select.max_fraction.")
+        _check(s.refine != "rows",
+               "select.refine: rows (the row step) does not run with select.shares; set "
+               "select.refine to clusters or auto (with shares, whole clusters are selected).")
     for key in ("pool_k", "target_k"):
         if getattr(q, key) == "auto":
             continue

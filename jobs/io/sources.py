@@ -405,8 +405,9 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
     if not columns:
         raise InputError(f"{side} at {located(src)} has no columns (a file written from an empty "
                          "table?); give it rows with the configured columns.")
+    domain = getattr(src, "domain_column", None)
     wanted = {"text_column": src.text_column if not emb else None,
-              "id_column": src.id_column, "embedding_column": emb}
+              "id_column": src.id_column, "embedding_column": emb, "domain_column": domain}
     for key, column in wanted.items():
         if column and column not in columns:
             raise InputError(f"{side}.{key} {column!r} is not a column of {located(src)}; "
@@ -422,6 +423,12 @@ def read_side(spark: SparkSession, side: str, src: SourceSection) -> DataFrame:
             raise InputError(f"{side}.id_column {src.id_column!r} holds {dtype.simpleString()} "
                              "values; an id is one text or number per row. Name such a column, "
                              "or set id_column to null to identify rows by their content.")
+    if domain:
+        dtype = df.schema[domain].dataType
+        if not isinstance(dtype, ID_TYPES):
+            raise InputError(f"{side}.domain_column {domain!r} holds {dtype.simpleString()} "
+                             "values; a domain is one text or number per row (such as 'code'). "
+                             "Name such a column.")
     added = SELECTED_ADDS if side == "pool" else ()
     for key, column in wanted.items():
         if column in added:
@@ -464,6 +471,9 @@ def _conditions(df: DataFrame, src: SourceSection, extra: dict | None = None) ->
         text = F.col(src.text_column)
         cond["blank_text"] = text.isNull() | (F.trim(text) == "")
         cond["invalid_utf8"] = text.isNotNull() & ~F.is_valid_utf8(text)
+    domain = getattr(src, "domain_column", None)
+    if domain:
+        cond["null_domain"] = F.col(domain).isNull()
     cond.update(extra or {})
     return cond
 
@@ -502,7 +512,35 @@ def scan_side(df: DataFrame, side: str, src: SourceSection, extra: dict | None =
     report = {k: (int(v) if v is not None else None) for k, v in row.asDict().items()}
     report["duplicate_id"] = report["rows"] - report["null_id"] - report.pop("distinct_ids")
     report["duplicates_among_valid"] = report.pop("valid_rows") - report["kept"]
+    domain = getattr(src, "domain_column", None)
+    if domain and report["kept"]:
+        report["domains"] = _domain_counts(df, side, src, valid, domain, distinct)
     return report
+
+
+MAX_DOMAINS = 64      # domains of one target (each is clustered and selected for apart)
+
+
+def _domain_counts(df: DataFrame, side: str, src: SourceSection, valid, domain: str,
+                   distinct: bool) -> dict:
+    """``{domain (as text): {"rows": usable rows, "distinct_values": ...}}`` of a side with a
+    domain column, in the domains' order.
+
+    Raises:
+      InputError: more than :data:`MAX_DOMAINS` domains (a column of ids, not of domains?).
+    """
+    aggs = [F.count_distinct(F.col(ROW_ID)).alias("rows")]
+    if distinct:
+        value = F.col(EMBEDDING) if EMBEDDING in df.columns else F.col(src.text_column)
+        aggs.append(F.count_distinct(value).alias("distinct_values"))
+    found = guarded(lambda: df.where(valid).groupBy(F.col(domain).cast("string").alias("d"))
+                    .agg(*aggs).orderBy("d").limit(MAX_DOMAINS + 1).collect(), side, src)
+    if len(found) > MAX_DOMAINS:
+        raise InputError(f"{side}.domain_column {domain!r} holds more than {MAX_DOMAINS} "
+                         f"distinct values (e.g. {', '.join(repr(r['d']) for r in found[:3])}); "
+                         "each domain is a target of its own, clustered and selected for apart. "
+                         "Name a column with fewer domains, or set domain_column to null.")
+    return {r["d"]: {k: int(v) for k, v in r.asDict().items() if k != "d"} for r in found}
 
 
 _KIND_WORDS = {
@@ -517,6 +555,7 @@ _KIND_WORDS = {
     "bad_a": "a null, NaN or inf value in space A's columns",
     "bad_b": "a null, NaN or inf value (or a null label) in weigh.b_columns",
     "null_label": "a null label in train.label_column",
+    "null_domain": "a null domain",
 }
 
 

@@ -11,6 +11,7 @@ Under ``output.path``:
 | ``pool_assignments`` | clustering_id, row_id, cluster_id | clustering_id | quantize |
 | ``set_aside`` | clustering_id, row_id, copy_of, side, cosine | clustering_id | quantize (``decontaminate``) |
 | ``selection`` | run_id, select_fingerprint, rank, cluster_id, cluster_size, kl_after | run_id | select |
+| ``selection_domains`` | run_id, rank, cluster_id, domain, how (a target with ``domain_column``) | run_id | select |
 | ``runs`` | run_id, select_fingerprint, clustering_id, params, KL curve, inputs, ... | run_id | select |
 | ``selected_rows`` | the pool's own columns + cluster_id, rank, run_id | run_id | explode |
 | ``feature_weights`` | weights_id, weights_fingerprint, feature, name, weight, scaled | weights_id | weigh |
@@ -106,6 +107,13 @@ SELECTION = T.StructType([
     T.StructField("cluster_id", T.IntegerType(), False),
     T.StructField("cluster_size", T.LongType(), False),
     T.StructField("kl_after", T.DoubleType(), False),
+])
+SELECTION_DOMAINS = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("rank", T.IntegerType(), False),            # the pick's rank in selection
+    T.StructField("cluster_id", T.IntegerType(), False),
+    T.StructField("domain", T.StringType(), False),           # the target domain it serves
+    T.StructField("how", T.StringType(), False),              # share, or nearest (GIO's choice)
 ])
 RUNS = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -313,7 +321,7 @@ SELECTED_EXTRA = T.StructType([
 SCHEMAS = {"text_embeddings": TEXT_EMBEDDINGS,
            "pool_embeddings": EMBEDDINGS, "target_embeddings": EMBEDDINGS,
            "centroids": CENTROIDS, "pool_assignments": ASSIGNMENTS, "set_aside": SET_ASIDE,
-           "selection": SELECTION,
+           "selection": SELECTION, "selection_domains": SELECTION_DOMAINS,
            "runs": RUNS, "feature_weights": FEATURE_WEIGHTS, "weight_runs": WEIGHT_RUNS,
            "train_runs": TRAIN_RUNS, "models": MODELS, "evaluations": EVALUATIONS,
            "imnn_history": IMNN_HISTORY,
@@ -323,7 +331,7 @@ SCHEMAS = {"text_embeddings": TEXT_EMBEDDINGS,
 KEYS = {"text_embeddings": "model_id",
         "pool_embeddings": "embeddings_id", "target_embeddings": "embeddings_id",
         "centroids": "clustering_id", "pool_assignments": "clustering_id",
-        "set_aside": "clustering_id", "selection": "run_id", "runs": "run_id", "selected_rows": "run_id",
+        "set_aside": "clustering_id", "selection": "run_id", "selection_domains": "run_id", "runs": "run_id", "selected_rows": "run_id",
         "feature_weights": "weights_id", "weight_runs": "weights_id",
         "train_runs": "train_id", "models": "train_id", "evaluations": "eval_id",
         "imnn_history": "imnn_id",

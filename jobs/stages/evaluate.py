@@ -71,6 +71,7 @@ from jobs.state.stored import stored_embeddings, whole_cluster_rows
 
 HELDOUT = "evaluate.heldout"
 LABEL, DOMAIN, IN_SELECTION = "__gio_label", "__gio_domain", "__gio_selected"
+TARGET_DOMAIN, SERVED = "__gio_target_domain", "__gio_served"   # several targets
 IN_CLUSTERS = "__gio_in_whole_clusters"
 HASH = "__gio_eval_hash"
 
@@ -132,6 +133,9 @@ def check_evaluate_input(spark, cfg: JobConfig, pool: Side, pool_dim: int) -> Ev
         cols.append(F.col(v.label_column).cast("string").alias(LABEL))
     if v.domain_column is not None and v.target_domains is None:
         cols.append(F.col(v.domain_column).cast("string").alias(DOMAIN))
+    by = cfg.target.domain_column
+    if by is not None and by in df.columns:      # per-domain metrics against these rows
+        cols.append(F.col(by).cast("string").alias(TARGET_DOMAIN))
     cols.append(F.col(EMBEDDING) if vector else F.col(v.heldout.text_column))
     log(f"{HELDOUT}: {report['rows']} rows checked, {report['kept']} used")
     return EvaluateInput(clean.select(*cols), None if vector else v.heldout.text_column, report,
@@ -261,6 +265,46 @@ NAMES = {"selection": "the selection", "gio_rows": "GIO on rows", "random": "ran
          "whole_clusters": "whole clusters"}
 
 
+def _served_by_share(spark, cfg: JobConfig, plan: reuse.Plan, run_id: str) -> DataFrame:
+    """``(row_id, SERVED)``: the domain whose share chose each selected row's cluster
+    (``selection_domains`` through the clustering's ``pool_assignments``)."""
+    domains = tables.read_key(spark, cfg.output.path, "selection_domains", run_id) \
+        .select("cluster_id", F.col("domain").alias(SERVED)).distinct()
+    return (tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
+            .select(ROW_ID, "cluster_id").join(domains, "cluster_id").drop("cluster_id"))
+
+
+def per_domain(cfg: JobConfig, pdf, x, marked, tpdf, tx, hpdf, hx, bandwidth: float) -> dict:
+    """Per target domain: the selection's rows in the pool's sample that serve it (with
+    ``select.shares``, those its share chose; else those whose nearest target row is of the
+    domain), their share of the selection's rows there and the share asked, and, where the
+    held-out rows carry the target's domain column, the MMD² between those rows and the
+    domain's held-out rows, beside that of as many of the sample's rows taken at random (seeded)."""
+    from gio_core import mmd_rbf, nearest_domain
+    chosen = np.flatnonzero(marked)
+    target_domains = tpdf[TARGET_DOMAIN].astype(str).to_numpy()
+    if cfg.select.shares is not None and SERVED in pdf.columns:
+        served = pdf[SERVED].fillna("(none)").astype(str).to_numpy()[chosen]
+    else:
+        served = nearest_domain(x[chosen], tx, target_domains).astype(str)
+    held = (hpdf[TARGET_DOMAIN].astype(str).to_numpy() if TARGET_DOMAIN in hpdf.columns
+            else None)
+    asked = {str(k): float(v) for k, v in (cfg.select.shares or {}).items()}
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    out = {}
+    for name in sorted(set(target_domains)):
+        rows = chosen[served == name]
+        entry = {"rows": int(len(rows)), "share": len(rows) / max(1, len(chosen)),
+                 "asked": asked.get(name), "mmd": None, "random_mmd": None}
+        mine = None if held is None else hx[held == name]
+        if len(rows) and mine is not None and len(mine):
+            entry["mmd"] = float(mmd_rbf(x[rows], mine, bandwidth=bandwidth))
+            pick = rng.choice(len(x), size=len(rows), replace=False)
+            entry["random_mmd"] = float(mmd_rbf(x[pick], mine, bandwidth=bandwidth))
+        out[name] = entry
+    return out
+
+
 def _fmt(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -279,6 +323,13 @@ def markdown(eval_id: str, run_id: str, results: list, detail: dict) -> str:
         lines.append(f"| {r['method']} | {r['rows']} | {r['mmd']:.5f} | {_fmt(r['knn_kl'])} | "
                      f"{_fmt(r['share'])} | {_fmt(r['recall'])} | {_fmt(r['accuracy'])} | "
                      f"{_fmt(r['wall_s'], 2)} |")
+    if detail.get("per_domain"):
+        lines += ["", "Per target domain (the selection's rows in the sample that serve it):", "",
+                  "| domain | rows | share | asked | MMD² to its held-out rows | random rows |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, d in detail["per_domain"].items():
+            lines.append(f"| {name} | {d['rows']} | {d['share']:.3f} | {_fmt(d['asked'])} | "
+                         f"{_fmt(d['mmd'], 5)} | {_fmt(d['random_mmd'], 5)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -376,6 +427,9 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
         if clusters:
             sample = sample.join(whole_cluster_rows(spark, cfg, plan, pool.frame)
                                  .withColumn(IN_CLUSTERS, F.lit(True)), ROW_ID, "left")
+        if cfg.target.domain_column is not None and cfg.select.shares is not None:
+            sample = sample.join(_served_by_share(spark, cfg, plan, eplan.selection), ROW_ID,
+                                 "left")
         pdf, x = _collect(sample, "the pool's sample")
         heldout_in_pool = pool.frame.join(inp.heldout.select(ROW_ID), ROW_ID, "left_semi").count()
         marked = pdf[IN_SELECTION].eq(True).to_numpy(bool)
@@ -385,6 +439,8 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                              f"(now {v.sample_rows}) so that the sample holds some of them.")
 
         tcols = [F.col(ROW_ID)] + ([F.col(target_text)] if target_text is not None else [])
+        if cfg.target.domain_column is not None:
+            tcols.append(F.col(cfg.target.domain_column).cast("string").alias(TARGET_DOMAIN))
         tsample = _sample(target.frame.select(*tcols), v.sample_rows, v.seed)
         stored_target = stored_embeddings(spark, cfg, target, *plan.embeddings_of("target"))
         tpdf, tx = _collect(_with_features(spark, cfg, tsample, stored_target, target_text,
@@ -443,6 +499,13 @@ def run_evaluate(spark, cfg: JobConfig, plan: reuse.Plan, eplan: reuse.EvaluateP
                   "heldout_rows": int(hx.shape[0]), "bandwidth": bandwidth,
                   "target_domains": domains, "heldout": inp.report,
                   "timings": {"collect_s": round(collect_s, 3), "compare_s": round(compare_s, 3)}}
+        if cfg.target.domain_column is not None:
+            detail["per_domain"] = per_domain(cfg, pdf, x, marked, tpdf, tx, hpdf, hx, bandwidth)
+            for name, d in detail["per_domain"].items():
+                log(f"evaluate: domain {name!r}: {d['rows']} selected rows in the sample, share "
+                    f"{d['share']:.3f}" + (f" (asked {d['asked']:g})" if d["asked"] else "")
+                    + (f", MMD² {d['mmd']:.5f} to its held-out rows (random rows as many: "
+                       f"{d['random_mmd']:.5f})" if d["mmd"] is not None else ""))
         if "gio_rows" in by and by["gio_rows"]["mmd"] > 0:
             detail["clustering_cost"] = by["selection"]["mmd"] / by["gio_rows"]["mmd"]
         for r in results:

@@ -74,7 +74,8 @@ def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     (``size`` rows, more than none and fewer than the pool's). Its candidates:
     ``ceil(select.candidates * size)`` rows, at most the pool."""
     want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
-    if s.refine == "clusters" or (s.refine == "auto" and budget is None):
+    if s.refine == "clusters" or (s.refine == "auto" and budget is None) or \
+            getattr(s, "shares", None) is not None:      # shares: whole clusters, one domain each
         return RowStep(False, size, want)
     if size == 0:
         return RowStep(False, size, want, "select chose no rows")

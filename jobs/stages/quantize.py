@@ -45,7 +45,7 @@ from pyspark.sql import functions as F
 
 from jobs.common import faults
 from jobs.common.errors import InputError
-from jobs.common.frames import seed_hash, seeded_order
+from jobs.common.frames import ROW_ID, seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
 from jobs.config import JobConfig, auto_pool_k, row_budget
 from jobs.io import tables
@@ -354,17 +354,25 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
             pool, target = apply_weights(pool, scale), apply_weights(target, scale)
         warn = lambda msg: log(f"warning: {msg}")       # noqa: E731
         t0 = time.perf_counter()
-        target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q, q.seed + 1,
-                                                            "target", warn, spark)
+        domains = inputs.target.report.get("domains") if cfg.target.domain_column else None
+        if domains:
+            target_rows, frees, target_iter, by_domain = _target_by_domain(
+                spark, cfg, inputs.target, target, domains, warn)
+            detail: dict = {"target_domains": by_domain}
+        else:
+            target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q,
+                                                                q.seed + 1, "target", warn, spark)
+            frees, detail = [cached_t.unpersist], {}
         kept = int(inputs.pool.report["kept"])
-        aside, frees, detail = None, [cached_t.unpersist], {}
+        aside = None
         if cfg.decontaminate.threshold is not None:
             refs = {"target": target}
             if reuse.decontaminates_heldout(cfg):
                 held = heldout_vectors(spark, cfg, log)
                 refs["heldout"] = held if scale is None else apply_weights(held, scale)
-            pool, aside, free, detail = _decontaminated(spark, cfg, pool, refs, target_rows,
-                                                        kept)
+            pool, aside, free, found = _decontaminated(spark, cfg, pool, refs, target_rows,
+                                                       kept)
+            detail.update(found)
             frees.append(free)
             kept -= detail["set_aside"]
         pool_k = q.pool_k
@@ -451,6 +459,44 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
 
     return run_stage(spark, cfg.output.path, "quantize", key, fp, compute, commit, reused,
                      lost, release)
+
+
+def domain_ks(target_k: int, domains: dict, least: int) -> dict:
+    """``quantize.target_k`` shared out between the target's domains by their rows (largest
+    remainders), each at least ``least`` (``select.k + 1``: the estimator's need) and at most
+    its distinct rows."""
+    rows = {d: int(c["rows"]) for d, c in domains.items()}
+    caps = {d: int(min(c["rows"], c.get("distinct_values", c["rows"]))) for d, c in domains.items()}
+    total = sum(rows.values()) or 1
+    raw = {d: target_k * n / total for d, n in rows.items()}
+    ks = {d: int(np.floor(v)) for d, v in raw.items()}
+    for d in sorted(raw, key=lambda d: (-(raw[d] - ks[d]), d))[:target_k - sum(ks.values())]:
+        ks[d] += 1
+    return {d: max(1, min(max(ks[d], least), caps[d])) for d in domains}
+
+
+def _target_by_domain(spark, cfg: JobConfig, side: Side, target: DataFrame, domains: dict,
+                      warn):
+    """The target clustered domain by domain (``target.domain_column``): each domain's rows
+    with its part of ``quantize.target_k`` (:func:`domain_ks`), its clusters numbered after the
+    domains before it. Returns ``(centroid rows, frees, iterations, {domain: [cluster ids]})``."""
+    q = cfg.quantize
+    column = F.col(cfg.target.domain_column).cast("string")
+    ks = domain_ks(q.target_k, domains, cfg.select.k + 1)
+    rows, frees, iterations, by_domain, offset = [], [], 0, {}, 0
+    for name in domains:
+        ids = side.frame.where(column == name).select(ROW_ID)
+        part = target.join(ids, ROW_ID, "left_semi")
+        found, _, cached, its = kmeans_side(part, ks[name], q, q.seed + 1, "target", warn, spark)
+        frees.append(cached.unpersist)
+        iterations = max(iterations, its)
+        renumbered = [(r[0], offset + r[1], *r[2:]) for r in found]
+        by_domain[name] = [r[1] for r in renumbered]
+        log(f"quantize: target domain {name!r}: {len(renumbered)} clusters of "
+            f"{domains[name]['rows']} rows")
+        rows += renumbered
+        offset += ks[name]
+    return rows, frees, iterations, by_domain
 
 
 def _fit_per_row(spark, packed, centroid_rows: list, distance: str) -> float:

@@ -32,7 +32,7 @@ from jobs.io import tables
 from jobs.io.sources import check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
-from jobs.state.stored import collect_centroids, target_bandwidth_of
+from jobs.state.stored import collect_centroids, target_bandwidth_of, target_domains_of
 
 
 def _mib(value: float | None) -> float | None:
@@ -96,6 +96,82 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     return True
 
 
+def _by_shares(s, target_c, target_doms, pool_c, pool_sizes, weights: dict, options: dict,
+               progress):
+    """GIO for each target domain on its share of the row budget
+    (:func:`gio_core.select_shares`): ``(result, the domain of each pick, per-domain summary)``.
+    ``result`` is a :class:`gio_core.SelectionResult` of all the picks, domain after domain,
+    each pick's KL against its own domain's target (``stop_reason`` ``shares``)."""
+    held = {str(d): int(np.sum(target_doms == d)) for d in dict.fromkeys(target_doms)}
+    for name, clusters in held.items():
+        if clusters <= s.k:
+            raise InputError(f"select.k={s.k} needs more than {s.k} target clusters in each "
+                             f"domain, but domain {name!r} has {clusters}; lower select.k or "
+                             "raise quantize.target_k (the domain needs more rows than select.k).")
+    options = dict(options)
+    budget = options.pop("max_rows")
+    shares = {str(d): float(v) for d, v in s.shares.items()}
+    chosen = gio_core.select_shares(target_c, target_doms, pool_c, shares=shares,
+                                    max_rows=budget, row_counts=pool_sizes, callback=progress,
+                                    **weights, **options)
+    parts = [chosen.results[d] for d in chosen.order]
+    result = gio_core.SelectionResult(
+        chosen.indices, chosen.kl, float("inf"), "shares", np.zeros(0, np.int64),
+        np.zeros((0, pool_c.shape[1])), sum(p.resets for p in parts),
+        float(parts[0].dim) if parts else float("nan"),
+        np.concatenate([p.mmd for p in parts]) if parts else np.zeros(0),
+        sum(p.lookahead for p in parts), sum(p.filled for p in parts))
+    summary, before = {}, 0
+    for name in chosen.order:
+        part = chosen.results[name]
+        rows = int(pool_sizes[part.indices].sum())
+        summary[name] = {"share": shares[name], "budget": int(chosen.budgets[name]),
+                         "picks": int(len(part.indices)), "rows": rows,
+                         # what explode keeps: the budget ends inside the last pick
+                         "kept": max(0, min(rows, budget - before)),
+                         "target_clusters": held[name], "stop_reason": part.stop_reason,
+                         "kl": [float(v) for v in part.kl]}
+        before += rows
+    return result, chosen.domains, summary
+
+
+def _credited(served, target_doms, sizes) -> dict:
+    """Per domain, the picks credited to it (GIO's own choice: the nearest target centroid's
+    domain) and the rows they hold."""
+    out = {}
+    for name in dict.fromkeys(target_doms):
+        mine = served == name
+        out[str(name)] = {"picks": int(mine.sum()), "rows": int(sizes[mine].sum()),
+                          "target_clusters": int(np.sum(target_doms == name))}
+    return out
+
+
+def save_domain_curves(path: str, run_id: str, by_domain: dict) -> bool:
+    """Each domain's KL curve (``select.shares``), against its own picks, as a PNG; False, with
+    a warning, where matplotlib is not installed."""
+    if plotting("select: the KL curves", log) is None:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (name, d) in enumerate(by_domain.items()):
+        kl = np.asarray(d["kl"])
+        ax.plot(np.arange(1, len(kl) + 1), kl, color=f"C{i % 10}",
+                label=f"{name}: share {d['share']:g}, {d['rows']} rows")
+    ax.set_xlabel("picks for the domain (clusters)")
+    ax.set_ylabel("KL(domain's target || its picks)")
+    ax.set_title(f"{run_id}: one GIO run per domain")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    return True
+
+
 def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
     """What the input checks found, from the stage log (when select runs alone)."""
     out = {}
@@ -119,6 +195,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
     """Runs GIO on the run's centroids and commits ``selection`` and ``runs``; returns the run
     id. Reused when the run's latest record is done with the same fingerprint."""
     run_id, fp = plan.run_id, plan.select
+    s = cfg.select
 
     def compute():
         if not stagelog.is_done(spark, cfg.output.path, "quantize", plan.clustering_id, plan.quantize):
@@ -131,8 +208,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             t0 = time.perf_counter()
             cents = collect_centroids(spark, cfg, plan.clustering_id)
             pool_ids, pool_c, pool_sizes = cents["pool"]
-            _, target_c, target_sizes = cents["target"]
-            s = cfg.select
+            target_ids, target_c, target_sizes = cents["target"]
             if target_c.shape[0] <= s.k:
                 raise InputError(f"select.k={s.k} needs more than {s.k} target clusters, but the target "
                                  f"has {target_c.shape[0]}; lower select.k or raise quantize.target_k "
@@ -164,12 +240,23 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                         f"or more, so filling it takes every row; lower select.max_rows (or "
                         "select.max_fraction), or set select.fill: null to stop where the MMD to the "
                         "target is least")
+            target_doms = (target_domains_of(spark, cfg, plan, target_ids)
+                           if cfg.target.domain_column else None)
+            weights = {"target_weights": target_sizes if s.use_weights else None,
+                       "pool_weights": pool_sizes if s.use_weights else None}
             picks_bar = bar("select", total=min(s.max_iter or len(pool_c), len(pool_c)), unit="pick")
             try:
-                result = gio_core.select(
-                    target_c, pool_c, callback=progress, row_counts=pool_sizes,
-                    target_weights=target_sizes if s.use_weights else None,
-                    pool_weights=pool_sizes if s.use_weights else None, **options)
+                if s.shares is not None:
+                    result, served, by_domain = _by_shares(
+                        s, target_c, target_doms, pool_c, pool_sizes, weights, options, progress)
+                else:
+                    result = gio_core.select(target_c, pool_c, callback=progress,
+                                             row_counts=pool_sizes, **weights, **options)
+                    served = by_domain = None
+                    if target_doms is not None:
+                        served = gio_core.nearest_domain(pool_c[result.indices], target_c,
+                                                         target_doms)
+                        by_domain = _credited(served, target_doms, pool_sizes[result.indices])
             finally:
                 picks_bar.close()
             select_s = time.perf_counter() - t1
@@ -187,7 +274,15 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             "rows_selected": int(pool_sizes[result.indices].sum()),
             "pool_rows": int(pool_sizes.sum()),
         }
-        if s.stop_criterion == "mmd" and len(result.mmd):
+        if by_domain is not None:
+            diagnostics["domains"] = by_domain
+            for name, d in by_domain.items():
+                log(f"select: domain {name!r}: {d['picks']} clusters, {d['rows']} rows"
+                    + (f" for a budget of {d['budget']} (share {d['share']:g})"
+                       + (f"; the row budget keeps {d['kept']}" if d["kept"] != d["rows"] else "")
+                       if d.get("budget") is not None else " (credited by nearest target centroid)")
+                    + (f", stopped by {d['stop_reason']}" if d.get("stop_reason") else ""))
+        if s.stop_criterion == "mmd" and len(result.mmd) and s.shares is None:
             best = len(result.indices) - result.filled
             log(f"select: least MMD² to the target {result.mmd[best - 1]:.5f} at pick "
                 f"{best} ({result.lookahead} picks past it looked at and dropped)"
@@ -196,6 +291,13 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
         picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
                   for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
         selection = spark.createDataFrame(picked, tables.SELECTION)
+        domains = None
+        if served is not None:
+            how = "share" if s.shares is not None else "nearest"
+            domains = spark.createDataFrame(
+                [(run_id, rank + 1, int(pool_ids[row]), str(name), how)
+                 for rank, (row, name) in enumerate(zip(result.indices, served, strict=True))],
+                tables.SELECTION_DOMAINS)
         kl_start = float(result.kl_start) if np.isfinite(result.kl_start) else None
         recorded = reports if reports is not None else _input_reports(spark, cfg, plan)
         record = spark.createDataFrame([(
@@ -207,17 +309,29 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3),
                         "driver_peak_mib": _mib(memory.grown)}),
             json.dumps(library_versions()))], tables.RUNS)
-        return selection, record, result, diagnostics
+        return selection, record, result, diagnostics, domains, by_domain
 
     def commit(computed):
-        selection, record, result, diagnostics = computed
+        selection, record, result, diagnostics, domains, by_domain = computed
         tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
+        if domains is not None:
+            tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id)
+        elif tables.exists(spark, tables.table_path(cfg.output.path, "selection_domains")):
+            # a run id set by hand, used before by a run with domains: its rows go
+            tables.replace_key(spark, spark.createDataFrame([], tables.SELECTION_DOMAINS),
+                               cfg.output.path, "selection_domains", run_id)
         tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
-        if tables.put_file(spark, plot, lambda path: save_curve(
-                path, result.kl_start, result.kl, run_id, result.stop_reason,
-                warm_up=diagnostics["warm_up_picks"], floor=diagnostics["kl_noise_floor"],
-                mmd=result.mmd, lookahead=result.lookahead, filled=result.filled)):
+        if s.shares is not None:
+            def draw(path):
+                return save_domain_curves(path, run_id, by_domain)
+        else:
+            def draw(path):
+                return save_curve(path, result.kl_start, result.kl, run_id, result.stop_reason,
+                                  warm_up=diagnostics["warm_up_picks"],
+                                  floor=diagnostics["kl_noise_floor"], mmd=result.mmd,
+                                  lookahead=result.lookahead, filled=result.filled)
+        if tables.put_file(spark, plot, draw):
             log(f"select: KL curve in {plot}")
         return run_id, {"picks": len(result.indices), "stop_reason": result.stop_reason}
 

@@ -87,6 +87,40 @@ def heldout_vectors(spark, cfg: JobConfig, log):
     return embedded_rows(spark, cfg, rows.select(ROW_ID, text), text).select(ROW_ID, EMBEDDING)
 
 
+def check_domains(cfg: JobConfig, domains: dict) -> None:
+    """The target's domains (``{domain: {"rows", "distinct_values"}}``, from its check) against
+    ``select.k`` and ``select.shares``.
+
+    Raises:
+      InputError: a domain too small for the estimator, a domain without a share, a share for
+        a domain the target does not hold.
+    """
+    k, column = cfg.select.k, cfg.target.domain_column
+    held = ", ".join(repr(d) for d in domains)
+    for name, counts in domains.items():
+        have = min(counts["rows"], counts.get("distinct_values", counts["rows"]))
+        if have <= k:
+            raise InputError(f"the target's domain {name!r} (target.domain_column {column!r}) "
+                             f"has {have} usable distinct rows; select.k={k} needs more than {k} "
+                             "in each domain. Give that domain more rows, leave its rows out, or "
+                             "lower select.k.")
+    shares = cfg.select.shares
+    if shares is None:
+        return
+    named = {str(d) for d in shares}
+    unknown = sorted(d for d in named if d not in domains)
+    if unknown:
+        raise InputError(f"select.shares names {', '.join(repr(d) for d in unknown)}, which "
+                         f"target.domain_column {column!r} does not hold (it holds {held}); "
+                         "name the target's domains as they are written in that column.")
+    missing = [d for d in domains if d not in named]
+    if missing:
+        raise InputError(f"select.shares gives no share to the target's domain "
+                         f"{', '.join(repr(d) for d in missing)} (target.domain_column "
+                         f"{column!r} holds {held}); give every domain a share, or leave its "
+                         "rows out of the target.")
+
+
 def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log,
                    checks: dict[str, StageCheck] | None = None) -> Inputs:
     """Reads and checks both sides and the output location; writes nothing unless all is well.
@@ -122,6 +156,8 @@ def prepare_inputs(spark, cfg: JobConfig, plan: reuse.Plan, log,
                          f"{what}, so K-means can make at most {distinct} target clusters; "
                          f"select.k={k} needs more than {k}. Lower select.k or give a target "
                          "sample with more distinct rows.")
+    if cfg.target.domain_column is not None:
+        check_domains(cfg, sides["target"].report.get("domains") or {})
     check_outputs(spark, cfg, sides["pool"].schema)
     dim = int(dims["pool"])
     checked = {name: check(pending, sides["pool"], dim) for name, check in (checks or {}).items()}

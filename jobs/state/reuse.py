@@ -42,6 +42,9 @@ def source_identity(spark, src: SourceSection, side: str = "source") -> dict:
     ident = {"format": src.format, "path": src.path, "text": src.text_column,
              "id": src.id_column, "embedding": effective_embedding_column(src),
              "options": src.options, "bad_rows": src.bad_rows}
+    domain = getattr(src, "domain_column", None)
+    if domain is not None:              # a target without domains keeps the ids it always had
+        ident["domain"] = domain
     if src.format == "demo":
         ident["python"] = sys.version
     elif src.format == FRAME_FORMAT:
@@ -311,7 +314,10 @@ ROW_STEP_VERSION = 2
 
 
 def row_step_can_run(s) -> bool:
-    """Whether explode's row step can run under select section ``s``."""
+    """Whether explode's row step can run under select section ``s`` (never with shares:
+    whole clusters are then selected, each serving one domain)."""
+    if getattr(s, "shares", None) is not None:
+        return False
     return s.refine == "rows" or s.max_rows is not None or s.max_fraction is not None
 
 
@@ -321,7 +327,8 @@ def select_params(cfg: JobConfig) -> dict:
     s = cfg.select
     idle = not row_step_can_run(s)
     return {k: v for k, v in dataclasses.asdict(s).items()
-            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)}
+            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)
+            and not (k == "shares" and v is None)}   # runs without shares keep their ids
 
 
 def plan(cfg: JobConfig, identities: dict) -> Plan:
@@ -380,7 +387,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
 
 
 # What names a source apart from its rows: a source that grew keeps these.
-SOURCE_NAMING = ("format", "path", "text", "id", "embedding", "options", "bad_rows", "location")
+SOURCE_NAMING = ("format", "path", "text", "id", "embedding", "options", "bad_rows", "location",
+                 "domain")
 
 
 def quantize_basis(cfg: JobConfig, pool_identity: dict, rest: list) -> str:

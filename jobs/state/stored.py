@@ -159,6 +159,23 @@ def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
     return out
 
 
+def target_domains_of(spark, cfg: JobConfig, plan, target_ids) -> np.ndarray:
+    """The domain of each target centroid (``target_ids``, in order), from the stage record of
+    the clustering of ``plan``: the target was clustered domain by domain.
+
+    Raises:
+      InputError: the clustering has no record of its target's domains.
+    """
+    last = stagelog.latest(spark, cfg.output.path, "quantize", plan.clustering_id)
+    detail = json.loads(last["detail"]) if last is not None and last["detail"] else {}
+    by_domain = detail.get("target_domains")
+    if not by_domain:
+        raise InputError(f"clustering {plan.clustering_id} has no record of the target's domains "
+                         "(target.domain_column); run quantize again.")
+    of = {int(cid): name for name, ids in by_domain.items() for cid in ids}
+    return np.array([of[int(i)] for i in target_ids], dtype=object)
+
+
 def target_bandwidth_of(spark, cfg: JobConfig, plan) -> float | None:
     """The target rows' median squared distance, from the stage record of the clustering of
     ``plan`` (a :class:`jobs.state.reuse.Plan`); None for a clustering made before it was

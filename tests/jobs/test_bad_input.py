@@ -228,6 +228,15 @@ def identical_target(tmp):
     return argv(base(tmp, target=same)[0]), str(tmp / "out")
 
 
+def domain_target(values, *extra):
+    """A case maker: the base run on a target with a ``dom`` column of ``values``."""
+    def make(tmp):
+        path = vectors(tmp, "domains", seed=1, dom=values)
+        sets, out = base(tmp, target=path)
+        return argv(sets + ["target.domain_column=dom", "select.max_rows=10", *extra]), out
+    return make
+
+
 def foreign_table(name):
     def make(tmp, spark):
         sets, out = base(tmp)
@@ -429,6 +438,23 @@ CASES = [
          "lloyd", with_sets("quantize.update=assign", "quantize.algorithm=mllib")),
     Case("embedding commits of no texts", "embed.commit_rows must be an integer >= 1",
          with_sets("embed.commit_rows=0")),
+    Case("shares without a domain column", "select.shares needs target.domain_column",
+         with_sets("select.shares={a: 0.5, b: 0.5}", "select.max_rows=10")),
+    Case("shares that do not add up to 1", "select.shares add up to 0.9, not 1",
+         with_sets("select.shares={a: 0.5, b: 0.4}", "select.max_rows=10",
+                   "target.domain_column=dom")),
+    Case("shares without a row budget", "select.shares divide a row budget, but there is none",
+         with_sets("select.shares={a: 0.5, b: 0.5}", "target.domain_column=dom")),
+    Case("a domain column that is not there", "target.domain_column 'dom' is not a column of",
+         with_sets("target.domain_column=dom")),
+    Case("a null domain", "target has rows it cannot use: 1 with a null domain",
+         domain_target(["a"] * 30 + ["b"] * 29 + [None])),
+    Case("a target domain too small", "the target's domain 'b' (target.domain_column 'dom') "
+         "has 2 usable distinct rows; select.k=2 needs more than 2",
+         domain_target(["a"] * 58 + ["b"] * 2)),
+    Case("a share for a domain the target lacks", "select.shares names 'c', which "
+         "target.domain_column 'dom' does not hold",
+         domain_target(["a"] * 30 + ["b"] * 30, "select.shares={a: 0.5, b: 0.25, c: 0.25}")),
     Case("select.k not below quantize.target_k", "needs more than 5 target clusters",
          with_sets("select.k=5")),
     Case("more clusters than select.max_centroids", "select.max_centroids=4",

@@ -328,7 +328,19 @@ def _python_scope(spark, tmp_path) -> dict:
             enumerate(np.concatenate([centres[0][:3] + rng.normal(size=(60, 3)),
                                       centres[1][:3] + rng.normal(size=(60, 3))]))]
     frame = spark.createDataFrame(rows, "id long, x0 double, x1 double, x2 double, label int")
+    # Several targets (pipeline.md): a pool of three blobs, two of them target domains.
+    mix = np.random.default_rng(1)
+    blobs = [np.full(8, 6.0), np.full(8, -6.0), np.r_[np.full(4, 6.0), np.full(4, -6.0)]]
+    docs_df = spark.createDataFrame(pd.DataFrame({
+        "id": [f"d{i}" for i in range(300)], "blob": np.repeat(["code", "math", "other"], 100),
+        "vec": [v.tolist() for b in blobs for v in b + mix.normal(size=(100, 8))]}))
+
+    def domain(name, centre):
+        return spark.createDataFrame(pd.DataFrame({
+            "id": [f"{name}{i}" for i in range(40)],
+            "vec": [v.tolist() for v in centre + mix.normal(size=(40, 8))]}))
     return {"spark": spark, "data_A": data_a, "data_B": data_a[:, :2] * np.float32([1, 3]),
+            "docs_df": docs_df, "code_df": domain("c", blobs[0]), "math_df": domain("m", blobs[1]),
             "target": target, "pool": pool,
             "microbatches": {"x": x[:64].reshape(2, 32, 64), "y": y[:64].reshape(2, 32)},
             "train": {"x": x[:600], "y": y[:600]}, "val": {"x": x[600:800], "y": y[600:800]},
@@ -340,7 +352,7 @@ def _python_scope(spark, tmp_path) -> dict:
 # Each Python sample as run: what it does at a user's size, made small (the sample's text is
 # run with these replaced), and what is checked after it.
 PY_SCALE = {"num_epochs=500": "num_epochs=50", "epochs=40": "epochs=3",
-            "maxRows=50_000": "maxRows=30"}
+            "maxRows=50_000": "maxRows=30", "max_rows=50_000": "max_rows=60"}
 
 
 @pytest.mark.slow
@@ -354,6 +366,7 @@ def test_the_docs_python_samples_run(spark, tmp_path):
         for old, new in PY_SCALE.items():
             text = text.replace(old, new)
         text = text.replace('"/models/gio"', repr(str(tmp_path / "models" / "gio")))
+        text = text.replace('"s3a://bucket/gio-domains"', repr(str(tmp_path / "domains")))
         scope = dict(base)
         try:
             exec(compile(text, page, "exec"), scope)        # noqa: S102 - the docs' sample
@@ -376,6 +389,11 @@ def test_the_docs_python_samples_run(spark, tmp_path):
             assert 0 < chosen.count() <= 30
             assert chosen.where("id < 60").count() >= 0.9 * chosen.count()  # the target's blob
             assert max(scope["weigher"].scaledWeights) == 1.0
+        if "shares=" in text:                               # pipeline.md: several targets
+            got = {r["blob"]: r["count"] for r in scope["chosen"].groupBy("blob").count().collect()}
+            assert sum(got.values()) == 60 and "other" not in got, got
+            assert abs(got.get("code", 0) - 42) <= 12 and abs(got.get("math", 0) - 18) <= 12, got
+            assert {r["domain"] for r in scope["served"].collect()} == {"code", "math"}
         if "GIOKL.GIOKL(" in text:                          # compatibility.md
             assert scope["gio_kl"].dim == 2
 
@@ -420,8 +438,14 @@ def test_the_pipeline_page_commands_run(spark, tmp_path, docstrings, capsys):
               "pool.format=parquet", "target.format=parquet", "quantize.pool_k=40",
               "quantize.target_k=8", f"output.path={out}"]
     commands = [w for w in _docs_commands(PIPELINE_PAGE) if w[0] == "gio-spark"]
-    assert [w[1] for w in commands] == ["plan", "run", "select", "config", "--version"], commands
+    assert [w[1] for w in commands] == ["plan", "run", "select", "config", "--version",
+                                        "run"], commands
+    domains = [w for w in commands if "target.domain_column=package" in w]
+    assert len(domains) == 1
+    _several_targets_run(spark, tmp_path, domains[0], capsys)
     for words in commands:
+        if words in domains:
+            continue
         before = _versions(spark, out)
         printed = _cli(words, scaled if words[1] != "--version" else [], capsys)
         if words[1] == "plan":                     # before the run: all of it runs, none written
@@ -438,6 +462,36 @@ def test_the_pipeline_page_commands_run(spark, tmp_path, docstrings, capsys):
             assert "\n  k: 7\n" in printed and f"path: {out}" in printed
         else:
             assert printed.startswith("gio-spark ")
+
+
+def _several_targets_run(spark, tmp_path, words: list, capsys) -> None:
+    """The page's run with a target of three domains (packages): the test's slice of docstrings
+    holds only ``email`` target rows, so its pool gains 40 ``http`` and 40 ``urllib`` docstrings
+    and its target is 14 of each package; the row budget is 100 (the page's 300 is most of this
+    pool)."""
+    from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
+    rows = stdlib_docstrings()
+    by = {p: [r for r in rows if r["package"] == p] for p in TARGET_PACKAGES}
+    other = [r for r in rows if r["package"] not in TARGET_PACKAGES][::20][:300]
+    pool = other + [r for p in TARGET_PACKAGES for r in by[p][1::2][:40]]
+    target = [r for p in TARGET_PACKAGES for r in by[p][0::2][:14]]
+    sides = {}
+    for name, part in (("pool", pool), ("target", target)):
+        sides[name] = str(tmp_path / f"domains_{name}.parquet")
+        pd.DataFrame(part).to_parquet(sides[name])
+    out = str(tmp_path / "domains")
+    _cli(words, [f"pool.path={sides['pool']}", f"target.path={sides['target']}",
+                 "pool.format=parquet", "target.format=parquet", "quantize.pool_k=40",
+                 "quantize.target_k=24", f"output.path={out}", "select.max_rows=100"], capsys)
+    served = spark.read.format("delta").load(os.path.join(out, "selection_domains"))
+    chosen = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+    counts = {r["domain"]: r["count"] for r in chosen.join(
+        served.select("cluster_id", "domain"), "cluster_id").groupBy("domain").count().collect()}
+    sizes = [r["size"] for r in spark.read.format("delta").load(os.path.join(out, "centroids"))
+             .where("side = 'pool'").collect()]
+    assert sum(counts.values()) == 100
+    for name, share in (("email", 0.5), ("http", 0.25), ("urllib", 0.25)):
+        assert abs(counts.get(name, 0) - share * 100) <= max(sizes), counts
 
 
 # The tool pages' YAML sections and commands at a user's size, made small for this test's pool of
