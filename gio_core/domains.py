@@ -43,16 +43,17 @@ class DomainSelection(NamedTuple):
 
 
 def share_budgets(shares: dict, total: int) -> dict:
-    """Splits ``total`` rows by ``shares`` (positive, summing to 1): each domain gets the rows
-    between the rounded running sums of the shares before and with it, so the budgets add up to
-    ``total`` exactly; at least one row each."""
+    """Splits ``total`` rows by ``shares`` (positive, summing to 1), the largest share first
+    (ties: by name): each domain gets the rows between the rounded running sums of the shares
+    before and with it, so the budgets add up to ``total`` exactly (a share too small for one
+    row gets none)."""
     order = sorted(shares, key=lambda d: (-float(shares[d]), str(d)))
     out, running, below = {}, 0.0, 0
     for i, d in enumerate(order):
         running += float(shares[d])
-        bound = total if i == len(order) - 1 else int(round(running * total))
-        out[d] = max(1, bound - below)
-        below = bound
+        bound = total if i == len(order) - 1 else min(total, int(round(running * total)))
+        out[d] = max(0, bound - below)
+        below = max(below, bound)
     return out
 
 
@@ -83,9 +84,10 @@ def select_shares(target, target_domains, pool, *, shares: dict, max_rows: int,
     :func:`gio_core.select` against its own target points, over the pool points no domain
     before it chose, with a budget of its share of ``max_rows`` (:func:`share_budgets`). A
     domain's last pick may pass its budget (a pool point stands for ``row_counts`` rows); the
-    rows past it are taken from the next domain's budget, so the domains together keep to
+    rows past it are taken from the budgets of the domains after it (a domain whose budget they
+    use up chooses nothing: ``stop_reason`` ``budget_spent``), so the domains together keep to
     ``max_rows`` but for the last pick. A domain that stops before its budget (a stop rule
-    without ``fill``) leaves its rows unspent.
+    without ``fill``) leaves its rows unspent. Caps such as ``max_iter`` apply to each domain.
 
     Args:
       target: ``[n, d]`` target points; ``target_domains``: the domain of each.
@@ -122,16 +124,20 @@ def select_shares(target, target_domains, pool, *, shares: dict, max_rows: int,
     order = list(budgets)
     available = np.ones(len(pool), bool)
     indices, labels, kls, results, ran = [], [], [], {}, {}
-    spent_over, done = 0, 0
+    spent, bound, done = 0, 0, 0
     for d in order:
-        budget = max(1, budgets[d] - spent_over)
+        # The rows up to this domain's running bound, less what the domains before it took past
+        # theirs (a shortfall, a domain stopping before its budget, is not handed on).
+        below, bound = bound, bound + budgets[d]
+        budget = bound - max(below, spent)
         rows = np.flatnonzero(available)
         mask = doms == d
-        ran[d] = budget
-        if len(rows) == 0:
+        ran[d] = max(0, budget)
+        if budget <= 0 or len(rows) == 0:
             results[d] = SelectionResult(np.zeros(0, np.int64), np.zeros(0), np.inf,
-                                         "pool_exhausted", np.zeros(0, np.int64),
-                                         np.zeros((0, pool.shape[1])), 0, float("nan"))
+                                         "budget_spent" if budget <= 0 else "pool_exhausted",
+                                         np.zeros(0, np.int64), np.zeros((0, pool.shape[1])), 0,
+                                         float("nan"))
             continue
 
         def progress(pick, row, kl, base=done, rows=rows):
@@ -144,11 +150,9 @@ def select_shares(target, target_domains, pool, *, shares: dict, max_rows: int,
                      **options)
         picked = rows[res.indices]
         available[picked] = False
-        got = int(counts[picked].sum())
-        spent_over = max(0, got - budget)
+        spent = max(spent, below) + int(counts[picked].sum())
         done += len(picked)
         results[d] = res._replace(indices=picked)
-        ran[d] = budget
         indices.append(picked)
         labels += [d] * len(picked)
         kls.append(np.asarray(res.kl, np.float64))

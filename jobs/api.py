@@ -190,7 +190,11 @@ def _pipeline_run(pool, target, columns: tuple, extra: dict, config, output, run
     are not None; a DataFrame handed in stays registered until the block ends."""
     sets: dict = {}
     tokens: list = []
-    target, domain_column = _targets(target, extra.pop("target.domain_column", None))
+    named = extra.pop("target.domain_column", None)
+    if named is None and isinstance(target, Mapping):   # the column the config names, if any
+        named = (settings or {}).get("target.domain_column") or (
+            (_base(config).get("target") or {}).get("domain_column"))
+    target, domain_column = _targets(target, named)
     if domain_column is not None:
         extra["target.domain_column"] = domain_column
     try:
@@ -400,7 +404,8 @@ def _output_keys(spark: SparkSession, cfg: JobConfig, name: str) -> dict[str, st
             "target_embeddings": plan.embeddings_id["target"],
             "centroids": plan.clustering_id, "pool_assignments": plan.clustering_id,
             "set_aside": plan.clustering_id,
-            "selection": plan.run_id, "runs": plan.run_id, "selected_rows": plan.run_id}
+            "selection": plan.run_id, "selection_domains": plan.run_id, "runs": plan.run_id,
+            "selected_rows": plan.run_id}
 
 
 def run_stage(name: str, pool: Source | None = None, target: Source | None = None, *,
@@ -466,10 +471,13 @@ def run_stage(name: str, pool: Source | None = None, target: Source | None = Non
 
 def _returned(spark: SparkSession, cfg: JobConfig, table: str) -> bool:
     """Whether run_stage returns ``table``: quantize's ``set_aside`` where the decontaminate
-    section is on; embed's store where it exists (sides of precomputed vectors, or text sides
+    section is on; select's ``selection_domains`` where the target has domains; embed's store
+    where it exists (sides of precomputed vectors, or text sides
     whose embeddings were made before the store, write none)."""
     if table == "set_aside":
         return cfg.decontaminate.enabled
+    if table == "selection_domains":
+        return cfg.target.domain_column is not None
     if table == "text_embeddings":
         return tables.exists(spark, tables.table_path(cfg.output.path, table))
     return True

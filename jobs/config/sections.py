@@ -131,7 +131,7 @@ OPTIONAL_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                          "null or a number in (0, 1]")
 SEED_32 = Rule(lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer between 0 and 2**32 - 1")
 SHARES = Rule(lambda v: v is None or (isinstance(v, dict) and bool(v) and all(
-    isinstance(k, (str, int)) and not isinstance(k, bool) and _is_num(x) and 0 < x <= 1
+    isinstance(k, (str, int)) and _is_num(x) and 0 < x <= 1   # a bool key: its own message
     for k, x in v.items())), "null or a mapping of each target domain to its share of the row "
     "budget, each in (0, 1], together 1 (such as {code: 0.7, math: 0.3})")
 SHARE_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1), "null or in (0, 1]")
@@ -1448,7 +1448,11 @@ def _validate_select(cfg: JobConfig) -> None:
            f"select.k={s.k} needs more than {s.k} target rows in the row step, but "
            f"select.max_target_rows={s.max_target_rows}; raise select.max_target_rows or lower "
            "select.k.")
-    if s.shares is not None and SHARES.ok(s.shares):
+    flags = [k for k in s.shares if isinstance(k, bool)] if isinstance(s.shares, dict) else []
+    _check(not flags, f"select.shares has the key {flags[0] if flags else ''!r}: YAML reads an "
+           "unquoted yes, no, on, off, true or false as a boolean; quote the domain as it is "
+           "written in target.domain_column ('no': 0.5).")
+    if s.shares is not None and SHARES.ok(s.shares) and not flags:
         _check(cfg.target.domain_column is not None,
                "select.shares needs target.domain_column: name the target's column that says "
                "which domain each row belongs to, or set select.shares to null.")

@@ -103,6 +103,11 @@ def _by_shares(s, target_c, target_doms, pool_c, pool_sizes, weights: dict, opti
     ``result`` is a :class:`gio_core.SelectionResult` of all the picks, domain after domain,
     each pick's KL against its own domain's target (``stop_reason`` ``shares``)."""
     held = {str(d): int(np.sum(target_doms == d)) for d in dict.fromkeys(target_doms)}
+    shares = {str(d): float(v) for d, v in s.shares.items()}
+    if set(shares) != set(held):
+        raise InputError(f"select.shares names the domains {', '.join(map(repr, shares))}, but "
+                         f"the clustering's target holds {', '.join(map(repr, held))}; give each "
+                         "of the target's domains a share (and no other).")
     for name, clusters in held.items():
         if clusters <= s.k:
             raise InputError(f"select.k={s.k} needs more than {s.k} target clusters in each "
@@ -110,7 +115,6 @@ def _by_shares(s, target_c, target_doms, pool_c, pool_sizes, weights: dict, opti
                              "raise quantize.target_k (the domain needs more rows than select.k).")
     options = dict(options)
     budget = options.pop("max_rows")
-    shares = {str(d): float(v) for d, v in s.shares.items()}
     chosen = gio_core.select_shares(target_c, target_doms, pool_c, shares=shares,
                                     max_rows=budget, row_counts=pool_sizes, callback=progress,
                                     **weights, **options)
@@ -350,7 +354,7 @@ def select_command(spark, cfg: JobConfig, registry) -> None:
 
 STAGE = Stage(
     "select", "the select stage alone: GIO on the centroids", "select", both_sides,
-    needs=("quantize",), outputs=("selection", "runs"), command=select_command,
+    needs=("quantize",), outputs=("selection", "selection_domains", "runs"), command=select_command,
     in_run=lambda cfg: True,
     step=lambda run: run_select(run.spark, run.cfg, run.plan, run.inputs.reports()),
     connect=True)

@@ -326,9 +326,12 @@ def select_params(cfg: JobConfig) -> dict:
     step's where it cannot run)."""
     s = cfg.select
     idle = not row_step_can_run(s)
-    return {k: v for k, v in dataclasses.asdict(s).items()
-            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)
-            and not (k == "shares" and v is None)}   # runs without shares keep their ids
+    out = {k: v for k, v in dataclasses.asdict(s).items()
+           if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)
+           and not (k == "shares" and v is None)}   # runs without shares keep their ids
+    if s.shares is not None:             # domains are compared as text (YAML may give 1 for '1')
+        out["shares"] = {str(k): v for k, v in s.shares.items()}
+    return out
 
 
 def plan(cfg: JobConfig, identities: dict) -> Plan:
@@ -370,6 +373,8 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
             if not effective_embedding_column(cfg.evaluate.heldout):
                 against["embed"] = embed_identity(cfg)
         parts.append(against)
+    if cfg.target.domain_column is not None:   # each domain's clusters: at least select.k + 1
+        parts.append({"target_domains": {"least": cfg.select.k + 1}})
     if cfg.quantize.pool_k == "auto":    # the clusters then follow the row budget and the cap
         s = cfg.select
         parts.append({"pool_k": [s.max_rows, s.max_fraction, s.max_centroids]})
@@ -387,8 +392,7 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
 
 
 # What names a source apart from its rows: a source that grew keeps these.
-SOURCE_NAMING = ("format", "path", "text", "id", "embedding", "options", "bad_rows", "location",
-                 "domain")
+SOURCE_NAMING = ("format", "path", "text", "id", "embedding", "options", "bad_rows", "location")
 
 
 def quantize_basis(cfg: JobConfig, pool_identity: dict, rest: list) -> str:

@@ -47,3 +47,18 @@ def test_nearest_domain_and_bad_shares():
         gio_core.select_shares(target, domains, pool, shares={"a": 0.5, "b": 0.4}, max_rows=10)
     with pytest.raises(ValueError, match="the target holds"):
         gio_core.select_shares(target, domains, pool, shares={"a": 1.0}, max_rows=10)
+
+
+def test_rows_past_a_budget_come_off_the_domains_after_it():
+    """Points of 8 rows and budgets of 5, 3 and 2 rows: the first domain's one point spends the
+    second's budget too, so the second chooses nothing, and the third gets its own."""
+    pool, blob, target, domains3 = mixture()
+    doms = np.array(["a"] * 50 + ["b"] * 25 + ["c"] * 25, dtype=object)
+    got = gio_core.select_shares(target, doms, pool, shares={"a": 0.5, "b": 0.3, "c": 0.2},
+                                 max_rows=10, row_counts=np.full(len(pool), 8),
+                                 stop_criterion="none")
+    assert got.budgets == {"a": 5, "b": 0, "c": 2}
+    assert got.results["b"].stop_reason == "budget_spent"
+    assert [len(got.results[d].indices) for d in "abc"] == [1, 0, 1]
+    assert gio_core.share_budgets({"big": 0.98, "x": 0.01, "y": 0.01}, 10) == {
+        "big": 10, "x": 0, "y": 0}

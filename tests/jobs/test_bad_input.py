@@ -445,6 +445,10 @@ CASES = [
                    "target.domain_column=dom")),
     Case("shares without a row budget", "select.shares divide a row budget, but there is none",
          with_sets("select.shares={a: 0.5, b: 0.5}", "target.domain_column=dom")),
+    Case("a domain YAML reads as a boolean", "select.shares has the key False: YAML reads an "
+         "unquoted yes, no, on, off, true or false as a boolean",
+         with_sets("select.shares={en: 0.5, no: 0.5}", "select.max_rows=10",
+                   "target.domain_column=dom")),
     Case("a domain column that is not there", "target.domain_column 'dom' is not a column of",
          with_sets("target.domain_column=dom")),
     Case("a null domain", "target has rows it cannot use: 1 with a null domain",

@@ -231,6 +231,7 @@ def test_a_dead_run_with_the_same_run_id_is_not_reused(spark, data_dir, clean, t
     assert_same_as_clean(spark, out, ref_out, "shared")
 
 
+@pytest.mark.e2e
 def test_three_runs_at_once_on_a_new_output_path(spark, data_dir, clean, tmp_path):
     """Three runs start together on an output path that does not exist yet: A in a child
     process, A again and B (another pool_k) in two threads of this driver. All create the tables

@@ -147,6 +147,7 @@ def test_run_evaluates_the_selection_against_the_baselines_on_one_sample(spark, 
     assert "evaluate: whole clusters " in said
 
 
+@pytest.mark.e2e
 def test_text_sides_embed_the_heldout_rows_and_run_dsir(spark, tmp_path, docstrings):
     """Docstrings: the held-out rows are texts embedded by the stage (those that are pool rows
     too are left out of the sample); DSIR resamples the pool's texts; every method is scored by

@@ -184,3 +184,35 @@ def test_update_assign_adds_grown_rows_to_the_clusters_and_reclusters_past_the_d
     assert all(np.array_equal(ours[c][0], clean[c][0]) and ours[c][1] == clean[c][1]
                for c in clean)
     assert chosen(out, moved["run_id"], "id") == chosen(fresh_out, fresh["run_id"], "id")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_delta_pool_that_grew_embeds_only_its_new_texts_and_updates_the_clustering(
+        spark, docstrings, tmp_path):
+    """A pool in a Delta table, appended to (a new table version): the re-run embeds only the
+    appended rows' texts and assigns them to the first run's clusters."""
+    pool, target = docstrings
+    first, more = pool[:324], pool[324:]                  # 36 rows more: a tenth
+    data = tmp_path / "data"
+    data.mkdir()
+    delta = str(data / "pool")
+    spark.createDataFrame(pd.DataFrame(first)).write.format("delta").save(delta)
+    pd.DataFrame(target).to_parquet(data / "target.parquet")
+    out = tmp_path / "out"
+    sets = [s for s in text_sets(data, out, "quantize.update=assign")
+            if not s.startswith("pool.")] + [f"pool.path={delta}", "pool.format=delta",
+                                             "pool.id_column=doc_id"]
+    made = run_here(spark, sets)
+    assert embed_record(spark, out, "pool")["embedded"] == len(hashes(first))
+
+    spark.createDataFrame(pd.DataFrame(more)).write.format("delta").mode("append").save(delta)
+    grown = run_here(spark, sets)
+    record = embed_record(spark, out, "pool")
+    assert record["rows"] == len(pool) and record["texts"] == len(hashes(pool))
+    assert record["embedded"] == len(hashes(more) - hashes(first) - hashes(target))
+    rows = (tables.read_table(spark, str(out), "stages")
+            .where("stage = 'quantize' and status = 'done'").orderBy("at_ns").collect())
+    assert [json.loads(r["detail"]).get("update") for r in rows] == ["first", "assigned"]
+    assert json.loads(rows[1]["detail"])["base"] == rows[0]["key"]      # an update of the first
+    assert grown["run_id"] != made["run_id"] and grown["selected_rows"] > 0

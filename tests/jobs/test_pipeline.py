@@ -277,6 +277,7 @@ def test_where_the_row_step_runs_follows_the_cap():
     assert where is None and "select.candidates=1 leaves Spark tasks nothing to narrow" in why
 
 
+@pytest.mark.e2e
 def test_the_pool_in_another_order_and_other_files_selects_the_same_rows(spark, tmp_path):
     """The determinism the docs promise, end to end: the same pool rows reversed and split
     over three files give the same clusters, the same picks in the same order and, with a

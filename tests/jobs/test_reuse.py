@@ -195,3 +195,36 @@ def test_an_update_is_keyed_by_the_clustering_it_updates_and_recluster_keeps_its
     assert planned("quantize.pool_k=50").basis != base.basis
     moved = dict(IDENTITIES, pool=dict(IDENTITIES["pool"], path="elsewhere"))
     assert planned(identities=moved).basis != base.basis
+
+
+# Ids of configs without the options added since (several targets...), as the release before
+# them computed them (precomputed vectors, so no model's identity is in them). A change here
+# means every user's outputs stop being reused: it must be deliberate and in the changelog.
+PINNED = {(): ("run-1b0695613c8c", "2644dc1f53eba669", "939570fa158fde1b"),
+          ("quantize.update=assign",): ("run-3fdbbbe2e613", "5e8abbbf21668187",
+                                        "939570fa158fde1b"),
+          ("select.max_rows=100",): ("run-03aa6d8866f8", "2644dc1f53eba669", "939570fa158fde1b")}
+
+
+@pytest.mark.parametrize("sets", list(PINNED))
+def test_configs_without_the_new_options_keep_their_ids(sets):
+    vectors = ["pool.embedding_column=vec", "target.embedding_column=vec"]
+    p = reuse.plan(load_config(DEMO, vectors + list(sets)), dict(IDENTITIES, base="c0ffee"))
+    assert (p.run_id, p.clustering_id, p.basis[:16]) == PINNED[sets]
+
+
+def test_domains_and_shares_key_the_stages_they_change():
+    vectors = ["pool.embedding_column=vec", "target.embedding_column=vec", "select.max_rows=100"]
+    base = planned(*vectors)
+    domains = reuse.plan(load_config(DEMO, vectors + ["target.domain_column=dom"]),
+                         dict(IDENTITIES, target=dict(IDENTITIES["target"], domain="dom")))
+    assert domains.embed["pool"] == base.embed["pool"] and domains.quantize != base.quantize
+    k7 = reuse.plan(load_config(DEMO, vectors + ["target.domain_column=dom", "select.k=7"]),
+                    dict(IDENTITIES, target=dict(IDENTITIES["target"], domain="dom")))
+    assert k7.quantize != domains.quantize        # each domain's clusters: at least k + 1
+    shares = ["target.domain_column=dom", "select.shares={1: 0.5, b: 0.5}"]
+    mixed = reuse.plan(load_config(DEMO, vectors + shares), IDENTITIES)
+    text = reuse.plan(load_config(DEMO, vectors + ["target.domain_column=dom",
+                                                   "select.shares={'1': 0.5, b: 0.5}"]),
+                      IDENTITIES)
+    assert mixed.select == text.select and mixed.quantize == text.quantize

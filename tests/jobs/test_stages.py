@@ -151,8 +151,8 @@ def _plant_copies(root) -> None:
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
     """A config that runs every stage of `gio-spark run` on small 8-D vectors (quantize's
-    decontamination included, on a pool with copies planted), and the outputs of a clean run of
-    it."""
+    decontamination included, on a pool with copies planted; a target of three domains), and the
+    outputs of a clean run of it."""
     root = tmp_path_factory.mktemp("contract")
     _mixture(root / "pool.parquet", 600, [0, 1, 2, 3, 4], 1, "p")
     _mixture(root / "target.parquet", 120, [0, 1, 2], 2, "t")
@@ -163,7 +163,7 @@ def contract(tmp_path_factory):
     def config(out):
         data = {"spark": {"master": "local[2]"},
                 "pool": dict(vec, path=str(root / "pool.parquet")),
-                "target": dict(vec, path=str(root / "target.parquet")),
+                "target": dict(vec, path=str(root / "target.parquet"), domain_column="domain"),
                 "quantize": {"pool_k": 40, "target_k": 10}, "select": {"k": 3},
                 "decontaminate": {"threshold": 0.99, "duplicates": 0.99},
                 "weigh": {"source": dict(vec, path=str(root / "pool.parquet")),
