@@ -186,6 +186,7 @@ def test_killed_inside_quantize_and_no_stale_reuse(spark, data_dir, clean, tmp_p
     assert assignments.count() == assignments.select("clustering_id", "row_id").distinct().count()
 
 
+@pytest.mark.e2e
 def test_a_task_of_the_row_step_killed_in_spark_tasks(spark, data_dir, clean, tmp_path):
     """A row budget whose candidates are over select.max_candidates: the row step runs in Spark
     tasks. The Python worker of each task kills itself (SIGKILL; the failure point reaches the
