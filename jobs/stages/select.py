@@ -39,6 +39,26 @@ def _mib(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
+def _figure(path: str):
+    """A 6x4 figure and its axes (the object API, not pyplot: no global figure state, so
+    concurrent runs in one driver are safe); ``path``'s folder made."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _saved(fig, path: str) -> bool:
+    """Writes ``fig`` as a PNG to a temporary name first, then renames it into place."""
+    fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    return True
+
+
 def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: str,
                warm_up: int = 0, floor: float | None = None,
                mmd: np.ndarray | None = None, lookahead: int = 0, filled: int = 0) -> bool:
@@ -50,15 +70,9 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
     two halves of the target) as a dashed line; the MMD along the picks, when the ``mmd`` rule
     ran, on a second axis, with the last ``filled`` picks (a budget filled past the least MMD)
     marked."""
-    # The object API, not pyplot: no global figure state, so concurrent runs in one driver are safe.
     if plotting("select: the KL curve", log) is None:
         return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _figure(path)
     xs = np.arange(0, len(kl) + 1) if np.isfinite(kl_start) else np.arange(1, len(kl) + 1)
     ys = np.concatenate([[kl_start], kl]) if np.isfinite(kl_start) else kl
     marker = "." if len(kl) < 60 else None
@@ -89,11 +103,7 @@ def save_curve(path: str, kl_start: float, kl: np.ndarray, run_id: str, reason: 
         handles.append(line)
         labels.append(line.get_label())
     ax.legend(handles, labels, fontsize=7, loc="best")
-    fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    return True
+    return _saved(fig, path)
 
 
 def _by_shares(s, target_c, target_doms, pool_c, pool_sizes, weights: dict, options: dict,
@@ -155,12 +165,7 @@ def save_domain_curves(path: str, run_id: str, by_domain: dict) -> bool:
     a warning, where matplotlib is not installed."""
     if plotting("select: the KL curves", log) is None:
         return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _figure(path)
     for i, (name, d) in enumerate(by_domain.items()):
         kl = np.asarray(d["kl"])
         ax.plot(np.arange(1, len(kl) + 1), kl, color=f"C{i % 10}",
@@ -169,11 +174,7 @@ def save_domain_curves(path: str, run_id: str, by_domain: dict) -> bool:
     ax.set_ylabel("KL(domain's target || its picks)")
     ax.set_title(f"{run_id}: one GIO run per domain")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    return True
+    return _saved(fig, path)
 
 
 def _input_reports(spark, cfg: JobConfig, plan: reuse.Plan) -> dict:
