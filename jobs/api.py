@@ -301,7 +301,8 @@ def plan(pool: Source | None = None, target: Source | None = None, *,
       run_id: as in [`select_rows`][jobs.api.select_rows].
       sample_rows: the pool texts the embedding is timed on, after the model loads (at least
         16).
-      measure: False runs no model: the embedding time is left out.
+      measure: False runs no model and no JAX probe: the embedding time and JAX's own
+        driver memory are left out.
       spark: as in [`select_rows`][jobs.api.select_rows].
 
     Returns:

@@ -101,7 +101,8 @@ def _plan(rest: list) -> int:
                             f"loads (default {planning.SAMPLE_ROWS}; at least "
                             f"{planning.MIN_SAMPLE_ROWS})")
         p.add_argument("--no-measure", action="store_true",
-                       help="run no model: leave the embedding time out")
+                       help="run no model and no JAX probe: leave the embedding time "
+                            "and JAX's own driver memory out")
         p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     def precheck(cfg):

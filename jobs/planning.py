@@ -20,7 +20,8 @@ For a config (the file and ``--set``, or the Python API's arguments), :func:`for
   once being the side's embedding tasks (``embed.rows_per_task``) up to the session's cores
   (``defaultParallelism / spark.task.cpus``);
 - **driver memory**: what collecting the centroids and the selection hold on the driver (the
-  terms are in :func:`driver_memory`), against the memory the driver machine has free, the
+  terms are in :func:`driver_memory`), plus JAX's own runtime and compiled code, measured in a
+  child process (:func:`jax_runtime`), against the memory the driver machine has free, the
   JVM's ``spark.driver.maxResultSize`` and ``spark.driver.memory``;
 - **warnings**: each with the setting to change, where a run would not fit.
 
@@ -30,20 +31,24 @@ records are read).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
+import jobs
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
-                         row_budget)
+                         engine_options, row_budget)
 from jobs.io import tables
 from jobs.io.demo_data import demo_rows
 from jobs.io.encoders import embed_frame, embed_partitions, model_dimension
@@ -64,6 +69,8 @@ PY_VALUE_BYTES = 32
 # matrix.
 ARROW_COPIES = 3
 GIB = 2 ** 30
+# The longest the JAX probe (jobs.common.jax_probe) may take before it is given up.
+PROBE_TIMEOUT_S = 180
 TEXT_FORMATS = ("jsonl", "csv", "tsv", "text")
 
 
@@ -138,10 +145,20 @@ class Forecast:
         d = self.driver
         if d:
             lines += ["", f"driver memory: about {_size(d['need_bytes'])} at the most, beside "
-                          "the driver's own (the larger of its phases)"]
+                          "the driver's own (its phases run one after the other; JAX's runtime stays)"]
             for phase, terms in d["phases"].items():
                 parts = ", ".join(f"{name} {_size(b)}" for name, b in terms.items())
                 lines.append(f"  {phase:<8} {_size(sum(terms.values()))} ({parts})")
+            r = d.get("runtime") or {}
+            if "counted" in r:
+                lines.append(f"  runtime: JAX's, measured in a child process ({r['seconds']:.1f} s):"
+                             f" {_size(r['start'])} to start"
+                             + (" (started in this process already: not counted)"
+                                if r["started_here"] else "")
+                             + f", {_size(r['compiled'])} for the selection's compiled code; "
+                             f"it stays after {r['phase']}")
+            elif r.get("why"):
+                lines.append(f"  runtime: JAX's runtime and compiled code {r['why']}")
             has = [f"{_size(d['free_bytes'])} free on this machine"] if d.get("free_bytes") else []
             has += [f"spark.driver.maxResultSize {d['max_result']}",
                     f"spark.driver.memory {d['driver_memory']}"]
@@ -494,8 +511,70 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
 
 
 def memory_need(phases: dict) -> int:
-    """The larger phase's bytes (see :func:`driver_memory`)."""
-    return max(sum(terms.values()) for terms in phases.values())
+    """The driver's peak over the phases, which run one after the other in their order: each
+    phase's terms are freed when it ends, except its ``runtime`` term (JAX's runtime and
+    compiled code, see :func:`jax_runtime`), which stays resident through the phases after."""
+    need = resident = 0
+    for terms in phases.values():
+        need = max(need, resident + sum(terms.values()))
+        resident += terms.get("runtime", 0)
+    return need
+
+
+def _jax_started() -> bool:
+    """Whether this process has started a JAX backend (a run in this process would then not
+    pay for its start again). JAX has no public call for it; where its private one is missing,
+    False (the start is counted: the larger estimate)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+        return bool(backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(spec: str) -> dict:
+    """Runs :mod:`jobs.common.jax_probe` in a child process on ``spec`` (JSON) and returns what
+    it printed. Raises ``RuntimeError`` with the child's last line where it fails."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jobs.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    try:
+        done = subprocess.run([sys.executable, "-m", "jobs.common.jax_probe", spec], env=env,
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    if done.returncode != 0:       # the exception's line: the last that is not JAX's note
+        lines = [ln for ln in done.stderr.strip().splitlines()
+                 if ln.strip() and not ln.startswith(("For simplicity", "-----"))]
+        raise RuntimeError((lines or [f"exit {done.returncode}"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def jax_runtime(cfg: JobConfig, dim: int) -> dict:
+    """JAX's own memory on the driver, measured, not guessed: the resident memory its backend's
+    start adds and the further growth while a small selection with the config's options
+    (estimator, method, stop rule, fill, ``select.k``, the JAX platform settings) compiles and
+    runs on ``dim``-D random rows, in a child process (:mod:`jobs.common.jax_probe`; a few
+    seconds), so this process never starts JAX for it. Both hardly depend on the data's size.
+
+    Returns ``{"start": bytes, "compiled": bytes, "counted": bytes, "started_here": bool,
+    "seconds": float}``; ``counted`` leaves the start out where this process has started JAX
+    already (a run here does not pay for it again). Where the probe fails: ``{"why": ...}``."""
+    r = cfg.runtime
+    spec = json.dumps({"dim": dim, "options": engine_options(cfg.select),
+                       "jax": {"platform": r.jax_platform, "preallocate": r.jax_preallocate,
+                               "memory_fraction": r.jax_memory_fraction}}, sort_keys=True)
+    try:
+        m = _probe(spec)
+    except (RuntimeError, ValueError) as e:
+        return {"why": f"not measured: the probe failed ({e})"}
+    start, compiled = int(m["start_mib"] * 2 ** 20), int(m["select_mib"] * 2 ** 20)
+    here = _jax_started()
+    return {"start": start, "compiled": compiled, "counted": compiled + (0 if here else start),
+            "started_here": here, "seconds": m["seconds"]}
 
 
 def _free_memory() -> int | None:
@@ -516,8 +595,8 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
              measure: bool = True, why_not: str = "measure=False") -> Forecast:
     """What ``gio-spark run`` would do with ``cfg`` on ``spark`` (see the module's doc).
     ``stages``: the registry's stages, in order. ``measure``: embed a sample to time the
-    embedding (False: no model runs; the embedding time is left out, ``why_not`` saying
-    why).
+    embedding and probe JAX's memory (:func:`jax_runtime`) (False: neither; both are left out,
+    ``why_not`` saying why).
 
     Raises:
       InputError: a source that cannot be read, or a train or evaluate section whose selection
@@ -576,8 +655,16 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
         out.clusters = {"pool_k": pool_k, "pool_k_from": pool_k_from, "target_k": target_k,
                         "dim": dim, "dim_from": dim_from}
         phases = driver_memory(cfg, pool_k, target_k, dim, pool_rows, target_rows)
+        runs = {st.stage for st in out.stages if st.action == "run"}
+        first = next((phase for phase, stage in (("select", "select"), ("row step", "explode"))
+                      if phase in phases and stage in runs), None)
+        runtime = ({"why": f"not measured ({why_not})"} if not measure else
+                   {"why": "no selection runs"} if first is None else jax_runtime(cfg, dim))
+        if "counted" in runtime:
+            phases[first]["runtime"] = runtime["counted"]
+            runtime["phase"] = first
         conf = spark.conf
-        out.driver = {"phases": phases, "need_bytes": memory_need(phases),
+        out.driver = {"phases": phases, "need_bytes": memory_need(phases), "runtime": runtime,
                       "free_bytes": _free_memory(),
                       "max_result": conf.get("spark.driver.maxResultSize", "1g"),
                       "driver_memory": conf.get("spark.driver.memory", "1g")}

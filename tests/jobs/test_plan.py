@@ -18,7 +18,8 @@ from jobs.cli import main
 from jobs.config import auto_pool_k, load_config
 from jobs.io import tables
 from jobs.io.demo_data import TARGET_PACKAGES, stdlib_docstrings
-from jobs.planning import Forecast, _warnings, driver_memory, memory_need
+from jobs.planning import (Forecast, _jax_started, _warnings, driver_memory, jax_runtime,
+                           memory_need)
 from jobs.state import stagelog
 
 SETTINGS = {"quantize.pool_k": "auto", "quantize.target_k": 10, "select.k": 3,
@@ -65,6 +66,10 @@ def test_the_plan_says_what_the_run_then_does_and_takes(spark, texts, tmp_path):
     assert plan.embedding["sides"]["pool"]["tasks"] == 2 and plan.embedding["slots"] == 2
     assert list(plan.driver["phases"]) == ["select"]                  # no row budget
     assert plan.driver["need_bytes"] == sum(plan.driver["phases"]["select"].values()) > 0
+    runtime = plan.driver["runtime"]                                 # JAX's, probed
+    assert runtime["phase"] == "select" and runtime["compiled"] > 20 * 2 ** 20
+    assert plan.driver["phases"]["select"]["runtime"] == runtime["counted"] == (
+        runtime["compiled"] + (0 if runtime["started_here"] else runtime["start"]))
     assert plan.warnings == []
     text = plan.text()
     assert f"{pool_rows:,} rows (Parquet footers)" in text and "about" in text
@@ -113,6 +118,8 @@ def test_the_command_line_prints_the_plan_and_refuses_a_bad_sample(spark, texts,
     assert printed["inputs"]["pool"]["rows"] == pool_rows
     assert {s["stage"]: s["action"] for s in printed["stages"]}["quantize"] == "run"
     assert printed["embedding"] == {"why": "not measured (--no-measure)"}
+    assert printed["driver"]["runtime"] == {"why": "not measured (--no-measure)"}
+    assert "runtime" not in printed["driver"]["phases"]["select"]
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -141,3 +148,66 @@ def test_the_warnings_name_the_setting_to_change():
     assert any("row budget (5,000) is the whole pool (4,000 rows)" in w for w in found)
     f.driver.update(free_bytes=2 ** 40, max_result="4g", driver_memory="8g")
     assert _warnings(cfg, f, 20_000, 5000, 384, 400_000) == []
+
+
+def test_the_runtime_stays_resident_through_the_phases_after_it():
+    phases = {"select": {"centroids": 10, "runtime": 100}, "row step": {"collect": 50}}
+    assert memory_need(phases) == 150                     # the row step on top of JAX's runtime
+    phases["select"]["centroids"] = 80
+    assert memory_need(phases) == 180                     # the select stage's own peak
+    assert memory_need({"row step": {"collect": 50, "runtime": 100}}) == 150
+
+
+def test_the_jax_probe_measures_the_start_and_the_compiled_code_in_a_child_process(monkeypatch):
+    cfg = load_config(None, ["select.k=3"], command="config")
+    before = _jax_started()
+    r = jax_runtime(cfg, 16)
+    assert _jax_started() == before                       # the probe ran elsewhere
+    # a CPU backend's start and a selection's compiled code: tens of MiB each, not gigabytes
+    assert 5 * 2 ** 20 < r["start"] < 2 ** 30 and 20 * 2 ** 20 < r["compiled"] < 2 ** 30
+    assert r["counted"] == r["compiled"] + (0 if r["started_here"] else r["start"])
+    monkeypatch.setenv("JAX_PLATFORMS", "no-such-platform")   # the child inherits it and fails
+    failed = jax_runtime(cfg, 17)
+    assert set(failed) == {"why"} and failed["why"].startswith("not measured: the probe failed (")
+    assert "no-such-platform" in failed["why"]
+
+
+@pytest.mark.e2e
+def test_the_planned_driver_memory_of_a_command_line_run_is_within_2x_of_what_it_used(spark,
+                                                                                    tmp_path):
+    """As a user runs them: ``gio-spark plan --json``, then ``gio-spark run``, each a process of
+    its own, on a small precomputed pool, where JAX's runtime is nearly all the select stage's
+    memory; the run's select stage measures its growth (``runs.timings``)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 64))
+    for side, rows in (("pool", 2000), ("target", 200)):
+        x = centres[rng.integers(0, 12, rows)] + 0.5 * rng.normal(size=(rows, 64))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        pd.DataFrame({"id": [f"{side}{i}" for i in range(rows)],
+                      "vec": list(x.astype(np.float32))}).to_parquet(tmp_path / f"{side}.parquet")
+    sets = [f"output.path={tmp_path / 'out'}", "quantize.pool_k=100", "quantize.target_k=20",
+            "spark.master=local[2]"]
+    for side in ("pool", "target"):
+        sets += [f"{side}.path={tmp_path / side}.parquet", f"{side}.format=parquet",
+                 f"{side}.embedding_column=vec", f"{side}.id_column=id"]
+    args = [a for item in sets for a in ("--set", item)]
+
+    def gio(*command):
+        done = subprocess.run([sys.executable, "-m", "jobs.cli", *command, *args],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    plan = json.loads(gio("plan", "--json"))
+    runtime = plan["driver"]["runtime"]
+    assert runtime["phase"] == "select" and not runtime["started_here"]
+    planned = sum(plan["driver"]["phases"]["select"].values()) / 2 ** 20
+    gio("run")
+    timings = json.loads(tables.read_key(spark, str(tmp_path / "out"), "runs",
+                                         plan["run_id"]).first()["timings"])
+    used = timings["driver_peak_mib"]
+    assert used / 2 <= planned <= 2 * used, (planned, used, plan["driver"])
