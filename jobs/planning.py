@@ -11,7 +11,8 @@ For a config (the file and ``--set``, or the Python API's arguments), :func:`for
   metadata count), or, for text formats, estimated from the bytes and the mean line length of
   the first rows;
 - **clusters**: the pool clusters ``quantize.pool_k`` gives (``auto``: from the rows above),
-  and the target's;
+  and the target's; with ``target.domain_column``, each domain's rows, target clusters and
+  (``select.shares``) rows of the budget (:func:`target_domains`);
 - **embedding time**: measured, not guessed: a sample of the pool's texts is embedded with the
   config's model and backend in one Spark task, twice (the first pass loads the model), which
   gives the model's load time and one task's texts per second; the estimate for each side is
@@ -45,6 +46,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 import jobs
+from gio_core import share_budgets
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
@@ -53,9 +55,11 @@ from jobs.io import tables
 from jobs.io.demo_data import demo_rows
 from jobs.io.encoders import embed_frame, embed_partitions, model_dimension
 from jobs.io.session import is_connect
-from jobs.io.sources import read_side
+from jobs.io.sources import MAX_DOMAINS, read_side
 from jobs.stages.embed import TEXT_HASH, stored_hashes
+from jobs.stages.quantize import domain_ks
 from jobs.state import reuse, stagelog
+from jobs.state.inputs import check_domains
 
 # Texts the embedding measure encodes after the model is loaded (``--sample-rows``).
 SAMPLE_ROWS = 256
@@ -103,6 +107,7 @@ class Forecast:
     clusters: dict = field(default_factory=dict)
     embedding: dict = field(default_factory=dict)
     driver: dict = field(default_factory=dict)
+    domains: dict = field(default_factory=dict)
     changed: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
@@ -128,6 +133,15 @@ class Forecast:
         if c:
             lines += ["", f"clusters: {c['pool_k']:,} pool ({c['pool_k_from']}), "
                           f"{c['target_k']:,} target, {c['dim']}-D ({c['dim_from']})"]
+        if self.domains:
+            lines += ["", f"target domains ({self.domains['column']!r}, "
+                          f"{self.domains['rows_from']})"]
+            for name, d in self.domains["each"].items():
+                share = ("" if d.get("share") is None else
+                         f", share {d['share']:g}" + ("" if d.get("budget") is None else
+                                                       f": {d['budget']:,} rows of the budget"))
+                lines.append(f"  {name!s:<7} {d['rows']:,} rows, {d['target_k']:,} target "
+                             f"clusters{share}")
         e = self.embedding
         if e.get("sides"):
             lines += ["", f"embedding (measured on {e['sample_rows']} of the pool's texts in one "
@@ -609,6 +623,8 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
         else []
     for side in ("pool", "target"):
         out.inputs[side] = side_size(spark, cfg, plan, side)
+    if cfg.target.domain_column:
+        out.domains = target_domains(spark, cfg, plan)
 
     pool_rows, target_rows = out.inputs["pool"].rows, out.inputs["target"].rows
     q = cfg.quantize
@@ -669,11 +685,55 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
                       "max_result": conf.get("spark.driver.maxResultSize", "1g"),
                       "driver_memory": conf.get("spark.driver.memory", "1g")}
         out.warnings += _warnings(cfg, out, pool_k, target_k, dim, pool_rows)
+    if out.domains:
+        _share_out(cfg, out, target_k, pool_rows)
     for side, s in out.inputs.items():
         if s.rows is None:
             out.warnings.append(f"the {side}'s rows are not known without a scan; the clusters "
                                 "and the estimates above assume what the config sets")
     return out
+
+
+def target_domains(spark, cfg: JobConfig, plan) -> dict:
+    """The target's domains and their rows (``target.domain_column``): from the target's check
+    on an earlier run where the source is unchanged (its usable rows and distinct values), else
+    one grouped count of the target's rows with a domain (before the checks: bad rows count)."""
+    column = cfg.target.domain_column
+    key = plan.validate["target"][:reuse.ID_CHARS]
+    last = stagelog.latest(spark, cfg.output.path, "validate_target", key)
+    if last is not None and last["status"] == "done" and \
+            last["fingerprint"] == plan.validate["target"]:
+        report = json.loads(last["detail"])
+        if "domains" in report:
+            return {"column": column, "rows_from": "checked on an earlier run, used rows",
+                    "counts": report["domains"]}
+    found = (read_side(spark, "target", cfg.target).where(F.col(column).isNotNull())
+             .groupBy(F.col(column).cast("string").alias("d")).count().orderBy("d")
+             .limit(MAX_DOMAINS + 1).collect())
+    return {"column": column, "rows_from": "counted, before the input checks",
+            "counts": {r["d"]: {"rows": int(r["count"])} for r in found}}
+
+
+def _share_out(cfg: JobConfig, out: Forecast, target_k: int, pool_rows: int | None) -> None:
+    """Each domain's target clusters (as quantize shares ``quantize.target_k`` out) and, with
+    ``select.shares`` and a known budget, its rows of the budget, into ``out.domains["each"]``;
+    what the run's input checks would refuse about the domains becomes a warning."""
+    counts = out.domains["counts"]
+    ks = domain_ks(target_k, counts, cfg.select.k + 1)
+    shares = cfg.select.shares
+    budget = row_budget(cfg.select, pool_rows) if pool_rows else None
+    budgets = (share_budgets({str(d): v for d, v in shares.items()}, budget)
+               if shares is not None and budget is not None else {})
+    out.domains["each"] = {
+        name: {"rows": c["rows"], "target_k": ks[name],
+               "share": None if shares is None else {str(d): v for d, v in
+                                                     shares.items()}.get(name),
+               "budget": budgets.get(name)}
+        for name, c in counts.items()}
+    try:
+        check_domains(cfg, counts)
+    except InputError as e:
+        out.warnings.append(f"the run would stop at its input checks: {e}")
 
 
 def _dim(spark, cfg: JobConfig) -> tuple[int | None, str | None]:

@@ -16,6 +16,7 @@ import pytest
 import jobs
 from jobs.common.errors import InputError
 from jobs.io import tables
+from jobs.state import stagelog
 
 VECTORS = {"quantize.pool_k": 60, "quantize.target_k": 24, "select.k": 3}
 BUDGET = 300
@@ -60,6 +61,13 @@ def test_shares_come_out_as_asked_and_each_pick_records_its_domain(spark, tmp_pa
     out = str(tmp_path / "out")
     args = dict(embedding_column="vec", id_column="id", output=out, max_rows=BUDGET,
                 domain_column="domain", settings=VECTORS)
+    # The plan says, before the run, how the domains share the target's clusters and the budget.
+    plan = jobs.plan(pool_df, target_df, shares={"code": 0.7, "math": 0.3}, measure=False,
+                     **{**args, "settings": {**VECTORS, **HELDOUT}})
+    assert plan.domains["each"] == {
+        "code": {"rows": 120, "target_k": 12, "share": 0.7, "budget": 210},
+        "math": {"rows": 120, "target_k": 12, "share": 0.3, "budget": 90}}
+    assert plan.warnings == []
     chosen = jobs.select_rows(pool_df, target_df, shares={"code": 0.7, "math": 0.3},
                               **{**args, "settings": {**VECTORS, **HELDOUT}})
     got = blob_rows(chosen)
@@ -73,6 +81,9 @@ def test_shares_come_out_as_asked_and_each_pick_records_its_domain(spark, tmp_pa
     assert abs(got.get("math", 0) - 0.3 * BUDGET) <= tolerance
     assert "chat" not in got                      # no domain asked for the third blob
     assert record["stop_reason"] == "shares"
+    quantized = json.loads(stagelog.latest(spark, out, "quantize", record["clustering_id"])[
+        "detail"])["target_domains"]
+    assert {d: len(ids) for d, ids in quantized.items()} == {"code": 12, "math": 12}
 
     # selection_domains: one row per pick, the domain it served, in the selection's order;
     # a pick for code is a cluster of the code blob.
@@ -135,6 +146,14 @@ def test_a_target_given_by_domain_and_shares_that_do_not_fit_it(spark, tmp_path,
                        r"'math'"):
         jobs.select_rows(pool_df, {"code": code, "math": math}, shares={"code": 1.0}, **args)
     assert not os.path.exists(os.path.join(out, "selection"))
+    # the plan names the same problem as a warning, and plans the rest
+    plan = jobs.plan(pool_df, {"code": code, "math": math}, shares={"code": 0.5, "poetry": 0.5},
+                     measure=False, **args)
+    assert [w for w in plan.warnings if "input checks" in w] == [
+        "the run would stop at its input checks: select.shares names 'poetry', which "
+        "target.domain_column 'domain' does not hold (it holds 'code', 'math'); name the "
+        "target's domains as they are written in that column."]
+    assert plan.domains["each"]["math"]["budget"] is None       # no share for it
     with pytest.raises(InputError, match=r"target\['code'\] already has a column 'domain'"):
         jobs.select_rows(pool_df, {"code": target_df}, **args)
 
