@@ -24,7 +24,9 @@ Two layers:
   respect to that batch's summaries). Pure functions of arrays; jit them.
 * The reference package's class family (``imnn`` 0.3): :class:`SimulatorIMNN`,
   :class:`GradientIMNN`, :class:`NumericalGradientIMNN`, the aggregated variants
-  :class:`AggregatedGradientIMNN` / :class:`AggregatedNumericalGradientIMNN`, and the streamed
+  :class:`AggregatedSimulatorIMNN` / :class:`AggregatedGradientIMNN` /
+  :class:`AggregatedNumericalGradientIMNN`, the :func:`IMNN` function that picks one from its
+  arguments, and the streamed
   :class:`DatasetGradientIMNN` / :class:`DatasetNumericalGradientIMNN`, with the same
   constructor arguments, ``fit(λ, ϵ, ...)``, ``F``, ``C``, ``invC``, ``μ``, ``dμ_dθ``,
   ``invF``, ``get_estimate`` and ``plot``. The network is any stax-style ``(init_fn,
@@ -986,6 +988,50 @@ class AggregatedNumericalGradientIMNN(_AggregatedArrays):
         self._setup_devices(host, devices, n_per_device)
 
 
+class AggregatedSimulatorIMNN(_Aggregated):
+    """:class:`SimulatorIMNN` computed ``n_per_device`` simulations at a time on ``devices``
+    (round robin), summed on ``host``: simulations are made on the fly, batch by batch, from the
+    iteration's key, so the whole set is never held at once. For the same key and weights its
+    summaries are :class:`SimulatorIMNN`'s (the same keys, ``split(key, n_s)``, the first
+    ``n_d`` with derivatives), and so are its gradients, up to float rounding."""
+
+    def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
+                 key_or_state, simulator, host=None, devices=None, n_per_device=100):
+        _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
+                       optimiser, key_or_state)
+        if not callable(simulator):
+            raise TypeError("simulator must be a function simulator(key, θ) -> simulation.")
+        self.simulator = simulator
+        self.simulate = True
+        self._setup_devices(host, devices, n_per_device)
+        self._key = None
+
+        def simulate(keys, θ):
+            return jax.vmap(lambda k: simulator(k, θ))(keys)
+
+        def with_derivative(keys, θ):
+            return jax.vmap(lambda k: (simulator(k, θ), jax.jacfwd(simulator, argnums=1)(k, θ)))(
+                keys)
+        self._simulate = jax.jit(simulate)
+        self._simulate_with_derivative = jax.jit(with_derivative)
+
+    def get_summaries(self, w, key=None, validate=False):
+        if key is None:
+            raise ValueError("a PRNG key is needed to simulate: get_summaries(w, key=key).")
+        self._key = key                 # get_gradient, called next, re-makes these simulations
+        return super().get_summaries(w, key=key, validate=validate)
+
+    def batches(self, validate):
+        keys = jax.random.split(self._key, self.n_s)
+        size = self.n_per_device
+        for start in range(0, self.n_d, size):
+            fid, der = self._simulate_with_derivative(keys[start:min(start + size, self.n_d)],
+                                                      self.θ_fid)
+            yield Batch(fid, der)
+        for start in range(self.n_d, self.n_s, size):
+            yield Batch(self._simulate(keys[start:min(start + size, self.n_s)], self.θ_fid))
+
+
 class _Dataset(_Aggregated):
     """Batches read from iterators, the reference's ``DatasetGradientIMNN`` contract: ``main``
     is one source per device of ``(fiducial [n_per_device, *input_shape], derivative [...])``
@@ -1080,6 +1126,169 @@ class DatasetNumericalGradientIMNN(_Dataset):
         self._setup_devices(host, devices, n_per_device)
         self._set_sources(main, remaining, validation_main, validation_remaining,
                           (2, self.n_params) + self.input_shape)
+
+
+# -- the reference's IMNN(...): the class chosen from the arguments given ---------------------
+
+def _given(**named) -> list[str]:
+    return [name for name, value in named.items() if value is not None]
+
+
+def _both_or_neither(a: str, a_value, b: str, b_value) -> None:
+    if (a_value is None) != (b_value is None):
+        have, lack = (a, b) if a_value is not None else (b, a)
+        raise ValueError(f"{have} is given without {lack}; give both or neither.")
+
+
+def _derivative_shape(name: str, value, expected: tuple, hint: str) -> None:
+    if not hasattr(value, "shape"):
+        raise TypeError(f"{name} must be an array with a shape; got {type(value).__name__}.")
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {expected} {hint}.")
+
+
+def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,  # noqa: N802
+         key_or_state, simulator=None, fiducial=None, derivative=None, main=None,
+         remaining=None, δθ=None, validation_fiducial=None, validation_derivative=None,
+         validation_main=None, validation_remaining=None, host=None, devices=None,
+         n_per_device=None, cache=None, prefetch=None, verbose=True):
+    """The reference's ``IMNN(...)``: builds the class its arguments call for.
+
+    - where the simulations come from, exactly one of: ``simulator`` (made on the fly:
+      :class:`SimulatorIMNN`), ``fiducial`` and ``derivative`` arrays (:class:`GradientIMNN`;
+      with ``δθ``, finite differences: :class:`NumericalGradientIMNN`), or ``main`` and
+      ``remaining`` batch sources (:class:`DatasetGradientIMNN`);
+    - ``host``, ``devices`` and ``n_per_device`` together (all three or none) ask for the
+      aggregated class of each (:class:`AggregatedSimulatorIMNN`,
+      :class:`AggregatedGradientIMNN`, :class:`AggregatedNumericalGradientIMNN`); batch sources
+      need them;
+    - validation data goes with its kind: ``validation_fiducial`` and
+      ``validation_derivative`` with arrays, ``validation_main`` and ``validation_remaining``
+      with batch sources, none with a simulator.
+
+    ``cache`` and ``prefetch`` are the reference's TensorFlow dataset hints for aggregated
+    arrays: accepted there (and nowhere else, as the reference) and unused, since no TensorFlow
+    dataset is built here. ``verbose`` prints the class chosen. Misuse raises what the
+    reference raises (``ValueError`` for a missing or extra argument or a wrong shape,
+    ``TypeError`` for a wrong kind), with messages of our own. Not built: ``fiducial`` and
+    ``derivative`` given as lists of dataset iterators with ``δθ`` (the reference's
+    ``DatasetNumericalGradientIMNN`` form; here that class reads ``main``/``remaining``
+    sources): ``NotImplementedError``.
+    """
+    common = dict(n_s=n_s, n_d=n_d, n_params=n_params, n_summaries=n_summaries,
+                  input_shape=input_shape, θ_fid=θ_fid, model=model, optimiser=optimiser,
+                  key_or_state=key_or_state)
+    spread = _given(host=host, devices=devices, n_per_device=n_per_device)
+    if spread and len(spread) < 3:
+        lacking = [n for n in ("host", "devices", "n_per_device") if n not in spread]
+        raise ValueError(f"{' and '.join(spread)} given without {' and '.join(lacking)}: to "
+                         "aggregate, give all three (e.g. host=jax.devices('cpu')[0], "
+                         "devices=jax.devices(), n_per_device=100), or none.")
+    aggregate = bool(spread)
+    if aggregate:
+        common.update(host=host, devices=devices, n_per_device=n_per_device)
+    sources = {"simulator": _given(simulator=simulator),
+               "arrays": _given(fiducial=fiducial, derivative=derivative),
+               "datasets": _given(main=main, remaining=remaining)}
+    kinds = [kind for kind, names in sources.items() if names]
+    if not kinds:
+        raise ValueError("no simulations given: pass simulator, or fiducial and derivative, or "
+                         "main and remaining.")
+    if len(kinds) > 1:
+        named = " and ".join("/".join(sources[k]) for k in kinds)
+        raise ValueError(f"{named} given: pass one source of simulations only (simulator, or "
+                         "fiducial and derivative, or main and remaining).")
+    kind = kinds[0]
+    hints = _given(cache=cache, prefetch=prefetch)
+    if hints and not (aggregate and kind == "arrays"):
+        raise ValueError(f"{' and '.join(hints)} apply only to aggregated fiducial and "
+                         "derivative arrays (with host, devices and n_per_device); leave "
+                         "them out here.")
+
+    def chosen(cls, **more):
+        if verbose:
+            print(f"using {cls.__name__}")       # the reference says which class it built
+        return cls(**common, **more)
+
+    if kind == "simulator":
+        extra = _given(validation_fiducial=validation_fiducial,
+                       validation_derivative=validation_derivative,
+                       validation_main=validation_main, validation_remaining=validation_remaining,
+                       δθ=δθ)
+        if extra:
+            raise ValueError(f"{', '.join(extra)} given with simulator: a simulator makes its "
+                             "own simulations (and their derivatives); leave them out.")
+        return chosen(AggregatedSimulatorIMNN if aggregate else SimulatorIMNN,
+                      simulator=simulator)
+
+    if kind == "datasets":
+        _both_or_neither("main", main, "remaining", remaining)
+        _both_or_neither("validation_main", validation_main, "validation_remaining",
+                         validation_remaining)
+        extra = _given(validation_fiducial=validation_fiducial,
+                       validation_derivative=validation_derivative, δθ=δθ)
+        if extra:
+            raise ValueError(f"{', '.join(extra)} given with main and remaining: those hold "
+                             "simulations with their derivatives (validate with "
+                             "validation_main and validation_remaining); leave them out.")
+        if not aggregate:
+            raise ValueError("main and remaining need host, devices and n_per_device (the "
+                             "batches each device reads).")
+        return chosen(DatasetGradientIMNN, main=main, remaining=remaining,
+                      validation_main=validation_main,
+                      validation_remaining=validation_remaining)
+
+    _both_or_neither("fiducial", fiducial, "derivative", derivative)
+    _both_or_neither("validation_fiducial", validation_fiducial, "validation_derivative",
+                     validation_derivative)
+    extra = _given(validation_main=validation_main, validation_remaining=validation_remaining)
+    if extra:
+        raise ValueError(f"{', '.join(extra)} given with fiducial and derivative; validate "
+                         "with validation_fiducial and validation_derivative instead.")
+    pairs = [("fiducial", fiducial, "derivative", derivative)]
+    if validation_fiducial is not None:
+        pairs.append(("validation_fiducial", validation_fiducial, "validation_derivative",
+                      validation_derivative))
+        if isinstance(fiducial, list) != isinstance(validation_fiducial, list):
+            raise TypeError("fiducial and validation_fiducial must both be lists (of dataset "
+                            "iterators) or both arrays.")
+    for a, a_value, b, b_value in pairs:
+        if isinstance(a_value, list) != isinstance(b_value, list):
+            raise TypeError(f"{a} and {b} must both be lists (of dataset iterators) or both "
+                            "arrays.")
+    if isinstance(fiducial, list):
+        if δθ is None:
+            raise TypeError("fiducial and derivative are lists but δθ is not given: for "
+                            "simulations with their derivatives from datasets, give main and "
+                            "remaining instead.")
+        raise NotImplementedError(
+            "fiducial and derivative as lists of dataset iterators with δθ are not supported "
+            "here; build DatasetNumericalGradientIMNN(..., δθ, host, devices, n_per_device, "
+            "main=[...], remaining=[...]) directly (main: (fiducial, derivative) batches).")
+    n_d_checked = _int("n_d", n_d, 1)
+    shape = _shape("input_shape", input_shape)
+    params = _int("n_params", n_params)
+    validation = dict(validation_fiducial=validation_fiducial,
+                      validation_derivative=validation_derivative)
+    if δθ is None:
+        expected = (n_d_checked,) + shape + (params,)
+        for name, value in (("derivative", derivative),
+                            ("validation_derivative", validation_derivative)):
+            if value is not None:
+                _derivative_shape(name, value, expected,
+                                  "(n_d, *input_shape, n_params); for finite differences "
+                                  "give δθ")
+        return chosen(AggregatedGradientIMNN if aggregate else GradientIMNN,
+                      fiducial=fiducial, derivative=derivative, **validation)
+    expected = (n_d_checked, 2, params) + shape
+    for name, value in (("derivative", derivative),
+                        ("validation_derivative", validation_derivative)):
+        if value is not None:
+            _derivative_shape(name, value, expected,
+                              "(n_d, 2, n_params, *input_shape): simulations below and above "
+                              "θ_fid; without finite differences leave δθ out")
+    return chosen(AggregatedNumericalGradientIMNN if aggregate else NumericalGradientIMNN,
+                  fiducial=fiducial, derivative=derivative, δθ=δθ, **validation)
 
 
 class Estimator(NamedTuple):

@@ -287,3 +287,90 @@ def test_fit_and_the_constructor_refuse_what_the_reference_refuses(sims):
     with pytest.raises(TypeError, match="key_or_state is neither a PRNG key"):
         I.GradientIMNN(**dict(common(100, 100, hidden=(8,)), key_or_state=jnp.zeros(3)),
                        **small)
+
+
+def _simulator(k, θ):
+    return I.gaussian_simulator(k, θ)
+
+
+def test_the_aggregated_simulator_equals_the_simulator_for_the_same_key():
+    """Batches of 7 (the last smaller), n_d < n_s: the same simulations (keys split from the
+    iteration's key), so the same summaries, loss and gradient as SimulatorIMNN; then a fit."""
+    n_s, n_d = 60, 40
+    key = jax.random.PRNGKey(5)
+    one = I.SimulatorIMNN(**common(n_s, n_d, hidden=(16, 16)), simulator=_simulator)
+    agg = I.AggregatedSimulatorIMNN(**common(n_s, n_d, hidden=(16, 16)), simulator=_simulator,
+                                    host=jax.devices("cpu")[0], devices=jax.devices("cpu"),
+                                    n_per_device=7)
+    x1, dx1 = one.get_summaries(one.w, key=key)
+    x2, dx2 = agg.get_summaries(agg.w, key=key)
+    assert x2.shape == (n_s, 2) and dx2.shape == (n_d, 2, 2)
+    assert np.allclose(x1, x2, atol=1e-5) and np.allclose(dx1, dx2, atol=1e-5)
+    α = I.coupling_rate(λ, ϵ)
+    g1, t1 = one._loss_and_gradient(one.w, λ, α, key)
+    g2, t2 = agg._loss_and_gradient(agg.w, λ, α, key)
+    assert relative(g1, g2) < 1e-4 and np.linalg.norm(flat(g1)) > 0
+    assert float(t1.loss) == pytest.approx(float(t2.loss), rel=1e-5)
+    other = agg.get_summaries(agg.w, key=jax.random.PRNGKey(6))[0]
+    assert not np.allclose(other, x2)                     # another key, other simulations
+    with pytest.raises(ValueError, match="rng is needed"):
+        agg.fit(λ, ϵ)
+    agg.fit(λ, ϵ, rng=jax.random.PRNGKey(7), patience=400, min_iterations=0,
+            max_iterations=40, best=False)
+    assert len(agg.history["detF"]) == 40 and np.all(np.isfinite(agg.history["detF"]))
+    assert agg.F.shape == (2, 2) and agg.get_estimate(np.zeros(10)).shape == (2,)
+
+
+def test_the_imnn_function_builds_the_class_its_arguments_call_for(sims, capsys):
+    small = {k: v[:100] for k, v in sims.items()}
+    spread = dict(host=jax.devices("cpu")[0], devices=jax.devices("cpu"), n_per_device=50)
+    base = common(100, 100, hidden=(8,))
+    δθ = jnp.array([0.1, 0.1])
+    numerical = jnp.zeros((100, 2, 2, 10))
+    cases = [
+        (dict(simulator=_simulator), I.SimulatorIMNN),
+        (dict(simulator=_simulator, **spread), I.AggregatedSimulatorIMNN),
+        (dict(small), I.GradientIMNN),
+        (dict(small, validation_fiducial=small["fiducial"],
+              validation_derivative=small["derivative"]), I.GradientIMNN),
+        (dict(small, **spread, cache=True, prefetch=None), I.AggregatedGradientIMNN),
+        (dict(fiducial=small["fiducial"], derivative=numerical, δθ=δθ), I.NumericalGradientIMNN),
+        (dict(fiducial=small["fiducial"], derivative=numerical, δθ=δθ, **spread),
+         I.AggregatedNumericalGradientIMNN),
+    ]
+    for given, cls in cases:
+        built = I.IMNN(**base, **given)
+        assert type(built) is cls, (sorted(given), type(built))
+        assert capsys.readouterr().out == f"using {cls.__name__}\n"
+    assert type(I.IMNN(**base, simulator=_simulator, verbose=False)) is I.SimulatorIMNN
+    assert capsys.readouterr().out == ""
+    main = [[(small["fiducial"][:50], small["derivative"][:50]),
+             (small["fiducial"][50:], small["derivative"][50:])]]
+    built = I.IMNN(**base, main=main, remaining=[[]], verbose=False, **spread)
+    assert type(built) is I.DatasetGradientIMNN
+
+
+@pytest.mark.parametrize("given, error, says", [
+    (dict(), ValueError, "no simulations given"),
+    (dict(simulator=_simulator, fiducial="F"), ValueError, "pass one source of simulations"),
+    (dict(fiducial="F"), ValueError, "fiducial is given without derivative"),
+    (dict(main=["m"]), ValueError, "main is given without remaining"),
+    (dict(main=["m"], remaining=["r"]), ValueError, "need host, devices and n_per_device"),
+    (dict(simulator=_simulator, host="h"), ValueError, "host given without devices and "
+                                                         "n_per_device"),
+    (dict(simulator=_simulator, δθ=1.0), ValueError, "δθ given with simulator"),
+    (dict(simulator=_simulator, cache=True), ValueError, "cache apply only to aggregated"),
+    (dict(fiducial=[1], derivative=2), TypeError, "both be lists"),
+    (dict(fiducial=[1], derivative=[2]), TypeError, "δθ is not given"),
+    (dict(fiducial=[1], derivative=[2], δθ=1.0), NotImplementedError, "main=\\[...\\]"),
+    (dict(fiducial="F", derivative="D"), TypeError, "derivative must be an array"),
+    (dict(fiducial="F", derivative=np.zeros((100, 10, 3))), ValueError,
+     r"derivative has shape \(100, 10, 3\); expected \(100, 10, 2\)"),
+    (dict(fiducial="F", derivative=np.zeros((100, 10, 2)), δθ=1.0), ValueError,
+     r"expected \(100, 2, 2, 10\)"),
+    (dict(fiducial="F", derivative="D", validation_main=["m"]), ValueError,
+     "validate with validation_fiducial"),
+])
+def test_the_imnn_function_refuses_what_the_reference_refuses(given, error, says):
+    with pytest.raises(error, match=says):
+        I.IMNN(**common(100, 100, hidden=(8,)), verbose=False, **given)
