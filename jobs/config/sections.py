@@ -123,6 +123,8 @@ WEIGHTS_ID = Rule(lambda v: v is None or (isinstance(v, str) and bool(RUN_ID_PAT
                   "null or a weights run id such as weights-1a2b3c")
 WEIGHTS_PATH = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
                     "null or the output folder that holds the feature_weights table")
+ARGV = Rule(lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+            "a list of command-line words (text), e.g. ['--trainer.epochs=2']")
 PATH_OR_NULL = Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
                     "a path written as text, or null")
 SECONDS_OR_NULL = Rule(lambda v: v is None or (_is_num(v) and v > 0),
@@ -628,7 +630,9 @@ class DatamodelsSection:
     inline) says how many models there are and what each one's ``main`` returns. ``store`` is
     the Delta table of their records (one row per model index; default
     ``<output.path>/datamodels_store``). ``work`` runs ``main(index=, logdir=, **args)`` from the
-    module ``main_import`` as one Spark task per index not yet completed, committing
+    module ``main_import`` (with ``sys.argv[1:]`` set to ``argv`` while it runs, for a script
+    that reads its settings from the command line, as the source's fastargs scripts do) as one
+    Spark task per index not yet completed, committing
     ``commit_every`` indices a transaction. ``regress`` fits a lasso path per target from
     ``x_name`` (the masks) to ``y_name`` (the outputs) with the source's options (``num_train``,
     ``num_val``, ``seed``, ``target_start``/``target_end``, ``k``, ``eps``, ``lr``,
@@ -643,6 +647,8 @@ class DatamodelsSection:
     schema: dict | None = None         # {key: {shape: [...], dtype: numpy name}}
     main_import: str | None = None     # module with main(*, index, logdir, **args)
     args: dict = field(default_factory=dict)    # extra keyword arguments of main
+    # the command line main's own parser reads (fastargs, argparse): sys.argv[1:] while it runs
+    argv: Annotated[list, ARGV] = field(default_factory=list)
     # main gets <logdir>/workers/<index>; null: <output>/datamodels_logs
     logdir: Annotated[str | None, PATH_OR_NULL] = None
     indices: list | None = None        # [start, end): only these indices (null: all)

@@ -400,7 +400,7 @@ def run_work(spark, cfg: JobConfig) -> WorkReport:
     sc = spark.sparkContext
     group = f"gio-spark-datamodels-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
     task = partial(work_task, store.spec.to_json(), d.main_import, logdir, dict(d.args),
-                   max_failures, d.timeout_s)
+                   max_failures, d.timeout_s, argv=list(d.argv))
 
     def run_wave(wave):
         sc.setJobGroup(group, f"datamodels work: indices {wave[0]}..{wave[-1]}", True)

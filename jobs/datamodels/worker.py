@@ -43,16 +43,32 @@ def _failure(err: BaseException) -> str:
         return (f"SystemExit({err.code!r}): main exited instead of returning its values. A "
                 "script that reads its settings from the command line (fastargs, argparse) "
                 "exits this way when they are missing or unknown: a Spark task has no command "
-                "line of the script's, so take them as keyword arguments (datamodels.args).")
+                "line of the script's: give them as datamodels.argv (the words its parser reads) or "
+                "as keyword arguments (datamodels.args).")
     return f"{type(err).__name__}: {str(err).strip()}"[:2000]
 
 
+def _with_argv(fn, argv: list, prog: str):
+    """Calls ``fn`` with ``sys.argv`` set to ``[prog, *argv]`` (a script's own command-line
+    parser reads it), restoring it after; ``fn`` alone where ``argv`` is empty."""
+    if not argv:
+        return fn()
+    import sys
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        return fn()
+    finally:
+        sys.argv = saved
+
+
 def work_task(spec_json: str, main_import: str, logdir: str, args: dict, max_failures: int,
-               timeout_s, indices):
+              timeout_s, indices, argv: list | None = None):
     """Runs ``main`` for each index of this task; yields one result tuple per index:
     ``(index, completed, attempt, started, finished, seconds, host, error, values)``. An error
     is raised (so Spark retries the task) unless this is the task's last attempt; then it is
-    returned for the driver to record."""
+    returned for the driver to record. ``argv``: ``sys.argv[1:]`` while ``main`` runs
+    (``datamodels.argv``)."""
     from pyspark import TaskContext
     ctx = TaskContext.get()
     attempt = ctx.attemptNumber() if ctx is not None else 0
@@ -67,7 +83,8 @@ def work_task(spec_json: str, main_import: str, logdir: str, args: dict, max_fai
         try:
             workdir = os.path.join(logdir, "workers", str(index))
             os.makedirs(workdir, exist_ok=True)
-            out = _call_with_timeout(partial(main, index=int(index), logdir=workdir, **args),
+            call = partial(main, index=int(index), logdir=workdir, **args)
+            out = _call_with_timeout(partial(_with_argv, call, argv or [], main_import),
                                      timeout_s)
             values = check_output(spec, int(index), out)
             yield (int(index), True, attempt, started, time.time(), time.perf_counter() - t0,

@@ -594,6 +594,10 @@ CASES = [
     Case("datamodels main without index and logdir", "main cannot be called as main(index=..., "
          "logdir=...", dm_sets("work", "datamodels.main_import=jobs.cli", "datamodels.args={}"),
          command="datamodels"),
+    Case("datamodels argv not a list of words", "datamodels.argv must be a list of "
+         "command-line words", dm_sets("work", "datamodels.main_import=jobs.datamodels.example",
+                                       "datamodels.argv=--trainer.multiple=2"),
+         command="datamodels"),
     Case("datamodels store of another spec", "was created for another spec", dm_sets(
         "work", "datamodels.main_import=jobs.datamodels.example", store=True,
         then=["datamodels.num_models=6"]), command="datamodels"),

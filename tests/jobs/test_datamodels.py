@@ -363,3 +363,38 @@ def test_worker_task_records_a_timeout_and_a_result_off_the_spec(tmp_path, worke
     assert exited[0][7].startswith("SystemExit(2): main exited instead of returning its values.")
     with pytest.raises(RuntimeError, match=r"^SystemExit\(2\): main exited"):
         list(work_task(spec.to_json(), module, str(tmp_path), {"exits": [2]}, 2, None, [2]))
+
+
+def test_a_main_that_parses_its_command_line_reads_datamodels_argv(tmp_path, monkeypatch):
+    """A script that reads its settings with argparse (as the reference's fastargs scripts do
+    from the worker's command line) gets ``datamodels.argv`` as ``sys.argv[1:]`` while main
+    runs, and the task's own ``sys.argv`` is given back after; without it, main exits and the
+    index records why, naming the option."""
+    from jobs.config.store_spec import parse_spec
+    from jobs.datamodels.worker import work_task
+    name = f"dm_argv_main_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent('''
+        import argparse
+        import sys
+
+        import numpy as np
+
+
+        def main(*, index, logdir):
+            p = argparse.ArgumentParser(prog=sys.argv[0])
+            p.add_argument("--trainer.multiple", dest="multiple", type=int, required=True)
+            multiple = p.parse_args().multiple
+            return {"numbers": np.full(4, multiple * (index + 1), dtype=np.uint8)}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = parse_spec({"num_models": 3, "schema": {"numbers": {"shape": [4],
+                                                               "dtype": "uint8"}}}, "spec")
+    before = list(sys.argv)
+    rows = list(work_task(spec.to_json(), name, str(tmp_path), {}, 1, None, [0, 2],
+                          argv=["--trainer.multiple=3"]))
+    assert [(r[0], r[1], r[8]["numbers"].tolist()) for r in rows] == [
+        (0, True, [3, 3, 3, 3]), (2, True, [9, 9, 9, 9])]
+    assert sys.argv == before
+    missing = list(work_task(spec.to_json(), name, str(tmp_path), {}, 1, None, [1], argv=[]))
+    assert missing[0][1] is False and "datamodels.argv" in missing[0][7]
+    assert sys.argv == before

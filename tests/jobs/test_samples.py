@@ -270,6 +270,17 @@ ELSEWHERE = {
     "gio-spark imnn --config conf/imnn.yaml --local":
         ("tests/jobs/test_imnn.py::test_killed_between_its_tables_resumes_to_the_clean_fit",
          "--local"),
+    "python -m jobs.tools.datamodels.training.initialize_store --logging.logdir=$dir "
+    "--logging.spec=spec.json":
+        ("tests/jobs/test_datamodels_reference.py::"
+         "test_the_minimal_example_runs_on_gio_spark_with_one_import_line_changed",
+         '"--logging.spec=spec.json"'),
+    "python -m jobs.tools.datamodels.training.worker --worker.index=0 "
+    "--worker.main_import=examples.minimal.train_minimal --worker.logdir=$dir "
+    "--trainer.multiple=2":
+        ("tests/jobs/test_datamodels_reference.py::"
+         "test_the_minimal_example_runs_on_gio_spark_with_one_import_line_changed",
+         '"--trainer.multiple=2"'),
 }
 README_RUN = ("config", "run")                       # the README's gio-spark lines, run above
 PIPELINE_PAGE = "docs/pipeline.md"                   # its gio-spark commands run below
