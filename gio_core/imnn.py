@@ -34,7 +34,8 @@ Two layers:
   get_params)`` triple of ``jax.example_libraries.optimizers``.
 * The reference's ``imnn.utils`` Jacobians: :func:`value_and_jacfwd`, :func:`value_and_jacrev`,
   :func:`jacfwd`, :func:`jacrev` (the function's value with its Jacobian from one trace; its
-  tutorial builds simulators' derivatives with ``value_and_jacfwd``), on JAX's public API.
+  tutorial builds simulators' derivatives with ``value_and_jacfwd``), on JAX's public API, and
+  its :func:`add_nested_pytrees` and :class:`container`.
 
 Aggregated gradients: the loss depends on the network weights only through the summaries, so
 its gradient is ``Σ_batches vjp(batch summaries)(∂loss/∂summaries of the batch)``. The
@@ -296,6 +297,35 @@ def jacfwd(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
 def jacrev(fun: Callable, argnums=0, holomorphic: bool = False) -> Callable:
     """The reverse-mode Jacobian of ``fun`` (the reference's ``imnn.utils.jacrev``)."""
     return jax.jacrev(fun, argnums=argnums, holomorphic=holomorphic)
+
+
+def add_nested_pytrees(*pytrees):
+    """The leaf-by-leaf sum of pytrees of one structure (the reference's
+    ``imnn.utils.add_nested_pytrees``; here a different structure or leaf shape is a
+    ``ValueError`` naming it, where the reference does not check)."""
+    if not pytrees:
+        raise ValueError("add_nested_pytrees needs at least one pytree.")
+    leaves, tree = jax.tree_util.tree_flatten(pytrees[0])
+    for i, other in enumerate(pytrees[1:], start=1):
+        more, other_tree = jax.tree_util.tree_flatten(other)
+        if other_tree != tree:
+            raise ValueError(f"pytree {i} has the structure {other_tree}, not {tree}.")
+        for j, (a, b) in enumerate(zip(leaves, more, strict=True)):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(f"pytree {i}'s leaf {j} has shape {jnp.shape(b)}, not "
+                                 f"{jnp.shape(a)}.")
+        leaves = [a + b for a, b in zip(leaves, more, strict=True)]
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+class container:  # noqa: N801 - the reference's name
+    """The reference's ``imnn.utils.container``: an empty record of an approximate Bayesian
+    computation's draws (``all``, ``accepted``, ``rejected``, ``ϵ``, ``size``, ``n_accepted``,
+    each None until set)."""
+
+    def __init__(self):
+        self.all = self.accepted = self.rejected = None
+        self.ϵ = self.size = self.n_accepted = None
 
 
 def example_simulations(key, n_s: int = 1000, n_d: int = 1000, θ_fid=(0.0, 1.0),

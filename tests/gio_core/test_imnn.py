@@ -374,3 +374,18 @@ def test_the_imnn_function_builds_the_class_its_arguments_call_for(sims, capsys)
 def test_the_imnn_function_refuses_what_the_reference_refuses(given, error, says):
     with pytest.raises(error, match=says):
         I.IMNN(**common(100, 100, hidden=(8,)), verbose=False, **given)
+
+
+def test_the_reference_utils_pytree_sum_and_container():
+    a = {"w": jnp.ones((2, 3)), "b": [jnp.zeros(3), 1.0]}
+    b = {"w": 2 * jnp.ones((2, 3)), "b": [jnp.arange(3.0), 2.0]}
+    total = I.add_nested_pytrees(a, b, a)
+    assert np.allclose(total["w"], 4.0) and np.allclose(total["b"][0], [0.0, 1.0, 2.0])
+    assert float(total["b"][1]) == 4.0
+    with pytest.raises(ValueError, match="structure"):
+        I.add_nested_pytrees(a, {"w": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"leaf 2 has shape \(2, 2\), not \(2, 3\)"):
+        I.add_nested_pytrees(a, {"w": jnp.ones((2, 2)), "b": [jnp.zeros(3), 1.0]})
+    record = I.container()
+    assert (record.all, record.accepted, record.rejected, record.ϵ, record.size,
+            record.n_accepted) == (None,) * 6
