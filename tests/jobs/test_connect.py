@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # on the driver: the candidate clusters hold more than the cap's 250 rows, their 200 picks fit.
 SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 6, "select.k": 3, "select.max_rows": 100,
             "select.max_candidates": 250}
+# Two target domains (the target's even and odd ids), half the budget each: whole clusters.
+DOMAIN_SETTINGS = {"quantize.pool_k": 30, "quantize.target_k": 8, "select.k": 3,
+                   "select.max_rows": 100}
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, traceback
@@ -41,6 +44,7 @@ SCRIPT = textwrap.dedent("""
 
     sys.excepthook = lambda *exc: (traceback.print_exception(*exc), finish(1))
     work, settings = sys.argv[1], json.loads(sys.argv[2])
+    DOMAIN_SETTINGS = json.loads(sys.argv[3])
     spark = (SparkSession.builder.remote("local[2]")
              .config("spark.jars.packages", "io.delta:delta-spark_2.13:4.0.1")
              .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
@@ -85,6 +89,16 @@ SCRIPT = textwrap.dedent("""
             f"output.path={cli}"] + [f"{k}={v}" for k, v in settings.items()]
     say(cli_exit=main(["run"] + [a for s in sets for a in ("--set", s)]),
         cli=picked(jobs.selection(cli)))
+
+    # Several targets, given as {domain: DataFrame}, each with its share of the budget.
+    even = "cast(substr(id, 2) as int) % 2 = 0"
+    domains = os.path.join(work, "domains")
+    shared = jobs.select_rows(pool, {"even": target.where(even), "odd": target.where(f"NOT ({even})")},
+                              embedding_column="vec", id_column="id", settings=DOMAIN_SETTINGS,
+                              shares={"even": 0.5, "odd": 0.5}, output=domains)
+    say(domains=picked(shared), served=sorted(
+        [r["rank"], r["domain"], r["how"]] for r in
+        spark.read.format("delta").load(os.path.join(domains, "selection_domains")).collect()))
 
     # Text: the embed stage encodes on the server's Python workers.
     texts = os.path.join(work, "texts")
@@ -146,7 +160,8 @@ def _run_the_child(work, docstrings):
         frames[name] = pd.DataFrame({"id": [r["doc_id"] for r in rows],
                                      "text": [r["text"] for r in rows]})
         frames[name].to_parquet(work / f"{name}.parquet")
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(work), json.dumps(SETTINGS)],
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(work), json.dumps(SETTINGS),
+                          json.dumps(DOMAIN_SETTINGS)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "HF_HUB_OFFLINE": "1",
                               "PYSPARK_PYTHON": sys.executable})
@@ -175,6 +190,18 @@ def _check_the_api_the_command_line_and_the_estimator(spark, data):
     assert found["cli_exit"] == 0 and found["cli"] == rows
     # The estimator, saved and loaded back: the same rows, in the same order.
     assert found["estimator"] == sorted([i, rank] for i, _, rank in rows)
+    # Several targets with shares: the classic session's rows, and each pick's domain.
+    target = spark.createDataFrame(frames["target"])
+    even = "cast(substr(id, 2) as int) % 2 = 0"
+    shared = jobs.select_rows(spark.createDataFrame(frames["pool"]),
+                              {"even": target.where(even), "odd": target.where(f"NOT ({even})")},
+                              embedding_column="vec", id_column="id", settings=DOMAIN_SETTINGS,
+                              shares={"even": 0.5, "odd": 0.5})
+    assert sorted([r["id"], r["cluster_id"], r["rank"]] for r in shared.collect()) == \
+        found["domains"]
+    assert len(found["domains"]) == 100
+    assert {how for _, _, how in found["served"]} == {"share"}
+    assert {domain for _, domain, _ in found["served"]} == {"even", "odd"}
 
 
 def _check_embed_gives_the_classic_sessions_vectors(spark, tmp_path, data):
