@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import functools
 import math
 import os
@@ -689,6 +690,9 @@ class DatamodelsSection:
     mode: Annotated[str, one_of(*DATAMODELS_MODES)] = "local"
     regress_id: Annotated[str | None, RUN_ID] = None  # the fit's id; default datamodels-<fingerprint>
     export_path: Annotated[str | None, PATH_OR_NULL] = None  # export: a folder for the source's .npy layout
+    # export: also the config's fit as fast_l1's datamodels.pt (weight [p, T] for standardised
+    # masks, bias [T], lam [T]); needs torch
+    export_fast_l1: Annotated[bool, BOOL] = False
     budget: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None  # select: rows to select
     # select: or this share of the training examples
     budget_fraction: Annotated[float | None, OPTIONAL_FRACTION] = None
@@ -1368,6 +1372,10 @@ def validate_datamodels(cfg: JobConfig, command: str) -> None:
     if command == "datamodels-export":
         _check(d.export_path is not None, "datamodels export needs datamodels.export_path: the "
                "folder for the .npy files.")
+        _check(not d.export_fast_l1 or importlib.util.find_spec("torch") is not None,
+               "datamodels.export_fast_l1 writes fast_l1's datamodels.pt with torch, which is "
+               "not installed: pip install 'gio-spark[embed]' (it brings torch), or set "
+               "datamodels.export_fast_l1: false.")
 
 
 def uses_own_weights(cfg: JobConfig) -> bool:

@@ -945,7 +945,63 @@ def run_export(spark, cfg: JobConfig) -> dict:
         os.replace(tmp, final)
     log(f"datamodels export: {n} completed of {spec.num_models} models, keys "
         f"{', '.join(spec.names)} -> {folder}")
-    return {"completed": n, "files": sorted(f"{k}.npy" for k in arrays)}
+    files = sorted(f"{k}.npy" for k in arrays)
+    if cfg.datamodels.export_fast_l1:
+        files.append(export_fast_l1(spark, cfg, folder))
+    return {"completed": n, "files": files}
+
+
+def fast_l1_layout(weight: np.ndarray, bias: np.ndarray, masks: np.ndarray) -> dict:
+    """A fit on the masks' own scale (``y = bias + masks @ weight.T``, ``weight`` ``[T, p]``)
+    as fast_l1 keeps it, for masks standardised by ``masks``' mean and standard deviation
+    (fast_l1's ``(x - mean) / (std + 1e-32)``): ``{"weight": [p, T], "bias": [T]}``, the same
+    predictions (a constant column's weight moves into the bias)."""
+    x = masks.astype(np.float64)
+    mean = x.mean(axis=0)
+    std = np.sqrt(np.maximum((x * x).mean(axis=0) - mean * mean, 0.0))
+    return {"weight": (weight * std[None, :]).T, "bias": bias + weight @ mean, "mean": mean,
+            "std": std}
+
+
+def export_fast_l1(spark, cfg: JobConfig, folder: str) -> str:
+    """The config's fit (``datamodels regress``'s, by its id) written as fast_l1's
+    ``datamodels.pt``: ``weight`` ``[p, T]`` for masks standardised over the models of the
+    final fit (train and validation with ``refit``, as fast_l1's last pass; train alone
+    without), ``bias`` ``[T]`` and ``lam`` ``[T]`` (the chosen lambdas: both minimise the mean
+    squared error over two plus lambda times the weights' L1 norm, on standardised masks), as
+    float32 tensors. Returns the file's name.
+
+    Raises:
+      InputError: the config's fit is not there (run regress first).
+    """
+    import torch
+
+    plan = make_regress_plan(spark, cfg)
+    weight, bias, targets = load_datamodels(spark, cfg.output.path, plan.regress_id)
+    record = tables.read_key(spark, cfg.output.path, "datamodels_regressions",
+                             plan.regress_id).first()
+    refit = json.loads(record["params"]).get("datamodels", {}).get("refit", True)
+    models = list(record["train_models"]) + (list(record["val_models"]) if refit else [])
+    stored = json.loads(record["store"])
+    x_name = cfg.datamodels.x_name
+    field = plan.store.spec.field(x_name)
+    table = (spark.read.format("delta").option("versionAsOf", stored["version"])
+             .load(stored["path"]).where(F.col("index").isin(models))
+             .select("index", x_name).orderBy("index").toArrow())
+    masks = _flat(table.column(x_name), table.num_rows, field.size, np.dtype(field.stored))
+    layout = fast_l1_layout(weight, bias, masks)
+    lams = (tables.read_key(spark, cfg.output.path, "datamodels_fits", plan.regress_id)
+            .select("target", "lam").orderBy("target").toArrow().column("lam").to_numpy())
+    final = os.path.join(folder, "datamodels.pt")
+    tmp = f"{final}.{os.getpid()}.part"
+    torch.save({"weight": torch.tensor(layout["weight"], dtype=torch.float32),
+                "bias": torch.tensor(layout["bias"], dtype=torch.float32),
+                "lam": torch.tensor(lams, dtype=torch.float32)}, tmp)
+    os.replace(tmp, final)
+    log(f"datamodels export: fit {plan.regress_id} ({len(targets)} targets, "
+        f"{weight.shape[1]} training examples, masks standardised over {table.num_rows} models) "
+        f"-> {final} in fast_l1's layout")
+    return "datamodels.pt"
 
 
 # ---------------------------------------------------------------------------

@@ -271,6 +271,22 @@ def test_digits_example_end_to_end(spark, tmp_path, capsys):
     _, r = evaluate(data.masks[test], data.outputs[test], weight, bias)
     stored_r = [row["test_r"] for row in fits.orderBy("target").collect()]
     np.testing.assert_allclose(r, stored_r, rtol=1e-9)
+    # exported in fast_l1's layout: standardised masks, the same predictions and lambdas
+    export = tmp_path / "export"
+    assert main(argv("export", sets + [f"datamodels.export_path={export}",
+                                       "datamodels.export_fast_l1=true"])) == 0
+    import torch
+    saved = torch.load(export / "datamodels.pt")
+    assert sorted(saved) == ["bias", "lam", "weight"]
+    assert tuple(saved["weight"].shape) == (200, 50) and tuple(saved["bias"].shape) == (50,)
+    final = data.masks[np.searchsorted(data.indices, fit["train_models"] + fit["val_models"])]
+    z = (data.masks[test] - final.mean(axis=0)) / (final.std(axis=0) + 1e-32)
+    from gio_core.datamodels import predict
+    np.testing.assert_allclose(z @ saved["weight"].double().numpy() + saved["bias"].double().numpy(),
+                               predict(data.masks[test], weight, bias), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(saved["lam"].numpy(), [row["lam"] for row in
+                                                      fits.orderBy("target").collect()], rtol=1e-6)
+    assert (export / "_completed.npy").exists()
     # reuse: nothing new is written
     history = len(spark.sql(f"DESCRIBE HISTORY delta.`{out / 'datamodels_weights'}`").collect())
     assert main(argv("regress", sets)) == 0
@@ -398,3 +414,18 @@ def test_a_main_that_parses_its_command_line_reads_datamodels_argv(tmp_path, mon
     missing = list(work_task(spec.to_json(), name, str(tmp_path), {}, 1, None, [1], argv=[]))
     assert missing[0][1] is False and "datamodels.argv" in missing[0][7]
     assert sys.argv == before
+
+
+def test_the_fast_l1_layout_predicts_what_the_fit_predicts():
+    """Weights for standardised masks ([p, T]) and a bias that takes in the means: the same
+    predictions; a column that never changes gets weight 0, its part moved into the bias."""
+    rng = np.random.default_rng(2)
+    masks = rng.random((40, 6)) < 0.5
+    masks[:, 0] = True
+    weight, bias = rng.normal(size=(3, 6)), rng.normal(size=3)
+    layout = D.fast_l1_layout(weight, bias, masks)
+    assert layout["weight"].shape == (6, 3) and layout["bias"].shape == (3,)
+    z = (masks - layout["mean"]) / (layout["std"] + 1e-32)
+    np.testing.assert_allclose(z @ layout["weight"] + layout["bias"], bias + masks @ weight.T,
+                               atol=1e-12)
+    assert np.all(layout["weight"][0] == 0)
