@@ -49,6 +49,10 @@ DEFAULT_CHUNK_BYTES = 2 ** 30      # [p, chunk] and [n, chunk] working arrays pe
 POWER_ITERATIONS = 60
 
 
+# Where a lasso path's grid of lambdas starts (lasso_path's lam_max_from).
+LAM_MAX_FROM = ("standardized", "raw")
+
+
 class Standardization(NamedTuple):
     """Per-example statistics of the training masks (float64, shape ``[p]``)."""
     mean: np.ndarray
@@ -329,15 +333,16 @@ def _chunk_width(design: _Design, targets: int, target_chunk: int | None) -> int
 
 
 def _chunks(design: _Design, masks: np.ndarray, outputs: np.ndarray, width: int,
-            batch_size: int | None):
-    """Centred outputs and their correlations with the standardised masks, chunk by chunk
-    (each chunk padded to ``width`` targets with zeros, so every chunk compiles once)."""
+            batch_size: int | None, center: bool = True):
+    """Centred outputs (``center=False``, a fit without an intercept: as they are) and their
+    correlations with the standardised masks, chunk by chunk (each chunk padded to ``width``
+    targets with zeros, so every chunk compiles once)."""
     n = design.n
     rows = batch_size or n
     for start in range(0, outputs.shape[1], width):
         columns = np.arange(start, min(start + width, outputs.shape[1]))
         y = outputs[:, columns]
-        mean = y.mean(axis=0)
+        mean = y.mean(axis=0) if center else np.zeros(len(columns))
         centred = np.zeros((n, width), np.float32)
         centred[:, :len(columns)] = y - mean
         c = jnp.zeros((design.matrix.shape[1], width), jnp.float32)
@@ -377,7 +382,7 @@ def _solver_options(tol, max_iter, check_every, mode, lr, batch_size, target_chu
 def lasso(masks, outputs, lam, *, tol: float = 1e-4, max_iter: int = 10_000,
           check_every: int = 10, mode: str = "auto", lr: float = 1.0,
           batch_size: int | None = None, target_chunk: int | None = None,
-          init=None) -> LassoFit:
+          init=None, use_bias: bool = True) -> LassoFit:
     """The lasso from masks to outputs at one lambda per target.
 
     Args:
@@ -392,6 +397,9 @@ def lasso(masks, outputs, lam, *, tol: float = 1e-4, max_iter: int = 10_000,
       batch_size: models per block when forming the Gram matrix and correlations.
       target_chunk: targets solved at once (default: as many as fit in about 1 GiB).
       init: ``[T, p]`` weights on the masks' scale to start from.
+      use_bias: fit an intercept (the outputs centred); False: none in the standardised masks'
+        space (fast_l1's ``use_bias=0``: there the bias stays 0), so the bias on the masks' own
+        scale is ``-weight @ mean``.
     Returns:
       :class:`LassoFit`.
 
@@ -417,7 +425,7 @@ def lasso(masks, outputs, lam, *, tol: float = 1e-4, max_iter: int = 10_000,
     T, p = y.shape[1], x.shape[1]
     weight, bias = np.zeros((T, p)), np.zeros(T)
     iterations, gaps, converged = np.zeros(T, np.int64), np.zeros(T), np.zeros(T, bool)
-    for chunk in _chunks(design, x, y, width, batch_size):
+    for chunk in _chunks(design, x, y, width, batch_size, center=bool(use_bias)):
         cols = chunk.columns
         w0 = np.zeros((p, width), np.float32)
         if init is not None:
@@ -442,7 +450,8 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
                check_every: int = 10, min_lambdas: int = 10, patience: int | None = 1,
                refit: bool = True, mode: str = "auto", lr: float = 1.0,
                batch_size: int | None = None, target_chunk: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> LassoPath:
+               progress: Callable[[int, int], None] | None = None, use_bias: bool = True,
+               lam_max_from: str = "standardized") -> LassoPath:
     """A lasso path per target, the lambda chosen on validation models, and its weights.
 
     Per target, ``k`` lambdas from ``lam_max`` (the smallest whose solution is all zero) down
@@ -462,6 +471,12 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
       min_lambdas, patience: early stopping (see above).
       refit: refit the chosen lambda on train + validation models.
       progress: called as ``progress(targets_done, targets)`` after each chunk.
+      use_bias: as :func:`lasso`.
+      lam_max_from: where the grid starts: ``standardized``, the smallest lambda whose solution
+        is all zero (``max |Zᵀ(y - ȳ)| / n`` over the standardised masks ``Z``), or ``raw``,
+        fast_l1's ``calc_max_lambda``, the same over the masks as they are (``max |Xᵀ(y -
+        ȳ)| / n``: smaller, each column's term times its standard deviation, so the path
+        starts with some weights already nonzero).
     Returns:
       :class:`LassoPath`.
     """
@@ -470,6 +485,9 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
     opts = _solver_options(tol, max_iter, check_every, mode, lr, batch_size, target_chunk)
     k = _check_positive_int(k, "k")
     eps = _check_number(eps, "eps", high=1.0)
+    if lam_max_from not in LAM_MAX_FROM:
+        raise ValueError(f"lam_max_from must be one of {', '.join(LAM_MAX_FROM)}; got "
+                         f"{lam_max_from!r}.")
     min_lambdas = _check_positive_int(min_lambdas, "min_lambdas")
     if patience is not None:
         patience = _check_positive_int(patience, "patience")
@@ -499,9 +517,13 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
     chosen_std = np.zeros((p, T), np.float32)
     y_means = np.zeros(T)
     done_targets = 0
-    for chunk in _chunks(design, x, y, width, batch_size):
+    scale = jnp.asarray(design.stats.scale, jnp.float32)[:, None]
+    for chunk in _chunks(design, x, y, width, batch_size, center=bool(use_bias)):
         cols, m = chunk.columns, len(chunk.columns)
-        top = np.asarray(jnp.max(jnp.abs(chunk.c), axis=0), np.float64)     # [width]
+        # Zᵀy = Zᵀ(y - ȳ) (Z's columns have mean 0), so c serves with or without a bias;
+        # Xᵀ(y - ȳ) = (Zᵀ(y - ȳ)) times each column's standard deviation
+        c = chunk.c if lam_max_from == "standardized" else chunk.c * scale
+        top = np.asarray(jnp.max(jnp.abs(c), axis=0), np.float64)     # [width]
         lams = top[:, None] * grid[None, :]
         w = jnp.zeros((p, width), jnp.float32)
         frozen = np.zeros(width, bool)
@@ -573,7 +595,7 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
         both_y = np.concatenate([y, yv])
         fit = lasso(both_x, both_y, chosen_lam, tol=opts["tol"], max_iter=opts["max_iter"],
                     check_every=opts["check_every"], mode=mode, lr=lr, batch_size=batch_size,
-                    target_chunk=target_chunk, init=weight)
+                    target_chunk=target_chunk, init=weight, use_bias=use_bias)
         weight, bias = fit.weight, fit.bias
         iterations = iterations + fit.iterations
         converged &= fit.converged

@@ -683,6 +683,11 @@ class DatamodelsSection:
     # validation MSE rises in a row that stop a path (null: never)
     patience: Annotated[int | None, OPTIONAL_AT_LEAST_1] = 1
     refit: Annotated[bool, BOOL] = True  # refit the chosen lambda on train + val models
+    # fit an intercept (fast_l1's use_bias); false: none for the standardised masks
+    use_bias: Annotated[bool, BOOL] = True
+    # where the lambdas start: standardized (the least lambda with every weight zero) or raw
+    # (fast_l1's calc_max_lambda, over the masks as they are)
+    lam_max_from: Annotated[str, one_of("standardized", "raw")] = "standardized"
     # models per block when forming sums (runtime)
     batch_size: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None
     target_chunk: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None  # targets solved at once (runtime)

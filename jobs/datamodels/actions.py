@@ -490,12 +490,20 @@ REGRESS_OPTIONS = ("x_name", "y_name", "num_train", "num_val", "num_test", "bad_
                    "max_iter", "min_lambdas", "patience", "refit")
 
 
+# Options added later: in the fit's fingerprint only when they differ from their default, so
+# that the fits of configs without them keep their ids.
+LATER_REGRESS_OPTIONS = {"use_bias": True, "lam_max_from": "standardized"}
+
+
 def regress_params(cfg: JobConfig) -> dict:
     """What changes the fit: the regression options (not the runtime knobs
     ``RUNTIME_DATAMODELS_OPTIONS``, which change only the float rounding)."""
     d = cfg.datamodels
     assert not set(REGRESS_OPTIONS) & set(RUNTIME_DATAMODELS_OPTIONS)
-    return {k: getattr(d, k) for k in REGRESS_OPTIONS}
+    out = {k: getattr(d, k) for k in REGRESS_OPTIONS}
+    out.update({k: getattr(d, k) for k, default in LATER_REGRESS_OPTIONS.items()
+                if getattr(d, k) != default})
+    return out
 
 
 @dataclass(frozen=True)
@@ -616,7 +624,7 @@ def path_options(cfg: JobConfig) -> dict:
     return dict(k=d.k, eps=float(d.eps), tol=float(d.tol), max_iter=d.max_iter,
                 check_every=d.check_every, min_lambdas=d.min_lambdas, patience=d.patience,
                 refit=d.refit, lr=float(d.lr), batch_size=d.batch_size,
-                target_chunk=d.target_chunk)
+                target_chunk=d.target_chunk, use_bias=d.use_bias, lam_max_from=d.lam_max_from)
 
 
 def _chunk_task(shared, options: dict, platform: str, frames):

@@ -159,3 +159,51 @@ def test_bad_input_is_named(rng, call, says):
     with pytest.raises(ValueError, match=None) as info:
         call(masks, outputs)
     assert says in str(info.value)
+
+
+def test_without_a_bias_it_is_sklearns_lasso_without_an_intercept(rng):
+    """use_bias=False (fast_l1's use_bias=0): no intercept in the standardised masks' space,
+    sklearn's Lasso(fit_intercept=False) on them; outputs with a large mean show it."""
+    masks, outputs, _ = planted(rng, 300, 120, targets=3)
+    outputs = outputs + 5.0
+    x_std, stats = standardized(masks)
+    lam = 0.05 * np.abs(x_std.T @ outputs).max() / len(masks)
+    fit = dm.lasso(masks, outputs, lam, tol=1e-7, max_iter=50_000, use_bias=False)
+    assert fit.converged.all()
+    np.testing.assert_allclose(fit.bias, -fit.weight @ stats.mean, atol=1e-9)
+    for t in range(outputs.shape[1]):
+        ref = Lasso(alpha=lam, fit_intercept=False, tol=1e-10, max_iter=200_000).fit(
+            x_std, outputs[:, t])
+        assert cosine(fit.weight[t] * stats.scale, ref.coef_) >= 0.999
+        np.testing.assert_allclose(masks @ fit.weight[t] + fit.bias[t], ref.predict(x_std),
+                                   atol=2e-3 * np.abs(outputs).max())
+    with_bias = dm.lasso(masks, outputs, lam, tol=1e-7, max_iter=50_000)
+    assert np.abs(with_bias.bias + with_bias.weight @ stats.mean - outputs.mean(0)).max() < 1e-6
+
+
+def test_the_path_can_start_where_fast_l1_starts_it(rng):
+    """lam_max_from='raw': fast_l1's calc_max_lambda, max |Xᵀ(y - ȳ)| / n over the masks as
+    they are; the grid runs from there down to eps times it; the path and refit still run
+    (with use_bias=False too)."""
+    masks, outputs, _ = planted(rng, 240, 80, targets=3)
+    train, val = slice(0, 200), slice(200, 240)
+    centred = outputs[train] - outputs[train].mean(0)
+    raw = np.abs(masks[train].astype(float).T @ centred).max(0) / 200
+    x_std, _ = standardized(masks[train])
+    standard = np.abs(x_std.T @ centred).max(0) / 200
+    path = dm.lasso_path(masks[train], outputs[train], val_masks=masks[val],
+                         val_outputs=outputs[val], k=12, eps=1e-2, lam_max_from="raw")
+    np.testing.assert_allclose(path.lam_max, raw, rtol=1e-5)
+    assert (path.lam_max < standard).all()                 # each term times a std <= 0.5
+    np.testing.assert_allclose(path.lambdas[:, -1], 1e-2 * raw, rtol=1e-5)
+    assert (path.nonzeros[:, 0] > 0).all()                  # some weights from the start
+    plain = dm.lasso_path(masks[train], outputs[train], val_masks=masks[val],
+                          val_outputs=outputs[val], k=12, eps=1e-2)
+    np.testing.assert_allclose(plain.lam_max, standard, rtol=1e-5)
+    assert (plain.nonzeros[:, 0] == 0).all()
+    no_bias = dm.lasso_path(masks[train], outputs[train] + 3.0, val_masks=masks[val],
+                            val_outputs=outputs[val] + 3.0, k=12, eps=1e-2, use_bias=False,
+                            lam_max_from="raw")
+    assert np.isfinite(no_bias.weight).all() and no_bias.converged.all()
+    with pytest.raises(ValueError, match="lam_max_from must be one of standardized, raw"):
+        dm.lasso_path(masks[train], outputs[train], lam_max_from="scaled")

@@ -287,6 +287,19 @@ def test_digits_example_end_to_end(spark, tmp_path, capsys):
     np.testing.assert_allclose(saved["lam"].numpy(), [row["lam"] for row in
                                                       fits.orderBy("target").collect()], rtol=1e-6)
     assert (export / "_completed.npy").exists()
+    # fast_l1's own fit: no intercept, the grid from the raw masks, eps 1e-5: another fit id,
+    # and its bias in fast_l1's layout is 0, as fast_l1 keeps it without use_bias
+    fast = sets + ["datamodels.use_bias=false", "datamodels.lam_max_from=raw",
+                   "datamodels.eps=1e-5", f"datamodels.export_path={export}",
+                   "datamodels.export_fast_l1=true"]
+    assert main(argv("regress", fast)) == 0 and main(argv("export", fast)) == 0
+    fast_plan = D.make_regress_plan(spark, load_config(CONF, fast, "datamodels-regress"))
+    assert fast_plan.regress_id != plan.regress_id
+    saved = torch.load(export / "datamodels.pt")
+    assert float(saved["bias"].abs().max()) < 1e-4 * float(saved["weight"].abs().max())
+    assert D.regress_params(cfg).keys() == D.regress_params(
+        load_config(CONF, sets, "datamodels-regress")).keys()
+    assert "use_bias" not in D.regress_params(cfg)         # older fits keep their ids
     # reuse: nothing new is written
     history = len(spark.sql(f"DESCRIBE HISTORY delta.`{out / 'datamodels_weights'}`").collect())
     assert main(argv("regress", sets)) == 0
