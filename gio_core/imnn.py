@@ -1360,3 +1360,8 @@ def weights_from_bytes(data: bytes, template):
         raise ValueError(f"the stored weights hold {values.size} values; this network has "
                          f"{flat.size}: the network settings differ from the fitted one's.")
     return unravel(jnp.asarray(values))
+
+
+# The reference's imnn.lfi (its Gaussian approximation), importable from here as from there.
+from gio_core.imnn_lfi import (GaussianApproximation,  # noqa: E402,F401
+                               LikelihoodFreeInference)

@@ -389,3 +389,64 @@ def test_the_reference_utils_pytree_sum_and_container():
     record = I.container()
     assert (record.all, record.accepted, record.rejected, record.ϵ, record.size,
             record.n_accepted) == (None,) * 6
+
+
+class _Prior:
+    """A uniform prior as the reference's tutorial gives one (only low and high are read)."""
+    def __init__(self, low, high):
+        self.low, self.high = np.asarray(low), np.asarray(high)
+        self.event_shape = (len(low),)
+
+
+def test_the_gaussian_approximation_is_the_estimates_normal_on_the_priors_grid():
+    from scipy.stats import multivariate_normal, norm
+    prior = _Prior([-3.0, 0.0], [3.0, 4.0])
+    estimates = np.array([[0.5, 1.5], [-1.0, 2.5]])
+    invF = np.array([[0.2, 0.05], [0.05, 0.1]])
+    ga = I.GaussianApproximation(estimates, invF, prior, gridsize=[121, 101])
+    x0, x1 = ga.ranges
+    assert (len(x0), len(x1), ga.n_targets, ga.n_params) == (121, 101, 2, 2)
+    np.testing.assert_allclose(ga.marginals[0][0][1], norm.pdf(x0, -1.0, np.sqrt(0.2)))
+    np.testing.assert_allclose(ga.marginals[1][1][0], norm.pdf(x1, 1.5, np.sqrt(0.1)))
+    joint = ga.marginals[1][0]                     # [targets, grid of θ0, grid of θ1]
+    assert joint.shape == (2, 121, 101)
+    a, b = 70, 40
+    np.testing.assert_allclose(joint[0, a, b], multivariate_normal.pdf(
+        [x1[b], x0[a]], mean=[1.5, 0.5], cov=[[0.1, 0.05], [0.05, 0.2]]), rtol=1e-10)
+    mass = joint[0].sum() * (x0[1] - x0[0]) * (x1[1] - x1[0])
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    # the same from the reference's other way in: a density over the whole grid
+    grid0, grid1 = np.meshgrid(x0, x1, indexing="ij")
+    full = multivariate_normal.pdf(np.stack([grid0, grid1], -1), mean=[0.5, 1.5],
+                                   cov=invF)[None]
+    lfi = I.LikelihoodFreeInference(prior, gridsize=[121, 101], marginals=full)
+    np.testing.assert_allclose(lfi.marginals[0][0][0], ga.marginals[0][0][0], rtol=1e-3,
+                               atol=1e-6)
+    np.testing.assert_allclose(lfi.marginals[1][0][0] / lfi.marginals[1][0][0].sum(),
+                               joint[0] / joint[0].sum(), rtol=1e-6, atol=1e-12)
+    # the 68% and 95% contours of a 2-D normal: exp(-r²/2) at r² = 2.28 and 5.99
+    peak = joint[0].max()
+    levels = ga.get_levels(joint[0], ga.ranges)
+    np.testing.assert_allclose(np.array(levels) / peak, np.exp(-np.array([5.99, 2.28]) / 2),
+                               rtol=0.05)
+
+
+def test_the_marginal_plot_draws_every_target_and_refuses_a_prior_without_bounds(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    prior = _Prior([-3.0, 0.0], [3.0, 4.0])
+    ga = I.GaussianApproximation(np.array([0.5, 1.5]), np.eye(2) * 0.1, prior, gridsize=60)
+    ax = ga.marginal_plot(known=[0.4, 1.6], label="Gaussian approximation",
+                          axis_labels=["mean", "variance"], colours="C1")
+    assert ax.shape == (2, 2) and len(ax[0, 0].lines) == 2       # the density and the truth
+    assert ax[1, 0].collections                                    # the contours
+    ga.marginal_plot(ax=ax, colours="C2")                          # overlaid on the same axes
+    assert len(ax[0, 0].lines) == 3                               # one more density
+    ax[0, 0].figure.savefig(tmp_path / "marginals.png")
+    assert (tmp_path / "marginals.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="low and high"):
+        I.GaussianApproximation(np.zeros(2), np.eye(2), object())
+    with pytest.raises(ValueError, match="gridsize lists 3 counts; there are 2 parameters"):
+        I.LikelihoodFreeInference(prior, gridsize=[10, 10, 10])
+    with pytest.raises(ValueError, match=r"invF has shape \(3, 3\)"):
+        I.GaussianApproximation(np.zeros(2), np.eye(3), prior)

@@ -1,0 +1,234 @@
+"""Likelihood-free inference with IMNN estimates: the reference's ``imnn.lfi`` (part of it).
+
+An IMNN gives, for observed data ``d``, a parameter estimate ``θ̂(d)`` (its score compression)
+and the inverse Fisher information ``F⁻¹`` of its summaries. The simplest posterior these
+give is a Gaussian centred on ``θ̂`` with covariance ``F⁻¹`` (the Cramér-Rao bound): this
+module evaluates it on a grid spanning the prior's support, as one- and two-parameter
+marginals, and draws them as a triangle plot.
+
+* :class:`LikelihoodFreeInference`: the grid (``prior.low`` to ``prior.high`` in each
+  parameter, ``gridsize`` points), marginals from a density over the whole grid
+  (:meth:`~LikelihoodFreeInference.put_marginals`), highest-density contour levels
+  (:meth:`~LikelihoodFreeInference.get_levels`) and the triangle plot
+  (:meth:`~LikelihoodFreeInference.marginal_plot`; matplotlib, imported there only).
+* :class:`GaussianApproximation`: those marginals for a Gaussian at each target's estimate.
+
+Marginals are kept as the reference keeps them: ``marginals[i][i]`` is ``[n_targets,
+gridsize[i]]``, the density of parameter ``i``; ``marginals[i][j]`` for ``j < i`` is
+``[n_targets, gridsize[j], gridsize[i]]``, the joint density of parameters ``i`` and ``j``
+(parameter ``j`` along the first grid axis).
+
+The prior is any object with ``low`` and ``high`` (one bound per parameter), such as the
+reference's ``tfpd.Uniform``-based priors; ``event_shape`` is read where it has one. The
+reference's ``ApproximateBayesianComputation`` and ``PopulationMonteCarlo`` are not here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LEVELS = (0.68, 0.95)
+
+
+class LikelihoodFreeInference:
+    """The grid and the marginals of a posterior over ``prior``'s support (see the module's
+    docstring). ``gridsize``: points per parameter (an int, or one per parameter)."""
+
+    def __init__(self, prior, gridsize=100, marginals=None):
+        if not (hasattr(prior, "low") and hasattr(prior, "high")):
+            raise ValueError("prior must have low and high attributes: the least and the most "
+                             "value of each parameter (the grid spans them).")
+        self.prior = prior
+        low = np.atleast_1d(np.asarray(prior.low, np.float64))
+        high = np.atleast_1d(np.asarray(prior.high, np.float64))
+        shape = getattr(prior, "event_shape", None)
+        try:
+            self.n_params = int(shape[0]) if shape is not None and len(shape) else len(low)
+        except TypeError:
+            self.n_params = len(low)
+        low = np.broadcast_to(low, (self.n_params,))
+        high = np.broadcast_to(high, (self.n_params,))
+        if not np.all(high > low):
+            raise ValueError(f"the prior's high ({high.tolist()}) must exceed its low "
+                             f"({low.tolist()}) in every parameter.")
+        self.gridsize = self.get_gridsize(gridsize, self.n_params)
+        self.ranges = [np.linspace(low[i], high[i], self.gridsize[i])
+                       for i in range(self.n_params)]
+        self.n_targets = None
+        self.marginals = self.put_marginals(marginals)
+
+    @staticmethod
+    def get_gridsize(gridsize, size: int) -> list[int]:
+        """``gridsize`` as one count per parameter: an int for all, or a list of ``size``."""
+        if isinstance(gridsize, (int, np.integer)) and not isinstance(gridsize, bool):
+            return [int(gridsize)] * size
+        if isinstance(gridsize, (list, tuple)):
+            if len(gridsize) != size:
+                raise ValueError(f"gridsize lists {len(gridsize)} counts; there are {size} "
+                                 "parameters.")
+            return [int(g) for g in gridsize]
+        raise TypeError(f"gridsize must be an int or a list of ints; got "
+                        f"{type(gridsize).__name__}.")
+
+    @staticmethod
+    def get_levels(marginal, ranges, levels=LEVELS) -> list[float]:
+        """The density values whose contours enclose the ``levels`` (shares of the mass) of
+        ``marginal``, highest density first: for the widest level first, as contour plots want
+        them increasing; a level that would repeat a lower one's value is dropped."""
+        values = np.sort(np.asarray(marginal, np.float64).ravel())[::-1]
+        mass = np.cumsum(values) / values.sum()
+        found: list[float] = []
+        for level in sorted(levels, reverse=True):
+            value = float(values[np.argmin(np.abs(mass - level))])
+            if found and value <= found[-1]:
+                break
+            found.append(value)
+        return found
+
+    def put_marginals(self, marginals):
+        """Marginals (the layout in the module's docstring) of a density given over the whole
+        grid, ``[n_targets, *gridsize]``; None stays None. Each one-parameter marginal is
+        normalised to integrate to 1 over its range."""
+        if marginals is None:
+            return None
+        density = np.asarray(marginals, np.float64)
+        n = self.n_params
+        out: list[list] = []
+        for i in range(n):
+            out.append([])
+            for j in range(i + 1):
+                if i == j:
+                    one = density.sum(axis=tuple(a + 1 for a in range(n) if a != i))
+                    step = self.ranges[i][1] - self.ranges[i][0]
+                    out[i].append(one / (one.sum(axis=1, keepdims=True) * step))
+                else:
+                    out[i].append(density.sum(axis=tuple(a + 1 for a in range(n)
+                                                          if a not in (i, j))))
+        self.marginals = out
+        return out
+
+    def target_choice(self, target=None) -> tuple[list[int], int]:
+        """Which targets to draw: all (None), a list of indices, or one index."""
+        if target is None:
+            if self.n_targets is None:
+                raise ValueError("there are no targets yet: give the marginals first.")
+            return list(range(self.n_targets)), self.n_targets
+        if isinstance(target, (list, tuple)):
+            return list(target), len(target)
+        if isinstance(target, (int, np.integer)):
+            return [int(target)], 1
+        raise ValueError("target must be None (every target), a list of target indices or "
+                         "one index.")
+
+    def marginal_plot(self, ax=None, ranges=None, marginals=None, known=None, label=None,
+                      axis_labels=None, levels=None, linestyle="solid", colours=None,
+                      target=None, format=False, ncol=2, bbox_to_anchor=(1.0, 1.0),  # noqa: A002
+                      figsize=(10, 10)):
+        """A triangle plot of the marginals (matplotlib): each parameter's density on the
+        diagonal, each pair's highest-density contours (``levels``, default 68% and 95%)
+        below it. ``known``: the true parameters, drawn as lines; ``colours``: one colour or
+        one per target; ``ax``: an earlier plot's axes to draw on (the reference's way of
+        overlaying several posteriors). Returns the axes (``[n_params, n_params]``)."""
+        import matplotlib.pyplot as plt
+
+        ranges = self.ranges if ranges is None else ranges
+        marginals = self.marginals if marginals is None else marginals
+        if marginals is None:
+            raise ValueError("there are no marginals to plot yet.")
+        targets, n_targets = self.target_choice(target)
+        levels = list(LEVELS) if levels is None else list(levels)
+        if colours is None or isinstance(colours, str):
+            colours = [colours or f"C{t % 10}" for t in range(n_targets)]
+        n = self.n_params
+        if ax is None:
+            _, ax = plt.subplots(n, n, figsize=figsize, squeeze=False)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    ax[i, j].axis("off")
+        known = None if known is None else np.atleast_2d(np.asarray(known, np.float64))
+        for k, t in enumerate(targets):
+            colour = colours[k % len(colours)]
+            for i in range(n):
+                diagonal = np.asarray(marginals[i][i])[t]
+                ax[i, i].plot(ranges[i], diagonal, color=colour, linestyle=linestyle,
+                              label=(label if k == 0 else None))
+                ax[i, i].set_yticks([])
+                for j in range(i):
+                    joint = np.asarray(marginals[i][j])[t]          # [grid j, grid i]
+                    drawn = self.get_levels(joint, [ranges[j], ranges[i]], levels)
+                    ax[i, j].contour(ranges[j], ranges[i], joint.T, levels=sorted(drawn),
+                                     colors=colour, linestyles=linestyle)
+            if known is not None:
+                truth = known[min(k, len(known) - 1)]
+                for i in range(n):
+                    ax[i, i].axvline(truth[i], color="black", linestyle="dashed", linewidth=1)
+                    for j in range(i):
+                        ax[i, j].axvline(truth[j], color="black", linestyle="dashed",
+                                         linewidth=1)
+                        ax[i, j].axhline(truth[i], color="black", linestyle="dashed",
+                                         linewidth=1)
+        if axis_labels is not None:
+            for i in range(n):
+                ax[n - 1, i].set_xlabel(axis_labels[i])
+                if i > 0:
+                    ax[i, 0].set_ylabel(axis_labels[i])
+        if label is not None:
+            ax[0, 0].legend(frameon=False, ncol=ncol, bbox_to_anchor=bbox_to_anchor,
+                            loc="upper left")
+        return ax
+
+
+class GaussianApproximation(LikelihoodFreeInference):
+    """The Gaussian approximation to the posterior at each target: mean the IMNN's estimate
+    ``parameter_estimates`` (``[n_params]`` or ``[n_targets, n_params]``, from
+    ``get_estimate``), covariance ``invF`` (``[n_params, n_params]``, or one per target), on
+    the prior's grid. ``marginals`` is set at construction."""
+
+    def __init__(self, parameter_estimates, invF, prior, gridsize=100):  # noqa: N803
+        super().__init__(prior=prior, gridsize=gridsize)
+        estimates = np.asarray(parameter_estimates, np.float64)
+        estimates = estimates.reshape(1, -1) if estimates.ndim <= 1 else estimates
+        if estimates.shape[-1] != self.n_params:
+            raise ValueError(f"parameter_estimates has {estimates.shape[-1]} parameters; the "
+                             f"prior has {self.n_params}.")
+        self.parameter_estimates = estimates
+        self.n_targets = estimates.shape[0]
+        inverse = np.asarray(invF, np.float64)
+        if inverse.shape == (self.n_params, self.n_params):
+            inverse = np.broadcast_to(inverse, (self.n_targets,) + inverse.shape)
+        if inverse.shape != (self.n_targets, self.n_params, self.n_params):
+            raise ValueError(f"invF has shape {inverse.shape}; expected ({self.n_params}, "
+                             f"{self.n_params}) or one per target ({self.n_targets}, "
+                             f"{self.n_params}, {self.n_params}).")
+        self.invF = inverse
+        self.marginals = self.get_marginals()
+
+    def get_marginals(self, parameter_estimates=None, invF=None, ranges=None,  # noqa: N803
+                      gridsize=None):
+        """The Gaussian's marginals on the grid (the layout in the module's docstring)."""
+        mean = self.parameter_estimates if parameter_estimates is None else np.asarray(
+            parameter_estimates, np.float64).reshape(-1, self.n_params)
+        cov = self.invF if invF is None else np.asarray(invF, np.float64).reshape(
+            -1, self.n_params, self.n_params)
+        ranges = self.ranges if ranges is None else ranges
+        out: list[list] = []
+        for i in range(self.n_params):
+            out.append([])
+            for j in range(i + 1):
+                if i == j:
+                    var = cov[:, i, i][:, None]
+                    out[i].append(np.exp(-0.5 * (ranges[i][None, :] - mean[:, i:i + 1]) ** 2
+                                         / var) / np.sqrt(2 * np.pi * var))
+                    continue
+                # the (i, j) pair: parameter j along the first grid axis, i along the second
+                pair = cov[:, [i, j]][:, :, [i, j]]                       # [targets, 2, 2]
+                det = pair[:, 0, 0] * pair[:, 1, 1] - pair[:, 0, 1] * pair[:, 1, 0]
+                inv = np.stack([np.stack([pair[:, 1, 1], -pair[:, 0, 1]], -1),
+                                np.stack([-pair[:, 1, 0], pair[:, 0, 0]], -1)], -2) \
+                    / det[:, None, None]
+                di = ranges[i][None, None, :] - mean[:, i, None, None]   # [t, 1, grid i]
+                dj = ranges[j][None, :, None] - mean[:, j, None, None]   # [t, grid j, 1]
+                quad = (inv[:, 0, 0, None, None] * di ** 2
+                        + (inv[:, 0, 1] + inv[:, 1, 0])[:, None, None] * di * dj
+                        + inv[:, 1, 1, None, None] * dj ** 2)
+                out[i].append(np.exp(-0.5 * quad) / (2 * np.pi * np.sqrt(det))[:, None, None])
+        return out
