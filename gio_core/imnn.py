@@ -1363,5 +1363,5 @@ def weights_from_bytes(data: bytes, template):
 
 
 # The reference's imnn.lfi (its Gaussian approximation), importable from here as from there.
-from gio_core.imnn_lfi import (GaussianApproximation,  # noqa: E402,F401
-                               LikelihoodFreeInference)
+from gio_core.imnn_lfi import (ApproximateBayesianComputation,  # noqa: E402,F401
+                               GaussianApproximation, LikelihoodFreeInference)

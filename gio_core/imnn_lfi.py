@@ -12,6 +12,10 @@ marginals, and draws them as a triangle plot.
   (:meth:`~LikelihoodFreeInference.get_levels`) and the triangle plot
   (:meth:`~LikelihoodFreeInference.marginal_plot`; matplotlib, imported there only).
 * :class:`GaussianApproximation`: those marginals for a Gaussian at each target's estimate.
+* :class:`ApproximateBayesianComputation`: rejection ABC: parameters drawn from the prior,
+  simulated, compressed (by the IMNN's ``get_estimate``, say), and kept where their summaries
+  lie within ``ϵ`` of each target's (Euclidean, or weighted by the Fisher information ``F``);
+  the kept parameters' histograms are the marginals.
 
 Marginals are kept as the reference keeps them: ``marginals[i][i]`` is ``[n_targets,
 gridsize[i]]``, the density of parameter ``i``; ``marginals[i][j]`` for ``j < i`` is
@@ -19,11 +23,13 @@ gridsize[i]]``, the density of parameter ``i``; ``marginals[i][j]`` for ``j < i`
 (parameter ``j`` along the first grid axis).
 
 The prior is any object with ``low`` and ``high`` (one bound per parameter), such as the
-reference's ``tfpd.Uniform``-based priors; ``event_shape`` is read where it has one. The
-reference's ``ApproximateBayesianComputation`` and ``PopulationMonteCarlo`` are not here.
+reference's ``tfpd.Uniform``-based priors; ``event_shape`` is read where it has one; ABC also
+draws from it with ``prior.sample(n, seed=key)`` (TensorFlow Probability's signature). The
+reference's ``PopulationMonteCarlo`` is not here.
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 LEVELS = (0.68, 0.95)
@@ -232,3 +238,200 @@ class GaussianApproximation(LikelihoodFreeInference):
                         + inv[:, 1, 1, None, None] * dj ** 2)
                 out[i].append(np.exp(-0.5 * quad) / (2 * np.pi * np.sqrt(det))[:, None, None])
         return out
+
+
+class _Record:
+    """What ABC keeps of one kind of value (parameters, summaries or distances): ``all`` of
+    them, and per target the ``accepted`` and ``rejected`` ones at ``ϵ``, ``n_accepted`` and
+    ``size`` (the reference's ``container``)."""
+
+    def __init__(self, **more):
+        self.all = self.accepted = self.rejected = None
+        self.ϵ = self.size = self.n_accepted = None
+        self.__dict__.update(more)
+
+
+class ApproximateBayesianComputation(LikelihoodFreeInference):
+    """Rejection ABC around the targets ``target_data`` (``[*input_shape]`` or ``[n_targets,
+    *input_shape]``): ``compressor(data)`` gives summaries ``[n, n_summaries]`` (an IMNN's
+    ``get_estimate``), ``simulator(key, parameters)`` data for parameters ``[n, n_params]``.
+    ``F`` (``[n_params, n_params]`` or one per target; the compressor must then give parameter
+    estimates) weighs the distance as ``sqrt(Δᵀ F Δ)``; without it, the Euclidean distance;
+    ``distance_measure(summaries, target_summary, F)`` replaces either.
+
+    Calling it draws (or takes) simulations and accepts those within ``ϵ``; ``parameters``,
+    ``summaries`` and ``distances`` keep them (``.all``, ``.accepted``, ``.rejected``, per
+    target), and ``marginals`` are the accepted parameters' histograms on the prior's grid."""
+
+    def __init__(self, target_data, prior, simulator, compressor, gridsize=100, F=None,  # noqa: N803
+                 distance_measure=None):
+        super().__init__(prior=prior, gridsize=gridsize)
+        self.simulator = simulator
+        self.compressor = compressor
+        target = np.asarray(target_data)
+        self.target_summaries = np.atleast_2d(np.asarray(compressor(
+            target[None] if target.ndim <= 1 else target), np.float64))
+        self.n_targets, self.n_summaries = self.target_summaries.shape
+        if F is not None:
+            if self.n_summaries != self.n_params:
+                raise ValueError(f"weighing distances by F needs the compressor to give "
+                                 f"parameter estimates ({self.n_params} values); it gives "
+                                 f"{self.n_summaries} summaries.")
+            fisher = np.asarray(F, np.float64)
+            if fisher.shape == (self.n_params, self.n_params):
+                fisher = np.broadcast_to(fisher, (self.n_targets,) + fisher.shape)
+            if fisher.shape != (self.n_targets, self.n_params, self.n_params):
+                raise ValueError(f"F has shape {fisher.shape}; expected ({self.n_params}, "
+                                 f"{self.n_params}) or one per target.")
+            self.F = np.array(fisher)
+            self.distance_measure = self.F_distance
+        else:
+            self.F = np.zeros(self.n_targets)
+            self.distance_measure = self.euclidean_distance
+        if distance_measure is not None:
+            self.distance_measure = distance_measure
+        self.parameters = _Record(n_params=self.n_params)
+        self.summaries = _Record(n_summaries=self.n_summaries)
+        self.distances = _Record(n_targets=self.n_targets)
+
+    @staticmethod
+    def euclidean_distance(x, y, aux=None):
+        """Each row of ``x`` to ``y``."""
+        return np.sqrt(np.sum(np.square(np.asarray(x) - np.asarray(y)[None]), -1))
+
+    @staticmethod
+    def F_distance(x, y, F):  # noqa: N802,N803
+        """Each row of ``x`` to ``y``, weighed by the Fisher information: ``sqrt(Δᵀ F Δ)``."""
+        d = np.asarray(x) - np.asarray(y)[None]
+        return np.sqrt(np.einsum("ik,kl,il->i", d, np.asarray(F), d))
+
+    def _distances(self, summaries) -> np.ndarray:
+        return np.stack([np.asarray(self.distance_measure(summaries, t, f), np.float64)
+                         for t, f in zip(self.target_summaries, self.F, strict=True)])
+
+    def get_samples(self, rng, n_samples: int, dist=None):
+        """``n_samples`` parameters drawn from the prior (or ``dist``), simulated and
+        compressed: ``(parameters, summaries)``."""
+        rng, key = jax.random.split(rng)
+        parameters = np.asarray((dist or self.prior).sample(n_samples, seed=rng))
+        return parameters, np.asarray(self.compressor(self.simulator(key, parameters)))
+
+    def set_samples(self, parameters, summaries, distances=None, replace=False) -> None:
+        """Keeps these simulations (their distances to each target computed where not
+        given), after the earlier ones unless ``replace``."""
+        parameters = np.asarray(parameters)
+        summaries = np.asarray(summaries)
+        distances = self._distances(summaries) if distances is None else np.asarray(distances)
+        if self.parameters.all is None or replace:
+            self.parameters.all, self.summaries.all, self.distances.all = (
+                parameters, summaries, distances)
+        else:
+            self.parameters.all = np.concatenate([self.parameters.all, parameters])
+            self.summaries.all = np.concatenate([self.summaries.all, summaries])
+            self.distances.all = np.concatenate([self.distances.all, distances], axis=1)
+        self.parameters.size = self.summaries.size = len(self.parameters.all)
+        self.distances.size = self.distances.all.shape[-1]
+
+    def set_accepted(self, ϵ, smoothing=None) -> None:
+        """Accepts, per target, the simulations within ``ϵ`` (one value, or one per target)
+        and sets the marginals from them (``smoothing``: a Gaussian filter's width in grid
+        cells)."""
+        eps = np.broadcast_to(np.asarray(ϵ, np.float64), (self.n_targets,))
+        accepted = self.distances.all < eps[:, None]
+        for record in (self.parameters, self.summaries, self.distances):
+            record.ϵ = ϵ
+        self.parameters.accepted = [self.parameters.all[a] for a in accepted]
+        self.parameters.rejected = [self.parameters.all[~a] for a in accepted]
+        self.summaries.accepted = [self.summaries.all[a] for a in accepted]
+        self.summaries.rejected = [self.summaries.all[~a] for a in accepted]
+        self.distances.accepted = [self.distances.all[t, a] for t, a in enumerate(accepted)]
+        self.distances.rejected = [self.distances.all[t, ~a] for t, a in enumerate(accepted)]
+        counts = accepted.sum(axis=1)
+        self.parameters.n_accepted = self.summaries.n_accepted = counts
+        self.distances.n_accepted = counts
+        self.marginals = self.get_marginals(smoothing=smoothing)
+
+    def get_min_accepted(self, rng, ϵ, accepted: int, n_simulations: int = 1,
+                         max_iterations: int = 10, smoothing=None, verbose: bool = True):
+        """Simulations, ``n_simulations`` at a time, until every target has ``accepted``
+        within ``ϵ`` (counting those already kept) or ``max_iterations`` rounds ran: the kept
+        and new ``(parameters, summaries, distances)`` together."""
+        parts = []
+        if self.parameters.all is not None:
+            parts.append((self.parameters.all, self.summaries.all, self.distances.all))
+        eps = np.broadcast_to(np.asarray(ϵ, np.float64), (self.n_targets,))
+
+        def count():
+            return sum((d < eps[:, None]).sum(axis=1) for _, _, d in parts) if parts else \
+                np.zeros(self.n_targets, np.int64)
+        before, rounds = count(), 0
+        while rounds < max_iterations and np.min(count()) < accepted:
+            rng, key = jax.random.split(rng)
+            parameters, summaries = self.get_samples(key, n_simulations)
+            parts.append((parameters, summaries, self._distances(summaries)))
+            rounds += 1
+        if verbose:
+            print(f"{count() - before} accepted in the last {rounds} rounds "  # noqa: T201
+                  f"({n_simulations * rounds} simulations).")
+        return (np.concatenate([p for p, _, _ in parts]), np.concatenate([s for _, s, _ in parts]),
+                np.concatenate([d for _, _, d in parts], axis=1))
+
+    def __call__(self, ϵ=None, rng=None, n_samples=None, parameters=None, summaries=None,
+                 min_accepted=None, max_iterations=10, smoothing=None, replace=False):
+        """Draws ``n_samples`` simulations with ``rng`` (or, with ``min_accepted``, as many
+        rounds of them as give every target that many within ``ϵ``), or takes ``parameters``
+        and ``summaries`` made elsewhere, then accepts at ``ϵ`` when given. Returns
+        ``(parameters, distances, summaries)``."""
+        drawing = rng is not None and n_samples is not None
+        given = parameters is not None and summaries is not None
+        if self.parameters.all is None and not drawing and not given:
+            raise ValueError("there are no simulations yet: give rng and n_samples to draw "
+                             "them, or parameters and summaries made elsewhere.")
+        if min_accepted is not None and ϵ is None:
+            raise ValueError("min_accepted needs ϵ: the distance within which a simulation "
+                             "is accepted.")
+        if drawing:
+            if min_accepted is not None:
+                self.set_samples(*self.get_min_accepted(rng, ϵ, min_accepted, n_samples,
+                                                        max_iterations, smoothing),
+                                 replace=True)
+            else:
+                self.set_samples(*self.get_samples(rng, n_samples), replace=replace)
+        if given:
+            self.set_samples(parameters, summaries, replace=replace)
+        if ϵ is not None:
+            self.set_accepted(ϵ, smoothing=smoothing)
+        return self.parameters, self.distances, self.summaries
+
+    def get_marginals(self, accepted_parameters=None, ranges=None, gridsize=None,
+                      smoothing=None):
+        """The accepted parameters' histograms (densities) on the grid: bins centred on the
+        grid's points (the layout in the module's docstring)."""
+        accepted = self.parameters.accepted if accepted_parameters is None \
+            else accepted_parameters
+        points = self.ranges if ranges is None else ranges
+        edges = [np.append(r, r[-1] + (r[1] - r[0])) - (r[1] - r[0]) / 2 for r in points]
+        if smoothing is not None:
+            from scipy.ndimage import gaussian_filter
+
+            def smooth(x):
+                return gaussian_filter(x, smoothing, mode="mirror")
+        else:
+            def smooth(x):
+                return x
+        out: list[list] = []
+        for i in range(self.n_params):
+            out.append([])
+            for j in range(i + 1):
+                if i == j:
+                    out[i].append(np.array([smooth(np.histogram(
+                        p[:, i], bins=edges[i], density=True)[0]) for p in accepted]))
+                else:
+                    out[i].append(np.array([smooth(np.histogramdd(
+                        p[:, [j, i]], bins=[edges[j], edges[i]], density=True)[0])
+                        for p in accepted]))
+        return out
+
+    def set_marginals(self, accepted_parameters=None, ranges=None, gridsize=None,
+                      smoothing=None) -> None:
+        self.marginals = self.get_marginals(accepted_parameters, ranges, gridsize, smoothing)

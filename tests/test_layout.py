@@ -34,6 +34,7 @@ ALLOWED = {
     ("gaf_torch.py", "torch"): "the PyTorch-compatible GAF: the reference package is PyTorch's",
     ("gaf_torch.py", "print"): "the reference's verbose lines, printed as it prints them",
     ("imnn.py", "print"): "the reference's IMNN(...) says which class it built when verbose",
+    ("imnn_lfi.py", "print"): "the reference's ABC says how many it accepted when verbose",
 }
 
 RANKS = {"jobs": 0, "jobs.common": 1, "jobs.config": 2, "jobs.io": 3, "jobs.state": 4,

@@ -450,3 +450,55 @@ def test_the_marginal_plot_draws_every_target_and_refuses_a_prior_without_bounds
         I.LikelihoodFreeInference(prior, gridsize=[10, 10, 10])
     with pytest.raises(ValueError, match=r"invF has shape \(3, 3\)"):
         I.GaussianApproximation(np.zeros(2), np.eye(3), prior)
+
+
+class _SamplingPrior(_Prior):
+    def sample(self, n, seed):
+        u = jax.random.uniform(seed, (n, len(self.low)))
+        return self.low + u * (self.high - self.low)
+
+
+def _draws(key, θ):
+    """10 Gaussian draws per row of θ = (mean, variance): the IMNN tutorial's model."""
+    θ = jnp.atleast_2d(θ)
+    return θ[:, :1] + jnp.sqrt(θ[:, 1:]) * jax.random.normal(key, (θ.shape[0], 10))
+
+
+def _estimates(data):
+    data = np.atleast_2d(np.asarray(data))
+    return np.stack([data.mean(1), data.var(1)], -1)
+
+
+def test_rejection_abc_keeps_the_parameters_whose_summaries_are_near_the_target(capsys):
+    prior = _SamplingPrior([-1.0, 0.2], [1.0, 2.5])
+    target = np.asarray(_draws(jax.random.PRNGKey(0), jnp.array([0.0, 1.0])))[0]
+    abc = I.ApproximateBayesianComputation(target, prior, _draws, _estimates, gridsize=40)
+    parameters, distances, summaries = abc(ϵ=0.3, rng=jax.random.PRNGKey(1), n_samples=4000)
+    assert parameters.all.shape == (4000, 2) and distances.all.shape == (1, 4000)
+    np.testing.assert_allclose(distances.all[0], np.linalg.norm(
+        summaries.all - abc.target_summaries[0], axis=1))
+    kept = parameters.n_accepted[0]
+    assert 20 < kept < 4000 and (distances.accepted[0] < 0.3).all()
+    assert len(parameters.rejected[0]) == 4000 - kept
+    # the kept parameters sit nearer the target's estimate than those turned away
+    near = np.linalg.norm(parameters.accepted[0] - abc.target_summaries[0], axis=1).mean()
+    far = np.linalg.norm(parameters.rejected[0] - abc.target_summaries[0], axis=1).mean()
+    assert near < far
+    step = abc.ranges[0][1] - abc.ranges[0][0]
+    assert abc.marginals[0][0].shape == (1, 40) and abc.marginals[1][0].shape == (1, 40, 40)
+    assert abc.marginals[0][0][0].sum() * step == pytest.approx(1.0)
+    # more rounds until every target has 150 accepted, keeping the earlier draws
+    abc(ϵ=0.3, rng=jax.random.PRNGKey(2), n_samples=1000, min_accepted=kept + 150)
+    assert parameters.n_accepted[0] >= kept + 150 and parameters.size > 4000
+    assert "accepted in the last" in capsys.readouterr().out
+    # F-weighted distances: sqrt(ΔᵀFΔ), here sqrt(10) times the Euclidean one
+    weighted = I.ApproximateBayesianComputation(target, prior, _draws, _estimates,
+                                                F=10 * np.eye(2))
+    weighted(parameters=parameters.all[:100], summaries=summaries.all[:100])
+    np.testing.assert_allclose(weighted.distances.all, np.sqrt(10) * distances.all[:, :100])
+    with pytest.raises(ValueError, match="there are no simulations yet"):
+        I.ApproximateBayesianComputation(target, prior, _draws, _estimates)(ϵ=0.1)
+    with pytest.raises(ValueError, match="min_accepted needs ϵ"):
+        abc(rng=jax.random.PRNGKey(3), n_samples=10, min_accepted=5)
+    with pytest.raises(ValueError, match=r"F has shape \(3, 3\)"):
+        I.ApproximateBayesianComputation(target, prior, _draws, _estimates, F=np.eye(3))
