@@ -78,7 +78,8 @@ class LassoPath(NamedTuple):
     weight: np.ndarray       # [T, p] at the chosen lambda (refitted on train + validation)
     bias: np.ndarray         # [T]
     lam: np.ndarray          # [T] chosen lambda
-    lam_max: np.ndarray      # [T] the smallest lambda whose solution is all zero
+    lam_max: np.ndarray      # [T] where the grid starts (lam_max_from: standardized, the least
+    #                          lambda whose solution is all zero; raw, fast_l1's start)
     lambdas: np.ndarray      # [T, k] the path's lambdas
     train_mse: np.ndarray    # [T, k] training MSE along the path (NaN past a target's stop)
     val_mse: np.ndarray      # [T, k] validation MSE along the path (NaN without validation)
@@ -321,7 +322,8 @@ class _Chunk(NamedTuple):
     columns: np.ndarray      # the targets (columns of outputs) in this chunk
     c: jax.Array             # [p, width]
     yy: jax.Array            # [width]
-    y_mean: np.ndarray       # [len(columns)] float64
+    y_mean: np.ndarray       # [len(columns)] float64: the intercept (0 without one)
+    y_square_mean: np.ndarray  # [len(columns)]: the outputs' mean squared (0 with an intercept)
 
 
 def _chunk_width(design: _Design, targets: int, target_chunk: int | None) -> int:
@@ -334,15 +336,20 @@ def _chunk_width(design: _Design, targets: int, target_chunk: int | None) -> int
 
 def _chunks(design: _Design, masks: np.ndarray, outputs: np.ndarray, width: int,
             batch_size: int | None, center: bool = True):
-    """Centred outputs (``center=False``, a fit without an intercept: as they are) and their
-    correlations with the standardised masks, chunk by chunk (each chunk padded to ``width``
-    targets with zeros, so every chunk compiles once)."""
+    """Centred outputs and their correlations with the standardised masks, chunk by chunk
+    (each chunk padded to ``width`` targets with zeros, so every chunk compiles once).
+
+    The solve is the same with and without an intercept: the standardised masks' columns have
+    mean 0, so ``|y - Zw|² = |y - ȳ - Zw|² + n ȳ²`` and the best ``w`` does not depend on it.
+    Without one (``center=False``) only the intercept reported is 0 (and ``ȳ²``, which the
+    training error then holds too, is returned apart); the outputs are centred for the solve
+    all the same, so its stopping rule does not loosen with a large mean."""
     n = design.n
     rows = batch_size or n
     for start in range(0, outputs.shape[1], width):
         columns = np.arange(start, min(start + width, outputs.shape[1]))
         y = outputs[:, columns]
-        mean = y.mean(axis=0) if center else np.zeros(len(columns))
+        mean = y.mean(axis=0)
         centred = np.zeros((n, width), np.float32)
         centred[:, :len(columns)] = y - mean
         c = jnp.zeros((design.matrix.shape[1], width), jnp.float32)
@@ -350,7 +357,10 @@ def _chunks(design: _Design, masks: np.ndarray, outputs: np.ndarray, width: int,
             block = jnp.asarray(_standardized_block(masks[r:r + rows], design.stats))
             c = c + block.T @ jnp.asarray(centred[r:r + rows])
         yy = jnp.asarray(np.square(centred.astype(np.float64)).sum(0) / n, jnp.float32)
-        yield _Chunk(columns, c / n, yy, mean)
+        if center:
+            yield _Chunk(columns, c / n, yy, mean, np.zeros(len(columns)))
+        else:
+            yield _Chunk(columns, c / n, yy, np.zeros(len(columns)), np.square(mean))
 
 
 def _pad(values: np.ndarray, width: int, fill: float = 0.0) -> np.ndarray:
@@ -520,7 +530,6 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
     scale = jnp.asarray(design.stats.scale, jnp.float32)[:, None]
     for chunk in _chunks(design, x, y, width, batch_size, center=bool(use_bias)):
         cols, m = chunk.columns, len(chunk.columns)
-        # Zᵀy = Zᵀ(y - ȳ) (Z's columns have mean 0), so c serves with or without a bias;
         # Xᵀ(y - ȳ) = (Zᵀ(y - ȳ)) times each column's standard deviation
         c = chunk.c if lam_max_from == "standardized" else chunk.c * scale
         top = np.asarray(jnp.max(jnp.abs(c), axis=0), np.float64)     # [width]
@@ -557,7 +566,8 @@ def lasso_path(masks, outputs, *, val_masks=None, val_outputs=None, k: int = 100
             chunk_iters += np.asarray(s.iterations) * active
             chunk_conv &= np.asarray(s.done) | frozen
             chunk_steps += active
-            tr[active, i] = np.asarray(s.mse, np.float64)[active]
+            tr[active, i] = (np.asarray(s.mse, np.float64)
+                             + _pad(chunk.y_square_mean, width))[active]
             nz[active, i] = (w_host != 0).sum(0)[active]
             if yv_c is None:
                 best_w[:, active] = w_host[:, active]

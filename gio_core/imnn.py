@@ -1051,7 +1051,17 @@ class AggregatedSimulatorIMNN(_Aggregated):
         self._key = key                 # get_gradient, called next, re-makes these simulations
         return super().get_summaries(w, key=key, validate=validate)
 
+    def get_gradient(self, w, g_x, g_dx, validate=False, key=None):
+        """As the other aggregated classes', on the simulations of ``key`` (default: those of
+        the last :meth:`get_summaries`, which the fit calls first with the same key)."""
+        if key is not None:
+            self._key = key
+        return super().get_gradient(w, g_x, g_dx, validate=validate)
+
     def batches(self, validate):
+        if self._key is None:
+            raise ValueError("no simulations yet: call get_summaries(w, key=key) first, or "
+                             "give get_gradient a key.")
         keys = jax.random.split(self._key, self.n_s)
         size = self.n_per_device
         for start in range(0, self.n_d, size):
@@ -1260,10 +1270,15 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
         if extra:
             raise ValueError(f"{', '.join(extra)} given with main and remaining: those hold "
                              "simulations with their derivatives (validate with "
-                             "validation_main and validation_remaining); leave them out.")
+                             "validation_main and validation_remaining); leave them out, or, "
+                             "for finite differences from batch sources, build "
+                             "DatasetNumericalGradientIMNN(..., δθ, main=..., remaining=...) "
+                             "directly.")
         if not aggregate:
             raise ValueError("main and remaining need host, devices and n_per_device (the "
                              "batches each device reads).")
+        # (δθ with main and remaining is refused above, as the reference refuses it; for
+        # finite differences from batch sources build DatasetNumericalGradientIMNN directly)
         return chosen(DatasetGradientIMNN, main=main, remaining=remaining,
                       validation_main=validation_main,
                       validation_remaining=validation_remaining)

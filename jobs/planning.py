@@ -158,8 +158,9 @@ class Forecast:
             lines += ["", f"embedding: {e['why']}"]
         d = self.driver
         if d:
+            stays = "; JAX's runtime stays" if "counted" in (d.get("runtime") or {}) else ""
             lines += ["", f"driver memory: about {_size(d['need_bytes'])} at the most, beside "
-                          "the driver's own (its phases run one after the other; JAX's runtime stays)"]
+                          f"the driver's own (its phases run one after the other{stays})"]
             for phase, terms in d["phases"].items():
                 parts = ", ".join(f"{name} {_size(b)}" for name, b in terms.items())
                 lines.append(f"  {phase:<8} {_size(sum(terms.values()))} ({parts})")
@@ -488,8 +489,9 @@ def _distances(s, targets: int, rows: int) -> int:
 
 def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
                   pool_rows: int | None = None, target_rows: int | None = None) -> dict:
-    """The driver's memory for the selection, in bytes, per phase and term; the phases run one
-    after the other, so the need is the larger phase's sum.
+    """The driver's memory for the selection's arrays, in bytes, per phase and term; the phases
+    run one after the other (the need is :func:`memory_need`'s, once :func:`forecast` has added
+    JAX's own memory to the first phase that runs).
 
     ``select`` (the select stage):
 
@@ -548,10 +550,19 @@ def _jax_started() -> bool:
         return False
 
 
+def _probe_environment() -> tuple:
+    """The environment the probe's child inherits that changes what it measures (JAX's and
+    XLA's settings, the import path): part of the probe's cache key."""
+    return tuple(sorted((k, v) for k, v in os.environ.items()
+                        if k.startswith(("JAX_", "XLA_")) or k in ("PYTHONPATH",
+                                                                   "CUDA_VISIBLE_DEVICES")))
+
+
 @functools.lru_cache(maxsize=16)
-def _probe(spec: str) -> dict:
+def _probe(spec: str, environment: tuple) -> dict:
     """Runs :mod:`jobs.common.jax_probe` in a child process on ``spec`` (JSON) and returns what
-    it printed. Raises ``RuntimeError`` with the child's last line where it fails."""
+    it printed (``environment``: :func:`_probe_environment`, the cache's key with ``spec``).
+    Raises ``RuntimeError`` with the child's last line where it fails."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(jobs.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -564,7 +575,13 @@ def _probe(spec: str) -> dict:
         lines = [ln for ln in done.stderr.strip().splitlines()
                  if ln.strip() and not ln.startswith(("For simplicity", "-----"))]
         raise RuntimeError((lines or [f"exit {done.returncode}"])[-1])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    printed = done.stdout.strip().splitlines()
+    try:
+        found = json.loads(printed[-1])
+        return {key: float(found[key]) for key in ("start_mib", "select_mib", "seconds")}
+    except (IndexError, ValueError, KeyError, TypeError) as e:
+        raise RuntimeError(f"it printed {printed[-1][:200]!r} where its figures were expected"
+                           if printed else "it printed nothing") from e
 
 
 def jax_runtime(cfg: JobConfig, dim: int) -> dict:
@@ -582,7 +599,7 @@ def jax_runtime(cfg: JobConfig, dim: int) -> dict:
                        "jax": {"platform": r.jax_platform, "preallocate": r.jax_preallocate,
                                "memory_fraction": r.jax_memory_fraction}}, sort_keys=True)
     try:
-        m = _probe(spec)
+        m = _probe(spec, _probe_environment())
     except (RuntimeError, ValueError) as e:
         return {"why": f"not measured: the probe failed ({e})"}
     start, compiled = int(m["start_mib"] * 2 ** 20), int(m["select_mib"] * 2 ** 20)
@@ -719,6 +736,13 @@ def _share_out(cfg: JobConfig, out: Forecast, target_k: int, pool_rows: int | No
     ``select.shares`` and a known budget, its rows of the budget, into ``out.domains["each"]``;
     what the run's input checks would refuse about the domains becomes a warning."""
     counts = out.domains["counts"]
+    if len(counts) > MAX_DOMAINS:
+        out.warnings.append(f"the run would stop at its input checks: target.domain_column "
+                            f"{cfg.target.domain_column!r} holds more than {MAX_DOMAINS} "
+                            "domains (a column of ids, not of domains?); name a column with "
+                            "fewer, or set target.domain_column to null.")
+        out.domains["each"] = {}
+        return
     ks = domain_ks(target_k, counts, cfg.select.k + 1)
     shares = cfg.select.shares
     budget = row_budget(cfg.select, pool_rows) if pool_rows else None

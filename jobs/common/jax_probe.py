@@ -17,11 +17,11 @@ compiled and ran, its peak sampled every 20 ms), both in MiB; ``seconds`` it too
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from types import SimpleNamespace
 
-from jobs.common.runtime import PeakMemory, rss_mib
+from jobs.common.runtime import PeakMemory, configure_jax, rss_mib
 
 # the rows of the probe's arrays: enough for every estimator's neighbours, few enough to be quick
 POOL_ROWS = 96
@@ -32,15 +32,9 @@ def probe(dim: int, options: dict, jax_settings: dict) -> dict:
     """Runs the probe in this process (which must not have started JAX's backend yet) and
     returns its figures (see the module's doc)."""
     t0 = time.perf_counter()
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE",
-                          "true" if jax_settings.get("preallocate") else "false")
-    if jax_settings.get("memory_fraction") is not None:
-        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION",
-                              str(jax_settings["memory_fraction"]))
-    import jax
-    platform = jax_settings.get("platform", "auto")
-    if platform != "auto" and "JAX_PLATFORMS" not in os.environ:
-        jax.config.update("jax_platforms", "cpu" if platform == "cpu" else "cuda")
+    configure_jax(SimpleNamespace(jax_platform=jax_settings.get("platform", "auto"),
+                                  jax_memory_fraction=jax_settings.get("memory_fraction"),
+                                  jax_preallocate=bool(jax_settings.get("preallocate"))))
     import jax.numpy as jnp
     import numpy as np
 

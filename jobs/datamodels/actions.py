@@ -947,10 +947,7 @@ def run_export(spark, cfg: JobConfig) -> dict:
                 np.dtype(f.dtype)).reshape((n,) + f.shape)
         arrays[f.name] = full
     for name, array in arrays.items():
-        final = os.path.join(folder, f"{name}.npy")
-        tmp = f"{final}.{os.getpid()}.part.npy"
-        np.save(tmp, array)
-        os.replace(tmp, final)
+        _saved(os.path.join(folder, f"{name}.npy"), partial(_save_npy, array))
     log(f"datamodels export: {n} completed of {spec.num_models} models, keys "
         f"{', '.join(spec.names)} -> {folder}")
     files = sorted(f"{k}.npy" for k in arrays)
@@ -959,16 +956,33 @@ def run_export(spark, cfg: JobConfig) -> dict:
     return {"completed": n, "files": files}
 
 
+def _save_npy(array: np.ndarray, path: str) -> None:
+    with open(path, "wb") as f:        # a file object: np.save adds no suffix to it
+        np.save(f, array)
+
+
+def _saved(final: str, write) -> None:
+    """``write(tmp)`` to a temporary name beside ``final``, then renamed into place; the
+    temporary file is removed when the write fails (a full disk, say)."""
+    tmp = f"{final}.{os.getpid()}.part"
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def fast_l1_layout(weight: np.ndarray, bias: np.ndarray, masks: np.ndarray) -> dict:
     """A fit on the masks' own scale (``y = bias + masks @ weight.T``, ``weight`` ``[T, p]``)
     as fast_l1 keeps it, for masks standardised by ``masks``' mean and standard deviation
     (fast_l1's ``(x - mean) / (std + 1e-32)``): ``{"weight": [p, T], "bias": [T]}``, the same
     predictions (a constant column's weight moves into the bias)."""
-    x = masks.astype(np.float64)
-    mean = x.mean(axis=0)
-    std = np.sqrt(np.maximum((x * x).mean(axis=0) - mean * mean, 0.0))
-    return {"weight": (weight * std[None, :]).T, "bias": bias + weight @ mean, "mean": mean,
-            "std": std}
+    from gio_core.datamodels import standardization
+    stats = standardization(masks)
+    return {"weight": (weight * stats.scale[None, :]).T, "bias": bias + weight @ stats.mean,
+            "mean": stats.mean, "std": stats.scale}
 
 
 def export_fast_l1(spark, cfg: JobConfig, folder: str) -> str:
@@ -988,10 +1002,11 @@ def export_fast_l1(spark, cfg: JobConfig, folder: str) -> str:
     weight, bias, targets = load_datamodels(spark, cfg.output.path, plan.regress_id)
     record = tables.read_key(spark, cfg.output.path, "datamodels_regressions",
                              plan.regress_id).first()
-    refit = json.loads(record["params"]).get("datamodels", {}).get("refit", True)
+    recorded = json.loads(record["params"]).get("datamodels", {})
+    refit = recorded.get("refit", True)
     models = list(record["train_models"]) + (list(record["val_models"]) if refit else [])
     stored = json.loads(record["store"])
-    x_name = cfg.datamodels.x_name
+    x_name = recorded.get("x_name", cfg.datamodels.x_name)     # the fit's masks
     field = plan.store.spec.field(x_name)
     table = (spark.read.format("delta").option("versionAsOf", stored["version"])
              .load(stored["path"]).where(F.col("index").isin(models))
@@ -1001,11 +1016,10 @@ def export_fast_l1(spark, cfg: JobConfig, folder: str) -> str:
     lams = (tables.read_key(spark, cfg.output.path, "datamodels_fits", plan.regress_id)
             .select("target", "lam").orderBy("target").toArrow().column("lam").to_numpy())
     final = os.path.join(folder, "datamodels.pt")
-    tmp = f"{final}.{os.getpid()}.part"
-    torch.save({"weight": torch.tensor(layout["weight"], dtype=torch.float32),
-                "bias": torch.tensor(layout["bias"], dtype=torch.float32),
-                "lam": torch.tensor(lams, dtype=torch.float32)}, tmp)
-    os.replace(tmp, final)
+    _saved(final, lambda tmp: torch.save(
+        {"weight": torch.tensor(layout["weight"], dtype=torch.float32),
+         "bias": torch.tensor(layout["bias"], dtype=torch.float32),
+         "lam": torch.tensor(lams, dtype=torch.float32)}, tmp))
     log(f"datamodels export: fit {plan.regress_id} ({len(targets)} targets, "
         f"{weight.shape[1]} training examples, masks standardised over {table.num_rows} models) "
         f"-> {final} in fast_l1's layout")

@@ -50,9 +50,8 @@ def _failure(err: BaseException) -> str:
 
 def _with_argv(fn, argv: list, prog: str):
     """Calls ``fn`` with ``sys.argv`` set to ``[prog, *argv]`` (a script's own command-line
-    parser reads it), restoring it after; ``fn`` alone where ``argv`` is empty."""
-    if not argv:
-        return fn()
+    parser reads it; no ``argv``: an empty command line, not the Python worker's), restoring
+    it after."""
     import sys
     saved = sys.argv
     sys.argv = [prog, *argv]

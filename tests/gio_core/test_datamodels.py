@@ -179,6 +179,10 @@ def test_without_a_bias_it_is_sklearns_lasso_without_an_intercept(rng):
                                    atol=2e-3 * np.abs(outputs).max())
     with_bias = dm.lasso(masks, outputs, lam, tol=1e-7, max_iter=50_000)
     assert np.abs(with_bias.bias + with_bias.weight @ stats.mean - outputs.mean(0)).max() < 1e-6
+    # the standardised masks are centred, so the weights are the same solve; only the intercept
+    # differs (and the stopping rule does not loosen with the outputs' mean of 5)
+    np.testing.assert_array_equal(fit.weight, with_bias.weight)
+    assert (fit.gap == with_bias.gap).all()
 
 
 def test_the_path_can_start_where_fast_l1_starts_it(rng):

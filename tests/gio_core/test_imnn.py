@@ -313,6 +313,13 @@ def test_the_aggregated_simulator_equals_the_simulator_for_the_same_key():
     assert float(t1.loss) == pytest.approx(float(t2.loss), rel=1e-5)
     other = agg.get_summaries(agg.w, key=jax.random.PRNGKey(6))[0]
     assert not np.allclose(other, x2)                     # another key, other simulations
+    g_x, g_dx, _ = I.summary_cotangents(x2, dx2, λ, α)
+    again = agg.get_gradient(agg.w, g_x, g_dx, key=key)  # back to the first key's simulations
+    assert relative(g2, again) < 1e-4
+    fresh = I.AggregatedSimulatorIMNN(**common(n_s, n_d, hidden=(16, 16)), simulator=_simulator,
+                                      n_per_device=7)
+    with pytest.raises(ValueError, match="no simulations yet"):
+        fresh.get_gradient(fresh.w, g_x, g_dx)
     with pytest.raises(ValueError, match="rng is needed"):
         agg.fit(λ, ϵ)
     agg.fit(λ, ϵ, rng=jax.random.PRNGKey(7), patience=400, min_iterations=0,

@@ -166,8 +166,10 @@ def test_the_jax_probe_measures_the_start_and_the_compiled_code_in_a_child_proce
     # a CPU backend's start and a selection's compiled code: tens of MiB each, not gigabytes
     assert 5 * 2 ** 20 < r["start"] < 2 ** 30 and 20 * 2 ** 20 < r["compiled"] < 2 ** 30
     assert r["counted"] == r["compiled"] + (0 if r["started_here"] else r["start"])
-    monkeypatch.setenv("JAX_PLATFORMS", "no-such-platform")   # the child inherits it and fails
-    failed = jax_runtime(cfg, 17)
+    # the child inherits the environment and fails; the cached figure above is not reused,
+    # since the environment is part of the probe's key
+    monkeypatch.setenv("JAX_PLATFORMS", "no-such-platform")
+    failed = jax_runtime(cfg, 16)
     assert set(failed) == {"why"} and failed["why"].startswith("not measured: the probe failed (")
     assert "no-such-platform" in failed["why"]
 

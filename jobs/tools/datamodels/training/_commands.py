@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from jobs.common.errors import PartialFailure
 from jobs.datamodels.actions import ACTIONS, run_export
 from jobs.runner import run_main
 
@@ -32,17 +33,16 @@ def settings(logdir: str) -> list[str]:
 def run_action(prog: str, name: str, sets: list[str]) -> int:
     """Runs the datamodels action ``name`` (``init``, ``work``) with ``sets``, then writes the
     store's ``.npy`` files to the logdir; returns the exit code (the action's, when it fails:
-    the files are written after a work whose indices failed too, since the others completed)."""
+    the files are written after a work whose indices failed too, since the others completed,
+    and not after any other failure, whose message is the one given)."""
     stage = next(s for s in ACTIONS if s.name == name)
-    failed: list[BaseException] = []
 
     def body(spark, cfg):
         try:
             stage.command(spark, cfg, None)
-        except BaseException as err:  # noqa: BLE001 - written out below, then raised again
-            failed.append(err)
+        except PartialFailure:
+            run_export(spark, cfg)
+            raise
         run_export(spark, cfg)
-        if failed:
-            raise failed[0]
     return run_main(prog, stage.help, body, sets, command=f"datamodels-{name}",
                     precheck=stage.precheck, reads=stage.reads, requires=stage.required)
