@@ -441,3 +441,31 @@ def test_the_fast_l1_layout_predicts_what_the_fit_predicts():
     np.testing.assert_allclose(z @ layout["weight"] + layout["bias"], bias + masks @ weight.T,
                                atol=1e-12)
     assert np.all(layout["weight"][0] == 0)
+
+
+def test_the_reference_shaped_spec_and_config_helpers(monkeypatch, capsys):
+    """jobs.tools.datamodels.training.spec and utils: the spec's checks (AssertionError, as
+    the reference's asserts), the completed flags' entry, and make_config, which reads a
+    script's fastargs section from a command line that carries other words too."""
+    from fastargs import Param, Section, get_current_config
+
+    from jobs.tools.datamodels.training import spec as S
+    from jobs.tools.datamodels.training.utils import make_config
+    good = {"num_models": 3, "schema": {"m": {"dtype": "float32", "shape": [2]}}}
+    out = S.preprocess_spec(good)
+    assert out["schema"][S.COMPLETED] == {"dtype": "bool_", "shape": []}
+    assert S.COMPLETED not in good["schema"]                       # the caller's copy kept
+    for bad, says in (({"schema": {}}, "num_models"),
+                      ({"num_models": 1, "schema": {"_completed": {}}}, "_completed"),
+                      ({"num_models": 1, "schema": {"m": {"dtype": "float32"}}}, "shape"),
+                      ({"num_models": 1, "schema": {"m": {"dtype": "float32", "shape": 2}}},
+                       "must be a list"),
+                      ({"num_models": 1, "schema": {"m": {"dtype": "quaternion",
+                                                          "shape": [1]}}}, "not a numpy")):
+        with pytest.raises(AssertionError, match=says):
+            S.verify_spec(bad)
+    name = f"helpers{uuid.uuid4().hex[:6]}"
+    Section(name).params(multiple=Param(int, "a value", required=True))
+    monkeypatch.setattr(sys, "argv", ["worker", "--worker.index=0", f"--{name}.multiple=4"])
+    config = make_config(quiet=True)
+    assert config[(name, "multiple")] == 4 and get_current_config() is config
