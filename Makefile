@@ -80,14 +80,14 @@ test-demo: $(STAMP)
 test-connect: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m connect
 
-# The end-to-end checks that need most time (17 tests; 10 of them took about 15 minutes on 2
+# The end-to-end checks that need most time (18 tests; 10 of them took about 15 minutes on 2
 # cores): a run on an S3 API on 127.0.0.1, a standalone cluster with a worker killed, a full
 # disk, runs killed inside embed and inside quantize and between the text store's chunks (then
 # the pool grown), a Spark task of the row step killed, a Delta pool appended to, three runs at
 # once, the pool in another order, text sides with DSIR, spark-submit on local[*], and the
-# README's command-line, the tool pages' and the several-targets samples run as written, and
-# the plan's driver memory against a command-line run's (the
-# kill at every stage boundary stays in make test).
+# README's command-line and notebook, the tool pages' and the several-targets samples run as
+# written, and the plan's driver memory against a command-line run's (the kill at every stage
+# boundary stays in make test).
 test-e2e: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=10 -m e2e
 

@@ -290,7 +290,7 @@ def test_digits_example_end_to_end(spark, tmp_path, capsys):
     # fast_l1's own fit: no intercept, the grid from the raw masks, eps 1e-5: another fit id,
     # and its bias in fast_l1's layout is 0, as fast_l1 keeps it without use_bias
     fast = sets + ["datamodels.use_bias=false", "datamodels.lam_max_from=raw",
-                   "datamodels.eps=1e-5", f"datamodels.export_path={export}",
+                   "datamodels.eps=1e-5", "datamodels.k=30", f"datamodels.export_path={export}",
                    "datamodels.export_fast_l1=true"]
     assert main(argv("regress", fast)) == 0 and main(argv("export", fast)) == 0
     fast_plan = D.make_regress_plan(spark, load_config(CONF, fast, "datamodels-regress"))

@@ -215,6 +215,7 @@ def test_the_readme_command_line_sample_runs_as_written(own_data, spark, docstri
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_readme_notebook_sample_runs_as_written(spark, docstrings, tmp_path, capsys):
     (_, select_sample), (_, read_sample) = blocks("python", ["README.md"])
     bucket = f"file://{tmp_path}/bucket"
