@@ -1317,21 +1317,18 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
                       validation_derivative=validation_derivative)
     if δθ is None:
         expected = (n_d_checked,) + shape + (params,)
-        for name, value in (("derivative", derivative),
-                            ("validation_derivative", validation_derivative)):
-            if value is not None:
-                _derivative_shape(name, value, expected,
-                                  "(n_d, *input_shape, n_params); for finite differences "
-                                  "give δθ")
-        return chosen(AggregatedGradientIMNN if aggregate else GradientIMNN,
-                      fiducial=fiducial, derivative=derivative, **validation)
-    expected = (n_d_checked, 2, params) + shape
+        hint = "(n_d, *input_shape, n_params); for finite differences give δθ"
+    else:
+        expected = (n_d_checked, 2, params) + shape
+        hint = ("(n_d, 2, n_params, *input_shape): simulations below and above θ_fid; without "
+                "finite differences leave δθ out")
     for name, value in (("derivative", derivative),
                         ("validation_derivative", validation_derivative)):
         if value is not None:
-            _derivative_shape(name, value, expected,
-                              "(n_d, 2, n_params, *input_shape): simulations below and above "
-                              "θ_fid; without finite differences leave δθ out")
+            _derivative_shape(name, value, expected, hint)
+    if δθ is None:
+        return chosen(AggregatedGradientIMNN if aggregate else GradientIMNN,
+                      fiducial=fiducial, derivative=derivative, **validation)
     return chosen(AggregatedNumericalGradientIMNN if aggregate else NumericalGradientIMNN,
                   fiducial=fiducial, derivative=derivative, δθ=δθ, **validation)
 
