@@ -25,10 +25,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     kept = spec_copy(args.logdir)            # the worker's config reads the spec from here
+    had = os.path.exists(kept)
     os.makedirs(os.path.dirname(kept), exist_ok=True)
     with open(kept, "w", encoding="utf-8") as f:
         f.write(text)
     code = run_action("initialize_store", "init", settings(args.logdir))
+    if code != 0 and not had:                # refused (a bad spec): leave nothing behind
+        os.remove(kept)
+        try:
+            os.rmdir(os.path.dirname(kept))    # the folder made for it, where now empty
+        except OSError:
+            pass
     if code == 0:
         print("Done!")
     return code
