@@ -128,6 +128,7 @@ bench-datamodels: $(STAMP)
 # K-means engines (lloyd, MLlib with Java and native BLAS) against scikit-learn's, 100,000 x 384
 # rows, k = 500.
 bench-kmeans: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[bench]'
 	$(VENV)/bin/python bench/kmeans.py --out bench/results/kmeans_cpu_2cores.jsonl
 
 # Per-stage wall time at 100,000 x 384 precomputed rows against reading and counting the pool.

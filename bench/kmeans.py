@@ -1,25 +1,31 @@
-"""K-means as the quantize stage runs it (lloyd and MLlib, on the JVM's BLAS options) against
-scikit-learn.
+"""K-means: the quantize stage and its in-memory numerics against scikit-learn and faiss, and
+against the same code at a baseline commit, like for like.
 
 One data set (``--rows`` unit-norm clustered vectors of 384 dimensions, as sentence embeddings
-are), one ``k``, the same iteration cap and tolerance for every variant; each variant runs in its
-own process (a fresh JVM for MLlib, so its Java options apply):
+are), one ``k``, exactly ``--max-iter`` iterations for every variant (tolerance 0; scikit-learn
+may still stop early when no label changes, and says how many it ran), two threads or Spark's
+``local[2]``, each variant in a process of its own:
 
-* ``mllib``: Spark 4's defaults with no native BLAS (netlib's VectorBLAS: Spark starts its JVMs
-  with the JDK's vector API), the baseline;
-* ``mllib-native``: the same with a native BLAS (OpenBLAS from Debian's packages, found as
-  ``libblas.so.3``; skipped, with a note, where none is installed);
-* ``lloyd``: the quantize stage's default engine (``jobs.stages.quantize.kmeans_side`` with
-  ``quantize.algorithm: lloyd``: k-means++ on 20,000 rows chosen by hash, then Lloyd's
-  iterations as matrix products in Arrow tasks), timed from the cached arrays, so its packing
-  into float32 bytes and its own cache are inside the time;
-* ``sklearn-1`` and ``sklearn-2``: scikit-learn's ``KMeans`` (k-means++, Lloyd) on one and two
-  BLAS/OpenMP threads.
+* ``sklearn-2``: scikit-learn's ``KMeans`` (Lloyd), 2 BLAS/OpenMP threads, from the common start;
+* ``faiss-2``: faiss's ``Kmeans`` on 2 OpenMP threads from the common start (its default of at
+  most 256 training rows per centroid, which at 100,000 rows and k = 500 is every row);
+* ``core``: ``gio_core.kmeans.lloyd`` in memory from the common start (the numerics the
+  quantize stage runs, without Spark);
+* ``stage``: the quantize stage's K-means (``jobs.stages.quantize.kmeans_side``, the ``lloyd``
+  engine, its defaults: fitted on at most ``quantize.rows_per_cluster`` rows a cluster, on the
+  driver up to ``quantize.driver_rows``, then every row assigned), from the rows cached in Spark:
+  its packing of the rows, its own start (k-means++ on 20,000 rows chosen by hash, timed apart
+  as ``start_seconds``) and the assignment pass are inside its time;
+* ``stage-tasks``: the same with ``quantize.driver_rows: 1``, one Spark job per iteration;
+* ``core@BASE``, ``stage@BASE``: ``core`` and ``stage`` on the code of ``--baseline`` (a commit,
+  checked out with ``git worktree`` for the run);
+* ``mllib`` (not run unless named): MLlib's ``KMeans``, k-means|| start.
 
-Every variant's objective (the sum of squared distances to the nearest centre) is computed the
-same way, in NumPy, from its centres; times are the fit alone (data already in memory/cached).
+The common start is scikit-learn's k-means++ on the first 20,000 rows (the rows are in random
+order), seeded, timed on its own (the ``start`` line). Every variant's objective, the sum of
+squared distances to the nearest centre, is computed the same way, in NumPy, from its centres.
 
-    python bench/kmeans.py [--rows 100000] [--k 500] [--max-iter 10] [--out FILE]
+    python bench/kmeans.py [--rows 100000] [--k 500] [--max-iter 10] [--baseline REF] [--out F]
 """
 from __future__ import annotations
 
@@ -28,16 +34,20 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench._common import clustered, emit, run_child  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A baseline variant's child imports gio_core and jobs from the baseline's tree.
+sys.path.insert(0, os.environ.get("GIO_BENCH_TREE", str(ROOT)))
+from bench._common import clustered, emit  # noqa: E402
 
-VARIANTS = ("mllib", "mllib-native", "lloyd", "sklearn-1", "sklearn-2")
+VARIANTS = ("sklearn-2", "faiss-2", "core", "stage", "stage-tasks", "core@BASE", "stage@BASE")
+INIT_ROWS = 20_000
 
 
 def objective(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> float:
@@ -52,79 +62,139 @@ def objective(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> float:
     return total
 
 
-def one_mllib(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
-    from pyspark.ml.clustering import KMeans
-    from pyspark.ml.functions import array_to_vector
-
-    from jobs.io.session import build_session, native_blas
-    # The baseline keeps netlib from loading a native BLAS (a library name that does not exist).
-    options = "-Ddev.ludovic.netlib.blas.nativeLib=gio-spark-no-native-blas.so"
-    if variant != "mllib":
-        options = ""
-    if variant == "mllib-native" and native_blas() is None:
-        return {"variant": variant, "skipped": "no native BLAS (libblas.so.3) here"}
-    init_steps = 2
-    spark = build_session("kmeans-bench", "local[2]", {
-        "spark.driver.extraJavaOptions": options, "spark.sql.shuffle.partitions": "8",
-        "spark.driver.memory": "6g"}, quiet=True)
-    jvm = spark._jvm
-    spark_options = spark.conf.get("spark.driver.extraJavaOptions")
-    blas = jvm.dev.ludovic.netlib.blas.JavaBLAS.getInstance().getClass().getName()
-    native = jvm.dev.ludovic.netlib.blas.NativeBLAS
-    try:
-        native_name = native.getInstance().getClass().getName()
-    except Exception:                                           # noqa: BLE001 - not loadable
-        native_name = None
-    df = (spark.read.parquet(os.path.join(work, "rows.parquet"))
-          .select("id", array_to_vector("vec").alias("features"))
-          .repartition(8, "id").sortWithinPartitions("id").cache())
-    df.count()
-    kmeans = KMeans(k=k, seed=7, maxIter=max_iter, tol=tol, initSteps=init_steps)
-    start = time.perf_counter()
-    model = kmeans.fit(df)
-    seconds = time.perf_counter() - start
-    centres = np.asarray(model.clusterCenters())
-    iterations = int(model.summary.numIter)
-    spark.stop()
-    x = np.load(os.path.join(work, "rows.npy"))
-    return {"variant": variant, "seconds": round(seconds, 2), "iterations":
-            iterations, "init_steps": init_steps, "objective": objective(x, centres),
-            "java_blas": blas, "native_blas": native_name, "java_options": spark_options}
+def _arrays(work: str):
+    return np.load(os.path.join(work, "rows.npy")), np.load(os.path.join(work, "start.npy"))
 
 
-def one_lloyd(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
+def one_sklearn(work: str, k: int, max_iter: int) -> dict:
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+    x, start = _arrays(work)
+    with threadpool_limits(limits=2):
+        began = time.perf_counter()
+        model = KMeans(n_clusters=k, init=start, n_init=1, max_iter=max_iter, tol=0.0,
+                       algorithm="lloyd").fit(x)
+        seconds = time.perf_counter() - began
+    return {"seconds": round(seconds, 2), "iterations": int(model.n_iter_), "threads": 2,
+            "objective": objective(x, model.cluster_centers_)}
+
+
+def one_faiss(work: str, k: int, max_iter: int) -> dict:
+    import faiss
+    faiss.omp_set_num_threads(2)
+    x, start = _arrays(work)
+    model = faiss.Kmeans(x.shape[1], k, niter=max_iter, seed=7)
+    began = time.perf_counter()
+    model.train(x, init_centroids=start)
+    seconds = time.perf_counter() - began
+    return {"seconds": round(seconds, 2), "iterations": max_iter, "threads": 2,
+            "max_points_per_centroid": model.cp.max_points_per_centroid,
+            "faiss": faiss.__version__, "objective": objective(x, model.centroids)}
+
+
+def one_core(work: str, k: int, max_iter: int) -> dict:
+    from gio_core.kmeans import lloyd
+    x, start = _arrays(work)
+    began = time.perf_counter()
+    fit = lloyd(x, start, max_iter=max_iter, tol=0.0)
+    seconds = time.perf_counter() - began
+    return {"seconds": round(seconds, 2), "iterations": fit.iterations,
+            "objective": objective(x, fit.centres)}
+
+
+def one_stage(work: str, k: int, max_iter: int, driver_rows: int | None) -> dict:
+    import gio_core.kmeans as numerics
     from jobs.config import QuantizeSection
-    from jobs.stages.quantize import kmeans_side
     from jobs.io.session import build_session
+    from jobs.stages.quantize import kmeans_side
     spark = build_session("kmeans-bench", "local[2]", {
         "spark.sql.shuffle.partitions": "8", "spark.driver.memory": "6g"}, quiet=True)
     df = (spark.read.parquet(os.path.join(work, "rows.parquet"))
           .selectExpr("id AS row_id", "vec AS embedding").cache())
     df.count()
-    q = QuantizeSection(max_iter=max_iter, tol=tol, partitions=8, algorithm="lloyd")
-    start = time.perf_counter()
-    centroids, _, cached, iterations = kmeans_side(df, k, q, 7, "pool", print, spark)
-    seconds = time.perf_counter() - start
+    options = {"max_iter": max_iter, "tol": 0.0, "partitions": 8, "algorithm": "lloyd"}
+    if driver_rows is not None:
+        options["driver_rows"] = driver_rows
+    q = QuantizeSection(**options)
+    seeded = numerics.seed_centres
+    start_seconds = []
+
+    def timed_start(*args, **kwargs):
+        began = time.perf_counter()
+        out = seeded(*args, **kwargs)
+        start_seconds.append(time.perf_counter() - began)
+        return out
+
+    numerics.seed_centres = timed_start
+    began = time.perf_counter()
+    centroids, assignments, cached, iterations = kmeans_side(df, k, q, 7, "pool", print, spark)
+    assignments.count()             # the stage writes them: every row's assignment is inside
+    seconds = time.perf_counter() - began
     cached.unpersist()
     spark.stop()
     centres = np.array([c[2] for c in centroids], np.float32)
     x = np.load(os.path.join(work, "rows.npy"))
-    return {"variant": variant, "seconds": round(seconds, 2), "iterations": iterations,
-            "init_rows": q.init_rows, "objective": objective(x, centres)}
+    return {"seconds": round(seconds, 2), "iterations": iterations,
+            "start_seconds": round(sum(start_seconds), 2),
+            "fitted_rows": _fitted(len(x), k, getattr(q, "rows_per_cluster", None)),
+            "driver_rows": q.driver_rows, "objective": objective(x, centres)}
 
 
-def one_sklearn(variant: str, work: str, k: int, max_iter: int, tol: float) -> dict:
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-    threads = int(variant.split("-")[1])
+def _fitted(rows: int, k: int, per_cluster: int | None) -> int:
+    """The rows the stage fits its centres on (the baseline has no rows_per_cluster: all)."""
+    return rows if per_cluster is None else min(rows, per_cluster * k)
+
+
+def one_mllib(work: str, k: int, max_iter: int) -> dict:
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+
+    from jobs.io.session import build_session
+    spark = build_session("kmeans-bench", "local[2]", {
+        "spark.sql.shuffle.partitions": "8", "spark.driver.memory": "6g"}, quiet=True)
+    df = (spark.read.parquet(os.path.join(work, "rows.parquet"))
+          .select("id", array_to_vector("vec").alias("features"))
+          .repartition(8, "id").sortWithinPartitions("id").cache())
+    df.count()
+    began = time.perf_counter()
+    model = KMeans(k=k, seed=7, maxIter=max_iter, tol=0.0, initSteps=2).fit(df)
+    seconds = time.perf_counter() - began
+    centres = np.asarray(model.clusterCenters())
+    iterations = int(model.summary.numIter)
+    spark.stop()
     x = np.load(os.path.join(work, "rows.npy"))
-    with threadpool_limits(limits=threads):
-        start = time.perf_counter()
-        model = KMeans(n_clusters=k, n_init=1, max_iter=max_iter, tol=tol, random_state=7,
-                       algorithm="lloyd").fit(x)
-        seconds = time.perf_counter() - start
-    return {"variant": variant, "seconds": round(seconds, 2), "iterations": int(model.n_iter_),
-            "objective": objective(x, model.cluster_centers_), "threads": threads}
+    return {"seconds": round(seconds, 2), "iterations": iterations,
+            "objective": objective(x, centres)}
+
+
+def one(variant: str, work: str, k: int, max_iter: int) -> dict:
+    name = variant.split("@")[0]
+    if name == "sklearn-2":
+        return one_sklearn(work, k, max_iter)
+    if name == "faiss-2":
+        return one_faiss(work, k, max_iter)
+    if name == "core":
+        return one_core(work, k, max_iter)
+    if name in ("stage", "stage-tasks"):
+        return one_stage(work, k, max_iter, 1 if name == "stage-tasks" else None)
+    if name == "mllib":
+        return one_mllib(work, k, max_iter)
+    raise SystemExit(f"unknown variant {variant!r}")
+
+
+def child(variant: str, work: str, k: int, max_iter: int, tree: str) -> dict:
+    env = dict(os.environ, GIO_BENCH_TREE=tree, PYTHONPATH=tree)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kmeans.py"), "--one", variant,
+                           work, "--k", str(k), "--max-iter", str(max_iter)],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant}: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _git(*args: str, cwd=ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True,
+                          check=True).stdout.strip()
 
 
 def main():
@@ -132,46 +202,60 @@ def main():
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--max-iter", type=int, default=10)
-    parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--baseline", default="4d80c36",
+                        help="the commit the @BASE variants run (the code before this change)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "WORK"))
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.one:
-        variant, work = args.one
-        fn = (one_sklearn if variant.startswith("sklearn") else one_lloyd if variant == "lloyd"
-              else one_mllib)
-        print(json.dumps(fn(variant, work, args.k, args.max_iter, args.tol)))
+        print(json.dumps(one(args.one[0], args.one[1], args.k, args.max_iter)))
         return
 
     import pandas as pd
+    from sklearn.cluster import kmeans_plusplus
     work = tempfile.mkdtemp(prefix="gio-kmeans-")
+    variants = args.variants.split(",")
+    base_tree = os.path.join(work, "baseline")
     try:
         x, _ = clustered(args.rows, 384, seed=1)
         np.save(os.path.join(work, "rows.npy"), x)
         pd.DataFrame({"id": np.arange(len(x)), "vec": list(x)}).to_parquet(
             os.path.join(work, "rows.parquet"), row_group_size=10_000)
+        began = time.perf_counter()
+        start, _ = kmeans_plusplus(x[:INIT_ROWS].astype(np.float64), args.k,
+                                   random_state=np.random.RandomState(7))
+        np.save(os.path.join(work, "start.npy"), start.astype(np.float32))
+        common = {"rows": args.rows, "dim": 384, "k": args.k, "max_iter": args.max_iter,
+                  "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                  "commit": _git("rev-parse", "--short", "HEAD")}
+        emit({"variant": "start", "seconds": round(time.perf_counter() - began, 2),
+              "init_rows": INIT_ROWS, **common}, args.out)
+        if any(v.endswith("@BASE") for v in variants):
+            subprocess.run(["git", "worktree", "add", "--detach", base_tree, args.baseline],
+                           cwd=ROOT, check=True, capture_output=True)
         rows = []
-        for variant in args.variants.split(","):
-            row = run_child(["bench/kmeans.py", "--one", variant, work, "--k", str(args.k),
-                             "--max-iter", str(args.max_iter), "--tol", str(args.tol)])
-            row.update(rows=args.rows, dim=384, k=args.k, max_iter=args.max_iter,
-                       cores=os.cpu_count())
+        for variant in variants:
+            tree = base_tree if variant.endswith("@BASE") else str(ROOT)
+            row = {"variant": variant.replace("@BASE", "@" + args.baseline),
+                   **child(variant, work, args.k, args.max_iter, tree), **common}
             rows.append(row)
             emit(row, args.out)
-        base = next((r for r in rows if r["variant"] == "mllib" and "seconds" in r), None)
-        sk2 = next((r for r in rows if r["variant"] == "sklearn-2"), None)
-        summary = {"summary": "seconds / mllib baseline; seconds and objective / sklearn-2"}
+        by = {r["variant"]: r for r in rows}
+        sk, fs = by.get("sklearn-2"), by.get("faiss-2")
+        summary = {"summary": "seconds / faiss-2 and / sklearn-2; objective / sklearn-2",
+                   **common}
         for r in rows:
-            if "seconds" not in r:
-                continue
             summary[r["variant"]] = {
-                "vs_mllib": round(r["seconds"] / base["seconds"], 2) if base else None,
-                "time_vs_sklearn2": round(r["seconds"] / sk2["seconds"], 2) if sk2 else None,
-                "objective_vs_sklearn2": round(r["objective"] / sk2["objective"], 4) if sk2
+                "time_vs_faiss2": round(r["seconds"] / fs["seconds"], 2) if fs else None,
+                "time_vs_sklearn2": round(r["seconds"] / sk["seconds"], 2) if sk else None,
+                "objective_vs_sklearn2": round(r["objective"] / sk["objective"], 4) if sk
                 else None}
         emit(summary, args.out)
     finally:
+        if os.path.isdir(base_tree):
+            subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=ROOT,
+                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

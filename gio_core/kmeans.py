@@ -22,7 +22,7 @@ the caller drops clusters left empty.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -50,20 +50,31 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1).astype(x.dtype)
 
 
-def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean"
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest centre and its squared Euclidean distance to it.
+def _scan(x: np.ndarray, centres: np.ndarray, distance: str, sums: np.ndarray | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the rows, :data:`BLOCK_ROWS` at a time: each row's nearest centre, its
+    squared distance to it and, when ``sums`` is given, the rows added into it by centre.
 
-    ``x`` [n, d] and ``centres`` [k, d], float32; for ``cosine`` both already unit-length.
-    Returns ``(labels int32 [n], d2 float64 [n])``.
+    Everything of a block is done while it is in cache: the matrix product, the choice, the
+    distance and the block's sums (a sparse one-hot matrix of the block's choices times the
+    block, in float64, each centre's rows added in row order), which are then added to ``sums``.
+    So the result depends only on the rows' order, never on threads, and nothing of the size of
+    all the rows is allocated but the labels. Without ``sums`` (an assignment) the distance is
+    exact, float64 from the row and its centre, since near-copies are told apart by it; with
+    them (an iteration, whose distances only add up to the objective) it is read off the
+    matrix product, ``|x|^2 + |c|^2 - 2 x.c`` in float32 (about 1e-7 of a unit row's scale).
     """
+    from scipy.sparse import csr_matrix
     x = np.asarray(x, np.float32)
     c = np.asarray(centres, np.float32)
+    k = len(c)
+    c64 = c.astype(np.float64)
     c_sq = np.einsum("ij,ij->i", c, c)
     labels = np.empty(len(x), np.int32)
     d2 = np.empty(len(x), np.float64)
     for lo in range(0, len(x), BLOCK_ROWS):
         block = x[lo:lo + BLOCK_ROWS]
+        n = len(block)
         scores = block @ c.T                       # the matrix product: [rows, k]
         if distance == "cosine":
             best = np.argmax(scores, axis=1)
@@ -71,27 +82,73 @@ def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean"
             scores *= -2.0
             scores += c_sq[None, :]
             best = np.argmin(scores, axis=1)
-        labels[lo:lo + len(block)] = best
-        diff = block.astype(np.float64) - c[best].astype(np.float64)
-        d2[lo:lo + len(block)] = np.einsum("ij,ij->i", diff, diff)
+        labels[lo:lo + n] = best
+        rows = block.astype(np.float64)
+        if sums is None:
+            diff = rows - c64[best]
+            d2[lo:lo + n] = np.einsum("ij,ij->i", diff, diff)
+        else:
+            picked = scores[np.arange(n), best].astype(np.float64)
+            if distance == "cosine":                 # picked = x.c
+                picked = c_sq[best] - 2.0 * picked
+            np.maximum(np.einsum("ij,ij->i", block, block) + picked, 0.0, out=d2[lo:lo + n])
+            order = np.argsort(best, kind="stable")
+            indptr = np.zeros(k + 1, np.int64)
+            np.cumsum(np.bincount(best, minlength=k), out=indptr[1:])
+            sums += csr_matrix((np.ones(n), order, indptr), shape=(k, n)) @ rows
     return labels, d2
+
+
+def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean"
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centre and its squared Euclidean distance to it.
+
+    ``x`` [n, d] and ``centres`` [k, d], float32; for ``cosine`` both already unit-length.
+    Returns ``(labels int32 [n], d2 float64 [n])``.
+    """
+    return _scan(x, centres, distance)
 
 
 def block_stats(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean") -> Stats:
     """The sums, counts and inertia of one block of rows under the given centres."""
+    return stream_stats([x], centres, distance)
+
+
+def stream_stats(blocks: Iterable[np.ndarray], centres: np.ndarray,
+                 distance: str = "euclidean") -> Stats:
+    """:func:`block_stats` of the rows of ``blocks`` one after another, taken as they come.
+
+    The rows are cut into :data:`BLOCK_ROWS` from the first, whatever the blocks' sizes, so the
+    result is that of the blocks put end to end, to the last bit: an Arrow task gets the same
+    statistics of its partition however Spark batched it.
+    """
     k, dim = centres.shape
-    labels, d2 = nearest(x, centres, distance)
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) \
-        if len(labels) else np.zeros(0, np.int64)
     sums = np.zeros((k, dim))
-    counts = np.zeros(k, np.int64)
-    if len(labels):
-        xs = np.asarray(x, np.float64)[order]
-        sums[sorted_labels[starts]] = np.add.reduceat(xs, starts, axis=0)
-        counts[sorted_labels[starts]] = np.diff(np.r_[starts, len(labels)])
-    return Stats(sums, counts, float(d2.sum()))
+    labels: list[np.ndarray] = []
+    d2: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def scan(rows: np.ndarray) -> None:
+        got, dist = _scan(rows, centres, distance, sums)
+        labels.append(got)
+        d2.append(dist)
+
+    for block in blocks:
+        if len(block) == 0:
+            continue
+        pending.append(np.asarray(block, np.float32))
+        held += len(block)
+        if held >= BLOCK_ROWS:
+            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            whole = held - held % BLOCK_ROWS
+            scan(x[:whole])
+            pending, held = ([x[whole:]], held - whole) if held > whole else ([], 0)
+    if held:
+        scan(pending[0] if len(pending) == 1 else np.concatenate(pending))
+    all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+    inertia = float(np.concatenate(d2).sum()) if d2 else 0.0
+    return Stats(sums, np.bincount(all_labels, minlength=k).astype(np.int64), inertia)
 
 
 def update(centres: np.ndarray, stats: Stats, distance: str = "euclidean"
@@ -129,14 +186,16 @@ class Fit(NamedTuple):
 
 
 def lloyd(x: np.ndarray, start: np.ndarray, max_iter: int = 20, tol: float = 1e-4,
-          distance: str = "euclidean", blocks: int | Sequence[int] = 1) -> Fit:
+          distance: str = "euclidean", blocks: int | Sequence[int] = 1,
+          normalised: bool = False) -> Fit:
     """Lloyd's iterations in memory from ``start``; the stage's steps on one machine.
 
     ``blocks``: a number of equal consecutive parts, or the parts' lengths, whose statistics are
-    added in order, as the stage adds its partitions'.
+    added in order, as the stage adds its partitions'. ``normalised``: for ``cosine``, the rows
+    are unit-length already (scaled again they could move by a rounding).
     """
     x = np.asarray(x, np.float32)
-    if distance == "cosine":
+    if distance == "cosine" and not normalised:
         x = normalise(x)
     centres = np.asarray(start, np.float32)
     if isinstance(blocks, int):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["QUANTIZE_UPDATE_OPTIONS", "RUNTIME_DATAMODELS_OPTIONS", "RUNTIME_EMBED_OPTIONS",
-           "RUNTIME_IMNN_OPTIONS",
+__all__ = ["QUANTIZE_DEFAULT_ROWS_PER_CLUSTER", "QUANTIZE_UPDATE_OPTIONS",
+           "RUNTIME_DATAMODELS_OPTIONS", "RUNTIME_EMBED_OPTIONS", "RUNTIME_IMNN_OPTIONS",
            "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "NAMED_FORMATS",
            "FRAME_FORMAT", "EmbedSection", "JobConfig", "QuantizeSection", "SelectSection",
            "SourceSection", "TrainSection", "auto_pool_k", "config_from_dict", "datamodels_spec",

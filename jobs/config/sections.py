@@ -117,6 +117,8 @@ OPTIONAL_AT_LEAST_1 = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                           "null or an integer >= 1")
 N_SUMMARIES = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                    "null (as many as parameters) or an integer >= 1")
+ROWS_PER_CLUSTER = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                        "null (every row) or an integer >= 1")
 OPTIONAL_POSITIVE = Rule(lambda v: v is None or (_is_num(v) and v > 0), "null or a number > 0")
 OPTIONAL_AT_LEAST_2 = Rule(lambda v: v is None or (_is_int(v) and v >= 2),
                           "null or an integer >= 2")
@@ -259,8 +261,12 @@ class QuantizeSection:
     # lloyd (matrix products in Arrow tasks) or mllib
     algorithm: Annotated[str, one_of("lloyd", "mllib")] = "lloyd"
     init_rows: Annotated[int, AT_LEAST_1] = 20000  # algorithm lloyd: k-means++ on this many rows (by hash)
-    # algorithm lloyd: a side this small is clustered on the driver
-    driver_rows: Annotated[int, AT_LEAST_1] = 20000
+    # algorithm lloyd: the centres are fitted on the driver when they are fitted on at most this
+    # many rows (collected once, 150 MB at 384 dimensions); the same clusters either way
+    driver_rows: Annotated[int, AT_LEAST_1] = 100_000
+    # algorithm lloyd: the centres are fitted on at most this many rows per cluster (those first
+    # by hash), then every row is assigned once; null: fitted on every row
+    rows_per_cluster: Annotated[Any, ROWS_PER_CLUSTER] = 256
     # On a pool that grew or changed: recluster (K-means again) or assign (its rows to the pool
     # clusters of this pool's latest other clustering under output.path, the sizes counted again,
     # unless the fit worsened by more than max_drift: then recluster)
@@ -369,6 +375,7 @@ RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task", "commit_rows")
 # The quantize options of an update (``update: assign``): in the clustering's fingerprint only
 # where set, so clusterings made before them keep their ids.
 QUANTIZE_UPDATE_OPTIONS = ("update", "max_drift")
+QUANTIZE_DEFAULT_ROWS_PER_CLUSTER = QuantizeSection.rows_per_cluster
 
 
 @dataclass

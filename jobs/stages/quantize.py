@@ -75,10 +75,14 @@ def _cached(frame, k: int, side: str, warn):
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     rows = frame.count()
     faults.point(f"cached:{side}")
+    return frame, rows, _capped(k, rows, side, warn)
+
+
+def _capped(k: int, rows: int, side: str, warn) -> int:
     if k > rows:
         warn(f"quantize {side}: k={k} is more than its {rows} rows; using k={rows}.")
-        k = rows
-    return frame, rows, k
+        return rows
+    return k
 
 
 def _centroid_rows(side: str, centres, sizes) -> list:
@@ -131,43 +135,50 @@ def _matrix(column, dim: int) -> np.ndarray:
                          offset=int(offsets[0])).reshape(len(arr), dim)
 
 
-def _packed(embeddings, partitions: int, distance: str):
-    """``(row_id, vec)``: each embedding as float32 bytes (unit length for ``cosine``), in
-    ``partitions`` partitions by row_id, sorted within each: the layout, and so the order in
-    which the lloyd engine adds rows, follows from the rows alone."""
+def _laid_out(embeddings, partitions: int):
+    """``(row_id, embedding)`` in ``partitions`` partitions by row_id, sorted within each: the
+    layout, and so the order in which the lloyd engine adds rows, follows from the rows alone."""
+    return (embeddings.select("row_id", "embedding")
+            .repartition(partitions, "row_id").sortWithinPartitions("row_id"))
+
+
+def _vectors(column, distance: str) -> np.ndarray:
+    """An Arrow list column of embeddings as a float32 matrix (unit rows for ``cosine``)."""
     from gio_core.kmeans import normalise
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != lengths.max()):
+        raise ValueError("quantize: embeddings of different lengths in one side")
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    x = np.asarray(flat, np.float32).reshape(len(column), -1)
+    return normalise(x) if distance == "cosine" else x
+
+
+def _packed(embeddings, partitions: int, distance: str):
+    """``(row_id, vec)``: each embedding as float32 bytes (unit length for ``cosine``), laid out
+    by :func:`_laid_out`."""
 
     def pack(batches):
         for b in batches:
-            emb = b.column(1)
-            lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
-            if len(lengths) and (lengths.min() != lengths.max()):
-                raise ValueError("quantize: embeddings of different lengths in one side")
-            flat = pc.list_flatten(emb).to_numpy(zero_copy_only=False)
-            x = np.asarray(flat, np.float32).reshape(len(emb), -1)
-            if distance == "cosine":
-                x = normalise(x)
+            x = _vectors(b.column(1), distance)
             yield pa.RecordBatch.from_arrays([b.column(0), _binary(x)], ["row_id", "vec"])
 
     id_type = embeddings.schema["row_id"].dataType.simpleString()
-    return (embeddings.select("row_id", "embedding")
-            .repartition(partitions, "row_id").sortWithinPartitions("row_id")
-            .mapInArrow(pack, f"row_id {id_type}, vec binary"))
+    return _laid_out(embeddings, partitions).mapInArrow(pack, f"row_id {id_type}, vec binary")
 
 
 def _stats(spark, packed, centres: np.ndarray, distance: str):
     """The summed block statistics of every row under ``centres``: one Spark job, each task
     sends its partition's sums, counts and inertia, added here in partition order."""
-    from gio_core.kmeans import Stats, block_stats, empty_stats
+    from gio_core.kmeans import Stats, empty_stats, stream_stats
     k, dim = centres.shape
     shared = share(spark, centres)
 
     def task(batches):
         from pyspark import TaskContext
         c = shared.value
-        total = empty_stats(k, dim)
-        for b in batches:
-            total = total + block_stats(_matrix(b.column(0), dim), c, distance)
+        total = stream_stats((_matrix(b.column(0), dim) for b in batches), c, distance)
         yield pa.RecordBatch.from_arrays(
             [pa.array([TaskContext.get().partitionId()], pa.int32()),
              pa.array([total.sums.tobytes()], pa.binary()),
@@ -206,63 +217,127 @@ def init_sample(packed, rows: int, seed: int):
     """The rows k-means++ starts from: at most ``rows`` of them, those with the least
     ``xxhash64(seed, row_id)``, in that order (neither the sources' row order nor the layout
     changes which or in what order)."""
-    picked = seeded_order(packed, seed).limit(rows).select("vec").collect()
-    if not picked:
+    picked = seeded_order(packed, seed).limit(rows).select("vec").toArrow()
+    if picked.num_rows == 0:
         return np.zeros((0, 0), np.float32)
-    return np.frombuffer(b"".join(r["vec"] for r in picked), np.float32).reshape(len(picked), -1)
+    return _matrix(picked.column(0), _width(picked.column(0)))
 
 
-def _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side):
-    """A side of at most ``quantize.driver_rows`` rows: collected once (in partition order,
-    sorted within each, with each row's hash for the sample) and clustered by the same steps in
-    memory, the partitions' statistics added in the same order; a Spark job per iteration would
-    cost more than the arithmetic."""
+def _width(column) -> int:
+    """The dimension of the packed float32 rows of a non-empty binary column."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return len(arr[0].as_py()) // 4
+
+
+def training_rows(rows: int, k: int, qcfg) -> int:
+    """How many of a side's rows the centres are fitted on: ``quantize.rows_per_cluster`` per
+    cluster (null: every row), at most the side's rows."""
+    if qcfg.rows_per_cluster is None:
+        return rows
+    return min(rows, qcfg.rows_per_cluster * k)
+
+
+def _first_in_seeded_order(packed, rows: int, seed: int):
+    """The ``rows`` rows of ``packed`` first in the seeded order, as a filter on it, so they keep
+    its partitions and their order (the hash and id of the last one kept bound the filter)."""
+    h = seed_hash(seed)
+    last = (packed.select("row_id", h.alias("h")).orderBy("h", "row_id")
+            .offset(rows - 1).limit(1).collect()[0])
+    return packed.where((h < F.lit(last["h"]))
+                        | ((h == F.lit(last["h"])) & (F.col("row_id") <= F.lit(last["row_id"]))))
+
+
+def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown=""):
+    """Lloyd in memory on ``rows_frame``'s rows, collected once in partition order (sorted
+    within each, with each row's hash): fitted on the :func:`training_rows` of them first in
+    the seeded order (kept in that layout), from k-means++ on the first ``quantize.init_rows``
+    of those; the partitions' statistics are added in partition order, as the tasks' are.
+    Returns ``(ids, x, fit, fitted on every row)``."""
     from pyspark.sql.functions import spark_partition_id
 
     from gio_core.kmeans import lloyd, seed_centres
-    got = packed.select("row_id", "vec", seed_hash(seed).alias("h"),
-                        spark_partition_id().alias("part")).collect()
-    ids = [r["row_id"] for r in got]
-    x = np.frombuffer(b"".join(r["vec"] for r in got), np.float32).reshape(len(got), -1)
-    parts = np.array([r["part"] for r in got])
-    assert np.all(np.diff(parts) >= 0), "collect() keeps the partitions' order"
-    order = sorted(range(len(got)), key=lambda i: (got[i]["h"], ids[i]))
-    sample = x[order[:max(qcfg.init_rows, k)]]
-    start = seed_centres(sample, k, seed, qcfg.distance)
-    with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows (on the driver)",
+    column = "vec" if "vec" in rows_frame.columns else "embedding"
+    got = rows_frame.select("row_id", column, seed_hash(seed).alias("h"),
+                            spark_partition_id().alias("part")).toArrow()
+    ids = got.column("row_id").to_numpy(zero_copy_only=False)
+    x = (_matrix(got.column("vec"), _width(got.column("vec"))) if column == "vec"
+         else _vectors(got.column("embedding"), qcfg.distance))
+    parts = got.column("part").to_numpy()
+    assert np.all(np.diff(parts) >= 0), "toArrow keeps the partitions' order"
+    order = np.lexsort((ids, got.column("h").to_numpy()))
+    train = training_rows(len(ids), k, qcfg)
+    start = seed_centres(x[order[:min(max(qcfg.init_rows, k), train)]], k, seed, qcfg.distance)
+    keep = np.sort(order[:train])
+    shown = shown or f"{len(ids)} rows" + ("" if train == len(ids) else f", fitted on {train}")
+    with spark_bar(spark, f"quantize {side}: K-means, k={k} on {shown} (on the driver)",
                    total=1, unit=" fit", done=lambda: 0):
-        fit = lloyd(x, start, qcfg.max_iter, qcfg.tol, qcfg.distance,
-                    blocks=np.bincount(parts)[np.unique(parts)].tolist())
-    centroid_rows = _centroid_rows(side, fit.centres, fit.sizes)
-    id_type = packed.schema["row_id"].dataType.simpleString()
+        fit = lloyd(x[keep] if train < len(ids) else x, start, qcfg.max_iter, qcfg.tol,
+                    qcfg.distance, blocks=np.unique(parts[keep], return_counts=True)[1].tolist(),
+                    normalised=True)
+    return ids, x, fit, train == len(ids)
+
+
+def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
+    """A side of at most ``quantize.driver_rows`` rows: its rows collected once as they are
+    laid out (not packed or cached first), fitted on the driver by the tasks' steps
+    (:func:`_fit_on_driver`) and every row assigned there; a Spark job per iteration would
+    cost more than the arithmetic. The input it returns is the packed rows, not cached."""
+    from gio_core.kmeans import nearest
+    ids, x, fit, every = _fit_on_driver(spark, _laid_out(embeddings, qcfg.partitions), k, qcfg,
+                                        seed, side)
+    labels = fit.labels if every else nearest(x, fit.centres, qcfg.distance)[0]
+    sizes = np.bincount(labels, minlength=len(fit.centres))
+    centroid_rows = _centroid_rows(side, fit.centres, sizes)
+    id_type = embeddings.schema["row_id"].dataType.simpleString()
     assignments = spark.createDataFrame(
-        pd.DataFrame({"row_id": ids, "cluster_id": fit.labels.astype(np.int32)}),
+        pd.DataFrame({"row_id": ids, "cluster_id": labels.astype(np.int32)}),
         f"row_id {id_type}, cluster_id int")
-    return centroid_rows, assignments, packed, fit.iterations
+    return (centroid_rows, assignments, _packed(embeddings, qcfg.partitions, qcfg.distance),
+            fit.iterations)
 
 
 def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
+    """Lloyd's engine. The centres are fitted on :func:`training_rows` rows (those first in
+    the seeded order, or every row), on the driver when they are at most
+    ``quantize.driver_rows``, else one Spark job per iteration; then every row is assigned to
+    its nearest centre, once."""
     from gio_core.kmeans import seed_centres, update
     spark = spark if spark is not None else embeddings.sparkSession
+    rows = embeddings.count()
+    if rows <= qcfg.driver_rows:
+        faults.point(f"cached:{side}")
+        k = _capped(k, rows, side, warn)
+        return _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side)
     packed = _packed(embeddings, qcfg.partitions, qcfg.distance)
     packed, rows, k = _cached(packed, k, side, warn)
-    if rows <= qcfg.driver_rows:
-        return _kmeans_on_driver(spark, packed, rows, k, qcfg, seed, side)
-    sample = init_sample(packed, max(qcfg.init_rows, k), seed)
-    centres = seed_centres(sample, k, seed, qcfg.distance)
-    done = {"it": 0}
-    with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows", total=qcfg.max_iter,
-                   unit=" it", done=lambda: done["it"]):
-        for _ in range(qcfg.max_iter):
-            centres, shift = update(centres, _stats(spark, packed, centres, qcfg.distance),
-                                    qcfg.distance)
-            done["it"] += 1
-            if shift <= qcfg.tol:
-                break
-        sizes = _stats(spark, packed, centres, qcfg.distance).counts
+    train = training_rows(rows, k, qcfg)
+    note = "" if train == rows else f", fitted on {train}"
+    training = packed if train == rows else _first_in_seeded_order(packed, train, seed)
+    if train <= qcfg.driver_rows:
+        _, _, fit, _ = _fit_on_driver(spark, training, k, qcfg, seed, side,
+                                      f"{rows} rows, fitted on {train}")
+        centres, iterations = fit.centres, fit.iterations
+    else:
+        if training is not packed:
+            training = training.persist(StorageLevel.MEMORY_AND_DISK)
+        sample = init_sample(training, max(qcfg.init_rows, k), seed)
+        centres = seed_centres(sample, k, seed, qcfg.distance)
+        done = {"it": 0}
+        with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows{note}",
+                       total=qcfg.max_iter, unit=" it", done=lambda: done["it"]):
+            for _ in range(qcfg.max_iter):
+                centres, shift = update(centres, _stats(spark, training, centres, qcfg.distance),
+                                        qcfg.distance)
+                done["it"] += 1
+                if shift <= qcfg.tol:
+                    break
+        if training is not packed:
+            training.unpersist()
+        iterations = done["it"]
+    sizes = _stats(spark, packed, centres, qcfg.distance).counts
     centroid_rows = _centroid_rows(side, centres, sizes)
     assignments = _assign(spark, packed, centres, qcfg.distance)
-    return centroid_rows, assignments, packed, done["it"]
+    return centroid_rows, assignments, packed, iterations
 
 
 def find_copies(spark, pool: DataFrame, refs: dict, target_rows: list, d, distance: str):

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from jobs.io import tables
 from jobs.io.sources import content_identity, frame_of
-from jobs.config import (FRAME_FORMAT, QUANTIZE_UPDATE_OPTIONS, RUNTIME_EMBED_OPTIONS,
-                         RUNTIME_SELECT_OPTIONS, RUNTIME_TRAIN_OPTIONS, JobConfig, SourceSection,
+from jobs.config import (FRAME_FORMAT, QUANTIZE_DEFAULT_ROWS_PER_CLUSTER,
+                         QUANTIZE_UPDATE_OPTIONS, RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS,
+                         RUNTIME_TRAIN_OPTIONS, JobConfig, SourceSection,
                          effective_embedding_column, uses_own_weights, uses_weights)
 from jobs.common.errors import InputError
 from jobs.io.encoders import RECIPES
@@ -363,6 +364,14 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
         weights_id, weights_fp = identities["weights"]
     params = {k: v for k, v in dataclasses.asdict(cfg.quantize).items()
               if k not in QUANTIZE_UPDATE_OPTIONS}
+    # Configs at the default keep the ids they had before the option (see the changelog: a
+    # clustering of a pool over 256 rows a cluster stored by an earlier version is reused).
+    if params["rows_per_cluster"] == QUANTIZE_DEFAULT_ROWS_PER_CLUSTER:
+        del params["rows_per_cluster"]
+    # Where the centres are fitted does not change them (the driver adds the partitions'
+    # statistics as the tasks do; tests/jobs/test_quantize.py): every driver_rows keys as its
+    # first default did, so the ids stay and a changed value reuses the clustering.
+    params["driver_rows"] = 20000
     parts = [embed["pool"], embed["target"], params]
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})

@@ -63,3 +63,15 @@ def test_cosine_keeps_centres_on_the_sphere_and_an_unchosen_centre_in_place():
     far = fit.centres[-1]
     if fit.sizes[-1] == 0:
         np.testing.assert_allclose(far, start[-1], atol=1e-7)
+
+
+def test_stream_stats_equal_block_stats_whatever_the_batches(monkeypatch):
+    monkeypatch.setattr(km, "BLOCK_ROWS", 64)
+    x, c = blobs(1000), blobs(11, seed=2)
+    whole = km.block_stats(x, c)
+    for cuts in ([1000], [10] * 100, [63, 1, 500, 0, 436], [700, 300]):
+        parts = np.split(x, np.cumsum(cuts)[:-1])
+        got = km.stream_stats(iter(parts), c)
+        assert np.array_equal(got.sums, whole.sums), cuts
+        assert np.array_equal(got.counts, whole.counts) and got.inertia == whole.inertia
+    assert km.stream_stats([], c).counts.sum() == 0

@@ -123,7 +123,9 @@ def test_cluster_output_equals_local_with_a_worker_killed_during_quantize(spark,
     (selection and selected rows) equals a local[2] run's on the same data and seed."""
     url, env, workers = standalone
     pool, _, target = clustered_vectors(4)
-    local_cfg = vectors_config(tmp_path, pool, target)
+    # driver_rows 1: the pool's K-means runs as Spark jobs on its cached rows (the 600 rows
+    # would otherwise be fitted on the driver, nothing cached); the clusters are the same.
+    local_cfg = vectors_config(tmp_path, pool, target, quantize__driver_rows=1)
     local_summary = run_pipeline(spark, local_cfg)
     env = dict(env, **{faults.ENV: "pause:cached:pool", faults.DIR_ENV: str(tmp_path)})
     log_path = tmp_path / "driver.log"

@@ -73,3 +73,44 @@ def test_cosine_clusters_on_the_sphere(spark):
     ids = np.array([r[1] for r in centroids])
     xn = km.normalise(x)
     assert all(labels[i * 7 + 3] == ids[(xn[i] @ c.T).argmax()] for i in range(600))
+
+
+def test_fitted_on_the_rows_first_by_hash_then_every_row_assigned(spark):
+    """quantize.rows_per_cluster: 50 x 9 clusters = 450 of 1,500 rows fit the centres, the same
+    ones and the same centres whatever the row order and wherever they are fitted (every row on
+    the driver; the 450 collected to the driver; Spark tasks); every row then goes to its
+    nearest final centre."""
+    from pyspark.sql import functions as F
+
+    from jobs.common.frames import seeded_order
+    x = blobs()
+    df = frame(spark, x, range(len(x)), 3)
+    on_driver = fit(spark, df, rows_per_cluster=50)
+    in_tasks = fit(spark, df, rows_per_cluster=50, driver_rows=1)
+    collected = fit(spark, df, rows_per_cluster=50, driver_rows=1000)
+    shuffled = fit(spark, frame(spark, x, np.random.default_rng(5).permutation(len(x)), 5),
+                   rows_per_cluster=50, driver_rows=1)
+    centroids, labels, iters, warned = on_driver
+    assert not warned and in_tasks == on_driver == collected == shuffled
+    # The oracle: the 450 rows first in the seeded order, in the packed layout, Lloyd in memory.
+    packed = _packed(df, 4, "euclidean")
+    first = {r["row_id"] for r in seeded_order(packed, 11).limit(450).select("row_id").collect()}
+    laid = packed.select("row_id", F.spark_partition_id().alias("part")).collect()
+    kept = [r for r in laid if r["row_id"] in first]
+    assert len(kept) == 450
+    rows = np.array([x[(r["row_id"] - 3) // 7] for r in kept])
+    oracle = km.lloyd(rows, km.seed_centres(init_sample(packed, 400, 11), 9, 11), max_iter=30,
+                      tol=QuantizeSection().tol,
+                      blocks=np.unique([r["part"] for r in kept], return_counts=True)[1].tolist())
+    assert iters == oracle.iterations
+    ordered = sorted(centroids, key=lambda c: c[1])
+    got = np.array([c[2] for c in ordered], np.float32)
+    assert np.array_equal(got, oracle.centres[[c[1] for c in ordered]])
+    # Every row, fitted or not, goes to its nearest centre; the sizes count all 1,500.
+    nearest, _ = km.nearest(x, oracle.centres)
+    assert all(labels[i * 7 + 3] == nearest[i] for i in range(len(x)))
+    assert [c[3] for c in ordered] == np.bincount(nearest)[[c[1] for c in ordered]].tolist()
+    # Fitted on every row (null), the centres differ; the driver's and the tasks' the same.
+    every = fit(spark, df, rows_per_cluster=None)
+    assert fit(spark, df, rows_per_cluster=None, driver_rows=1) == every
+    assert sorted(every[0], key=lambda c: c[1]) != ordered

@@ -228,3 +228,13 @@ def test_domains_and_shares_key_the_stages_they_change():
                                                    "select.shares={'1': 0.5, b: 0.5}"]),
                       IDENTITIES)
     assert mixed.select == text.select and mixed.quantize == text.quantize
+
+
+def test_where_the_centres_are_fitted_keeps_the_ids_what_they_are_fitted_on_does_not():
+    base = planned()
+    assert planned("quantize.driver_rows=1").clustering_id == base.clustering_id
+    assert planned("quantize.rows_per_cluster=256").clustering_id == base.clustering_id
+    assert planned("quantize.rows_per_cluster=64").clustering_id != base.clustering_id
+    every = planned("quantize.rows_per_cluster=null")
+    assert every.clustering_id not in (base.clustering_id, planned(
+        "quantize.rows_per_cluster=64").clustering_id)
