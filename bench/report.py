@@ -134,29 +134,34 @@ def scale_weighted() -> str:
                   "peak RSS (MiB)"], "llrrr", rows)
 
 
-KMEANS = {"mllib": "MLlib `KMeans`, Java BLAS (netlib's VectorBLAS; `quantize.algorithm: mllib`, "
-                   "the baseline)",
-          "mllib-native": "MLlib `KMeans`, native BLAS",
-          "lloyd": "`quantize.algorithm: lloyd` (the default)",
-          "sklearn-1": "scikit-learn `KMeans` (Lloyd, k-means++), 1 thread",
-          "sklearn-2": "scikit-learn `KMeans`, 2 threads"}
+KMEANS = {"sklearn-2": "scikit-learn `KMeans` (Lloyd), 2 threads",
+          "faiss-2": "faiss `Kmeans`, 2 threads",
+          "core": "`gio_core.kmeans.lloyd`, in memory",
+          "core@": "`gio_core.kmeans.lloyd` at {base}, in memory",
+          "stage": "the quantize stage's K-means, its defaults (own start: {start} s)",
+          "stage-tasks": "the same, `quantize.driver_rows: 1` (a Spark job per iteration; own "
+                         "start: {start} s)",
+          "stage@": "the quantize stage at {base}, its defaults (own start: {start} s)",
+          "mllib": "MLlib `KMeans` (`quantize.algorithm: mllib`)"}
 
 
 def kmeans() -> str:
-    """The last run of the file: the lines after the last summary but one."""
+    """The last run of the file: from its last ``start`` line to its last summary."""
     lines = records("kmeans_cpu_2cores.jsonl")
-    summaries = [i for i, r in enumerate(lines) if "summary" in r]
-    start = summaries[-2] + 1 if len(summaries) > 1 else 0
-    run, summary = lines[start:summaries[-1]], lines[summaries[-1]]
+    first = max(i for i, r in enumerate(lines) if r.get("variant") == "start")
+    last = max(i for i, r in enumerate(lines) if "summary" in r)
+    run, summary = lines[first + 1:last], lines[last]
     rows = []
     for r in run:
+        name, _, base = r["variant"].partition("@")
+        label = KMEANS[name + ("@" if base else "")].format(base=base,
+                                                            start=r.get("start_seconds"))
         s = summary[r["variant"]]
-        rows.append([KMEANS.get(r["variant"], r["variant"]), r["seconds"], r["iterations"],
-                     f"{r['objective']:,.1f}", fixed(s["vs_mllib"], 2),
-                     fixed(s["time_vs_sklearn2"], 2), ratio(s["objective_vs_sklearn2"])])
-    return table(["variant", "seconds", "iterations", "objective", "time / MLlib",
-                  "time / scikit-learn on 2 threads", "objective / scikit-learn"],
-                 "lrrrrrr", rows)
+        rows.append([label, f"{r['seconds']:.2f}", r["iterations"], f"{r['objective']:,.1f}",
+                     f"{s['time_vs_faiss2']:.2f}", f"{s['time_vs_sklearn2']:.2f}",
+                     ratio(s["objective_vs_sklearn2"])])
+    return table(["variant", "seconds", "iterations", "objective", "time / faiss",
+                  "time / scikit-learn", "objective / scikit-learn"], "lrrrrrr", rows)
 
 
 def embed_backends() -> str:

@@ -266,7 +266,7 @@ class QuantizeSection:
     driver_rows: Annotated[int, AT_LEAST_1] = 100_000
     # algorithm lloyd: the centres are fitted on at most this many rows per cluster (those first
     # by hash), then every row is assigned once; null: fitted on every row
-    rows_per_cluster: Annotated[Any, ROWS_PER_CLUSTER] = 256
+    rows_per_cluster: Annotated[int | None, ROWS_PER_CLUSTER] = 256
     # On a pool that grew or changed: recluster (K-means again) or assign (its rows to the pool
     # clusters of this pool's latest other clustering under output.path, the sizes counted again,
     # unless the fit worsened by more than max_drift: then recluster)
