@@ -75,7 +75,7 @@ def one_sklearn(work: str, k: int, max_iter: int) -> dict:
         model = KMeans(n_clusters=k, init=start, n_init=1, max_iter=max_iter, tol=0.0,
                        algorithm="lloyd").fit(x)
         seconds = time.perf_counter() - began
-    return {"seconds": round(seconds, 2), "iterations": int(model.n_iter_), "threads": 2,
+    return {"seconds": round(seconds, 3), "iterations": int(model.n_iter_), "threads": 2,
             "objective": objective(x, model.cluster_centers_)}
 
 
@@ -87,7 +87,7 @@ def one_faiss(work: str, k: int, max_iter: int) -> dict:
     began = time.perf_counter()
     model.train(x, init_centroids=start)
     seconds = time.perf_counter() - began
-    return {"seconds": round(seconds, 2), "iterations": max_iter, "threads": 2,
+    return {"seconds": round(seconds, 3), "iterations": max_iter, "threads": 2,
             "max_points_per_centroid": model.cp.max_points_per_centroid,
             "faiss": faiss.__version__, "objective": objective(x, model.centroids)}
 
@@ -98,7 +98,7 @@ def one_core(work: str, k: int, max_iter: int) -> dict:
     began = time.perf_counter()
     fit = lloyd(x, start, max_iter=max_iter, tol=0.0)
     seconds = time.perf_counter() - began
-    return {"seconds": round(seconds, 2), "iterations": fit.iterations,
+    return {"seconds": round(seconds, 3), "iterations": fit.iterations,
             "objective": objective(x, fit.centres)}
 
 
@@ -134,7 +134,7 @@ def one_stage(work: str, k: int, max_iter: int, driver_rows: int | None) -> dict
     spark.stop()
     centres = np.array([c[2] for c in centroids], np.float32)
     x = np.load(os.path.join(work, "rows.npy"))
-    return {"seconds": round(seconds, 2), "iterations": iterations,
+    return {"seconds": round(seconds, 3), "iterations": iterations,
             "start_seconds": round(sum(start_seconds), 2),
             "fitted_rows": _fitted(len(x), k, getattr(q, "rows_per_cluster", None)),
             "driver_rows": q.driver_rows, "objective": objective(x, centres)}
@@ -163,7 +163,7 @@ def one_mllib(work: str, k: int, max_iter: int) -> dict:
     iterations = int(model.summary.numIter)
     spark.stop()
     x = np.load(os.path.join(work, "rows.npy"))
-    return {"seconds": round(seconds, 2), "iterations": iterations,
+    return {"seconds": round(seconds, 3), "iterations": iterations,
             "objective": objective(x, centres)}
 
 
@@ -247,8 +247,10 @@ def main():
                    **common}
         for r in rows:
             summary[r["variant"]] = {
-                "time_vs_faiss2": round(r["seconds"] / fs["seconds"], 2) if fs else None,
-                "time_vs_sklearn2": round(r["seconds"] / sk["seconds"], 2) if sk else None,
+                "time_vs_faiss2": round(r["seconds"] / max(fs["seconds"], 1e-3), 2) if fs
+                else None,
+                "time_vs_sklearn2": round(r["seconds"] / max(sk["seconds"], 1e-3), 2) if sk
+                else None,
                 "objective_vs_sklearn2": round(r["objective"] / sk["objective"], 4) if sk
                 else None}
         emit(summary, args.out)

@@ -36,12 +36,19 @@ def test_stages_bench_times_every_stage_and_selects_the_targets_rows(tmp_path):
 
 def test_kmeans_bench_reaches_scikit_learns_objective(tmp_path):
     rows = run_bench("kmeans.py", "--rows", "3000", "--k", "20", "--max-iter", "3",
-                     "--variants", "lloyd,sklearn-1", tmp_path=tmp_path)
+                     "--variants", "stage,core,sklearn-2", tmp_path=tmp_path)
     by = {r["variant"]: r for r in rows if "variant" in r}
-    assert set(by) == {"lloyd", "sklearn-1"}
-    assert by["lloyd"]["iterations"] == 3
-    ratio = by["lloyd"]["objective"] / by["sklearn-1"]["objective"]
+    assert set(by) == {"start", "stage", "core", "sklearn-2"}
+    assert by["stage"]["iterations"] == by["core"]["iterations"] == 3
+    assert by["stage"]["fitted_rows"] == 3000 and by["stage"]["start_seconds"] > 0
+    # the same start and steps as scikit-learn's Lloyd: the same objective but for rounding
+    assert abs(by["core"]["objective"] / by["sklearn-2"]["objective"] - 1) < 1e-5
+    ratio = by["stage"]["objective"] / by["sklearn-2"]["objective"]       # its own start
     assert 0.97 < ratio < 1.03, ratio
+    summary = rows[-1]
+    assert summary["stage"]["time_vs_faiss2"] is None
+    assert summary["core"]["time_vs_sklearn2"] == round(
+        by["core"]["seconds"] / max(by["sklearn-2"]["seconds"], 1e-3), 2)
 
 
 def test_the_docs_benchmark_tables_are_those_the_results_give():
