@@ -615,6 +615,9 @@ class IMNNSection:
     batch_size: Annotated[int, AT_LEAST_1] = 1000
     # spark mode: partitions of the cached simulations
     partitions: Annotated[int | None, OPTIONAL_AT_LEAST_1] = None
+    # spark mode: the whole fit in one barrier Spark job (the tasks exchange their sums every
+    # iteration) where the cluster allows it; false: two Spark jobs an iteration
+    barrier: Annotated[bool, BOOL] = True
     # drawn on the plot (50 for the example)
     expected_det_f: Annotated[float | None, OPTIONAL_POSITIVE] = None
     run_id: Annotated[str | None, RUN_ID] = None  # the fit's id; default imnn-<fingerprint>
@@ -624,7 +627,7 @@ class IMNNSection:
         return self.simulations is not None
 
 
-RUNTIME_IMNN_OPTIONS = ("mode", "batch_size", "partitions", "expected_det_f")
+RUNTIME_IMNN_OPTIONS = ("mode", "batch_size", "partitions", "barrier", "expected_det_f")
 
 
 DATAMODELS_MODES = ("local", "spark")

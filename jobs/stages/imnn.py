@@ -13,12 +13,19 @@ validation split as in the training one.
 
 The fit is :mod:`gio_core.imnn`'s aggregated IMNN, with the batches coming from the table:
 
-* ``imnn.mode: spark`` -- the simulations are cached on the executors. Each iteration the
-  weights are broadcast; executors compute each batch's summaries and their parameter
-  derivatives (one Spark job, only ``n_s x n_summaries`` numbers come back); the driver forms
-  the loss's gradient with respect to them; executors return each partition's chain-rule sum
-  (a second job), which the driver adds up in partition order. The validation set's summaries
-  are a third job.
+* ``imnn.mode: spark`` -- the simulations are cached on the executors. With ``imnn.barrier``
+  (the default, where the cluster allows it: no dynamic allocation, no more partitions than
+  task slots) the whole fit is one barrier Spark job: each task keeps its partition's
+  simulations in memory and runs the fit loop; every pass it computes its batches' summaries
+  (or chain-rule sums) and exchanges them with the other tasks (an all-gather in partition
+  order over TCP, :mod:`jobs.common.exchange`), so every task takes the same steps on the
+  same numbers (each checks that the weights agree), and the first sends the final state
+  back. Otherwise each iteration the weights are broadcast; executors compute each batch's
+  summaries and their parameter derivatives (one Spark job, only ``n_s x n_summaries``
+  numbers come back); the driver forms the loss's gradient with respect to them; executors
+  return each partition's chain-rule sum (a second job), which the driver adds up in
+  partition order. The validation set's summaries come with the next iteration's training
+  summaries.
 * ``imnn.mode: local`` (``--local``) -- the driver streams the same table's Parquet files in
   batches of ``imnn.batch_size`` (pyarrow), the same arithmetic with no Spark jobs.
 
@@ -47,6 +54,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common.errors import ConcurrentRunError, InputError
+from jobs.common.exchange import Exchange
 from jobs.common.extras import plotting
 from jobs.common.log import log
 from jobs.common.runtime import configure_jax, library_versions
@@ -486,7 +494,8 @@ def _imnn_classes():
                 for idx, fid, der in self._rows(validate, kind):
                     yield kind, idx, fid, der
 
-        def get_summaries(self, w, key=None, validate=False):
+        def _summary_rows(self, w, validate):
+            """``(kind, indices, x bytes, dx bytes)`` for each batch of :meth:`_passes`."""
             size = self.n_per_device
             rows = []
             for kind, idx, fid, der in self._passes(validate):
@@ -495,6 +504,10 @@ def _imnn_classes():
                                            None if der is None else _padded(der, size))
                 rows.append((kind, idx, np.asarray(x[:n], np.float32).tobytes(),
                              None if dx is None else np.asarray(dx[:n], np.float32).tobytes()))
+            return rows
+
+        def get_summaries(self, w, key=None, validate=False):
+            rows = self._summary_rows(w, validate)
             self.passes += 1
             return self._ordered(rows, validate)
 
@@ -518,6 +531,56 @@ def _imnn_classes():
             self.passes += 1
             return total
 
+    class BarrierIMNN(LocalIMNN):
+        """One task of a barrier job: its partition's simulations in memory; each pass computes
+        its batches and exchanges the result with every other task (an all-gather in partition
+        order, :class:`jobs.common.exchange.Exchange`), so that every task runs the same fit
+        loop on the same numbers."""
+
+        def __init__(self, cfg, layout, spec, data: dict, exchange):
+            TableIMNN.__init__(self, cfg, layout, spec)
+            self._data = data          # (split, kind) -> (indices, values, derivatives)
+            self._gather = exchange.gather      # jobs.common.exchange.Exchange
+
+        def _passes(self, validate):
+            split = "validation" if validate else "train"
+            size = self.n_per_device
+            for kind in KINDS:
+                if (split, kind) not in self._data:
+                    continue
+                idx, fid, der = self._data[(split, kind)]
+                for lo in range(0, len(idx), size):
+                    yield (kind, idx[lo:lo + size], fid[lo:lo + size],
+                           None if der is None else der[lo:lo + size])
+
+        def get_summaries(self, w, key=None, validate=False):
+            import pickle
+            mine = pickle.dumps(self._summary_rows(w, validate))
+            rows = [r for got in self._gather(mine) for r in pickle.loads(got)]
+            self.passes += 1
+            return self._ordered(rows, validate)
+
+        def get_gradient(self, w, g_x, g_dx, validate=False):
+            import hashlib
+
+            from jax.flatten_util import ravel_pytree
+
+            from gio_core.imnn import weights_to_bytes
+            local = LocalIMNN.get_gradient(self, w, g_x, g_dx, validate)
+            flat, unravel = ravel_pytree(w)
+            mine = (np.zeros(flat.size, np.float32) if local is None
+                    else np.asarray(ravel_pytree(local)[0], np.float32))
+            digest = hashlib.sha256(weights_to_bytes(w)).digest()[:16]
+            parts = self._gather(digest + mine.tobytes())
+            if len({p[:16] for p in parts}) > 1:
+                raise RuntimeError("imnn: the barrier job's tasks hold different weights (the "
+                                   "executors' arithmetic differs: mixed CPU types?); set "
+                                   "imnn.barrier: false")
+            total = np.zeros(flat.size, np.float32)
+            for p in parts:
+                total += np.frombuffer(p[16:], np.float32)
+            return unravel(jnp.asarray(total))
+
     class SparkIMNN(TableIMNN):
         """Executors compute the batches' summaries and chain-rule sums; the driver adds up.
         The validation pass also computes the training summaries for the same (new) weights,
@@ -537,9 +600,44 @@ def _imnn_classes():
             self._train = self._all.where(F.col("split") == "train")
             self._ahead: tuple | None = None       # (weights bytes, training summaries)
             self.jobs = 0
+            self.barrier_jobs = 0
+            self.cfg = cfg
 
         def release(self):
             self._all.unpersist()
+
+        def _no_barrier(self) -> str | None:
+            """Why the fit cannot run as one barrier job here (None: it can)."""
+            sc = self.spark.sparkContext
+            if not self.cfg.imnn.barrier:
+                return "imnn.barrier is false"
+            if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+                return "Spark's dynamic allocation is on (barrier jobs need fixed executors)"
+            parts = self._all.rdd.getNumPartitions()
+            if parts > sc.defaultParallelism:
+                return (f"{parts} partitions (imnn.partitions) but {sc.defaultParallelism} "
+                        "task slots: a barrier job runs every task at once")
+            return None
+
+        def _fit_loop(self, λ, α, min_iterations, patience, max_iterations, print_rate, carry):
+            import pickle
+            why = self._no_barrier()
+            if why is not None:
+                log(f"imnn: two Spark jobs an iteration ({why})")
+                return super()._fit_loop(λ, α, min_iterations, patience, max_iterations,
+                                         print_rate, carry)
+            parts = self._all.rdd.getNumPartitions()
+            log(f"imnn: the fit runs as one barrier Spark job of {parts} tasks, which exchange "
+                "their sums every iteration")
+            state = pickle.dumps(jax.tree_util.tree_map(np.asarray, carry))
+            task = partial(_barrier_fit, self.cfg, self.layout, self.spec,
+                           (λ, α, min_iterations, patience, max_iterations), state)
+            got = self._all.rdd.barrier().mapPartitions(task).collect()
+            out, passes = got[0]
+            self.jobs += 1
+            self.passes += passes
+            self.barrier_jobs += 1
+            return jax.tree_util.tree_map(jnp.asarray, pickle.loads(out))
 
         def get_summaries(self, w, key=None, validate=False):
             from gio_core.imnn import weights_to_bytes
@@ -590,14 +688,53 @@ def _imnn_classes():
                 total += np.frombuffer(r["grad"], np.float32)
             return unravel(jnp.asarray(total))
 
-    return LocalIMNN, SparkIMNN
+    return LocalIMNN, SparkIMNN, BarrierIMNN
+
+
+def _partition_arrays(rows, layout) -> dict:
+    """A barrier task's rows (split, kind, index, values, derivative) as arrays by split and
+    kind, in index order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["split"], r["kind"]), []).append(r)
+    out = {}
+    for (split, kind), got in groups.items():
+        got.sort(key=lambda r: r["index"])
+        idx = np.array([r["index"] for r in got], np.int64)
+        fid = np.asarray([r["values"] for r in got], np.float32).reshape(
+            (len(got),) + tuple(layout.input_shape))
+        der = (np.asarray([r["derivative"] for r in got], np.float32).reshape(
+            (len(got),) + tuple(layout.derivative_shape)) if kind == "fiducial" else None)
+        out[(split, kind)] = (idx, fid, der)
+    return out
+
+
+def _barrier_fit(cfg, layout, spec, args, state: bytes, rows):
+    """One task of the fit's barrier job: the fit loop of :class:`BarrierIMNN` on its
+    partition, from the driver's state; the first task sends the final state back."""
+    import pickle
+
+    from pyspark import BarrierTaskContext
+    _network(spec)                       # JAX's platform as the spec says, before JAX starts
+    import jax
+    import jax.numpy as jnp
+    ctx = BarrierTaskContext.get()
+    barrier_cls = _imnn_classes()[2]
+    data = _partition_arrays(rows, layout)
+    λ, α, min_iterations, patience, max_iterations = args
+    with Exchange(ctx) as exchange:
+        model = barrier_cls(cfg, layout, spec, data, exchange)
+        carry = jax.tree_util.tree_map(jnp.asarray, pickle.loads(state))
+        carry = model._fit_loop(λ, α, min_iterations, patience, max_iterations, None, carry)
+    if ctx.partitionId() == 0:
+        yield pickle.dumps(jax.tree_util.tree_map(np.asarray, carry)), model.passes
 
 
 def build_imnn(spark, cfg: JobConfig, layout: Layout, frame: DataFrame, mode: str | None = None):
     """The table-backed IMNN for ``mode`` (default ``imnn.mode``): its ``fit``,
     ``get_summaries``, ``get_gradient`` and statistics are gio_core.imnn's."""
     configure_jax(cfg.runtime)
-    local_cls, spark_cls = _imnn_classes()
+    local_cls, spark_cls, _ = _imnn_classes()
     spec = network_spec(cfg, layout, cfg.runtime.jax_platform)
     mode = mode or cfg.imnn.mode
     if mode == "local":

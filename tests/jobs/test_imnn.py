@@ -186,3 +186,36 @@ def test_numerical_derivatives_on_spark_and_streamed(spark, tmp_path):
         finally:
             if hasattr(model, "release"):
                 model.release()
+
+
+def test_the_fit_in_one_barrier_job_follows_the_fit_in_two_jobs_an_iteration(spark, tmp_path):
+    """imnn.barrier (the default): the whole fit is one barrier Spark job whose tasks exchange
+    their summaries and gradient sums every iteration; it follows the fit that runs two Spark
+    jobs an iteration (imnn.barrier false) step for step, and every task held the same weights
+    (the tasks check it every iteration)."""
+    path = str(tmp_path / "sims")
+    assert J.write_example(spark, path, n_s=300, n_d=200, seed=4)
+    fits = {}
+    for barrier in (True, False):
+        cfg = load_config(None, [f"imnn.simulations={path}", "imnn.theta_fid=[0.0, 1.0]",
+                                 "imnn.batch_size=64", "imnn.partitions=2", "imnn.hidden=[16]",
+                                 "imnn.learning_rate=0.01", f"imnn.barrier={str(barrier).lower()}",
+                                 f"output.path={tmp_path / 'out'}"], "imnn")
+        frame, layout = J.read_simulations(spark, cfg)
+        model = J.build_imnn(spark, cfg, layout, frame)
+        try:
+            model.fit(10.0, 0.1, patience=100, min_iterations=0, max_iterations=8)
+        finally:
+            model.release()
+        fits[barrier] = model
+    one, two = fits[True], fits[False]
+    assert one.barrier_jobs == 1 and two.barrier_jobs == 0
+    # the start's check, the fit, F at the chosen weights: the fit one job against two an
+    # iteration
+    assert (one.jobs, two.jobs) == (3, 3 + 2 * 8)
+    for name in ("detF", "val_detF", "loss"):
+        assert len(one.history[name]) == 8
+        np.testing.assert_allclose(one.history[name], two.history[name], rtol=2e-4)
+    assert one.history["val_detF"][-1] > one.history["val_detF"][0]
+    assert relative(two.w, one.w) < 1e-4
+    np.testing.assert_allclose(np.asarray(one.F), np.asarray(two.F), rtol=1e-3)
