@@ -22,7 +22,7 @@ the caller drops clusters left empty.
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -151,6 +151,55 @@ def stream_stats(blocks: Iterable[np.ndarray], centres: np.ndarray,
     return Stats(sums, np.bincount(all_labels, minlength=k).astype(np.int64), inertia)
 
 
+def stream_nearest(blocks: Iterable[np.ndarray], centres: np.ndarray,
+                   distance: str = "euclidean") -> Iterator[np.ndarray]:
+    """:func:`nearest`'s labels for each of ``blocks`` in turn, cut into :data:`BLOCK_ROWS`
+    from the first row as :func:`stream_stats` cuts them: the labels of a partition are the
+    same however Spark batched it, and the same as the statistics' (which decide the sizes)."""
+    from collections import deque
+    sizes: deque = deque()
+    done: deque = deque()           # computed labels not yet handed out
+    ready = 0
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def scan(rows: np.ndarray) -> int:
+        done.append(_scan(rows, centres, distance)[0])
+        return len(rows)
+
+    def hand_out(n: int) -> np.ndarray:
+        parts, left = [], n
+        while left:
+            head = done[0]
+            if len(head) <= left:
+                parts.append(done.popleft())
+                left -= len(head)
+            else:
+                parts.append(head[:left])
+                done[0] = head[left:]
+                left = 0
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    for block in blocks:
+        sizes.append(len(block))
+        if len(block):
+            pending.append(np.asarray(block, np.float32))
+            held += len(block)
+        if held >= BLOCK_ROWS:
+            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            whole = held - held % BLOCK_ROWS
+            ready += scan(x[:whole])
+            pending, held = ([x[whole:]], held - whole) if held > whole else ([], 0)
+        while sizes and sizes[0] <= ready:
+            ready -= sizes[0]
+            yield hand_out(sizes.popleft())
+    if held:
+        ready += scan(pending[0] if len(pending) == 1 else np.concatenate(pending))
+    while sizes:
+        ready -= sizes[0]
+        yield hand_out(sizes.popleft())
+
+
 def update(centres: np.ndarray, stats: Stats, distance: str = "euclidean"
            ) -> tuple[np.ndarray, float]:
     """New centres from the summed statistics and how far the furthest centre moved."""
@@ -213,6 +262,9 @@ def lloyd(x: np.ndarray, start: np.ndarray, max_iter: int = 20, tol: float = 1e-
         iterations += 1
         if shift <= tol:
             break
-    labels, d2 = nearest(x, centres, distance)
+    # Each part labelled on its own, cut into blocks from its first row as its statistics were
+    labelled = [nearest(x[part], centres, distance) for part in parts]
+    labels = np.concatenate([got[0] for got in labelled]) if labelled else np.zeros(0, np.int32)
+    d2 = np.concatenate([got[1] for got in labelled]) if labelled else np.zeros(0)
     return Fit(centres, labels, np.bincount(labels, minlength=len(centres)).astype(np.int64),
                float(d2.sum()), iterations)

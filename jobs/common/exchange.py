@@ -46,6 +46,8 @@ class Exchange:
     """See the module's docstring. ``gathers`` counts the calls to :meth:`gather`."""
 
     def __init__(self, ctx, timeout_s: float = 600.0):
+        """``timeout_s`` bounds the handshake only: once connected a pass may take as long as
+        it takes (a task that fails fails the stage, and Spark stops the others)."""
         self.rank = ctx.partitionId()
         infos = ctx.getTaskInfos()
         self.size = len(infos)
@@ -77,6 +79,8 @@ class Exchange:
             conn = socket.create_connection((first["host"], first["port"]), timeout=timeout_s)
             _send(conn, json.dumps({"token": first["token"], "rank": self.rank}).encode())
             self._peers = [conn]
+        for peer in self._peers:
+            peer.settimeout(None)
 
     def gather(self, payload: bytes) -> list[bytes]:
         """Every task's ``payload``, in partition order (each task calls it the same number of
@@ -84,6 +88,15 @@ class Exchange:
         self.gathers += 1
         if self.size == 1:
             return [payload]
+        try:
+            return self._gather(payload)
+        except (ConnectionError, OSError) as err:
+            raise ConnectionError(
+                f"the barrier job's task {self.rank} lost its exchange ({err}): another task "
+                "failed or stopped early (executors whose arithmetic differs stop at different "
+                "iterations)") from err
+
+    def _gather(self, payload: bytes) -> list[bytes]:
         if self.rank != 0:
             _send(self._peers[0], payload)
             blob = _receive(self._peers[0])

@@ -5,7 +5,8 @@
 ``before:<table>`` and ``after:<table>`` around every Delta commit, ``started:<stage>`` /
 ``done:<stage>`` after each stage-log record, and ``cached:<side>`` once quantize has cached a
 side's K-means input on the executors; ``row_step:part`` at the start of each Spark task of the
-row step, in the Python worker: the worker dies, not the driver (a worker sees the variable
+row step and ``imnn:barrier`` at the start of each task of the IMNN fit's barrier job, in the
+Python worker: the worker dies, not the driver (a worker sees the variable
 where its JVM's environment or the SparkContext's ``environment`` holds it).
 
 ``GIO_SPARK_FAILPOINT=pause:<name>`` instead makes the driver wait there: it creates the file

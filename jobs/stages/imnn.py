@@ -53,6 +53,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.exchange import Exchange
 from jobs.common.extras import plotting
@@ -614,9 +615,10 @@ def _imnn_classes():
             if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
                 return "Spark's dynamic allocation is on (barrier jobs need fixed executors)"
             parts = self._all.rdd.getNumPartitions()
-            if parts > sc.defaultParallelism:
-                return (f"{parts} partitions (imnn.partitions) but {sc.defaultParallelism} "
-                        "task slots: a barrier job runs every task at once")
+            slots = _task_slots(sc)
+            if parts > slots:
+                return (f"{parts} partitions (imnn.partitions) but {slots} task slots: a "
+                        "barrier job runs every task at once")
             return None
 
         def _fit_loop(self, λ, α, min_iterations, patience, max_iterations, print_rate, carry):
@@ -632,7 +634,15 @@ def _imnn_classes():
             state = pickle.dumps(jax.tree_util.tree_map(np.asarray, carry))
             task = partial(_barrier_fit, self.cfg, self.layout, self.spec,
                            (λ, α, min_iterations, patience, max_iterations), state)
-            got = self._all.rdd.barrier().mapPartitions(task).collect()
+            try:
+                got = self._all.rdd.barrier().mapPartitions(task).collect()
+            except Exception as err:                # noqa: BLE001 - any failure: the other way
+                self.jobs += 1
+                log("imnn: the barrier job failed ("
+                    + (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    + "); fitting again with two Spark jobs an iteration")
+                return super()._fit_loop(λ, α, min_iterations, patience, max_iterations,
+                                         print_rate, carry)
             out, passes = got[0]
             self.jobs += 1
             self.passes += passes
@@ -691,6 +701,17 @@ def _imnn_classes():
     return LocalIMNN, SparkIMNN, BarrierIMNN
 
 
+def _task_slots(sc) -> int:
+    """How many tasks the cluster can run at once (what a barrier job needs): Spark's own count
+    for the default resource profile, else the default parallelism."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(
+            jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:                                   # noqa: BLE001 - a JVM without it
+        return sc.defaultParallelism
+
+
 def _partition_arrays(rows, layout) -> dict:
     """A barrier task's rows (split, kind, index, values, derivative) as arrays by split and
     kind, in index order."""
@@ -715,6 +736,7 @@ def _barrier_fit(cfg, layout, spec, args, state: bytes, rows):
     import pickle
 
     from pyspark import BarrierTaskContext
+    faults.point("imnn:barrier")
     _network(spec)                       # JAX's platform as the spec says, before JAX starts
     import jax
     import jax.numpy as jnp

@@ -197,16 +197,26 @@ def _stats(spark, packed, centres: np.ndarray, distance: str):
 
 
 def _assign(spark, packed, centres: np.ndarray, distance: str):
-    """``(row_id, cluster_id)``: each row's nearest centre, computed when read."""
-    from gio_core.kmeans import nearest
+    """``(row_id, cluster_id)``: each row's nearest centre, computed when read, each partition
+    cut into blocks from its first row as :func:`_stats` cuts it (so the labels agree with the
+    sizes, whatever Spark's Arrow batch size)."""
+    from collections import deque
+
+    from gio_core.kmeans import stream_nearest
     dim = centres.shape[1]
     shared = share(spark, centres)
 
     def task(batches):
         c = shared.value
-        for b in batches:
-            labels, _ = nearest(_matrix(b.column(1), dim), c, distance)
-            yield pa.RecordBatch.from_arrays([b.column(0), pa.array(labels, pa.int32())],
+        ids: deque = deque()
+
+        def blocks():
+            for b in batches:
+                ids.append(b.column(0))
+                yield _matrix(b.column(1), dim)
+
+        for labels in stream_nearest(blocks(), c, distance):
+            yield pa.RecordBatch.from_arrays([ids.popleft(), pa.array(labels, pa.int32())],
                                              ["row_id", "cluster_id"])
 
     id_type = packed.schema["row_id"].dataType.simpleString()
@@ -252,7 +262,8 @@ def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown=""):
     within each, with each row's hash): fitted on the :func:`training_rows` of them first in
     the seeded order (kept in that layout), from k-means++ on the first ``quantize.init_rows``
     of those; the partitions' statistics are added in partition order, as the tasks' are.
-    Returns ``(ids, x, fit, fitted on every row)``."""
+    Returns ``(ids, x, fit, fitted on every row, where each partition's rows start and the
+    last ends)``."""
     from pyspark.sql.functions import spark_partition_id
 
     from gio_core.kmeans import lloyd, seed_centres
@@ -274,7 +285,8 @@ def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown=""):
         fit = lloyd(x[keep] if train < len(ids) else x, start, qcfg.max_iter, qcfg.tol,
                     qcfg.distance, blocks=np.unique(parts[keep], return_counts=True)[1].tolist(),
                     normalised=True)
-    return ids, x, fit, train == len(ids)
+    sizes = np.unique(parts, return_counts=True)[1]
+    return ids, x, fit, train == len(ids), np.r_[0, np.cumsum(sizes)]
 
 
 def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
@@ -283,9 +295,12 @@ def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
     (:func:`_fit_on_driver`) and every row assigned there; a Spark job per iteration would
     cost more than the arithmetic. The input it returns is the packed rows, not cached."""
     from gio_core.kmeans import nearest
-    ids, x, fit, every = _fit_on_driver(spark, _laid_out(embeddings, qcfg.partitions), k, qcfg,
-                                        seed, side)
-    labels = fit.labels if every else nearest(x, fit.centres, qcfg.distance)[0]
+    ids, x, fit, every, parts_at = _fit_on_driver(
+        spark, _laid_out(embeddings, qcfg.partitions), k, qcfg, seed, side)
+    # Each partition labelled on its own, as the tasks label it (see _assign)
+    labels = fit.labels if every else np.concatenate(
+        [nearest(x[lo:hi], fit.centres, qcfg.distance)[0]
+         for lo, hi in zip(parts_at[:-1], parts_at[1:], strict=True)])
     sizes = np.bincount(labels, minlength=len(fit.centres))
     centroid_rows = _centroid_rows(side, fit.centres, sizes)
     id_type = embeddings.schema["row_id"].dataType.simpleString()
@@ -314,7 +329,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     note = "" if train == rows else f", fitted on {train}"
     training = packed if train == rows else _first_in_seeded_order(packed, train, seed)
     if train <= qcfg.driver_rows:
-        _, _, fit, _ = _fit_on_driver(spark, training, k, qcfg, seed, side,
+        _, _, fit, _, _ = _fit_on_driver(spark, training, k, qcfg, seed, side,
                                       f"{rows} rows, fitted on {train}")
         centres, iterations = fit.centres, fit.iterations
     else:

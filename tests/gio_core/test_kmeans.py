@@ -75,3 +75,17 @@ def test_stream_stats_equal_block_stats_whatever_the_batches(monkeypatch):
         assert np.array_equal(got.sums, whole.sums), cuts
         assert np.array_equal(got.counts, whole.counts) and got.inertia == whole.inertia
     assert km.stream_stats([], c).counts.sum() == 0
+
+
+def test_stream_nearest_labels_each_block_as_the_statistics_cut_the_rows(monkeypatch):
+    monkeypatch.setattr(km, "BLOCK_ROWS", 64)
+    x, c = blobs(1000), blobs(11, seed=2)
+    whole, _ = km.nearest(x, c)
+    stats = km.block_stats(x, c)
+    for cuts in ([1000], [10] * 100, [63, 1, 500, 0, 436], [700, 300]):
+        parts = np.split(x, np.cumsum(cuts)[:-1])
+        got = list(km.stream_nearest(iter(parts), c))
+        assert [len(g) for g in got] == cuts
+        assert np.array_equal(np.concatenate(got), whole), cuts
+        assert np.array_equal(np.bincount(np.concatenate(got), minlength=11), stats.counts)
+    assert list(km.stream_nearest([], c)) == []

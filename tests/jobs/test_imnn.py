@@ -188,7 +188,8 @@ def test_numerical_derivatives_on_spark_and_streamed(spark, tmp_path):
                 model.release()
 
 
-def test_the_fit_in_one_barrier_job_follows_the_fit_in_two_jobs_an_iteration(spark, tmp_path):
+def test_the_fit_in_one_barrier_job_follows_the_fit_in_two_jobs_an_iteration(spark, tmp_path,
+                                                                             capsys):
     """imnn.barrier (the default): the whole fit is one barrier Spark job whose tasks exchange
     their summaries and gradient sums every iteration; it follows the fit that runs two Spark
     jobs an iteration (imnn.barrier false) step for step, and every task held the same weights
@@ -209,6 +210,31 @@ def test_the_fit_in_one_barrier_job_follows_the_fit_in_two_jobs_an_iteration(spa
             model.release()
         fits[barrier] = model
     one, two = fits[True], fits[False]
+    # The barrier job failing (its tasks raise), or more partitions than the 2 slots: the same
+    # fit, two jobs an iteration
+    from jobs.common import faults
+    environment = spark.sparkContext.environment
+    for sets, env in ((["imnn.partitions=2"], "raise:imnn:barrier"), (["imnn.partitions=3"], None)):
+        cfg = load_config(None, [f"imnn.simulations={path}", "imnn.theta_fid=[0.0, 1.0]",
+                                 "imnn.batch_size=64", "imnn.hidden=[16]",
+                                 "imnn.learning_rate=0.01", f"output.path={tmp_path / 'out'}",
+                                 *sets], "imnn")
+        frame, layout = J.read_simulations(spark, cfg)
+        model = J.build_imnn(spark, cfg, layout, frame)
+        if env:
+            environment[faults.ENV] = env
+        try:
+            model.fit(10.0, 0.1, patience=100, min_iterations=0, max_iterations=8)
+        finally:
+            environment.pop(faults.ENV, None)
+            model.release()
+        assert model.barrier_jobs == 0 and len(model.history["detF"]) == 8
+        np.testing.assert_allclose(model.history["val_detF"], two.history["val_detF"],
+                                   rtol=2e-4)
+    said = capsys.readouterr().out
+    assert "imnn: the barrier job failed (" in said and "fitting again with two" in said
+    assert "imnn: two Spark jobs an iteration (3 partitions (imnn.partitions) but 2 task " \
+        "slots" in said
     assert one.barrier_jobs == 1 and two.barrier_jobs == 0
     # the start's check, the fit, F at the chosen weights: the fit one job against two an
     # iteration

@@ -110,6 +110,9 @@ def test_fitted_on_the_rows_first_by_hash_then_every_row_assigned(spark):
     nearest, _ = km.nearest(x, oracle.centres)
     assert all(labels[i * 7 + 3] == nearest[i] for i in range(len(x)))
     assert [c[3] for c in ordered] == np.bincount(nearest)[[c[1] for c in ordered]].tolist()
+    # cosine: the same on the driver and in tasks too (the rows are scaled once, not twice)
+    cosine = fit(spark, df, rows_per_cluster=50, distance="cosine")
+    assert fit(spark, df, rows_per_cluster=50, distance="cosine", driver_rows=1) == cosine
     # Fitted on every row (null), the centres differ; the driver's and the tasks' the same.
     every = fit(spark, df, rows_per_cluster=None)
     assert fit(spark, df, rows_per_cluster=None, driver_rows=1) == every
