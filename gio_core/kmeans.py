@@ -114,6 +114,28 @@ def block_stats(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean")
     return stream_stats([x], centres, distance)
 
 
+def _aligned(blocks: Iterable[np.ndarray], seen=None) -> Iterator[np.ndarray]:
+    """The rows of ``blocks`` end to end, in pieces that start every :data:`BLOCK_ROWS` rows
+    from the first (all whole blocks but the last), whatever the blocks' sizes. ``seen`` is
+    called with each block's length as the block is taken."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        if seen is not None:
+            seen(len(block))
+        if len(block) == 0:
+            continue
+        pending.append(np.asarray(block, np.float32))
+        held += len(block)
+        if held >= BLOCK_ROWS:
+            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            whole = held - held % BLOCK_ROWS
+            yield x[:whole]
+            pending, held = ([x[whole:]], held - whole) if held > whole else ([], 0)
+    if held:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
 def stream_stats(blocks: Iterable[np.ndarray], centres: np.ndarray,
                  distance: str = "euclidean") -> Stats:
     """:func:`block_stats` of the rows of ``blocks`` one after another, taken as they come.
@@ -124,31 +146,10 @@ def stream_stats(blocks: Iterable[np.ndarray], centres: np.ndarray,
     """
     k, dim = centres.shape
     sums = np.zeros((k, dim))
-    labels: list[np.ndarray] = []
-    d2: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-    held = 0
-
-    def scan(rows: np.ndarray) -> None:
-        got, dist = _scan(rows, centres, distance, sums)
-        labels.append(got)
-        d2.append(dist)
-
-    for block in blocks:
-        if len(block) == 0:
-            continue
-        pending.append(np.asarray(block, np.float32))
-        held += len(block)
-        if held >= BLOCK_ROWS:
-            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            whole = held - held % BLOCK_ROWS
-            scan(x[:whole])
-            pending, held = ([x[whole:]], held - whole) if held > whole else ([], 0)
-    if held:
-        scan(pending[0] if len(pending) == 1 else np.concatenate(pending))
-    all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
-    inertia = float(np.concatenate(d2).sum()) if d2 else 0.0
-    return Stats(sums, np.bincount(all_labels, minlength=k).astype(np.int64), inertia)
+    scanned = [_scan(rows, centres, distance, sums) for rows in _aligned(blocks)]
+    labels = np.concatenate([got[0] for got in scanned]) if scanned else np.zeros(0, np.int32)
+    inertia = float(np.concatenate([got[1] for got in scanned]).sum()) if scanned else 0.0
+    return Stats(sums, np.bincount(labels, minlength=k).astype(np.int64), inertia)
 
 
 def stream_nearest(blocks: Iterable[np.ndarray], centres: np.ndarray,
@@ -157,15 +158,9 @@ def stream_nearest(blocks: Iterable[np.ndarray], centres: np.ndarray,
     from the first row as :func:`stream_stats` cuts them: the labels of a partition are the
     same however Spark batched it, and the same as the statistics' (which decide the sizes)."""
     from collections import deque
-    sizes: deque = deque()
+    sizes: deque = deque()          # blocks taken whose labels are not handed out yet
     done: deque = deque()           # computed labels not yet handed out
     ready = 0
-    pending: list[np.ndarray] = []
-    held = 0
-
-    def scan(rows: np.ndarray) -> int:
-        done.append(_scan(rows, centres, distance)[0])
-        return len(rows)
 
     def hand_out(n: int) -> np.ndarray:
         parts, left = [], n
@@ -180,23 +175,13 @@ def stream_nearest(blocks: Iterable[np.ndarray], centres: np.ndarray,
                 left = 0
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
-    for block in blocks:
-        sizes.append(len(block))
-        if len(block):
-            pending.append(np.asarray(block, np.float32))
-            held += len(block)
-        if held >= BLOCK_ROWS:
-            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            whole = held - held % BLOCK_ROWS
-            ready += scan(x[:whole])
-            pending, held = ([x[whole:]], held - whole) if held > whole else ([], 0)
+    for rows in _aligned(blocks, sizes.append):
+        done.append(_scan(rows, centres, distance)[0])
+        ready += len(rows)
         while sizes and sizes[0] <= ready:
             ready -= sizes[0]
             yield hand_out(sizes.popleft())
-    if held:
-        ready += scan(pending[0] if len(pending) == 1 else np.concatenate(pending))
-    while sizes:
-        ready -= sizes[0]
+    while sizes:                    # empty blocks at the end
         yield hand_out(sizes.popleft())
 
 
