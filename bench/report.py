@@ -216,10 +216,12 @@ def row_step() -> str:
                  "rrlrrrrrrr", rows)
 
 
-SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output"),
+SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output, empty JAX cache"),
               ("cli_warm", "`gio-spark run`, `select.k` changed"),
+              ("cli_again", "`gio-spark run`, another new output"),
               ("api_cold", "`select_rows` in a session that is up, new output"),
-              ("api_warm", "`select_rows` in that session, `select.k` changed"))
+              ("api_warm", "`select_rows` in that session, `select.k` changed"),
+              ("api_seed", "`select_rows` in that session, then `select.seed` changed"))
 
 
 def small_runs() -> str:
@@ -228,7 +230,7 @@ def small_runs() -> str:
     r = records("small_runs_cpu_2cores.jsonl")[-1]
     base, now = r["baseline"], r["now"]
     rows = [[what, fixed(base[k], 1), fixed(now[k], 1), times(r["now_over_baseline"][k]),
-             now[f"{k}_commits"]] for k, what in SMALL_RUNS]
+             now.get(f"{k}_commits", "")] for k, what in SMALL_RUNS if k in now]
     return table(["run (1,000 rows)", f"seconds at {r['baseline_commit']}",
                   f"seconds at {r['commit']}", "x baseline", "Delta commits"], "lrrrr", rows)
 

@@ -5,11 +5,16 @@ same runs on an earlier commit (the baseline), in one run on the same data and c
 with those sides, `local[2]`. For each tree (the baseline, checked out with `git worktree`,
 then this one), each on its own output path:
 
-- ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed);
+- ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed), with an
+  empty JAX compilation cache (``$GIO_SPARK_CACHE_DIR`` set to a new folder for each tree);
 - ``cli_warm``: the same with ``select.k=4`` (a new JVM; quantize reused, select and explode
   computed), as a user trying an option does;
-- ``api_cold`` / ``api_warm``: the same two runs through ``jobs.select_rows`` in one Python
-  process whose session is already up (a notebook), after ``session_s`` to start it.
+- ``cli_again``: ``cli_cold``'s run on another new output, the cache as the two runs before
+  left it (a user's next try on new data: every stage computed, JAX's programs loaded);
+- ``api_cold`` / ``api_warm`` / ``api_seed``: the first run and re-runs with ``select.k=4``
+  (new shapes: JAX compiles again) and then ``select.seed=1`` (a new option, the same shapes)
+  through ``jobs.select_rows`` in one Python process whose session is already up (a
+  notebook), after ``session_s`` to start it. A process of the user's own: no JAX cache.
 
 Each run's Delta commits are counted (the ``_delta_log`` JSON files it added).
 
@@ -43,7 +48,8 @@ from jobs.io.session import build_session
 spark = build_session("small-runs", "local[2]", {})
 found = {"session_s": round(time.perf_counter() - t0, 2)}
 work, out = sys.argv[1], sys.argv[2]
-for name, settings in (("api_cold", {}), ("api_warm", {"select.k": 4})):
+for name, settings in (("api_cold", {}), ("api_warm", {"select.k": 4}),
+                       ("api_seed", {"select.k": 4, "select.seed": 1})):
     t = time.perf_counter()
     rows = api.select_rows(f"{work}/pool.parquet", f"{work}/target.parquet", output=out,
                            embedding_column="vec", id_column="id",
@@ -60,7 +66,14 @@ def commits(out: str) -> int:
     return len(glob.glob(os.path.join(out, "*", "_delta_log", "*.json")))
 
 
-def cli(tree: str, work: str, out: str, *extra: str) -> float:
+def clean_env(tree: str, cache: str) -> dict:
+    """The environment of a run: the tree's code, a JAX cache of its own, none inherited."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+    return dict(env, PYTHONPATH=tree, GIO_SPARK_CACHE_DIR=cache)
+
+
+def cli(tree: str, work: str, out: str, cache: str, *extra: str) -> float:
     argv = [sys.executable, "-m", "jobs.cli", "run", "--config",
             os.path.join(tree, "conf", "demo.yaml"), "--set", f"output.path={out}",
             "--set", "spark.master=local[2]"]
@@ -72,19 +85,19 @@ def cli(tree: str, work: str, out: str, *extra: str) -> float:
         argv += ["--set", item]
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=tree))
+                          env=clean_env(tree, cache))
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return round(time.perf_counter() - start, 2)
 
 
-def api_runs(tree: str, work: str, out: str) -> dict:
+def api_runs(tree: str, work: str, out: str, cache: str) -> dict:
     config = os.path.join(work, "api.yaml")
     with open(config, "w") as f:            # the demo config's settings, sides given as paths
         f.write(open(os.path.join(tree, "conf", "demo.yaml")).read())
     proc = subprocess.Popen([sys.executable, "-c", API, work, out, config], cwd=tree,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=tree))
+                            env=clean_env(tree, cache))
     counted = {}
     for line in proc.stdout:
         if line.startswith("DONE "):
@@ -99,24 +112,30 @@ def api_runs(tree: str, work: str, out: str) -> dict:
 
 
 def measure(tree: str, work: str) -> dict:
+    cache = tempfile.mkdtemp(prefix="small-cache-")
     out = tempfile.mkdtemp(prefix="small-cli-")
-    found = {"cli_cold": cli(tree, work, out)}
+    found = {"cli_cold": cli(tree, work, out, cache)}
     found["cli_cold_commits"] = commits(out)
-    found["cli_warm"] = cli(tree, work, out, "select.k=4")
+    found["cli_warm"] = cli(tree, work, out, cache, "select.k=4")
     found["cli_warm_commits"] = commits(out) - found["cli_cold_commits"]
+    shutil.rmtree(out, ignore_errors=True)
+    out = tempfile.mkdtemp(prefix="small-cli-")
+    found["cli_again"] = cli(tree, work, out, cache)
+    found["cli_again_commits"] = commits(out)
     shutil.rmtree(out, ignore_errors=True)
     out = tempfile.mkdtemp(prefix="small-api-")
     shutil.rmtree(out)
-    found.update(api_runs(tree, work, out))
+    found.update(api_runs(tree, work, out, cache))
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     return found
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", default="d79d8e1",
-                        help="the commit to compare with (default: the tree before this "
-                             "benchmark's first changes)")
+    parser.add_argument("--baseline", default="02cd3bb",
+                        help="the commit to compare with (default: the tree before the "
+                             "small-run changes of 2026-12-06)")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -144,7 +163,7 @@ def main():
         subprocess.run(["git", "worktree", "remove", "--force", base], cwd=ROOT,
                        capture_output=True)
     ratios = {k: round(now[k] / baseline[k], 2) for k in
-              ("cli_cold", "cli_warm", "api_cold", "api_warm")}
+              ("cli_cold", "cli_warm", "cli_again", "api_cold", "api_warm", "api_seed")}
     emit({"bench": "small_runs", "date": time.strftime("%Y-%m-%d"), "rows": args.rows,
           "cores": 2, "baseline_commit": sha, "commit": head, "baseline": baseline,
           "now": now, "now_over_baseline": ratios}, args.out)

@@ -15,6 +15,7 @@ import sys
 import yaml
 
 from jobs import __version__
+from jobs.common import runtime
 from jobs.common.errors import EXIT_BAD_INPUT, InputError
 from jobs.config import load_config
 from jobs import planning
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
                    "subsets as Spark tasks, then a sparse linear datamodel per target ("
                    f"{'|'.join(DATAMODELS_ACTIONS)})")
     args, rest = parser.parse_known_args(argv)
+    if argv is None:          # the process is this command's, not a caller's: see runtime.jax_cache
+        runtime.OWN_PROCESS = True
 
     if args.command == "demo":
         if rest:

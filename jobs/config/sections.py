@@ -745,6 +745,10 @@ class OutputSection:
     table: Annotated[str | None, TABLE] = None
 
 
+JAX_CACHE = Rule(lambda v: isinstance(v, str) and v.strip() != "",
+                 "auto, off or a folder for JAX's compiled programs")
+
+
 @dataclass
 class RuntimeSection:
     """How the driver runs JAX: none of it changes a result or an id (so changing it reuses
@@ -754,6 +758,11 @@ class RuntimeSection:
     # share of the driver GPU's memory JAX may take
     jax_memory_fraction: Annotated[float | None, SHARE_OR_NULL] = None
     jax_preallocate: Annotated[bool, BOOL] = False  # False: allocate on demand (leaves room for torch)
+    # where JAX keeps the programs it compiles, for the next run to load instead of compiling
+    # again: auto (~/.cache/gio-spark/jax, or $GIO_SPARK_CACHE_DIR/jax, in the processes that
+    # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
+    # or a folder (also in your own session)
+    jax_cache: Annotated[str, JAX_CACHE] = "auto"
 
 
 JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")

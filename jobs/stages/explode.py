@@ -53,7 +53,7 @@ from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import read_only
 from jobs.state.stored import (
-    cluster_cut, cluster_picks, clustered_rows, collect_centroids, explode_frame, load_weights,
+    cluster_cut, clustered_rows, collect_centroids, explode_frame, load_weights,
     stored_embeddings)
 
 
@@ -381,21 +381,27 @@ def _part_task(y, target_region, region_of, quota, options, scale, cosine, runti
         EMBEDDING: list(vectors[idx]) if with_rows else [None] * len(idx)})
 
 
-def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> DataFrame:
+def _checked_selection(spark, cfg: JobConfig, plan: reuse.Plan) -> tuple[DataFrame, list]:
+    """The run's committed selection and its picks (``(cluster_id, cluster_size)`` in rank
+    order), after checking that they are the ones its record describes."""
     run_id = plan.run_id
     if not stagelog.is_done(spark, cfg.output.path, "select", run_id, plan.select):
         raise InputError(f"run {run_id} has no selection for these inputs and select settings "
                          f"under {cfg.output.path!r}; run select (or the whole pipeline) first.")
-    record = tables.read_key(spark, cfg.output.path, "runs", run_id).first()
-    selection = (tables.read_key(spark, cfg.output.path, "selection", run_id)
-                 .where(F.col("select_fingerprint") == plan.select))
+    records = tables.key_rows(spark, cfg.output.path, "runs", run_id)
+    record = records[0] if records else None
+    rows = [r for r in tables.key_rows(spark, cfg.output.path, "selection", run_id)
+            if r["select_fingerprint"] == plan.select]                   # a few hundred
     if (record is None or record["select_fingerprint"] != plan.select
-            or selection.count() != record["picks"]):
+            or len(rows) != record["picks"]):
         raise ConcurrentRunError(
             f"the selection of run {run_id} was replaced by another run with the same run_id and "
             "other parameters while this one ran. Give each config its own run_id (or none), "
             "then run again.")
-    return selection
+    picks = [(int(r["cluster_id"]), int(r["cluster_size"]))
+             for r in sorted(rows, key=lambda r: r["rank"])]
+    # The rows checked are the rows used: a frame of them, not a second read of the table.
+    return spark.createDataFrame(rows, tables.SELECTION), picks
 
 
 def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
@@ -406,14 +412,13 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
     run_id, fp = plan.run_id, plan.explode
     t0 = time.perf_counter()
     schema = tables.selected_rows_schema(pool.schema)
-    selection = _checked_selection(spark, cfg, plan)
+    selection, picks = _checked_selection(spark, cfg, plan)
     assignments = tables.read_key(spark, cfg.output.path, "pool_assignments", plan.clustering_id)
 
     def compute():
         own = [f.name for f in pool.schema.fields]
         pool_rows = clustered_rows(spark, cfg, plan)
         budget = row_budget(cfg.select, pool_rows)
-        picks = cluster_picks(selection)
         cut, size = cluster_cut(picks, budget, int(cfg.select.seed))
         step = row_step_plan(cfg.select, budget, size, pool_rows)
         if step.run:

@@ -54,7 +54,7 @@ from jobs.io.sources import Side
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
 from jobs.state.inputs import Inputs, heldout_vectors, prepare_inputs
-from jobs.state.stored import apply_weights, load_weights
+from jobs.state.stored import apply_weights, centroid_counts, load_weights, remember_centroids
 
 
 def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None):
@@ -502,8 +502,8 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
             f"{len(target_rows)} target clusters ({target_iter} iterations) in "
             f"{took(time.perf_counter() - t0)}")
         bandwidth = target_bandwidth(target)
-        centroids = spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
-                                          tables.CENTROIDS)
+        centroids = (spark.createDataFrame([(key, *r) for r in pool_rows + target_rows],
+                                           tables.CENTROIDS), pool_rows + target_rows)
         return (centroids, assignments, aside,
                 [cached.unpersist] + frees,
                 {"pool_k": pool_k, "pool_clusters": len(pool_rows),
@@ -511,7 +511,11 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
 
     def commit(computed):
         centroids, assignments, aside, _, detail = computed
-        tables.replace_key(spark, centroids, cfg.output.path, "centroids", key)
+        centroids, rows = centroids
+        mine = tables.replace_key(spark, centroids, cfg.output.path, "centroids", key,
+                                  local=True)
+        if mine is not None:                  # what select collects next, without reading it
+            remember_centroids(cfg, key, mine, rows)
         if aside is not None:
             tables.replace_key(spark, aside.withColumn("clustering_id", F.lit(key)),
                                cfg.output.path, "set_aside", key)
@@ -529,8 +533,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
 
     def lost(detail: dict) -> str | None:
         """What is gone of the committed clustering (rows deleted or replaced by hand)."""
-        counts = {r["side"]: r["n"] for r in tables.read_key(spark, cfg.output.path, "centroids", key)
-                  .groupBy("side").agg(F.count("*").alias("n")).collect()}
+        counts = centroid_counts(spark, cfg, key)
         want = {"pool": detail.get("pool_clusters"), "target": detail.get("target_clusters")}
         for side in ("pool", "target"):
             if not counts.get(side) or (want[side] is not None and counts[side] != want[side]):

@@ -318,14 +318,17 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
 
     def commit(computed):
         selection, record, result, diagnostics, domains, by_domain = computed
-        tables.replace_key(spark, selection, cfg.output.path, "selection", run_id)
+        tables.replace_key(spark, selection, cfg.output.path, "selection", run_id,
+                           local=True, remember=True)
         if domains is not None:
-            tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id)
+            tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id,
+                               local=True)
         elif tables.exists(spark, tables.table_path(cfg.output.path, "selection_domains")):
             # a run id set by hand, used before by a run with domains: its rows go
             tables.replace_key(spark, spark.createDataFrame([], tables.SELECTION_DOMAINS),
                                cfg.output.path, "selection_domains", run_id)
-        tables.replace_key(spark, record, cfg.output.path, "runs", run_id)
+        tables.replace_key(spark, record, cfg.output.path, "runs", run_id, local=True,
+                           remember=True)
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
         if s.shares is not None:
             def draw(path):

@@ -18,7 +18,6 @@ fingerprints, so runs with other inputs never share rows), selections by ``run_i
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 
 from pyspark.sql import functions as F
@@ -28,34 +27,12 @@ from jobs.io import tables
 
 
 # The stage log as this process last read it: path -> (Delta version, records). A local table's
-# version is the newest commit file in its _delta_log, so a record that any process appended
-# since makes the next look read the table again; this process's own appends are added in place
-# when no other commit came between. Remote tables are read through Spark every time.
+# version is the newest commit file in its _delta_log (tables.local_version), so a record that
+# any process appended since makes the next look read the table again; this process's own
+# appends are added in place when no other commit came between (or when they are the first rows
+# of a log just created). Remote tables are read through Spark every time.
 _LOG: dict = {}
 _FIELDS = ("stage", "key", "fingerprint", "status", "at_ns", "detail")
-
-
-def _log_version(path: str) -> tuple | None:
-    """The newest commit of the local Delta table at ``path``: ``(version, mtime, inode)`` of
-    its newest commit file (a table deleted and made anew differs), ``(-1,)`` when there is
-    none; None for a remote path."""
-    local = path.removeprefix("file:")
-    if "://" in local:
-        return None
-    folder = os.path.join(local, "_delta_log")
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return (-1,)
-    commits = [n for n in names if n.endswith(".json") and n[:20].isdigit()]
-    if not commits:
-        return (-1,)
-    newest = max(commits)
-    try:
-        st = os.stat(os.path.join(folder, newest))
-    except FileNotFoundError:
-        return (-2,)                  # changing under us: never equal to a cached version
-    return (int(newest[:20]), st.st_mtime_ns, st.st_ino)
 
 
 def _read_log(spark, output: str) -> list:
@@ -65,7 +42,7 @@ def _read_log(spark, output: str) -> list:
 
 def _records(spark, output: str, stage: str, key: str) -> list:
     path = tables.table_path(output, "stages")
-    version = _log_version(path)
+    version = tables.local_version(path)
     if version == (-1,) or not tables.path_exists(path):
         return []
     if version is None:                     # remote: ask Delta each time
@@ -114,16 +91,16 @@ def record_all(spark, output: str, records: list) -> None:
              tables.detail_json(detail))
             for i, (stage, key, fp, status, detail) in enumerate(records)]
     path = tables.table_path(output, "stages")
-    before = _log_version(path)
-    tables.append(spark, spark.createDataFrame(rows, tables.STAGES).coalesce(1), output,
-                  "stages")
+    before = tables.local_version(path)
+    mine = tables.append(spark, spark.createDataFrame(rows, tables.STAGES).coalesce(1), output,
+                         "stages", local=True)
     cached = _LOG.get(path)
-    after = _log_version(path)
-    if (cached is not None and before is not None and after is not None and cached[0] == before
-            and len(before) == 3 and len(after) == 3 and after[0] == before[0] + 1):
-        added = [dict(zip(_FIELDS, (r[0], r[1], r[2], r[3], r[5], r[6]), strict=True))
-                 for r in rows]
-        _LOG[path] = (after, cached[1] + added)
+    added = [dict(zip(_FIELDS, (r[0], r[1], r[2], r[3], r[5], r[6]), strict=True)) for r in rows]
+    if mine is not None and cached is not None and before is not None and cached[0] == before:
+        _LOG[path] = (mine, cached[1] + added)
+    elif mine is not None and (mine[0] == 0 or mine[0] == 1 and tables.created_empty(path)):
+        # A new log: this append created it, or follows a creation without rows.
+        _LOG[path] = (mine, added)
     for stage, _, _, status, _ in records:
         faults.point(f"{status}:{stage}")
 

@@ -135,10 +135,46 @@ def apply_weights(embeddings: DataFrame, scale: np.ndarray) -> DataFrame:
                              .alias(EMBEDDING))
 
 
+# Centroids this process collected: (centroids table, clustering id) -> (the table's local
+# version when they were read, {side: (ids, centroids, sizes)}). Used again while the table has
+# no newer commit (a notebook's next run with other select options); remote tables are read
+# each time.
+_CENTROIDS: dict = {}
+
+
+def _centroids_read(spark, cfg: JobConfig, clustering_id: str) -> dict | None:
+    """The centroids of ``clustering_id`` as this process read them, while still current."""
+    path = tables.table_path(cfg.output.path, "centroids")
+    memo = _CENTROIDS.get((path, clustering_id))
+    if memo is None:
+        return None
+    version = tables.local_version(path)
+    return memo[1] if version is not None and len(version) == 3 and memo[0] == version else None
+
+
+def centroid_counts(spark, cfg: JobConfig, clustering_id: str) -> dict:
+    """``{side: centroids}`` of a stored clustering (from what this process collected, while
+    the table has no newer commit)."""
+    known = _centroids_read(spark, cfg, clustering_id)
+    if known is not None:
+        return {side: len(ids) for side, (ids, _, _) in known.items()}
+    return {r["side"]: r["n"] for r in
+            tables.read_key(spark, cfg.output.path, "centroids", clustering_id)
+            .groupBy("side").agg(F.count("*").alias("n")).collect()}
+
+
 def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
-    """Both sides' centroids as arrays, after checking that they may be collected."""
-    df = tables.read_key(spark, cfg.output.path, "centroids", clustering_id)
-    counts = {r["side"]: r["n"] for r in df.groupBy("side").agg(F.count("*").alias("n")).collect()}
+    """Both sides' centroids as arrays ``{side: (cluster ids, centroids, sizes)}`` in cluster
+    order, after checking that they may be collected."""
+    path = tables.table_path(cfg.output.path, "centroids")
+    out = _centroids_read(spark, cfg, clustering_id)
+    version = tables.local_version(path)          # before reading: a later commit reads again
+    df = None
+    if out is None:
+        df = tables.read_key(spark, cfg.output.path, "centroids", clustering_id)
+        counts = centroid_counts(spark, cfg, clustering_id)
+    else:
+        counts = {side: len(ids) for side, (ids, _, _) in out.items()}
     limit = cfg.select.max_centroids
     for side in ("pool", "target"):
         if counts.get(side, 0) == 0:
@@ -149,14 +185,34 @@ def collect_centroids(spark, cfg: JobConfig, clustering_id: str) -> dict:
                              f"select.max_centroids={limit} allows to collect to the driver; "
                              "lower quantize.pool_k/target_k or raise select.max_centroids "
                              "(and the driver's memory).")
+    if out is not None:
+        return {side: tuple(a.copy() for a in arrays) for side, arrays in out.items()}
+    rows = df.select("side", "cluster_id", "centroid", "size").collect()   # both sides at once
+    out = _arrays([tuple(r) for r in rows])
+    if version is not None and len(version) == 3:
+        _CENTROIDS[(path, clustering_id)] = (version, {side: tuple(a.copy() for a in arrays)
+                                                       for side, arrays in out.items()})
+    return out
+
+
+def _arrays(rows: list) -> dict:
+    """``{side: (ids, centroids, sizes)}`` in cluster order from ``(side, cluster_id, centroid,
+    size)`` rows."""
     out = {}
     for side in ("pool", "target"):
-        rows = (df.where(F.col("side") == side).orderBy("cluster_id")
-                .select("cluster_id", "centroid", "size").collect())
-        out[side] = (np.array([r["cluster_id"] for r in rows], np.int32),
-                     np.array([r["centroid"] for r in rows], np.float32),
-                     np.array([r["size"] for r in rows], np.int64))
+        mine = sorted((r for r in rows if r[0] == side), key=lambda r: r[1])
+        out[side] = (np.array([r[1] for r in mine], np.int32),
+                     np.array([r[2] for r in mine], np.float32),
+                     np.array([r[3] for r in mine], np.int64))
     return out
+
+
+def remember_centroids(cfg: JobConfig, clustering_id: str, version: tuple, rows: list) -> None:
+    """What quantize committed as the centroids table's local ``version`` (``(side,
+    cluster_id, centroid, size)`` rows, the centroids float32 as stored): what
+    :func:`collect_centroids` gives while no other commit comes."""
+    path = tables.table_path(cfg.output.path, "centroids")
+    _CENTROIDS[(path, clustering_id)] = (version, _arrays(rows))
 
 
 def target_domains_of(spark, cfg: JobConfig, plan, target_ids) -> np.ndarray:
@@ -211,6 +267,9 @@ def explode_frame(selection: DataFrame, assignments: DataFrame, pool_rows: DataF
 
 def clustered_rows(spark, cfg: JobConfig, plan) -> int:
     """The pool rows the run's clustering holds."""
+    known = _centroids_read(spark, cfg, plan.clustering_id)
+    if known is not None:
+        return int(known["pool"][2].sum())
     return int(tables.read_key(spark, cfg.output.path, "centroids", plan.clustering_id)
                .where(F.col("side") == "pool").agg(F.sum("size")).first()[0] or 0)
 

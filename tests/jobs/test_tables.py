@@ -1,0 +1,141 @@
+"""How gio-spark's small tables are created and read again within a process: a new table made
+with its first rows in one commit, rows a process wrote used again while the table has no newer
+commit (and read again after any other commit), what an interrupted creation leaves, the stage
+log of a new output, and the centroids select collects. Real Delta tables on a local session."""
+import json
+import os
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.config import load_config
+from jobs.io import tables
+from jobs.state import stagelog, stored
+
+
+def commits(path) -> list:
+    return sorted(n for n in os.listdir(os.path.join(path, "_delta_log")) if n.endswith(".json"))
+
+
+def selection_rows(spark, run_id, picks):
+    return spark.createDataFrame([(run_id, "fp", rank, cluster, 10 * cluster, 0.5 / rank)
+                                  for rank, cluster in enumerate(picks, 1)], tables.SELECTION)
+
+
+def test_a_new_table_is_created_with_its_first_rows_in_one_commit(spark, tmp_path):
+    out = str(tmp_path)
+    mine = tables.replace_key(spark, selection_rows(spark, "r1", [4, 2, 9]), out, "selection",
+                              "r1", local=True)
+    path = tables.table_path(out, "selection")
+    assert commits(path) == [f"{0:020d}.json"]
+    assert mine is not None and mine[0] == 0
+    props = tables._properties(spark, path)
+    assert props[tables.TABLE_PROPERTY] == "selection"
+    assert props[tables.SCHEMA_PROPERTY] == tables.SCHEMA_VERSION
+    assert spark.read.format("delta").load(path).inputFiles()
+    detail = spark.sql(f"DESCRIBE DETAIL {tables.delta_ref(path)}").first()
+    assert detail["partitionColumns"] == ["run_id"]
+    # The next write replaces its key as in any table; a table made elsewhere is checked.
+    tables.replace_key(spark, selection_rows(spark, "r2", [1]), out, "selection", "r2",
+                       local=True)
+    tables.replace_key(spark, selection_rows(spark, "r1", [7]), out, "selection", "r1",
+                       local=True)
+    assert len(commits(path)) == 3
+    got = {(r["run_id"], r["cluster_id"]) for r in tables.read_table(spark, out, "selection")
+           .collect()}
+    assert got == {("r1", 7), ("r2", 1)}
+
+
+def test_rows_a_process_wrote_are_read_again_only_after_another_commit(spark, tmp_path,
+                                                                       monkeypatch):
+    out = str(tmp_path)
+    tables.replace_key(spark, selection_rows(spark, "r1", [3, 5]), out, "selection", "r1",
+                       local=True, remember=True)
+    reads = []
+    real = tables.read_key
+    monkeypatch.setattr(tables, "read_key", lambda *a: reads.append(a) or real(*a))
+    assert [r["cluster_id"] for r in tables.key_rows(spark, out, "selection", "r1")] == [3, 5]
+    assert reads == []
+    # Another writer (here: Delta directly, as another process would) changes the key.
+    path = tables.table_path(out, "selection")
+    (tables.conform(selection_rows(spark, "r1", [8]), tables.SELECTION).write.format("delta")
+     .mode("overwrite").option("replaceWhere", "run_id = 'r1'").save(path))
+    assert [r["cluster_id"] for r in tables.key_rows(spark, out, "selection", "r1")] == [8]
+    assert len(reads) == 1
+    assert [r["cluster_id"] for r in tables.key_rows(spark, out, "selection", "r1")] == [8]
+    assert len(reads) == 1                     # read once, then used while nothing else commits
+    # A write that another commit follows before it is looked at is not remembered.
+    tables.replace_key(spark, selection_rows(spark, "r2", [6]), out, "selection", "r2",
+                       remember=True)
+    tables.replace_key(spark, selection_rows(spark, "r3", [6]), out, "selection", "r3")
+    assert [r["cluster_id"] for r in tables.key_rows(spark, out, "selection", "r2")] == [6]
+    assert len(reads) == 2
+
+
+def test_what_an_interrupted_creation_with_rows_leaves_is_removed_and_other_data_is_not(
+        spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "CREATION_WAIT_S", 1.0)
+    out = str(tmp_path)
+    path = tables.table_path(out, "runs")
+    os.makedirs(os.path.join(path, "_delta_log", "_staged_commits"))
+    os.makedirs(os.path.join(path, "run_id=r1"))
+    for name in ("part-00000-x.c000.snappy.parquet", ".part-00000-x.c000.snappy.parquet.crc"):
+        open(os.path.join(path, "run_id=r1", name), "wb").close()
+    assert tables._abandoned_creation(path)
+    assert not tables.check_existing(spark, out, "runs")      # removed: created anew
+    assert not os.path.exists(path)
+    # A folder with a file of anyone else's is never taken for one.
+    os.makedirs(os.path.join(path, "_delta_log"))
+    os.makedirs(os.path.join(path, "run_id=r1"))
+    open(os.path.join(path, "run_id=r1", "notes.txt"), "w").close()
+    assert not tables._abandoned_creation(path)
+    with pytest.raises(Exception, match="not a Delta table written by gio-spark"):
+        tables.check_existing(spark, out, "runs")
+    assert os.path.exists(os.path.join(path, "run_id=r1", "notes.txt"))
+
+
+def test_the_stage_log_of_a_new_output_is_not_read_back(spark, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    stagelog.record(spark, out, "quantize", "c1", "fp1", "done", {"pool_clusters": 3})
+    assert commits(tables.table_path(out, "stages")) == [f"{0:020d}.json"]
+    monkeypatch.setattr(stagelog, "_read_log", lambda *a: pytest.fail("read the log back"))
+    assert stagelog.is_done(spark, out, "quantize", "c1", "fp1")
+    stagelog.record(spark, out, "select", "r1", "fp2", "done")
+    assert stagelog.is_done(spark, out, "select", "r1", "fp2")
+    assert not stagelog.is_done(spark, out, "select", "r1", "fp3")
+    monkeypatch.undo()
+    stagelog._LOG.clear()                     # as another process sees it
+    assert stagelog.is_done(spark, out, "quantize", "c1", "fp1")
+    assert json.loads(stagelog.latest(spark, out, "quantize", "c1")["detail"]) == {
+        "pool_clusters": 3}
+
+
+def test_centroids_quantize_committed_are_collected_without_a_read_until_another_commit(
+        spark, tmp_path, monkeypatch):
+    cfg = load_config(None, [f"output.path={tmp_path}"], "select")
+    rng = np.random.default_rng(0)
+    rows = [(side, i, rng.normal(size=4).astype(np.float32).tolist(), 5 + i)
+            for side, n in (("pool", 6), ("target", 3)) for i in range(n)]
+    df = spark.createDataFrame([("c1", *r) for r in rows[::-1]], tables.CENTROIDS)
+    mine = tables.replace_key(spark, df, cfg.output.path, "centroids", "c1", local=True)
+    stored.remember_centroids(cfg, "c1", mine, rows[::-1])
+    real = tables.read_key
+    reads = []
+    monkeypatch.setattr(tables, "read_key", lambda *a: reads.append(a) or real(*a))
+    got = stored.collect_centroids(spark, cfg, "c1")
+    assert reads == []
+    assert got["pool"][0].tolist() == list(range(6)) and got["target"][2].tolist() == [5, 6, 7]
+    np.testing.assert_array_equal(got["pool"][1], np.array([r[2] for r in rows[:6]], np.float32))
+    got["pool"][1][:] = 0                      # a caller's change does not reach the next one
+    assert stored.collect_centroids(spark, cfg, "c1")["pool"][1].any()
+    assert stored.clustered_rows(spark, cfg, type("Plan", (), {"clustering_id": "c1"})) == 45
+    # Another commit (one pool centroid deleted by hand): read again, and what is there now.
+    path = tables.table_path(cfg.output.path, "centroids")
+    spark.sql(f"DELETE FROM {tables.delta_ref(path)} WHERE side = 'pool' AND cluster_id = 5")
+    again = stored.collect_centroids(spark, cfg, "c1")
+    assert reads and again["pool"][0].tolist() == list(range(5))
+    assert stored.centroid_counts(spark, cfg, "c1") == {"pool": 5, "target": 3}
+    flat = (tables.read_key(spark, cfg.output.path, "centroids", "c1")
+            .where(F.col("side") == "target").count())
+    assert flat == 3
