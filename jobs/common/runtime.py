@@ -24,19 +24,19 @@ def library_versions() -> dict:
 
 
 # Whether this process is one gio-spark started (a command, a spark-submit entry: set by
-# jobs.runner.run_main), where it may choose JAX's settings; in a session of the user's own it
-# leaves them as they are.
+# jobs.cli.main when it reads the process's own arguments), where it may choose JAX's
+# settings; in a session of the user's own it leaves them as they are.
 OWN_PROCESS = False
 JAX_CACHE_BYTES = 512 * 2 ** 20
 
 
-def jax_cache_dir(setting: str) -> str | None:
+def jax_cache_dir(setting: str | bool) -> str | None:
     """The folder ``runtime.jax_cache`` names for this process, or None (no persistent cache).
-    ``auto``: ``$GIO_SPARK_CACHE_DIR/jax`` (default ``~/.cache/gio-spark/jax``) in a process
-    gio-spark started, None in the user's own."""
-    if setting == "off":
+    ``auto`` (or True): ``$GIO_SPARK_CACHE_DIR/jax`` (default ``~/.cache/gio-spark/jax``) in a
+    process gio-spark started, None in the user's own; ``off`` (or False): None."""
+    if setting is False or setting == "off":
         return None
-    if setting != "auto":
+    if setting is not True and setting != "auto":
         return os.path.abspath(os.path.expanduser(setting))
     if not OWN_PROCESS:
         return None

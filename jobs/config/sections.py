@@ -745,7 +745,8 @@ class OutputSection:
     table: Annotated[str | None, TABLE] = None
 
 
-JAX_CACHE = Rule(lambda v: isinstance(v, str) and v.strip() != "",
+# YAML reads an unquoted off (or no, false) as False and on as True: off and auto.
+JAX_CACHE = Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
                  "auto, off or a folder for JAX's compiled programs")
 
 
@@ -762,7 +763,7 @@ class RuntimeSection:
     # again: auto (~/.cache/gio-spark/jax, or $GIO_SPARK_CACHE_DIR/jax, in the processes that
     # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
     # or a folder (also in your own session)
-    jax_cache: Annotated[str, JAX_CACHE] = "auto"
+    jax_cache: Annotated[str | bool, JAX_CACHE] = "auto"
 
 
 JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")

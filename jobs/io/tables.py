@@ -559,9 +559,9 @@ def local_version(path: str) -> tuple | None:
     its newest commit file (a table deleted and made anew differs), ``(-1,)`` when there is
     none, ``(-2,)`` while it changes under us (equal to no other); None for a remote path. A
     few microseconds: what a process's caches of small tables are checked against."""
-    local = path.removeprefix("file:")
-    if "://" in local:
+    if on_file_system(path):
         return None
+    local = path.removeprefix("file:")
     folder = os.path.join(local, "_delta_log")
     try:
         names = os.listdir(folder)
@@ -691,8 +691,15 @@ def check_existing(spark: SparkSession, output: str, name: str,
         return False
     if not exists(spark, path) and not _created_meanwhile(spark, path):
         if _abandoned_creation(path):
-            # No data and no commit: what an interrupted creation left. Removed, then created.
-            log(f"warning: {path} holds only an interrupted creation's temporary files (no "
+            # No commit: what an interrupted creation left. Removed, then created; unless
+            # something there is still changing (a run writing it right now).
+            idle = _idle_s(path.removeprefix("file:"))
+            if idle < CREATION_WAIT_S:
+                raise ConcurrentRunError(
+                    f"{path} holds the uncommitted files of a table being created, changed "
+                    f"{idle:.0f} s ago: another run is creating it. Run again when it has "
+                    "finished.")
+            log(f"warning: {path} holds only an interrupted creation's files (no "
                 "commit); creating the table anew.")
             shutil.rmtree(path.removeprefix("file:"), ignore_errors=True)
             _CHECKED.discard(memo)
@@ -724,6 +731,18 @@ CREATION_WAIT_S = 30.0
 
 
 _COMMIT = re.compile(r"^\d{20}\.(json|checkpoint.*|crc)$")
+
+
+def _idle_s(local: str) -> float:
+    """Seconds since anything under the local folder ``local`` last changed."""
+    newest = 0.0
+    for root, dirs, files in os.walk(local):
+        for n in dirs + files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, n)).st_mtime)
+            except FileNotFoundError:
+                continue
+    return time.time() - newest if newest else float("inf")
 
 
 def _uncommitted_only(local: str, names: list) -> bool:
@@ -768,13 +787,13 @@ def _abandoned_creation(path: str) -> bool:
 def _created_meanwhile(spark: SparkSession, path: str) -> bool:
     """Whether a folder that is not (yet) a Delta table is one that a concurrent run is creating:
     it holds nothing but what a creation leaves before its commit (:func:`_uncommitted_only`)
-    and becomes a Delta table within ``CREATION_WAIT_S``. A folder with any other file is
-    someone else's data."""
+    and becomes a Delta table within ``CREATION_WAIT_S`` (longer while its files change). A
+    folder with any other file is someone else's data."""
     local = path.removeprefix("file:")
     if "://" in local or not os.path.isdir(local):
         return False
-    deadline = time.monotonic() + CREATION_WAIT_S
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while True:
         try:
             names = os.listdir(local)
             if not _uncommitted_only(local, names):
@@ -783,8 +802,13 @@ def _created_meanwhile(spark: SparkSession, path: str) -> bool:
             return False
         if exists(spark, path):
             return True
+        waited = time.monotonic() - start
+        # Waits CREATION_WAIT_S, and on while something there changed less than that ago (a
+        # creation's data files come just before its commit), at most three times as long.
+        if waited >= CREATION_WAIT_S and (waited >= 3 * CREATION_WAIT_S
+                                          or _idle_s(local) >= CREATION_WAIT_S):
+            return False
         time.sleep(0.5)
-    return False
 
 
 def path_exists(path: str) -> bool:
@@ -903,23 +927,41 @@ def _created_with(spark: SparkSession, data: DataFrame, output: str, name: str,
     (``CREATE TABLE ... AS SELECT``), instead of a creation and a write: about 0.7 s less a new
     table. For a few rows made on the driver only, so that the statement fails only where
     another run created the table first; then nothing is committed and False is returned (the
-    caller writes as into any existing table). A kill inside it leaves uncommitted files, which
-    the next run waits for and then removes (see :func:`_abandoned_creation`)."""
+    caller writes as into any existing table). Any other failure is raised. A kill or a failure
+    inside it leaves uncommitted files, which the next run waits for, until nothing has changed
+    there for ``CREATION_WAIT_S``, and then removes (see :func:`_created_meanwhile`). Delta
+    makes the columns of a table created so nullable (as on Spark Connect, where every table is
+    created so); gio-spark's writes conform to the schema either way."""
     path = table_path(output, name)
     if check_existing(spark, output, name, schema):
         return False
     parts = f" PARTITIONED BY (`{KEYS[name]}`)" if KEYS[name] else ""
     try:
+        # One task: its data file is written just before the commit, so an uncommitted file
+        # that stays unchanged is an interrupted creation's (see _created_meanwhile).
         spark.sql(f"CREATE TABLE {delta_ref(_location(path))} USING delta{parts} "
                   f"TBLPROPERTIES ('{TABLE_PROPERTY}' = '{name}', "
                   f"'{SCHEMA_PROPERTY}' = '{SCHEMA_VERSION}') AS SELECT * FROM {{data}}",
-                  data=data)
-    except Exception:                 # noqa: BLE001 - a race is told by the table being there
-        if path_exists(os.path.join(path, "_delta_log")):
+                  data=data.coalesce(1))
+    except Exception:                 # noqa: BLE001 - a race is told by a commit being there
+        version = local_version(path)
+        if (version is not None and len(version) == 3) or (version is None
+                                                           and exists(spark, path)):
             return False              # another run created it meanwhile: write into it
-        raise
+        raise                         # a real error (its uncommitted files: see the docstring)
     check_existing(spark, output, name, schema)
     return True
+
+
+def _first_write(spark: SparkSession, data: DataFrame, output: str, name: str,
+                 schema: T.StructType, local: bool) -> bool:
+    """For ``local`` rows and a table that does not exist yet: the failure point before the
+    write, then :func:`_created_with`; whether that created the table with the rows."""
+    if not local or check_existing(spark, output, name, schema):
+        return False
+    if name != "stages":
+        faults.point(f"before:{name}")
+    return _created_with(spark, data, output, name, schema)
 
 
 def _version_written(before: tuple | None, after: tuple | None) -> tuple | None:
@@ -950,10 +992,10 @@ def replace_key(spark: SparkSession, df: DataFrame, output: str, name: str, valu
     rows = data.collect() if remember else None
     _ROWS.pop((path, value), None)
     before = local_version(path)
-    faults.point(f"before:{name}")
-    if not (local and _created_with(spark, data, output, name, schema)):
+    if not _first_write(spark, data, output, name, schema, local):
         ensure_table(spark, output, name, schema)
         before = local_version(path)
+        faults.point(f"before:{name}")
         with_retries(lambda: data.write.format("delta").mode("overwrite")
                      .option("replaceWhere", f"{column} = '{escaped}'").save(path),
                      f"writing {path}")
@@ -971,12 +1013,12 @@ def append(spark: SparkSession, df: DataFrame, output: str, name: str,
     append made, as :func:`replace_key` does."""
     path = table_path(output, name)
     data = conform(df, SCHEMAS[name])
-    if name != "stages":                 # the stage log has failure points of its own
-        faults.point(f"before:{name}")
     before = local_version(path)
-    if not (local and _created_with(spark, data, output, name, SCHEMAS[name])):
+    if not _first_write(spark, data, output, name, SCHEMAS[name], local):
         ensure_table(spark, output, name)
         before = local_version(path)
+        if name != "stages":             # the stage log has failure points of its own
+            faults.point(f"before:{name}")
         with_retries(lambda: data.write.format("delta").mode("append").save(path),
                      f"writing {path}")
     mine = _version_written(before, local_version(path))

@@ -48,6 +48,8 @@ def test_the_cache_folder_follows_the_setting_and_whose_process_it_is(monkeypatc
     monkeypatch.setenv("GIO_SPARK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime, "OWN_PROCESS", True)
     assert runtime.jax_cache_dir("auto") == str(tmp_path / "cache" / "jax")
+    assert runtime.jax_cache_dir(True) == str(tmp_path / "cache" / "jax")
+    assert runtime.jax_cache_dir(False) is None
     assert runtime.jax_cache_dir("off") is None
     assert runtime.jax_cache_dir("rel/dir") == os.path.abspath("rel/dir")
     monkeypatch.setattr(runtime, "OWN_PROCESS", False)
@@ -62,6 +64,8 @@ def test_the_cache_folder_follows_the_setting_and_whose_process_it_is(monkeypatc
 def test_the_config_takes_auto_off_or_a_folder_and_refuses_an_empty_one():
     assert load_config(None, [], "select").runtime.jax_cache == "auto"
     assert load_config(None, ["runtime.jax_cache=/tmp/c"], "select").runtime.jax_cache == "/tmp/c"
+    off = load_config(None, ["runtime.jax_cache=off"], "select").runtime.jax_cache  # YAML: False
+    assert runtime.jax_cache_dir(off) is None
     with pytest.raises(Exception, match="runtime.jax_cache"):
         load_config(None, ["runtime.jax_cache="], "select")
 
@@ -81,3 +85,13 @@ def test_a_second_process_loads_the_programs_the_first_compiled(tmp_path):
     kept = child(True, "auto", GIO_SPARK_CACHE_DIR=str(tmp_path),
                  JAX_COMPILATION_CACHE_DIR=str(tmp_path / "theirs"))
     assert kept["dir"] == str(tmp_path / "theirs")
+
+
+def test_only_the_command_started_as_a_program_counts_as_gio_sparks_own_process(monkeypatch):
+    from jobs import cli
+    monkeypatch.setattr(runtime, "OWN_PROCESS", False)
+    assert cli.main(["config"]) == 0            # called with arguments: a caller's process
+    assert runtime.OWN_PROCESS is False
+    monkeypatch.setattr(sys, "argv", ["gio-spark", "config"])
+    assert cli.main() == 0
+    assert runtime.OWN_PROCESS is True

@@ -4,11 +4,15 @@ commit (and read again after any other commit), what an interrupted creation lea
 log of a new output, and the centroids select collects. Real Delta tables on a local session."""
 import json
 import os
+import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from jobs.common.errors import ConcurrentRunError
 from jobs.config import load_config
 from jobs.io import tables
 from jobs.state import stagelog, stored
@@ -65,7 +69,7 @@ def test_rows_a_process_wrote_are_read_again_only_after_another_commit(spark, tm
     assert len(reads) == 1
     assert [r["cluster_id"] for r in tables.key_rows(spark, out, "selection", "r1")] == [8]
     assert len(reads) == 1                     # read once, then used while nothing else commits
-    # A write that another commit follows before it is looked at is not remembered.
+    # A write that another commit follows is read again.
     tables.replace_key(spark, selection_rows(spark, "r2", [6]), out, "selection", "r2",
                        remember=True)
     tables.replace_key(spark, selection_rows(spark, "r3", [6]), out, "selection", "r3")
@@ -83,8 +87,30 @@ def test_what_an_interrupted_creation_with_rows_leaves_is_removed_and_other_data
     for name in ("part-00000-x.c000.snappy.parquet", ".part-00000-x.c000.snappy.parquet.crc"):
         open(os.path.join(path, "run_id=r1", name), "wb").close()
     assert tables._abandoned_creation(path)
+    # Written a moment ago: waited for until unchanged for CREATION_WAIT_S, then removed.
+    started = time.monotonic()
     assert not tables.check_existing(spark, out, "runs")      # removed: created anew
+    assert time.monotonic() - started >= 1.0
     assert not os.path.exists(path)
+    # Still changing after three times the wait: another run writing it; not removed.
+    os.makedirs(os.path.join(path, "_delta_log"))
+    part = os.path.join(path, "part-00000-y.c000.snappy.parquet")
+    stop = threading.Event()
+
+    def touch():
+        while not stop.is_set():
+            open(part, "wb").close()
+            stop.wait(0.2)
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    try:
+        with pytest.raises(ConcurrentRunError, match="changed 0 s ago"):
+            tables.check_existing(spark, out, "runs")
+    finally:
+        stop.set()
+        toucher.join()
+    assert os.path.exists(part)
+    shutil.rmtree(path)
     # A folder with a file of anyone else's is never taken for one.
     os.makedirs(os.path.join(path, "_delta_log"))
     os.makedirs(os.path.join(path, "run_id=r1"))
@@ -93,6 +119,34 @@ def test_what_an_interrupted_creation_with_rows_leaves_is_removed_and_other_data
     with pytest.raises(Exception, match="not a Delta table written by gio-spark"):
         tables.check_existing(spark, out, "runs")
     assert os.path.exists(os.path.join(path, "run_id=r1", "notes.txt"))
+
+
+def test_a_creation_that_fails_is_raised_and_one_another_run_made_first_is_written_into(
+        spark, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    bad = selection_rows(spark, "r1", [1]).withColumn(
+        "rank", F.raise_error(F.lit("no rank for you")).cast("int"))
+    with pytest.raises(Exception, match="no rank for you"):
+        tables.replace_key(spark, bad, out, "selection", "r1", local=True)
+    assert not tables.exists(spark, tables.table_path(out, "selection"))
+    # Another run creates the table between our look and our creation: written into it.
+    other = str(tmp_path / "other")
+    tables.replace_key(spark, selection_rows(spark, "r0", [2]), other, "selection", "r0")
+    real = tables.check_existing
+    looks = []
+
+    def first_not_there(*args, **kwargs):
+        looks.append(args)
+        return False if len(looks) == 1 else real(*args, **kwargs)
+    monkeypatch.setattr(tables, "check_existing", first_not_there)
+    assert not tables._created_with(spark, tables.conform(selection_rows(spark, "r1", [3]),
+                                                          tables.SELECTION),
+                                    other, "selection", tables.SELECTION)
+    monkeypatch.undo()
+    tables.replace_key(spark, selection_rows(spark, "r1", [3]), other, "selection", "r1",
+                       local=True)
+    assert {(r["run_id"], r["cluster_id"]) for r in
+            tables.read_table(spark, other, "selection").collect()} == {("r0", 2), ("r1", 3)}
 
 
 def test_the_stage_log_of_a_new_output_is_not_read_back(spark, tmp_path, monkeypatch):
