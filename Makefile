@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-e2e test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-decontaminate bench-plan bench-kmeans bench-gpu bench-embed bench-stages clean
+.PHONY: setup tools lint references config-reference docs docs-serve compose-demo demo demo-2d imnn-example datamodels-example test test-demo test-connect test-references test-e2e test-fast bench bench-dii bench-gaf bench-imnn bench-datamodels bench-quality bench-row-step bench-small-runs bench-pipeline-scale bench-decontaminate bench-plan bench-kmeans bench-gpu bench-embed bench-stages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -149,6 +149,12 @@ bench-gpu: $(STAMP)
 # driver memory, held-out MMD); appended to bench/results/row_step_cpu_2cores.jsonl.
 bench-row-step: $(STAMP)
 	$(VENV)/bin/python bench/row_step.py
+
+# The whole pipeline's cost against the pool's rows (100,000, 300,000 and 1,000,000 precomputed
+# rows; pass ROWS="..." for others): each stage's seconds, the driver's peak memory, the
+# selection's MMD² to held-out rows, and the growth exponents.
+bench-pipeline-scale: $(STAMP)
+	$(VENV)/bin/python bench/pipeline_scale.py $(if $(ROWS),--rows $(ROWS)) --out bench/results/pipeline_scale_cpu_2cores.jsonl
 
 # A small run's time (1,000 precomputed rows) from the command line and in a session that is
 # up, cold and with a new select option, against the same runs on an earlier commit (--baseline).

@@ -78,3 +78,25 @@ def test_a_changed_result_changes_its_table(tmp_path, monkeypatch):
         "a\n<!-- bench-table: gaf -->\n\n| parameters | micro-batches | reference s/step | ours s/step"
         " | speed-up |\n| ---: | ---: | ---: | ---: | ---: |\n| 1,234 | 3 | 0.50000 | 0.25000 | 2.0x |"
         "\n\n<!-- /bench-table -->\nb\n")
+
+
+def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
+    rows = run_bench("pipeline_scale.py", "--rows", "3000", "9000", "--share", "0.02",
+                     "--work", str(tmp_path / "work"), tmp_path=tmp_path)
+    runs, summary = rows[:-1], rows[-1]
+    assert [r["rows"] for r in runs] == [3000, 9000]
+    for r in runs:
+        stages = [r[k] for k in ("checks", "quantize", "select", "explode")]
+        assert all(v is not None and v > 0 for v in stages), r
+        assert r["wall"] > r["explode_at"] > r["select_at"] > r["quantize_at"] > r["checks"]
+        assert r["peak_mib"]["python"] > 100 and r["peak_mib"]["jvm"] > 100
+        assert r["peak_mib"]["both"] <= r["peak_mib"]["python"] + r["peak_mib"]["jvm"]
+        # the row budget (2% of the pool) is what the run selects, mostly the target's rows
+        assert 0 < r["selected_rows"] <= 0.02 * r["rows"]
+        assert r["share_target_components"] > 0.5 and r["mmd_heldout"] > 0
+        assert r["pool_k"] >= 50
+    assert summary["rows"] == [3000, 9000]
+    for key in ("wall", "quantize", "select", "explode", "peak_both"):
+        assert isinstance(summary[key], float), summary
+    # The pool's input is written once: a second run finds it.
+    assert os.path.exists(tmp_path / "work" / "pool-3000" / "done")

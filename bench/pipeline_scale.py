@@ -1,0 +1,225 @@
+"""How the whole pipeline's cost grows with the pool's rows: ``gio-spark run`` on precomputed
+vectors at several pool sizes (default 100,000, 300,000 and 1,000,000 rows), each stage's
+seconds, the driver's peak memory, the selection's MMD² to held-out rows, and the growth
+exponent of each time fitted over the sizes (``seconds ~ rows^b``, least squares on logs).
+
+Each size's pool (64-D unit vectors around 50 directions, ``bench._common.clustered``) is
+written once as Parquet under ``--work`` and kept for the next run; the target (2,000 rows) and
+the held-out rows (2,000) come from five of the directions. Every run is a new process on a new
+output (``spark.master=local[C]``, the JAX cache of the runs before it), with ``pool_k: auto``
+and a row budget of ``--share`` of the pool (default 5%). The driver's memory is sampled every
+0.2 s: its Python process and its JVM, apart and together.
+
+    python bench/pipeline_scale.py [--rows 100000 300000 1000000] [--share 0.05] [--cores 2]
+                                   [--work /tmp/gio-pipeline-scale]
+                                   [--out bench/results/pipeline_scale_cpu_2cores.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench._common import clustered, emit  # noqa: E402
+
+DIM = 64
+COMPONENTS = [3, 11, 19, 27, 35]
+WEIGHTS = [0.4, 0.25, 0.15, 0.1, 0.1]
+STAGE_LINES = {          # the stage, and the line that ends it (its own figure where it has one)
+    "checks": re.compile(r"\[gio-spark\] target: "),
+    "quantize": re.compile(r"\[gio-spark\] quantize: .* in (.+)$"),
+    "select": re.compile(r"\[gio-spark\] select: \d+ clusters chosen.* in (.+)$"),
+    "explode": re.compile(r"\[gio-spark\] explode: run .*\((.+)\)$"),
+}
+
+
+def seconds(text: str) -> float:
+    """``took()``'s text (``2.1 s``, ``1 min 42 s``, ``1 h 2 min``) in seconds."""
+    total = 0.0
+    for value, unit in re.findall(r"([\d.]+) (h|min|s)\b", text):
+        total += float(value) * {"h": 3600, "min": 60, "s": 1}[unit]
+    return total
+
+
+def write_inputs(work: str, rows: int) -> str:
+    folder = os.path.join(work, f"pool-{rows}")
+    if os.path.exists(os.path.join(folder, "done")):
+        return folder
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    os.makedirs(folder, exist_ok=True)
+    weights = np.zeros(50)
+    weights[COMPONENTS] = WEIGHTS
+    step = 250_000
+    writer = None
+    for start in range(0, rows, step):               # in pieces: 10M rows do not fit twice
+        n = min(step, rows - start)
+        x, comp = clustered(n, DIM, seed=1000 + start // step)
+        table = pa.table({"id": pa.array(np.arange(start, start + n)),
+                          "component": pa.array(comp),
+                          "vec": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)
+                          .cast(pa.list_(pa.float32()))})
+        if writer is None:
+            writer = pq.ParquetWriter(os.path.join(folder, "pool.parquet"), table.schema)
+        writer.write_table(table, row_group_size=50_000)
+    writer.close()
+    for name, seed in (("target", 2), ("heldout", 3)):
+        x, _ = clustered(2_000, DIM, seed=seed, weights=weights)
+        pd.DataFrame({"id": np.arange(len(x)), "vec": list(x)}).to_parquet(
+            os.path.join(folder, f"{name}.parquet"))
+    open(os.path.join(folder, "done"), "w").close()
+    return folder
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def is_java(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "java"
+    except OSError:
+        return False
+
+
+def run(folder: str, out: str, share: float, cores: int) -> dict:
+    argv = [sys.executable, "-m", "jobs.cli", "run", "--config", str(ROOT / "conf" / "demo.yaml"),
+            "--set", f"output.path={out}", "--set", f"spark.master=local[{cores}]",
+            "--set", "quantize.pool_k=auto", "--set", "quantize.target_k=200",
+            "--set", f"select.max_fraction={share}",
+            "--set", "spark.conf.spark.driver.memory=6g"]
+    for side in ("pool", "target"):
+        for key, value in (("format", "parquet"), ("path", f"{folder}/{side}.parquet"),
+                           ("id_column", "id"), ("embedding_column", "vec")):
+            argv += ["--set", f"{side}.{key}={value}"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    peaks = {"python": 0, "jvm": 0, "both": 0}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            py = rss_kib(proc.pid)
+            jvm = sum(rss_kib(p) for p in descendants(proc.pid) if is_java(p))
+            peaks.update(python=max(peaks["python"], py), jvm=max(peaks["jvm"], jvm),
+                         both=max(peaks["both"], py + jvm))
+            done.wait(0.2)
+    threading.Thread(target=sample, daemon=True).start()
+    found: dict = {}
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        now = time.perf_counter() - start
+        for stage, pattern in STAGE_LINES.items():
+            m = pattern.search(line.rstrip())
+            if m:
+                found[stage] = seconds(m.group(1)) if m.groups() else None
+                found[f"{stage}_at"] = round(now, 2)
+    code = proc.wait()
+    done.set()
+    if code != 0:
+        raise RuntimeError("".join(lines[-40:]))
+    found["wall"] = round(time.perf_counter() - start, 2)
+    found["checks"] = found.get("checks_at")        # from the start: JVM, reading, checking
+    found["peak_mib"] = {k: round(v / 1024, 1) for k, v in peaks.items()}
+    found["pool_k"] = next((int(m.group(1)) for m in
+                            (re.search(r"quantize: (\d+) pool clusters", x) for x in lines)
+                            if m), None)
+    return found
+
+
+def quality(spark, folder: str, out: str) -> dict:
+    import pandas as pd
+    from gio_core import mmd_rbf
+    picked = spark.read.format("delta").load(os.path.join(out, "selected_rows")) \
+        .select("vec", "component").toPandas()
+    held = np.stack(pd.read_parquet(os.path.join(folder, "heldout.parquet"))["vec"])
+    x = np.stack(picked["vec"].to_numpy()).astype(np.float32)
+    rng = np.random.default_rng(0)
+    sub = x[rng.choice(len(x), size=min(len(x), 4_000), replace=False)]
+    return {"selected_rows": int(len(x)), "mmd_heldout": float(mmd_rbf(sub, held)),
+            "share_target_components": float(np.isin(picked["component"], COMPONENTS).mean())}
+
+
+def exponent(sizes, values) -> float | None:
+    pairs = [(s, v) for s, v in zip(sizes, values, strict=True) if v]
+    if len(pairs) < 2:
+        return None
+    logs = np.log(np.array(pairs, dtype=float))
+    return round(float(np.polyfit(logs[:, 0], logs[:, 1], 1)[0]), 2)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--share", type=float, default=0.05)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
+                                                        "gio-pipeline-scale"))
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    from jobs.io.session import build_session
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True).stdout.strip()
+    results = []
+    for rows in args.rows:
+        folder = write_inputs(args.work, rows)
+        out = tempfile.mkdtemp(prefix=f"gio-scale-{rows}-", dir=args.work)
+        found = run(folder, out, args.share, args.cores)
+        results.append((rows, folder, out, found))
+    spark = build_session("pipeline-scale", f"local[{args.cores}]", {})
+    for rows, folder, out, found in results:
+        found.update(quality(spark, folder, out))
+        emit({"bench": "pipeline_scale", "date": time.strftime("%Y-%m-%d"), "commit": head,
+              "rows": rows, "dim": DIM, "cores": args.cores, "share": args.share, **found},
+             args.out)
+    sizes = [r[0] for r in results]
+    emit({"bench": "pipeline_scale", "summary": "exponent b of seconds ~ rows^b",
+          "rows": sizes, **{k: exponent(sizes, [r[3].get(k) for r in results])
+                            for k in ("wall", "checks", "quantize", "select", "explode")},
+          "peak_both": exponent(sizes, [r[3]["peak_mib"]["both"] for r in results]),
+          "peak_python": exponent(sizes, [r[3]["peak_mib"]["python"] for r in results])},
+         args.out)
+
+
+if __name__ == "__main__":
+    main()
