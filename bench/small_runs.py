@@ -6,7 +6,7 @@ with those sides, `local[2]`. For each tree (the baseline, checked out with `git
 then this one), each on its own output path:
 
 - ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed), with an
-  empty JAX compilation cache (``$GIO_SPARK_CACHE_DIR`` set to a new folder for each tree);
+  empty JAX compilation cache (``$GIO_SPARK_JAX_CACHE`` set to a new folder for each tree);
 - ``cli_warm``: the same with ``select.k=4`` (a new JVM; quantize reused, select and explode
   computed), as a user trying an option does;
 - ``cli_again``: ``cli_cold``'s run on another new output, the cache as the two runs before
@@ -70,7 +70,7 @@ def clean_env(tree: str, cache: str) -> dict:
     """The environment of a run: the tree's code, a JAX cache of its own, none inherited."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
-    return dict(env, PYTHONPATH=tree, GIO_SPARK_CACHE_DIR=cache)
+    return dict(env, PYTHONPATH=tree, GIO_SPARK_JAX_CACHE=cache)
 
 
 def cli(tree: str, work: str, out: str, cache: str, *extra: str) -> float:

@@ -32,7 +32,7 @@ JAX_CACHE_BYTES = 512 * 2 ** 20
 
 def jax_cache_dir(setting: str | bool) -> str | None:
     """The folder ``runtime.jax_cache`` names for this process, or None (no persistent cache).
-    ``auto`` (or True): ``$GIO_SPARK_CACHE_DIR/jax`` (default ``~/.cache/gio-spark/jax``) in a
+    ``auto`` (or True): ``$GIO_SPARK_JAX_CACHE`` (default ``~/.cache/gio-spark/jax``) in a
     process gio-spark started, None in the user's own; ``off`` (or False): None."""
     if setting is False or setting == "off":
         return None
@@ -40,9 +40,8 @@ def jax_cache_dir(setting: str | bool) -> str | None:
         return os.path.abspath(os.path.expanduser(setting))
     if not OWN_PROCESS:
         return None
-    root = os.environ.get("GIO_SPARK_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gio-spark")
-    return os.path.join(root, "jax")
+    return os.environ.get("GIO_SPARK_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gio-spark", "jax")
 
 
 def _use_jax_cache(jax, folder: str) -> None:

@@ -760,7 +760,7 @@ class RuntimeSection:
     jax_memory_fraction: Annotated[float | None, SHARE_OR_NULL] = None
     jax_preallocate: Annotated[bool, BOOL] = False  # False: allocate on demand (leaves room for torch)
     # where JAX keeps the programs it compiles, for the next run to load instead of compiling
-    # again: auto (~/.cache/gio-spark/jax, or $GIO_SPARK_CACHE_DIR/jax, in the processes that
+    # again: auto (~/.cache/gio-spark/jax, or $GIO_SPARK_JAX_CACHE, in the processes that
     # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
     # or a folder (also in your own session)
     jax_cache: Annotated[str | bool, JAX_CACHE] = "auto"

@@ -45,7 +45,7 @@ def child(own: bool, setting: str, early: bool = False, **env) -> dict:
 
 
 def test_the_cache_folder_follows_the_setting_and_whose_process_it_is(monkeypatch, tmp_path):
-    monkeypatch.setenv("GIO_SPARK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GIO_SPARK_JAX_CACHE", str(tmp_path / "cache" / "jax"))
     monkeypatch.setattr(runtime, "OWN_PROCESS", True)
     assert runtime.jax_cache_dir("auto") == str(tmp_path / "cache" / "jax")
     assert runtime.jax_cache_dir(True) == str(tmp_path / "cache" / "jax")
@@ -55,7 +55,7 @@ def test_the_cache_folder_follows_the_setting_and_whose_process_it_is(monkeypatc
     monkeypatch.setattr(runtime, "OWN_PROCESS", False)
     assert runtime.jax_cache_dir("auto") is None                  # a session of the user's own
     assert runtime.jax_cache_dir(str(tmp_path / "x")) == str(tmp_path / "x")
-    monkeypatch.delenv("GIO_SPARK_CACHE_DIR")
+    monkeypatch.delenv("GIO_SPARK_JAX_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(runtime, "OWN_PROCESS", True)
     assert runtime.jax_cache_dir("auto") == str(tmp_path / "xdg" / "gio-spark" / "jax")
@@ -72,17 +72,17 @@ def test_the_config_takes_auto_off_or_a_folder_and_refuses_an_empty_one():
 
 def test_a_second_process_loads_the_programs_the_first_compiled(tmp_path):
     folder = str(tmp_path / "jax")
-    first = child(True, "auto", GIO_SPARK_CACHE_DIR=str(tmp_path))
+    first = child(True, "auto", GIO_SPARK_JAX_CACHE=folder)
     assert first["dir"] == folder and first["hits"] == 0 and os.listdir(folder)
-    second = child(True, "auto", early=True, GIO_SPARK_CACHE_DIR=str(tmp_path))
+    second = child(True, "auto", early=True, GIO_SPARK_JAX_CACHE=folder)
     assert second["hits"] >= 1 and second["sum"] == first["sum"]
     # In a process of the user's own, auto leaves JAX as it is; a folder they name is used.
-    assert child(False, "auto", GIO_SPARK_CACHE_DIR=str(tmp_path))["dir"] is None
-    assert child(False, "off", GIO_SPARK_CACHE_DIR=str(tmp_path))["dir"] is None
+    assert child(False, "auto", GIO_SPARK_JAX_CACHE=folder)["dir"] is None
+    assert child(False, "off", GIO_SPARK_JAX_CACHE=folder)["dir"] is None
     theirs = child(False, folder)
     assert theirs["dir"] == folder and theirs["hits"] >= 1
     # A cache the user set up themselves is left as it is.
-    kept = child(True, "auto", GIO_SPARK_CACHE_DIR=str(tmp_path),
+    kept = child(True, "auto", GIO_SPARK_JAX_CACHE=folder,
                  JAX_COMPILATION_CACHE_DIR=str(tmp_path / "theirs"))
     assert kept["dir"] == str(tmp_path / "theirs")
 
