@@ -427,8 +427,32 @@ def quality() -> str:
                  "l" * (len(QUALITY_COLUMNS) + 1), rows)
 
 
+def pipeline_scale() -> str:
+    """The whole run at each pool size of the latest bench/pipeline_scale.py run, and the
+    fitted exponents."""
+    runs = records("pipeline_scale_cpu_2cores.jsonl")
+    summary = [r for r in runs if "summary" in r][-1]
+    sizes = summary["rows"]
+    latest = {r["rows"]: r for r in runs if "summary" not in r and r["rows"] in sizes}
+    rows = []
+    for n in sizes:
+        r = latest[n]
+        rows.append([f"{n:,}", f"{r['pool_k']:,}", fixed(r["checks"], 1), fixed(r["quantize"], 1),
+                     fixed(r["select"], 1), fixed(r["explode"], 1), fixed(r["wall"], 1),
+                     fixed(r["peak_mib"]["python"], 0), fixed(r["peak_mib"]["jvm"], 0),
+                     f"{r['mmd_heldout']:.5f}", f"{r['share_target_components']:.2f}"])
+    rows.append(["exponent b (s ~ rows^b)", "", fixed(summary["checks"], 2),
+                 fixed(summary["quantize"], 2), fixed(summary["select"], 2),
+                 fixed(summary["explode"], 2), fixed(summary["wall"], 2),
+                 fixed(summary["peak_python"], 2), "", "", ""])
+    return table(["pool rows", "pool clusters", "start + checks s", "quantize s", "select s",
+                  "explode s", "whole run s", "driver Python peak MiB", "driver JVM peak MiB",
+                  "held-out MMD²", "target share"], "lrrrrrrrrrr", rows)
+
+
 TABLES = {f.__name__.replace("_", "-"): f for f in
           (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
+           pipeline_scale,
            decontaminate_search, decontaminate_demo, plan_demo, plan_memory, dii, gaf, imnn,
            datamodels_workers, datamodels_regression, quality)}
 
