@@ -90,7 +90,8 @@ def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
         assert all(v is not None and v > 0 for v in stages), r
         assert r["wall"] > r["explode_at"] > r["select_at"] > r["quantize_at"] > r["checks"]
         assert r["peak_mib"]["python"] > 100 and r["peak_mib"]["jvm"] > 100
-        assert r["peak_mib"]["both"] <= r["peak_mib"]["python"] + r["peak_mib"]["jvm"]
+        # each figure rounded to 0.1 MiB on its own
+        assert r["peak_mib"]["both"] <= r["peak_mib"]["python"] + r["peak_mib"]["jvm"] + 0.15
         # the row budget (2% of the pool) is what the run selects, mostly the target's rows
         assert 0 < r["selected_rows"] <= 0.02 * r["rows"]
         assert r["share_target_components"] > 0.5 and r["mmd_heldout"] > 0
