@@ -923,7 +923,8 @@ def key_rows(spark: SparkSession, output: str, name: str, value: str) -> list:
 
 def _created_with(spark: SparkSession, data: DataFrame, output: str, name: str,
                   schema: T.StructType) -> bool:
-    """Creates a table that does not exist yet *with* ``data`` as its first rows, in one commit
+    """Creates a table that did not exist when looked at (:func:`_first_write`) *with* ``data``
+    as its first rows, in one commit
     (``CREATE TABLE ... AS SELECT``), instead of a creation and a write: about 0.7 s less a new
     table. For a few rows made on the driver only, so that the statement fails only where
     another run created the table first; then nothing is committed and False is returned (the
@@ -933,8 +934,6 @@ def _created_with(spark: SparkSession, data: DataFrame, output: str, name: str,
     makes the columns of a table created so nullable (as on Spark Connect, where every table is
     created so); gio-spark's writes conform to the schema either way."""
     path = table_path(output, name)
-    if check_existing(spark, output, name, schema):
-        return False
     parts = f" PARTITIONED BY (`{KEYS[name]}`)" if KEYS[name] else ""
     try:
         # One task: its data file is written just before the commit, so an uncommitted file

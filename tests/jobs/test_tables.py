@@ -122,7 +122,7 @@ def test_what_an_interrupted_creation_with_rows_leaves_is_removed_and_other_data
 
 
 def test_a_creation_that_fails_is_raised_and_one_another_run_made_first_is_written_into(
-        spark, tmp_path, monkeypatch):
+        spark, tmp_path):
     out = str(tmp_path)
     bad = selection_rows(spark, "r1", [1]).withColumn(
         "rank", F.raise_error(F.lit("no rank for you")).cast("int"))
@@ -132,17 +132,9 @@ def test_a_creation_that_fails_is_raised_and_one_another_run_made_first_is_writt
     # Another run creates the table between our look and our creation: written into it.
     other = str(tmp_path / "other")
     tables.replace_key(spark, selection_rows(spark, "r0", [2]), other, "selection", "r0")
-    real = tables.check_existing
-    looks = []
-
-    def first_not_there(*args, **kwargs):
-        looks.append(args)
-        return False if len(looks) == 1 else real(*args, **kwargs)
-    monkeypatch.setattr(tables, "check_existing", first_not_there)
     assert not tables._created_with(spark, tables.conform(selection_rows(spark, "r1", [3]),
                                                           tables.SELECTION),
                                     other, "selection", tables.SELECTION)
-    monkeypatch.undo()
     tables.replace_key(spark, selection_rows(spark, "r1", [3]), other, "selection", "r1",
                        local=True)
     assert {(r["run_id"], r["cluster_id"]) for r in
