@@ -112,7 +112,7 @@ bench-dii: $(STAMP) .venv-dadapy/bin/python
 # (the bench extra; 5 min, its own run is slow) and DADApy's DiffImbalance (1 min, after its
 # environment is built: 2 min the first time).
 test-references: $(STAMP) .venv-dadapy/bin/python
-	$(VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[bench,imnn-reference]'
 	$(VENV)/bin/python -m pytest -q -m reference
 
 bench-gaf: $(STAMP)

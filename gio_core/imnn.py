@@ -53,7 +53,9 @@ Example (the reference's tutorial: mean and variance of 10 Gaussian draws, det F
 """
 from __future__ import annotations
 
+import inspect
 import math
+import os
 from functools import partial
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -253,11 +255,10 @@ def as_optimiser(optimiser) -> Optimiser:
                                 f"{type(state).__name__}.")
             return state[0]
         return Optimiser(init, update, params)
-    if isinstance(optimiser, tuple) and len(optimiser) == 3 and all(map(callable, optimiser)):
-        return Optimiser(*optimiser)
-    raise TypeError("optimiser must be an optax GradientTransformation (optax.adam(1e-3)) or "
-                    "an (init, update, get_params) triple as jax.example_libraries.optimizers "
-                    f"gives; got {type(optimiser).__name__}.")
+    return Optimiser(*_functions(
+        "optimiser", optimiser, 3, (1, 3, 1),
+        "an optax GradientTransformation (optax.adam(1e-3)) or an (init(w), update(i, grad, "
+        "state), get_params(state)) triple as jax.example_libraries.optimizers gives"))
 
 
 def gaussian_simulator(key, θ, input_shape=(10,)):
@@ -389,13 +390,92 @@ def _bool(name, value) -> bool:
 
 
 def _shape(name, value):
-    if isinstance(value, (int, np.integer)):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-            for v in value):
+    """A tuple of positive ints, as the reference wants ``input_shape``: None is a ValueError,
+    anything that is not a tuple (a list, an int) a TypeError."""
+    if value is None:
+        raise ValueError(f"{name} is None; give the shape of one simulation, a tuple such as "
+                         "(10,).")
+    if not isinstance(value, tuple):
+        raise TypeError(f"{name} must be a tuple such as (10,); got {type(value).__name__} "
+                        f"{value!r}.")
+    if not value or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                            and v > 0 for v in value):
         raise TypeError(f"{name} must be a tuple of positive ints; got {value!r}.")
     return tuple(int(v) for v in value)
+
+
+def _array(name, value, shape) -> np.ndarray:
+    """A constructor's array argument, as the reference checks it: None is a ValueError,
+    anything but a NumPy or JAX array (a list, a tuple, a number) a TypeError, another shape
+    a ValueError; then :func:`check_array`."""
+    if value is None:
+        raise ValueError(f"{name} is None; give an array of shape {tuple(shape)}.")
+    if not isinstance(value, (np.ndarray, jax.Array)):
+        raise TypeError(f"{name} must be a NumPy or JAX array of shape {tuple(shape)} "
+                        f"(jnp.array(...)); got {type(value).__name__}.")
+    return check_array(name, value, shape)
+
+
+def _positional(function, count: int) -> bool:
+    """Whether ``function`` can be called with ``count`` positional arguments (True when its
+    signature cannot be read, as for some builtins)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _functions(name, value, count: int, calls: tuple[int, ...], form: str):
+    """A tuple of ``count`` functions, the i-th callable with ``calls[i]`` positional
+    arguments: None is a ValueError, a non-tuple or an element that is not a function a
+    TypeError, another length (a model) or an element taking other arguments a ValueError."""
+    if value is None:
+        raise ValueError(f"{name} is None; give {form}.")
+    if not isinstance(value, tuple):
+        raise TypeError(f"{name} must be {form}; got {type(value).__name__}.")
+    if len(value) != count:
+        raise (ValueError if name == "model" else TypeError)(
+            f"{name} must be {form}; got a tuple of {len(value)}.")
+    ordinals = ("first", "second", "third")
+    for i, (function, arguments) in enumerate(zip(value, calls, strict=True)):
+        if not callable(function):
+            raise TypeError(f"the {ordinals[i]} element of {name} must be a function; got "
+                            f"{type(function).__name__} ({form}).")
+        if not _positional(function, arguments):
+            raise ValueError(f"the {ordinals[i]} element of {name} must take {arguments} "
+                             f"argument(s) ({form}).")
+    return value
+
+
+def _simulator(simulator):
+    if simulator is None:
+        raise ValueError("simulator is None; give a function simulator(key, θ) -> simulation.")
+    if not callable(simulator):
+        raise TypeError("simulator must be a function simulator(key, θ) -> simulation; got "
+                        f"{type(simulator).__name__}.")
+    if not _positional(simulator, 2):
+        raise ValueError("simulator must take two arguments, a PRNG key and the parameters: "
+                         "simulator(key, θ) -> simulation.")
+    return simulator
+
+
+class _Default:
+    """A default that an explicit None must not be mistaken for."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self):
+        return self.text
+
+
+CPU = _Default("jax.devices('cpu')[0]")
+HOST_ONLY = _Default("[host]")
 
 
 def check_array(name, value, shape) -> np.ndarray:
@@ -435,6 +515,11 @@ def check_covariance(C, where: str = "the training simulations") -> None:
 # The class family
 # ---------------------------------------------------------------------------
 
+class SummariesNotImplemented(NotImplementedError, ValueError):
+    """The base class was fitted: a ``NotImplementedError`` that is also the reference's
+    ``ValueError``."""
+
+
 def _is_key(value) -> bool:
     try:
         arr = jnp.asarray(value) if not jax.dtypes.issubdtype(
@@ -467,14 +552,13 @@ class _IMNN:
             raise ValueError(f"n_s ({self.n_s}) must exceed n_summaries ({self.n_summaries}) "
                              "for the summaries' covariance to be invertible.")
         self.input_shape = _shape("input_shape", input_shape)
-        self.θ_fid = jnp.asarray(check_array("θ_fid", θ_fid, (self.n_params,)), jnp.float32)
+        self.θ_fid = jnp.asarray(_array("θ_fid", θ_fid, (self.n_params,)), jnp.float32)
         self.validate = False
         self.simulate = False
         self.F = self.invF = self.C = self.invC = self.μ = self.dμ_dθ = None
-        if not (isinstance(model, tuple) and len(model) == 2 and all(map(callable, model))):
-            raise TypeError("model must be an (init_fn, apply_fn) pair, as "
-                            "jax.example_libraries.stax.serial(...) returns.")
-        self._model_initialiser, self.model = model
+        self._model_initialiser, self.model = _functions(
+            "model", model, 2, (2, 2), "an (init_fn(key, input_shape), apply_fn(w, x)) pair, "
+            "as jax.example_libraries.stax.serial(...) returns")
         self._opt = as_optimiser(optimiser)
         if key_or_state is None:
             raise ValueError("key_or_state is None; give a PRNG key (jax.random.PRNGKey(0)) or "
@@ -505,7 +589,10 @@ class _IMNN:
     # -- where summaries come from ------------------------------------------------------------
     def get_summaries(self, w, key=None, validate=False):
         """``(x [n_s, n_summaries], dx [n_d, n_summaries, n_params])`` for the weights ``w``."""
-        raise NotImplementedError
+        raise SummariesNotImplemented(
+            f"{type(self).__name__} has no get_summaries: subclass it and say where the "
+            "summaries come from, or use one of the classes that do (GradientIMNN, "
+            "SimulatorIMNN, ...).")
 
     def _loss_and_gradient(self, w, λ, α, key):
         """The loss gradient with respect to ``w`` and the loss's terms (training set)."""
@@ -685,7 +772,9 @@ class _IMNN:
     def plot(self, ax=None, expected_detF=None, colour="C0", figsize=(5, 15), label="",
              filename=None, ncol=1):
         """Plot the fitting history: det F, det C and det C⁻¹, Λ2 and r (training solid,
-        validation dashed). Returns the axes; saves a PNG to ``filename`` when given."""
+        validation dashed). Returns the axes. With ``filename``, the figure is saved there, in
+        the format its extension names (``.png``, ``.pdf``), making missing folders; before
+        any fit the axes are empty."""
         return plot_history(self.history, ax=ax, expected_detF=expected_detF, colour=colour,
                             figsize=figsize, label=label, filename=filename, ncol=ncol)
 
@@ -718,7 +807,7 @@ def plot_history(history: dict, ax=None, expected_detF=None, colour="C0", figsiz
         ax = fig.subplots(3, 1, sharex=True)
         fig.subplots_adjust(hspace=0.05)
     fig = ax[0].figure
-    its = np.arange(len(history["detF"]))
+    its = np.arange(len(history.get("detF", ())))
     for prefix, style, suffix in (("", "-", ""), ("val_", "--", " (validation)")):
         if prefix + "detF" not in history:
             continue
@@ -737,6 +826,10 @@ def plot_history(history: dict, ax=None, expected_detF=None, colour="C0", figsiz
     ax[2].set_ylabel("Λ2 (r in orange)")
     ax[2].set_xlabel("iteration")
     if filename is not None:
+        folder = os.path.dirname(os.fspath(filename)) \
+            if isinstance(filename, (str, os.PathLike)) else ""
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         fig.savefig(filename, dpi=90, bbox_inches="tight")
     return ax
 
@@ -751,9 +844,7 @@ class SimulatorIMNN(_IMNN):
                  key_or_state, simulator):
         super().__init__(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
                          key_or_state)
-        if not callable(simulator):
-            raise TypeError("simulator must be a function simulator(key, θ) -> simulation.")
-        self.simulator = simulator
+        self.simulator = _simulator(simulator)
         self.simulate = True
 
     def get_summaries(self, w, key=None, validate=False):
@@ -771,17 +862,17 @@ class SimulatorIMNN(_IMNN):
 class _InMemory(_IMNN):
     def _set_data(self, fiducial, derivative, validation_fiducial, validation_derivative,
                   derivative_shape):
-        self.fiducial = jnp.asarray(check_array("fiducial", fiducial,
-                                                (self.n_s,) + self.input_shape))
-        self.derivative = jnp.asarray(check_array("derivative", derivative,
-                                                  (self.n_d,) + derivative_shape))
+        self.fiducial = jnp.asarray(_array("fiducial", fiducial,
+                                           (self.n_s,) + self.input_shape))
+        self.derivative = jnp.asarray(_array("derivative", derivative,
+                                             (self.n_d,) + derivative_shape))
         if (validation_fiducial is None) != (validation_derivative is None):
             raise ValueError("give both validation_fiducial and validation_derivative, or "
                              "neither.")
         if validation_fiducial is not None:
-            self.validation_fiducial = jnp.asarray(check_array(
+            self.validation_fiducial = jnp.asarray(_array(
                 "validation_fiducial", validation_fiducial, (self.n_s,) + self.input_shape))
-            self.validation_derivative = jnp.asarray(check_array(
+            self.validation_derivative = jnp.asarray(_array(
                 "validation_derivative", validation_derivative, (self.n_d,) + derivative_shape))
             self.validate = True
 
@@ -832,7 +923,7 @@ class NumericalGradientIMNN(_InMemory):
 
 
 def _steps(δθ, n_params):
-    steps = check_array("δθ", δθ, (n_params,)).astype(np.float32)
+    steps = _array("δθ", δθ, (n_params,)).astype(np.float32)
     if np.any(steps == 0):
         raise ValueError("δθ must be non-zero in every parameter (the finite-difference step).")
     return steps
@@ -853,11 +944,30 @@ class _Aggregated(_IMNN):
 
     _jittable = False
 
-    def _setup_devices(self, host, devices, n_per_device):
-        self.host = host if host is not None else jax.devices("cpu")[0]
-        self.devices = list(devices) if devices is not None else [self.host]
-        if not self.devices:
+    def _setup_devices(self, host=CPU, devices=HOST_ONLY, n_per_device=100):
+        """``host`` a jax device (default the first CPU), ``devices`` a non-empty list of jax
+        devices (default ``[host]``): None is a ValueError, another kind a TypeError, as in
+        the reference."""
+        if host is CPU:
+            host = jax.devices("cpu")[0]
+        if host is None:
+            raise ValueError("host is None; give a jax device, e.g. jax.devices('cpu')[0].")
+        if not isinstance(host, jax.Device):
+            raise TypeError(f"host must be a jax device, e.g. jax.devices('cpu')[0]; got "
+                            f"{type(host).__name__}.")
+        if devices is HOST_ONLY:
+            devices = [host]
+        if devices is None:
+            raise ValueError("devices is None; give a list of jax devices, e.g. jax.devices().")
+        if not isinstance(devices, list):
+            raise TypeError(f"devices must be a list of jax devices, e.g. jax.devices(); got "
+                            f"{type(devices).__name__}.")
+        if not devices:
             raise ValueError("devices is empty: give at least one jax device.")
+        if not all(isinstance(d, jax.Device) for d in devices):
+            raise TypeError("every element of devices must be a jax device; got "
+                            f"{[type(d).__name__ for d in devices]}.")
+        self.host, self.devices = host, list(devices)
         self.n_devices = len(self.devices)
         self.n_per_device = _int("n_per_device", n_per_device)
         δθ = getattr(self, "δθ", None)
@@ -985,20 +1095,32 @@ class _AggregatedArrays(_Aggregated, _InMemory):
             yield Batch(fiducial[start:min(start + size, self.n_s)])
 
 
+def _dataset_hints(prefetch, cache):
+    """The reference's TensorFlow dataset hints for aggregated arrays, checked as it checks
+    them (``prefetch`` None or an int such as ``tf.data.AUTOTUNE``, ``cache`` a bool) and kept
+    unused: the batches here are slices of host arrays, with nothing to prefetch or cache."""
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)):
+        raise TypeError(f"prefetch must be None or an int (tf.data.AUTOTUNE); got "
+                        f"{type(prefetch).__name__}.")
+    return prefetch, _bool("cache", cache)
+
+
 class AggregatedGradientIMNN(_AggregatedArrays):
     """:class:`GradientIMNN` whose summaries and gradients are computed ``n_per_device``
     simulations at a time on ``devices`` (round robin) and summed on ``host``: for simulation
     sets or networks too large for one device. A last, smaller batch is allowed."""
 
     def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, host=None, devices=None, n_per_device=100,
-                 validation_fiducial=None, validation_derivative=None):
+                 key_or_state, fiducial, derivative, host=CPU, devices=HOST_ONLY,
+                 n_per_device=100, validation_fiducial=None, validation_derivative=None,
+                 prefetch=None, cache=False):
         _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
                        optimiser, key_or_state)
         self._set_data(fiducial, derivative, validation_fiducial, validation_derivative,
                        self.input_shape + (self.n_params,))
         self._to_host()
         self._setup_devices(host, devices, n_per_device)
+        self.prefetch, self.cache = _dataset_hints(prefetch, cache)
 
 
 class AggregatedNumericalGradientIMNN(_AggregatedArrays):
@@ -1007,8 +1129,9 @@ class AggregatedNumericalGradientIMNN(_AggregatedArrays):
     _mode = "numerical"
 
     def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, fiducial, derivative, δθ, host=None, devices=None,
-                 n_per_device=100, validation_fiducial=None, validation_derivative=None):
+                 key_or_state, fiducial, derivative, δθ, host=CPU, devices=HOST_ONLY,
+                 n_per_device=100, validation_fiducial=None, validation_derivative=None,
+                 prefetch=None, cache=False):
         _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
                        optimiser, key_or_state)
         self.δθ = jnp.asarray(_steps(δθ, self.n_params))
@@ -1016,6 +1139,7 @@ class AggregatedNumericalGradientIMNN(_AggregatedArrays):
                        (2, self.n_params) + self.input_shape)
         self._to_host()
         self._setup_devices(host, devices, n_per_device)
+        self.prefetch, self.cache = _dataset_hints(prefetch, cache)
 
 
 class AggregatedSimulatorIMNN(_Aggregated):
@@ -1026,12 +1150,10 @@ class AggregatedSimulatorIMNN(_Aggregated):
     ``n_d`` with derivatives), and so are its gradients, up to float rounding."""
 
     def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, simulator, host=None, devices=None, n_per_device=100):
+                 key_or_state, simulator, host=CPU, devices=HOST_ONLY, n_per_device=100):
         _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
                        optimiser, key_or_state)
-        if not callable(simulator):
-            raise TypeError("simulator must be a function simulator(key, θ) -> simulation.")
-        self.simulator = simulator
+        self.simulator = _simulator(simulator)
         self.simulate = True
         self._setup_devices(host, devices, n_per_device)
         self._key = None
@@ -1093,24 +1215,31 @@ class _Dataset(_Aggregated):
         self._rest_batches = (self.n_s - self.n_d) // per_pass
         self._derivative_shape = derivative_shape
 
-        def sources(name, value, needed):
-            if value is None:
-                value = []
-            value = list(value)
-            if needed and len(value) != self.n_devices:
-                raise ValueError(f"{name} must hold one batch source per device "
-                                 f"({self.n_devices}); got {len(value)}.")
-            return value
-        self.main = sources("main", main, self._main_batches)
-        self.remaining = sources("remaining", remaining, self._rest_batches)
+        self.main = self._sources("main", main, self._main_batches)
+        self.remaining = self._sources("remaining", remaining, self._rest_batches)
         if validation_main is None and validation_remaining is not None:
             raise ValueError("validation_remaining is given without validation_main.")
         if validation_main is not None:
-            self.validation_main = sources("validation_main", validation_main,
-                                           self._main_batches)
-            self.validation_remaining = sources("validation_remaining", validation_remaining,
-                                                self._rest_batches)
+            self.validation_main = self._sources("validation_main", validation_main,
+                                                 self._main_batches)
+            self.validation_remaining = self._sources(
+                "validation_remaining", validation_remaining, self._rest_batches)
             self.validate = True
+
+    def _sources(self, name, value, needed):
+        """A list with one batch source per device (an empty list where no batch is needed):
+        None is a ValueError, anything but a list a TypeError, as the reference has it."""
+        if value is None:
+            raise ValueError(f"{name} is None; give a list with one batch source per device "
+                             f"({self.n_devices}).")
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list with one batch source per device "
+                            f"({self.n_devices}), e.g. [dataset.repeat().as_numpy_iterator()]; "
+                            f"got {type(value).__name__}.")
+        if (needed or value) and len(value) != self.n_devices:
+            raise ValueError(f"{name} must hold one batch source per device "
+                             f"({self.n_devices}); got {len(value)}.")
+        return list(value)
 
     def batches(self, validate):
         main = self.validation_main if validate else self.main
@@ -1125,6 +1254,26 @@ class _Dataset(_Aggregated):
         for device, source in enumerate(rest if self._rest_batches else []):
             for j, fid in enumerate(_take(source, self._rest_batches)):
                 yield Batch(check_array(f"remaining[{device}] batch {j}", fid, shape))
+
+
+class _Rows:
+    """Rows pulled from a stream of batches, ``take(k)`` at a time whatever the batches'
+    sizes; at most one batch is held beyond what was taken."""
+
+    def __init__(self, batches: Iterable):
+        self._batches = iter(batches)
+        self._held: list = []
+        self._count = 0
+
+    def take(self, k: int):
+        while self._count < k:
+            batch = next(self._batches)
+            self._held.append(batch)
+            self._count += len(batch)
+        rows = np.concatenate(self._held) if len(self._held) > 1 else self._held[0]
+        self._held = [rows[k:]] if len(rows) > k else []
+        self._count = len(rows) - k
+        return rows[:k]
 
 
 def _take(source, count):
@@ -1142,7 +1291,7 @@ class DatasetGradientIMNN(_Dataset):
     :class:`_Dataset`): the whole set never needs to be in memory."""
 
     def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, host, devices, n_per_device, main, remaining=None,
+                 key_or_state, host, devices, n_per_device, main, remaining,
                  validation_main=None, validation_remaining=None):
         _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
                        optimiser, key_or_state)
@@ -1152,20 +1301,90 @@ class DatasetGradientIMNN(_Dataset):
 
 
 class DatasetNumericalGradientIMNN(_Dataset):
-    """:class:`AggregatedNumericalGradientIMNN` reading batch sources; main batches are
+    """:class:`AggregatedNumericalGradientIMNN` reading batch sources, in the reference's form:
+    ``fiducial`` one source per device of ``[n_per_device, *input_shape]`` batches (all
+    ``n_s`` fiducial simulations, the first ``n_d`` being those with derivatives), and
+    ``derivative`` one source per device of ``[n_per_device, *input_shape]`` batches of the
+    derivative simulations laid out ``[n_d, 2, n_params, *input_shape]`` and flattened over
+    its first three axes (the seeds of the first ``n_d`` fiducial simulations at
+    ``θ_fid ∓ δθ/2`` in each parameter, as :class:`NumericalGradientIMNN`). ``n_s`` and
+    ``2 n_params n_d`` must be multiples of ``n_devices x n_per_device``. A pass reads
+    ``n_s / (n_devices n_per_device)`` fiducial and ``2 n_params n_d / (n_devices
+    n_per_device)`` derivative batches from each device's source, device after device.
+
+    Instead of ``fiducial`` and ``derivative``, ``main`` and ``remaining`` sources as
+    :class:`DatasetGradientIMNN` reads them are taken too, main batches being
     ``(fiducial, derivative [n_per_device, 2, n_params, *input_shape])``."""
 
     _mode = "numerical"
 
     def __init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
-                 key_or_state, δθ, host, devices, n_per_device, main, remaining=None,
+                 key_or_state, fiducial=None, derivative=None, δθ=None, host=CPU,
+                 devices=HOST_ONLY, n_per_device=100, validation_fiducial=None,
+                 validation_derivative=None, *, main=None, remaining=None,
                  validation_main=None, validation_remaining=None):
         _IMNN.__init__(self, n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model,
                        optimiser, key_or_state)
         self.δθ = jnp.asarray(_steps(δθ, self.n_params))
         self._setup_devices(host, devices, n_per_device)
-        self._set_sources(main, remaining, validation_main, validation_remaining,
-                          (2, self.n_params) + self.input_shape)
+        shape = (2, self.n_params) + self.input_shape
+        self._flat = main is None and remaining is None
+        extra = _given(fiducial=fiducial, derivative=derivative,
+                       validation_fiducial=validation_fiducial,
+                       validation_derivative=validation_derivative) if not self._flat else \
+            _given(validation_main=validation_main, validation_remaining=validation_remaining)
+        if extra:
+            raise ValueError(f"{', '.join(extra)} given with "
+                             f"{'fiducial and derivative' if self._flat else 'main and remaining'}"
+                             ": give fiducial and derivative sources (and their validation "
+                             "pair), or main and remaining (and theirs), not both.")
+        if not self._flat:
+            self._set_sources(main, remaining, validation_main, validation_remaining, shape)
+            return
+        per_pass = self.n_devices * self.n_per_device
+        flat = 2 * self.n_params * self.n_d
+        for name, count in (("n_s", self.n_s), ("2 n_params n_d", flat)):
+            if count % per_pass:
+                raise ValueError(f"{name} ({count}) is not a multiple of n_devices x "
+                                 f"n_per_device ({self.n_devices} x {self.n_per_device}); the "
+                                 "datasets' batches must divide the simulations evenly.")
+        self._fiducial_batches, self._derivative_batches = self.n_s // per_pass, flat // per_pass
+        self.fiducial = self._sources("fiducial", fiducial, True)
+        self.derivative = self._sources("derivative", derivative, True)
+        _both_or_neither("validation_fiducial", validation_fiducial, "validation_derivative",
+                         validation_derivative)
+        if validation_fiducial is not None:
+            self.validation_fiducial = self._sources("validation_fiducial",
+                                                     validation_fiducial, True)
+            self.validation_derivative = self._sources("validation_derivative",
+                                                       validation_derivative, True)
+            self.validate = True
+
+    def batches(self, validate):
+        if not self._flat:
+            yield from super().batches(validate)
+            return
+        shape = (self.n_per_device,) + self.input_shape
+
+        def rows(sources, count, name):
+            for device, source in enumerate(sources):
+                for j, batch in enumerate(_take(source, count)):
+                    yield check_array(f"{name}[{device}] batch {j}", batch, shape)
+        prefix = "validation_" if validate else ""
+        fiducial = _Rows(rows(getattr(self, prefix + "fiducial"), self._fiducial_batches,
+                              prefix + "fiducial"))
+        derivative = _Rows(rows(getattr(self, prefix + "derivative"),
+                                self._derivative_batches, prefix + "derivative"))
+        size, done = self.n_per_device, 0
+        while done < self.n_d:
+            k = min(size, self.n_d - done)
+            yield Batch(fiducial.take(k), derivative.take(2 * self.n_params * k).reshape(
+                (k, 2, self.n_params) + self.input_shape))
+            done += k
+        while done < self.n_s:
+            k = min(size, self.n_s - done)
+            yield Batch(fiducial.take(k))
+            done += k
 
 
 # -- the reference's IMNN(...): the class chosen from the arguments given ---------------------
@@ -1178,6 +1397,47 @@ def _both_or_neither(a: str, a_value, b: str, b_value) -> None:
     if (a_value is None) != (b_value is None):
         have, lack = (a, b) if a_value is not None else (b, a)
         raise ValueError(f"{have} is given without {lack}; give both or neither.")
+
+
+def _validation_sources(validation_fiducial, validation_derivative) -> dict:
+    return {k: v for k, v in (("validation_fiducial", validation_fiducial),
+                              ("validation_derivative", validation_derivative))
+            if v is not None}
+
+
+def _arrays_or_lists(simulator, fiducial, derivative, δθ, validation_fiducial,
+                     validation_derivative, aggregate, cache, prefetch, sources) -> None:
+    """The reference's first checks of ``fiducial`` and ``derivative``, in its order: arrays
+    and lists of batch sources not mixed (TypeError), validation sets given in pairs with
+    ``δθ`` (ValueError), lists only with ``δθ`` and the devices (TypeError)."""
+    if fiducial is None or derivative is None or simulator is not None:
+        return
+    if not aggregate and (cache is not None or prefetch is not None):
+        return
+    lists = [isinstance(fiducial, list), isinstance(derivative, list)]
+    if any(lists) and not all(lists):
+        raise TypeError("fiducial and derivative must both be lists (of batch sources, one per "
+                        "device) or both arrays.")
+    if δθ is not None:
+        _both_or_neither("validation_fiducial", validation_fiducial, "validation_derivative",
+                         validation_derivative)
+    if all(lists) and δθ is None:
+        raise TypeError("fiducial and derivative are lists but δθ is not given: lists of batch "
+                        "sources are for finite differences (with δθ); for simulations with "
+                        "their derivatives from datasets, give main and remaining instead.")
+    if all(lists) and not aggregate:
+        raise TypeError("fiducial and derivative as lists of batch sources need host, devices "
+                        "and n_per_device (the batches each device reads).")
+    if validation_fiducial is None or validation_derivative is None:
+        return
+    every = lists + [isinstance(validation_fiducial, list),
+                     isinstance(validation_derivative, list)]
+    if any(every) and not all(every):
+        if sources:
+            raise ValueError(f"{', '.join(sources)} given with fiducial and derivative: give one "
+                             "source of simulations only.")
+        raise TypeError("fiducial, derivative, validation_fiducial and validation_derivative "
+                        "must all be lists (of batch sources) or all arrays.")
 
 
 def _derivative_shape(name: str, value, expected: tuple, hint: str) -> None:
@@ -1210,14 +1470,20 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
     arrays: accepted there (and nowhere else, as the reference) and unused, since no TensorFlow
     dataset is built here. ``verbose`` prints the class chosen. Misuse raises what the
     reference raises (``ValueError`` for a missing or extra argument or a wrong shape,
-    ``TypeError`` for a wrong kind), with messages of our own. Not built: ``fiducial`` and
-    ``derivative`` given as lists of dataset iterators with ``δθ`` (the reference's
-    ``DatasetNumericalGradientIMNN`` form; here that class reads ``main``/``remaining``
-    sources): ``NotImplementedError``.
+    ``TypeError`` for a wrong kind), with messages of our own. ``fiducial`` and
+    ``derivative`` given as lists of batch sources with ``δθ`` build
+    :class:`DatasetNumericalGradientIMNN`, as in the reference.
     """
     common = dict(n_s=n_s, n_d=n_d, n_params=n_params, n_summaries=n_summaries,
                   input_shape=input_shape, θ_fid=θ_fid, model=model, optimiser=optimiser,
                   key_or_state=key_or_state)
+    keras = [name for name, value in (("model", model), ("optimiser", optimiser))
+             if type(value).__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras")]
+    if keras:
+        raise ValueError(f"{' and '.join(keras)} from Keras: gio_core.imnn is the JAX IMNN; give "
+                         "a stax (init_fn, apply_fn) pair and an optax or "
+                         "jax.example_libraries optimiser (the reference's TensorFlow IMNN is "
+                         "not part of gio-spark).")
     spread = _given(host=host, devices=devices, n_per_device=n_per_device)
     if spread and len(spread) < 3:
         lacking = [n for n in ("host", "devices", "n_per_device") if n not in spread]
@@ -1227,6 +1493,10 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
     aggregate = bool(spread)
     if aggregate:
         common.update(host=host, devices=devices, n_per_device=n_per_device)
+    _arrays_or_lists(simulator, fiducial, derivative, δθ, validation_fiducial,
+                     validation_derivative, aggregate, cache, prefetch,
+                     _given(main=main, remaining=remaining, validation_main=validation_main,
+                            validation_remaining=validation_remaining))
     sources = {"simulator": _given(simulator=simulator),
                "arrays": _given(fiducial=fiducial, derivative=derivative),
                "datasets": _given(main=main, remaining=remaining)}
@@ -1271,14 +1541,14 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
             raise ValueError(f"{', '.join(extra)} given with main and remaining: those hold "
                              "simulations with their derivatives (validate with "
                              "validation_main and validation_remaining); leave them out, or, "
-                             "for finite differences from batch sources, build "
-                             "DatasetNumericalGradientIMNN(..., δθ, main=..., remaining=...) "
-                             "directly.")
+                             "for finite differences from batch sources, give fiducial and "
+                             "derivative lists with δθ, or build "
+                             "DatasetNumericalGradientIMNN(..., δθ=δθ, main=..., "
+                             "remaining=...) directly.")
         if not aggregate:
             raise ValueError("main and remaining need host, devices and n_per_device (the "
                              "batches each device reads).")
-        # (δθ with main and remaining is refused above, as the reference refuses it; for
-        # finite differences from batch sources build DatasetNumericalGradientIMNN directly)
+        # (δθ with main and remaining is refused above, as the reference refuses it)
         return chosen(DatasetGradientIMNN, main=main, remaining=remaining,
                       validation_main=validation_main,
                       validation_remaining=validation_remaining)
@@ -1302,14 +1572,15 @@ def IMNN(n_s, n_d, n_params, n_summaries, input_shape, θ_fid, model, optimiser,
             raise TypeError(f"{a} and {b} must both be lists (of dataset iterators) or both "
                             "arrays.")
     if isinstance(fiducial, list):
+        if hints:
+            raise ValueError(f"{' and '.join(hints)} apply only to fiducial and derivative "
+                             "arrays, not to lists of batch sources; leave them out.")
         if δθ is None:
             raise TypeError("fiducial and derivative are lists but δθ is not given: for "
                             "simulations with their derivatives from datasets, give main and "
                             "remaining instead.")
-        raise NotImplementedError(
-            "fiducial and derivative as lists of dataset iterators with δθ are not supported "
-            "here; build DatasetNumericalGradientIMNN(..., δθ, host, devices, n_per_device, "
-            "main=[...], remaining=[...]) directly (main: (fiducial, derivative) batches).")
+        return chosen(DatasetNumericalGradientIMNN, fiducial=fiducial, derivative=derivative,
+                      δθ=δθ, **_validation_sources(validation_fiducial, validation_derivative))
     n_d_checked = _int("n_d", n_d, 1)
     shape = _shape("input_shape", input_shape)
     params = _int("n_params", n_params)

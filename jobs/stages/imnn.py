@@ -397,7 +397,7 @@ def _imnn_classes():
                 jax.random.PRNGKey(m.seed))
             if layout.mode == "numerical":
                 self.δθ = jnp.asarray(m.delta_theta, jnp.float32)
-            self._setup_devices(None, None, m.batch_size)
+            self._setup_devices(n_per_device=m.batch_size)
             self.validate = layout.validation
             self.layout = layout
             self.spec = spec

@@ -101,6 +101,27 @@ def test_aggregated_gradient_equals_the_full_batch_one(mode):
     assert relative(g_full, g_agg) < 1e-5
     assert float(t_full.loss) == pytest.approx(float(t_agg.loss), rel=1e-5)
     assert np.linalg.norm(flat(g_full)) > 0
+    if mode == "numerical":
+        # The reference's dataset form: fiducial batches of all n_s, and the derivative
+        # simulations flattened over (n_d, 2, n_params), 20 rows a batch (5 simulations),
+        # read from endless iterators: the same gradient.
+        import itertools
+        per = 20
+
+        def source(rows):
+            return [itertools.cycle([np.asarray(rows[i:i + per])
+                                     for i in range(0, len(rows), per)])]
+        ds = I.DatasetNumericalGradientIMNN(
+            **common(n_s, n_d, hidden=(16, 16)), fiducial=source(fid),
+            derivative=source(der.reshape((-1, 10))), δθ=δθ, host=jax.devices("cpu")[0],
+            devices=jax.devices("cpu")[:1], n_per_device=per)
+        g_ds, t_ds = ds._loss_and_gradient(ds.w, λ, α, None)
+        assert relative(g_full, g_ds) < 1e-5
+        assert float(t_ds.loss) == pytest.approx(float(t_full.loss), rel=1e-5)
+        with pytest.raises(ValueError, match=r"2 n_params n_d \(240\) is not a multiple"):
+            I.DatasetNumericalGradientIMNN(
+                **common(n_s, n_d, hidden=(16, 16)), fiducial=source(fid),
+                derivative=source(der.reshape((-1, 10))), δθ=δθ, n_per_device=50)
 
 
 def test_dataset_variant_matches_the_aggregated_one():
@@ -134,7 +155,8 @@ def test_dataset_variant_matches_the_aggregated_one():
     ds.fit(λ, ϵ, patience=5, min_iterations=0, max_iterations=6)
     assert ds.history["val_detF"] == pytest.approx(agg.history["val_detF"], rel=1e-4)
     with pytest.raises(ValueError, match="multiple of n_devices x n_per_device"):
-        I.DatasetGradientIMNN(**common(n_s, n_d), host=None, devices=devices, n_per_device=30,
+        I.DatasetGradientIMNN(**common(n_s, n_d), host=devices[0], devices=devices,
+                              n_per_device=30,
                               main=main(""), remaining=rest(""))
 
 
@@ -210,6 +232,18 @@ def test_weights_roundtrip_and_estimator(fitted):
     (dict(n_s=2), ValueError, r"n_s \(2\) must exceed n_summaries"),
     (dict(θ_fid=jnp.zeros(3)), ValueError, r"θ_fid has shape \(3,\); expected \(2,\)"),
     (dict(optimiser="adam"), TypeError, "optimiser must be an optax"),
+    (dict(optimiser=None), ValueError, "optimiser is None"),
+    (dict(optimiser=(1, 2)), TypeError, "optimiser must be an optax .* a tuple of 2"),
+    (dict(optimiser=(len, len, len)), ValueError, "second element of optimiser must take 3"),
+    (dict(model=None), ValueError, "model is None"),
+    (dict(model=(len,)), ValueError, "model must be an .* a tuple of 1"),
+    (dict(model=(lambda key, shape: None, 0)), TypeError,
+     "second element of model must be a function"),
+    (dict(model=(len, len)), ValueError, "first element of model must take 2 argument"),
+    (dict(input_shape=[10]), TypeError, "input_shape must be a tuple such as"),
+    (dict(input_shape=None), ValueError, "input_shape is None"),
+    (dict(θ_fid=[0.0, 1.0]), TypeError, "θ_fid must be a NumPy or JAX array"),
+    (dict(fiducial=[[0.0] * 10] * 100), TypeError, "fiducial must be a NumPy or JAX array"),
     (dict(validation_fiducial=np.zeros((100, 10)), validation_derivative=None), ValueError,
      "give both validation_fiducial"),
 ])
@@ -369,7 +403,8 @@ def test_the_imnn_function_builds_the_class_its_arguments_call_for(sims, capsys)
     (dict(simulator=_simulator, cache=True), ValueError, "cache apply only to aggregated"),
     (dict(fiducial=[1], derivative=2), TypeError, "both be lists"),
     (dict(fiducial=[1], derivative=[2]), TypeError, "δθ is not given"),
-    (dict(fiducial=[1], derivative=[2], δθ=1.0), NotImplementedError, "main=\\[...\\]"),
+    (dict(fiducial=[1], derivative=[2], δθ=1.0), TypeError,
+     "need host, devices and n_per_device"),
     (dict(fiducial="F", derivative="D"), TypeError, "derivative must be an array"),
     (dict(fiducial="F", derivative=np.zeros((100, 10, 3))), ValueError,
      r"derivative has shape \(100, 10, 3\); expected \(100, 10, 2\)"),
