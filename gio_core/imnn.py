@@ -1647,4 +1647,5 @@ def weights_from_bytes(data: bytes, template):
 
 # The reference's imnn.lfi (its Gaussian approximation), importable from here as from there.
 from gio_core.imnn_lfi import (ApproximateBayesianComputation,  # noqa: E402,F401
-                               GaussianApproximation, LikelihoodFreeInference)
+                               GaussianApproximation, LikelihoodFreeInference,
+                               PopulationMonteCarlo)

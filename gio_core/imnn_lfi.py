@@ -24,8 +24,9 @@ gridsize[i]]``, the density of parameter ``i``; ``marginals[i][j]`` for ``j < i`
 
 The prior is any object with ``low`` and ``high`` (one bound per parameter), such as the
 reference's ``tfpd.Uniform``-based priors; ``event_shape`` is read where it has one; ABC also
-draws from it with ``prior.sample(n, seed=key)`` (TensorFlow Probability's signature). The
-reference's ``PopulationMonteCarlo`` is not here.
+draws from it with ``prior.sample(n, seed=key)`` (TensorFlow Probability's signature).
+* :class:`PopulationMonteCarlo`: ABC whose population of nearest simulations is moved, round
+  after round, towards each target (the prior's ``prob`` weighs it where the prior has one).
 """
 from __future__ import annotations
 
@@ -435,3 +436,190 @@ class ApproximateBayesianComputation(LikelihoodFreeInference):
     def set_marginals(self, accepted_parameters=None, ranges=None, gridsize=None,
                       smoothing=None) -> None:
         self.marginals = self.get_marginals(accepted_parameters, ranges, gridsize, smoothing)
+
+
+class PopulationMonteCarlo(ApproximateBayesianComputation):
+    """Population Monte Carlo ABC (the reference's ``imnn.lfi.PopulationMonteCarlo`` call):
+    start from the ``n_points`` simulations closest to each target, then move the farthest of
+    them, each to a proposal drawn around it from a Gaussian with the population's weighted
+    covariance (truncated to the prior's ``low``-``high`` box), kept when its simulation lands
+    closer to the target; until the share of proposals kept falls to ``acceptance_ratio`` or
+    ``max_iteration`` rounds ran. Every target has its own population.
+
+    After a call, ``parameters.all`` / ``summaries.all`` are ``[n_targets, n_points, ...]``,
+    ``distances.all`` ``[n_targets, n_points]``, all of them accepted, and ``marginals`` their
+    histograms; ``acceptance_reached``, ``iterations`` and ``total_draws`` say, per target,
+    how the moving went.
+
+    Two differences from the reference, whose own docstring warns of a bug in this class: the
+    proposal's covariance is the population's weighted covariance about its weighted mean (the
+    reference used the second moment about zero, so a population far from the origin proposed
+    far too widely), and the importance weight of a point is its prior density over the
+    population's mixture density at that point (the reference evaluated each Gaussian at its
+    own centre, the same value for every point)."""
+
+    def __init__(self, target_data, prior, simulator, compressor, F=None,  # noqa: N803
+                 gridsize=100, distance_measure=None):
+        super().__init__(target_data=target_data, prior=prior, simulator=simulator,
+                         compressor=compressor, gridsize=gridsize, F=F,
+                         distance_measure=distance_measure)
+        self.low = np.array([r[0] for r in self.ranges])
+        self.high = np.array([r[-1] for r in self.ranges])
+        self.weighting = None
+        self.acceptance_reached = np.zeros(self.n_targets)
+        self.iterations = np.zeros(self.n_targets, np.int32)
+        self.total_draws = np.zeros(self.n_targets, np.int32)
+
+    def _density(self, parameters) -> np.ndarray:
+        """The prior's density at ``parameters`` ``[n, n_params]`` (its ``prob``; a prior
+        without one is taken as uniform on its box)."""
+        if hasattr(self.prior, "prob"):
+            return np.asarray(self.prior.prob(parameters), np.float64).reshape(-1)
+        inside = np.all((parameters >= self.low) & (parameters <= self.high), axis=-1)
+        return inside.astype(np.float64)
+
+    def _proposals(self, rng, centres, chol, max_samples: int) -> np.ndarray:
+        """One draw around each centre from N(centre, chol cholᵀ), redrawn until it lies in
+        the prior's box (NaN after ``max_samples`` tries)."""
+        out = np.full(centres.shape, np.nan)
+        missing = np.arange(len(centres))
+        for _ in range(max_samples):
+            if not len(missing):
+                break
+            rng, key = jax.random.split(rng)
+            noise = np.asarray(jax.random.normal(key, (len(missing), self.n_params)),
+                               np.float64)
+            drawn = centres[missing] + noise @ chol.T
+            inside = np.all((drawn >= self.low) & (drawn <= self.high), axis=1)
+            out[missing[inside]] = drawn[inside]
+            missing = missing[~inside]
+        return out
+
+    def _simulate(self, rng, parameters) -> np.ndarray:
+        return np.asarray(self.compressor(self.simulator(rng, parameters)), np.float64)
+
+    def move_samples(self, rng, samples, summaries, distances, weighting, target, F,
+                     ϵ_ind=-1, acceptance_ratio=0.1, max_iteration=10, max_acceptance=1,
+                     max_samples=int(1e5), n_parallel_simulations=None):
+        """One target's population moved (see the class): returns the population
+        ``(samples, summaries, distances, weighting)`` sorted by distance, the share of
+        proposals kept in the last round, the rounds run and the proposals drawn."""
+        per_point = n_parallel_simulations or 1
+        reached, rounds, draws = np.inf, 0, 0
+        while reached > acceptance_ratio and rounds < max_iteration:
+            w = weighting / weighting.sum()
+            mean = w @ samples
+            centred = samples - mean
+            cov = (centred * w[:, None]).T @ centred / max(1.0 - np.sum(w ** 2), 1e-12)
+            chol = np.linalg.cholesky(cov + 1e-12 * np.eye(self.n_params) * np.trace(cov))
+            moving = np.arange(len(samples))[ϵ_ind:]
+            settled = np.zeros(len(moving), bool)
+            tried = kept = 0
+            for _ in range(max_acceptance):
+                open_ = moving[~settled]
+                if not len(open_):
+                    break
+                rng, k_draw, k_sim = jax.random.split(rng, 3)
+                centres = np.repeat(samples[open_], per_point, axis=0)
+                proposed = self._proposals(k_draw, centres, chol, max_samples)
+                usable = ~np.isnan(proposed).any(axis=1)
+                proposed_summaries = np.full((len(proposed), summaries.shape[1]), np.nan)
+                if usable.any():
+                    proposed_summaries[usable] = self._simulate(k_sim, proposed[usable])
+                found = np.full(len(proposed), np.inf)
+                if usable.any():
+                    found[usable] = np.asarray(self.distance_measure(
+                        proposed_summaries[usable], target, F), np.float64)
+                tried += int(usable.sum())
+                found = found.reshape(len(open_), per_point)
+                best = np.argmin(found, axis=1)
+                nearest = found[np.arange(len(open_)), best]
+                closer = nearest < distances[open_]
+                pick = np.arange(len(open_)) * per_point + best
+                samples[open_[closer]] = proposed[pick[closer]]
+                summaries[open_[closer]] = proposed_summaries[pick[closer]]
+                distances[open_[closer]] = nearest[closer]
+                settled[np.flatnonzero(~settled)[closer]] = True
+                kept += int(closer.sum())
+            inverse = np.linalg.inv(cov)
+            norm = 1.0 / np.sqrt((2 * np.pi) ** self.n_params * np.linalg.det(cov))
+            gaps = samples[:, None, :] - samples[None, :, :]
+            kernel = norm * np.exp(-0.5 * np.einsum("ijk,kl,ijl->ij", gaps, inverse, gaps))
+            weighting = self._density(samples) / np.maximum(kernel @ w, 1e-300)
+            order = np.argsort(distances, kind="stable")
+            samples, summaries = samples[order], summaries[order]
+            distances, weighting = distances[order], weighting[order]
+            reached = kept / tried if tried else 0.0
+            rounds += 1
+            draws += tried
+        return samples, summaries, distances, weighting, reached, rounds, draws
+
+    def __call__(self, rng, n_points, percentile=None, acceptance_ratio=0.1, max_iteration=10,
+                 max_acceptance=1, max_samples=int(1e5), n_initial_points=None,
+                 n_parallel_simulations=None, proposed=None, summaries=None, distances=None,
+                 smoothing=None, replace=False):
+        """Run the population Monte Carlo for ``n_points`` points a target: on
+        ``n_initial_points`` fresh simulations from the prior, or on ``proposed`` and
+        ``summaries`` made elsewhere (``distances`` optional), or on those kept from before.
+        ``percentile`` (0-100): the points beyond it are moved each round (None: the farthest
+        one only); ``max_acceptance`` tries per point and round, each of
+        ``n_parallel_simulations`` simulations (the closest counts); ``max_samples`` draws to
+        land a proposal in the prior's box."""
+        if n_initial_points is not None:
+            if n_initial_points < n_points:
+                raise ValueError(f"n_initial_points ({n_initial_points}) must be at least "
+                                 f"n_points ({n_points}): the population is chosen from them.")
+            rng, key = jax.random.split(rng)
+            proposed, summaries = self.get_samples(key, n_initial_points)
+            distances = self._distances(summaries)
+        elif proposed is not None and summaries is not None:
+            proposed, summaries = np.asarray(proposed), np.asarray(summaries)
+            distances = self._distances(summaries) if distances is None \
+                else np.asarray(distances)
+        elif self.parameters.all is not None and not replace:
+            proposed = self.parameters.all.reshape((-1, self.n_params))
+            summaries = self.summaries.all.reshape((-1, self.n_summaries))
+            distances = self._distances(summaries)
+        else:
+            raise ValueError("give proposed and summaries (and optionally distances) or "
+                             "n_initial_points: the population Monte Carlo has no simulations "
+                             "to start from yet.")
+        proposed = np.asarray(proposed, np.float64).reshape((-1, self.n_params))
+        summaries = np.asarray(summaries, np.float64).reshape((-1, self.n_summaries))
+        distances = np.asarray(distances, np.float64).reshape((self.n_targets, -1))
+        if len(proposed) < n_points:
+            raise ValueError(f"{len(proposed)} simulations to start from, fewer than n_points "
+                             f"({n_points}).")
+        ϵ_ind = -1 if percentile is None else int(percentile / 100 * n_points)
+        populations = []
+        for t in range(self.n_targets):
+            rng, key = jax.random.split(rng)
+            closest = np.argsort(distances[t], kind="stable")[:n_points]
+            samples = proposed[closest].copy()
+            populations.append(self.move_samples(
+                key, samples, summaries[closest].copy(), distances[t, closest].copy(),
+                self._density(samples), self.target_summaries[t], self.F[t], ϵ_ind=ϵ_ind,
+                acceptance_ratio=acceptance_ratio, max_iteration=max_iteration,
+                max_acceptance=max_acceptance, max_samples=max_samples,
+                n_parallel_simulations=n_parallel_simulations))
+        self.acceptance_reached = np.array([p[4] for p in populations])
+        self.iterations = np.array([p[5] for p in populations], np.int32)
+        self.total_draws = np.array([p[6] for p in populations], np.int32)
+        self.parameters.all = np.stack([p[0] for p in populations])
+        self.summaries.all = np.stack([p[1] for p in populations])
+        self.distances.all = np.stack([p[2] for p in populations])
+        self.weighting = np.stack([p[3] for p in populations])
+        self.parameters.size = self.summaries.size = self.distances.size = n_points
+        self.set_accepted(smoothing=smoothing)
+        print(f"Acceptance reached {self.acceptance_reached} in {self.iterations} "  # noqa: T201
+              f"iterations with a total of {self.total_draws} draws")
+        return self.parameters, self.distances, self.summaries
+
+    def set_accepted(self, ϵ=None, smoothing=None) -> None:
+        """Every point of each target's population is accepted; sets the marginals."""
+        for record in (self.parameters, self.summaries, self.distances):
+            record.accepted = list(record.all)
+            record.rejected = None
+            record.n_accepted = np.array([len(a) for a in record.accepted])
+            record.ϵ = None
+        self.marginals = self.get_marginals(smoothing=smoothing)

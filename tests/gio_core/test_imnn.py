@@ -544,3 +544,39 @@ def test_rejection_abc_keeps_the_parameters_whose_summaries_are_near_the_target(
         abc(rng=jax.random.PRNGKey(3), n_samples=10, min_accepted=5)
     with pytest.raises(ValueError, match=r"F has shape \(3, 3\)"):
         I.ApproximateBayesianComputation(target, prior, _draws, _estimates, F=np.eye(3))
+
+
+def test_population_monte_carlo_moves_its_population_towards_the_target(capsys):
+    """The population starts as the 200 of 1,000 prior draws nearest the target; moving its
+    outer half can only bring points closer, and over the rounds it does; the same key gives
+    the same population."""
+    prior = _SamplingPrior([-1.0, 0.2], [1.0, 2.5])
+    target = np.asarray(_draws(jax.random.PRNGKey(0), jnp.array([0.0, 1.0])))[0]
+    run = dict(n_points=200, percentile=50, n_initial_points=1000, max_iteration=15,
+               acceptance_ratio=0.05, max_acceptance=3)
+    pmc = I.PopulationMonteCarlo(target, prior, _draws, _estimates, gridsize=40)
+    parameters, distances, summaries = pmc(jax.random.PRNGKey(1), **run)
+    abc = I.ApproximateBayesianComputation(target, prior, _draws, _estimates)
+    _, key = jax.random.split(jax.random.PRNGKey(1))
+    start = np.sort(abc._distances(abc.get_samples(key, 1000)[1])[0])[:200]
+    final = distances.all[0]
+    assert parameters.all.shape == (1, 200, 2) and final.shape == (200,)
+    assert (np.diff(final) >= 0).all()
+    np.testing.assert_allclose(final, np.linalg.norm(
+        summaries.all[0] - pmc.target_summaries[0], axis=1), rtol=1e-6)
+    assert np.all(final <= start + 1e-9) and final.mean() < 0.8 * start.mean()
+    assert np.all((parameters.all >= prior.low) & (parameters.all <= prior.high))
+    assert 1 <= pmc.iterations[0] <= 15 and pmc.total_draws[0] >= 100
+    assert 0.0 <= pmc.acceptance_reached[0] <= 1.0
+    assert parameters.n_accepted[0] == 200 and pmc.marginals[0][0].shape == (1, 40)
+    assert "Acceptance reached" in capsys.readouterr().out
+    again = I.PopulationMonteCarlo(target, prior, _draws, _estimates, gridsize=40)
+    again(jax.random.PRNGKey(1), **run)
+    assert np.array_equal(again.parameters.all, parameters.all)
+    # a second call goes on from the population it holds
+    pmc(jax.random.PRNGKey(2), n_points=200, percentile=50, max_iteration=3)
+    assert np.all(pmc.distances.all[0] <= final + 1e-9)
+    with pytest.raises(ValueError, match=r"n_initial_points \(100\) must be at least n_points"):
+        pmc(jax.random.PRNGKey(3), n_points=200, n_initial_points=100)
+    with pytest.raises(ValueError, match="no simulations to start from"):
+        I.PopulationMonteCarlo(target, prior, _draws, _estimates)(jax.random.PRNGKey(3), 10)
