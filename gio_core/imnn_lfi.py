@@ -404,6 +404,81 @@ class ApproximateBayesianComputation(LikelihoodFreeInference):
             self.set_accepted(ϵ, smoothing=smoothing)
         return self.parameters, self.distances, self.summaries
 
+    def _scatter(self, ax, ranges, points, label, axis_labels, colours, hist, s, alpha,
+                 figsize, linestyle, target, ncol, bbox_to_anchor):
+        """A triangle of scatter plots of ``points`` (one ``[n, k]`` array per target) over
+        ``ranges`` (one grid per column), each column's histogram on the diagonal."""
+        import matplotlib.pyplot as plt
+
+        targets, n_targets = self.target_choice(target)
+        if colours is None or isinstance(colours, str):
+            colours = [colours or f"C{t % 10}" for t in range(n_targets)]
+        elif not isinstance(colours, list):
+            raise ValueError("colours must be None, one colour (a string) or a list of colours.")
+        n = len(ranges)
+        if ax is None:
+            _, ax = plt.subplots(n, n, figsize=figsize, squeeze=False)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    ax[i, j].axis("off")
+        for k, t in enumerate(targets):
+            colour = colours[k % len(colours)]
+            values = np.asarray(points[t])
+            for i in range(n):
+                if hist:
+                    ax[i, i].hist(values[:, i], bins=ranges[i], color=colour, density=True,
+                                  histtype="step", linestyle=linestyle)
+                    ax[i, i].set_yticks([])
+                for j in range(i):
+                    ax[i, j].scatter(values[:, j], values[:, i], s=s, color=colour,
+                                     alpha=alpha, label=f"{label or ''} target {t + 1}".strip()
+                                     if j == 0 and i == 1 else None)
+        for i in range(n):
+            for j in range(i + 1):
+                ax[i, j].set_xlim(ranges[j][0], ranges[j][-1])
+                if j < i:
+                    ax[i, j].set_ylim(ranges[i][0], ranges[i][-1])
+        if axis_labels is not None:
+            for i in range(n):
+                ax[n - 1, i].set_xlabel(axis_labels[i])
+                if i > 0:
+                    ax[i, 0].set_ylabel(axis_labels[i])
+        if label is not None and n > 1:
+            handles, names = ax[1, 0].get_legend_handles_labels()
+            ax[0, 0].legend(handles, names, frameon=False, ncol=ncol,
+                            bbox_to_anchor=bbox_to_anchor, loc="upper left")
+        return ax
+
+    def scatter_plot(self, ax=None, ranges=None, points=None, label=None, axis_labels=None,
+                     colours=None, hist=True, s=5, alpha=1.0, figsize=(10, 10),
+                     linestyle="solid", target=None, ncol=2, bbox_to_anchor=(0.0, 1.0)):
+        """The accepted parameters (or ``points``, one ``[n, n_params]`` array per target)
+        as a triangle of scatter plots on the prior's ranges, each parameter's histogram on
+        the diagonal (matplotlib). Returns the axes."""
+        return self._scatter(ax, self.ranges if ranges is None else ranges,
+                             self.parameters.accepted if points is None else points, label,
+                             axis_labels, colours, hist, s, alpha, figsize, linestyle, target,
+                             ncol, bbox_to_anchor)
+
+    def scatter_summaries(self, ax=None, ranges=None, points=None, label=None, axis_labels=None,
+                          colours=None, hist=True, s=5, alpha=1.0, figsize=(10, 10),
+                          linestyle="solid", gridsize=100, target=None, format=False,  # noqa: A002
+                          ncol=2, bbox_to_anchor=(0.0, 1.0)):
+        """As :meth:`scatter_plot` for the accepted summaries (or ``points``), on ranges
+        spanning the drawn targets' points, ``gridsize`` bins each."""
+        points = self.summaries.accepted if points is None else points
+        if points is None:
+            raise ValueError("there are no accepted summaries yet: run the ABC with ϵ first.")
+        targets, _ = self.target_choice(target)
+        width = np.asarray(points[targets[0]]).shape[-1]
+        sizes = self.get_gridsize(gridsize, width)
+        if ranges is None:
+            chosen = np.concatenate([np.asarray(points[t]) for t in targets])
+            ranges = [np.linspace(chosen[:, i].min(), chosen[:, i].max(), sizes[i])
+                      for i in range(width)]
+        return self._scatter(ax, ranges, points, label, axis_labels, colours, hist, s, alpha,
+                             figsize, linestyle, target, ncol, bbox_to_anchor)
+
     def get_marginals(self, accepted_parameters=None, ranges=None, gridsize=None,
                       smoothing=None):
         """The accepted parameters' histograms (densities) on the grid: bins centred on the

@@ -580,3 +580,29 @@ def test_population_monte_carlo_moves_its_population_towards_the_target(capsys):
         pmc(jax.random.PRNGKey(3), n_points=200, n_initial_points=100)
     with pytest.raises(ValueError, match="no simulations to start from"):
         I.PopulationMonteCarlo(target, prior, _draws, _estimates)(jax.random.PRNGKey(3), 10)
+
+
+def test_abc_scatter_plots_draw_the_accepted_parameters_and_summaries(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    prior = _SamplingPrior([-1.0, 0.2], [1.0, 2.5])
+    targets = np.asarray(_draws(jax.random.PRNGKey(0), jnp.array([[0.0, 1.0], [0.5, 2.0]])))
+    abc = I.ApproximateBayesianComputation(targets, prior, _draws, _estimates, gridsize=30)
+    parameters, _, summaries = abc(ϵ=0.4, rng=jax.random.PRNGKey(1), n_samples=2000)
+    ax = abc.scatter_plot(label="ABC", axis_labels=["mean", "variance"])
+    assert ax.shape == (2, 2)
+    dots = ax[1, 0].collections
+    assert len(dots) == 2                                            # one set per target
+    for t in range(2):
+        np.testing.assert_allclose(dots[t].get_offsets(), parameters.accepted[t])
+    assert len(ax[0, 0].patches) == 2 and ax[1, 0].get_xlim() == (-1.0, 1.0)
+    assert [text.get_text() for text in ax[0, 0].get_legend().get_texts()] == \
+        ["ABC target 1", "ABC target 2"]
+    ax = abc.scatter_summaries(target=1, gridsize=20)
+    np.testing.assert_allclose(ax[1, 0].collections[0].get_offsets(), summaries.accepted[1])
+    low, high = summaries.accepted[1][:, 0].min(), summaries.accepted[1][:, 0].max()
+    assert ax[1, 0].get_xlim() == pytest.approx((low, high))
+    ax[0, 0].figure.savefig(tmp_path / "scatter.png")
+    assert (tmp_path / "scatter.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="colours must be None"):
+        abc.scatter_plot(colours=3)
