@@ -1205,14 +1205,8 @@ class _Dataset(_Aggregated):
 
     def _set_sources(self, main, remaining, validation_main, validation_remaining,
                      derivative_shape):
-        per_pass = self.n_devices * self.n_per_device
-        for name, count in (("n_d", self.n_d), ("n_s - n_d", self.n_s - self.n_d)):
-            if count % per_pass:
-                raise ValueError(f"{name} ({count}) is not a multiple of n_devices x "
-                                 f"n_per_device ({self.n_devices} x {self.n_per_device}); the "
-                                 "datasets' batches must divide the simulations evenly.")
-        self._main_batches = self.n_d // per_pass
-        self._rest_batches = (self.n_s - self.n_d) // per_pass
+        self._main_batches, self._rest_batches = self._batches_per_pass(
+            ("n_d", self.n_d), ("n_s - n_d", self.n_s - self.n_d))
         self._derivative_shape = derivative_shape
 
         self.main = self._sources("main", main, self._main_batches)
@@ -1225,6 +1219,17 @@ class _Dataset(_Aggregated):
             self.validation_remaining = self._sources(
                 "validation_remaining", validation_remaining, self._rest_batches)
             self.validate = True
+
+    def _batches_per_pass(self, *counts) -> list[int]:
+        """Batches of ``n_per_device`` each device's source gives a pass, for each ``(name,
+        count)`` of simulations: a count the devices' batches do not divide is refused."""
+        per_pass = self.n_devices * self.n_per_device
+        for name, count in counts:
+            if count % per_pass:
+                raise ValueError(f"{name} ({count}) is not a multiple of n_devices x "
+                                 f"n_per_device ({self.n_devices} x {self.n_per_device}); the "
+                                 "datasets' batches must divide the simulations evenly.")
+        return [count // per_pass for _, count in counts]
 
     def _sources(self, name, value, needed):
         """A list with one batch source per device (an empty list where no batch is needed):
@@ -1341,14 +1346,8 @@ class DatasetNumericalGradientIMNN(_Dataset):
         if not self._flat:
             self._set_sources(main, remaining, validation_main, validation_remaining, shape)
             return
-        per_pass = self.n_devices * self.n_per_device
-        flat = 2 * self.n_params * self.n_d
-        for name, count in (("n_s", self.n_s), ("2 n_params n_d", flat)):
-            if count % per_pass:
-                raise ValueError(f"{name} ({count}) is not a multiple of n_devices x "
-                                 f"n_per_device ({self.n_devices} x {self.n_per_device}); the "
-                                 "datasets' batches must divide the simulations evenly.")
-        self._fiducial_batches, self._derivative_batches = self.n_s // per_pass, flat // per_pass
+        self._fiducial_batches, self._derivative_batches = self._batches_per_pass(
+            ("n_s", self.n_s), ("2 n_params n_d", 2 * self.n_params * self.n_d))
         self.fiducial = self._sources("fiducial", fiducial, True)
         self.derivative = self._sources("derivative", derivative, True)
         _both_or_neither("validation_fiducial", validation_fiducial, "validation_derivative",
