@@ -10,6 +10,13 @@ Cases (each: a pool, a target sample, held-out rows of the target's distribution
 * ``docstrings``: the standard library's docstrings (the demo's pool) embedded with the bundled
   all-MiniLM-L6-v2; the target 200 docstrings of ``email``, ``http``, ``unittest`` and
   ``asyncio``, 300 more of them held out, the rest of them in the pool with every other package.
+* ``text_numpy``, ``text_man5``, ``text_pyspark``, ``text_licences``: passages no one here
+  wrote, embedded with the bundled model: the docstrings of numpy, scikit-learn, pyspark and
+  sympy (each function's or class's, 150-800 characters), paragraphs of the man pages'
+  sections 1, 5 and 8 (three per page) and of the licence texts (``/usr/share/common-licenses``
+  and every ``/usr/share/doc/*/copyright``), at most 1,100 of each source (seeded); the target
+  150 passages of one source, 200 more held out, the pool every other passage (about 7,900);
+  budget 500 rows.
 
 Methods: ``gio_rows`` (``gio_core.select`` on the rows, knn estimator, exact, KL picks up to
 the budget), ``gio_rows_fill`` (the ``mmd`` rule, then ``fill="mmd"`` to the budget),
@@ -28,7 +35,11 @@ largest total positive weight, as ``gio-spark datamodels select`` ranks them),
 its nearest untaken pool row), and ``dsir`` (hashed n-gram importance resampling, the
 ``data-selection`` package, text only, minimum length 1 token). At each fixed budget every method
 returns exactly that many rows. ``*_mmd_stop`` rows: GIO with its default ``mmd`` rule deciding
-the size; the baselines are then also run at that size.
+the size; the baselines are then also run at that size. ``gio_pipeline_density``: the
+pipeline without a budget under ``select.own_size: density`` (the cluster path's own picks and
+their neighbours as candidates, then the row step sized by ``gio_core.proportional_size``),
+the baselines again at its size. ``heldout_best``: GIO on the rows, filled, at the prefix
+(of 40, geometrically spaced) closest to the held-out rows: the size an own stop should find.
 
 Metrics against the held-out rows: share of the selection from the target's domains and their
 recall, MMD^2 (RBF, median bandwidth of held-out and selected rows together), the knn KL
@@ -107,6 +118,113 @@ def docstrings_case(seed: int = 0):
                 domains=packages, budgets=[in_domain // 2, in_domain, 2 * in_domain],
                 target_k=40, pool_texts=[texts[i] for i in rest],
                 target_texts=[texts[i] for i in target])
+
+
+# The issue's text cases: passages no one here wrote, from sources found on any Debian
+# machine with the project's environment: four packages' docstrings, three man-page sections,
+# licence texts. Each source gives at most SOURCE_ROWS passages (seeded sample).
+TEXT_SOURCES = ("numpy", "sklearn", "pyspark", "sympy", "man1", "man5", "man8", "licences")
+TEXT_CASES = {"text_numpy": "numpy", "text_man5": "man5", "text_pyspark": "pyspark",
+              "text_licences": "licences"}
+SOURCE_ROWS = 1100
+_TEXTS: dict = {}
+
+
+def _paragraphs(text: str, least: int = 150, most: int = 800):
+    import re
+    for part in re.split(r"\n\s*\n", text):
+        part = " ".join(part.split())
+        if len(part) >= least:
+            yield part[:most]
+
+
+def _docstrings(package: str):
+    import ast
+    import importlib.util
+    root = os.path.dirname(importlib.util.find_spec(package).origin)
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        if "tests" in folder.split(os.sep):
+            continue
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            try:
+                tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                    doc = " ".join((ast.get_docstring(node) or "").split())
+                    if len(doc) >= 150:
+                        yield doc[:800]
+
+
+def _man_pages(section: str):
+    import gzip
+    import re
+    folder = f"/usr/share/man/{section}"
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            raw = gzip.open(os.path.join(folder, name), "rt", errors="replace").read()
+        except (OSError, EOFError):
+            continue
+        lines = []
+        for line in raw.splitlines():
+            if line.startswith((".", "'")):
+                lines.append("")                # a macro ends a paragraph
+                continue
+            line = re.sub(r"\\f[BIRP0-9]|\\f\(..|\\&|\\\(..|\\[*]\(..|\\[*].", "", line)
+            lines.append(line.replace("\\-", "-").replace("\\", ""))
+        yield from list(_paragraphs("\n".join(lines)))[:3]
+
+
+def _licences():
+    import glob
+    seen = set()
+    for path in sorted(glob.glob("/usr/share/common-licenses/*")
+                       + glob.glob("/usr/share/doc/*/copyright")):
+        try:
+            text = open(path, encoding="utf-8", errors="replace").read()
+        except OSError:
+            continue
+        for part in list(_paragraphs(text))[:6]:
+            if part not in seen:
+                seen.add(part)
+                yield part
+
+
+def text_sources(seed: int = 0):
+    """``(texts, source of each, embeddings)`` of every text source, embedded once per
+    process."""
+    if not _TEXTS:
+        rng = np.random.default_rng(seed)
+        texts, labels = [], []
+        for source in TEXT_SOURCES:
+            found = sorted(set(_man_pages(source) if source.startswith("man") else
+                               _licences() if source == "licences" else _docstrings(source)))
+            if len(found) > SOURCE_ROWS:
+                found = [found[i] for i in np.sort(rng.choice(len(found), SOURCE_ROWS,
+                                                              replace=False))]
+            texts += found
+            labels += [source] * len(found)
+        _TEXTS.update(texts=texts, labels=np.array(labels), emb=embed(texts))
+    return _TEXTS["texts"], _TEXTS["labels"], _TEXTS["emb"]
+
+
+def texts_case(source: str, seed: int = 0, target_rows: int = 150, held_rows: int = 200):
+    """One source's passages as the target (150 rows) and held-out rows (200); the pool every
+    other passage of every source."""
+    texts, labels, emb = text_sources()
+    mine = np.flatnonzero(labels == source)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(mine)
+    target, held = np.sort(mine[:target_rows]), np.sort(mine[target_rows:target_rows + held_rows])
+    rest = np.setdiff1d(np.arange(len(texts)), mine[:target_rows + held_rows])
+    return dict(pool=emb[rest], pool_labels=labels[rest], target=emb[target],
+                target_labels=labels[target], held=emb[held], held_labels=labels[held],
+                domains=(source,), budgets=[500], target_k=40,
+                pool_texts=[texts[i] for i in rest], target_texts=[texts[i] for i in target])
 
 
 def embed(texts):
@@ -203,6 +321,40 @@ def gio_pipeline(case, budget, candidates=3.0):
                     max_iter=budget, dim="auto",
                     mmd_bandwidth=median_bandwidth(case["target"]))
     return rows[result.indices]
+
+
+def gio_pipeline_density(case, candidates=3.0):
+    """The pipeline without a row budget under ``select.own_size: density``: the cluster
+    path's own picks (the ``mmd`` rule on the centroids), their rows and those of the clusters
+    nearest the target as candidates (``candidates`` times the picks' rows), then the row step
+    sized by ``gio_core.proportional_size`` of the candidates."""
+    from gio_core import candidate_clusters, median_bandwidth, proportional_size, select
+    cl = clusters(case, None)
+    bandwidth = median_bandwidth(case["target"])
+    picked = select(cl["target_c"], cl["pool_c"], target_weights=cl["target_w"],
+                    pool_weights=cl["pool_w"], dim="auto", stop_criterion="mmd",
+                    mmd_bandwidth=bandwidth).indices
+    own = int(cl["pool_w"][np.unique(picked)].sum())
+    want = min(int(np.ceil(candidates * own)), len(case["pool"]))
+    near = candidate_clusters(cl["pool_c"], cl["target_c"], cl["pool_w"], picked, want)
+    rows = np.flatnonzero(np.isin(cl["labels"], near))
+    size = proportional_size(case["target"], case["pool"][rows])
+    result = select(case["target"], case["pool"][rows], stop_criterion="mmd", fill="mmd",
+                    max_iter=size, dim="auto", mmd_bandwidth=bandwidth)
+    return rows[result.indices]
+
+
+def heldout_best(case, points: int = 40):
+    """Where GIO on the rows is closest to the held-out rows: its ``mmd`` picks filled on
+    (up to 3,000 rows or the pool), the held-out MMD² of ``points`` prefixes spaced
+    geometrically from 20 rows; the best prefix's rows."""
+    from gio_core import median_bandwidth, mmd_rbf, select
+    order = select(case["target"], case["pool"], stop_criterion="mmd", fill="mmd",
+                   max_iter=min(len(case["pool"]), 3000), dim="auto",
+                   mmd_bandwidth=median_bandwidth(case["target"])).indices
+    sizes = np.unique(np.geomspace(20, len(order), points).astype(int))
+    best = min(sizes, key=lambda n: mmd_rbf(case["held"], case["pool"][order[:n]]))
+    return np.asarray(order[:best])
 
 
 def dsir(case, budget, seed=0):
@@ -313,12 +465,19 @@ def run_case(name, case, emit_row):
     for budget in case["budgets"]:
         for method, fn in {**methods, **pipeline}.items():
             measure(method, fn, budget, budget)
-    # GIO's own stop decides the size; the baselines then get that size.
-    for method in ("gio_rows", "gio_clusters"):
-        rows = measure(f"{method}_mmd_stop", lambda b, m=method: methods[m](None), None,
-                       f"{method} mmd stop")
-        for base, fn in baselines(case).items():
-            measure(base, fn, len(rows), f"{method} mmd stop")
+    # GIO's own stop decides the size; the baselines then get that size. So does the
+    # pipeline's select.own_size: density; and the size where GIO on the rows comes closest
+    # to the held-out rows is found.
+    own = {"gio_rows": lambda b: methods["gio_rows"](None),
+           "gio_clusters": lambda b: methods["gio_clusters"](None),
+           "gio_pipeline_density": lambda b: gio_pipeline_density(case)}
+    for method, fn in own.items():
+        label = "own size" if method == "gio_pipeline_density" else "mmd stop"
+        rows = measure(f"{method}_mmd_stop" if method != "gio_pipeline_density" else method,
+                       fn, None, f"{method} {label}")
+        for base, base_fn in baselines(case).items():
+            measure(base, base_fn, len(rows), f"{method} {label}")
+    measure("heldout_best", lambda b: heldout_best(case), None, "held-out best")
     return results
 
 
@@ -358,13 +517,15 @@ def plot(name, results, path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="mixture16,mixture384,digits,docstrings")
+    p.add_argument("--cases", default="mixture16,mixture384,digits,docstrings,"
+                   + ",".join(TEXT_CASES))
     p.add_argument("--out-dir", default="bench/results/quality")
     args = p.parse_args()
     from bench._common import emit
     os.makedirs(args.out_dir, exist_ok=True)
     builders = {"mixture16": lambda: mixture_case(16), "mixture384": lambda: mixture_case(384),
-                "digits": digits_case, "docstrings": docstrings_case}
+                "digits": digits_case, "docstrings": docstrings_case,
+                **{name: (lambda src=src: texts_case(src)) for name, src in TEXT_CASES.items()}}
     for name in args.cases.split(","):
         case = builders[name]()
         results = run_case(name, case, lambda row: emit(

@@ -380,14 +380,17 @@ def datamodels_regression() -> str:
 
 
 QUALITY_CASES = {"mixture16": "mixture 16-D", "mixture384": "mixture 384-D",
-                 "digits": "digits", "docstrings": "docstrings"}
+                 "digits": "digits", "docstrings": "docstrings",
+                 "text_numpy": "numpy's docstrings", "text_man5": "man pages, section 5",
+                 "text_pyspark": "pyspark's docstrings", "text_licences": "licence texts"}
 QUALITY_COLUMNS = [("gio_rows", "GIO rows (KL picks)"), ("gio_rows_fill", "GIO rows, filled"),
                    ("gio_clusters", "GIO clusters, filled"),
                    ("gio_pipeline", "pipeline: clusters, then rows"),
                    ("nn_round_robin", "nearest round-robin"), ("random", "random"),
                    ("dsir|datamodels", "DSIR (text) / datamodels (digits)")]
 # The mixtures' probe is near 1.0 for every method; the table shows accuracy for these:
-PROBE_CASES = {"digits", "docstrings"}
+PROBE_CASES = {"digits", "docstrings", "text_numpy", "text_man5", "text_pyspark",
+               "text_licences"}
 
 
 def quality() -> str:
@@ -395,8 +398,8 @@ def quality() -> str:
     the best distance and accuracy of each row in bold."""
     runs: dict = {}
     for r in records("quality/quality_cpu_2cores.jsonl"):
-        if r["budget"] == "gio_clusters mmd stop":
-            continue
+        if isinstance(r["budget"], str) and r["budget"] != "gio_rows mmd stop":
+            continue                  # the other own sizes: quality_own_size's table
         method = "gio_rows" if r["method"] == "gio_rows_mmd_stop" else r["method"]
         runs.setdefault((r["case"], r["budget"]), {})[method] = r
     rows = []
@@ -427,6 +430,32 @@ def quality() -> str:
                  "l" * (len(QUALITY_COLUMNS) + 1), rows)
 
 
+def quality_own_size() -> str:
+    """Without a budget, each way's own size against the size where GIO on the rows comes
+    closest to the held-out rows: rows, held-out MMD² and its ratio to that best."""
+    got: dict = {}
+    for r in records("quality/quality_cpu_2cores.jsonl"):
+        got[(r["case"], r["budget"], r["method"])] = r
+    ways = [("gio_clusters mmd stop", "gio_clusters_mmd_stop"),
+            ("gio_rows mmd stop", "gio_rows_mmd_stop"),
+            ("gio_pipeline_density own size", "gio_pipeline_density"),
+            ("gio_pipeline_density own size", "nn_round_robin")]
+    rows = []
+    for case, name in QUALITY_CASES.items():
+        best = got.get((case, "held-out best", "heldout_best"))
+        if best is None:
+            continue
+        cells = [f"{thousands(best['rows'])}, {best['mmd']:.4f}"]
+        for budget, method in ways:
+            r = got[(case, budget, method)]
+            ratio = f"{r['mmd'] / best['mmd']:.2f}x"
+            cells.append(f"{thousands(r['rows'])}, {r['mmd']:.4f} ({ratio}), {r['share']:.2f}")
+        rows.append([name, *cells])
+    return table(["case", "held-out best: rows, MMD²", "cluster path's own stop (default)",
+                  "GIO rows, `mmd` stop", "`own_size: density`", "nearest round-robin, as many"],
+                 "llllll", rows)
+
+
 def pipeline_scale() -> str:
     """The whole run at each pool size of the latest bench/pipeline_scale.py run, and the
     fitted exponents."""
@@ -454,7 +483,7 @@ TABLES = {f.__name__.replace("_", "-"): f for f in
           (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
            pipeline_scale,
            decontaminate_search, decontaminate_demo, plan_demo, plan_memory, dii, gaf, imnn,
-           datamodels_workers, datamodels_regression, quality)}
+           datamodels_workers, datamodels_regression, quality, quality_own_size)}
 
 
 def render_page(text: str) -> str:

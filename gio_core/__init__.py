@@ -4,6 +4,7 @@ Public API:
   select, SelectionResult, UniformStart, PoolFraction  -- greedy KL-minimising selection
   check_select_options                                 -- the one validator of select's options
   candidate_clusters                                   -- chosen clusters and their neighbours
+  proportional_size                                    -- a selection's size without a budget
   row_regions, Regions, share_out                      -- regions for a row selection in parts
   select_shares, nearest_domain, share_budgets         -- several targets (domains)
   knn_kl, averaged_kl, intrinsic_dimension             -- the KL estimators and their d
@@ -17,11 +18,12 @@ from gio_core._estimators import averaged_kl, intrinsic_dimension, kl_noise_floo
 from gio_core._mmd import median_bandwidth, mmd_rbf
 from gio_core._selection import (
     PoolFraction, Regions, SelectionResult, UniformStart, candidate_clusters, check_select_options,
-    row_regions, select, share_out)
+    proportional_size, row_regions, select, share_out)
 from gio_core.domains import DomainSelection, nearest_domain, select_shares, share_budgets
 
-__all__ = ["select", "check_select_options", "candidate_clusters", "row_regions", "Regions",
-           "share_out", "SelectionResult", "select_shares", "nearest_domain", "share_budgets",
+__all__ = ["select", "check_select_options", "candidate_clusters", "proportional_size",
+           "row_regions", "Regions", "share_out", "SelectionResult", "select_shares",
+           "nearest_domain", "share_budgets",
            "DomainSelection",
            "UniformStart", "PoolFraction",
            "knn_kl", "averaged_kl", "intrinsic_dimension", "kl_noise_floor", "mmd_rbf",

@@ -624,6 +624,65 @@ def candidate_clusters(pool_centroids, target_centroids, sizes, chosen, rows: in
     return np.asarray(out, np.int64)
 
 
+def proportional_size(target, pool, neighbours: int = 10, share: float = 0.75,
+                      block: int = 4096) -> int:
+    """How many pool rows a selection can hold and still follow the target's proportions: an
+    estimate of the largest subset of ``pool`` distributed like ``target``, for a selection
+    with no row budget to decide its own size.
+
+    A subset that follows the target takes rows near each target point in the target's
+    proportions, so it can hold at most ``n_pool / w`` rows, where ``w`` is the density ratio
+    (target over pool) at that point. For each target row, the ball reaching its
+    ``neighbours``-th nearest other target row holds ``neighbours`` target rows and ``c`` pool
+    rows, so ``n_target * c / neighbours`` estimates ``n_pool / w`` there. The size returned is
+    the lower ``1 - share`` quantile of those estimates: the largest selection in which target
+    rows holding ``share`` of the target find pool rows enough to keep their proportions (the
+    least of them, ``share=1``, is too noisy to use). Rows far from every target point count
+    nowhere. Squared distances are exact in float64; pool rows are counted in blocks of
+    ``block``, so memory stays at ``block x n_target`` besides the target's own square.
+
+    Args:
+      target: ``[n, d]`` target rows (at least 2).
+      pool: ``[m, d]`` pool rows.
+      neighbours: target neighbours per ball (at most ``n - 1`` are used).
+      share: the share of target rows whose estimate must allow the size, in ``(0, 1]``.
+    Returns:
+      An int between 1 and ``m``.
+
+    Example::
+
+        size = proportional_size(target_rows, candidate_rows)
+        picks = select(target_rows, candidate_rows, stop_criterion="mmd", fill="mmd",
+                       max_iter=size).indices
+    """
+    y = as_points("target", target).astype(np.float64)
+    x = as_points("pool", pool).astype(np.float64)
+    same_dim(target=y, pool=x)
+    if len(y) < 2:
+        raise ValueError(f"proportional_size needs at least 2 target rows; got {len(y)}.")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
+            or neighbours < 1:
+        raise ValueError(f"neighbours must be an integer >= 1; got {neighbours!r}.")
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1]; got {share!r}.")
+    k = min(int(neighbours), len(y) - 1)
+    yy = np.einsum("ij,ij->i", y, y)
+    radius = np.empty(len(y))
+    for a in range(0, len(y), block):          # each target row's k-th nearest other one
+        d = np.maximum(yy[a:a + block, None] + yy[None, :] - 2.0 * (y[a:a + block] @ y.T), 0.0)
+        d[np.arange(len(d)), np.arange(a, a + len(d))] = np.inf
+        radius[a:a + block] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    counts = np.zeros(len(y), np.int64)
+    for a in range(0, len(x), block):
+        xb = x[a:a + block]
+        d = np.maximum(yy[:, None] + np.einsum("ij,ij->i", xb, xb)[None, :] - 2.0 * (y @ xb.T),
+                       0.0)
+        counts += (d <= radius[:, None]).sum(axis=1)
+    estimate = len(y) * counts / k
+    size = int(np.floor(np.quantile(estimate, 1.0 - share)))
+    return int(min(max(size, 1), len(x)))
+
+
 class Regions(NamedTuple):
     """A split of candidate clusters and target rows into regions of space (see
     :func:`row_regions`)."""

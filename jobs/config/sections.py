@@ -102,6 +102,7 @@ FILL = Rule(lambda v: v in ("auto", "mmd", None), "auto (mmd with the mmd rule),
 CANDIDATES = Rule(lambda v: _is_num(v) and math.isfinite(v) and v >= 1,
                   "a finite number >= 1 (candidate rows per row to select)")
 REFINE = ("auto", "rows", "clusters")
+OWN_SIZE = ("clusters", "density")
 MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                     "null or a share of the pool's rows in (0, 1]")
 MODEL = Rule(lambda v: isinstance(v, str) and v != "", "a model name or path")
@@ -349,6 +350,10 @@ class SelectSection:
     # the most candidate rows one process holds (about, in Spark tasks): the driver, else each task
     max_candidates: Annotated[int, AT_LEAST_1] = 50_000
     max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
+    # Without a row budget, what decides the selection's size: clusters (select's mmd rule on
+    # the centroids: the chosen clusters' rows) or density (the row step, as many rows as the
+    # candidates can give in the target's proportions: gio_core.proportional_size).
+    own_size: Annotated[str, one_of(*OWN_SIZE)] = "clusters"
     # Several targets (target.domain_column): null lets GIO choose for the whole target (each
     # pick is credited to the domain of its nearest target centroid); a mapping of every domain
     # to its share of the row budget (shares sum to 1) runs GIO for each domain on its share.
@@ -368,7 +373,8 @@ class SelectSection:
 # Options of the select section that are not gio_core.select's, and its runtime knobs.
 PIPELINE_SELECT_OPTIONS = ("use_weights", "jax_platform", "jax_memory_fraction",
                            "jax_preallocate", "max_centroids", "max_fraction", "refine",
-                           "candidates", "max_candidates", "max_target_rows", "shares")
+                           "candidates", "max_candidates", "max_target_rows", "shares",
+                           "own_size")
 RUNTIME_SELECT_OPTIONS = ("jax_platform", "jax_memory_fraction", "jax_preallocate",
                           "max_centroids", "block_size", "cache_bytes")
 RUNTIME_EMBED_OPTIONS = ("batch_size", "device", "rows_per_task", "commit_rows")
@@ -1487,6 +1493,10 @@ def _validate_select(cfg: JobConfig) -> None:
            f"select.k={s.k} needs more than {s.k} target rows in the row step, but "
            f"select.max_target_rows={s.max_target_rows}; raise select.max_target_rows or lower "
            "select.k.")
+    _check(not (s.own_size == "density" and s.refine == "clusters"),
+           "select.own_size: density sizes the selection in the row step, which select.refine: "
+           "clusters turns off; set select.refine to auto or rows, or select.own_size to "
+           "clusters.")
     flags = [k for k in s.shares if isinstance(k, bool)] if isinstance(s.shares, dict) else []
     _check(not flags, f"select.shares has the key {flags[0] if flags else ''!r}: YAML reads an "
            "unquoted yes, no, on, off, true or false as a boolean; quote the domain as it is "

@@ -2,7 +2,8 @@
 
 Two ways, by ``select.refine`` (see :func:`row_step_plan`):
 
-* **the row step** (``auto`` with a row budget, or ``rows``): the candidates are the rows of the
+* **the row step** (``auto`` with a row budget or with ``select.own_size: density``, or
+  ``rows``): the candidates are the rows of the
   chosen clusters and of the pool clusters nearest the target's centroids
   (:func:`gio_core.candidate_clusters`), ``select.candidates`` times as many rows as the
   selection takes; ``gio_core.select`` picks among them, against a seeded sample of at most
@@ -11,7 +12,9 @@ Two ways, by ``select.refine`` (see :func:`row_step_plan`):
   clusters hold at most ``select.max_candidates`` rows, on the driver (:func:`row_picks`);
   else first in Spark tasks, one per part of space (:func:`_task_picks`), then on the driver
   over the parts' picks where those fit; where they do not, ``auto`` takes whole clusters
-  and ``rows`` has the tasks pick the selection (:func:`rounds`). Rows are sorted by row id wherever they are
+  and ``rows`` has the tasks pick the selection (:func:`rounds`). Without a row budget,
+  ``select.own_size: density`` has the driver size the selection itself
+  (:func:`gio_core.proportional_size` of the candidate rows). Rows are sorted by row id wherever they are
   collected, so the same rows give the same picks whatever the sources' order. ``rank`` is
   then the row's pick, ``cluster_id`` its cluster.
 * **whole clusters** (``clusters``, or ``auto`` without a budget):
@@ -60,28 +63,33 @@ from jobs.state.stored import (
 @dataclass(frozen=True)
 class RowStep:
     """What the row step does: pick ``size`` rows among at least ``candidates`` candidate rows
-    (``run`` False: whole clusters, and ``why`` says why, or is empty)."""
+    (``run`` False: whole clusters, and ``why`` says why, or is empty); ``sized``: the row step
+    decides the size itself (``select.own_size: density`` without a row budget), ``size``
+    being then what whole clusters give, which sets the candidates."""
     run: bool
     size: int
     candidates: int
     why: str = ""
+    sized: bool = False
 
 
 def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     """Whether the row step runs for a selection of ``size`` rows (what whole clusters give,
     with the row budget's cut) out of ``pool_rows``: ``select.refine`` ``clusters`` never,
-    ``auto`` when there is a row budget, ``rows`` always; and only where it has a choice
-    (``size`` rows, more than none and fewer than the pool's). Its candidates:
-    ``ceil(select.candidates * size)`` rows, at most the pool."""
+    ``auto`` when there is a row budget or ``select.own_size`` is ``density``, ``rows``
+    always; and only where it has a choice (``size`` rows, more than none and fewer than the
+    pool's). Its candidates: ``ceil(select.candidates * size)`` rows, at most the pool.
+    ``density`` without a budget: the row step sizes the selection (``sized``)."""
     want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
-    if s.refine == "clusters" or (s.refine == "auto" and budget is None) or \
+    sized = budget is None and getattr(s, "own_size", "clusters") == "density"
+    if s.refine == "clusters" or (s.refine == "auto" and budget is None and not sized) or \
             getattr(s, "shares", None) is not None:      # shares: whole clusters, one domain each
         return RowStep(False, size, want)
     if size == 0:
         return RowStep(False, size, want, "select chose no rows")
     if size >= pool_rows:
         return RowStep(False, size, want, f"the selection is the whole pool ({pool_rows} rows)")
-    return RowStep(True, size, want)
+    return RowStep(True, size, want, sized=sized)
 
 
 @dataclass(frozen=True)
@@ -98,14 +106,19 @@ class Candidates:
         return int(self.sizes.sum())
 
 
-def rounds(s, held: int, size: int) -> tuple[str | None, str]:
+def rounds(s, held: int, size: int, sized: bool = False) -> tuple[str | None, str]:
     """Where the row step runs for candidate clusters holding ``held`` rows: ``driver`` (they
     fit ``select.max_candidates``), ``tasks+driver`` (Spark tasks pick :func:`part_picks`
     rows, which fit, and the driver the selection among them), ``tasks`` (the tasks pick the
     selection itself: ``select.refine: rows`` only), or None (``auto``: whole clusters; the
-    reason comes second)."""
+    reason comes second). ``sized`` (the step decides the size): the driver only."""
     if held <= s.max_candidates:
         return "driver", ""
+    if sized:
+        return None, (f"select.own_size: density sizes the selection on the driver, and its "
+                      f"candidate clusters hold {held} rows, more than select.max_candidates="
+                      f"{s.max_candidates}; raise select.max_candidates, or set a row budget "
+                      "(select.max_rows or select.max_fraction)")
     picks = part_picks(s, size, held)
     if size < picks <= s.max_candidates:
         return "tasks+driver", ""
@@ -213,7 +226,10 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
             ids, clusters, x = cand[ROW_ID].tolist(), cand["cluster_id"].tolist(), \
                 _in_space(x, scale, cosine)
             figures = {"where": where, "candidate_rows": len(ids)}
-            size = _usable(step.size, len(ids))
+            if step.sized:
+                size = _own_size(y, x, step.size, figures)
+            else:
+                size = _usable(step.size, len(ids))
             _announce(size, len(ids), cands, len(y))
         else:
             ids, clusters, x, figures, size = _task_picks(spark, members, pool_e, y, scale, cosine,
@@ -247,6 +263,18 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
         f"(collect {took(figures['collect_s'])})"
         + (f", MMD² to the target {mmd:.5f}" if mmd is not None else ""))
     return rows, figures
+
+
+def _own_size(y, x, clusters: int, figures: dict) -> int:
+    """The selection's size without a row budget (``select.own_size: density``):
+    :func:`gio_core.proportional_size` of the candidate rows ``x`` for the target rows ``y``."""
+    t = time.perf_counter()
+    size = gio_core.proportional_size(y, x)
+    figures.update(own_size=size, clusters_size=clusters,
+                   own_size_s=round(time.perf_counter() - t, 3))
+    log(f"explode: the selection's own size: {size} rows, as many as the candidates hold in "
+        f"the target's proportions (whole clusters: {clusters}; select.own_size: density)")
+    return size
 
 
 def _usable(size: int, rows: int) -> int:
@@ -423,7 +451,7 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
         step = row_step_plan(cfg.select, budget, size, pool_rows)
         if step.run:
             cands = candidates_of(spark, cfg, plan, picks, step)
-            where, why = rounds(cfg.select, cands.rows, size)
+            where, why = rounds(cfg.select, cands.rows, size, step.sized)
             if where is None:
                 step = RowStep(False, size, step.candidates, why)
         if step.run:

@@ -319,7 +319,8 @@ def row_step_can_run(s) -> bool:
     whole clusters are then selected, each serving one domain)."""
     if getattr(s, "shares", None) is not None:
         return False
-    return s.refine == "rows" or s.max_rows is not None or s.max_fraction is not None
+    return s.refine == "rows" or s.max_rows is not None or s.max_fraction is not None \
+        or getattr(s, "own_size", "clusters") == "density"
 
 
 def select_params(cfg: JobConfig) -> dict:
@@ -327,9 +328,11 @@ def select_params(cfg: JobConfig) -> dict:
     step's where it cannot run)."""
     s = cfg.select
     idle = not row_step_can_run(s)
+    budget = s.max_rows is not None or s.max_fraction is not None
     out = {k: v for k, v in dataclasses.asdict(s).items()
            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)
-           and not (k == "shares" and v is None)}   # runs without shares keep their ids
+           and not (k == "shares" and v is None)    # runs without shares keep their ids
+           and not (k == "own_size" and (v == "clusters" or budget))}  # and those it leaves
     if s.shares is not None:             # domains are compared as text (YAML may give 1 for '1')
         out["shares"] = {str(k): v for k, v in s.shares.items()}
     return out

@@ -429,6 +429,40 @@ def test_candidate_clusters_take_the_chosen_then_those_nearest_the_target():
         candidate_clusters(pool_c, target_c, sizes[:5], [], 10)
 
 
+def test_proportional_size_counts_pool_rows_in_each_target_rows_ball():
+    """On a line, with one neighbour: each target row's ball reaches the next target row
+    (radius 1); 6 pool rows lie within 1 of 0 and of 1, 2 within 1 of 10 and of 11, 10 far
+    off. The estimates n_target * count / 1 are 24, 24, 8, 8; the size is their lower
+    (1 - share) quantile, the far rows count nowhere."""
+    from gio_core import proportional_size
+    target = np.array([[0.0], [1.0], [10.0], [11.0]])
+    pool = np.array([[0.2], [0.4], [0.6], [0.8], [0.5], [0.5], [10.5], [10.5]] + [[100.0]] * 10)
+    assert proportional_size(target, pool, neighbours=1, share=0.5) == 16
+    assert proportional_size(target, pool, neighbours=1, share=0.75) == 8
+    assert proportional_size(target, pool, neighbours=1, share=1.0) == 8
+    assert proportional_size(target, pool[:7], neighbours=1, share=0.5) == 7   # at most the pool
+    for bad, match in ((dict(target=target[:1]), "at least 2 target rows"),
+                       (dict(share=0.0), "share must be in"),
+                       (dict(neighbours=0), "neighbours must be an integer"),
+                       (dict(pool=np.zeros((3, 2))), "dimension")):
+        with pytest.raises(ValueError, match=match):
+            proportional_size(**{"target": target, "pool": pool, **bad})
+
+
+def test_proportional_size_finds_the_largest_subset_in_the_targets_proportions(rng):
+    """A target of three pool components in proportions 0.5 / 0.3 / 0.2: the largest pool
+    subset in those proportions is limited by the first component, n_0 / 0.5 rows. The
+    estimate lands within 20% of it, whatever the pool rows' order and the block size."""
+    from gio_core import proportional_size
+    pool, comp, target, _, _ = mixture(rng, components=8, pool_rows=4000, target_rows=300)
+    exact = (comp == 0).sum() / 0.5
+    size = proportional_size(target, pool)
+    assert abs(size - exact) <= 0.2 * exact, (size, exact)
+    order = rng.permutation(len(pool))
+    assert proportional_size(target, pool[order], block=333) == size
+    assert proportional_size(target[:40], pool) < len(pool) / 2    # few target rows: still sized
+
+
 def test_row_regions_cut_at_the_median_row_and_keep_enough_target_rows():
     """Clusters on a line: the first plane falls between the halves of the rows (6.5), the
     target rows go to their side of it; a cut that would leave a side fewer than min_target

@@ -438,6 +438,9 @@ CASES = [
          "lloyd", with_sets("quantize.update=assign", "quantize.algorithm=mllib")),
     Case("embedding commits of no texts", "embed.commit_rows must be an integer >= 1",
          with_sets("embed.commit_rows=0")),
+    Case("a size by density with whole clusters", "select.own_size: density sizes the "
+         "selection in the row step", with_sets("select.own_size=density",
+                                                "select.refine=clusters")),
     Case("shares without a domain column", "select.shares needs target.domain_column",
          with_sets("select.shares={a: 0.5, b: 0.5}", "select.max_rows=10")),
     Case("shares that do not add up to 1", "select.shares add up to 0.9, not 1",

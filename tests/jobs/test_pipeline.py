@@ -257,11 +257,36 @@ def test_the_row_step_picks_the_budget_among_candidate_rows(spark, tmp_path, cap
     assert mmd_rbf(target, pool[two_ids]) < 1.1 * mmd_rbf(target, pool[ids])
 
 
+def test_own_size_density_sizes_a_selection_without_a_budget(spark, tmp_path, capsys):
+    """select.own_size: density, no row budget: the row step picks as many rows as the
+    candidates hold in the target's proportions. The target is two of six components, about
+    100 pool rows each, so fewer than 200 rows, nearly all from those two; ranked
+    1..n, the size and the clusters' size in the stage log (where the candidates do not fit
+    select.max_candidates: test_where_the_row_step_runs_follows_the_cap)."""
+    pool, comp, target = clustered_vectors()
+    cfg = vectors_config(tmp_path, pool, target, select__own_size="density")
+    summary = run_pipeline(spark, cfg)
+    rows = (spark.read.format("delta").load(summary["table"])
+            .where(F.col("run_id") == summary["run_id"]).orderBy("rank").collect())
+    figures = json.loads(stagelog.latest(spark, cfg.output.path, "explode",
+                                         summary["run_id"])["detail"])["row_step"]
+    n = len(rows)
+    assert n == summary["selected_rows"] == figures["own_size"] == figures["rows"], figures
+    assert [r["rank"] for r in rows] == list(range(1, n + 1))
+    # The largest pool subset in the target's proportions: 96 pool rows of the component
+    # that holds 55% of the 80 target rows, so 174; the estimate runs low with 36 and 44 target
+    # rows per component (its per-row estimates are noisy, and a lower quantile is taken).
+    assert (comp == 1).sum() == 96 and 0.6 * 174 <= n <= 1.2 * 174, n
+    assert np.isin(comp[[r["id"] for r in rows]], [0, 1]).mean() > 0.95
+    assert f"explode: the selection's own size: {n} rows" in capsys.readouterr().out
+
+
 def test_where_the_row_step_runs_follows_the_cap():
     """The driver where the candidate clusters fit select.max_candidates; Spark tasks and the
     driver where twice the selection does; else the tasks alone under refine: rows, and
     whole clusters under auto, with the reason (also for select.candidates 1, which leaves
-    the tasks nothing to narrow)."""
+    the tasks nothing to narrow, and for select.own_size: density, which sizes on the
+    driver)."""
     from types import SimpleNamespace as Ns
 
     from jobs.stages.explode import rounds
@@ -275,6 +300,21 @@ def test_where_the_row_step_runs_follows_the_cap():
         ("tasks", "")
     where, why = rounds(Ns(max_candidates=1000, candidates=1.0, refine="auto"), 1500, 400)
     assert where is None and "select.candidates=1 leaves Spark tasks nothing to narrow" in why
+    # select.own_size: density without a budget: the row step runs and sizes the selection
+    # (on the driver only); with a budget the budget is the size
+    from jobs.stages.explode import RowStep, row_step_plan
+    density = Ns(refine="auto", candidates=3.0, own_size="density", shares=None)
+    assert row_step_plan(density, None, 100, 600) == RowStep(True, 100, 300, sized=True)
+    assert row_step_plan(density, 100, 100, 600) == RowStep(True, 100, 300)
+    assert not row_step_plan(Ns(refine="auto", candidates=3.0, own_size="clusters",
+                                shares=None), None, 100, 600).run
+    assert rounds(auto, 1000, 300, sized=True) == ("driver", "")
+    for refine in ("auto", "rows"):
+        where, why = rounds(Ns(max_candidates=1000, candidates=3.0, refine=refine), 1500, 300,
+                            sized=True)
+        assert where is None and why.startswith(
+            "select.own_size: density sizes the selection on the driver, and its candidate "
+            "clusters hold 1500 rows, more than select.max_candidates=1000"), why
 
 
 @pytest.mark.e2e

@@ -74,6 +74,19 @@ def test_the_row_step_options_change_the_run_only_where_the_row_step_can_run():
     assert planned("select.refine=rows").run_id != base.run_id
 
 
+def test_own_size_changes_the_run_only_where_it_decides_the_size():
+    """select.own_size: density without a budget sizes the selection in the row step: a new
+    run id, with the row step's options and version in it. Its default, and any value under
+    a row budget (where the budget is the size), keep the ids runs had."""
+    base, budget = planned(), planned("select.max_rows=100")
+    density = planned("select.own_size=density")
+    assert planned("select.own_size=clusters") == base
+    assert (density.clustering_id, density.embed) == (base.clustering_id, base.embed)
+    assert density.run_id != base.run_id and density.explode != base.explode
+    assert planned("select.own_size=density", "select.candidates=5").run_id != density.run_id
+    assert planned("select.own_size=density", "select.max_rows=100") == budget
+
+
 def test_a_new_row_step_recomputes_explode_under_the_same_run_id(monkeypatch):
     """The row step's version is in explode's fingerprint where the step can run: a new one
     recomputes the rows of such runs (same run id, same selection) and leaves the others be."""
