@@ -307,40 +307,30 @@ def gio_pipeline(case, budget, candidates=3.0):
     picks (as :func:`gio_clusters`), then the row step: the rows of those clusters and of the
     pool clusters nearest the target's centroids (``gio_core.candidate_clusters``,
     ``candidates`` times the budget), and GIO on those rows against the target's rows (the
-    ``mmd`` rule, filled to the budget, the target rows' bandwidth)."""
-    from gio_core import candidate_clusters, median_bandwidth, select
+    ``mmd`` rule, filled to the budget, the target rows' bandwidth).
+
+    ``budget`` None: the pipeline under ``select.own_size: density``: the cluster path's own
+    picks (the ``mmd`` rule on the centroids), candidates for their rows, and the row step
+    sized by ``gio_core.proportional_size`` of the candidates."""
+    from gio_core import candidate_clusters, median_bandwidth, proportional_size, select
     cl = clusters(case, budget)
     opts = dict(target_weights=cl["target_w"], pool_weights=cl["pool_w"], dim="auto",
                 stop_criterion="mmd", mmd_bandwidth=median_bandwidth(case["target"]))
-    picked = select(cl["target_c"], cl["pool_c"], fill="mmd", max_rows=budget,
-                    row_counts=cl["pool_w"].astype(np.int64), **opts).indices
-    want = min(int(np.ceil(candidates * budget)), len(case["pool"]))
+    if budget is None:
+        picked = select(cl["target_c"], cl["pool_c"], **opts).indices
+        size = int(cl["pool_w"][np.unique(picked)].sum())
+    else:
+        picked = select(cl["target_c"], cl["pool_c"], fill="mmd", max_rows=budget,
+                        row_counts=cl["pool_w"].astype(np.int64), **opts).indices
+        size = budget
+    want = min(int(np.ceil(candidates * size)), len(case["pool"]))
     near = candidate_clusters(cl["pool_c"], cl["target_c"], cl["pool_w"], picked, want)
     rows = np.flatnonzero(np.isin(cl["labels"], near))
+    if budget is None:
+        size = proportional_size(case["target"], case["pool"][rows])
     result = select(case["target"], case["pool"][rows], stop_criterion="mmd", fill="mmd",
-                    max_iter=budget, dim="auto",
+                    max_iter=size, dim="auto",
                     mmd_bandwidth=median_bandwidth(case["target"]))
-    return rows[result.indices]
-
-
-def gio_pipeline_density(case, candidates=3.0):
-    """The pipeline without a row budget under ``select.own_size: density``: the cluster
-    path's own picks (the ``mmd`` rule on the centroids), their rows and those of the clusters
-    nearest the target as candidates (``candidates`` times the picks' rows), then the row step
-    sized by ``gio_core.proportional_size`` of the candidates."""
-    from gio_core import candidate_clusters, median_bandwidth, proportional_size, select
-    cl = clusters(case, None)
-    bandwidth = median_bandwidth(case["target"])
-    picked = select(cl["target_c"], cl["pool_c"], target_weights=cl["target_w"],
-                    pool_weights=cl["pool_w"], dim="auto", stop_criterion="mmd",
-                    mmd_bandwidth=bandwidth).indices
-    own = int(cl["pool_w"][np.unique(picked)].sum())
-    want = min(int(np.ceil(candidates * own)), len(case["pool"]))
-    near = candidate_clusters(cl["pool_c"], cl["target_c"], cl["pool_w"], picked, want)
-    rows = np.flatnonzero(np.isin(cl["labels"], near))
-    size = proportional_size(case["target"], case["pool"][rows])
-    result = select(case["target"], case["pool"][rows], stop_criterion="mmd", fill="mmd",
-                    max_iter=size, dim="auto", mmd_bandwidth=bandwidth)
     return rows[result.indices]
 
 
@@ -470,7 +460,7 @@ def run_case(name, case, emit_row):
     # to the held-out rows is found.
     own = {"gio_rows": lambda b: methods["gio_rows"](None),
            "gio_clusters": lambda b: methods["gio_clusters"](None),
-           "gio_pipeline_density": lambda b: gio_pipeline_density(case)}
+           "gio_pipeline_density": lambda b: gio_pipeline(case, None)}
     for method, fn in own.items():
         label = "own size" if method == "gio_pipeline_density" else "mmd stop"
         rows = measure(f"{method}_mmd_stop" if method != "gio_pipeline_density" else method,

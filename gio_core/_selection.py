@@ -638,14 +638,19 @@ def proportional_size(target, pool, neighbours: int = 10, share: float = 0.75,
     the lower ``1 - share`` quantile of those estimates: the largest selection in which target
     rows holding ``share`` of the target find pool rows enough to keep their proportions (the
     least of them, ``share=1``, is too noisy to use). Rows far from every target point count
-    nowhere. Squared distances are exact in float64; pool rows are counted in blocks of
-    ``block``, so memory stays at ``block x n_target`` besides the target's own square.
+    nowhere; a pool row that copies a target row counts as a pool row.
+
+    Squared distances are computed in float64 from the float32 rows, both sides in blocks of
+    ``block`` rows; a row on a ball's edge counts (within ``1e-9`` of the squared norms, so the
+    count does not depend on the blocks). Memory: ``block x n_target`` float64 values besides
+    the inputs.
 
     Args:
       target: ``[n, d]`` target rows (at least 2).
       pool: ``[m, d]`` pool rows.
       neighbours: target neighbours per ball (at most ``n - 1`` are used).
       share: the share of target rows whose estimate must allow the size, in ``(0, 1]``.
+      block: rows per block, an integer >= 1.
     Returns:
       An int between 1 and ``m``.
 
@@ -655,32 +660,44 @@ def proportional_size(target, pool, neighbours: int = 10, share: float = 0.75,
         picks = select(target_rows, candidate_rows, stop_criterion="mmd", fill="mmd",
                        max_iter=size).indices
     """
-    y = as_points("target", target).astype(np.float64)
-    x = as_points("pool", pool).astype(np.float64)
-    same_dim(target=y, pool=x)
-    if len(y) < 2:
-        raise ValueError(f"proportional_size needs at least 2 target rows; got {len(y)}.")
-    if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
-            or neighbours < 1:
-        raise ValueError(f"neighbours must be an integer >= 1; got {neighbours!r}.")
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1]; got {share!r}.")
-    k = min(int(neighbours), len(y) - 1)
+    y32 = as_points("target", target)
+    x32 = as_points("pool", pool)
+    same_dim(target=y32, pool=x32)
+    if len(y32) < 2:
+        raise ValueError(f"proportional_size needs at least 2 target rows; got {len(y32)}.")
+    for name, value in (("neighbours", neighbours), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+    if isinstance(share, bool) or not isinstance(share, (int, float, np.number)) \
+            or not 0 < share <= 1:
+        raise ValueError(f"share must be a number in (0, 1]; got {share!r}.")
+    k = min(int(neighbours), len(y32) - 1)
+    y = y32.astype(np.float64)
     yy = np.einsum("ij,ij->i", y, y)
+
+    def squared(a: np.ndarray, aa: np.ndarray) -> np.ndarray:
+        """Squared distances from every target row to the rows ``a`` (norms ``aa``)."""
+        d = y @ a.T
+        d *= -2.0
+        d += yy[:, None]
+        d += aa[None, :]
+        return np.maximum(d, 0.0, out=d)
+
+    xx_max = max(float(np.einsum("ij,ij->i", x32[a:a + block], x32[a:a + block],
+                                 dtype=np.float64).max()) for a in range(0, len(x32), block))
     radius = np.empty(len(y))
     for a in range(0, len(y), block):          # each target row's k-th nearest other one
-        d = np.maximum(yy[a:a + block, None] + yy[None, :] - 2.0 * (y[a:a + block] @ y.T), 0.0)
+        d = squared(y[a:a + block], yy[a:a + block]).T          # [block, n]
         d[np.arange(len(d)), np.arange(a, a + len(d))] = np.inf
         radius[a:a + block] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    limit = radius + 1e-9 * (yy + max(xx_max, float(yy.max())))
     counts = np.zeros(len(y), np.int64)
-    for a in range(0, len(x), block):
-        xb = x[a:a + block]
-        d = np.maximum(yy[:, None] + np.einsum("ij,ij->i", xb, xb)[None, :] - 2.0 * (y @ xb.T),
-                       0.0)
-        counts += (d <= radius[:, None]).sum(axis=1)
+    for a in range(0, len(x32), block):
+        xb = x32[a:a + block].astype(np.float64)
+        counts += (squared(xb, np.einsum("ij,ij->i", xb, xb)) <= limit[:, None]).sum(axis=1)
     estimate = len(y) * counts / k
     size = int(np.floor(np.quantile(estimate, 1.0 - share)))
-    return int(min(max(size, 1), len(x)))
+    return int(min(max(size, 1), len(x32)))
 
 
 class Regions(NamedTuple):

@@ -50,7 +50,7 @@ from gio_core import share_budgets
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
-                         engine_options, row_budget)
+                         engine_options, row_budget, sizes_itself)
 from jobs.io import tables
 from jobs.io.demo_data import demo_rows
 from jobs.io.encoders import embed_frame, embed_partitions, model_dimension
@@ -72,6 +72,8 @@ PY_VALUE_BYTES = 32
 # The row step's arrays at their peak: Arrow's buffer, the pandas column's arrays, the stacked
 # matrix.
 ARROW_COPIES = 3
+# gio_core.proportional_size's blocks of rows (its default).
+OWN_SIZE_BLOCK = 4096
 GIB = 2 ** 30
 # The longest the JAX probe (jobs.common.jax_probe) may take before it is given up.
 PROBE_TIMEOUT_S = 180
@@ -503,11 +505,12 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
     - ``distances``: see :func:`_distances`;
     - ``scoring``: see :func:`_scoring`.
 
-    ``row step`` (explode, where it runs: a row budget smaller than the pool, or ``select.refine:
-    rows``): the candidate rows (``select.candidates`` times the budget, at most
-    ``select.max_candidates`` on the driver; that cap without a budget) and the target rows it
-    matches (``select.max_target_rows``), collected through Arrow into float32 arrays (3 copies
-    at the peak), their distances and their scoring.
+    ``row step`` (explode, where it runs: a row budget smaller than the pool, ``select.refine:
+    rows`` or ``select.own_size: density``): the candidate rows (``select.candidates`` times the
+    budget, at most ``select.max_candidates`` on the driver; that cap without a budget) and the
+    target rows it matches (``select.max_target_rows``), collected through Arrow into float32
+    arrays (3 copies at the peak), their distances and their scoring; with ``own_size:
+    density``, its size's float64 blocks (``own size``).
     """
     s = cfg.select
     values = (pool_k + target_k) * dim
@@ -525,6 +528,9 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
         phases["row step"] = {"collect": (held + targets) * dim * 4 * ARROW_COPIES,
                               "distances": _distances(s, targets, held),
                               "scoring": _scoring(s, targets, held)}
+        if sizes_itself(s):      # gio_core.proportional_size: float64 target rows and blocks
+            phases["row step"]["own size"] = (targets * dim + 2 * OWN_SIZE_BLOCK * dim
+                                              + 2 * OWN_SIZE_BLOCK * targets) * 8
     return phases
 
 

@@ -16,7 +16,8 @@ __all__ = ["QUANTIZE_DEFAULT_ROWS_PER_CLUSTER", "QUANTIZE_UPDATE_OPTIONS",
            "FRAME_FORMAT", "EmbedSection", "JobConfig", "QuantizeSection", "SelectSection",
            "SourceSection", "TrainSection", "auto_pool_k", "config_from_dict", "datamodels_spec",
            "effective_embedding_column", "engine_options", "load_config", "probe_options",
-           "read_config_file", "row_budget", "uses_own_weights", "uses_weights", "validate"]
+           "read_config_file", "row_budget", "sizes_itself", "uses_own_weights", "uses_weights",
+           "validate"]
 
 
 def __getattr__(name: str):

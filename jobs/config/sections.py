@@ -344,7 +344,8 @@ class SelectSection:
     max_fraction: Annotated[float | None, MAX_FRACTION] = None
     # The row step (explode): GIO again, on the rows of the chosen clusters and their nearest
     # neighbours, picking as many rows as whole clusters would give. auto: with a row budget
-    # (where it was measured closer to held-out rows); rows: always; clusters: never.
+    # (where it was measured closer to held-out rows) or own_size: density; rows: always;
+    # clusters: never.
     refine: Annotated[str, one_of(*REFINE)] = "auto"
     candidates: Annotated[float, CANDIDATES] = 3.0   # candidate rows per row to select
     # the most candidate rows one process holds (about, in Spark tasks): the driver, else each task
@@ -829,6 +830,13 @@ def redacted(value, key: str = ""):
     if isinstance(value, list):
         return [redacted(v) for v in value]
     return value
+
+
+def sizes_itself(s) -> bool:
+    """Whether the row step decides the selection's size: ``select.own_size: density`` and no
+    row budget (``max_rows``, ``max_fraction``)."""
+    return getattr(s, "own_size", "clusters") == "density" and s.max_rows is None \
+        and s.max_fraction is None
 
 
 def row_budget(s: SelectSection, pool_rows: int) -> int | None:
@@ -1493,7 +1501,7 @@ def _validate_select(cfg: JobConfig) -> None:
            f"select.k={s.k} needs more than {s.k} target rows in the row step, but "
            f"select.max_target_rows={s.max_target_rows}; raise select.max_target_rows or lower "
            "select.k.")
-    _check(not (s.own_size == "density" and s.refine == "clusters"),
+    _check(not (sizes_itself(s) and s.refine == "clusters"),
            "select.own_size: density sizes the selection in the row step, which select.refine: "
            "clusters turns off; set select.refine to auto or rows, or select.own_size to "
            "clusters.")

@@ -49,7 +49,7 @@ from jobs.common.errors import ConcurrentRunError, InputError
 from jobs.common.frames import EMBEDDING, ROW_ID, seed_hash, seeded_sample
 from jobs.common.log import bar, detail, log, took
 from jobs.common.runtime import PeakMemory, configure_jax
-from jobs.config import JobConfig, engine_options, row_budget
+from jobs.config import JobConfig, engine_options, row_budget, sizes_itself
 from jobs.io import tables
 from jobs.io.sources import Side, check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
@@ -81,7 +81,7 @@ def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     pool's). Its candidates: ``ceil(select.candidates * size)`` rows, at most the pool.
     ``density`` without a budget: the row step sizes the selection (``sized``)."""
     want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
-    sized = budget is None and getattr(s, "own_size", "clusters") == "density"
+    sized = sizes_itself(s)
     if s.refine == "clusters" or (s.refine == "auto" and budget is None and not sized) or \
             getattr(s, "shares", None) is not None:      # shares: whole clusters, one domain each
         return RowStep(False, size, want)
@@ -236,7 +236,8 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
                                                           cfg, step, cands, id_field, where)
             if x is not None:
                 log(f"explode: the row step on the driver: {size} of the parts' {len(ids)} picks")
-        figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0), 3)
+        figures["collect_s"] = round(time.perf_counter() - t0 - figures.get("tasks_s", 0)
+                                     - figures.get("own_size_s", 0), 3)
         if x is not None:                      # one selection on the driver: all candidates or
             t1 = time.perf_counter()           # the parts' picks
             result = _select_rows(y, x, s, size)
@@ -274,6 +275,9 @@ def _own_size(y, x, clusters: int, figures: dict) -> int:
                    own_size_s=round(time.perf_counter() - t, 3))
     log(f"explode: the selection's own size: {size} rows, as many as the candidates hold in "
         f"the target's proportions (whole clusters: {clusters}; select.own_size: density)")
+    if size >= len(x):
+        log(f"explode: warning: the own size takes every one of the {len(x)} candidate rows, "
+            "so the candidates may be what limits it; raise select.candidates to let it grow")
     return size
 
 

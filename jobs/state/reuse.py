@@ -25,7 +25,8 @@ from jobs.io.sources import content_identity, frame_of
 from jobs.config import (FRAME_FORMAT, QUANTIZE_DEFAULT_ROWS_PER_CLUSTER,
                          QUANTIZE_UPDATE_OPTIONS, RUNTIME_EMBED_OPTIONS, RUNTIME_SELECT_OPTIONS,
                          RUNTIME_TRAIN_OPTIONS, JobConfig, SourceSection,
-                         effective_embedding_column, uses_own_weights, uses_weights)
+                         effective_embedding_column, sizes_itself, uses_own_weights,
+                         uses_weights)
 from jobs.common.errors import InputError
 from jobs.io.encoders import RECIPES
 from jobs.state.stagelog import latest
@@ -305,7 +306,8 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
 
 
 # The row step's options (explode): they change nothing without a row budget unless
-# select.refine is rows, so there they stay out of the fingerprint, and such runs keep their ids.
+# select.refine is rows or select.own_size is density, so there they stay out of the
+# fingerprint, and such runs keep their ids.
 ROW_STEP_OPTIONS = ("refine", "candidates", "max_candidates", "max_target_rows")
 # The row step's own version, in explode's fingerprint where it can run (not under
 # refine: clusters): a new one recomputes explode's rows (under the same run id) instead of
@@ -320,7 +322,7 @@ def row_step_can_run(s) -> bool:
     if getattr(s, "shares", None) is not None:
         return False
     return s.refine == "rows" or s.max_rows is not None or s.max_fraction is not None \
-        or getattr(s, "own_size", "clusters") == "density"
+        or sizes_itself(s)
 
 
 def select_params(cfg: JobConfig) -> dict:
@@ -328,11 +330,10 @@ def select_params(cfg: JobConfig) -> dict:
     step's where it cannot run)."""
     s = cfg.select
     idle = not row_step_can_run(s)
-    budget = s.max_rows is not None or s.max_fraction is not None
     out = {k: v for k, v in dataclasses.asdict(s).items()
            if k not in RUNTIME_SELECT_OPTIONS and not (idle and k in ROW_STEP_OPTIONS)
-           and not (k == "shares" and v is None)    # runs without shares keep their ids
-           and not (k == "own_size" and (v == "clusters" or budget))}  # and those it leaves
+           and not (k == "shares" and v is None)    # runs without shares keep their ids,
+           and not (k == "own_size" and not sizes_itself(s))}  # and those it does not size
     if s.shares is not None:             # domains are compared as text (YAML may give 1 for '1')
         out["shares"] = {str(k): v for k, v in s.shares.items()}
     return out

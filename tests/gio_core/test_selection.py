@@ -441,9 +441,17 @@ def test_proportional_size_counts_pool_rows_in_each_target_rows_ball():
     assert proportional_size(target, pool, neighbours=1, share=0.75) == 8
     assert proportional_size(target, pool, neighbours=1, share=1.0) == 8
     assert proportional_size(target, pool[:7], neighbours=1, share=0.5) == 7   # at most the pool
+    # pool rows on the balls' edges (copies of the target rows) count, whatever the blocks
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(50, 7)).astype(np.float32)
+    p = np.concatenate([t, rng.normal(size=(200, 7)).astype(np.float32)])
+    sizes = {proportional_size(t, p, share=0.5, block=b) for b in (1, 7, 64, 4096)}
+    assert len(sizes) == 1, sizes
     for bad, match in ((dict(target=target[:1]), "at least 2 target rows"),
-                       (dict(share=0.0), "share must be in"),
+                       (dict(share=0.0), "share must be a number in"),
+                       (dict(share=True), "share must be a number in"),
                        (dict(neighbours=0), "neighbours must be an integer"),
+                       (dict(block=0), "block must be an integer"),
                        (dict(pool=np.zeros((3, 2))), "dimension")):
         with pytest.raises(ValueError, match=match):
             proportional_size(**{"target": target, "pool": pool, **bad})

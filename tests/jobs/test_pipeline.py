@@ -303,11 +303,12 @@ def test_where_the_row_step_runs_follows_the_cap():
     # select.own_size: density without a budget: the row step runs and sizes the selection
     # (on the driver only); with a budget the budget is the size
     from jobs.stages.explode import RowStep, row_step_plan
-    density = Ns(refine="auto", candidates=3.0, own_size="density", shares=None)
+    unset = dict(refine="auto", candidates=3.0, shares=None, max_rows=None, max_fraction=None)
+    density = Ns(**unset, own_size="density")
     assert row_step_plan(density, None, 100, 600) == RowStep(True, 100, 300, sized=True)
-    assert row_step_plan(density, 100, 100, 600) == RowStep(True, 100, 300)
-    assert not row_step_plan(Ns(refine="auto", candidates=3.0, own_size="clusters",
-                                shares=None), None, 100, 600).run
+    budget = Ns(**dict(unset, max_rows=100), own_size="density")
+    assert row_step_plan(budget, 100, 100, 600) == RowStep(True, 100, 300)
+    assert not row_step_plan(Ns(**unset, own_size="clusters"), None, 100, 600).run
     assert rounds(auto, 1000, 300, sized=True) == ("driver", "")
     for refine in ("auto", "rows"):
         where, why = rounds(Ns(max_candidates=1000, candidates=3.0, refine=refine), 1500, 300,

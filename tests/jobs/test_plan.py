@@ -138,6 +138,11 @@ def test_the_warnings_name_the_setting_to_change():
     assert select["scoring"] == 2 * 512 * 4096 * (cfg.select.k + 1) * 4
     assert "row step" not in driver_memory(cfg, 20_000, 5000, 384, 4000, 300)
     assert memory_need(phases) == sum(select.values())
+    # select.own_size: density without a budget: the cap's candidates, and the size's blocks
+    own = load_config(None, ["select.own_size=density"], command="config")
+    step = driver_memory(own, 20_000, 5000, 384, 40_000, 300)["row step"]
+    assert step["own size"] == (300 * 384 + 2 * 4096 * 384 + 2 * 4096 * 300) * 8
+    assert step["collect"] == (own.select.max_candidates + 300) * 384 * 4 * 3
     f = Forecast("run-x", "out")
     f.driver = {"phases": phases, "need_bytes": memory_need(phases), "free_bytes": 2 ** 28,
                 "max_result": "32m", "driver_memory": "64m"}
