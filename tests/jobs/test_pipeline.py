@@ -277,6 +277,7 @@ def test_own_size_density_sizes_a_selection_without_a_budget(spark, tmp_path, ca
     # that holds 55% of the 80 target rows, so 174; the estimate runs low with 36 and 44 target
     # rows per component (its per-row estimates are noisy, and a lower quantile is taken).
     assert (comp == 1).sum() == 96 and 0.6 * 174 <= n <= 1.2 * 174, n
+    assert n == 128 and figures["candidate_rows"] == 368, figures     # the pipeline page's log
     assert np.isin(comp[[r["id"] for r in rows]], [0, 1]).mean() > 0.95
     assert f"explode: the selection's own size: {n} rows" in capsys.readouterr().out
 
