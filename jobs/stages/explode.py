@@ -17,7 +17,8 @@ Two ways, by ``select.refine`` (see :func:`row_step_plan`):
   (:func:`gio_core.proportional_size` of the candidate rows). Rows are sorted by row id wherever they are
   collected, so the same rows give the same picks whatever the sources' order. ``rank`` is
   then the row's pick, ``cluster_id`` its cluster.
-* **whole clusters** (``clusters``, or ``auto`` without a budget):
+* **whole clusters** (``clusters``, or ``auto`` without a budget and with ``select.own_size:
+  clusters``, the default):
   ``broadcast(selection of this run) JOIN pool_assignments (of the run's clustering) JOIN pool
   rows``, every usable pool row of every chosen cluster (with a row budget, the last cluster
   sampled down to what is left of it); ``rank`` is the pick that chose the row's cluster.
