@@ -458,15 +458,15 @@ def run_case(name, case, emit_row):
     # GIO's own stop decides the size; the baselines then get that size. So does the
     # pipeline's select.own_size: density; and the size where GIO on the rows comes closest
     # to the held-out rows is found.
-    own = {"gio_rows": lambda b: methods["gio_rows"](None),
-           "gio_clusters": lambda b: methods["gio_clusters"](None),
-           "gio_pipeline_density": lambda b: gio_pipeline(case, None)}
-    for method, fn in own.items():
-        label = "own size" if method == "gio_pipeline_density" else "mmd stop"
-        rows = measure(f"{method}_mmd_stop" if method != "gio_pipeline_density" else method,
-                       fn, None, f"{method} {label}")
+    own = [("gio_rows_mmd_stop", "gio_rows mmd stop", lambda b: methods["gio_rows"](None)),
+           ("gio_clusters_mmd_stop", "gio_clusters mmd stop",
+            lambda b: methods["gio_clusters"](None)),
+           ("gio_pipeline_density", "gio_pipeline_density own size",
+            lambda b: gio_pipeline(case, None))]
+    for method, label, fn in own:
+        rows = measure(method, fn, None, label)
         for base, base_fn in baselines(case).items():
-            measure(base, base_fn, len(rows), f"{method} {label}")
+            measure(base, base_fn, len(rows), label)
     measure("heldout_best", lambda b: heldout_best(case), None, "held-out best")
     return results
 
