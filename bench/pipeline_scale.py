@@ -1,16 +1,21 @@
 """How the whole pipeline's cost grows with the pool's rows: ``gio-spark run`` on precomputed
-vectors at several pool sizes (default 100,000, 300,000 and 1,000,000 rows), each stage's
-seconds, the driver's peak memory, the selection's MMD² to held-out rows, and the growth
-exponent of each time fitted over the sizes (``seconds ~ rows^b``, least squares on logs).
+vectors at several pool sizes (default 100,000, 1,000,000, 3,000,000 and 10,000,000 rows), each
+stage's seconds, the driver's peak memory, the selection's MMD² to held-out rows, and the growth
+exponent of each time fitted over the sizes (``seconds ~ rows^b``, least squares on logs), over
+every size and over the sizes from a million rows up (where ``pool_k: auto`` stops growing).
 
 Each size's pool (64-D unit vectors around 50 directions, ``bench._common.clustered``) is
 written once as Parquet under ``--work`` and kept for the next run; the target (2,000 rows) and
 the held-out rows (2,000) come from five of the directions. Every run is a new process on a new
 output (``spark.master=local[C]``, the JAX cache of the runs before it), with ``pool_k: auto``
 and a row budget of ``--share`` of the pool (default 5%). The driver's memory is sampled every
-0.2 s: its Python process and its JVM, apart and together.
+0.2 s: its Python process and its JVM, apart and together. ``--before-rows`` sizes also run
+with the clusters the earlier rule gave (``4 * sqrt(rows)`` at every size, set as
+``quantize.pool_k``), for the rule change's cost and quality at the same rows. Each run's line
+is written as soon as it ends.
 
-    python bench/pipeline_scale.py [--rows 100000 300000 1000000] [--share 0.05] [--cores 2]
+    python bench/pipeline_scale.py [--rows 100000 1000000 3000000 10000000]
+                                   [--before-rows 3000000] [--share 0.05] [--cores 2]
                                    [--work /tmp/gio-pipeline-scale]
                                    [--out bench/results/pipeline_scale_cpu_2cores.jsonl]
 """
@@ -20,6 +25,7 @@ import argparse
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,10 +125,18 @@ def is_java(pid: int) -> bool:
         return False
 
 
-def run(folder: str, out: str, share: float, cores: int) -> dict:
+def rule_before(rows: int, share: float) -> int:
+    """The clusters ``pool_k: auto`` gave before it stopped growing at a million rows:
+    ``4 * sqrt(rows)`` at every size, at least 100 clusters' rows in the budget, between 50
+    and 20,000."""
+    k = max(4.0 * np.sqrt(rows), 100 / share)
+    return int(min(max(round(k), 50), 20_000, rows))
+
+
+def run(folder: str, out: str, share: float, cores: int, pool_k: int | str = "auto") -> dict:
     argv = [sys.executable, "-m", "jobs.cli", "run", "--config", str(ROOT / "conf" / "demo.yaml"),
             "--set", f"output.path={out}", "--set", f"spark.master=local[{cores}]",
-            "--set", "quantize.pool_k=auto", "--set", "quantize.target_k=200",
+            "--set", f"quantize.pool_k={pool_k}", "--set", "quantize.target_k=200",
             "--set", f"select.max_fraction={share}",
             "--set", "spark.conf.spark.driver.memory=6g"]
     for side in ("pool", "target"):
@@ -169,14 +183,20 @@ def run(folder: str, out: str, share: float, cores: int) -> dict:
 def quality(spark, folder: str, out: str) -> dict:
     import pandas as pd
     from gio_core import mmd_rbf
-    picked = spark.read.format("delta").load(os.path.join(out, "selected_rows")) \
-        .select("vec", "component").toPandas()
+    from pyspark.sql import functions as F
+    rows = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+    counts = rows.groupBy(F.col("component").isin(COMPONENTS).alias("target")).count() \
+        .toPandas()
+    n = int(counts["count"].sum())
+    # the MMD on 4,000 of the rows, a sample drawn in Spark: 10M rows' selection is 500,000
+    picked = rows.sample(fraction=min(1.0, 8_000 / max(n, 1)), seed=0).select("vec").toPandas()
     held = np.stack(pd.read_parquet(os.path.join(folder, "heldout.parquet"))["vec"])
     x = np.stack(picked["vec"].to_numpy()).astype(np.float32)
     rng = np.random.default_rng(0)
     sub = x[rng.choice(len(x), size=min(len(x), 4_000), replace=False)]
-    return {"selected_rows": int(len(x)), "mmd_heldout": float(mmd_rbf(sub, held)),
-            "share_target_components": float(np.isin(picked["component"], COMPONENTS).mean())}
+    inside = int(counts.loc[counts["target"], "count"].sum())
+    return {"selected_rows": n, "mmd_heldout": float(mmd_rbf(sub, held)),
+            "share_target_components": inside / max(n, 1)}
 
 
 def exponent(sizes, values) -> float | None:
@@ -189,7 +209,9 @@ def exponent(sizes, values) -> float | None:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--rows", type=int, nargs="+",
+                        default=[100_000, 1_000_000, 3_000_000, 10_000_000])
+    parser.add_argument("--before-rows", type=int, nargs="*", default=[3_000_000])
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(),
@@ -200,24 +222,33 @@ def main():
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                           capture_output=True).stdout.strip()
+    spark = build_session("pipeline-scale", "local[1]", {"spark.driver.memory": "2g"}, quiet=True)
+    plan = [(rows, "auto") for rows in args.rows]
+    plan += [(rows, "before") for rows in args.before_rows]
     results = []
-    for rows in args.rows:
+    for rows, rule in plan:
         folder = write_inputs(args.work, rows)
         out = tempfile.mkdtemp(prefix=f"gio-scale-{rows}-", dir=args.work)
-        found = run(folder, out, args.share, args.cores)
-        results.append((rows, folder, out, found))
-    spark = build_session("pipeline-scale", f"local[{args.cores}]", {})
-    for rows, folder, out, found in results:
+        pool_k = "auto" if rule == "auto" else rule_before(rows, args.share)
+        found = run(folder, out, args.share, args.cores, pool_k)
         found.update(quality(spark, folder, out))
         emit({"bench": "pipeline_scale", "date": time.strftime("%Y-%m-%d"), "commit": head,
-              "rows": rows, "dim": DIM, "cores": args.cores, "share": args.share, **found},
-             args.out)
+              "rows": rows, "dim": DIM, "cores": args.cores, "share": args.share,
+              "rule": rule, **found}, args.out)
+        if rule == "auto":
+            results.append((rows, found))
+        shutil.rmtree(out, ignore_errors=True)      # 10M rows' tables: gigabytes
     sizes = [r[0] for r in results]
+
+    def fitted(chosen):
+        got = [r for r in results if r[0] in chosen]
+        return {**{k: exponent(chosen, [f.get(k) for _, f in got])
+                   for k in ("wall", "checks", "quantize", "select", "explode")},
+                "peak_both": exponent(chosen, [f["peak_mib"]["both"] for _, f in got]),
+                "peak_python": exponent(chosen, [f["peak_mib"]["python"] for _, f in got])}
+    large = [n for n in sizes if n >= 1_000_000]
     emit({"bench": "pipeline_scale", "summary": "exponent b of seconds ~ rows^b",
-          "rows": sizes, **{k: exponent(sizes, [r[3].get(k) for r in results])
-                            for k in ("wall", "checks", "quantize", "select", "explode")},
-          "peak_both": exponent(sizes, [r[3]["peak_mib"]["both"] for r in results]),
-          "peak_python": exponent(sizes, [r[3]["peak_mib"]["python"] for r in results])},
+          "rows": sizes, **fitted(sizes), "from_a_million": {"rows": large, **fitted(large)}},
          args.out)
 
 

@@ -457,23 +457,34 @@ def quality_own_size() -> str:
 
 
 def pipeline_scale() -> str:
-    """The whole run at each pool size of the latest bench/pipeline_scale.py run, and the
-    fitted exponents."""
+    """The whole run at each pool size of the latest bench/pipeline_scale.py run (and at the
+    sizes also run with the earlier ``pool_k: auto`` rule), and the fitted exponents."""
     runs = records("pipeline_scale_cpu_2cores.jsonl")
-    summary = [r for r in runs if "summary" in r][-1]
+    at = max(i for i, r in enumerate(runs) if "summary" in r)
+    summary = runs[at]
     sizes = summary["rows"]
-    latest = {r["rows"]: r for r in runs if "summary" not in r and r["rows"] in sizes}
+    this = []                           # the run's lines: those before its summary, back to
+    for r in reversed(runs[:at]):       # the one before it
+        if "summary" in r:
+            break
+        this.insert(0, r)
+    auto = {r["rows"]: r for r in this if r.get("rule", "auto") == "auto"}
+    before = [r for r in this if r.get("rule") == "before"]
     rows = []
-    for n in sizes:
-        r = latest[n]
-        rows.append([f"{n:,}", f"{r['pool_k']:,}", fixed(r["checks"], 1), fixed(r["quantize"], 1),
+    for label, r in [(f"{n:,}", auto[n]) for n in sizes] + \
+            [(f"{r['rows']:,}, earlier rule (4·sqrt(rows))", r) for r in before]:
+        rows.append([label, f"{r['pool_k']:,}", fixed(r["checks"], 1), fixed(r["quantize"], 1),
                      fixed(r["select"], 1), fixed(r["explode"], 1), fixed(r["wall"], 1),
                      fixed(r["peak_mib"]["python"], 0), fixed(r["peak_mib"]["jvm"], 0),
                      f"{r['mmd_heldout']:.5f}", f"{r['share_target_components']:.2f}"])
-    rows.append(["exponent b (s ~ rows^b)", "", fixed(summary["checks"], 2),
-                 fixed(summary["quantize"], 2), fixed(summary["select"], 2),
-                 fixed(summary["explode"], 2), fixed(summary["wall"], 2),
-                 fixed(summary["peak_python"], 2), "", "", ""])
+    fits = [("exponent b (s ~ rows^b), every size", summary)]
+    large = summary.get("from_a_million")
+    if large and len(large["rows"]) >= 2:
+        fits.append((f"exponent b, {large['rows'][0]:,} rows and up", large))
+    for label, fit in fits:
+        rows.append([label, "", fixed(fit["checks"], 2), fixed(fit["quantize"], 2),
+                     fixed(fit["select"], 2), fixed(fit["explode"], 2), fixed(fit["wall"], 2),
+                     fixed(fit["peak_python"], 2), "", "", ""])
     return table(["pool rows", "pool clusters", "start + checks s", "quantize s", "select s",
                   "explode s", "whole run s", "driver Python peak MiB", "driver JVM peak MiB",
                   "held-out MMD²", "target share"], "lrrrrrrrrrr", rows)

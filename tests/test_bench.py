@@ -86,10 +86,13 @@ def test_a_changed_result_changes_its_table(tmp_path, monkeypatch):
 
 @pytest.mark.e2e           # two whole runs in their own processes: over two minutes
 def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
-    rows = run_bench("pipeline_scale.py", "--rows", "3000", "9000", "--share", "0.02",
-                     "--work", str(tmp_path / "work"), tmp_path=tmp_path)
+    rows = run_bench("pipeline_scale.py", "--rows", "3000", "9000", "--before-rows", "3000",
+                     "--share", "0.02", "--work", str(tmp_path / "work"), tmp_path=tmp_path)
     runs, summary = rows[:-1], rows[-1]
-    assert [r["rows"] for r in runs] == [3000, 9000]
+    assert [(r["rows"], r["rule"]) for r in runs] == [(3000, "auto"), (9000, "auto"),
+                                                      (3000, "before")]
+    # the earlier rule's count, set as a number: at 3,000 rows and 2% both rules give the rows
+    assert runs[2]["pool_k"] == runs[0]["pool_k"] == 3000
     for r in runs:
         stages = [r[k] for k in ("checks", "quantize", "select", "explode")]
         assert all(v is not None and v > 0 for v in stages), r
@@ -101,8 +104,9 @@ def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
         assert 0 < r["selected_rows"] <= 0.02 * r["rows"]
         assert r["share_target_components"] > 0.5 and r["mmd_heldout"] > 0
         assert r["pool_k"] >= 50
-    assert summary["rows"] == [3000, 9000]
+    assert summary["rows"] == [3000, 9000]           # the earlier rule's run is not fitted
     for key in ("wall", "quantize", "select", "explode", "peak_both"):
         assert isinstance(summary[key], float), summary
+    assert summary["from_a_million"]["rows"] == [] and summary["from_a_million"]["wall"] is None
     # The pool's input is written once: a second run finds it.
     assert os.path.exists(tmp_path / "work" / "pool-3000" / "done")

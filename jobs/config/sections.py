@@ -849,16 +849,19 @@ def row_budget(s: SelectSection, pool_rows: int) -> int | None:
 
 
 POOL_K_MIN, POOL_K_MAX = 50, 20_000
+POOL_K_SQRT_ROWS = 1_000_000       # auto's 4 sqrt(rows) stops growing here (4,000 clusters)
 ROWS_PER_BUDGET_CLUSTER = 100      # a row budget spans at least this many clusters' rows
 
 
 def auto_pool_k(pool_rows: int, s: SelectSection) -> int:
-    """``quantize.pool_k: auto``: ``4 * sqrt(rows)`` clusters (305 for the demo's 5,824
-    docstrings, 4,000 at a million rows), raised so that a row budget (``select.max_rows`` /
-    ``max_fraction``) spans at least 100 clusters' worth of rows, then held between 50 and
-    20,000 (K-means' cost grows with k) and ``select.max_centroids``, and never above the rows.
+    """``quantize.pool_k: auto``: ``4 * sqrt(rows)`` clusters up to a million rows (305 for the
+    demo's 5,824 docstrings, 4,000 at a million rows) and 4,000 beyond, so that K-means' cost
+    (rows x clusters) grows linearly in the rows past a million; raised so that a row budget
+    (``select.max_rows`` / ``max_fraction``) spans at least 100 clusters' worth of rows (a
+    count that does not grow with the rows at a fixed share), then held between 50 and 20,000
+    and ``select.max_centroids``, and never above the rows.
     """
-    k = 4.0 * math.sqrt(max(pool_rows, 1))
+    k = 4.0 * math.sqrt(min(max(pool_rows, 1), POOL_K_SQRT_ROWS))
     budget = row_budget(s, pool_rows)
     if budget is not None:
         k = max(k, ROWS_PER_BUDGET_CLUSTER * pool_rows / budget)

@@ -117,7 +117,13 @@ def test_pool_k_auto_follows_the_pool_and_the_budget():
     assert load_config("conf/demo.yaml", ["quantize.pool_k=auto"]).quantize.pool_k == "auto"
     assert auto_pool_k(5824, s) == 305                      # 4 sqrt(rows)
     assert auto_pool_k(10 ** 6, s) == 4000
-    assert auto_pool_k(10 ** 9, s) == 20_000                # the cap
+    assert auto_pool_k(999_000, s) == 3998
+    # past a million rows the count holds, so K-means' cost grows linearly in the rows
+    assert auto_pool_k(10 ** 7, s) == auto_pool_k(10 ** 9, s) == 4000
+    share = load_config("conf/demo.yaml", ["select.max_fraction=0.01"]).select
+    assert auto_pool_k(10 ** 7, share) == auto_pool_k(10 ** 9, share) == 10_000   # 100 / 1%
+    small = load_config("conf/demo.yaml", ["select.max_fraction=0.001"]).select
+    assert auto_pool_k(10 ** 8, small) == 20_000            # the cap
     assert auto_pool_k(100, s) == 50 and auto_pool_k(30, s) == 30
     budget = load_config("conf/demo.yaml", ["select.max_rows=1000"]).select
     assert auto_pool_k(5824, budget) == 582                 # 100 clusters' rows in the budget
