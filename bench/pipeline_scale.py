@@ -43,6 +43,7 @@ COMPONENTS = [3, 11, 19, 27, 35]
 WEIGHTS = [0.4, 0.25, 0.15, 0.1, 0.1]
 STAGE_LINES = {          # the stage, and the line that ends it (its own figure where it has one)
     "checks": re.compile(r"\[gio-spark\] target: "),
+    "select_start": re.compile(r"\[gio-spark\] select: \d+ pool and \d+ target centroids"),
     "quantize": re.compile(r"\[gio-spark\] quantize: .* in (.+)$"),
     "select": re.compile(r"\[gio-spark\] select: \d+ clusters chosen.* in (.+)$"),
     "explode": re.compile(r"\[gio-spark\] explode: run .*\((.+)\)$"),
@@ -173,6 +174,12 @@ def run(folder: str, out: str, share: float, cores: int, pool_k: int | str = "au
         raise RuntimeError("".join(lines[-40:]))
     found["wall"] = round(time.perf_counter() - start, 2)
     found["checks"] = found.get("checks_at")        # from the start: JVM, reading, checking
+    # Whole stages, from line to line: quantize's own figure is its K-means; the assignment
+    # pass over every row runs as its assignments are written, after that figure's line.
+    if found.get("select_start_at") and found.get("checks_at"):
+        found["quantize_whole"] = round(found["select_start_at"] - found["checks_at"], 2)
+    if found.get("explode_at") and found.get("select_start_at"):
+        found["select_explode_whole"] = round(found["explode_at"] - found["select_start_at"], 2)
     found["peak_mib"] = {k: round(v / 1024, 1) for k, v in peaks.items()}
     found["pool_k"] = next((int(m.group(1)) for m in
                             (re.search(r"quantize: (\d+) pool clusters", x) for x in lines)
@@ -243,7 +250,8 @@ def main():
     def fitted(chosen):
         got = [r for r in results if r[0] in chosen]
         return {**{k: exponent(chosen, [f.get(k) for _, f in got])
-                   for k in ("wall", "checks", "quantize", "select", "explode")},
+                   for k in ("wall", "checks", "quantize_whole", "quantize", "select_explode_whole",
+                             "select", "explode")},
                 "peak_both": exponent(chosen, [f["peak_mib"]["both"] for _, f in got]),
                 "peak_python": exponent(chosen, [f["peak_mib"]["python"] for _, f in got])}
     large = [n for n in sizes if n >= 1_000_000]

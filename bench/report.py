@@ -45,8 +45,9 @@ def thousands(n) -> str:
     return f"{n:,}"
 
 
-def fixed(x: float, places: int) -> str:
-    return f"{x:.{places}f}"
+def fixed(x: float | None, places: int) -> str:
+    """``x`` to ``places`` decimals; an empty cell where the run has no such figure."""
+    return "" if x is None else f"{x:.{places}f}"
 
 
 def times(x: float) -> str:
@@ -473,8 +474,10 @@ def pipeline_scale() -> str:
     rows = []
     for label, r in [(f"{n:,}", auto[n]) for n in sizes] + \
             [(f"{r['rows']:,}, earlier rule (4·sqrt(rows))", r) for r in before]:
-        rows.append([label, f"{r['pool_k']:,}", fixed(r["checks"], 1), fixed(r["quantize"], 1),
-                     fixed(r["select"], 1), fixed(r["explode"], 1), fixed(r["wall"], 1),
+        rows.append([label, f"{r['pool_k']:,}", fixed(r["checks"], 1),
+                     fixed(r.get("quantize_whole"), 1), fixed(r["quantize"], 1),
+                     fixed(r.get("select_explode_whole"), 1), fixed(r["select"], 1),
+                     fixed(r["explode"], 1), fixed(r["wall"], 1),
                      fixed(r["peak_mib"]["python"], 0), fixed(r["peak_mib"]["jvm"], 0),
                      f"{r['mmd_heldout']:.5f}", f"{r['share_target_components']:.2f}"])
     fits = [("exponent b (s ~ rows^b), every size", summary)]
@@ -482,12 +485,14 @@ def pipeline_scale() -> str:
     if large and len(large["rows"]) >= 2:
         fits.append((f"exponent b, {large['rows'][0]:,} rows and up", large))
     for label, fit in fits:
-        rows.append([label, "", fixed(fit["checks"], 2), fixed(fit["quantize"], 2),
+        rows.append([label, "", fixed(fit["checks"], 2), fixed(fit.get("quantize_whole"), 2),
+                     fixed(fit["quantize"], 2), fixed(fit.get("select_explode_whole"), 2),
                      fixed(fit["select"], 2), fixed(fit["explode"], 2), fixed(fit["wall"], 2),
                      fixed(fit["peak_python"], 2), "", "", ""])
-    return table(["pool rows", "pool clusters", "start + checks s", "quantize s", "select s",
-                  "explode s", "whole run s", "driver Python peak MiB", "driver JVM peak MiB",
-                  "held-out MMD²", "target share"], "lrrrrrrrrrr", rows)
+    return table(["pool rows", "pool clusters", "start + checks s", "quantize s",
+                  "its K-means s", "select + explode s", "its select s", "its explode s",
+                  "whole run s", "driver Python peak MiB", "driver JVM peak MiB",
+                  "held-out MMD²", "target share"], "lrrrrrrrrrrrr", rows)
 
 
 TABLES = {f.__name__.replace("_", "-"): f for f in

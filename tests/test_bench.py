@@ -96,7 +96,11 @@ def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
     for r in runs:
         stages = [r[k] for k in ("checks", "quantize", "select", "explode")]
         assert all(v is not None and v > 0 for v in stages), r
-        assert r["wall"] > r["explode_at"] > r["select_at"] > r["quantize_at"] > r["checks"]
+        assert r["wall"] > r["explode_at"] > r["select_at"] > r["select_start_at"] \
+            > r["quantize_at"] > r["checks"]
+        # whole stages from line to line hold their own figures (rounded to 0.1 s)
+        assert r["quantize_whole"] + 0.1 >= r["quantize"]
+        assert r["select_explode_whole"] + 0.1 >= r["select"] + r["explode"]
         assert r["peak_mib"]["python"] > 100 and r["peak_mib"]["jvm"] > 100
         # each figure rounded to 0.1 MiB on its own
         assert r["peak_mib"]["both"] <= r["peak_mib"]["python"] + r["peak_mib"]["jvm"] + 0.15
@@ -105,7 +109,8 @@ def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
         assert r["share_target_components"] > 0.5 and r["mmd_heldout"] > 0
         assert r["pool_k"] >= 50
     assert summary["rows"] == [3000, 9000]           # the earlier rule's run is not fitted
-    for key in ("wall", "quantize", "select", "explode", "peak_both"):
+    for key in ("wall", "quantize", "quantize_whole", "select_explode_whole", "select",
+                "explode", "peak_both"):
         assert isinstance(summary[key], float), summary
     assert summary["from_a_million"]["rows"] == [] and summary["from_a_million"]["wall"] is None
     # The pool's input is written once: a second run finds it.
