@@ -166,7 +166,8 @@ def run(folder: str, out: str, share: float, cores: int, pool_k: int | str = "au
         for stage, pattern in STAGE_LINES.items():
             m = pattern.search(line.rstrip())
             if m:
-                found[stage] = seconds(m.group(1)) if m.groups() else None
+                if m.groups():
+                    found[stage] = seconds(m.group(1))
                 found[f"{stage}_at"] = round(now, 2)
     code = proc.wait()
     done.set()
