@@ -47,7 +47,9 @@ def thousands(n) -> str:
 
 def fixed(x: float | None, places: int) -> str:
     """``x`` to ``places`` decimals; an empty cell where the run has no such figure."""
-    return "" if x is None else f"{x:.{places}f}"
+    if x is None:
+        return ""
+    return f"{round(x, places) + 0.0:.{places}f}"     # + 0.0: no "-0.00"
 
 
 def times(x: float) -> str:
@@ -470,7 +472,9 @@ def pipeline_scale() -> str:
             break
         this.insert(0, r)
     auto = {r["rows"]: r for r in this if r.get("rule", "auto") == "auto"}
-    before = [r for r in this if r.get("rule") == "before"]
+    # a run that was stopped part way leaves lines without a summary: the latest line of each
+    # size and rule is this run's
+    before = list({r["rows"]: r for r in this if r.get("rule") == "before"}.values())
     rows = []
     for label, r in [(f"{n:,}", auto[n]) for n in sizes] + \
             [(f"{r['rows']:,}, earlier rule (4·sqrt(rows))", r) for r in before]:

@@ -84,7 +84,7 @@ def test_a_changed_result_changes_its_table(tmp_path, monkeypatch):
         "\n\n<!-- /bench-table -->\nb\n")
 
 
-@pytest.mark.e2e           # two whole runs in their own processes: over two minutes
+@pytest.mark.e2e           # three whole runs in their own processes: over two minutes
 def test_pipeline_scale_bench_times_each_stage_and_fits_the_exponents(tmp_path):
     rows = run_bench("pipeline_scale.py", "--rows", "3000", "9000", "--before-rows", "3000",
                      "--share", "0.02", "--work", str(tmp_path / "work"), tmp_path=tmp_path)
