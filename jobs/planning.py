@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 import jobs
-from gio_core import share_budgets
+from gio_core import proportional_size, share_budgets
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
@@ -72,8 +73,8 @@ PY_VALUE_BYTES = 32
 # The row step's arrays at their peak: Arrow's buffer, the pandas column's arrays, the stacked
 # matrix.
 ARROW_COPIES = 3
-# gio_core.proportional_size's blocks of rows (its default).
-OWN_SIZE_BLOCK = 4096
+# gio_core.proportional_size's blocks of rows (its default, read from it so the two agree).
+OWN_SIZE_BLOCK = inspect.signature(proportional_size).parameters["block"].default
 GIB = 2 ** 30
 # The longest the JAX probe (jobs.common.jax_probe) may take before it is given up.
 PROBE_TIMEOUT_S = 180
