@@ -268,7 +268,8 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
     with _pipeline_run(pool, target, (text_column, embedding_column, id_column), extra, config,
                        output, run_id, settings, spark) as (cfg, session):
         summary = run_pipeline(session, cfg)
-    return selection(cfg.output.path, summary["run_id"], spark=session)
+    # The run has just recorded itself: its rows are read without looking it up in `runs`.
+    return tables.read_key(session, cfg.output.path, "selected_rows", summary["run_id"])
 
 
 def plan(pool: Source | None = None, target: Source | None = None, *,

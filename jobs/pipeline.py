@@ -24,7 +24,7 @@ from jobs.io.demo_data import TARGET_PACKAGES, demo_rows
 from jobs.io.session import check_classic
 from jobs.stages import embed, evaluate, explode, imnn, quantize, select, train, weigh
 from jobs.stages.base import Run, Stage, both_sides
-from jobs.state import reuse
+from jobs.state import reuse, stagelog
 from jobs.state.inputs import prepare_inputs
 
 # Every stage, in the order `gio-spark run` runs the ones it includes.
@@ -53,9 +53,11 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
             run.plans[stage.name] = stage.plan(run)
     checks = {s.name: (lambda pending, pool, dim, s=s: s.check(run, pending, pool, dim))
               for s in stages if s.check is not None}
-    run.inputs = prepare_inputs(spark, cfg, plan, log, checks)
-    for stage in stages:
-        run.results[stage.name] = stage.step(run)
+    # Quick stages' records go into the stage log together (runtime.stage_log_batch_s).
+    with stagelog.batched(spark, cfg.output.path, cfg.runtime.stage_log_batch_s):
+        run.inputs = prepare_inputs(spark, cfg, plan, log, checks)
+        for stage in stages:
+            run.results[stage.name] = stage.step(run)
     summary = dict(run.results["explode"])
     for name in ("train", "evaluate"):
         if name in run.results:

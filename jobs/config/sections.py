@@ -759,8 +759,8 @@ JAX_CACHE = Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v.stri
 
 @dataclass
 class RuntimeSection:
-    """How the driver runs JAX: none of it changes a result or an id (so changing it reuses
-    committed work). ``select.jax_*`` are the deprecated names of these keys."""
+    """How the driver runs JAX and writes the stage log: none of it changes a result or an id
+    (so changing it reuses committed work). ``select.jax_*`` are the deprecated names of these keys."""
     # auto (GPU when JAX sees one), cpu or gpu
     jax_platform: Annotated[str, one_of("auto", "cpu", "gpu")] = "auto"
     # share of the driver GPU's memory JAX may take
@@ -771,6 +771,9 @@ class RuntimeSection:
     # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
     # or a folder (also in your own session)
     jax_cache: Annotated[str | bool, JAX_CACHE] = "auto"
+    # seconds of finished work whose stage-log records a run holds and writes in one commit (0:
+    # one commit a stage); a run killed meanwhile computes those stages again
+    stage_log_batch_s: Annotated[float, NON_NEGATIVE] = 30.0
 
 
 JAX_KEYS = ("jax_platform", "jax_memory_fraction", "jax_preallocate")

@@ -57,7 +57,7 @@ from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteE
                               ConcurrentWriteException, MetadataChangedException,
                               ProtocolChangedException)
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -974,13 +974,15 @@ def _version_written(before: tuple | None, after: tuple | None) -> tuple | None:
 
 def replace_key(spark: SparkSession, df: DataFrame, output: str, name: str, value: str,
                 schema: T.StructType | None = None, local: bool = False,
-                remember: bool = False) -> tuple | None:
+                remember: bool | list = False) -> tuple | None:
     """Replaces the rows of one key with ``df`` in one transaction (creating the table first).
 
     ``df`` must hold only rows of that key; they are conformed to the table's schema. Other
     keys' rows are never touched; a concurrent conflict is retried. ``local``: ``df`` is made on
     the driver (a few rows, or centroids): a new table is created with them in one commit.
-    ``remember``: a few rows, kept for :func:`key_rows`. Returns the table's local version that
+    ``remember``: a few rows, kept for :func:`key_rows`: True collects them from ``df``; a
+    list gives them (the tuples ``df`` was made of, in the schema's column order), which spares
+    that Spark job. Returns the table's local version that
     this write made (None when unknown: a remote table, or another commit came between).
     """
     schema = schema if schema is not None else SCHEMAS[name]
@@ -988,7 +990,11 @@ def replace_key(spark: SparkSession, df: DataFrame, output: str, name: str, valu
     column = KEYS[name]
     escaped = str(value).replace("'", "''")
     data = conform(df.where(F.col(column) == value), schema)
-    rows = data.collect() if remember else None
+    if isinstance(remember, list):
+        make = Row(*schema.names)
+        rows = [make(*r) for r in remember]
+    else:
+        rows = data.collect() if remember else None
     _ROWS.pop((path, value), None)
     before = local_version(path)
     if not _first_write(spark, data, output, name, schema, local):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -52,6 +52,7 @@ from jobs.common.log import bar, detail, log, took
 from jobs.common.runtime import PeakMemory, configure_jax
 from jobs.config import JobConfig, engine_options, row_budget, sizes_itself
 from jobs.io import tables
+from jobs.io.session import is_connect
 from jobs.io.sources import Side, check_outputs
 from jobs.stages.base import Stage, both_sides, run_stage
 from jobs.state import reuse, stagelog
@@ -476,15 +477,17 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
 
     def commit(computed):
         out, figures = computed
+        out, counted = _counted(spark, out)
         tables.replace_key(spark, out, cfg.output.path, "selected_rows", run_id, schema)
-        return None, figures
+        return _counts(counted), figures
 
-    run_stage(spark, cfg.output.path, "explode", run_id, fp, compute, commit,
-              reused=lambda: log(f"explode: reusing the selected rows of run {run_id}"))
+    counts = run_stage(spark, cfg.output.path, "explode", run_id, fp, compute, commit,
+                       reused=lambda: log(f"explode: reusing the selected rows of run {run_id}"))
     path = tables.table_path(cfg.output.path, "selected_rows")
     written = tables.read_key(spark, cfg.output.path, "selected_rows", run_id)
-    counts = written.agg(F.count("*").alias("rows"),
-                         F.countDistinct("cluster_id").alias("clusters")).first()
+    if counts is None:                 # reused, or counted by no observation: read them back
+        counts = written.agg(F.count("*").alias("rows"),
+                             F.countDistinct("cluster_id").alias("clusters")).first().asDict()
     summary = {"run_id": run_id, "selected_rows": int(counts["rows"]),
                "pool_rows": pool.report["kept"], "clusters": int(counts["clusters"]),
                "table": path}
@@ -499,6 +502,25 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
         f"{summary['pool_rows']}) from {summary['clusters']} clusters -> {path} "
         f"({took(time.perf_counter() - t0)})")
     return summary
+
+
+def _counted(spark, out: DataFrame) -> tuple[DataFrame, object]:
+    """``out`` counting its rows and clusters as it is written (an ``Observation``: no second
+    pass over the written rows), and the observation; on Spark Connect ``(out, None)``."""
+    if is_connect(spark):
+        return out, None
+    counted = Observation()
+    return out.observe(counted, F.count(F.lit(1)).alias("rows"),
+                       F.size(F.collect_set("cluster_id")).alias("clusters")), counted
+
+
+def _counts(counted) -> dict | None:
+    """The rows and clusters :func:`_counted` observed, once the write has reported them; None
+    where it has not (the summary then reads them back)."""
+    if counted is None or not counted._jo.future().isCompleted():
+        return None
+    found = counted.get
+    return {"rows": int(found["rows"]), "clusters": int(found["clusters"])}
 
 
 def explode_command(spark, cfg: JobConfig, registry) -> None:

@@ -295,7 +295,6 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                    f"lowest (MMD² {result.mmd[-1]:.5f})" if result.filled else ""))
         picked = [(run_id, fp, rank + 1, int(pool_ids[row]), int(pool_sizes[row]), float(kl))
                   for rank, (row, kl) in enumerate(zip(result.indices, result.kl, strict=True))]
-        selection = spark.createDataFrame(picked, tables.SELECTION)
         domains = None
         if served is not None:
             how = "share" if s.shares is not None else "nearest"
@@ -305,7 +304,7 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                 tables.SELECTION_DOMAINS)
         kl_start = float(result.kl_start) if np.isfinite(result.kl_start) else None
         recorded = reports if reports is not None else _input_reports(spark, cfg, plan)
-        record = spark.createDataFrame([(
+        record = (
             run_id, fp, plan.clustering_id, started, dt.datetime.now(),
             json.dumps(cfg.recorded(), default=str), kl_start, [float(v) for v in result.kl],
             result.stop_reason, len(result.indices), len(pool_c), len(target_c), float(result.dim),
@@ -313,13 +312,13 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             json.dumps(diagnostics, sort_keys=True), json.dumps(recorded, sort_keys=True),
             json.dumps({"collect_s": round(collect_s, 3), "select_s": round(select_s, 3),
                         "driver_peak_mib": _mib(memory.grown)}),
-            json.dumps(library_versions()))], tables.RUNS)
-        return selection, record, result, diagnostics, domains, by_domain
+            json.dumps(library_versions()))
+        return picked, record, result, diagnostics, domains, by_domain
 
     def commit(computed):
-        selection, record, result, diagnostics, domains, by_domain = computed
-        tables.replace_key(spark, selection, cfg.output.path, "selection", run_id,
-                           local=True, remember=True)
+        picked, record, result, diagnostics, domains, by_domain = computed
+        tables.replace_key(spark, spark.createDataFrame(picked, tables.SELECTION),
+                           cfg.output.path, "selection", run_id, local=True, remember=picked)
         if domains is not None:
             tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id,
                                local=True)
@@ -327,8 +326,8 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
             # a run id set by hand, used before by a run with domains: its rows go
             tables.replace_key(spark, spark.createDataFrame([], tables.SELECTION_DOMAINS),
                                cfg.output.path, "selection_domains", run_id)
-        tables.replace_key(spark, record, cfg.output.path, "runs", run_id, local=True,
-                           remember=True)
+        tables.replace_key(spark, spark.createDataFrame([record], tables.RUNS), cfg.output.path,
+                           "runs", run_id, local=True, remember=[record])
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
         if s.shares is not None:
             def draw(path):

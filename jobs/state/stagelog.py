@@ -14,15 +14,28 @@ fingerprints, so runs with other inputs never share rows), selections by ``run_i
 * a run with other parameters writes other keys and cannot make another config's record stale;
 * two runs at once never mix rows: each writes its own keys, and identical runs write identical
   rows (the second replaces the first's in one transaction).
+
+Inside :func:`batched` (``gio-spark run`` and the Python API's runs), ``done`` records are held
+in the process and appended together, so that a run of quick stages makes one commit to the log
+instead of one a stage: a record is held while the work finished since the log's last commit
+took less than ``runtime.stage_log_batch_s``, and what is held is appended with the next record
+that is not, with a ``started`` record, and when the run ends (also when it fails). This process
+reads its held records as if they were committed. A run killed while records are held leaves
+outputs without their ``done``: the next run computes those stages again (at most
+``stage_log_batch_s`` of work) and replaces their keyed rows, as above.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
+from typing import Iterator
 
 from pyspark.sql import functions as F
 
 from jobs.common import faults
+from jobs.common.log import log
 from jobs.io import tables
 
 
@@ -33,6 +46,67 @@ from jobs.io import tables
 # of a log just created). Remote tables are read through Spark every time.
 _LOG: dict = {}
 _FIELDS = ("stage", "key", "fingerprint", "status", "at_ns", "detail")
+
+
+# Records held for the stage log by the runs of this thread (see :func:`batched`).
+_HELD = threading.local()
+
+
+class _Batch:
+    def __init__(self, output: str, within_s: float):
+        self.output, self.within_s = output, within_s
+        self.since = time.monotonic()           # the log's last commit, or the batch's start
+        self.records: list = []                 # (stage, key, fp, status, detail, at_ns)
+
+
+def _batch(output: str) -> "_Batch | None":
+    batch = getattr(_HELD, "batch", None)
+    return batch if batch is not None and batch.output == output else None
+
+
+@contextlib.contextmanager
+def batched(spark, output: str, within_s: float) -> Iterator[None]:
+    """Holds the ``done`` records of the stages run inside the block (in this thread, for
+    ``output``) and appends them together: each is held while the work finished since the
+    log's last commit took less than ``within_s`` seconds, and whatever is held is appended in
+    one commit with the next record that is not, and when the block ends, whether it ends well
+    or with an error (then a failure to append is logged, not raised over the error). 0: every
+    record is appended at once."""
+    outer = getattr(_HELD, "batch", None)
+    batch = _Batch(output, float(within_s))
+    _HELD.batch = batch
+    try:
+        yield
+    except BaseException:
+        try:
+            _flush(spark, batch)
+        except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+            log(f"warning: the stage log's records of {len(batch.records)} finished stages "
+                f"could not be written ({type(e).__name__}); the next run computes those "
+                "stages again.")
+        raise
+    else:
+        _flush(spark, batch)
+    finally:
+        _HELD.batch = outer
+
+
+def _flush(spark, batch: _Batch, more: list | None = None) -> None:
+    """Appends the held records, with the times they were recorded at, then ``more``, in one
+    commit."""
+    held, batch.records = batch.records, []
+    now_ns = time.time_ns()
+    record_all(spark, batch.output, held + [(*r, now_ns + i) for i, r in enumerate(more or [])])
+    batch.since = time.monotonic()
+
+
+def _held(output: str, stage: str, key: str) -> list:
+    batch = _batch(output)
+    if batch is None:
+        return []
+    return [dict(zip(_FIELDS, (st, k, fp, status, at_ns, tables.detail_json(detail)),
+                     strict=True))
+            for st, k, fp, status, detail, at_ns in batch.records if st == stage and k == key]
 
 
 def _read_log(spark, output: str) -> list:
@@ -63,8 +137,8 @@ def _records(spark, output: str, stage: str, key: str) -> list:
 
 def latest(spark, output: str, stage: str, key: str) -> dict | None:
     """The latest record of ``stage`` for ``key`` (``stage, key, fingerprint, status, at_ns,
-    detail``), or None."""
-    rows = _records(spark, output, stage, key)
+    detail``), or None; records this thread holds (see :func:`batched`) count as committed."""
+    rows = _records(spark, output, stage, key) + _held(output, stage, key)
     if not rows:
         return None
     return max(rows, key=lambda r: (r["at_ns"], r["status"]))
@@ -78,18 +152,35 @@ def is_done(spark, output: str, stage: str, key: str, fp: str) -> bool:
 
 def record(spark, output: str, stage: str, key: str, fp: str, status: str,
            detail: dict | None = None) -> None:
-    """Appends one record to the stage log (a blind append: concurrent runs never conflict)."""
-    record_all(spark, output, [(stage, key, fp, status, detail)])
+    """Appends one record to the stage log (a blind append: concurrent runs never conflict);
+    inside :func:`batched`, a ``done`` record may be held for a later commit."""
+    _record(spark, output, [(stage, key, fp, status, detail)])
+
+
+def _record(spark, output: str, records: list) -> None:
+    batch = _batch(output)
+    if not records:
+        return
+    if batch is None:
+        record_all(spark, output, records)
+    elif (all(r[3] == "done" for r in records)
+          and time.monotonic() - batch.since < batch.within_s):
+        now_ns = time.time_ns()
+        batch.records += [(*r, now_ns + i) for i, r in enumerate(records)]
+    else:
+        _flush(spark, batch, records)
 
 
 def record_all(spark, output: str, records: list) -> None:
-    """Appends ``(stage, key, fingerprint, status, detail)`` records in one commit."""
+    """Appends ``(stage, key, fingerprint, status, detail)`` records in one commit, each
+    recorded now (in their order) or at the ``at_ns`` a sixth item gives."""
     if not records:
         return
     now_ns = time.time_ns()
-    rows = [(stage, key, fp, status, dt.datetime.fromtimestamp((now_ns + i) / 1e9), now_ns + i,
+    stamped = [r if len(r) == 6 else (*r, now_ns + i) for i, r in enumerate(records)]
+    rows = [(stage, key, fp, status, dt.datetime.fromtimestamp(at_ns / 1e9), at_ns,
              tables.detail_json(detail))
-            for i, (stage, key, fp, status, detail) in enumerate(records)]
+            for stage, key, fp, status, detail, at_ns in stamped]
     path = tables.table_path(output, "stages")
     before = tables.local_version(path)
     mine = tables.append(spark, spark.createDataFrame(rows, tables.STAGES).coalesce(1), output,
@@ -101,7 +192,7 @@ def record_all(spark, output: str, records: list) -> None:
     elif mine is not None and (mine[0] == 0 or mine[0] == 1 and tables.created_empty(path)):
         # A new log: this append created it, or follows a creation without rows.
         _LOG[path] = (mine, added)
-    for stage, _, _, status, _ in records:
+    for stage, _, _, status, _, _ in stamped:
         faults.point(f"{status}:{stage}")
 
 
@@ -109,7 +200,7 @@ def record_checks(spark, output: str, checks: list) -> None:
     """Records finished input checks (``validate_pool``, ``validate_weigh``...: their scans,
     reused while the source is unchanged) as ``(name, key, fingerprint, report)``, in one commit.
     Stages record through :func:`jobs.stages.base.run_stage`."""
-    record_all(spark, output, [(name, key, fp, "done", report) for name, key, fp, report in checks])
+    _record(spark, output, [(name, key, fp, "done", report) for name, key, fp, report in checks])
 
 
 def begin(spark, output: str, stage: str, key: str, fp: str) -> None:

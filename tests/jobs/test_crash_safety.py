@@ -127,15 +127,17 @@ def clean(spark, data_dir, tmp_path_factory):
 
 
 def test_killed_at_every_point_resumes_to_the_clean_result(spark, data_dir, clean, tmp_path):
-    """SIGKILL at the end of quantize (its done record committed), inside select (between
-    selection and runs) and inside explode (rows committed, stage not recorded), each time
-    re-running the same config: the final tables equal a clean run's. (A kill inside quantize,
-    between its two tables, is in the next test.)"""
+    """SIGKILL at the end of quantize (its done record committed at once:
+    runtime.stage_log_batch_s=0), inside select (between selection and runs) and inside explode
+    (rows committed; the stage log's records held, so select's done is lost with explode's),
+    each time re-running the same config: the final tables equal a clean run's. (A kill inside
+    quantize, between its two tables, is in the next test.)"""
     out = tmp_path / "out"
     sets = vector_sets(data_dir, out)
     ref_out, run_id = clean()
 
-    rc = run_child(sets, "done:quantize", tmp_path / "kill1.log")
+    rc = run_child(sets + ["runtime.stage_log_batch_s=0"], "done:quantize",
+                   tmp_path / "kill1.log")
     assert rc == -9, open(tmp_path / "kill1.log").read()[-3000:]
     clustering = tables.read_table(spark, str(out), "centroids").first()["clustering_id"]
     assert last_status(spark, out, "quantize", clustering) == "done"
@@ -147,14 +149,46 @@ def test_killed_at_every_point_resumes_to_the_clean_result(spark, data_dir, clea
     assert has_table(out, "selection") and not has_table(out, "runs")
     assert last_status(spark, out, "select", run_id) is None      # a new key: never reusable
 
-    rc = run_child(sets, "after:selected_rows", tmp_path / "kill3.log")
+    # Every record held to the run's end (30 s, the default, could end the batch mid-run on a
+    # slow machine): select's done dies with the process, although its tables were committed.
+    rc = run_child(sets + ["runtime.stage_log_batch_s=3600"], "after:selected_rows",
+                   tmp_path / "kill3.log")
     assert rc == -9, open(tmp_path / "kill3.log").read()[-3000:]
     log3 = open(tmp_path / "kill3.log").read()
     assert "quantize: reusing clustering" in log3 and "select: reusing" not in log3
+    assert has_table(out, "runs") and has_table(out, "selected_rows")
+    assert last_status(spark, out, "select", run_id) is None
     assert last_status(spark, out, "explode", run_id) is None
 
     summary = run_here(spark, sets)
     assert summary["run_id"] == run_id
+    assert_same_as_clean(spark, out, ref_out, run_id)
+
+
+def test_a_failed_run_commits_the_records_it_held(spark, data_dir, clean, tmp_path,
+                                                   monkeypatch):
+    """A run whose records are held (runtime.stage_log_batch_s) and that fails after explode's
+    rows are committed: its end writes the records of the stages that finished (quantize,
+    select) in one commit, explode's is not among them; the re-run reuses those two and equals
+    a clean run."""
+    out = tmp_path / "out"
+    sets = vector_sets(data_dir, out, "runtime.stage_log_batch_s=3600")
+    monkeypatch.setenv(faults.ENV, "raise:after:selected_rows")
+    with pytest.raises(faults.InjectedFailure):
+        run_here(spark, sets)
+    monkeypatch.delenv(faults.ENV)
+    ref_out, run_id = clean()
+    log_dir = os.path.join(str(out), "stages", "_delta_log")
+    assert len(glob.glob(os.path.join(log_dir, "*.json"))) == 1         # one commit, held ones
+    assert last_status(spark, out, "select", run_id) == "done"
+    assert last_status(spark, out, "explode", run_id) is None
+    clustering = tables.read_table(spark, str(out), "centroids").first()["clustering_id"]
+    assert last_status(spark, out, "quantize", clustering) == "done"
+    before = tables.read_table(spark, str(out), "stages").count()
+    assert run_here(spark, sets)["run_id"] == run_id
+    done = tables.read_table(spark, str(out), "stages").where(F.col("status") == "done")
+    assert {r["stage"] for r in done.collect()} >= {"quantize", "select", "explode"}
+    assert tables.read_table(spark, str(out), "stages").count() == before + 1   # explode's only
     assert_same_as_clean(spark, out, ref_out, run_id)
 
 

@@ -157,6 +157,40 @@ def test_the_stage_log_of_a_new_output_is_not_read_back(spark, tmp_path, monkeyp
         "pool_clusters": 3}
 
 
+def test_a_batch_holds_quick_records_and_commits_them_with_the_first_late_one(spark, tmp_path):
+    """Inside stagelog.batched: a done record within the bound is held (seen by this thread as
+    committed, not by another); one after it goes in with the held ones in one commit; a
+    started record is never held; what is held at the end is committed then, in the order and at
+    the times recorded."""
+    out = str(tmp_path)
+    log_path = tables.table_path(out, "stages")
+    with stagelog.batched(spark, out, within_s=0.5):
+        stagelog.record(spark, out, "quantize", "c1", "fp1", "done", {"pool_clusters": 3})
+        assert not os.path.exists(log_path)
+        assert stagelog.is_done(spark, out, "quantize", "c1", "fp1")
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(
+            stagelog.latest(spark, out, "quantize", "c1")))
+        other.start()
+        other.join()
+        assert seen == [None]                 # another thread's run does not see it
+        time.sleep(0.6)
+        stagelog.record(spark, out, "select", "r1", "fp2", "done")
+        assert len(commits(log_path)) == 1    # both, in one commit
+        stagelog.record(spark, out, "explode", "r1", "fp3", "done")
+        stagelog.record(spark, out, "select", "r1", "fp4", "started")
+        assert len(commits(log_path)) == 2    # the started one took the held done with it
+        stagelog.record(spark, out, "explode", "r2", "fp5", "done")
+        assert len(commits(log_path)) == 2
+    assert len(commits(log_path)) == 3
+    stagelog._LOG.clear()
+    rows = tables.read_table(spark, out, "stages").orderBy("at_ns").collect()
+    assert [(r["stage"], r["key"], r["status"]) for r in rows] == [
+        ("quantize", "c1", "done"), ("select", "r1", "done"), ("explode", "r1", "done"),
+        ("select", "r1", "started"), ("explode", "r2", "done")]
+    assert json.loads(rows[0]["detail"]) == {"pool_clusters": 3}
+
+
 def test_centroids_quantize_committed_are_collected_without_a_read_until_another_commit(
         spark, tmp_path, monkeypatch):
     cfg = load_config(None, [f"output.path={tmp_path}"], "select")
