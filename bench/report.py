@@ -233,9 +233,12 @@ def small_runs() -> str:
     r = records("small_runs_cpu_2cores.jsonl")[-1]
     base, now = r["baseline"], r["now"]
     rows = [[what, fixed(base[k], 1), fixed(now[k], 1), times(r["now_over_baseline"][k]),
-             now.get(f"{k}_commits", "")] for k, what in SMALL_RUNS if k in now]
+             base.get(f"{k}_commits", ""), now.get(f"{k}_commits", "")]
+            for k, what in SMALL_RUNS if k in now]
     return table(["run (1,000 rows)", f"seconds at {r['baseline_commit']}",
-                  f"seconds at {r['commit']}", "x baseline", "Delta commits"], "lrrrr", rows)
+                  f"seconds at {r['commit']}", "x baseline",
+                  f"Delta commits at {r['baseline_commit']}", f"at {r['commit']}"], "lrrrrr",
+                 rows)
 
 
 def decontaminate_search() -> str:

@@ -133,9 +133,10 @@ def measure(tree: str, work: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", default="02cd3bb",
+    parser.add_argument("--baseline", default="8053ff3",
                         help="the commit to compare with (default: the tree before the "
-                             "small-run changes of 2026-12-06)")
+                             "small-run changes of 2026-12-07; 02cd3bb is the one before "
+                             "those of 2026-12-06)")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--out")
     args = parser.parse_args()
