@@ -78,12 +78,13 @@ def batched(spark, output: str, within_s: float) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        held = len(batch.records)
         try:
             _flush(spark, batch)
         except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
-            log(f"warning: the stage log's records of {len(batch.records)} finished stages "
-                f"could not be written ({type(e).__name__}); the next run computes those "
-                "stages again.")
+            stages = "1 finished stage" if held == 1 else f"{held} finished stages"
+            log(f"warning: the stage log's records of {stages} could not be written "
+                f"({type(e).__name__}); the next run computes them again.")
         raise
     else:
         _flush(spark, batch)

@@ -191,6 +191,22 @@ def test_a_batch_holds_quick_records_and_commits_them_with_the_first_late_one(sp
     assert json.loads(rows[0]["detail"]) == {"pool_clusters": 3}
 
 
+def test_a_batch_that_cannot_write_its_records_raises_the_run_s_own_error(spark, tmp_path,
+                                                                         monkeypatch, capsys):
+    out = str(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(tables, "append", full)
+    with pytest.raises(ValueError, match="the run's own"):
+        with stagelog.batched(spark, out, within_s=60):
+            stagelog.record(spark, out, "quantize", "c1", "fp1", "done")
+            raise ValueError("the run's own")
+    assert ("warning: the stage log's records of 1 finished stage could not be written "
+            "(OSError); the next run computes them again.") in capsys.readouterr().out
+    assert not os.path.exists(tables.table_path(out, "stages"))
+
+
 def test_centroids_quantize_committed_are_collected_without_a_read_until_another_commit(
         spark, tmp_path, monkeypatch):
     cfg = load_config(None, [f"output.path={tmp_path}"], "select")
