@@ -54,7 +54,7 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
     checks = {s.name: (lambda pending, pool, dim, s=s: s.check(run, pending, pool, dim))
               for s in stages if s.check is not None}
     # Quick stages' records go into the stage log together (runtime.stage_log_batch_s).
-    with stagelog.batched(spark, cfg.output.path, cfg.runtime.stage_log_batch_s):
+    with stagelog.batched(spark, cfg.output.path, batch_seconds(cfg)):
         run.inputs = prepare_inputs(spark, cfg, plan, log, checks)
         for stage in stages:
             run.results[stage.name] = stage.step(run)
@@ -64,6 +64,18 @@ def run_pipeline(spark, cfg: JobConfig) -> dict:
             summary[name] = run.results[name]
     log(f"run {plan.run_id}: done in {took(time.perf_counter() - t0)}")
     return summary
+
+
+def batch_seconds(cfg: JobConfig) -> float:
+    """How much finished work a run's stage-log records may be held for
+    (``runtime.stage_log_batch_s``; see :func:`jobs.state.stagelog.batched`): none where an id
+    is set by hand (``run_id``, ``weigh.run_id``, ``train.run_id``, ``evaluate.run_id``,
+    ``imnn.run_id``). There runs of other settings share a key, and a ``done`` held while
+    another run replaces the key's rows would hide the other run's ``started`` (which is written
+    only over a ``done`` it sees) and, once committed, stand for rows that are not its own."""
+    hand_set = (cfg.run_id, cfg.weigh.run_id, cfg.train.run_id, cfg.evaluate.run_id,
+                cfg.imnn.run_id)
+    return 0.0 if any(v is not None for v in hand_set) else float(cfg.runtime.stage_log_batch_s)
 
 
 def run_command(spark, cfg: JobConfig, registry=None) -> None:

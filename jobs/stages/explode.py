@@ -514,11 +514,18 @@ def _counted(spark, out: DataFrame) -> tuple[DataFrame, object]:
                        F.size(F.collect_set("cluster_id")).alias("clusters")), counted
 
 
-def _counts(counted) -> dict | None:
-    """The rows and clusters :func:`_counted` observed, once the write has reported them; None
+def _counts(counted, wait_s: float = 2.0) -> dict | None:
+    """The rows and clusters :func:`_counted` observed, once the write has reported them (Spark
+    hands them over on its listener bus: waited for up to ``wait_s``, never blocked on); None
     where it has not (the summary then reads them back)."""
-    if counted is None or not counted._jo.future().isCompleted():
+    if counted is None:
         return None
+    future = counted._jo.future()
+    deadline = time.monotonic() + wait_s
+    while not future.isCompleted():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
     found = counted.get
     return {"rows": int(found["rows"]), "clusters": int(found["clusters"])}
 

@@ -19,10 +19,13 @@ Inside :func:`batched` (``gio-spark run`` and the Python API's runs), ``done`` r
 in the process and appended together, so that a run of quick stages makes one commit to the log
 instead of one a stage: a record is held while the work finished since the log's last commit
 took less than ``runtime.stage_log_batch_s``, and what is held is appended with the next record
-that is not, with a ``started`` record, and when the run ends (also when it fails). This process
-reads its held records as if they were committed. A run killed while records are held leaves
+that is not, with a ``started`` record, and when the run ends (also when it fails). The thread
+that holds records reads them as if they were committed; other threads and processes do not
+see them until they are, and compute those stages again if they need them meanwhile (with the
+same rows, as the keys come from the fingerprints). A run killed while records are held leaves
 outputs without their ``done``: the next run computes those stages again (at most
-``stage_log_batch_s`` of work) and replaces their keyed rows, as above.
+``stage_log_batch_s`` of work) and replaces their keyed rows, as above. A run with an id set by
+hand holds nothing (see :func:`jobs.pipeline.batch_seconds`).
 """
 from __future__ import annotations
 
@@ -73,6 +76,9 @@ def batched(spark, output: str, within_s: float) -> Iterator[None]:
     or with an error (then a failure to append is logged, not raised over the error). 0: every
     record is appended at once."""
     outer = getattr(_HELD, "batch", None)
+    if _batch(output) is not None:            # inside a batch for this output already: its own
+        yield
+        return
     batch = _Batch(output, float(within_s))
     _HELD.batch = batch
     try:
@@ -97,7 +103,12 @@ def _flush(spark, batch: _Batch, more: list | None = None) -> None:
     commit."""
     held, batch.records = batch.records, []
     now_ns = time.time_ns()
-    record_all(spark, batch.output, held + [(*r, now_ns + i) for i, r in enumerate(more or [])])
+    try:
+        record_all(spark, batch.output,
+                   held + [(*r, now_ns + i) for i, r in enumerate(more or [])])
+    except Exception:
+        batch.records = held + batch.records   # still held: the block's end tries once more
+        raise
     batch.since = time.monotonic()
 
 

@@ -281,3 +281,12 @@ def test_each_declared_rule_is_checked_with_its_message():
             assert rule.message(key, bad) in str(err.value), (key, bad, str(err.value))
             checked += 1
     assert checked >= 300, checked
+
+
+@pytest.mark.parametrize("sets, held", [
+    ([], 30.0), (["runtime.stage_log_batch_s=5"], 5.0), (["runtime.stage_log_batch_s=0"], 0.0),
+    (["run_id=mine"], 0.0), (["train.run_id=mine"], 0.0), (["evaluate.run_id=mine"], 0.0),
+    (["weigh.run_id=mine"], 0.0), (["imnn.run_id=mine"], 0.0)])
+def test_a_run_holds_no_stage_log_record_where_an_id_is_set_by_hand(sets, held):
+    from jobs.pipeline import batch_seconds
+    assert batch_seconds(load_config("conf/demo.yaml", sets)) == held

@@ -207,6 +207,24 @@ def test_a_batch_that_cannot_write_its_records_raises_the_run_s_own_error(spark,
     assert not os.path.exists(tables.table_path(out, "stages"))
 
 
+def test_explode_counts_the_rows_and_clusters_it_writes_while_writing_them(spark, tmp_path):
+    """The Observation explode writes through gives the counts a read-back gives, on a Delta
+    write that replaces a key of a table with other keys, without reading the table."""
+    from jobs.stages import explode
+    path = str(tmp_path / "rows")
+    spark.createDataFrame([("other", 1, 1)], "run_id string, cluster_id int, id long") \
+        .write.format("delta").save(path)
+    rows = spark.range(0, 1000).select(F.lit("r1").alias("run_id"),
+                                       (F.col("id") % 37).cast("int").alias("cluster_id"),
+                                       F.col("id"))
+    out, counted = explode._counted(spark, rows.where(F.col("id") % 3 != 0))
+    out.write.format("delta").mode("overwrite").option("replaceWhere", "run_id = 'r1'").save(path)
+    got = explode._counts(counted)
+    back = spark.read.format("delta").load(path).where(F.col("run_id") == "r1").agg(
+        F.count("*").alias("rows"), F.countDistinct("cluster_id").alias("clusters")).first()
+    assert got == {"rows": 666, "clusters": 37} == back.asDict()
+
+
 def test_centroids_quantize_committed_are_collected_without_a_read_until_another_commit(
         spark, tmp_path, monkeypatch):
     cfg = load_config(None, [f"output.path={tmp_path}"], "select")
