@@ -16,7 +16,7 @@ fingerprints, so runs with other inputs never share rows), selections by ``run_i
   rows (the second replaces the first's in one transaction).
 
 Inside :func:`batched` (``gio-spark run`` and the Python API's runs), ``done`` records are held
-in the process and appended together, so that a run of quick stages makes one commit to the log
+by the run's thread and appended together, so that a run of quick stages makes one commit to the log
 instead of one a stage: a record is held while the work finished since the log's last commit
 took less than ``runtime.stage_log_batch_s``, and what is held is appended with the next record
 that is not, with a ``started`` record, and when the run ends (also when it fails). The thread
