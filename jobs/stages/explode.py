@@ -518,9 +518,10 @@ def _counts(counted, wait_s: float = 2.0) -> dict | None:
     """The rows and clusters :func:`_counted` observed, once the write has reported them (Spark
     hands them over on its listener bus: waited for up to ``wait_s``, never blocked on); None
     where it has not (the summary then reads them back)."""
-    if counted is None:
+    java = getattr(counted, "_jo", None)      # pyspark's handle on the JVM's Observation
+    if java is None:
         return None
-    future = counted._jo.future()
+    future = java.future()
     deadline = time.monotonic() + wait_s
     while not future.isCompleted():
         if time.monotonic() > deadline:
