@@ -14,8 +14,9 @@ may still stop early when no label changes, and says how many it ran), two threa
 * ``stage``: the quantize stage's K-means (``jobs.stages.quantize.kmeans_side``, the ``lloyd``
   engine, its defaults: fitted on at most ``quantize.rows_per_cluster`` rows a cluster, on the
   driver up to ``quantize.driver_rows``, then every row assigned), from the rows cached in Spark:
-  its packing of the rows, its own start (k-means++ on 20,000 rows chosen by hash, timed apart
-  as ``start_seconds``) and the assignment pass are inside its time;
+  collecting and laying out the rows, its own start (k-means++ on ``quantize.init_rows`` rows
+  chosen by hash, 10,000 at k = 500; timed apart as ``start_seconds``) and the assignment pass
+  are inside its time;
 * ``stage-tasks``: the same with ``quantize.driver_rows: 1``, one Spark job per iteration;
 * ``core@BASE``, ``stage@BASE``: ``core`` and ``stage`` on the code of ``--baseline`` (a commit,
   checked out with ``git worktree`` for the run);
@@ -203,7 +204,7 @@ def main():
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--max-iter", type=int, default=10)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--baseline", default="4d80c36",
+    parser.add_argument("--baseline", default="1dbfa74",
                         help="the commit the @BASE variants run (the code before this change)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "WORK"))
     parser.add_argument("--out")

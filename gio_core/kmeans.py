@@ -50,63 +50,125 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1).astype(x.dtype)
 
 
-def _scan(x: np.ndarray, centres: np.ndarray, distance: str, sums: np.ndarray | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over the rows, :data:`BLOCK_ROWS` at a time: each row's nearest centre, its
-    squared distance to it and, when ``sums`` is given, the rows added into it by centre.
+def _block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray, c64: np.ndarray,
+           distance: str, with_sums: bool
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One block of :func:`_scan`: its rows' nearest centres, squared distances and, when
+    ``with_sums``, its rows added by centre (a [k, d] float64 matrix)."""
+    from scipy.sparse import csr_matrix
+    n, k = len(block), len(c)
+    scores = block @ c.T                       # the matrix product: [rows, k]
+    if distance == "cosine":
+        best = np.argmax(scores, axis=1)
+    else:
+        scores *= -2.0
+        scores += c_sq[None, :]
+        best = np.argmin(scores, axis=1)
+    rows = block.astype(np.float64)
+    if not with_sums:
+        diff = rows - c64[best]
+        return best, np.einsum("ij,ij->i", diff, diff), None
+    picked = scores[np.arange(n), best].astype(np.float64)
+    if distance == "cosine":                 # picked = x.c
+        picked = c_sq[best] - 2.0 * picked
+    d2 = np.maximum(np.einsum("ij,ij->i", block, block) + picked, 0.0)
+    order = np.argsort(best, kind="stable")
+    indptr = np.zeros(k + 1, np.int64)
+    np.cumsum(np.bincount(best, minlength=k), out=indptr[1:])
+    return best, d2, csr_matrix((np.ones(n), order, indptr), shape=(k, n)) @ rows
+
+
+def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
+               sums: Sequence[np.ndarray] | None = None, threads: int = 1
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One pass over each of ``pieces``, :data:`BLOCK_ROWS` rows at a time from its first:
+    each row's nearest centre, its squared distance to it and, when ``sums`` is given (an
+    array per piece, which pieces may share), the piece's rows added into ``sums[i]`` by centre.
 
     Everything of a block is done while it is in cache: the matrix product, the choice, the
     distance and the block's sums (a sparse one-hot matrix of the block's choices times the
-    block, in float64, each centre's rows added in row order), which are then added to ``sums``.
-    So the result depends only on the rows' order, never on threads, and nothing of the size of
+    block, in float64, each centre's rows added in row order), which are then added to its
+    piece's sums in block order, pieces in order. Each matrix product runs on one BLAS thread;
+    ``threads`` blocks are worked on at once, of any piece. So the result depends only on the
+    pieces and their order, never on the threads, here or in the BLAS (whose multi-threaded
+    products can differ in the last bit from single-threaded ones), and nothing of the size of
     all the rows is allocated but the labels. Without ``sums`` (an assignment) the distance is
     exact, float64 from the row and its centre, since near-copies are told apart by it; with
     them (an iteration, whose distances only add up to the objective) it is read off the
     matrix product, ``|x|^2 + |c|^2 - 2 x.c`` in float32 (about 1e-7 of a unit row's scale).
     """
-    from scipy.sparse import csr_matrix
-    x = np.asarray(x, np.float32)
+    from threadpoolctl import threadpool_limits
+    xs = [np.asarray(x, np.float32) for x in pieces]
     c = np.asarray(centres, np.float32)
-    k = len(c)
     c64 = c.astype(np.float64)
     c_sq = np.einsum("ij,ij->i", c, c)
-    labels = np.empty(len(x), np.int32)
-    d2 = np.empty(len(x), np.float64)
-    for lo in range(0, len(x), BLOCK_ROWS):
-        block = x[lo:lo + BLOCK_ROWS]
-        n = len(block)
-        scores = block @ c.T                       # the matrix product: [rows, k]
-        if distance == "cosine":
-            best = np.argmax(scores, axis=1)
+    out = [(np.empty(len(x), np.int32), np.empty(len(x), np.float64)) for x in xs]
+    blocks = [(i, lo) for i, x in enumerate(xs) for lo in range(0, len(x), BLOCK_ROWS)]
+
+    def work(block: tuple[int, int]):
+        i, lo = block
+        return _block(xs[i][lo:lo + BLOCK_ROWS], c, c_sq, c64, distance, sums is not None)
+
+    def take(block: tuple[int, int], got) -> None:
+        (i, lo), (best, dist, part) = block, got
+        out[i][0][lo:lo + len(best)] = best
+        out[i][1][lo:lo + len(best)] = dist
+        if sums is not None:
+            sums[i][...] += part               # in block order, whoever computed it
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1 or len(blocks) <= 1:
+            for block in blocks:
+                take(block, work(block))
         else:
-            scores *= -2.0
-            scores += c_sq[None, :]
-            best = np.argmin(scores, axis=1)
-        labels[lo:lo + n] = best
-        rows = block.astype(np.float64)
-        if sums is None:
-            diff = rows - c64[best]
-            d2[lo:lo + n] = np.einsum("ij,ij->i", diff, diff)
-        else:
-            picked = scores[np.arange(n), best].astype(np.float64)
-            if distance == "cosine":                 # picked = x.c
-                picked = c_sq[best] - 2.0 * picked
-            np.maximum(np.einsum("ij,ij->i", block, block) + picked, 0.0, out=d2[lo:lo + n])
-            order = np.argsort(best, kind="stable")
-            indptr = np.zeros(k + 1, np.int64)
-            np.cumsum(np.bincount(best, minlength=k), out=indptr[1:])
-            sums += csr_matrix((np.ones(n), order, indptr), shape=(k, n)) @ rows
-    return labels, d2
+            from collections import deque
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(threads) as pool:
+                # 2 blocks a thread in flight (bounded memory for the blocks' sums), taken in order
+                waiting: deque = deque()
+                for block in blocks:
+                    waiting.append((block, pool.submit(work, block)))
+                    if len(waiting) >= 2 * threads:
+                        done, future = waiting.popleft()
+                        take(done, future.result())
+                while waiting:
+                    done, future = waiting.popleft()
+                    take(done, future.result())
+    return out
 
 
-def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean"
+def _scan(x: np.ndarray, centres: np.ndarray, distance: str, sums: np.ndarray | None = None,
+          threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_scan_many` of one piece of rows."""
+    return _scan_many([x], centres, distance, None if sums is None else [sums], threads)[0]
+
+
+def parts_stats(parts: Sequence[np.ndarray], centres: np.ndarray, distance: str = "euclidean",
+                threads: int = 1) -> list[Stats]:
+    """:func:`stream_stats` of each of ``parts`` (to the last bit), their blocks worked on
+    ``threads`` at a time."""
+    k, dim = centres.shape
+    sums = [np.zeros((k, dim)) for _ in parts]
+    scanned = _scan_many(parts, centres, distance, sums, threads)
+    return [Stats(total, np.bincount(labels, minlength=k).astype(np.int64), float(d2.sum()))
+            for total, (labels, d2) in zip(sums, scanned, strict=True)]
+
+
+def parts_nearest(parts: Sequence[np.ndarray], centres: np.ndarray, distance: str = "euclidean",
+                  threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`nearest` of each of ``parts``, their blocks worked on ``threads`` at a time."""
+    return _scan_many(parts, centres, distance, None, threads)
+
+
+def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean", threads: int = 1
             ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's nearest centre and its squared Euclidean distance to it.
 
     ``x`` [n, d] and ``centres`` [k, d], float32; for ``cosine`` both already unit-length.
+    ``threads``: blocks worked on at once (the result is the same for any number).
     Returns ``(labels int32 [n], d2 float64 [n])``.
     """
-    return _scan(x, centres, distance)
+    return _scan(x, centres, distance, threads=threads)
 
 
 def block_stats(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean") -> Stats:
@@ -221,34 +283,37 @@ class Fit(NamedTuple):
 
 def lloyd(x: np.ndarray, start: np.ndarray, max_iter: int = 20, tol: float = 1e-4,
           distance: str = "euclidean", blocks: int | Sequence[int] = 1,
-          normalised: bool = False) -> Fit:
+          normalised: bool = False, threads: int = 1) -> Fit:
     """Lloyd's iterations in memory from ``start``; the stage's steps on one machine.
 
     ``blocks``: a number of equal consecutive parts, or the parts' lengths, whose statistics are
     added in order, as the stage adds its partitions'. ``normalised``: for ``cosine``, the rows
-    are unit-length already (scaled again they could move by a rounding).
+    are unit-length already (scaled again they could move by a rounding). ``threads``: blocks
+    of rows worked on at once; the fit is the same to the last bit for any number.
     """
     x = np.asarray(x, np.float32)
     if distance == "cosine" and not normalised:
         x = normalise(x)
     centres = np.asarray(start, np.float32)
     if isinstance(blocks, int):
-        parts = np.array_split(np.arange(len(x)), blocks)
+        lengths = [len(part) for part in np.array_split(np.arange(len(x)), blocks)]
     else:
         if sum(blocks) != len(x):
             raise ValueError(f"blocks of {sum(blocks)} rows for {len(x)} rows")
-        parts = np.split(np.arange(len(x)), np.cumsum(blocks)[:-1])
+        lengths = list(blocks)
+    ends = np.cumsum([0, *lengths])
+    parts = [x[lo:hi] for lo, hi in zip(ends[:-1], ends[1:], strict=True)]    # views, no copy
     iterations = 0
     for _ in range(max_iter):
         stats = empty_stats(*centres.shape)
-        for part in parts:
-            stats = stats + block_stats(x[part], centres, distance)
+        for part in parts_stats(parts, centres, distance, threads):     # in the parts' order
+            stats = stats + part
         centres, shift = update(centres, stats, distance)
         iterations += 1
         if shift <= tol:
             break
     # Each part labelled on its own, cut into blocks from its first row as its statistics were
-    labelled = [nearest(x[part], centres, distance) for part in parts]
+    labelled = parts_nearest(parts, centres, distance, threads)
     labels = np.concatenate([got[0] for got in labelled]) if labelled else np.zeros(0, np.int32)
     d2 = np.concatenate([got[1] for got in labelled]) if labelled else np.zeros(0)
     return Fit(centres, labels, np.bincount(labels, minlength=len(centres)).astype(np.int64),

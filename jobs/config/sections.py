@@ -118,6 +118,8 @@ OPTIONAL_AT_LEAST_1 = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                           "null or an integer >= 1")
 N_SUMMARIES = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                    "null (as many as parameters) or an integer >= 1")
+INIT_ROWS = Rule(lambda v: v == "auto" or (_is_int(v) and v >= 1),
+                 "auto (10 rows a cluster, 10,000 to 20,000) or an integer >= 1")
 ROWS_PER_CLUSTER = Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                         "null (every row) or an integer >= 1")
 OPTIONAL_POSITIVE = Rule(lambda v: v is None or (_is_num(v) and v > 0), "null or a number > 0")
@@ -261,7 +263,9 @@ class QuantizeSection:
     partitions: Annotated[int, AT_LEAST_1] = 8  # K-means input partitions (part of the seed: see quantize)
     # lloyd (matrix products in Arrow tasks) or mllib
     algorithm: Annotated[str, one_of("lloyd", "mllib")] = "lloyd"
-    init_rows: Annotated[int, AT_LEAST_1] = 20000  # algorithm lloyd: k-means++ on this many rows (by hash)
+    # algorithm lloyd: k-means++ on this many rows (those first by hash); auto: 10 a cluster,
+    # at least 10,000 and at most 20,000 (never fewer than k)
+    init_rows: Annotated[Any, INIT_ROWS] = "auto"
     # algorithm lloyd: the centres are fitted on the driver when they are fitted on at most this
     # many rows (collected once, 150 MB at 384 dimensions); the same clusters either way
     driver_rows: Annotated[int, AT_LEAST_1] = 100_000
@@ -851,9 +855,21 @@ def row_budget(s: SelectSection, pool_rows: int) -> int | None:
     return min(caps) if caps else None
 
 
+INIT_ROWS_PER_CLUSTER, INIT_ROWS_LEAST, INIT_ROWS_MOST = 10, 10_000, 20_000
 POOL_K_MIN, POOL_K_MAX = 50, 20_000
 POOL_K_SQRT_ROWS = 1_000_000       # auto's 4 sqrt(rows) stops growing here (4,000 clusters)
 ROWS_PER_BUDGET_CLUSTER = 100      # a row budget spans at least this many clusters' rows
+
+
+def kmeans_init_rows(q: QuantizeSection, k: int) -> int:
+    """How many rows the lloyd engine's k-means++ start runs on (at most the rows it fits on):
+    ``quantize.init_rows``, or for ``auto`` 10 a cluster, held between 10,000 and 20,000; never
+    fewer than ``k``. The start's cost grows with these rows times ``k``, its quality hardly
+    past 10 a cluster (docs/benchmarks.md, "K-means")."""
+    rows = q.init_rows
+    if rows == "auto":
+        rows = min(max(INIT_ROWS_PER_CLUSTER * k, INIT_ROWS_LEAST), INIT_ROWS_MOST)
+    return max(int(rows), k)
 
 
 def auto_pool_k(pool_rows: int, s: SelectSection) -> int:

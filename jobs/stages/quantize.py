@@ -4,9 +4,9 @@
 (:mod:`gio_core.kmeans`) inside Arrow tasks: each task adds its partition's nearest-centre
 statistics, the driver adds the partitions' in order and updates the centres, one Spark job per
 iteration; it starts from k-means++ (scikit-learn's, seeded) on ``quantize.init_rows`` rows
-chosen by a hash of their ids. ``mllib`` runs MLlib's ``KMeans`` (k-means|| with
-``quantize.init_steps``), whose distances are one dot product per row and centre, 6x slower on
-the same cores (``bench/kmeans.py``).
+chosen by a hash of their ids (:func:`jobs.config.kmeans_init_rows`). ``mllib`` runs MLlib's
+``KMeans`` (k-means|| with ``quantize.init_steps``), whose distances are one dot product per row
+and centre, 6x slower on the same cores (``bench/kmeans.py``).
 
 Writes ``centroids`` (both sides, one transaction) and ``pool_assignments`` (each pool row's
 cluster) under the run's ``clustering_id``. With a ``decontaminate`` section (a threshold set),
@@ -29,7 +29,11 @@ than ``quantize.max_drift`` (:func:`_updated`): then it is clustered again.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
+import threading
 import time
 from typing import Callable
 
@@ -47,7 +51,7 @@ from jobs.common import faults
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID, seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
-from jobs.config import JobConfig, auto_pool_k, row_budget
+from jobs.config import JobConfig, auto_pool_k, kmeans_init_rows, row_budget
 from jobs.io import tables
 from jobs.io.session import share
 from jobs.io.sources import Side
@@ -257,50 +261,93 @@ def _first_in_seeded_order(packed, rows: int, seed: int):
                         | ((h == F.lit(last["h"])) & (F.col("row_id") <= F.lit(last["row_id"]))))
 
 
-def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown=""):
+def _import_meanwhile(module: str) -> None:
+    """Import ``module`` in a thread of its own, while this one waits on Spark (an import
+    started here later waits for it to finish, and raises its error, if any)."""
+    if module not in sys.modules:
+        threading.Thread(target=_quietly_import, args=(module,), daemon=True,
+                         name=f"gio-spark import {module}").start()
+
+
+def _quietly_import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:               # noqa: BLE001 - the import in the stage's thread says why
+        pass
+
+
+def driver_threads() -> int:
+    """The driver's cores (those this process may run on): blocks of rows a fit on the driver
+    works on at once, each matrix product on one BLAS thread; the fit is the same for any
+    number."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:          # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _partition_of_id(partitions: int):
+    """The partition :func:`_laid_out` puts a row in: Spark's hash partitioning by ``row_id``
+    (Murmur3, seed 42, the ``hash`` function's) modulo the partitions."""
+    return F.pmod(F.hash("row_id"), F.lit(partitions))
+
+
+def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown="", partitions=None):
     """Lloyd in memory on ``rows_frame``'s rows, collected once in partition order (sorted
     within each, with each row's hash): fitted on the :func:`training_rows` of them first in
-    the seeded order (kept in that layout), from k-means++ on the first ``quantize.init_rows``
-    of those; the partitions' statistics are added in partition order, as the tasks' are.
+    the seeded order (kept in that layout), from k-means++ on the first
+    :func:`~jobs.config.kmeans_init_rows` of those; the partitions' statistics are added in
+    partition order, as the tasks' are. With ``partitions``, ``rows_frame`` is not laid out
+    yet: its rows are collected as they come and put in :func:`_laid_out`'s order here (by
+    :func:`_partition_of_id`, then by id as Spark sorts it), which saves the shuffle.
     Returns ``(ids, x, fit, fitted on every row, where each partition's rows start and the
     last ends)``."""
     from pyspark.sql.functions import spark_partition_id
 
     from gio_core.kmeans import lloyd, seed_centres
     column = "vec" if "vec" in rows_frame.columns else "embedding"
+    part = spark_partition_id() if partitions is None else _partition_of_id(partitions)
     got = rows_frame.select("row_id", column, seed_hash(seed).alias("h"),
-                            spark_partition_id().alias("part")).toArrow()
-    ids = got.column("row_id").to_numpy(zero_copy_only=False)
+                            part.alias("part")).toArrow()
     x = (_matrix(got.column("vec"), _width(got.column("vec"))) if column == "vec"
          else _vectors(got.column("embedding"), qcfg.distance))
-    parts = got.column("part").to_numpy()
-    assert np.all(np.diff(parts) >= 0), "toArrow keeps the partitions' order"
-    order = np.lexsort((ids, got.column("h").to_numpy()))
+    columns = got.select(["row_id", "h", "part"])
+    if partitions is not None:      # laid out here, as _laid_out would, without its shuffle
+        laid = pc.sort_indices(columns, sort_keys=[("part", "ascending"),
+                                                   ("row_id", "ascending")])
+        columns, x = columns.take(laid), x[laid.to_numpy()]
+    ids = columns.column("row_id").to_numpy(zero_copy_only=False)
+    parts = columns.column("part").to_numpy()
+    assert np.all(np.diff(parts) >= 0), "the rows are in their partitions' order"
+    order = np.lexsort((ids, columns.column("h").to_numpy()))
     train = training_rows(len(ids), k, qcfg)
-    start = seed_centres(x[order[:min(max(qcfg.init_rows, k), train)]], k, seed, qcfg.distance)
+    start = seed_centres(x[order[:min(kmeans_init_rows(qcfg, k), train)]], k, seed,
+                         qcfg.distance)
     keep = np.sort(order[:train])
     shown = shown or f"{len(ids)} rows" + ("" if train == len(ids) else f", fitted on {train}")
     with spark_bar(spark, f"quantize {side}: K-means, k={k} on {shown} (on the driver)",
                    total=1, unit=" fit", done=lambda: 0):
         fit = lloyd(x[keep] if train < len(ids) else x, start, qcfg.max_iter, qcfg.tol,
                     qcfg.distance, blocks=np.unique(parts[keep], return_counts=True)[1].tolist(),
-                    normalised=True)
+                    normalised=True, threads=driver_threads())
     sizes = np.unique(parts, return_counts=True)[1]
     return ids, x, fit, train == len(ids), np.r_[0, np.cumsum(sizes)]
 
 
 def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
-    """A side of at most ``quantize.driver_rows`` rows: its rows collected once as they are
-    laid out (not packed or cached first), fitted on the driver by the tasks' steps
+    """A side of at most ``quantize.driver_rows`` rows: its rows collected once and laid out
+    on the driver (not shuffled, packed or cached first), fitted on the driver by the tasks' steps
     (:func:`_fit_on_driver`) and every row assigned there; a Spark job per iteration would
     cost more than the arithmetic. The input it returns is the packed rows, not cached."""
-    from gio_core.kmeans import nearest
+    from gio_core.kmeans import parts_nearest
     ids, x, fit, every, parts_at = _fit_on_driver(
-        spark, _laid_out(embeddings, qcfg.partitions), k, qcfg, seed, side)
+        spark, embeddings.select("row_id", "embedding"), k, qcfg, seed, side,
+        partitions=qcfg.partitions)
     # Each partition labelled on its own, as the tasks label it (see _assign)
     labels = fit.labels if every else np.concatenate(
-        [nearest(x[lo:hi], fit.centres, qcfg.distance)[0]
-         for lo, hi in zip(parts_at[:-1], parts_at[1:], strict=True)])
+        [got[0] for got in parts_nearest(
+            [x[lo:hi] for lo, hi in zip(parts_at[:-1], parts_at[1:], strict=True)],
+            fit.centres, qcfg.distance, driver_threads())])
     sizes = np.bincount(labels, minlength=len(fit.centres))
     centroid_rows = _centroid_rows(side, fit.centres, sizes)
     id_type = embeddings.schema["row_id"].dataType.simpleString()
@@ -318,6 +365,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     its nearest centre, once."""
     from gio_core.kmeans import seed_centres, update
     spark = spark if spark is not None else embeddings.sparkSession
+    _import_meanwhile("sklearn.cluster")    # for the start; its 0.8 s pass while Spark works
     rows = embeddings.count()
     if rows <= qcfg.driver_rows:
         faults.point(f"cached:{side}")
@@ -335,7 +383,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     else:
         if training is not packed:
             training = training.persist(StorageLevel.MEMORY_AND_DISK)
-        sample = init_sample(training, max(qcfg.init_rows, k), seed)
+        sample = init_sample(training, kmeans_init_rows(qcfg, k), seed)
         centres = seed_centres(sample, k, seed, qcfg.distance)
         done = {"it": 0}
         with spark_bar(spark, f"quantize {side}: K-means, k={k} on {rows} rows{note}",

@@ -376,6 +376,12 @@ def plan(cfg: JobConfig, identities: dict) -> Plan:
     # statistics as the tasks do; tests/jobs/test_quantize.py): every driver_rows keys as its
     # first default did, so the ids stay and a changed value reuses the clustering.
     params["driver_rows"] = 20000
+    # init_rows: auto keys as the default it replaced, 20000, so that default configs keep
+    # their ids (see the changelog: a clustering an earlier version stored with k under 2,000
+    # on over 10,000 rows is reused as it is); a number set by hand keys apart from it, since
+    # 20000 set by hand and auto give different clusters there.
+    params["init_rows"] = (20000 if params["init_rows"] == "auto"
+                           else {"set": params["init_rows"]})
     parts = [embed["pool"], embed["target"], params]
     if weights_fp is not None:           # unweighted runs keep the fingerprints they always had
         parts.append({"weights": weights_fp})

@@ -53,6 +53,32 @@ def test_blocks_change_only_the_order_of_the_sums():
     np.testing.assert_allclose(one.centres, many.centres, atol=1e-6)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_threads_change_nothing_and_parts_are_each_streamed(monkeypatch, distance):
+    """Blocks worked on by several threads give the fit of one, to the last bit (each matrix
+    product on one BLAS thread, the blocks' sums added in order), and each part's statistics
+    are those of the part streamed on its own, as a Spark task streams its partition."""
+    monkeypatch.setattr(km, "BLOCK_ROWS", 128)
+    x = blobs(3000)
+    start = km.seed_centres(x, 12, 4, distance)
+    fits = [km.lloyd(x, start, 8, 0.0, distance, blocks=[700, 1, 1299, 1000], threads=t)
+            for t in (1, 2, 5)]
+    for other in fits[1:]:
+        assert np.array_equal(other.centres, fits[0].centres)
+        assert np.array_equal(other.labels, fits[0].labels)
+        assert other.inertia == fits[0].inertia and other.iterations == fits[0].iterations
+    parts = np.split(km.normalise(x) if distance == "cosine" else x, [700, 701, 2000])
+    for threads in (1, 3):
+        got = km.parts_stats(parts, fits[0].centres, distance, threads)
+        for part, stats in zip(parts, got, strict=True):
+            streamed = km.stream_stats(iter(np.array_split(part, 3)), fits[0].centres, distance)
+            assert np.array_equal(stats.sums, streamed.sums)
+            assert np.array_equal(stats.counts, streamed.counts)
+            assert stats.inertia == streamed.inertia
+        labelled = km.parts_nearest(parts, fits[0].centres, distance, threads)
+        assert np.array_equal(np.concatenate([lab for lab, _ in labelled]), fits[0].labels)
+
+
 def test_cosine_keeps_centres_on_the_sphere_and_an_unchosen_centre_in_place():
     x = blobs(800)
     start = km.normalise(np.vstack([km.seed_centres(x, 6, 2), np.full((1, x.shape[1]), -1e3)]))

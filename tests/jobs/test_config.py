@@ -50,7 +50,9 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
     (["select.estimator=mean"], "select.estimator='mean' is not one of 'knn', 'averaged'"),
     (["quantize.distance=manhattan"], "quantize.distance must be euclidean or cosine"),
     (["quantize.algorithm=elkan"], "quantize.algorithm must be lloyd or mllib; got 'elkan'."),
-    (["quantize.init_rows=0"], "quantize.init_rows must be an integer >= 1; got 0."),
+    (["quantize.init_rows=0"],
+     "quantize.init_rows must be auto (10 rows a cluster, 10,000 to 20,000) or an integer >= 1; "
+     "got 0."),
     (["embed.backend=tensorrt"], "embed.backend must be torch, onnx or onnx-int8; got 'tensorrt'."),
     (["pool.format=xlsx"], "pool.format='xlsx' is not one of"),
     (["pool.path=null"], "pool.path is missing"),
@@ -110,6 +112,16 @@ def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(InputError) as err:
         load_config("conf/demo.yaml", overrides)
     assert message in str(err.value)
+
+
+def test_init_rows_auto_is_ten_a_cluster_between_10000_and_20000_never_under_k():
+    from jobs.config import kmeans_init_rows
+    q = load_config("conf/demo.yaml").quantize
+    assert q.init_rows == "auto"
+    assert [kmeans_init_rows(q, k) for k in (5, 500, 1000, 1500, 2000, 5000, 30_000)] == \
+        [10_000, 10_000, 10_000, 15_000, 20_000, 20_000, 30_000]
+    hand = load_config("conf/demo.yaml", ["quantize.init_rows=400"]).quantize
+    assert kmeans_init_rows(hand, 9) == 400 and kmeans_init_rows(hand, 500) == 500
 
 
 def test_pool_k_auto_follows_the_pool_and_the_budget():

@@ -117,3 +117,28 @@ def test_fitted_on_the_rows_first_by_hash_then_every_row_assigned(spark):
     every = fit(spark, df, rows_per_cluster=None)
     assert fit(spark, df, rows_per_cluster=None, driver_rows=1) == every
     assert sorted(every[0], key=lambda c: c[1]) != ordered
+
+
+def test_the_driver_lays_text_ids_out_as_spark_does(spark):
+    """On the driver the rows are put in their partitions and sorted by id there, without
+    Spark's shuffle: the same layout as Spark's (its hash of the id, then UTF-8 byte order,
+    where UTF-16 order would put the astral ids first), so the same clusters as in tasks."""
+    import pyarrow as pa
+
+    from jobs.stages.quantize import _laid_out, _partition_of_id
+    x = blobs(1200)
+    marks = ["a", "Z", "é", "\uff21", "\U0001f600", "0"]
+    ids = [f"{marks[i % len(marks)]}{i * 7919 % 1200}" for i in range(len(x))]
+    rows = [(ids[i], x[i].tolist()) for i in np.random.default_rng(3).permutation(len(x))]
+    df = spark.createDataFrame(rows, "row_id string, embedding array<float>").repartition(3)
+    spark_order = [r["row_id"] for r in _laid_out(df, 4).select("row_id").collect()]
+    got = df.select("row_id", _partition_of_id(4).alias("part")).toArrow()
+    here = got.take(pa.compute.sort_indices(got, sort_keys=[("part", "ascending"),
+                                                           ("row_id", "ascending")]))
+    assert here.column("row_id").to_pylist() == spark_order
+    q = {"max_iter": 30, "partitions": 4, "init_rows": 400}
+    on_driver = kmeans_side(df, 9, QuantizeSection(**q), 11, "pool", print, spark)
+    in_tasks = kmeans_side(df, 9, QuantizeSection(**q, driver_rows=1), 11, "pool", print, spark)
+    assert on_driver[0] == in_tasks[0]
+    assert dict(on_driver[1].collect()) == dict(in_tasks[1].collect())
+    in_tasks[2].unpersist()

@@ -247,6 +247,11 @@ def test_where_the_centres_are_fitted_keeps_the_ids_what_they_are_fitted_on_does
     base = planned()
     assert planned("quantize.driver_rows=1").clustering_id == base.clustering_id
     assert planned("quantize.rows_per_cluster=256").clustering_id == base.clustering_id
+    # init_rows: auto keys as the 20000 it replaced; a number set by hand, 20000 included
+    # (which differs from auto for k under 2,000), keys apart
+    assert planned("quantize.init_rows=auto").clustering_id == base.clustering_id
+    by_hand = {planned(f"quantize.init_rows={n}").clustering_id for n in (20000, 5000)}
+    assert len(by_hand) == 2 and base.clustering_id not in by_hand
     assert planned("quantize.rows_per_cluster=64").clustering_id != base.clustering_id
     every = planned("quantize.rows_per_cluster=null")
     assert every.clustering_id not in (base.clustering_id, planned(
