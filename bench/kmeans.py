@@ -10,7 +10,8 @@ may still stop early when no label changes, and says how many it ran), two threa
 * ``faiss-2``: faiss's ``Kmeans`` on 2 OpenMP threads from the common start (its default of at
   most 256 training rows per centroid, which at 100,000 rows and k = 500 is every row);
 * ``core``: ``gio_core.kmeans.lloyd`` in memory from the common start (the numerics the
-  quantize stage runs, without Spark);
+  quantize stage runs, without Spark), 2 threads of blocks (a baseline without them: 2 BLAS
+  threads);
 * ``stage``: the quantize stage's K-means (``jobs.stages.quantize.kmeans_side``, the ``lloyd``
   engine, its defaults: fitted on at most ``quantize.rows_per_cluster`` rows a cluster, on the
   driver up to ``quantize.driver_rows``, then every row assigned), from the rows cached in Spark:
@@ -94,10 +95,14 @@ def one_faiss(work: str, k: int, max_iter: int) -> dict:
 
 
 def one_core(work: str, k: int, max_iter: int) -> dict:
+    import inspect
+
     from gio_core.kmeans import lloyd
     x, start = _arrays(work)
+    # 2 threads of blocks; a baseline without them runs its matrix products on 2 BLAS threads
+    threads = {"threads": 2} if "threads" in inspect.signature(lloyd).parameters else {}
     began = time.perf_counter()
-    fit = lloyd(x, start, max_iter=max_iter, tol=0.0)
+    fit = lloyd(x, start, max_iter=max_iter, tol=0.0, **threads)
     seconds = time.perf_counter() - began
     return {"seconds": round(seconds, 3), "iterations": fit.iterations,
             "objective": objective(x, fit.centres)}

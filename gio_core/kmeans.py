@@ -22,11 +22,47 @@ the caller drops clusters left empty.
 """
 from __future__ import annotations
 
+import os
+import threading
+from contextlib import contextmanager
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 BLOCK_ROWS = 4096     # rows per matrix product: 4096 x k float32 scores at a time
+IN_FLIGHT_BYTES = 1 << 30   # threads are fewer where their blocks' scores would pass this
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:          # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_blas = {"lock": threading.Lock(), "users": 0, "controller": None, "limit": None}
+
+
+@contextmanager
+def _one_blas_thread():
+    """The BLAS on one thread while any caller is inside (the limit is the process's: the
+    first caller in sets it, the last one out restores what was there)."""
+    with _blas["lock"]:
+        if _blas["users"] == 0:
+            if _blas["controller"] is None:
+                from threadpoolctl import ThreadpoolController
+                _blas["controller"] = ThreadpoolController()
+            _blas["limit"] = _blas["controller"].limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas["lock"]:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limit"].restore_original_limits()
+                _blas["limit"] = None
 
 
 class Stats(NamedTuple):
@@ -52,11 +88,11 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def _block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray, c64: np.ndarray,
            distance: str, with_sums: bool
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One block of :func:`_scan`: its rows' nearest centres, squared distances and, when
-    ``with_sums``, its rows added by centre (a [k, d] float64 matrix)."""
+           ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """One block of :func:`_scan_many`: its rows' nearest centres, squared distances and, when
+    ``with_sums``, its rows added by centre: the centres chosen and their sums (float64)."""
     from scipy.sparse import csr_matrix
-    n, k = len(block), len(c)
+    n = len(block)
     scores = block @ c.T                       # the matrix product: [rows, k]
     if distance == "cosine":
         best = np.argmax(scores, axis=1)
@@ -72,14 +108,17 @@ def _block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray, c64: np.ndarray,
     if distance == "cosine":                 # picked = x.c
         picked = c_sq[best] - 2.0 * picked
     d2 = np.maximum(np.einsum("ij,ij->i", block, block) + picked, 0.0)
+    # The sums of the centres the block chose (at most its rows), each centre's rows in row order
+    chosen, counts = np.unique(best, return_counts=True)
     order = np.argsort(best, kind="stable")
-    indptr = np.zeros(k + 1, np.int64)
-    np.cumsum(np.bincount(best, minlength=k), out=indptr[1:])
-    return best, d2, csr_matrix((np.ones(n), order, indptr), shape=(k, n)) @ rows
+    indptr = np.zeros(len(chosen) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return best, d2, (chosen, csr_matrix((np.ones(n), order, indptr),
+                                         shape=(len(chosen), n)) @ rows)
 
 
 def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
-               sums: Sequence[np.ndarray] | None = None, threads: int = 1
+               sums: Sequence[np.ndarray] | None = None, threads: int | None = None
                ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One pass over each of ``pieces``, :data:`BLOCK_ROWS` rows at a time from its first:
     each row's nearest centre, its squared distance to it and, when ``sums`` is given (an
@@ -89,21 +128,25 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
     distance and the block's sums (a sparse one-hot matrix of the block's choices times the
     block, in float64, each centre's rows added in row order), which are then added to its
     piece's sums in block order, pieces in order. Each matrix product runs on one BLAS thread;
-    ``threads`` blocks are worked on at once, of any piece. So the result depends only on the
-    pieces and their order, never on the threads, here or in the BLAS (whose multi-threaded
-    products can differ in the last bit from single-threaded ones), and nothing of the size of
-    all the rows is allocated but the labels. Without ``sums`` (an assignment) the distance is
+    ``threads`` blocks are worked on at once, of any piece (None: :func:`cores`; fewer where
+    their scores, ``BLOCK_ROWS x k`` float32 each, would pass :data:`IN_FLIGHT_BYTES`). So the
+    result depends only on the pieces and their order, never on the threads, here or in the
+    BLAS (whose multi-threaded products can differ in the last bit from single-threaded ones;
+    this holds for the BLAS libraries threadpoolctl controls: OpenBLAS, MKL, BLIS), and nothing
+    of the size of all the rows is allocated but the labels. Without ``sums`` (an assignment) the distance is
     exact, float64 from the row and its centre, since near-copies are told apart by it; with
     them (an iteration, whose distances only add up to the objective) it is read off the
     matrix product, ``|x|^2 + |c|^2 - 2 x.c`` in float32 (about 1e-7 of a unit row's scale).
     """
-    from threadpoolctl import threadpool_limits
     xs = [np.asarray(x, np.float32) for x in pieces]
     c = np.asarray(centres, np.float32)
     c64 = c.astype(np.float64)
     c_sq = np.einsum("ij,ij->i", c, c)
     out = [(np.empty(len(x), np.int32), np.empty(len(x), np.float64)) for x in xs]
     blocks = [(i, lo) for i, x in enumerate(xs) for lo in range(0, len(x), BLOCK_ROWS)]
+    per_block = 2 * BLOCK_ROWS * len(c) * 4 + len(c) * c.shape[1] * 8
+    threads = max(1, min(cores() if threads is None else threads,
+                         IN_FLIGHT_BYTES // max(per_block, 1)))
 
     def work(block: tuple[int, int]):
         i, lo = block
@@ -114,9 +157,10 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
         out[i][0][lo:lo + len(best)] = best
         out[i][1][lo:lo + len(best)] = dist
         if sums is not None:
-            sums[i][...] += part               # in block order, whoever computed it
+            chosen, added = part               # in block order, whoever computed it
+            sums[i][chosen] += added
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         if threads <= 1 or len(blocks) <= 1:
             for block in blocks:
                 take(block, work(block))
@@ -138,13 +182,13 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
 
 
 def _scan(x: np.ndarray, centres: np.ndarray, distance: str, sums: np.ndarray | None = None,
-          threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+          threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_scan_many` of one piece of rows."""
     return _scan_many([x], centres, distance, None if sums is None else [sums], threads)[0]
 
 
 def parts_stats(parts: Sequence[np.ndarray], centres: np.ndarray, distance: str = "euclidean",
-                threads: int = 1) -> list[Stats]:
+                threads: int | None = None) -> list[Stats]:
     """:func:`stream_stats` of each of ``parts`` (to the last bit), their blocks worked on
     ``threads`` at a time."""
     k, dim = centres.shape
@@ -155,17 +199,18 @@ def parts_stats(parts: Sequence[np.ndarray], centres: np.ndarray, distance: str 
 
 
 def parts_nearest(parts: Sequence[np.ndarray], centres: np.ndarray, distance: str = "euclidean",
-                  threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+                  threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`nearest` of each of ``parts``, their blocks worked on ``threads`` at a time."""
     return _scan_many(parts, centres, distance, None, threads)
 
 
-def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean", threads: int = 1
-            ) -> tuple[np.ndarray, np.ndarray]:
+def nearest(x: np.ndarray, centres: np.ndarray, distance: str = "euclidean",
+            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's nearest centre and its squared Euclidean distance to it.
 
     ``x`` [n, d] and ``centres`` [k, d], float32; for ``cosine`` both already unit-length.
-    ``threads``: blocks worked on at once (the result is the same for any number).
+    ``threads``: blocks worked on at once (None: every core; the result is the same for any
+    number).
     Returns ``(labels int32 [n], d2 float64 [n])``.
     """
     return _scan(x, centres, distance, threads=threads)
@@ -208,7 +253,7 @@ def stream_stats(blocks: Iterable[np.ndarray], centres: np.ndarray,
     """
     k, dim = centres.shape
     sums = np.zeros((k, dim))
-    scanned = [_scan(rows, centres, distance, sums) for rows in _aligned(blocks)]
+    scanned = [_scan(rows, centres, distance, sums, 1) for rows in _aligned(blocks)]
     labels = np.concatenate([got[0] for got in scanned]) if scanned else np.zeros(0, np.int32)
     inertia = float(np.concatenate([got[1] for got in scanned]).sum()) if scanned else 0.0
     return Stats(sums, np.bincount(labels, minlength=k).astype(np.int64), inertia)
@@ -238,7 +283,7 @@ def stream_nearest(blocks: Iterable[np.ndarray], centres: np.ndarray,
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     for rows in _aligned(blocks, sizes.append):
-        done.append(_scan(rows, centres, distance)[0])
+        done.append(_scan(rows, centres, distance, None, 1)[0])
         ready += len(rows)
         while sizes and sizes[0] <= ready:
             ready -= sizes[0]
@@ -283,13 +328,14 @@ class Fit(NamedTuple):
 
 def lloyd(x: np.ndarray, start: np.ndarray, max_iter: int = 20, tol: float = 1e-4,
           distance: str = "euclidean", blocks: int | Sequence[int] = 1,
-          normalised: bool = False, threads: int = 1) -> Fit:
+          normalised: bool = False, threads: int | None = None) -> Fit:
     """Lloyd's iterations in memory from ``start``; the stage's steps on one machine.
 
     ``blocks``: a number of equal consecutive parts, or the parts' lengths, whose statistics are
     added in order, as the stage adds its partitions'. ``normalised``: for ``cosine``, the rows
     are unit-length already (scaled again they could move by a rounding). ``threads``: blocks
-    of rows worked on at once; the fit is the same to the last bit for any number.
+    of rows worked on at once (None: every core); the fit is the same to the last bit for any
+    number.
     """
     x = np.asarray(x, np.float32)
     if distance == "cosine" and not normalised:

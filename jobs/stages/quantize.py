@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+import re
 import sys
 import threading
 import time
@@ -276,14 +276,25 @@ def _quietly_import(module: str) -> None:
         pass
 
 
-def driver_threads() -> int:
-    """The driver's cores (those this process may run on): blocks of rows a fit on the driver
-    works on at once, each matrix product on one BLAS thread; the fit is the same for any
-    number."""
+def driver_threads(spark) -> int:
+    """How many blocks of rows a fit on the driver works on at once (each matrix product on
+    one BLAS thread; the fit is the same for any number): the N of a ``local[N]`` master (1
+    for ``local``), else ``spark.driver.cores`` where set, else the cores the driver may run
+    on; never more than those."""
+    from gio_core.kmeans import cores
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:          # not on Linux
-        return max(1, os.cpu_count() or 1)
+        master = spark.conf.get("spark.master", "") or ""
+        driver_cores = spark.conf.get("spark.driver.cores", None)
+    except Exception:               # noqa: BLE001 - a session that will not say: every core
+        master, driver_cores = "", None
+    local = re.fullmatch(r"local(?:\[(\d+)(?:,\d+)?\])?", master.strip())
+    if local:
+        wanted = int(local.group(1) or 1)
+    elif driver_cores:
+        wanted = int(driver_cores)
+    else:
+        wanted = cores()
+    return max(1, min(wanted, cores()))
 
 
 def _partition_of_id(partitions: int):
@@ -313,8 +324,9 @@ def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown="", partitions=
          else _vectors(got.column("embedding"), qcfg.distance))
     columns = got.select(["row_id", "h", "part"])
     if partitions is not None:      # laid out here, as _laid_out would, without its shuffle
-        laid = pc.sort_indices(columns, sort_keys=[("part", "ascending"),
-                                                   ("row_id", "ascending")])
+        # (row ids are never null: the sources refuse a null id)
+        laid = pc.sort_indices(columns, sort_keys=[("part", "ascending"), ("row_id", "ascending")])
+        del got                     # the rows' only copy from here on is x's
         columns, x = columns.take(laid), x[laid.to_numpy()]
     ids = columns.column("row_id").to_numpy(zero_copy_only=False)
     parts = columns.column("part").to_numpy()
@@ -329,7 +341,7 @@ def _fit_on_driver(spark, rows_frame, k, qcfg, seed, side, shown="", partitions=
                    total=1, unit=" fit", done=lambda: 0):
         fit = lloyd(x[keep] if train < len(ids) else x, start, qcfg.max_iter, qcfg.tol,
                     qcfg.distance, blocks=np.unique(parts[keep], return_counts=True)[1].tolist(),
-                    normalised=True, threads=driver_threads())
+                    normalised=True, threads=driver_threads(spark))
     sizes = np.unique(parts, return_counts=True)[1]
     return ids, x, fit, train == len(ids), np.r_[0, np.cumsum(sizes)]
 
@@ -347,7 +359,7 @@ def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
     labels = fit.labels if every else np.concatenate(
         [got[0] for got in parts_nearest(
             [x[lo:hi] for lo, hi in zip(parts_at[:-1], parts_at[1:], strict=True)],
-            fit.centres, qcfg.distance, driver_threads())])
+            fit.centres, qcfg.distance, driver_threads(spark))])
     sizes = np.bincount(labels, minlength=len(fit.centres))
     centroid_rows = _centroid_rows(side, fit.centres, sizes)
     id_type = embeddings.schema["row_id"].dataType.simpleString()

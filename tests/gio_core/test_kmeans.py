@@ -79,6 +79,26 @@ def test_threads_change_nothing_and_parts_are_each_streamed(monkeypatch, distanc
         assert np.array_equal(np.concatenate([lab for lab, _ in labelled]), fits[0].labels)
 
 
+def test_fits_side_by_side_agree_and_leave_the_blas_as_it_was(monkeypatch):
+    """The one-BLAS-thread limit is the process's: fits in two threads at once keep it until
+    the last one ends, get the fit made alone, and the BLAS's threads are restored after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+    monkeypatch.setattr(km, "BLOCK_ROWS", 128)
+    before = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+    assert before, "NumPy's BLAS is loaded"
+    x = blobs(3000)
+    start = km.seed_centres(x, 12, 4)
+    alone = km.lloyd(x, start, 8, 0.0, threads=2)
+    with ThreadPoolExecutor(2) as pool:
+        fits = list(pool.map(lambda t: km.lloyd(x, start, 8, 0.0, threads=t), (2, 3, 1, 2)))
+    for fit in fits:
+        assert np.array_equal(fit.centres, alone.centres)
+        assert np.array_equal(fit.labels, alone.labels)
+    assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
+
+
 def test_cosine_keeps_centres_on_the_sphere_and_an_unchosen_centre_in_place():
     x = blobs(800)
     start = km.normalise(np.vstack([km.seed_centres(x, 6, 2), np.full((1, x.shape[1]), -1e3)]))
