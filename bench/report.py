@@ -139,12 +139,13 @@ def scale_weighted() -> str:
 
 KMEANS = {"sklearn-2": "scikit-learn `KMeans` (Lloyd), 2 threads",
           "faiss-2": "faiss `Kmeans`, 2 threads",
-          "core": "`gio_core.kmeans.lloyd`, in memory",
-          "core@": "`gio_core.kmeans.lloyd` at {base}, in memory",
+          "core": "`gio_core.kmeans.lloyd`, in memory, 2 threads",
+          "core@": "`gio_core.kmeans.lloyd` at {base}, in memory, 2 BLAS threads",
           "stage": "the quantize stage's K-means, its defaults (own start: {start} s)",
           "stage-tasks": "the same, `quantize.driver_rows: 1` (a Spark job per iteration; own "
                          "start: {start} s)",
           "stage@": "the quantize stage at {base}, its defaults (own start: {start} s)",
+          "stage-tasks@": "the same at {base}, `quantize.driver_rows: 1` (own start: {start} s)",
           "mllib": "MLlib `KMeans` (`quantize.algorithm: mllib`)"}
 
 
