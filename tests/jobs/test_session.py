@@ -89,3 +89,67 @@ def test_without_a_master_the_local_workers_run_this_python(tmp_path):
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     got = json.loads(lines[-1][len("PROBE "):])
     assert got == {"workers": [sys.executable], "master": "local[*]", "ui": "false"}
+
+
+def test_python_workers_read_a_zip_again_only_when_it_changed(spark):
+    """CPython 3.10/3.11 re-read every zip on the path before each Spark task (gh-103200);
+    once a task imports jobs, its worker re-reads a zip only when the file changed. The
+    driver's importers are left as they are."""
+    import zipimport
+
+    def probe(rows):
+        import importlib
+        import zipimport
+
+        import jobs  # noqa: F401 - a task that imports jobs, as every gio-spark task does
+        before = zipimport._read_directory
+        reads = []
+
+        def counted(path):
+            reads.append(path)
+            return before(path)
+
+        zipimport._read_directory = counted
+        try:
+            importlib.invalidate_caches()
+            again = len(reads)
+            importlib.invalidate_caches()
+        finally:
+            zipimport._read_directory = before
+        zipped = [p for p in __import__("sys").path if p.endswith((".zip", ".jar"))]
+        yield (again, len(reads) - again, len(zipped),
+               getattr(zipimport.zipimporter.invalidate_caches, "gio_spark", False))
+
+    (again, second, zipped, patched), = spark.sparkContext.parallelize([0], 1) \
+        .mapPartitions(probe).collect()
+    assert zipped > 0, "a worker's path holds Spark's zips"
+    if sys.version_info[:2] in ((3, 10), (3, 11)):
+        assert patched and second == 0, (again, second)
+    else:
+        assert not patched
+    assert not getattr(zipimport.zipimporter.invalidate_caches, "gio_spark", False)
+
+
+def test_the_cheaper_invalidation_still_sees_a_changed_zip(tmp_path):
+    """In a process where the fix is in (forced here), a zip changed on disk is read again:
+    a module added to it imports after importlib.invalidate_caches()."""
+    script = f"""
+import importlib, sys, time, zipfile
+sys.path.insert(0, {str(ROOT)!r})
+import jobs
+assert jobs._settle_worker(force=True)
+path = {str(tmp_path / "lib.zip")!r}
+with zipfile.ZipFile(path, "w") as z:
+    z.writestr("first_mod.py", "X = 1")
+sys.path.insert(0, path)
+import first_mod
+time.sleep(0.01)
+with zipfile.ZipFile(path, "a") as z:
+    z.writestr("second_mod.py", "Y = 2")
+importlib.invalidate_caches()
+import second_mod
+print("OK", first_mod.X, second_mod.Y)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "OK 1 2", out.stderr[-2000:]
