@@ -190,9 +190,11 @@ def one(variant: str, work: str, k: int, max_iter: int) -> dict:
 
 def child(variant: str, work: str, k: int, max_iter: int, tree: str) -> dict:
     env = dict(os.environ, GIO_BENCH_TREE=tree, PYTHONPATH=tree)
+    # cwd: Spark's Python workers (python -m pyspark.daemon) put it first on their path, so a
+    # baseline's tasks import the baseline's code, not this tree's
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kmeans.py"), "--one", variant,
                            work, "--k", str(k), "--max-iter", str(max_iter)],
-                          capture_output=True, text=True, env=env, timeout=3600)
+                          capture_output=True, text=True, env=env, timeout=3600, cwd=tree)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}: {proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
