@@ -133,7 +133,7 @@ def measure(tree: str, work: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", default="8053ff3",
+    parser.add_argument("--baseline", default="1dbfa74",
                         help="the commit to compare with (default: the tree before the "
                              "small-run changes of 2026-12-07; 02cd3bb is the one before "
                              "those of 2026-12-06)")
