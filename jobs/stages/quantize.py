@@ -290,7 +290,7 @@ def driver_threads(spark) -> int:
     local = re.fullmatch(r"local(?:\[(\d+)(?:,\d+)?\])?", master.strip())
     if local:
         wanted = int(local.group(1) or 1)
-    elif driver_cores:
+    elif driver_cores and str(driver_cores).strip().isdigit():
         wanted = int(driver_cores)
     else:
         wanted = cores()

@@ -142,3 +142,10 @@ def test_the_driver_lays_text_ids_out_as_spark_does(spark):
     assert on_driver[0] == in_tasks[0]
     assert dict(on_driver[1].collect()) == dict(in_tasks[1].collect())
     in_tasks[2].unpersist()
+
+
+def test_the_driver_fits_on_the_cores_its_master_names(spark):
+    from gio_core.kmeans import cores
+    from jobs.stages.quantize import driver_threads
+    assert spark.conf.get("spark.master") == "local[2]"
+    assert driver_threads(spark) == min(2, cores())
