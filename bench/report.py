@@ -220,7 +220,7 @@ def row_step() -> str:
                  "rrlrrrrrrr", rows)
 
 
-SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output, empty JAX cache"),
+SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output, empty JAX cache, no class archive"),
               ("cli_warm", "`gio-spark run`, `select.k` changed"),
               ("cli_again", "`gio-spark run`, another new output"),
               ("api_cold", "`select_rows` in a session that is up, new output"),

@@ -6,15 +6,19 @@ with those sides, `local[2]`. For each tree (the baseline, checked out with `git
 then this one), each on its own output path:
 
 - ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed), with an
-  empty JAX compilation cache (``$GIO_SPARK_JAX_CACHE`` set to a new folder for each tree);
+  empty JAX compilation cache and no JVM class archive (``$GIO_SPARK_JAX_CACHE`` and
+  ``$GIO_SPARK_JVM_CACHE`` set to new folders for each tree; a tree that has the archive
+  writes it as this run's JVM exits, within the time measured);
 - ``cli_warm``: the same with ``select.k=4`` (a new JVM; quantize reused, select and explode
   computed), as a user trying an option does;
-- ``cli_again``: ``cli_cold``'s run on another new output, the cache as the two runs before
-  left it (a user's next try on new data: every stage computed, JAX's programs loaded);
+- ``cli_again``: ``cli_cold``'s run on another new output, the caches as the two runs before
+  left them (a user's next try on new data: every stage computed, JAX's programs loaded, the
+  JVM's classes mapped from the archive);
 - ``api_cold`` / ``api_warm`` / ``api_seed``: the first run and re-runs with ``select.k=4``
   (new shapes: JAX compiles again) and then ``select.seed=1`` (a new option, the same shapes)
   through ``jobs.select_rows`` in one Python process whose session is already up (a
-  notebook), after ``session_s`` to start it. A process of the user's own: no JAX cache.
+  notebook), after ``session_s`` to start it. A process of the user's own: no JAX cache and
+  no class archive.
 
 Each run's Delta commits are counted (the ``_delta_log`` JSON files it added).
 
@@ -67,10 +71,12 @@ def commits(out: str) -> int:
 
 
 def clean_env(tree: str, cache: str) -> dict:
-    """The environment of a run: the tree's code, a JAX cache of its own, none inherited."""
+    """The environment of a run: the tree's code, a JAX cache and a JVM class archive folder
+    of its own, none inherited."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
-    return dict(env, PYTHONPATH=tree, GIO_SPARK_JAX_CACHE=cache)
+    return dict(env, PYTHONPATH=tree, GIO_SPARK_JAX_CACHE=cache,
+                GIO_SPARK_JVM_CACHE=cache + "-jvm")
 
 
 def cli(tree: str, work: str, out: str, cache: str, *extra: str) -> float:
@@ -128,15 +134,16 @@ def measure(tree: str, work: str) -> dict:
     found.update(api_runs(tree, work, out, cache))
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(cache + "-jvm", ignore_errors=True)
     return found
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", default="1dbfa74",
-                        help="the commit to compare with (default: the tree before the "
-                             "small-run changes of 2026-12-07; 02cd3bb is the one before "
-                             "those of 2026-12-06)")
+    parser.add_argument("--baseline", default="b1d63e5",
+                        help="the commit to compare with (default: the tree before the JVM's "
+                             "class archive; 1dbfa74 and 02cd3bb are the ones before the "
+                             "earlier rounds)")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--out")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ from typing import Callable
 from jobs.common.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_RETRY, ConcurrentRunError,
                          InputError, PartialFailure)
 from jobs.common.log import set_verbose
+from jobs.common.runtime import jvm_cache_dir
 from jobs.config import JobConfig, load_config
 from jobs.io.session import build_session, check_classic, current_log
 from jobs.io.sources import check_file_systems, preflight
@@ -123,7 +124,8 @@ def run_main(prog: str, description: str, body: Callable[[object, JobConfig], No
         existing = SparkSession.getActiveSession()
         session = build_session(cfg.spark.app_name, cfg.spark.master, cfg.spark.conf,
                                 quiet=not loud,
-                                log_level=cfg.spark.log_level or ("WARN" if loud else None))
+                                log_level=cfg.spark.log_level or ("WARN" if loud else None),
+                                jvm_cache=jvm_cache_dir(cfg.runtime.jvm_cache))
         spark = session if existing is None else None      # stop only a session made here
         if classic is not None:
             check_classic(session, classic)

@@ -44,6 +44,20 @@ def jax_cache_dir(setting: str | bool) -> str | None:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gio-spark", "jax")
 
 
+def jvm_cache_dir(setting: str | bool) -> str | None:
+    """The folder ``runtime.jvm_cache`` names for this process, or None (no class archive: see
+    :mod:`jobs.io.class_archive`). Only in a process gio-spark started, where its command
+    starts the JVM: ``auto`` (or True): ``$GIO_SPARK_JVM_CACHE`` (default
+    ``~/.cache/gio-spark/jvm``); a folder: that folder; ``off`` (or False): None. In a process
+    of the user's own, None whatever the setting: the JVM there is the user's to start."""
+    if setting is False or setting == "off" or not OWN_PROCESS:
+        return None
+    if setting is not True and setting != "auto":
+        return os.path.abspath(os.path.expanduser(setting))
+    return os.environ.get("GIO_SPARK_JVM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gio-spark", "jvm")
+
+
 def _use_jax_cache(jax, folder: str) -> None:
     """JAX's persistent compilation cache in ``folder`` (at most :data:`JAX_CACHE_BYTES`, least
     recently used first out), for every program however quick to compile: a small run's

@@ -761,10 +761,15 @@ JAX_CACHE = Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v.stri
                  "auto, off or a folder for JAX's compiled programs")
 
 
+JVM_CACHE = Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
+                 "auto, off or a folder for the JVM's class archive")
+
+
 @dataclass
 class RuntimeSection:
-    """How the driver runs JAX and writes the stage log: none of it changes a result or an id
-    (so changing it reuses committed work). ``select.jax_*`` are the deprecated names of these keys."""
+    """How the driver runs JAX, starts its JVM and writes the stage log: none of it changes a
+    result or an id (so changing it reuses committed work). ``select.jax_*`` are the deprecated
+    names of these keys."""
     # auto (GPU when JAX sees one), cpu or gpu
     jax_platform: Annotated[str, one_of("auto", "cpu", "gpu")] = "auto"
     # share of the driver GPU's memory JAX may take
@@ -775,6 +780,11 @@ class RuntimeSection:
     # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
     # or a folder (also in your own session)
     jax_cache: Annotated[str | bool, JAX_CACHE] = "auto"
+    # where the driver JVM's class archive is kept, made by the first command and mapped by the
+    # later ones to start sooner (about 180 MB): auto (~/.cache/gio-spark/jvm, or
+    # $GIO_SPARK_JVM_CACHE), off, or a folder; only where a gio-spark command starts the JVM
+    # itself (not under spark-submit, nor in a session of your own)
+    jvm_cache: Annotated[str | bool, JVM_CACHE] = "auto"
     # seconds of finished work whose stage-log records a run holds and writes in one commit (0:
     # one commit a stage); a run killed meanwhile computes those stages again
     stage_log_batch_s: Annotated[float, NON_NEGATIVE] = 30.0

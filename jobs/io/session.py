@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import sys
 import tempfile
 from typing import Callable, Mapping
 
 from jobs.common.errors import InputError
 from jobs.common.log import QUIET_ENV
+from jobs.io import class_archive
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -102,9 +104,10 @@ def _spark_running() -> bool:
     return SparkContext._active_spark_context is not None or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def _defaults_master() -> str | None:
-    """``spark.master`` from the ``spark-defaults.conf`` a new JVM reads (``$SPARK_CONF_DIR``,
-    else ``$SPARK_HOME/conf``, else pyspark's own folder's), or None."""
+def _defaults(key: str) -> str | None:
+    """``key``'s value in the ``spark-defaults.conf`` a new JVM reads (``$SPARK_CONF_DIR``, else
+    ``$SPARK_HOME/conf``, else pyspark's own folder's), or None. Its lines are ``key value``
+    (or ``key=value``, ``key: value``), as Java's properties files have them."""
     import pyspark
     folders = [os.environ.get("SPARK_CONF_DIR"),
                os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME")
@@ -114,11 +117,16 @@ def _defaults_master() -> str | None:
         if path and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
-                    words = line.strip().split(None, 1)
-                    if len(words) == 2 and words[0] == "spark.master":
-                        return words[1].strip()
+                    found = re.match(r"\s*([^\s=:#!]+)\s*[=:\s]\s*(.*?)\s*$", line)
+                    if found and found.group(1) == key:
+                        return found.group(2)
             return None
     return None
+
+
+def _defaults_master() -> str | None:
+    """``spark.master`` from the ``spark-defaults.conf`` a new JVM reads, or None."""
+    return _defaults("spark.master")
 
 
 def _already_set() -> Callable[[str], bool] | None:
@@ -145,7 +153,7 @@ def _already_set() -> Callable[[str], bool] | None:
 
 def build_session(app_name: str = "gio-spark", master: str | None = None,
                   conf: Mapping[str, str] | None = None, quiet: bool = False,
-                  log_level: str | None = None):
+                  log_level: str | None = None, jvm_cache: str | None = None):
     """A SparkSession with Delta Lake, for local and cluster runs alike.
 
     Args:
@@ -160,6 +168,10 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
         the log level change.
       log_level: Spark's log level once the session runs (``None``: Spark's default, WARN, or
         ERROR for a quiet run under spark-submit, whose JVM writes to the terminal).
+      jvm_cache: a folder for the driver JVM's class archive (:mod:`jobs.io.class_archive`),
+        used when this call starts the JVM and neither ``conf`` nor ``spark-defaults.conf``
+        sets ``spark.driver.defaultJavaOptions``; None: no archive. The commands pass
+        ``runtime.jvm_cache``'s folder (:func:`jobs.common.runtime.jvm_cache_dir`).
     Returns:
       The active SparkSession. A Spark that runs already (spark-submit's, a notebook's) is
       joined as it is: of ``conf`` and the Delta settings only those it has not set are applied
@@ -223,6 +235,17 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
 
     # Under spark-submit (PYSPARK_GATEWAY_PORT set) the JVM runs already and owns the terminal.
     starts_jvm = SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ
+    pending = None
+    if (jvm_cache and starts_jvm and class_archive.OPTION_KEY not in settings
+            and _defaults(class_archive.OPTION_KEY) is None):
+        found = class_archive.java_options(
+            jvm_cache, settings, settings.get("spark.driver.extraJavaOptions")
+            or _defaults("spark.driver.extraJavaOptions") or "")
+        if found is not None:
+            builder = builder.config(class_archive.OPTION_KEY, found[0])
+            pending = found[1]
+            if pending is not None:     # at exit: saved once the JVM wrote it, else removed
+                class_archive.save_at_exit(pending)
     if quiet and starts_jvm:
         _LOG["path"] = spark_log_path(app_name)
         spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
