@@ -223,6 +223,7 @@ def row_step() -> str:
 SMALL_RUNS = (("cli_cold", "`gio-spark run`, new output, empty JAX cache, no class archive"),
               ("cli_warm", "`gio-spark run`, `select.k` changed"),
               ("cli_again", "`gio-spark run`, another new output"),
+              ("cli_rerun", "`gio-spark run`, `select.k` changed there"),
               ("api_cold", "`select_rows` in a session that is up, new output"),
               ("api_warm", "`select_rows` in that session, `select.k` changed"),
               ("api_seed", "`select_rows` in that session, then `select.seed` changed"))

@@ -7,13 +7,14 @@ then this one), each on its own output path:
 
 - ``cli_cold``: ``gio-spark run`` on a new output (a new JVM, every stage computed), with an
   empty JAX compilation cache and no JVM class archive (``$GIO_SPARK_JAX_CACHE`` and
-  ``$GIO_SPARK_JVM_CACHE`` set to new folders for each tree; a tree that has the archive
-  writes it as this run's JVM exits, within the time measured);
+  ``$GIO_SPARK_JVM_CACHE`` set to new folders for each tree);
 - ``cli_warm``: the same with ``select.k=4`` (a new JVM; quantize reused, select and explode
-  computed), as a user trying an option does;
-- ``cli_again``: ``cli_cold``'s run on another new output, the caches as the two runs before
-  left them (a user's next try on new data: every stage computed, JAX's programs loaded, the
-  JVM's classes mapped from the archive);
+  computed), as a user trying an option does; a tree that has the class archive writes it as
+  this second command's JVM exits, within the time measured;
+- ``cli_again``: ``cli_cold``'s run on another new output, the caches as the runs before left
+  them (a user's next try on new data: every stage computed, JAX's programs loaded, the JVM's
+  classes mapped from the archive);
+- ``cli_rerun``: ``cli_warm``'s change on that output (quantize reused; every cache full);
 - ``api_cold`` / ``api_warm`` / ``api_seed``: the first run and re-runs with ``select.k=4``
   (new shapes: JAX compiles again) and then ``select.seed=1`` (a new option, the same shapes)
   through ``jobs.select_rows`` in one Python process whose session is already up (a
@@ -128,6 +129,8 @@ def measure(tree: str, work: str) -> dict:
     out = tempfile.mkdtemp(prefix="small-cli-")
     found["cli_again"] = cli(tree, work, out, cache)
     found["cli_again_commits"] = commits(out)
+    found["cli_rerun"] = cli(tree, work, out, cache, "select.k=4")
+    found["cli_rerun_commits"] = commits(out) - found["cli_again_commits"]
     shutil.rmtree(out, ignore_errors=True)
     out = tempfile.mkdtemp(prefix="small-api-")
     shutil.rmtree(out)
@@ -171,7 +174,8 @@ def main():
         subprocess.run(["git", "worktree", "remove", "--force", base], cwd=ROOT,
                        capture_output=True)
     ratios = {k: round(now[k] / baseline[k], 2) for k in
-              ("cli_cold", "cli_warm", "cli_again", "api_cold", "api_warm", "api_seed")}
+              ("cli_cold", "cli_warm", "cli_again", "cli_rerun", "api_cold", "api_warm",
+               "api_seed")}
     emit({"bench": "small_runs", "date": time.strftime("%Y-%m-%d"), "rows": args.rows,
           "cores": 2, "baseline_commit": sha, "commit": head, "baseline": baseline,
           "now": now, "now_over_baseline": ratios}, args.out)

@@ -5,7 +5,10 @@ verifying each; that is most of the first seconds of every command. The JDK can 
 classes a JVM loaded into an archive when it exits (``-XX:ArchiveClassesAtExit``) and map
 that archive in later JVMs (``-XX:SharedArchiveFile``), which then skip the parsing. Measured on
 a small run (docs/benchmarks.md, *Small runs*): about 4 s less per command; the archive is
-about 180 MB, written once, in about 10 s while the first command's JVM exits.
+about 180 MB, written once, in about 10 s while a command's JVM exits. The first command with
+a given JDK and class path only notes that it ran; the second writes the archive, so that a
+machine that runs a single command (a container, a CI job) never pays for one. Its lines go
+to stderr.
 
 How it is kept safe:
 
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
-from jobs.common.log import log, took
+from jobs.common.log import took
 
 # The Spark setting the archive's flags go into: Spark adds it before
 # spark.driver.extraJavaOptions, so a user's own JVM options still apply (and win).
@@ -64,10 +67,12 @@ EXIT_WAIT_S = 300.0
 
 
 @dataclass
-class Pending:
-    """An archive this process's JVM writes when it exits: ``temp`` until it is complete."""
-    temp: str
+class Archive:
+    """The archive a driver JVM maps (``temp`` None) or writes when it exits (to ``temp``,
+    renamed to ``final`` once whole), and the JVM ``options`` that say so."""
+    options: str
     final: str
+    temp: str | None = None
 
 
 def _java() -> str | None:
@@ -113,14 +118,21 @@ def _record(final: str) -> str:
     return final + ".json"
 
 
+def _read_record(final: str) -> dict:
+    try:
+        with open(_record(final), encoding="utf-8") as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def usable(final: str) -> bool:
     """Whether ``final`` is an archive this module saved whole: its size is the one recorded
     when its JVM exited. Marks it used (the record's time) when it is."""
     try:
-        with open(_record(final), encoding="utf-8") as f:
-            recorded = json.load(f).get("bytes")
-        whole = os.path.getsize(final) == recorded
-    except (OSError, ValueError, AttributeError):
+        whole = os.path.getsize(final) == _read_record(final).get("bytes")
+    except OSError:
         whole = False
     if whole:
         try:
@@ -138,22 +150,44 @@ def _remove(*paths: str) -> None:
             pass
 
 
+def _fresh(path: str) -> bool:
+    try:
+        return time.time() - os.path.getmtime(path) < STALE_TEMP_S
+    except OSError:
+        return False
+
+
 # JVM options by which the user manages class sharing themselves: then no archive is added.
 THEIRS = re.compile(r"-Xshare|SharedArchiveFile|ArchiveClassesAtExit|SharedClassListFile|"
-                    r"DumpLoadedClassList|AutoCreateSharedArchive")
+                    r"DumpLoadedClassList|AutoCreateSharedArchive|SharedSpaces|SharedBaseAddress|"
+                    r"VMOptionsFile|-XX:Flags=")
 # Where the JVM's options come from besides Spark's settings (the launcher's, the JVM's own).
 OPTION_ENV = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
+# The JDK warns of every class it leaves out of an archive (some 1,600 lines for Spark's).
+DUMP = "-XX:+VerifySharedSpaces -Xlog:cds*=off -XX:ArchiveClassesAtExit="
+USE = "-XX:+VerifySharedSpaces -XX:SharedArchiveFile="
 
 
-def java_options(folder: str, settings: Mapping[str, str],
-                 extra_java_options: str = "") -> tuple[str, Pending | None] | None:
-    """The JVM options for a driver JVM started with ``settings`` (and the user's
-    ``extra_java_options``, from wherever they are set), and the archive it will write at exit
-    (None when it maps one already made); None when no archive applies: no java binary, a
-    folder that cannot be written, a run writing this archive now, options of the user's own
-    about class sharing, or a JVM that cannot write one with the user's options (a quick
-    ``java -version`` with them, before the first archive only: the JVM refuses to start at
-    all where it cannot, for example without the JDK's own base archive)."""
+def _quoted(path: str) -> str:
+    return f'"{path}"'                    # Spark's launcher splits options at spaces, not in quotes
+
+
+def java_options(folder: str, settings: Mapping[str, str], extra_java_options: str = "",
+                 memory: str | None = None) -> Archive | None:
+    """The archive, and the options for it, of a driver JVM started with ``settings`` (the
+    user's ``extra_java_options``, from wherever they are set, and ``memory``, its heap): one
+    it maps, or one it writes at exit; None when none applies:
+
+    * no java binary; a folder that cannot be written; ``PYSPARK_SUBMIT_ARGS`` set (the launch
+      is the user's); options of the user's own about class sharing;
+    * the first command with this key: it only notes that it ran, so that a machine that runs
+      one command (a container) never pays for an archive; the second writes it;
+    * a run writing this archive now, or a JVM that wrote none lately;
+    * a JVM that cannot write one with the user's options: ``java -version`` with them, before
+      writing only (the JVM refuses to start at all where it cannot, for example without the
+      JDK's own base archive, or with ``-Xshare:off``)."""
+    if os.environ.get("PYSPARK_SUBMIT_ARGS"):
+        return None
     own = " ".join([extra_java_options or ""] + [os.environ.get(v, "") for v in OPTION_ENV])
     if THEIRS.search(own):
         return None
@@ -167,52 +201,56 @@ def java_options(folder: str, settings: Mapping[str, str],
         return None
     final = os.path.join(folder, f"spark-{key}.jsa")
     if usable(final):
-        return f"-XX:+VerifySharedSpaces -XX:SharedArchiveFile={final}", None
-    if _failed_lately(final):
-        return None          # this JVM could not write one (no base archive of the JDK's?)
-    if os.path.exists(final) or os.path.exists(_record(final)):
-        _remove(final, _record(final))           # not the size recorded: never mapped
-    now = time.time()
-    for temp in glob.glob(final + ".*.tmp"):
+        return Archive(USE + _quoted(final), final)
+    lock = final + ".lock"
+    if _fresh(lock):
+        return None                              # another run is writing it now
+    record = _read_record(final)
+    if "failed" in record and _fresh_days(_record(final), RETRY_DAYS):
+        return None                              # this JVM could not write one lately
+    if not record:                               # the first command with this key
+        _remove(final)                           # a file without its record: never mapped
         try:
-            if now - os.path.getmtime(temp) < STALE_TEMP_S:
-                return None                      # another run is writing it now
+            _write_record(final, {"seen": "a command ran; the next one writes the archive"})
         except OSError:
             pass
-    pending = Pending(temp=f"{final}.{os.getpid()}.tmp", final=final)
-    try:                  # claimed: other runs meanwhile start without it (the JVM replaces it)
-        open(pending.temp, "w").close()
+        return None
+    _remove(lock)                                # left by a run that was killed
+    try:              # claimed: other runs meanwhile start without it
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except OSError:
         return None
-    # The JDK warns of every class it leaves out (some 1,600 lines for Spark's): not shown.
-    dump = "-XX:+VerifySharedSpaces -Xlog:cds*=off -XX:ArchiveClassesAtExit="
-    if not _starts(java, f"{dump}{pending.temp}.probe", extra_java_options):
-        _remove(pending.temp)
+    _remove(final)                               # not the size recorded: never mapped
+    temp = f"{final}.{os.getpid()}.tmp"
+    probe = f"{final}.{os.getpid()}.probe"
+    starts = False
+    try:
+        starts = _starts(java, DUMP + _quoted(probe), extra_java_options, memory)
+    finally:
+        _remove(probe)
+        if not starts:
+            _remove(lock)
+    if not starts:
         return None
-    return dump + pending.temp, pending
+    return Archive(DUMP + _quoted(temp), final, temp)
 
 
-def _starts(java: str, options: str, extra_java_options: str) -> bool:
+def _fresh_days(path: str, days: float) -> bool:
+    try:
+        return time.time() - os.path.getmtime(path) < days * 86400
+    except OSError:
+        return False
+
+
+def _starts(java: str, options: str, extra_java_options: str, memory: str | None) -> bool:
     """Whether ``java`` starts with ``options`` among the driver's (``java -version``)."""
-    words = (shlex.split(os.environ.get("SPARK_SUBMIT_OPTS", "")) + shlex.split(options)
-             + shlex.split(extra_java_options or ""))
     try:
-        code = subprocess.run([java, *words, "-version"], capture_output=True,
-                              timeout=60).returncode
+        words = (shlex.split(os.environ.get("SPARK_SUBMIT_OPTS", "")) + shlex.split(options)
+                 + shlex.split(extra_java_options or "")
+                 + ([f"-Xmx{memory}"] if memory else []))
+        return subprocess.run([java, *words, "-version"], capture_output=True,
+                              timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError, ValueError):
-        code = -1
-    _remove(options.rsplit("=", 1)[-1])
-    return code == 0
-
-
-def _failed_lately(final: str) -> bool:
-    """Whether a JVM that exited cleanly wrote no archive for ``final`` in the last
-    :data:`RETRY_DAYS` days (then runs start without one, not trying again each time)."""
-    try:
-        with open(_record(final), encoding="utf-8") as f:
-            failed = "failed" in json.load(f)
-        return failed and time.time() - os.path.getmtime(_record(final)) < RETRY_DAYS * 86400
-    except (OSError, ValueError, TypeError):
         return False
 
 
@@ -223,28 +261,51 @@ def _write_record(final: str, content: dict) -> None:
     os.replace(record + f".{os.getpid()}.tmp", record)
 
 
-def save_at_exit(pending: Pending) -> None:
+def did_not_start(archive: Archive) -> None:
+    """The JVM did not start with ``archive``'s options (the caller starts it without them):
+    recorded, so that commands start without an archive for :data:`RETRY_DAYS` days."""
+    atexit.unregister(save)
+    if archive.temp is not None:
+        _remove(archive.temp, archive.final + ".lock")
+    try:
+        _write_record(archive.final, {"failed": "the JVM did not start with its options"})
+    except OSError:
+        pass
+    _say(f"the JVM did not start with its class archive's options; started without them "
+         f"(tried again after {RETRY_DAYS} days, or once {_record(archive.final)} is removed)")
+
+
+def _say(message: str) -> None:
+    """A line on stderr: stdout may be a command's output (``plan --json``)."""
+    print(f"[gio-spark] {message}", file=sys.stderr, flush=True)
+
+
+def save_at_exit(archive: Archive) -> None:
     """Registers :func:`save` to run when this process exits."""
-    atexit.register(save, pending)
+    atexit.register(save, archive)
 
 
-def save(pending: Pending, timeout: float = EXIT_WAIT_S) -> bool:
+def save(pending: Archive, timeout: float = EXIT_WAIT_S) -> bool:
     """Stops this process's JVM (its SparkContext first), waits while it writes the archive,
     and puts a whole one in place; True when it did. A JVM that fails, or takes longer than
-    ``timeout`` seconds, leaves no archive."""
+    ``timeout`` seconds, leaves no archive, and that is recorded (commands start without one
+    for :data:`RETRY_DAYS` days); an interrupt leaves none and records nothing."""
     from pyspark import SparkContext
 
+    if pending.temp is None:
+        return False
+    lock = pending.final + ".lock"
     proc = getattr(SparkContext._gateway, "proc", None)
     if proc is None or proc.poll() is not None:
-        _remove(pending.temp)
+        _remove(pending.temp, lock)
         return False
     saved = False
     try:
         active = SparkContext._active_spark_context
         if active is not None:
             active.stop()
-        log(f"saving the JVM's classes for later commands to start sooner (once, about 10 s): "
-            f"{pending.final}")
+        _say(f"saving the JVM's classes for later commands to start sooner (once, about 10 s):"
+             f" {pending.final}")
         started = time.perf_counter()
         try:
             SparkContext._gateway.shutdown()
@@ -252,45 +313,49 @@ def save(pending: Pending, timeout: float = EXIT_WAIT_S) -> bool:
             pass
         if proc.stdin is not None:
             proc.stdin.close()
-        code = proc.wait(timeout=timeout)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
         if code == 0 and os.path.isfile(pending.temp) and os.path.getsize(pending.temp) > 0:
             size = os.path.getsize(pending.temp)
             _write_record(pending.final, {"bytes": size})
             os.replace(pending.temp, pending.final)
             saved = True
-            log(f"saved the JVM's classes ({size / 2 ** 20:.0f} MB) in "
-                f"{took(time.perf_counter() - started)}")
-        elif code == 0:
-            _write_record(pending.final, {"failed": "the JVM exited and wrote no archive"})
-            log(f"the JVM wrote no class archive; commands start without one (tried again "
-                f"after {RETRY_DAYS} days, or when {_record(pending.final)} is removed)")
+            _say(f"saved the JVM's classes ({size / 2 ** 20:.0f} MB) in "
+                 f"{took(time.perf_counter() - started)}")
+        else:
+            why = (f"took longer than {timeout:.0f} s" if code is None
+                   else f"exited with {code}" if code else "wrote none")
+            _write_record(pending.final, {"failed": f"the JVM {why}"})
+            _say(f"the JVM {why} while writing its class archive; commands start without one "
+                 f"(tried again after {RETRY_DAYS} days, or once {_record(pending.final)} is "
+                 "removed)")
         prune(os.path.dirname(pending.final), keep=pending.final)
-    except BaseException:  # noqa: BLE001 - at exit: an interrupt or a failure leaves no archive
+    except BaseException:  # noqa: BLE001 - at exit: an interrupt leaves no archive
         if proc.poll() is None:
             proc.kill()
     finally:
+        _remove(lock)
         if not saved:
             _remove(pending.temp)
-        sys.stdout.flush()
     return saved
 
 
 def prune(folder: str, keep: str | None = None) -> None:
     """Removes archives not used for :data:`UNUSED_DAYS` days (by their record's time) and
-    temporary files older than :data:`STALE_TEMP_S` (left by a process that was killed)."""
-    now = time.time()
+    temporary files and claims older than :data:`STALE_TEMP_S` (left by a process that was
+    killed)."""
     for path in glob.glob(os.path.join(folder, "spark-*.jsa")):
-        if path == keep:
-            continue
-        try:
-            used = os.path.getmtime(_record(path))
-        except OSError:
-            used = os.path.getmtime(path) if os.path.exists(path) else now
-        if now - used > UNUSED_DAYS * 86400:
+        if path != keep and not _fresh_days(_record(path), UNUSED_DAYS) and \
+                not _fresh_days(path, UNUSED_DAYS):
             _remove(path, _record(path))
-    for temp in glob.glob(os.path.join(folder, "spark-*.tmp")):
-        try:
-            if now - os.path.getmtime(temp) > STALE_TEMP_S:
-                _remove(temp)
-        except OSError:
-            pass
+    for path in glob.glob(os.path.join(folder, "spark-*.jsa.json")):
+        if not os.path.exists(path[:-len(".json")]) and not _fresh_days(path, UNUSED_DAYS):
+            _remove(path)                        # a record of a key no command uses now
+    for temp in glob.glob(os.path.join(folder, "spark-*.tmp")) + \
+            glob.glob(os.path.join(folder, "spark-*.lock")) + \
+            glob.glob(os.path.join(folder, "spark-*.probe")):
+        if not _fresh(temp):
+            _remove(temp)

@@ -115,12 +115,13 @@ def _defaults(key: str) -> str | None:
     for folder in folders:
         path = os.path.join(folder, "spark-defaults.conf") if folder else None
         if path and os.path.isfile(path):
+            value = None                         # as in Java's properties, the last one wins
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     found = re.match(r"\s*([^\s=:#!]+)\s*[=:\s]\s*(.*?)\s*$", line)
                     if found and found.group(1) == key:
-                        return found.group(2)
-            return None
+                        value = found.group(2) or None
+            return value
     return None
 
 
@@ -235,24 +236,36 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
 
     # Under spark-submit (PYSPARK_GATEWAY_PORT set) the JVM runs already and owns the terminal.
     starts_jvm = SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ
-    pending = None
+    found = None
     if (jvm_cache and starts_jvm and class_archive.OPTION_KEY not in settings
             and _defaults(class_archive.OPTION_KEY) is None):
         found = class_archive.java_options(
-            jvm_cache, settings, settings.get("spark.driver.extraJavaOptions")
-            or _defaults("spark.driver.extraJavaOptions") or "")
+            jvm_cache, {**settings, **({"spark.jars": jars} if jars else {})},
+            settings.get("spark.driver.extraJavaOptions")
+            or _defaults("spark.driver.extraJavaOptions") or "",
+            settings.get("spark.driver.memory") or _defaults("spark.driver.memory"))
         if found is not None:
-            builder = builder.config(class_archive.OPTION_KEY, found[0])
-            pending = found[1]
-            if pending is not None:     # at exit: saved once the JVM wrote it, else removed
-                class_archive.save_at_exit(pending)
-    if quiet and starts_jvm:
-        _LOG["path"] = spark_log_path(app_name)
-        spark = _get_quietly(builder, _LOG["path"])     # the file keeps Spark's WARN lines
-    else:
-        spark = builder.getOrCreate()
-        if quiet and not log_level and active is None:     # a joined session keeps its level
-            spark.sparkContext.setLogLevel("ERROR")
+            builder = builder.config(class_archive.OPTION_KEY, found.options)
+            if found.temp is not None:     # at exit: saved once the JVM wrote it, else removed
+                class_archive.save_at_exit(found)
+
+    def start(builder):
+        if quiet and starts_jvm:
+            _LOG["path"] = spark_log_path(app_name)
+            return _get_quietly(builder, _LOG["path"])   # the file keeps Spark's WARN lines
+        return builder.getOrCreate()
+
+    try:
+        spark = start(builder)
+    except Exception:
+        if found is None or SparkContext._gateway is not None:
+            raise
+        # The JVM did not start with the archive's options (something of the user's that the
+        # checks before could not see, as a spark-env.sh): once more without them.
+        class_archive.did_not_start(found)
+        spark = start(builder.config(class_archive.OPTION_KEY, ""))
+    if quiet and not starts_jvm and not log_level and active is None:
+        spark.sparkContext.setLogLevel("ERROR")     # a joined session keeps its level
     if log_level:
         spark.sparkContext.setLogLevel(log_level.upper())
     check_delta(spark)

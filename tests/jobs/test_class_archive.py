@@ -38,7 +38,8 @@ def child(folder, conf=None, **env):
                           env={**os.environ, "PYTHONPATH": ROOT, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):]), proc.stdout
+    assert proc.stdout.splitlines()[-1] == line      # the archive's lines go to stderr
+    return json.loads(line[len("RESULT "):]), proc.stderr
 
 
 def ours(found, folder):
@@ -50,40 +51,64 @@ def archives(folder):
     return sorted(p for p in os.listdir(folder) if p.endswith(".jsa"))
 
 
-def test_the_first_command_writes_the_archive_and_the_next_one_maps_it(tmp_path):
+def test_the_second_command_writes_the_archive_and_the_next_ones_map_it(tmp_path):
     folder = tmp_path / "jvm"
-    first, out = child(folder)
-    assert first["sum"] == 4950
-    assert "-XX:ArchiveClassesAtExit=" in first["options"]
-    assert "saved the JVM's classes" in out
+    first, err = child(folder)                   # the first only notes that it ran
+    assert first["sum"] == 4950 and first["options"] is None and "saving" not in err
+    assert archives(folder) == []
+    second, err = child(folder)
+    assert second["sum"] == 4950
+    assert "-XX:ArchiveClassesAtExit=" in second["options"]
+    assert "saved the JVM's classes" in err
     [name] = archives(folder)
     final = folder / name
     record = json.loads((folder / (name + ".json")).read_text())
     assert record["bytes"] == final.stat().st_size > 10 * 2 ** 20
-    assert not [p for p in os.listdir(folder) if p.endswith(".tmp")]
-    second, out = child(folder)
-    assert second["sum"] == 4950 and "saved" not in out
-    assert second["options"] == f"-XX:+VerifySharedSpaces -XX:SharedArchiveFile={final}"
-    assert ours(second, folder) == [str(final)]          # the JVM really mapped it
+    assert sorted(os.listdir(folder)) == [name, name + ".json"]     # no claim, no temp left
+    third, err = child(folder)
+    assert third["sum"] == 4950 and "sav" not in err
+    assert third["options"] == f'-XX:+VerifySharedSpaces -XX:SharedArchiveFile="{final}"'
+    assert ours(third, folder) == [str(final)]          # the JVM really mapped it
 
     # A truncated archive would crash the JVM that maps it: its size is not the one recorded,
     # so it is removed, the JVM starts without it, and a whole one is written again.
+    os.chmod(final, 0o644)
     with open(final, "r+b") as f:
         f.truncate(record["bytes"] // 2)
-    third, out = child(folder)
-    assert third["sum"] == 4950 and ours(third, folder) == []
-    assert "-XX:ArchiveClassesAtExit=" in third["options"] and "saved" in out
+    fourth, err = child(folder)
+    assert fourth["sum"] == 4950 and ours(fourth, folder) == []
+    assert "-XX:ArchiveClassesAtExit=" in fourth["options"] and "saved" in err
     assert final.stat().st_size == json.loads((folder / (name + ".json")).read_text())["bytes"]
 
-    # Another class path (here: one more jar) gets an archive of its own.
-    jar = next(p for p in os.listdir(os.path.join(os.path.dirname(
-        __import__("pyspark").__file__), "jars")) if p.startswith("slf4j-api"))
+    # Another class path (here: one more jar) is another key: its first command only notes.
+    jars = os.path.join(os.path.dirname(__import__("pyspark").__file__), "jars")
+    jar = next(p for p in os.listdir(jars) if p.startswith("slf4j-api"))
     extra = str(tmp_path / jar)
-    with open(os.path.join(os.path.dirname(__import__("pyspark").__file__), "jars", jar),
-              "rb") as src, open(extra, "wb") as dst:
+    with open(os.path.join(jars, jar), "rb") as src, open(extra, "wb") as dst:
         dst.write(src.read())
-    fourth, _ = child(folder, {"spark.driver.extraClassPath": extra})
-    assert ours(fourth, folder) == [] and len(archives(folder)) == 2
+    fifth, _ = child(folder, {"spark.driver.extraClassPath": extra})
+    assert fifth["options"] is None and ours(fifth, folder) == []
+    assert archives(folder) == [name] and len(os.listdir(folder)) == 3
+
+
+def test_a_jvm_that_does_not_start_with_the_options_starts_without_them(tmp_path):
+    # A spark-env.sh of the user's turns class sharing off: the checks before the start do
+    # not read it, the JVM refuses to start with the options to write an archive, and the
+    # command starts it again without them, and records it.
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "spark-env.sh").write_text('export SPARK_SUBMIT_OPTS="$SPARK_SUBMIT_OPTS '
+                                       '-Xshare:off"\n')
+    folder = tmp_path / "jvm"
+    env = {"SPARK_CONF_DIR": str(conf)}
+    child(folder, **env)                                 # the first only notes that it ran
+    found, err = child(folder, **env)
+    assert found["sum"] == 4950 and found["options"] == ""
+    assert "did not start with its class archive's options" in err and "saving" not in err
+    assert archives(folder) == [] and not [p for p in os.listdir(folder)
+                                           if p.endswith((".tmp", ".lock"))]
+    again, err = child(folder, **env)                    # not tried again for a while
+    assert again["sum"] == 4950 and again["options"] is None and err.strip() == ""
 
 
 def test_the_users_own_java_options_setting_is_left_alone(tmp_path):
@@ -93,6 +118,14 @@ def test_the_users_own_java_options_setting_is_left_alone(tmp_path):
     assert not (tmp_path / "jvm").exists()
 
 
+def seen(folder, settings):
+    """The record a first command leaves: the next command may write the archive."""
+    final = os.path.join(folder, f"spark-{class_archive.archive_key(settings)}.jsa")
+    os.makedirs(folder, exist_ok=True)
+    class_archive._write_record(final, {"seen": "test"})
+    return final
+
+
 def test_an_archive_is_used_only_whole_and_one_run_writes_it_at_a_time(tmp_path):
     folder = str(tmp_path)
     settings = {"spark.jars.packages": "io.delta:delta-spark_2.13:4.0.1"}
@@ -100,31 +133,62 @@ def test_an_archive_is_used_only_whole_and_one_run_writes_it_at_a_time(tmp_path)
     assert key == class_archive.archive_key(dict(settings))
     assert key != class_archive.archive_key({"spark.jars.packages": "a:b:1"})
     assert key == class_archive.archive_key({**settings, "spark.sql.shuffle.partitions": "3"})
-    options, pending = class_archive.java_options(folder, settings)
-    assert options.endswith(f"-XX:ArchiveClassesAtExit={pending.temp}")
-    assert os.path.exists(pending.temp)                  # claimed while this run goes on
+    assert class_archive.java_options(folder, settings) is None     # the first: noted only
+    found = class_archive.java_options(folder, settings)
+    assert found.options.endswith(f'-XX:ArchiveClassesAtExit="{found.temp}"')
+    assert os.path.exists(found.final + ".lock")         # claimed while this run goes on
     assert class_archive.java_options(folder, settings) is None
-    with open(pending.temp, "wb") as f:                  # as the JVM writes it at exit
+    with open(found.temp, "wb") as f:                    # as the JVM writes it at exit
         f.write(b"x" * 1000)
-    with open(pending.final + ".json", "w") as f:
-        json.dump({"bytes": 1000}, f)
-    os.replace(pending.temp, pending.final)
-    os.utime(pending.final + ".json", (0, 0))
-    options, again = class_archive.java_options(folder, settings)
-    assert again is None and options.endswith(f"-XX:SharedArchiveFile={pending.final}")
-    assert os.path.getmtime(pending.final + ".json") > 0     # marked used
-    with open(pending.final, "ab") as f:                 # not the size recorded
+    class_archive._write_record(found.final, {"bytes": 1000})
+    os.replace(found.temp, found.final)
+    os.remove(found.final + ".lock")
+    os.utime(found.final + ".json", (0, 0))
+    again = class_archive.java_options(folder, settings)
+    assert again.temp is None and again.options.endswith(f'SharedArchiveFile="{found.final}"')
+    assert os.path.getmtime(found.final + ".json") > 0     # marked used
+    with open(found.final, "ab") as f:                   # not the size recorded
         f.write(b"y")
-    options, pending2 = class_archive.java_options(folder, settings)
-    assert pending2 is not None and not os.path.exists(pending2.final)
-    # Unused archives and temporary files a killed run left are removed when one is saved.
+    rebuilt = class_archive.java_options(folder, settings)
+    assert rebuilt.temp is not None and not os.path.exists(found.final)
+    # Unused archives and the claims and temporary files a killed run left are removed.
     old = os.path.join(folder, "spark-0000.jsa")
-    for path in (old, old + ".json", old + ".9.tmp"):
+    for path in (old, old + ".json", old + ".9.tmp", old + ".lock"):
         open(path, "w").close()
         os.utime(path, (1, 1))
     class_archive.prune(folder)
-    assert not os.path.exists(old) and not os.path.exists(old + ".9.tmp")
-    assert os.path.exists(pending2.temp)                 # a fresh claim stays
+    assert not [p for p in os.listdir(folder) if p.startswith("spark-0000")]
+    assert os.path.exists(rebuilt.final + ".lock")         # a fresh claim stays
+
+
+def test_no_archive_where_the_user_manages_class_sharing_or_the_jvm_cannot_write_one(tmp_path):
+    folder = tmp_path / "jvm"
+    # Their own -Xshare:off (with which a JVM asked to write an archive does not start at all).
+    env = {"SPARK_SUBMIT_OPTS": os.environ.get("SPARK_SUBMIT_OPTS", "") + " -Xshare:off"}
+    found, err = child(folder, **env)
+    assert found["sum"] == 4950 and found["options"] is None and err.strip() == ""
+    assert not folder.exists() or os.listdir(folder) == []
+    settings = {"spark.jars.packages": "x:y:1"}
+    final = seen(folder, settings)
+    for theirs in ("-Xshare:auto", "-XX:SharedArchiveFile=/x.jsa", "-XX:-UseSharedSpaces"):
+        assert class_archive.java_options(str(folder), settings, theirs) is None
+    # A JVM that does not start with the options to write one (here an option it does not
+    # know stands for a JDK without its base archive): found by `java -version`, none added.
+    assert class_archive.java_options(str(folder), settings, "-XX:+NoSuchOptionHere") is None
+    assert sorted(os.listdir(folder)) == [os.path.basename(final) + ".json"]
+    # A JVM that wrote none: not asked again for RETRY_DAYS days.
+    class_archive._write_record(final, {"failed": "test"})
+    assert class_archive.java_options(str(folder), settings) is None
+    os.utime(final + ".json", (0, 0))
+    found = class_archive.java_options(str(folder), settings)
+    assert "-XX:ArchiveClassesAtExit=" in found.options and found.final == final
+    # A launch the user sets up themselves: none.
+    os.remove(final + ".lock")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = "--driver-memory 2g pyspark-shell"
+    try:
+        assert class_archive.java_options(str(folder), settings) is None
+    finally:
+        del os.environ["PYSPARK_SUBMIT_ARGS"]
 
 
 def test_the_folder_follows_the_setting_and_only_gio_sparks_own_process(monkeypatch, tmp_path):
@@ -142,26 +206,3 @@ def test_the_folder_follows_the_setting_and_only_gio_sparks_own_process(monkeypa
     assert runtime.jvm_cache_dir(off) is None
     with pytest.raises(Exception, match="runtime.jvm_cache"):
         load_config(None, ["runtime.jvm_cache="], "select")
-
-
-def test_no_archive_where_the_user_manages_class_sharing_or_the_jvm_cannot_write_one(tmp_path):
-    folder = tmp_path / "jvm"
-    # Their own -Xshare:off (with which a JVM asked to write an archive does not start at all).
-    env = {"SPARK_SUBMIT_OPTS": os.environ.get("SPARK_SUBMIT_OPTS", "") + " -Xshare:off"}
-    found, out = child(folder, **env)
-    assert found["sum"] == 4950 and found["options"] is None and "saved" not in out
-    assert not folder.exists() or os.listdir(folder) == []
-    settings = {"spark.jars.packages": "x:y:1"}
-    for theirs in ("-Xshare:auto", "-XX:SharedArchiveFile=/x.jsa", "-XX:ArchiveClassesAtExit=y"):
-        assert class_archive.java_options(str(folder), settings, theirs) is None
-    # A JVM that does not start with the options to write one (here an option it does not
-    # know stands for a JDK without its base archive): found by `java -version`, none added.
-    assert class_archive.java_options(str(folder), settings, "-XX:+NoSuchOptionHere") is None
-    assert os.listdir(folder) == []
-    # A JVM that exited cleanly and wrote none: not asked again for RETRY_DAYS days.
-    final = os.path.join(folder, f"spark-{class_archive.archive_key(settings)}.jsa")
-    class_archive._write_record(final, {"failed": "test"})
-    assert class_archive.java_options(str(folder), settings) is None
-    os.utime(final + ".json", (0, 0))
-    options, pending = class_archive.java_options(str(folder), settings)
-    assert "-XX:ArchiveClassesAtExit=" in options and pending.final == final
