@@ -146,7 +146,9 @@ def run(folder: str, out: str, share: float, cores: int, pool_k: int | str = "au
             argv += ["--set", f"{side}.{key}={value}"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                # like for like with trees before it
+                                                GIO_SPARK_JVM_CACHE="off"))
     peaks = {"python": 0, "jvm": 0, "both": 0}
     done = threading.Event()
 

@@ -49,12 +49,17 @@ def jvm_cache_dir(setting: str | bool) -> str | None:
     :mod:`jobs.io.class_archive`). Only in a process gio-spark started, where its command
     starts the JVM: ``auto`` (or True): ``$GIO_SPARK_JVM_CACHE`` (default
     ``~/.cache/gio-spark/jvm``); a folder: that folder; ``off`` (or False): None. In a process
-    of the user's own, None whatever the setting: the JVM there is the user's to start."""
+    of the user's own, None whatever the setting: the JVM there is the user's to start.
+    ``$GIO_SPARK_JVM_CACHE=off`` turns ``auto`` off (the test suite's children, benchmarks
+    that compare with a tree without the archive)."""
     if setting is False or setting == "off" or not OWN_PROCESS:
         return None
     if setting is not True and setting != "auto":
         return os.path.abspath(os.path.expanduser(setting))
-    return os.environ.get("GIO_SPARK_JVM_CACHE") or os.path.join(
+    named = os.environ.get("GIO_SPARK_JVM_CACHE")
+    if named == "off":
+        return None
+    return named or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gio-spark", "jvm")
 
 

@@ -780,10 +780,10 @@ class RuntimeSection:
     # gio-spark's commands and spark-submit entries start; never in a session of your own), off,
     # or a folder (also in your own session)
     jax_cache: Annotated[str | bool, JAX_CACHE] = "auto"
-    # where the driver JVM's class archive is kept, made by the first command and mapped by the
-    # later ones to start sooner (about 180 MB): auto (~/.cache/gio-spark/jvm, or
-    # $GIO_SPARK_JVM_CACHE), off, or a folder; only where a gio-spark command starts the JVM
-    # itself (not under spark-submit, nor in a session of your own)
+    # where the driver JVM's class archive is kept, written by the second command on a machine
+    # and mapped by the later ones to start sooner (about 180 MB): auto (~/.cache/gio-spark/jvm,
+    # or $GIO_SPARK_JVM_CACHE, which may say off), off, or a folder; only where a gio-spark
+    # command starts the JVM itself (not under spark-submit, nor in a session of your own)
     jvm_cache: Annotated[str | bool, JVM_CACHE] = "auto"
     # seconds of finished work whose stage-log records a run holds and writes in one commit (0:
     # one commit a stage); a run killed meanwhile computes those stages again

@@ -197,6 +197,12 @@ def test_the_folder_follows_the_setting_and_only_gio_sparks_own_process(monkeypa
     assert runtime.jvm_cache_dir("auto") == str(tmp_path / "jvm")
     assert runtime.jvm_cache_dir("off") is None and runtime.jvm_cache_dir(False) is None
     assert runtime.jvm_cache_dir("rel") == os.path.abspath("rel")
+    monkeypatch.setenv("GIO_SPARK_JVM_CACHE", "off")
+    assert runtime.jvm_cache_dir("auto") is None
+    assert runtime.jvm_cache_dir(str(tmp_path / "y")) == str(tmp_path / "y")
+    monkeypatch.delenv("GIO_SPARK_JVM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.jvm_cache_dir("auto") == str(tmp_path / "xdg" / "gio-spark" / "jvm")
     monkeypatch.setattr(runtime, "OWN_PROCESS", False)
     assert runtime.jvm_cache_dir("auto") is None
     assert runtime.jvm_cache_dir(str(tmp_path / "x")) is None    # the user's JVM is theirs
