@@ -17,7 +17,7 @@ for _var in ("SPARK_SUBMIT_OPTS", "SPARK_DAEMON_JAVA_OPTS"):
 # The command-line runs the tests start write no JVM class archive (runtime.jvm_cache): which
 # child would write it, and print its lines, would depend on the order the tests run in.
 # tests/jobs/test_class_archive.py names its own folders.
-os.environ.setdefault("GIO_SPARK_JVM_CACHE", "off")
+os.environ["GIO_SPARK_JVM_CACHE"] = "off"
 
 
 def _jax_cache(run: str) -> str:

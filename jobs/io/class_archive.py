@@ -107,8 +107,11 @@ def archive_key(settings: Mapping[str, str], java: str | None = None) -> str | N
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    parts = [_stamp(java), [_stamp(p) for p in libjvm],
-             os.path.realpath(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__)),
+    home = os.path.realpath(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__))
+    # The JDK checks each class-path jar's size and time: a reinstall at the same place with the
+    # same versions is another archive, not one the JVM refuses at every start.
+    jars = [_stamp(p) for p in sorted(glob.glob(os.path.join(home, "jars", "*.jar")))]
+    parts = [_stamp(java), [_stamp(p) for p in libjvm], home, jars,
              versions, {k: str(settings[k]) for k in CLASS_PATH_KEYS if k in settings},
              os.environ.get("SPARK_DIST_CLASSPATH", "")]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -203,7 +206,7 @@ def java_options(folder: str, settings: Mapping[str, str], extra_java_options: s
     if usable(final):
         return Archive(USE + _quoted(final), final)
     lock = final + ".lock"
-    if _fresh(lock):
+    if _held(lock):
         return None                              # another run is writing it now
     record = _read_record(final)
     if "failed" in record and _fresh_days(_record(final), RETRY_DAYS):
@@ -215,11 +218,8 @@ def java_options(folder: str, settings: Mapping[str, str], extra_java_options: s
         except OSError:
             pass
         return None
-    _remove(lock)                                # left by a run that was killed
-    try:              # claimed: other runs meanwhile start without it
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except OSError:
-        return None
+    if not _claim(lock):
+        return None                              # other runs meanwhile start without it
     _remove(final)                               # not the size recorded: never mapped
     temp = f"{final}.{os.getpid()}.tmp"
     probe = f"{final}.{os.getpid()}.probe"
@@ -229,10 +229,64 @@ def java_options(folder: str, settings: Mapping[str, str], extra_java_options: s
     finally:
         _remove(probe)
         if not starts:
-            _remove(lock)
+            _release(lock)
     if not starts:
+        try:
+            _write_record(final, {"failed": "java -version did not start with the options"})
+        except OSError:
+            pass
         return None
     return Archive(DUMP + _quoted(temp), final, temp)
+
+
+def _claim(lock: str) -> bool:
+    """Takes ``lock`` for this process (its pid inside), or False where another process holds
+    it; one left by a process that is gone, or older than :data:`STALE_TEMP_S`, is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _held(lock):
+                return False
+            _remove(lock)                        # stale: taken over once
+            continue
+        except OSError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _holder(lock: str) -> int | None:
+    try:
+        with open(lock, encoding="ascii") as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _held(lock: str) -> bool:
+    """Whether ``lock`` is held: the process it names runs (and the lock is under a day old:
+    a pid taken again after a restart), or it is so new that its pid is not written yet."""
+    pid = _holder(lock)
+    if pid is None:
+        return _fresh(lock)
+    if not _fresh_days(lock, 1):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                              # another user's process
+    return True
+
+
+def _release(lock: str) -> None:
+    """Removes ``lock`` if this process holds it."""
+    if _holder(lock) == os.getpid():
+        _remove(lock)
 
 
 def _fresh_days(path: str, days: float) -> bool:
@@ -261,18 +315,45 @@ def _write_record(final: str, content: dict) -> None:
     os.replace(record + f".{os.getpid()}.tmp", record)
 
 
-def did_not_start(archive: Archive) -> None:
-    """The JVM did not start with ``archive``'s options (the caller starts it without them):
-    recorded, so that commands start without an archive for :data:`RETRY_DAYS` days."""
+def abandon(archive: Archive) -> None:
+    """The archive ``archive`` would have written is not written (the JVM did not start)."""
     atexit.unregister(save)
     if archive.temp is not None:
-        _remove(archive.temp, archive.final + ".lock")
+        _remove(archive.temp)
+        _release(archive.final + ".lock")
+
+
+def did_not_start(archive: Archive) -> None:
+    """The JVM did not start with ``archive``'s options and did without them: recorded, so
+    that commands start without an archive for :data:`RETRY_DAYS` days."""
+    abandon(archive)
     try:
         _write_record(archive.final, {"failed": "the JVM did not start with its options"})
     except OSError:
         pass
     _say(f"the JVM did not start with its class archive's options; started without them "
          f"(tried again after {RETRY_DAYS} days, or once {_record(archive.final)} is removed)")
+
+
+def check_mapped(archive: Archive, pid: int) -> bool:
+    """After a start that was to map ``archive``: whether the JVM ``pid`` did (its
+    ``/proc/<pid>/maps``; True where that cannot be read). The JDK refuses an archive that no
+    longer fits (a jar changed in place) with a warning in Spark's log only: then it is
+    removed, and the next command writes a new one."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            mapped = any(line.rstrip().endswith(archive.final) for line in f)
+    except OSError:
+        return True
+    if not mapped:
+        _remove(archive.final)
+        try:
+            _write_record(archive.final, {"seen": "the JVM refused the archive; written anew"})
+        except OSError:
+            pass
+        _say(f"the JVM did not use its class archive {archive.final}; the next command writes "
+             "a new one")
+    return mapped
 
 
 def _say(message: str) -> None:
@@ -297,7 +378,8 @@ def save(pending: Archive, timeout: float = EXIT_WAIT_S) -> bool:
     lock = pending.final + ".lock"
     proc = getattr(SparkContext._gateway, "proc", None)
     if proc is None or proc.poll() is not None:
-        _remove(pending.temp, lock)
+        _remove(pending.temp)
+        _release(lock)
         return False
     saved = False
     try:
@@ -337,7 +419,7 @@ def save(pending: Archive, timeout: float = EXIT_WAIT_S) -> bool:
         if proc.poll() is None:
             proc.kill()
     finally:
-        _remove(lock)
+        _release(lock)
         if not saved:
             _remove(pending.temp)
     return saved
@@ -355,7 +437,9 @@ def prune(folder: str, keep: str | None = None) -> None:
         if not os.path.exists(path[:-len(".json")]) and not _fresh_days(path, UNUSED_DAYS):
             _remove(path)                        # a record of a key no command uses now
     for temp in glob.glob(os.path.join(folder, "spark-*.tmp")) + \
-            glob.glob(os.path.join(folder, "spark-*.lock")) + \
             glob.glob(os.path.join(folder, "spark-*.probe")):
         if not _fresh(temp):
             _remove(temp)
+    for lock in glob.glob(os.path.join(folder, "spark-*.lock")):
+        if not _held(lock):
+            _remove(lock)

@@ -262,8 +262,16 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
             raise
         # The JVM did not start with the archive's options (something of the user's that the
         # checks before could not see, as a spark-env.sh): once more without them.
+        try:
+            spark = start(builder.config(class_archive.OPTION_KEY, ""))
+        except Exception:
+            class_archive.abandon(found)      # not the options: the error is the user's
+            raise
         class_archive.did_not_start(found)
-        spark = start(builder.config(class_archive.OPTION_KEY, ""))
+    else:
+        proc = getattr(SparkContext._gateway, "proc", None)
+        if found is not None and found.temp is None and proc is not None:
+            class_archive.check_mapped(found, proc.pid)
     if quiet and not starts_jvm and not log_level and active is None:
         spark.sparkContext.setLogLevel("ERROR")     # a joined session keeps its level
     if log_level:

@@ -33,8 +33,11 @@ spark.stop()
 
 
 def child(folder, conf=None, **env):
+    # In the archive's folder's parent: a JVM that crashed would leave its hs_err file there.
+    cwd = os.path.dirname(str(folder))
+    os.makedirs(cwd, exist_ok=True)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(conf or {})],
-                          cwd=ROOT, capture_output=True, text=True, timeout=400,
+                          cwd=cwd, capture_output=True, text=True, timeout=400,
                           env={**os.environ, "PYTHONPATH": ROOT, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -71,10 +74,11 @@ def test_the_second_command_writes_the_archive_and_the_next_ones_map_it(tmp_path
     assert ours(third, folder) == [str(final)]          # the JVM really mapped it
 
     # A truncated archive would crash the JVM that maps it: its size is not the one recorded,
-    # so it is removed, the JVM starts without it, and a whole one is written again.
-    os.chmod(final, 0o644)
-    with open(final, "r+b") as f:
-        f.truncate(record["bytes"] // 2)
+    # so it is removed, the JVM starts without it, and a whole one is written again. (Cut in
+    # a copy put in its place: a JVM still exiting maps the file it opened.)
+    with open(final, "rb") as f, open(str(final) + ".cut", "wb") as cut:
+        cut.write(f.read(record["bytes"] // 2))
+    os.replace(str(final) + ".cut", final)
     fourth, err = child(folder)
     assert fourth["sum"] == 4950 and ours(fourth, folder) == []
     assert "-XX:ArchiveClassesAtExit=" in fourth["options"] and "saved" in err
@@ -89,6 +93,7 @@ def test_the_second_command_writes_the_archive_and_the_next_ones_map_it(tmp_path
     fifth, _ = child(folder, {"spark.driver.extraClassPath": extra})
     assert fifth["options"] is None and ours(fifth, folder) == []
     assert archives(folder) == [name] and len(os.listdir(folder)) == 3
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("hs_err")]   # no JVM crashed
 
 
 def test_a_jvm_that_does_not_start_with_the_options_starts_without_them(tmp_path):
@@ -158,10 +163,37 @@ def test_an_archive_is_used_only_whole_and_one_run_writes_it_at_a_time(tmp_path)
         os.utime(path, (1, 1))
     class_archive.prune(folder)
     assert not [p for p in os.listdir(folder) if p.startswith("spark-0000")]
-    assert os.path.exists(rebuilt.final + ".lock")         # a fresh claim stays
+    assert os.path.exists(rebuilt.final + ".lock")         # a claim its process holds stays
+    # A claim is taken over only from a process that is gone.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock = os.path.join(folder, "spark-1111.jsa.lock")
+    with open(lock, "w") as f:
+        f.write(str(gone.pid))
+    assert class_archive._claim(lock) and class_archive._holder(lock) == os.getpid()
+    with open(lock, "w") as f:
+        f.write(str(os.getppid()))                       # a process that runs
+    assert not class_archive._claim(lock)
+    class_archive._release(lock)                         # not ours: kept
+    assert os.path.exists(lock)
 
 
-def test_no_archive_where_the_user_manages_class_sharing_or_the_jvm_cannot_write_one(tmp_path):
+def test_an_archive_the_jvm_did_not_map_is_written_anew(tmp_path):
+    import mmap
+    final = str(tmp_path / "spark-2222.jsa")
+    with open(final, "wb") as f:
+        f.write(b"z" * 4096)
+    class_archive._write_record(final, {"bytes": 4096})
+    archive = class_archive.Archive("", final)
+    with open(final, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ):
+        assert class_archive.check_mapped(archive, os.getpid())    # mapped here: kept
+    assert os.path.exists(final)
+    assert not class_archive.check_mapped(archive, os.getpid())    # not mapped: written anew
+    assert not os.path.exists(final) and "seen" in class_archive._read_record(final)
+
+
+def test_no_archive_where_the_user_manages_class_sharing_or_the_jvm_cannot_write_one(
+        tmp_path, monkeypatch):
     folder = tmp_path / "jvm"
     # Their own -Xshare:off (with which a JVM asked to write an archive does not start at all).
     env = {"SPARK_SUBMIT_OPTS": os.environ.get("SPARK_SUBMIT_OPTS", "") + " -Xshare:off"}
@@ -173,22 +205,19 @@ def test_no_archive_where_the_user_manages_class_sharing_or_the_jvm_cannot_write
     for theirs in ("-Xshare:auto", "-XX:SharedArchiveFile=/x.jsa", "-XX:-UseSharedSpaces"):
         assert class_archive.java_options(str(folder), settings, theirs) is None
     # A JVM that does not start with the options to write one (here an option it does not
-    # know stands for a JDK without its base archive): found by `java -version`, none added.
+    # know stands for a JDK without its base archive): found by `java -version`, none added,
+    # and not asked again for RETRY_DAYS days.
     assert class_archive.java_options(str(folder), settings, "-XX:+NoSuchOptionHere") is None
     assert sorted(os.listdir(folder)) == [os.path.basename(final) + ".json"]
-    # A JVM that wrote none: not asked again for RETRY_DAYS days.
-    class_archive._write_record(final, {"failed": "test"})
+    assert "failed" in class_archive._read_record(final)
     assert class_archive.java_options(str(folder), settings) is None
     os.utime(final + ".json", (0, 0))
     found = class_archive.java_options(str(folder), settings)
     assert "-XX:ArchiveClassesAtExit=" in found.options and found.final == final
     # A launch the user sets up themselves: none.
     os.remove(final + ".lock")
-    os.environ["PYSPARK_SUBMIT_ARGS"] = "--driver-memory 2g pyspark-shell"
-    try:
-        assert class_archive.java_options(str(folder), settings) is None
-    finally:
-        del os.environ["PYSPARK_SUBMIT_ARGS"]
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell")
+    assert class_archive.java_options(str(folder), settings) is None
 
 
 def test_the_folder_follows_the_setting_and_only_gio_sparks_own_process(monkeypatch, tmp_path):
