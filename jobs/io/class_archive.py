@@ -153,9 +153,10 @@ def _remove(*paths: str) -> None:
             pass
 
 
-def _fresh(path: str) -> bool:
+def _younger(path: str, seconds: float) -> bool:
+    """Whether ``path`` was changed less than ``seconds`` ago (False where it is missing)."""
     try:
-        return time.time() - os.path.getmtime(path) < STALE_TEMP_S
+        return time.time() - os.path.getmtime(path) < seconds
     except OSError:
         return False
 
@@ -209,14 +210,11 @@ def java_options(folder: str, settings: Mapping[str, str], extra_java_options: s
     if _held(lock):
         return None                              # another run is writing it now
     record = _read_record(final)
-    if "failed" in record and _fresh_days(_record(final), RETRY_DAYS):
+    if "failed" in record and _younger(_record(final), RETRY_DAYS * 86400):
         return None                              # this JVM could not write one lately
     if not record:                               # the first command with this key
         _remove(final)                           # a file without its record: never mapped
-        try:
-            _write_record(final, {"seen": "a command ran; the next one writes the archive"})
-        except OSError:
-            pass
+        _note(final, {"seen": "a command ran; the next one writes the archive"})
         return None
     if not _claim(lock):
         return None                              # other runs meanwhile start without it
@@ -231,10 +229,7 @@ def java_options(folder: str, settings: Mapping[str, str], extra_java_options: s
         if not starts:
             _release(lock)
     if not starts:
-        try:
-            _write_record(final, {"failed": "java -version did not start with the options"})
-        except OSError:
-            pass
+        _note(final, {"failed": "java -version did not start with the options"})
         return None
     return Archive(DUMP + _quoted(temp), final, temp)
 
@@ -271,8 +266,8 @@ def _held(lock: str) -> bool:
     a pid taken again after a restart), or it is so new that its pid is not written yet."""
     pid = _holder(lock)
     if pid is None:
-        return _fresh(lock)
-    if not _fresh_days(lock, 1):
+        return _younger(lock, STALE_TEMP_S)
+    if not _younger(lock, 86400):
         return False
     try:
         os.kill(pid, 0)
@@ -287,13 +282,6 @@ def _release(lock: str) -> None:
     """Removes ``lock`` if this process holds it."""
     if _holder(lock) == os.getpid():
         _remove(lock)
-
-
-def _fresh_days(path: str, days: float) -> bool:
-    try:
-        return time.time() - os.path.getmtime(path) < days * 86400
-    except OSError:
-        return False
 
 
 def _starts(java: str, options: str, extra_java_options: str, memory: str | None) -> bool:
@@ -315,6 +303,14 @@ def _write_record(final: str, content: dict) -> None:
     os.replace(record + f".{os.getpid()}.tmp", record)
 
 
+def _note(final: str, content: dict) -> None:
+    """:func:`_write_record` where a folder that cannot be written only costs the note."""
+    try:
+        _write_record(final, content)
+    except OSError:
+        pass
+
+
 def abandon(archive: Archive) -> None:
     """The archive ``archive`` would have written is not written (the JVM did not start)."""
     atexit.unregister(save)
@@ -327,10 +323,7 @@ def did_not_start(archive: Archive) -> None:
     """The JVM did not start with ``archive``'s options and did without them: recorded, so
     that commands start without an archive for :data:`RETRY_DAYS` days."""
     abandon(archive)
-    try:
-        _write_record(archive.final, {"failed": "the JVM did not start with its options"})
-    except OSError:
-        pass
+    _note(archive.final, {"failed": "the JVM did not start with its options"})
     _say(f"the JVM did not start with its class archive's options; started without them "
          f"(tried again after {RETRY_DAYS} days, or once {_record(archive.final)} is removed)")
 
@@ -347,10 +340,7 @@ def check_mapped(archive: Archive, pid: int) -> bool:
         return True
     if not mapped:
         _remove(archive.final)
-        try:
-            _write_record(archive.final, {"seen": "the JVM refused the archive; written anew"})
-        except OSError:
-            pass
+        _note(archive.final, {"seen": "the JVM refused the archive; written anew"})
         _say(f"the JVM did not use its class archive {archive.final}; the next command writes "
              "a new one")
     return mapped
@@ -430,15 +420,15 @@ def prune(folder: str, keep: str | None = None) -> None:
     temporary files and claims older than :data:`STALE_TEMP_S` (left by a process that was
     killed)."""
     for path in glob.glob(os.path.join(folder, "spark-*.jsa")):
-        if path != keep and not _fresh_days(_record(path), UNUSED_DAYS) and \
-                not _fresh_days(path, UNUSED_DAYS):
+        if path != keep and not _younger(_record(path), UNUSED_DAYS * 86400) and \
+                not _younger(path, UNUSED_DAYS * 86400):
             _remove(path, _record(path))
     for path in glob.glob(os.path.join(folder, "spark-*.jsa.json")):
-        if not os.path.exists(path[:-len(".json")]) and not _fresh_days(path, UNUSED_DAYS):
+        if not os.path.exists(path[:-len(".json")]) and not _younger(path, UNUSED_DAYS * 86400):
             _remove(path)                        # a record of a key no command uses now
     for temp in glob.glob(os.path.join(folder, "spark-*.tmp")) + \
             glob.glob(os.path.join(folder, "spark-*.probe")):
-        if not _fresh(temp):
+        if not _younger(temp, STALE_TEMP_S):
             _remove(temp)
     for lock in glob.glob(os.path.join(folder, "spark-*.lock")):
         if not _held(lock):

@@ -125,11 +125,6 @@ def _defaults(key: str) -> str | None:
     return None
 
 
-def _defaults_master() -> str | None:
-    """``spark.master`` from the ``spark-defaults.conf`` a new JVM reads, or None."""
-    return _defaults("spark.master")
-
-
 def _already_set() -> Callable[[str], bool] | None:
     """For a Spark that runs already in this process (a session a notebook or a test made, or
     the JVM spark-submit started before this code): whether a setting is set there, by
@@ -195,7 +190,7 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     if master is None and active is None and not _spark_running():
         # No master named and no Spark to join: Spark starts its default, local[*], unless a
         # spark-defaults.conf names one (which is kept, not overridden).
-        master_default = _defaults_master()
+        master_default = _defaults("spark.master")
         implicit_local = master_default is None or master_default.startswith("local")
     else:
         implicit_local = False
