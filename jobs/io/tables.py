@@ -640,6 +640,48 @@ def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPT
     raise AssertionError("unreachable")
 
 
+def at_once(spark: SparkSession, *calls: Callable[[], R]) -> list[R]:
+    """Runs ``calls`` at the same time and returns their results in order, once every one has
+    ended; then raises the first error, in the order of ``calls``.
+
+    For a stage's writes that do not depend on each other: commits into different tables, a
+    plot. Most of a small commit's time is Delta's planning on the driver's JVM and the wait for
+    its few tasks, during which another commit's, or Python's drawing, can go on. Each call but
+    the first runs in a :class:`pyspark.InheritableThread`, which keeps the caller's job group,
+    job tags and local properties (a notebook's scheduler pool). Every call is waited for, also
+    when another failed: nothing goes on writing after this returns. On Spark Connect the calls
+    run one after another."""
+    if len(calls) < 2 or is_connect(spark):
+        return [call() for call in calls]
+    from pyspark import InheritableThread
+
+    ended: dict[int, tuple[bool, object]] = {}
+
+    def runner(index: int, call: Callable[[], R]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                ended[index] = (True, call())
+            except BaseException as err:      # noqa: BLE001 - raised again by the caller
+                ended[index] = (False, err)
+        return run
+
+    threads = [InheritableThread(runner(i, call), session=spark, name=f"gio-spark-commit-{i}",
+                                 daemon=False)
+               for i, call in enumerate(calls[1:], start=1)]
+    for thread in threads:
+        thread.start()
+    try:
+        runner(0, calls[0])()
+    finally:
+        for thread in threads:
+            thread.join()
+    for index in range(len(calls)):
+        done, value = ended[index]
+        if not done:
+            raise value                       # type: ignore[misc]
+    return [ended[index][1] for index in range(len(calls))]     # type: ignore[misc]
+
+
 # ---------------------------------------------------------------------------
 # Creating tables and checking existing ones
 # ---------------------------------------------------------------------------

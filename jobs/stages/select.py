@@ -317,17 +317,6 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
 
     def commit(computed):
         picked, record, result, diagnostics, domains, by_domain = computed
-        tables.replace_key(spark, spark.createDataFrame(picked, tables.SELECTION),
-                           cfg.output.path, "selection", run_id, local=True, remember=picked)
-        if domains is not None:
-            tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id,
-                               local=True)
-        elif tables.exists(spark, tables.table_path(cfg.output.path, "selection_domains")):
-            # a run id set by hand, used before by a run with domains: its rows go
-            tables.replace_key(spark, spark.createDataFrame([], tables.SELECTION_DOMAINS),
-                               cfg.output.path, "selection_domains", run_id)
-        tables.replace_key(spark, spark.createDataFrame([record], tables.RUNS), cfg.output.path,
-                           "runs", run_id, local=True, remember=[record])
         plot = os.path.join(cfg.output.path, "plots", f"{run_id}_kl_curve.png")
         if s.shares is not None:
             def draw(path):
@@ -338,7 +327,29 @@ def run_select(spark, cfg: JobConfig, plan: reuse.Plan, reports: dict | None = N
                                   warm_up=diagnostics["warm_up_picks"],
                                   floor=diagnostics["kl_noise_floor"], mmd=result.mmd,
                                   lookahead=result.lookahead, filled=result.filled)
-        if tables.put_file(spark, plot, draw):
+
+        def domains_rows():
+            if domains is not None:
+                tables.replace_key(spark, domains, cfg.output.path, "selection_domains", run_id,
+                                   local=True)
+            elif tables.exists(spark, tables.table_path(cfg.output.path, "selection_domains")):
+                # a run id set by hand, used before by a run with domains: its rows go
+                tables.replace_key(spark, spark.createDataFrame([], tables.SELECTION_DOMAINS),
+                                   cfg.output.path, "selection_domains", run_id)
+
+        # Three tables and a plot, none depending on another: at once. The stage is done only
+        # once all are (its record follows), so a crash between them leaves it to be redone.
+        drawn = tables.at_once(
+            spark,
+            lambda: tables.replace_key(spark, spark.createDataFrame(picked, tables.SELECTION),
+                                       cfg.output.path, "selection", run_id, local=True,
+                                       remember=picked),
+            domains_rows,
+            lambda: tables.replace_key(spark, spark.createDataFrame([record], tables.RUNS),
+                                       cfg.output.path, "runs", run_id, local=True,
+                                       remember=[record]),
+            lambda: tables.put_file(spark, plot, draw))[-1]
+        if drawn:
             log(f"select: KL curve in {plot}")
         return run_id, {"picks": len(result.indices), "stop_reason": result.stop_reason}
 

@@ -253,3 +253,57 @@ def test_centroids_quantize_committed_are_collected_without_a_read_until_another
     flat = (tables.read_key(spark, cfg.output.path, "centroids", "c1")
             .where(F.col("side") == "target").count())
     assert flat == 3
+
+
+def test_writes_made_at_once_land_in_every_table_under_the_caller_s_job_group(spark, tmp_path):
+    """tables.at_once: each call's commit lands, the results come back in the calls' order, and
+    the calls in threads of their own run their Spark jobs under the caller's job group (a
+    notebook's group or scheduler pool stays theirs)."""
+    out = str(tmp_path)
+    sc = spark.sparkContext
+    sc.setJobGroup("gio-test-at-once", "a caller's own group")
+    try:
+        seen = []
+
+        def write(name, rows):
+            def call():
+                seen.append(sc.getLocalProperty("spark.jobGroup.id"))
+                return tables.replace_key(spark, rows, out, name, "r1", local=True)
+            return call
+
+        domains = spark.createDataFrame([("r1", 1, 11, "a", "nearest")],
+                                        tables.SELECTION_DOMAINS)
+        got = tables.at_once(spark, write("selection", selection_rows(spark, "r1", [3, 5])),
+                             write("selection_domains", domains), lambda: "drawn")
+        assert got[2] == "drawn" and got[0] is not None and got[1] is not None
+        assert seen == ["gio-test-at-once"] * 2
+        assert sc.statusTracker().getJobIdsForGroup("gio-test-at-once")
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+        sc.setLocalProperty("spark.job.interruptOnCancel", None)
+    assert [r["cluster_id"] for r in tables.read_table(spark, out, "selection_domains").collect()] \
+        == [11]
+    assert sorted(r["cluster_id"] for r in tables.read_table(spark, out, "selection").collect()) \
+        == [3, 5]
+
+
+def test_a_call_that_fails_at_once_is_raised_after_every_other_call_has_ended(spark, tmp_path):
+    out = str(tmp_path)
+    ended = []
+
+    def slow_write():
+        time.sleep(0.5)
+        tables.replace_key(spark, selection_rows(spark, "r1", [4]), out, "selection", "r1",
+                           local=True)
+        ended.append("write")
+
+    def fails(what):
+        def call():
+            raise ValueError(what)
+        return call
+
+    with pytest.raises(ValueError, match="first"):
+        tables.at_once(spark, fails("first"), slow_write, fails("second"))
+    assert ended == ["write"]
+    assert [r["cluster_id"] for r in tables.read_table(spark, out, "selection").collect()] == [4]
