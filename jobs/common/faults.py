@@ -15,7 +15,9 @@ where its JVM's environment or the SparkContext's ``environment`` holds it).
 
 ``GIO_SPARK_FAILPOINT=raise:<name>`` raises :class:`InjectedFailure` there, which no handler of
 gio-spark's catches and nothing cleans up after: the tables are left as a kill there leaves them,
-without the cost of a new process.
+without the cost of a new process. Where a stage makes several commits at once
+(``jobs.io.tables.at_once``), a ``raise:`` or ``pause:`` point stops the one write it is in; the
+others end first, where a kill would have stopped them too.
 
 Unset (always, outside tests), a failure point is one dictionary lookup.
 """

@@ -642,15 +642,17 @@ def with_retries(action: Callable[[], R], what: str, attempts: int = MAX_ATTEMPT
 
 def at_once(spark: SparkSession, *calls: Callable[[], R]) -> list[R]:
     """Runs ``calls`` at the same time and returns their results in order, once every one has
-    ended; then raises the first error, in the order of ``calls``.
+    ended; then raises the first error, in the order of ``calls`` (the others' are logged).
 
     For a stage's writes that do not depend on each other: commits into different tables, a
     plot. Most of a small commit's time is Delta's planning on the driver's JVM and the wait for
     its few tasks, during which another commit's, or Python's drawing, can go on. Each call but
     the first runs in a :class:`pyspark.InheritableThread`, which keeps the caller's job group,
-    job tags and local properties (a notebook's scheduler pool). Every call is waited for, also
-    when another failed: nothing goes on writing after this returns. On Spark Connect the calls
-    run one after another."""
+    job tags and local properties (a notebook's scheduler pool) where PySpark pins its threads
+    (its default). Every call is waited for, also when another failed or the caller is
+    interrupted meanwhile: nothing goes on writing after this returns or raises. A ``raise:``
+    or ``pause:`` failure point (:mod:`jobs.common.faults`) in one call stops that call only.
+    On Spark Connect the calls run one after another."""
     if len(calls) < 2 or is_connect(spark):
         return [call() for call in calls]
     from pyspark import InheritableThread
@@ -665,21 +667,34 @@ def at_once(spark: SparkSession, *calls: Callable[[], R]) -> list[R]:
                 ended[index] = (False, err)
         return run
 
-    threads = [InheritableThread(runner(i, call), session=spark, name=f"gio-spark-commit-{i}",
-                                 daemon=False)
-               for i, call in enumerate(calls[1:], start=1)]
-    for thread in threads:
-        thread.start()
+    threads = []
+    interrupted: BaseException | None = None
     try:
+        for i, call in enumerate(calls[1:], start=1):
+            thread = InheritableThread(runner(i, call), session=spark, daemon=False,
+                                       name=f"gio-spark-commit-{i}")
+            thread.start()
+            threads.append(thread)
         runner(0, calls[0])()
-    finally:
-        for thread in threads:
-            thread.join()
-    for index in range(len(calls)):
-        done, value = ended[index]
-        if not done:
-            raise value                       # type: ignore[misc]
-    return [ended[index][1] for index in range(len(calls))]     # type: ignore[misc]
+    except BaseException as err:              # noqa: BLE001 - a thread that did not start
+        interrupted = err
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except BaseException as err:      # noqa: BLE001 - Ctrl-C: wait, then raise it
+                interrupted = interrupted or err
+    if interrupted is not None:
+        raise interrupted
+    outcomes = [ended.get(i, (False, RuntimeError(f"the thread of write {i} ended without a "
+                                                "result")))
+              for i in range(len(calls))]
+    failed = [value for done, value in outcomes if not done]
+    for other in failed[1:]:
+        log(f"another write of the same commit failed too: {type(other).__name__}: {other}")
+    if failed:
+        raise failed[0]                       # type: ignore[misc]
+    return [value for _, value in outcomes]   # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from jobs.common import faults
 from jobs.common.errors import ConcurrentRunError
 from jobs.config import load_config
 from jobs.io import tables
@@ -256,32 +257,38 @@ def test_centroids_quantize_committed_are_collected_without_a_read_until_another
 
 
 def test_writes_made_at_once_land_in_every_table_under_the_caller_s_job_group(spark, tmp_path):
-    """tables.at_once: each call's commit lands, the results come back in the calls' order, and
-    the calls in threads of their own run their Spark jobs under the caller's job group (a
-    notebook's group or scheduler pool stays theirs)."""
+    """tables.at_once: the calls run at the same time (each waits at a barrier for the others),
+    each call's commit lands, the results come back in the calls' order, and the calls in
+    threads of their own run under the caller's job group (a notebook's group or scheduler pool
+    stays theirs)."""
     out = str(tmp_path)
     sc = spark.sparkContext
+    together = threading.Barrier(3, timeout=60)
     sc.setJobGroup("gio-test-at-once", "a caller's own group")
     try:
         seen = []
 
         def write(name, rows):
             def call():
+                together.wait()
                 seen.append(sc.getLocalProperty("spark.jobGroup.id"))
                 return tables.replace_key(spark, rows, out, name, "r1", local=True)
             return call
 
+        def draw():
+            together.wait()
+            return "drawn"
+
         domains = spark.createDataFrame([("r1", 1, 11, "a", "nearest")],
                                         tables.SELECTION_DOMAINS)
         got = tables.at_once(spark, write("selection", selection_rows(spark, "r1", [3, 5])),
-                             write("selection_domains", domains), lambda: "drawn")
+                             write("selection_domains", domains), draw)
         assert got[2] == "drawn" and got[0] is not None and got[1] is not None
         assert seen == ["gio-test-at-once"] * 2
-        assert sc.statusTracker().getJobIdsForGroup("gio-test-at-once")
     finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-        sc.setLocalProperty("spark.job.description", None)
-        sc.setLocalProperty("spark.job.interruptOnCancel", None)
+        for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+            sc.setLocalProperty(key, None)
+    assert sc.getLocalProperty("spark.jobGroup.id") is None
     assert [r["cluster_id"] for r in tables.read_table(spark, out, "selection_domains").collect()] \
         == [11]
     assert sorted(r["cluster_id"] for r in tables.read_table(spark, out, "selection").collect()) \
@@ -289,6 +296,8 @@ def test_writes_made_at_once_land_in_every_table_under_the_caller_s_job_group(sp
 
 
 def test_a_call_that_fails_at_once_is_raised_after_every_other_call_has_ended(spark, tmp_path):
+    """The first failure in the calls' order is raised, a BaseException (a failure point's) too,
+    once the other calls have ended: the slow write is committed."""
     out = str(tmp_path)
     ended = []
 
@@ -298,12 +307,16 @@ def test_a_call_that_fails_at_once_is_raised_after_every_other_call_has_ended(sp
                            local=True)
         ended.append("write")
 
-    def fails(what):
+    def fails(error):
         def call():
-            raise ValueError(what)
+            raise error
         return call
 
     with pytest.raises(ValueError, match="first"):
-        tables.at_once(spark, fails("first"), slow_write, fails("second"))
+        tables.at_once(spark, fails(ValueError("first")), slow_write,
+                       fails(ValueError("second")))
     assert ended == ["write"]
+    with pytest.raises(faults.InjectedFailure):
+        tables.at_once(spark, slow_write, fails(faults.InjectedFailure("after:runs")))
+    assert ended == ["write", "write"]
     assert [r["cluster_id"] for r in tables.read_table(spark, out, "selection").collect()] == [4]
