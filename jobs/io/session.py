@@ -214,7 +214,9 @@ def build_session(app_name: str = "gio-spark", master: str | None = None,
     jars = settings.get("spark.jars") or os.environ.get("GIO_SPARK_JARS")
 
     builder = SparkSession.builder.appName(app_name)
-    if master:
+    if master and is_set is None:
+        # A running Spark keeps its master: the builder would write this one into the joined
+        # session's settings (spark.conf.get("spark.master") would name it), not move it.
         builder = builder.master(master)
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -23,16 +23,20 @@ spark.stop()
 
 def test_a_running_session_keeps_its_settings(spark):
     """The tests' own session set 2 shuffle partitions; gio-spark's defaults (8) and a config's
-    value for a key the session set do not replace it; a key nobody set is applied. A quiet
-    command on it (the command line run in a notebook) leaves its log level alone."""
+    value for a key the session set do not replace it; a key nobody set is applied; another
+    master (a config's local[*]) leaves the session's as it was. A quiet command on it (the
+    command line run in a notebook) leaves its log level alone."""
     assert LOCAL_DEFAULTS["spark.sql.shuffle.partitions"] != "2"
     root = spark._jvm.org.apache.logging.log4j.LogManager.getRootLogger()
     level = str(root.getLevel().toString())
     assert level != "ERROR"
-    again = build_session("joined", "local[2]", {"spark.sql.shuffle.partitions": "64",
+    master = spark.conf.get("spark.master")
+    assert master == "local[2]"
+    again = build_session("joined", "local[*]", {"spark.sql.shuffle.partitions": "64",
                                                  "spark.gio.joined": "yes"}, quiet=True)
     try:
         assert again is spark
+        assert spark.conf.get("spark.master") == master
         assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
         assert spark.conf.get("spark.gio.joined") == "yes"
         assert str(root.getLevel().toString()) == level
