@@ -29,7 +29,8 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-BLOCK_ROWS = 4096     # rows per matrix product: 4096 x k float32 scores at a time
+BLOCK_ROWS = 4096     # rows per block: its sums are added as one, in row order
+SCORE_BYTES = 8 << 20   # a block's rows are scored in pieces of at most this many bytes of scores
 IN_FLIGHT_BYTES = 1 << 30   # threads are fewer where their blocks' scores would pass this
 
 
@@ -93,18 +94,24 @@ def _block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray, c64: np.ndarray,
     ``with_sums``, its rows added by centre: the centres chosen and their sums (float64)."""
     from scipy.sparse import csr_matrix
     n = len(block)
-    scores = block @ c.T                       # the matrix product: [rows, k]
-    if distance == "cosine":
-        best = np.argmax(scores, axis=1)
-    else:
-        scores *= -2.0
-        scores += c_sq[None, :]
-        best = np.argmin(scores, axis=1)
+    best = np.empty(n, np.intp)
+    picked = np.empty(n, np.float32)         # the chosen centre's score: x.c, or |c|^2 - 2 x.c
+    step = score_rows(len(c))
+    for lo in range(0, n, step):
+        scores = block[lo:lo + step] @ c.T     # the matrix product: [rows, k]
+        if distance == "cosine":
+            got = np.argmax(scores, axis=1)
+        else:
+            scores *= -2.0
+            scores += c_sq[None, :]
+            got = np.argmin(scores, axis=1)
+        best[lo:lo + step] = got
+        picked[lo:lo + step] = scores[np.arange(len(got)), got]
     rows = block.astype(np.float64)
     if not with_sums:
         diff = rows - c64[best]
         return best, np.einsum("ij,ij->i", diff, diff), None
-    picked = scores[np.arange(n), best].astype(np.float64)
+    picked = picked.astype(np.float64)
     if distance == "cosine":                 # picked = x.c
         picked = c_sq[best] - 2.0 * picked
     d2 = np.maximum(np.einsum("ij,ij->i", block, block) + picked, 0.0)
@@ -115,6 +122,20 @@ def _block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray, c64: np.ndarray,
     np.cumsum(counts, out=indptr[1:])
     return best, d2, (chosen, csr_matrix((np.ones(n), order, indptr),
                                          shape=(len(chosen), n)) @ rows)
+
+
+def score_rows(k: int) -> int:
+    """How many of a block's rows are scored at a time against ``k`` centres: a power of two,
+    so that their ``rows x k`` float32 scores stay within :data:`SCORE_BYTES`, in cache while
+    the nearest centre is chosen (512 rows at k = 4,000; the whole block up to k = 512), at
+    most :data:`BLOCK_ROWS`, at least 16. The pieces depend on ``k`` alone, so every caller
+    (the driver, a Spark task) cuts a block alike and gets the same result; against scoring
+    the whole block at once they may change a score's last bit (a BLAS kernel's order of
+    adding can depend on the product's shape)."""
+    rows = 16
+    while rows * 2 <= BLOCK_ROWS and rows * 2 * k * 4 <= SCORE_BYTES:
+        rows *= 2
+    return rows
 
 
 def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,

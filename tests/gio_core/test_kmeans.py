@@ -25,6 +25,28 @@ def test_nearest_and_block_stats_are_the_brute_force_ones():
     assert stats.inertia == pytest.approx(d2.min(1).sum(), rel=1e-6)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_a_block_scored_in_pieces_chooses_the_brute_force_centres(monkeypatch, distance):
+    """With many centres a block's rows are scored a piece at a time (the scores in cache):
+    the pieces' labels, distances and sums are the brute-force ones, for every row of a block
+    whose rows do not divide into pieces evenly."""
+    assert (km.score_rows(500), km.score_rows(4000), km.score_rows(10**6)) == (4096, 512, 16)
+    monkeypatch.setattr(km, "SCORE_BYTES", 64 * 37 * 4)      # 64 rows at k = 37
+    assert km.score_rows(37) == 64
+    x, c = blobs(1000), blobs(37, seed=1)
+    if distance == "cosine":
+        x, c = km.normalise(x), km.normalise(c)
+    d2 = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    labels, dist = km.nearest(x, c, distance)
+    assert np.array_equal(labels, d2.argmin(1))
+    np.testing.assert_allclose(dist, d2.min(1), rtol=1e-6, atol=1e-9)
+    stats = km.block_stats(x, c, distance)
+    assert np.array_equal(stats.counts, np.bincount(d2.argmin(1), minlength=len(c)))
+    np.testing.assert_allclose(stats.sums, np.eye(len(c))[labels].T @ x.astype(np.float64),
+                               rtol=1e-10)
+    assert stats.inertia == pytest.approx(d2.min(1).sum(), rel=1e-5)
+
+
 def test_lloyd_from_the_same_start_follows_sklearns_lloyd():
     x = blobs()
     start = km.seed_centres(x, 12, seed=3)
