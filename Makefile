@@ -130,6 +130,9 @@ bench-datamodels: $(STAMP)
 bench-kmeans: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[bench]'
 	$(VENV)/bin/python bench/kmeans.py --out bench/results/kmeans_cpu_2cores.jsonl
+	$(VENV)/bin/python bench/kmeans.py --rows 300000 --dim 64 --k 4000 --baseline 8821ffe \
+	  --variants sklearn-2,faiss-2,core,stage,core@BASE,stage@BASE \
+	  --out bench/results/kmeans_64d_cpu_2cores.jsonl
 
 # Per-stage wall time at 100,000 x 384 precomputed rows against reading and counting the pool.
 bench-stages: $(STAMP)

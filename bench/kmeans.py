@@ -1,10 +1,10 @@
 """K-means: the quantize stage and its in-memory numerics against scikit-learn and faiss, and
 against the same code at a baseline commit, like for like.
 
-One data set (``--rows`` unit-norm clustered vectors of 384 dimensions, as sentence embeddings
-are), one ``k``, exactly ``--max-iter`` iterations for every variant (tolerance 0; scikit-learn
-may still stop early when no label changes, and says how many it ran), two threads or Spark's
-``local[2]``, each variant in a process of its own:
+One data set (``--rows`` unit-norm clustered vectors of ``--dim`` dimensions, default 384 as
+sentence embeddings are), one ``k``, exactly ``--max-iter`` iterations for every variant
+(tolerance 0; scikit-learn may still stop early when no label changes, and says how many it
+ran), two threads or Spark's ``local[2]``, each variant in a process of its own:
 
 * ``sklearn-2``: scikit-learn's ``KMeans`` (Lloyd), 2 BLAS/OpenMP threads, from the common start;
 * ``faiss-2``: faiss's ``Kmeans`` on 2 OpenMP threads from the common start (its default of at
@@ -27,7 +27,7 @@ The common start is scikit-learn's k-means++ on the first 20,000 rows (the rows 
 order), seeded, timed on its own (the ``start`` line). Every variant's objective, the sum of
 squared distances to the nearest centre, is computed the same way, in NumPy, from its centres.
 
-    python bench/kmeans.py [--rows 100000] [--k 500] [--max-iter 10] [--baseline REF] [--out F]
+    python bench/kmeans.py [--rows 100000] [--dim 384] [--k 500] [--max-iter 10] [--baseline REF] [--out F]
 """
 from __future__ import annotations
 
@@ -136,6 +136,7 @@ def one_stage(work: str, k: int, max_iter: int, driver_rows: int | None) -> dict
     centroids, assignments, cached, iterations = kmeans_side(df, k, q, 7, "pool", print, spark)
     assignments.count()             # the stage writes them: every row's assignment is inside
     seconds = time.perf_counter() - began
+    assignments.unpersist()
     cached.unpersist()
     spark.stop()
     centres = np.array([c[2] for c in centroids], np.float32)
@@ -208,6 +209,7 @@ def _git(*args: str, cwd=ROOT) -> str:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=500)
     parser.add_argument("--max-iter", type=int, default=10)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -226,7 +228,7 @@ def main():
     variants = args.variants.split(",")
     base_tree = os.path.join(work, "baseline")
     try:
-        x, _ = clustered(args.rows, 384, seed=1)
+        x, _ = clustered(args.rows, args.dim, seed=1)
         np.save(os.path.join(work, "rows.npy"), x)
         pd.DataFrame({"id": np.arange(len(x)), "vec": list(x)}).to_parquet(
             os.path.join(work, "rows.parquet"), row_group_size=10_000)
@@ -234,7 +236,7 @@ def main():
         start, _ = kmeans_plusplus(x[:INIT_ROWS].astype(np.float64), args.k,
                                    random_state=np.random.RandomState(7))
         np.save(os.path.join(work, "start.npy"), start.astype(np.float32))
-        common = {"rows": args.rows, "dim": 384, "k": args.k, "max_iter": args.max_iter,
+        common = {"rows": args.rows, "dim": args.dim, "k": args.k, "max_iter": args.max_iter,
                   "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                   "commit": _git("rev-parse", "--short", "HEAD")}
         emit({"variant": "start", "seconds": round(time.perf_counter() - began, 2),

@@ -149,9 +149,9 @@ KMEANS = {"sklearn-2": "scikit-learn `KMeans` (Lloyd), 2 threads",
           "mllib": "MLlib `KMeans` (`quantize.algorithm: mllib`)"}
 
 
-def kmeans() -> str:
+def kmeans(name: str = "kmeans_cpu_2cores.jsonl") -> str:
     """The last run of the file: from its last ``start`` line to its last summary."""
-    lines = records("kmeans_cpu_2cores.jsonl")
+    lines = records(name)
     first = max(i for i, r in enumerate(lines) if r.get("variant") == "start")
     last = max(i for i, r in enumerate(lines) if "summary" in r)
     run, summary = lines[first + 1:last], lines[last]
@@ -166,6 +166,11 @@ def kmeans() -> str:
                      ratio(s["objective_vs_sklearn2"])])
     return table(["variant", "seconds", "iterations", "objective", "time / faiss",
                   "time / scikit-learn", "objective / scikit-learn"], "lrrrrrr", rows)
+
+
+def kmeans_64d() -> str:
+    """The same at 64 dimensions and 4,000 clusters (``make bench-kmeans``'s second run)."""
+    return kmeans("kmeans_64d_cpu_2cores.jsonl")
 
 
 def embed_backends() -> str:
@@ -507,7 +512,7 @@ def pipeline_scale() -> str:
 
 
 TABLES = {f.__name__.replace("_", "-"): f for f in
-          (compat, scale, scale_weighted, kmeans, embed_backends, stages, row_step, small_runs,
+          (compat, scale, scale_weighted, kmeans, kmeans_64d, embed_backends, stages, row_step, small_runs,
            pipeline_scale,
            decontaminate_search, decontaminate_demo, plan_demo, plan_memory, dii, gaf, imnn,
            datamodels_workers, datamodels_regression, quality, quality_own_size)}

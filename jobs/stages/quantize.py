@@ -67,7 +67,8 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spar
 
     Returns:
       ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input,
-      K-means iterations run)``.
+      K-means iterations run)``. The assignments may be persisted (where Spark tasks computed
+      them, to count the sizes): unpersist them, and the input, once they are written.
     """
     if qcfg.algorithm == "mllib":
         return _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark)
@@ -374,7 +375,8 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     """Lloyd's engine. The centres are fitted on :func:`training_rows` rows (those first in
     the seeded order, or every row), on the driver when they are at most
     ``quantize.driver_rows``, else one Spark job per iteration; then every row is assigned to
-    its nearest centre, once."""
+    its nearest centre, once (the assignments are returned persisted, where they were computed
+    in Spark tasks: the caller unpersists them once written)."""
     from gio_core.kmeans import seed_centres, update
     spark = spark if spark is not None else embeddings.sparkSession
     _import_meanwhile("sklearn.cluster")    # for the start; its 0.8 s pass while Spark works
@@ -409,10 +411,19 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
         if training is not packed:
             training.unpersist()
         iterations = done["it"]
-    sizes = _stats(spark, packed, centres, qcfg.distance).counts
-    centroid_rows = _centroid_rows(side, centres, sizes)
-    assignments = _assign(spark, packed, centres, qcfg.distance)
+    # One pass assigns every row; the sizes are counted off the assignments, kept for the write
+    assignments = _assign(spark, packed, centres, qcfg.distance).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    centroid_rows = _centroid_rows(side, centres, _sizes(assignments, len(centres)))
     return centroid_rows, assignments, packed, iterations
+
+
+def _sizes(assignments, k: int) -> np.ndarray:
+    """How many rows ``assignments`` (row_id, cluster_id) put in each of ``k`` clusters."""
+    sizes = np.zeros(k, np.int64)
+    for cluster, count in assignments.groupBy("cluster_id").count().collect():
+        sizes[cluster] = count
+    return sizes
 
 
 def find_copies(spark, pool: DataFrame, refs: dict, target_rows: list, d, distance: str):
@@ -510,9 +521,9 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                 spark, cfg, inputs.target, target, domains, warn)
             detail: dict = {"target_domains": by_domain}
         else:
-            target_rows, _, cached_t, target_iter = kmeans_side(target, q.target_k, q,
-                                                                q.seed + 1, "target", warn, spark)
-            frees, detail = [cached_t.unpersist], {}
+            target_rows, assigned_t, cached_t, target_iter = kmeans_side(
+                target, q.target_k, q, q.seed + 1, "target", warn, spark)
+            frees, detail = [cached_t.unpersist, assigned_t.unpersist], {}
         kept = int(inputs.pool.report["kept"])
         aside = None
         if cfg.decontaminate.threshold is not None:
@@ -547,6 +558,7 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                        if row_budget(cfg.select, kept) else ""))
             pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed,
                                                                     "pool", warn, spark)
+            frees.append(assignments.unpersist)
             how = f"{pool_iter} iterations"
             if q.update == "assign":          # the fit later updates are measured against
                 fit = _fit_per_row(spark, cached, pool_rows, q.distance)
@@ -640,8 +652,9 @@ def _target_by_domain(spark, cfg: JobConfig, side: Side, target: DataFrame, doma
     for name in domains:
         ids = side.frame.where(column == name).select(ROW_ID)
         part = target.join(ids, ROW_ID, "left_semi")
-        found, _, cached, its = kmeans_side(part, ks[name], q, q.seed + 1, "target", warn, spark)
-        frees.append(cached.unpersist)
+        found, assigned, cached, its = kmeans_side(part, ks[name], q, q.seed + 1, "target",
+                                                   warn, spark)
+        frees += [cached.unpersist, assigned.unpersist]
         iterations = max(iterations, its)
         renumbered = [(r[0], offset + r[1], *r[2:]) for r in found]
         by_domain[name] = [r[1] for r in renumbered]

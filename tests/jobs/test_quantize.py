@@ -24,6 +24,7 @@ def fit(spark, df, **kw):
     warned = []
     centroids, assignments, cached, iters = kmeans_side(df, 9, q, 11, "pool", warned.append, spark)
     got = dict(assignments.collect())
+    assignments.unpersist()
     cached.unpersist()
     return centroids, got, iters, warned
 
@@ -61,6 +62,7 @@ def test_k_above_the_rows_is_capped_with_a_warning_and_mllib_still_runs(spark):
                                                         "target", warned.append, spark)
         assert warned == ["quantize target: k=50 is more than its 30 rows; using k=30."]
         assert sum(c[3] for c in centroids) == 30 and assignments.count() == 30
+        assignments.unpersist()
         cached.unpersist()
 
 
@@ -141,6 +143,7 @@ def test_the_driver_lays_text_ids_out_as_spark_does(spark):
     in_tasks = kmeans_side(df, 9, QuantizeSection(**q, driver_rows=1), 11, "pool", print, spark)
     assert on_driver[0] == in_tasks[0]
     assert dict(on_driver[1].collect()) == dict(in_tasks[1].collect())
+    in_tasks[1].unpersist()
     in_tasks[2].unpersist()
 
 
