@@ -37,7 +37,6 @@ import inspect
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -51,7 +50,7 @@ from gio_core import proportional_size, share_budgets
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
-                         engine_options, row_budget, sizes_itself)
+                         engine_options, jvm_bytes, row_budget, sizes_itself)
 from jobs.io import tables
 from jobs.io.demo_data import demo_rows
 from jobs.io.encoders import embed_frame, embed_partitions, model_dimension
@@ -199,17 +198,6 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _bytes_setting(value: str | None, default: str) -> int | None:
-    """A JVM size setting (``1g``, ``512m``; ``0``: no limit) in bytes; None for no limit or a
-    value this does not read."""
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgt]?)b?", (value or default).strip().lower())
-    if found is None:
-        return None
-    scale = {"": 1, "k": 2 ** 10, "m": 2 ** 20, "g": GIB, "t": 2 ** 40}[found.group(2)]
-    n = int(float(found.group(1)) * scale)
-    return n or None
 
 
 def sample_rows_of(value, name: str) -> int:
@@ -784,12 +772,12 @@ def _warnings(cfg: JobConfig, out: Forecast, pool_k: int, target_k: int, dim: in
     found = []
     d = out.driver
     collected = (pool_k + target_k) * dim * 4
-    limit = _bytes_setting(d["max_result"], "1g")
+    limit = jvm_bytes(d["max_result"], "1g")
     if limit is not None and collected > 0.8 * limit:
         found.append(f"the centroids ({_size(collected)} as float32) come near or above "
                      f"spark.driver.maxResultSize={d['max_result']}: raise it (--set "
                      f"spark.conf.spark.driver.maxResultSize=...) or lower quantize.pool_k")
-    heap = _bytes_setting(d["driver_memory"], "1g")
+    heap = jvm_bytes(d["driver_memory"], "1g", 2 ** 20)    # a bare number is MiB here
     if heap is not None and 2 * collected > 0.6 * heap:
         found.append(f"collecting the centroids takes about {_size(2 * collected)} of the "
                      f"driver JVM's heap (spark.driver.memory={d['driver_memory']}): raise "

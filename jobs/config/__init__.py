@@ -15,7 +15,7 @@ __all__ = ["QUANTIZE_DEFAULT_ROWS_PER_CLUSTER", "QUANTIZE_UPDATE_OPTIONS",
            "RUNTIME_SELECT_OPTIONS", "RUNTIME_TRAIN_OPTIONS", "SOURCE_FORMATS", "NAMED_FORMATS",
            "FRAME_FORMAT", "EmbedSection", "JobConfig", "QuantizeSection", "SelectSection",
            "SourceSection", "TrainSection", "auto_pool_k", "config_from_dict", "datamodels_spec",
-           "kmeans_init_rows",
+           "jvm_bytes", "kmeans_driver_rows", "kmeans_init_rows",
            "effective_embedding_column", "engine_options", "load_config", "probe_options",
            "read_config_file", "row_budget", "sizes_itself", "uses_own_weights", "uses_weights",
            "validate"]

@@ -51,7 +51,8 @@ from jobs.common import faults
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID, seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
-from jobs.config import JobConfig, auto_pool_k, kmeans_init_rows, row_budget
+from jobs.config import (JobConfig, auto_pool_k, kmeans_driver_rows, kmeans_init_rows,
+                         row_budget)
 from jobs.io import tables
 from jobs.io.session import share
 from jobs.io.sources import Side
@@ -61,9 +62,10 @@ from jobs.state.inputs import Inputs, heldout_vectors, prepare_inputs
 from jobs.state.stored import apply_weights, centroid_counts, load_weights, remember_centroids
 
 
-def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None):
+def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spark=None,
+                dim: int | None = None):
     """Fits K-means on one side's (row_id, embedding) rows with ``quantize.algorithm``
-    (with a progress bar when ``spark`` is given).
+    (with a progress bar when ``spark`` is given); ``dim``, where known, is their dimension.
 
     Returns:
       ``(centroid rows [(side, cluster_id, centroid, size)], assignments DataFrame, cached input,
@@ -72,7 +74,7 @@ def kmeans_side(embeddings, k: int, qcfg, seed: int, side: str, warn=print, spar
     """
     if qcfg.algorithm == "mllib":
         return _kmeans_mllib(embeddings, k, qcfg, seed, side, warn, spark)
-    return _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark)
+    return _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark, dim)
 
 
 def _cached(frame, k: int, side: str, warn):
@@ -371,7 +373,23 @@ def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
             fit.iterations)
 
 
-def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
+def _driver_rows(spark, embeddings, qcfg, dim: int | None) -> int:
+    """:func:`~jobs.config.kmeans_driver_rows` for these rows (for ``auto``, the session's
+    driver settings and their dimension, read off the first row where not given)."""
+    if qcfg.driver_rows != "auto":
+        return int(qcfg.driver_rows)
+    if dim is None:
+        first = embeddings.select(F.size("embedding").alias("dim")).first()
+        dim = first["dim"] if first else 1
+    try:
+        memory = spark.conf.get("spark.driver.memory", None)
+        result = spark.conf.get("spark.driver.maxResultSize", None)
+    except Exception:               # noqa: BLE001 - a session that will not say: Spark's defaults
+        memory = result = None
+    return kmeans_driver_rows(qcfg, dim, memory, result)
+
+
+def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark, dim=None):
     """Lloyd's engine. The centres are fitted on :func:`training_rows` rows (those first in
     the seeded order, or every row), on the driver when they are at most
     ``quantize.driver_rows``, else one Spark job per iteration; then every row is assigned to
@@ -381,7 +399,8 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     spark = spark if spark is not None else embeddings.sparkSession
     _import_meanwhile("sklearn.cluster")    # for the start; its 0.8 s pass while Spark works
     rows = embeddings.count()
-    if rows <= qcfg.driver_rows:
+    driver_rows = _driver_rows(spark, embeddings, qcfg, dim)
+    if rows <= driver_rows:
         faults.point(f"cached:{side}")
         k = _capped(k, rows, side, warn)
         return _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side)
@@ -390,7 +409,7 @@ def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark):
     train = training_rows(rows, k, qcfg)
     note = "" if train == rows else f", fitted on {train}"
     training = packed if train == rows else _first_in_seeded_order(packed, train, seed)
-    if train <= qcfg.driver_rows:
+    if train <= driver_rows:
         _, _, fit, _, _ = _fit_on_driver(spark, training, k, qcfg, seed, side,
                                       f"{rows} rows, fitted on {train}")
         centres, iterations = fit.centres, fit.iterations
@@ -518,11 +537,11 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
         domains = inputs.target.report.get("domains") if cfg.target.domain_column else None
         if domains:
             target_rows, frees, target_iter, by_domain = _target_by_domain(
-                spark, cfg, inputs.target, target, domains, warn)
+                spark, cfg, inputs.target, target, domains, warn, inputs.dim)
             detail: dict = {"target_domains": by_domain}
         else:
             target_rows, assigned_t, cached_t, target_iter = kmeans_side(
-                target, q.target_k, q, q.seed + 1, "target", warn, spark)
+                target, q.target_k, q, q.seed + 1, "target", warn, spark, inputs.dim)
             frees, detail = [cached_t.unpersist, assigned_t.unpersist], {}
         kept = int(inputs.pool.report["kept"])
         aside = None
@@ -556,8 +575,8 @@ def run_quantize(spark, cfg: JobConfig, plan: reuse.Plan, inputs: Inputs,
                 log(f"quantize: pool_k auto: {pool_k} clusters for {kept} pool rows"
                     + (f" and a budget of {row_budget(cfg.select, kept)}"
                        if row_budget(cfg.select, kept) else ""))
-            pool_rows, assignments, cached, pool_iter = kmeans_side(pool, pool_k, q, q.seed,
-                                                                    "pool", warn, spark)
+            pool_rows, assignments, cached, pool_iter = kmeans_side(
+                pool, pool_k, q, q.seed, "pool", warn, spark, inputs.dim)
             frees.append(assignments.unpersist)
             how = f"{pool_iter} iterations"
             if q.update == "assign":          # the fit later updates are measured against
@@ -641,7 +660,7 @@ def domain_ks(target_k: int, domains: dict, least: int) -> dict:
 
 
 def _target_by_domain(spark, cfg: JobConfig, side: Side, target: DataFrame, domains: dict,
-                      warn):
+                      warn, dim: int | None = None):
     """The target clustered domain by domain (``target.domain_column``): each domain's rows
     with its part of ``quantize.target_k`` (:func:`domain_ks`), its clusters numbered after the
     domains before it. Returns ``(centroid rows, frees, iterations, {domain: [cluster ids]})``."""
@@ -653,7 +672,7 @@ def _target_by_domain(spark, cfg: JobConfig, side: Side, target: DataFrame, doma
         ids = side.frame.where(column == name).select(ROW_ID)
         part = target.join(ids, ROW_ID, "left_semi")
         found, assigned, cached, its = kmeans_side(part, ks[name], q, q.seed + 1, "target",
-                                                   warn, spark)
+                                                   warn, spark, dim)
         frees += [cached.unpersist, assigned.unpersist]
         iterations = max(iterations, its)
         renumbered = [(r[0], offset + r[1], *r[2:]) for r in found]

@@ -53,6 +53,9 @@ def test_the_commented_stage_examples_are_valid_when_uncommented(tmp_path, path,
     (["quantize.init_rows=0"],
      "quantize.init_rows must be auto (10 rows a cluster, 10,000 to 20,000) or an integer >= 1; "
      "got 0."),
+    (["quantize.driver_rows=lots"],
+     "quantize.driver_rows must be auto (as many rows as an eighth of spark.driver.memory holds) "
+     "or an integer >= 1; got 'lots'."),
     (["embed.backend=tensorrt"], "embed.backend must be torch, onnx or onnx-int8; got 'tensorrt'."),
     (["pool.format=xlsx"], "pool.format='xlsx' is not one of"),
     (["pool.path=null"], "pool.path is missing"),
@@ -122,6 +125,30 @@ def test_init_rows_auto_is_ten_a_cluster_between_10000_and_20000_never_under_k()
         [10_000, 10_000, 10_000, 15_000, 20_000, 20_000, 30_000]
     hand = load_config("conf/demo.yaml", ["quantize.init_rows=400"]).quantize
     assert kmeans_init_rows(hand, 9) == 400 and kmeans_init_rows(hand, 500) == 500
+
+
+def test_driver_rows_auto_fills_an_eighth_of_the_heap_and_half_the_result_limit():
+    from jobs.config import jvm_bytes, kmeans_driver_rows
+    q = load_config("conf/demo.yaml").quantize
+    assert q.driver_rows == "auto"
+    mib = 2 ** 20
+    # Spark's defaults (1g heap, 1g results): 128 MiB of rows, 4 bytes a value and 24 beside
+    assert kmeans_driver_rows(q, 384, None, None) == 128 * mib // (384 * 4 + 24) == 86_037
+    assert kmeans_driver_rows(q, 64, "4g", None) == 512 * mib // (64 * 4 + 24)
+    # a large heap is held to half of spark.driver.maxResultSize, which 0 lifts
+    assert kmeans_driver_rows(q, 384, "16g", "1g") == 512 * mib // 1560
+    assert kmeans_driver_rows(q, 384, "16g", "0") == 2048 * mib // 1560
+    assert kmeans_driver_rows(q, 384, "16g", "3000m") == 1500 * mib // 1560
+    # a setting this cannot read counts as Spark's default
+    assert kmeans_driver_rows(q, 384, "lots", None) == 86_037
+    assert kmeans_driver_rows(q, 10 ** 9, None, None) == 1
+    assert (jvm_bytes("512M", "1g"), jvm_bytes(None, "1g"), jvm_bytes("0", "1g"),
+            jvm_bytes("2048", "1g"), jvm_bytes("2048", "1g", mib)) == \
+        (512 * mib, 1024 * mib, None, 2048, 2048 * mib)
+    # spark.driver.memory's bare number is MiB, spark.driver.maxResultSize's bytes
+    assert kmeans_driver_rows(q, 64, "4096", "1073741824") == 512 * mib // (64 * 4 + 24)
+    hand = load_config("conf/demo.yaml", ["quantize.driver_rows=500"]).quantize
+    assert kmeans_driver_rows(hand, 384, "64g", "0") == 500
 
 
 def test_pool_k_auto_follows_the_pool_and_the_budget():
