@@ -140,7 +140,7 @@ def scale_weighted() -> str:
 KMEANS = {"sklearn-2": "scikit-learn `KMeans` (Lloyd), 2 threads",
           "faiss-2": "faiss `Kmeans`, 2 threads",
           "core": "`gio_core.kmeans.lloyd`, in memory, 2 threads",
-          "core@": "`gio_core.kmeans.lloyd` at {base}, in memory, 2 BLAS threads",
+          "core@": "`gio_core.kmeans.lloyd` at {base}, in memory, {threads}",
           "stage": "the quantize stage's K-means, its defaults (own start: {start} s)",
           "stage-tasks": "the same, `quantize.driver_rows: 1` (a Spark job per iteration; own "
                          "start: {start} s)",
@@ -158,8 +158,10 @@ def kmeans(name: str = "kmeans_cpu_2cores.jsonl") -> str:
     rows = []
     for r in run:
         name, _, base = r["variant"].partition("@")
-        label = KMEANS[name + ("@" if base else "")].format(base=base,
-                                                            start=r.get("start_seconds"))
+        # 1dbfa74 predates the threads of blocks: its products ran on 2 BLAS threads
+        label = KMEANS[name + ("@" if base else "")].format(
+            base=base, start=r.get("start_seconds"),
+            threads="2 BLAS threads" if base == "1dbfa74" else "2 threads")
         s = summary[r["variant"]]
         rows.append([label, f"{r['seconds']:.2f}", r["iterations"], f"{r['objective']:,.1f}",
                      f"{s['time_vs_faiss2']:.2f}", f"{s['time_vs_sklearn2']:.2f}",
