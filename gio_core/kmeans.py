@@ -150,7 +150,8 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
     block, in float64, each centre's rows added in row order), which are then added to its
     piece's sums in block order, pieces in order. Each matrix product runs on one BLAS thread;
     ``threads`` blocks are worked on at once, of any piece (None: :func:`cores`; fewer where
-    their scores, ``BLOCK_ROWS x k`` float32 each, would pass :data:`IN_FLIGHT_BYTES`). So the
+    their scores, float32, :func:`score_rows` rows at a time, would pass
+    :data:`IN_FLIGHT_BYTES`). So the
     result depends only on the pieces and their order, never on the threads, here or in the
     BLAS (whose multi-threaded products can differ in the last bit from single-threaded ones;
     this holds for the BLAS libraries threadpoolctl controls: OpenBLAS, MKL, BLIS), and nothing
@@ -165,7 +166,7 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
     c_sq = np.einsum("ij,ij->i", c, c)
     out = [(np.empty(len(x), np.int32), np.empty(len(x), np.float64)) for x in xs]
     blocks = [(i, lo) for i, x in enumerate(xs) for lo in range(0, len(x), BLOCK_ROWS)]
-    per_block = 2 * BLOCK_ROWS * len(c) * 4 + len(c) * c.shape[1] * 8
+    per_block = 2 * score_rows(len(c)) * len(c) * 4 + len(c) * c.shape[1] * 8
     threads = max(1, min(cores() if threads is None else threads,
                          IN_FLIGHT_BYTES // max(per_block, 1)))
 

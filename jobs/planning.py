@@ -49,6 +49,7 @@ import jobs
 from gio_core import proportional_size, share_budgets
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID
+from jobs.common.runtime import free_memory
 from jobs.config import (FRAME_FORMAT, JobConfig, auto_pool_k, effective_embedding_column,
                          engine_options, jvm_bytes, row_budget, sizes_itself)
 from jobs.io import tables
@@ -605,18 +606,6 @@ def jax_runtime(cfg: JobConfig, dim: int) -> dict:
             "started_here": here, "seconds": m["seconds"]}
 
 
-def _free_memory() -> int | None:
-    """MemAvailable of this machine (Linux), in bytes; None elsewhere."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 # ------------------------------------------------------------------------------------ forecast
 
 def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
@@ -695,7 +684,7 @@ def forecast(spark, cfg: JobConfig, stages, sample_rows: int = SAMPLE_ROWS,
             runtime["phase"] = first
         conf = spark.conf
         out.driver = {"phases": phases, "need_bytes": memory_need(phases), "runtime": runtime,
-                      "free_bytes": _free_memory(),
+                      "free_bytes": free_memory(),
                       "max_result": conf.get("spark.driver.maxResultSize", "1g"),
                       "driver_memory": conf.get("spark.driver.memory", "1g")}
         out.warnings += _warnings(cfg, out, pool_k, target_k, dim, pool_rows)

@@ -11,6 +11,18 @@ RECORDED = ("gio-spark", "jax", "jaxlib", "numpy", "pyspark", "delta-spark",
             "sentence-transformers", "torch")
 
 
+def free_memory() -> int | None:
+    """MemAvailable of this machine (Linux), in bytes; None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def library_versions() -> dict:
     out: dict = {}
     for name in RECORDED:

@@ -271,8 +271,9 @@ class QuantizeSection:
     init_rows: Annotated[Any, INIT_ROWS] = "auto"
     # algorithm lloyd: the centres are fitted on the driver when they are fitted on at most this
     # many rows (collected once), else one Spark job per iteration; the same clusters either
-    # way. auto: the rows whose float32 vectors fill an eighth of spark.driver.memory and half
-    # of spark.driver.maxResultSize (kmeans_driver_rows)
+    # way. auto: the rows whose float32 vectors fill an eighth of spark.driver.memory, half of
+    # spark.driver.maxResultSize and an eighth of the memory free where the driver's Python
+    # runs (kmeans_driver_rows)
     driver_rows: Annotated[Any, DRIVER_ROWS] = "auto"
     # algorithm lloyd: the centres are fitted on at most this many rows per cluster (those first
     # by hash), then every row is assigned once; null: fitted on every row
@@ -899,11 +900,13 @@ def jvm_bytes(value: str | None, default: str, bare: int = 1) -> int | None:
 
 
 def kmeans_driver_rows(q: QuantizeSection, dim: int, driver_memory: str | None,
-                       max_result: str | None) -> int:
+                       max_result: str | None, available: int | None = None) -> int:
     """How many rows the lloyd engine fits on the driver (collected once, as float32 vectors of
     ``dim``): ``quantize.driver_rows``, or for ``auto`` as many as an eighth of the driver's
-    heap (``spark.driver.memory``, 1g where unset: Spark's default) holds and half of
-    ``spark.driver.maxResultSize`` (1g where unset; 0 is no limit), at least 1. At 384
+    heap (``spark.driver.memory``, 1g where unset: Spark's default) holds, half of
+    ``spark.driver.maxResultSize`` (1g where unset; 0 is no limit) and an eighth of
+    ``available``, the memory free where this Python runs (which holds the rows two or three
+    times over while it lays them out; on Spark Connect the client), at least 1. At 384
     dimensions a 1g driver fits 86,000 rows; the 4g of a local Spark that gio-spark starts
     344,000, and 1.9 million at 64 dimensions. Where the rows fit, each of K-means' iterations
     is arithmetic on the driver instead of a Spark job that moves every row into Python."""
@@ -915,7 +918,8 @@ def kmeans_driver_rows(q: QuantizeSection, dim: int, driver_memory: str | None,
         return jvm_bytes(None if unread else value, "1g", bare)
 
     heap, result = setting(driver_memory, 2 ** 20), setting(max_result, 1)
-    room = min(b for b in (heap and heap // 8, result and result // 2, 2 ** 40) if b)
+    limits = (heap, 8), (result, 2), (available, 8)
+    room = min([b // share for b, share in limits if b is not None] + [2 ** 40])
     return max(1, room // (4 * max(dim, 1) + 24))      # 24: the id, hash and partition beside
 
 

@@ -51,6 +51,7 @@ from jobs.common import faults
 from jobs.common.errors import InputError
 from jobs.common.frames import ROW_ID, seed_hash, seeded_order
 from jobs.common.log import log, spark_bar, took
+from jobs.common.runtime import free_memory
 from jobs.config import (JobConfig, auto_pool_k, kmeans_driver_rows, kmeans_init_rows,
                          row_budget)
 from jobs.io import tables
@@ -366,8 +367,10 @@ def _kmeans_on_driver(spark, embeddings, k, qcfg, seed, side):
     sizes = np.bincount(labels, minlength=len(fit.centres))
     centroid_rows = _centroid_rows(side, fit.centres, sizes)
     id_type = embeddings.schema["row_id"].dataType.simpleString()
+    # From Arrow whatever spark.sql.execution.arrow.pyspark.enabled says (the driver may hold
+    # millions of rows here)
     assignments = spark.createDataFrame(
-        pd.DataFrame({"row_id": ids, "cluster_id": labels.astype(np.int32)}),
+        pa.table({"row_id": pa.array(ids), "cluster_id": pa.array(labels.astype(np.int32))}),
         f"row_id {id_type}, cluster_id int")
     return (centroid_rows, assignments, _packed(embeddings, qcfg.partitions, qcfg.distance),
             fit.iterations)
@@ -380,13 +383,13 @@ def _driver_rows(spark, embeddings, qcfg, dim: int | None) -> int:
         return int(qcfg.driver_rows)
     if dim is None:
         first = embeddings.select(F.size("embedding").alias("dim")).first()
-        dim = first["dim"] if first else 1
+        dim = (first["dim"] if first else None) or 1
     try:
         memory = spark.conf.get("spark.driver.memory", None)
         result = spark.conf.get("spark.driver.maxResultSize", None)
     except Exception:               # noqa: BLE001 - a session that will not say: Spark's defaults
         memory = result = None
-    return kmeans_driver_rows(qcfg, dim, memory, result)
+    return kmeans_driver_rows(qcfg, dim, memory, result, free_memory())
 
 
 def _kmeans_lloyd(embeddings, k, qcfg, seed, side, warn, spark, dim=None):

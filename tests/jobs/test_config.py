@@ -139,6 +139,11 @@ def test_driver_rows_auto_fills_an_eighth_of_the_heap_and_half_the_result_limit(
     assert kmeans_driver_rows(q, 384, "16g", "1g") == 512 * mib // 1560
     assert kmeans_driver_rows(q, 384, "16g", "0") == 2048 * mib // 1560
     assert kmeans_driver_rows(q, 384, "16g", "3000m") == 1500 * mib // 1560
+    # the memory free where the rows land (this Python, or a Spark Connect client) holds too
+    assert kmeans_driver_rows(q, 384, "16g", "0", 8 * 2 ** 30) == 1024 * mib // 1560
+    assert kmeans_driver_rows(q, 384, "16g", "0", 10 ** 12) == 2048 * mib // 1560
+    # a limit too small for a row leaves one row, not no limit
+    assert kmeans_driver_rows(q, 384, None, "1") == 1
     # a setting this cannot read counts as Spark's default
     assert kmeans_driver_rows(q, 384, "lots", None) == 86_037
     assert kmeans_driver_rows(q, 10 ** 9, None, None) == 1

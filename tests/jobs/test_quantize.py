@@ -66,6 +66,22 @@ def test_k_above_the_rows_is_capped_with_a_warning_and_mllib_still_runs(spark):
         cached.unpersist()
 
 
+def test_the_driver_path_makes_its_assignments_from_arrow_whatever_the_session_says(spark):
+    """The driver may hold millions of assignments: they go to Spark as an Arrow table even
+    where the session has Arrow's pandas conversion off (a notebook's default)."""
+    x = blobs(300)
+    key = "spark.sql.execution.arrow.pyspark.enabled"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "false")
+    try:
+        centroids, labels, _, _ = fit(spark, frame(spark, x, range(300), 2), driver_rows=10**6)
+    finally:
+        spark.conf.unset(key) if before is None else spark.conf.set(key, before)
+    again, labels2, _, _ = fit(spark, frame(spark, x, range(300), 2), driver_rows=1)
+    assert labels == labels2 and len(labels) == 300
+    assert sorted(centroids, key=lambda c: c[1]) == sorted(again, key=lambda c: c[1])
+
+
 def test_cosine_clusters_on_the_sphere(spark):
     x = blobs(600)
     centroids, labels, _, _ = fit(spark, frame(spark, x, range(600), 2), distance="cosine",
