@@ -151,8 +151,8 @@ def _scan_many(pieces: Sequence[np.ndarray], centres: np.ndarray, distance: str,
     piece's sums in block order, pieces in order. Each matrix product runs on one BLAS thread;
     ``threads`` blocks are worked on at once, of any piece (None: :func:`cores`; fewer where
     their scores, float32, :func:`score_rows` rows at a time, would pass
-    :data:`IN_FLIGHT_BYTES`). So the
-    result depends only on the pieces and their order, never on the threads, here or in the
+    :data:`IN_FLIGHT_BYTES`). So the result depends only on the pieces and their order, never
+    on the threads, here or in the
     BLAS (whose multi-threaded products can differ in the last bit from single-threaded ones;
     this holds for the BLAS libraries threadpoolctl controls: OpenBLAS, MKL, BLIS), and nothing
     of the size of all the rows is allocated but the labels. Without ``sums`` (an assignment) the distance is

@@ -888,11 +888,14 @@ def kmeans_init_rows(q: QuantizeSection, k: int) -> int:
     return max(int(rows), k)
 
 
+_JVM_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)b?")
+
+
 def jvm_bytes(value: str | None, default: str, bare: int = 1) -> int | None:
     """A JVM size setting (``4g``, ``512m``, ``1024k``; a bare number counts ``bare`` bytes:
     MiB for ``spark.driver.memory``, bytes for ``spark.driver.maxResultSize``; ``0``: no limit)
     in bytes; None for no limit or a value this does not read."""
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgt]?)b?", (value or default).strip().lower())
+    found = _JVM_SIZE.fullmatch((value or default).strip().lower())
     if found is None:
         return None
     scale = {"": bare, "k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "t": 2 ** 40}[found.group(2)]
@@ -912,10 +915,10 @@ def kmeans_driver_rows(q: QuantizeSection, dim: int, driver_memory: str | None,
     is arithmetic on the driver instead of a Spark job that moves every row into Python."""
     if q.driver_rows != "auto":
         return int(q.driver_rows)
+
     def setting(value, bare):       # 0 lifts the limit; a value this cannot read is the default
-        unread = value is not None and not re.fullmatch(r"\d+(?:\.\d+)?[kmgt]?b?",
-                                                        value.strip().lower())
-        return jvm_bytes(None if unread else value, "1g", bare)
+        readable = value is not None and _JVM_SIZE.fullmatch(value.strip().lower())
+        return jvm_bytes(value if readable else None, "1g", bare)
 
     heap, result = setting(driver_memory, 2 ** 20), setting(max_result, 1)
     limits = (heap, 8), (result, 2), (available, 8)
