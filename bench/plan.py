@@ -93,8 +93,8 @@ def _phases(plan: dict, used: dict) -> dict:
         planned = sum(terms.values()) / 2 ** 20
         phases[phase] = {"planned_mib": round(planned, 1),
                          "runtime_mib": round(terms.get("runtime", 0) / 2 ** 20, 1),
-                         "used_mib": used[phase],
-                         "ratio": round(planned / used[phase], 2) if used[phase] else None}
+                         "used_mib": used.get(phase),
+                         "ratio": round(planned / used[phase], 2) if used.get(phase) else None}
     return phases
 
 
@@ -136,7 +136,7 @@ def demo(out_file: str) -> None:
                        "estimate_s": round(est["seconds"], 1),
                        "took_s": round(took[side]["seconds"], 1),
                        "ratio": round(est["seconds"] / took[side]["seconds"], 2)}
-    used = _select_used(out, plan["run_id"])
+    used = _used(out, plan["run_id"])
     estimate = plan["embedding"]["seconds"]
     actual = sum(t["seconds"] for t in took.values())
     emit({
@@ -149,20 +149,28 @@ def demo(out_file: str) -> None:
         "took_s": round(actual, 1), "ratio": round(estimate / actual, 2),
         "pool_k": plan["clusters"]["pool_k"],
         "driver_need_mib": round(plan["driver"]["need_bytes"] / 2 ** 20, 1),
-        "driver_used_mib": used,
-        "phases": _phases(plan, {"select": used}),
+        "driver_used_mib": max((v for v in used.values() if v is not None), default=None),
+        "phases": _phases(plan, used),
         "reused_after": sorted(s["stage"] for s in again["stages"] if s["action"] == "reuse"),
         "run_after": sorted(s["stage"] for s in again["stages"] if s["action"] == "run"),
         "text": text}, out_file)
 
 
-def _select_used(out: str, run_id: str) -> float | None:
+def _used(out: str, run_id: str) -> dict:
+    """The driver's growth the run measured in select (``runs.timings``) and, where explode
+    ran the row step (the demo has no row budget: ``select.own_size: auto`` sizes it there),
+    in the row step (explode's record)."""
     from jobs.io import tables
     from jobs.io.session import build_session
+    from jobs.state import stagelog
     spark = build_session("bench-plan", "local[1]", quiet=True)
     try:
         row = tables.read_key(spark, out, "runs", run_id).first()
-        return json.loads(row["timings"]).get("driver_peak_mib")
+        used = {"select": json.loads(row["timings"]).get("driver_peak_mib")}
+        step = json.loads(stagelog.latest(spark, out, "explode", run_id)["detail"])["row_step"]
+        if step:
+            used["row step"] = step["driver_peak_mib"]
+        return used
     finally:
         spark.stop()
 

@@ -468,8 +468,9 @@ def quality_own_size() -> str:
             ratio = f"{r['mmd'] / best['mmd']:.2f}x"
             cells.append(f"{thousands(r['rows'])}, {r['mmd']:.4f} ({ratio}), {r['share']:.2f}")
         rows.append([name, *cells])
-    return table(["case", "held-out best: rows, MMD²", "cluster path's own stop (default)",
-                  "GIO rows, `mmd` stop", "`own_size: density`", "nearest round-robin, as many"],
+    return table(["case", "held-out best: rows, MMD²", "cluster path's own stop (`own_size: "
+                  "clusters`)", "GIO rows, `mmd` stop", "`own_size: density` (the default's "
+                  "`auto`)", "nearest round-robin, as many"],
                  "llllll", rows)
 
 

@@ -255,8 +255,9 @@ def select_rows(pool: Source | None, target: Source | None, *, output: str | Non
 
     Returns:
       The selected rows: the pool's own columns, then ``cluster_id``, ``rank`` (the order in
-      which GIO picked the row, with a row budget and the row step; else the row's cluster) and
-      ``run_id``, read from ``selected_rows``.
+      which GIO picked the row where the row step picked it, which it does by default, with a
+      row budget or without; else the pick that chose the row's cluster) and ``run_id``, read
+      from ``selected_rows``.
 
     Raises:
       InputError: bad input (a setting, a missing column, rows that cannot be used...), before

@@ -18,8 +18,8 @@ project's own stages through :mod:`jobs.api`, so a selector picks the rows
 - :class:`GIOSelector` ``fit(target)`` keeps the target's rows (a snapshot, written with the
   model when it is saved); :class:`GIOSelectorModel` ``transform(pool)`` runs the selection and
   returns the pool's rows with ``selected`` and ``gio_rank`` (the order GIO picked the row in
-  with a row budget, else its cluster; null when not selected), or, with ``onlySelected``, the
-  selected rows alone.
+  where the row step picked it, as it does by default, else the pick that chose its cluster;
+  null when not selected), or, with ``onlySelected``, the selected rows alone.
 - :class:`DIIWeigher` ``fit(df)`` learns the weights of the features (``featuresCol``, a vector
   column, or ``inputCols``, numeric columns) against ``targetCols`` (numeric columns, one vector
   column or one label column); :class:`DIIWeigherModel` ``transform(df)`` adds ``outputCol``,

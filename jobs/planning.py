@@ -496,11 +496,12 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
     - ``scoring``: see :func:`_scoring`.
 
     ``row step`` (explode, where it runs: a row budget smaller than the pool, ``select.refine:
-    rows`` or ``select.own_size: density``): the candidate rows (``select.candidates`` times the
-    budget, at most ``select.max_candidates`` on the driver; that cap without a budget) and the
-    target rows it matches (``select.max_target_rows``), collected through Arrow into float32
-    arrays (3 copies at the peak), their distances and their scoring; with ``own_size:
-    density``, its size's float64 blocks (``own size``).
+    rows``, or no budget where the selection sizes itself, ``select.own_size`` ``auto`` or
+    ``density``): the candidate rows (``select.candidates`` times the budget, at most
+    ``select.max_candidates`` on the driver; that cap without a budget) and the target rows it
+    matches (``select.max_target_rows``), collected through Arrow into float32 arrays (3
+    copies at the peak), their distances and their scoring; where it sizes the selection, its
+    size's float64 blocks (``own size``).
     """
     s = cfg.select
     values = (pool_k + target_k) * dim
@@ -511,8 +512,8 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
     whole_pool = budget is not None and pool_rows is not None and budget >= pool_rows
     if reuse.row_step_can_run(s) and s.refine != "clusters" and not whole_pool:
         # as explode plans it: candidates for the budget, at most max_candidates on the driver
-        # (without a budget, or rows unknown: that cap)
-        held = s.max_candidates if budget is None or pool_rows is None else min(
+        # and the pool's rows (without a budget select decides the size: the cap, or the pool)
+        held = min(s.max_candidates, pool_rows or s.max_candidates) if budget is None else min(
             math.ceil(s.candidates * budget), pool_rows, s.max_candidates)
         targets = min(s.max_target_rows, target_rows or s.max_target_rows)
         phases["row step"] = {"collect": (held + targets) * dim * 4 * ARROW_COPIES,
@@ -772,9 +773,14 @@ def _warnings(cfg: JobConfig, out: Forecast, pool_k: int, target_k: int, dim: in
                      f"driver JVM's heap (spark.driver.memory={d['driver_memory']}): raise "
                      "spark.driver.memory or lower quantize.pool_k")
     if d.get("free_bytes") and d["need_bytes"] > 0.7 * d["free_bytes"]:
+        phases = d.get("phases") or {}
+        step = "row step" in phases and sum(phases["row step"].values()) > sum(
+            v for k, v in phases.get("select", {}).items() if k != "runtime")
+        fix = ("lower select.max_candidates or select.max_target_rows, or set a smaller row "
+               "budget" if step else "lower quantize.pool_k (or select.cache_bytes)")
         found.append(f"the selection needs about {_size(d['need_bytes'])} on the driver and "
-                     f"this machine has {_size(d['free_bytes'])} free: lower quantize.pool_k "
-                     "(or select.cache_bytes), or run the driver on a larger machine")
+                     f"this machine has {_size(d['free_bytes'])} free: {fix}, or run the "
+                     "driver on a larger machine")
     if pool_k > cfg.select.max_centroids:
         found.append(f"pool_k {pool_k:,} is over select.max_centroids="
                      f"{cfg.select.max_centroids:,}: the select stage would refuse it")

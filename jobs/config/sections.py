@@ -102,7 +102,7 @@ FILL = Rule(lambda v: v in ("auto", "mmd", None), "auto (mmd with the mmd rule),
 CANDIDATES = Rule(lambda v: _is_num(v) and math.isfinite(v) and v >= 1,
                   "a finite number >= 1 (candidate rows per row to select)")
 REFINE = ("auto", "rows", "clusters")
-OWN_SIZE = ("clusters", "density")
+OWN_SIZE = ("auto", "clusters", "density")
 MAX_FRACTION = Rule(lambda v: v is None or (_is_num(v) and 0 < v <= 1),
                     "null or a share of the pool's rows in (0, 1]")
 MODEL = Rule(lambda v: isinstance(v, str) and v != "", "a model name or path")
@@ -354,17 +354,18 @@ class SelectSection:
     max_fraction: Annotated[float | None, MAX_FRACTION] = None
     # The row step (explode): GIO again, on the rows of the chosen clusters and their nearest
     # neighbours, picking as many rows as whole clusters would give. auto: with a row budget
-    # (where it was measured closer to held-out rows) or own_size: density; rows: always;
-    # clusters: never.
+    # (where it was measured closer to held-out rows) or where own_size sizes the selection by
+    # density (without a budget, by default); rows: always; clusters: never.
     refine: Annotated[str, one_of(*REFINE)] = "auto"
     candidates: Annotated[float, CANDIDATES] = 3.0   # candidate rows per row to select
     # the most candidate rows one process holds (about, in Spark tasks): the driver, else each task
     max_candidates: Annotated[int, AT_LEAST_1] = 50_000
     max_target_rows: Annotated[int, at_least(2)] = 5_000  # target rows the row step matches (seeded)
-    # Without a row budget, what decides the selection's size: clusters (select's mmd rule on
-    # the centroids: the chosen clusters' rows) or density (the row step, as many rows as the
-    # candidates can give in the target's proportions: gio_core.proportional_size).
-    own_size: Annotated[str, one_of(*OWN_SIZE)] = "clusters"
+    # Without a row budget, what decides the selection's size: density (the row step, as many
+    # rows as the candidates can give in the target's proportions: gio_core.proportional_size),
+    # clusters (select's mmd rule on the centroids: the chosen clusters' rows), or auto: density
+    # where the row step can run (select.refine auto or rows, no select.shares), else clusters.
+    own_size: Annotated[str, one_of(*OWN_SIZE)] = "auto"
     # Several targets (target.domain_column): null lets GIO choose for the whole target (each
     # pick is credited to the domain of its nearest target centroid); a mapping of every domain
     # to its share of the row budget (shares sum to 1) runs GIO for each domain on its share.
@@ -856,10 +857,14 @@ def redacted(value, key: str = ""):
 
 
 def sizes_itself(s) -> bool:
-    """Whether the row step decides the selection's size: ``select.own_size: density`` and no
-    row budget (``max_rows``, ``max_fraction``)."""
-    return getattr(s, "own_size", "clusters") == "density" and s.max_rows is None \
-        and s.max_fraction is None
+    """Whether the row step decides the selection's size: no row budget (``max_rows``,
+    ``max_fraction``) and ``select.own_size`` ``density``, or ``auto`` where the row step can
+    run (``select.refine`` not ``clusters``, no ``select.shares``)."""
+    if s.max_rows is not None or s.max_fraction is not None:
+        return False
+    own = getattr(s, "own_size", "auto")
+    return own == "density" or (own == "auto" and s.refine != "clusters"
+                                and getattr(s, "shares", None) is None)
 
 
 def row_budget(s: SelectSection, pool_rows: int) -> int | None:

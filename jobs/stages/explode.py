@@ -2,8 +2,9 @@
 
 Two ways, by ``select.refine`` (see :func:`row_step_plan`):
 
-* **the row step** (``auto`` with a row budget or with ``select.own_size: density``, or
-  ``rows``): the candidates are the rows of the
+* **the row step** (``auto`` with a row budget or, without one, where the selection sizes
+  itself, ``select.own_size`` ``auto`` (the default) or ``density``; or ``rows``): the
+  candidates are the rows of the
   chosen clusters and of the pool clusters nearest the target's centroids
   (:func:`gio_core.candidate_clusters`), ``select.candidates`` times as many rows as the
   selection takes; ``gio_core.select`` picks among them, against a seeded sample of at most
@@ -12,13 +13,15 @@ Two ways, by ``select.refine`` (see :func:`row_step_plan`):
   clusters hold at most ``select.max_candidates`` rows, on the driver (:func:`row_picks`);
   else first in Spark tasks, one per part of space (:func:`_task_picks`), then on the driver
   over the parts' picks where those fit; where they do not, ``auto`` takes whole clusters
-  and ``rows`` has the tasks pick the selection (:func:`rounds`). Without a row budget,
-  ``select.own_size: density`` has the driver size the selection itself
-  (:func:`gio_core.proportional_size` of the candidate rows). Rows are sorted by row id wherever they are
+  and ``rows`` has the tasks pick the selection (:func:`rounds`). Without a row budget the
+  driver sizes the selection itself (:func:`gio_core.proportional_size` of the candidate
+  rows) where the candidates fit it; under ``select.own_size: auto`` select's chosen clusters
+  size it where they do not. Rows are sorted by row id wherever they are
   collected, so the same rows give the same picks whatever the sources' order. ``rank`` is
   then the row's pick, ``cluster_id`` its cluster.
-* **whole clusters** (``clusters``, or ``auto`` without a budget and with ``select.own_size:
-  clusters``, the default):
+* **whole clusters** (``clusters``, or ``auto`` without a budget where select's clusters
+  size the selection: ``select.own_size: clusters``, or candidates too many for the driver;
+  and with ``select.shares``, which need a budget, each cluster serving one domain):
   ``broadcast(selection of this run) JOIN pool_assignments (of the run's clustering) JOIN pool
   rows``, every usable pool row of every chosen cluster (with a row budget, the last cluster
   sampled down to what is left of it); ``rank`` is the pick that chose the row's cluster.
@@ -34,6 +37,7 @@ it stops with a :class:`ConcurrentRunError` instead of mixing the two.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -66,8 +70,8 @@ from jobs.state.stored import (
 class RowStep:
     """What the row step does: pick ``size`` rows among at least ``candidates`` candidate rows
     (``run`` False: whole clusters, and ``why`` says why, or is empty); ``sized``: the row step
-    decides the size itself (``select.own_size: density`` without a row budget), ``size``
-    being then what whole clusters give, which sets the candidates."""
+    decides the size itself (``select.own_size`` ``auto`` or ``density`` without a row
+    budget), ``size`` being then what whole clusters give, which sets the candidates."""
     run: bool
     size: int
     candidates: int
@@ -78,10 +82,12 @@ class RowStep:
 def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     """Whether the row step runs for a selection of ``size`` rows (what whole clusters give,
     with the row budget's cut) out of ``pool_rows``: ``select.refine`` ``clusters`` never,
-    ``auto`` when there is a row budget or ``select.own_size`` is ``density``, ``rows``
-    always; and only where it has a choice (``size`` rows, more than none and fewer than the
-    pool's). Its candidates: ``ceil(select.candidates * size)`` rows, at most the pool.
-    ``density`` without a budget: the row step sizes the selection (``sized``)."""
+    ``auto`` when there is a row budget or the selection sizes itself
+    (:func:`jobs.config.sizes_itself`: ``select.own_size`` ``auto``, the default, or
+    ``density``, without a budget), ``rows`` always; and only where it has a choice (``size``
+    rows, more than none and fewer than the pool's). Its candidates: ``ceil(select.candidates
+    * size)`` rows, at most the pool. Without a budget under ``auto`` or ``density``: the row
+    step sizes the selection (``sized``)."""
     want = min(int(math.ceil(round(s.candidates * size, 9))), pool_rows)
     sized = sizes_itself(s)
     if s.refine == "clusters" or (s.refine == "auto" and budget is None and not sized) or \
@@ -92,6 +98,25 @@ def row_step_plan(s, budget: int | None, size: int, pool_rows: int) -> RowStep:
     if size >= pool_rows:
         return RowStep(False, size, want, f"the selection is the whole pool ({pool_rows} rows)")
     return RowStep(True, size, want, sized=sized)
+
+
+def placed(s, step: RowStep, held: int) -> tuple[RowStep, str | None]:
+    """``step`` and where it runs (:func:`rounds`) for candidate clusters holding ``held``
+    rows. Where a step that sizes the selection under ``select.own_size: auto`` cannot run on
+    the driver, select's chosen clusters size it instead (said in the log): whole clusters
+    under ``select.refine: auto``, the row step as with a budget under ``rows``. A step that
+    cannot run comes back with ``run`` False and its reason."""
+    where, why = rounds(s, held, step.size, step.sized)
+    if where is None and step.sized and s.own_size == "auto":
+        log(f"explode: the selection's own size by density needs its {held} candidate rows on "
+            f"the driver, more than select.max_candidates={s.max_candidates}; select's chosen "
+            f"clusters decide it instead ({step.size} rows; select.own_size: auto). Raise "
+            "select.max_candidates to size it by density, or set a row budget")
+        step = dataclasses.replace(step, sized=False)
+        where, why = rounds(s, held, step.size) if s.refine == "rows" else (None, "")
+    if where is None:
+        step = RowStep(False, step.size, step.candidates, why)
+    return step, where
 
 
 @dataclass(frozen=True)
@@ -113,7 +138,8 @@ def rounds(s, held: int, size: int, sized: bool = False) -> tuple[str | None, st
     fit ``select.max_candidates``), ``tasks+driver`` (Spark tasks pick :func:`part_picks`
     rows, which fit, and the driver the selection among them), ``tasks`` (the tasks pick the
     selection itself: ``select.refine: rows`` only), or None (``auto``: whole clusters; the
-    reason comes second). ``sized`` (the step decides the size): the driver only."""
+    reason comes second). ``sized`` (the step decides the size): the driver only (under
+    ``select.own_size: auto`` the caller then lets select's clusters decide the size)."""
     if held <= s.max_candidates:
         return "driver", ""
     if sized:
@@ -229,7 +255,7 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
                 _in_space(x, scale, cosine)
             figures = {"where": where, "candidate_rows": len(ids)}
             if step.sized:
-                size = _own_size(y, x, step.size, figures)
+                size = _own_size(y, x, step.size, figures, s.own_size)
             else:
                 size = _usable(step.size, len(ids))
             _announce(size, len(ids), cands, len(y))
@@ -268,15 +294,16 @@ def row_picks(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side, target: Side,
     return rows, figures
 
 
-def _own_size(y, x, clusters: int, figures: dict) -> int:
-    """The selection's size without a row budget (``select.own_size: density``):
-    :func:`gio_core.proportional_size` of the candidate rows ``x`` for the target rows ``y``."""
+def _own_size(y, x, clusters: int, figures: dict, setting: str) -> int:
+    """The selection's size without a row budget (``select.own_size`` ``density``, or ``auto``
+    where the row step can run): :func:`gio_core.proportional_size` of the candidate rows
+    ``x`` for the target rows ``y``; ``setting``: ``select.own_size``, for the log."""
     t = time.perf_counter()
     size = gio_core.proportional_size(y, x)
     figures.update(own_size=size, clusters_size=clusters,
                    own_size_s=round(time.perf_counter() - t, 3))
     log(f"explode: the selection's own size: {size} rows, as many as the candidates hold in "
-        f"the target's proportions (whole clusters: {clusters}; select.own_size: density)")
+        f"the target's proportions (whole clusters: {clusters}; select.own_size: {setting})")
     if size >= len(x):
         log(f"explode: warning: the own size takes every one of the {len(x)} candidate rows, "
             "so the candidates may be what limits it; raise select.candidates to let it grow")
@@ -457,9 +484,7 @@ def run_explode(spark, cfg: JobConfig, plan: reuse.Plan, pool: Side,
         step = row_step_plan(cfg.select, budget, size, pool_rows)
         if step.run:
             cands = candidates_of(spark, cfg, plan, picks, step)
-            where, why = rounds(cfg.select, cands.rows, size, step.sized)
-            if where is None:
-                step = RowStep(False, size, step.candidates, why)
+            step, where = placed(cfg.select, step, cands.rows)
         if step.run:
             side = target if target is not None else read_only(spark, cfg, plan, "target", log)
             rows, figures = row_picks(spark, cfg, plan, pool, side, assignments, cands, step,

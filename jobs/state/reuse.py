@@ -306,8 +306,8 @@ def make_evaluate_plan(spark, cfg: JobConfig, pool_plan: "Plan",
 
 
 # The row step's options (explode): they change nothing without a row budget unless
-# select.refine is rows or select.own_size is density, so there they stay out of the
-# fingerprint, and such runs keep their ids.
+# select.refine is rows or the selection sizes itself (select.own_size auto, the default, or
+# density), so there they stay out of the fingerprint, and such runs keep their ids.
 ROW_STEP_OPTIONS = ("refine", "candidates", "max_candidates", "max_target_rows")
 # The row step's own version, in explode's fingerprint where it can run (not under
 # refine: clusters): a new one recomputes explode's rows (under the same run id) instead of

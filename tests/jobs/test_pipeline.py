@@ -46,27 +46,47 @@ def text_run(spark, tmp_path_factory, docstrings):
 
 
 def test_end_to_end_tables(spark, text_run, docstrings):
+    """Without a row budget, by default (select.own_size: auto) the row step picks rows among
+    the chosen clusters and their neighbours, as many as it sizes by density; with
+    select.own_size: clusters every row of every chosen cluster, as many as select's picks
+    hold, which the row step records as what whole clusters would have given."""
     cfg, summary = text_run
     out = cfg.output.path
-    selected = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
-    selection = tables.read_table(spark, out, "selection").where(F.col("run_id") == summary["run_id"])
     assignments = tables.read_table(spark, out, "pool_assignments")
-    # The pool's own columns plus the three added ones.
-    assert selected.columns == ["doc_id", "module", "package", "text", "cluster_id", "rank", "run_id"]
+    base = np.mean([r["package"] in ("email", "http", "urllib") for r in docstrings[0]])
+
+    def selected_rows(run_id):
+        selected = spark.read.format("delta").load(os.path.join(out, "selected_rows"))
+        # The pool's own columns plus the three added ones.
+        assert selected.columns == ["doc_id", "module", "package", "text", "cluster_id", "rank",
+                                    "run_id"]
+        rows = selected.where(F.col("run_id") == run_id).collect()
+        # The target is email/http/urllib: selected rows come from those packages far more
+        # often than the pool's base rate.
+        assert np.mean([r["package"] in ("email", "http", "urllib") for r in rows]) > 2 * base
+        return rows
+
+    rows = selected_rows(summary["run_id"])
+    step = json.loads(stagelog.latest(spark, out, "explode", summary["run_id"])["detail"])
+    figures = step["row_step"]
+    assert figures["own_size"] == figures["rows"] == len(rows) == summary["selected_rows"]
+    assert sorted(r["rank"] for r in rows) == list(range(1, len(rows) + 1))
+    assert len({r["doc_id"] for r in rows}) == len(rows)
+
+    whole = run_pipeline(spark, dataclasses.replace(
+        cfg, select=dataclasses.replace(cfg.select, own_size="clusters")))
+    assert whole["run_id"] != summary["run_id"]
+    selection = tables.read_table(spark, out, "selection").where(
+        F.col("run_id") == whole["run_id"])
     chosen = {r["cluster_id"]: r["rank"] for r in selection.collect()}
-    rows = selected.collect()
+    rows = selected_rows(whole["run_id"])
     assert rows and all(chosen[r["cluster_id"]] == r["rank"] for r in rows)
     # Every row of every chosen cluster, and nothing else.
     want = assignments.where(F.col("cluster_id").isin(list(chosen))).count()
-    assert len(rows) == want == summary["selected_rows"]
+    assert len(rows) == want == whole["selected_rows"] == figures["clusters_size"]
     sizes = {r["cluster_id"]: r["cluster_size"] for r in selection.collect()}
     assert sum(sizes.values()) == want
-    # The target is email/http/urllib: selected rows come from those packages far more often
-    # than the pool's base rate.
-    base = np.mean([r["package"] in ("email", "http", "urllib") for r in docstrings[0]])
-    share = np.mean([r["package"] in ("email", "http", "urllib") for r in rows])
-    assert share > 2 * base
-    run = tables.read_table(spark, out, "runs").where(F.col("run_id") == summary["run_id"]).first()
+    run = tables.read_table(spark, out, "runs").where(F.col("run_id") == whole["run_id"]).first()
     assert run["picks"] == len(chosen) and len(run["kl_curve"]) == run["picks"]
     # The default rule: the picks end where the MMD to the target was least; the diagnostics
     # hold the KL noise floor drawn with the curve and the rows chosen.
@@ -75,6 +95,7 @@ def test_end_to_end_tables(spark, text_run, docstrings):
     diag = json.loads(run["diagnostics"])
     assert diag["rows_selected"] == want and diag["warm_up_picks"] == min(cfg.select.k, len(chosen))
     assert diag["mmd_bandwidth"] > 0 and np.isfinite(diag["kl_noise_floor"])
+    assert os.path.exists(os.path.join(out, "plots", f"{whole['run_id']}_kl_curve.png"))
     assert os.path.exists(os.path.join(out, "plots", f"{summary['run_id']}_kl_curve.png"))
 
 
@@ -82,6 +103,8 @@ def test_rerun_reuses_and_never_duplicates(spark, text_run):
     cfg, summary = text_run
     before = {n: versions(spark, cfg, n) for n in ("pool_embeddings", "centroids", "selection",
                                                     "selected_rows")}
+    runs = spark.read.format("delta").load(os.path.join(cfg.output.path, "selected_rows")) \
+        .select("run_id").distinct().count()           # the tests above may have added some
     again = run_pipeline(spark, cfg)
     assert again["selected_rows"] == summary["selected_rows"]
     assert {n: versions(spark, cfg, n) for n in before} == before      # nothing rewritten
@@ -93,7 +116,7 @@ def test_rerun_reuses_and_never_duplicates(spark, text_run):
     assert versions(spark, cfg, "centroids") == before["centroids"]
     selected = spark.read.format("delta").load(os.path.join(cfg.output.path, "selected_rows"))
     assert selected.where(F.col("run_id") == summary["run_id"]).count() == summary["selected_rows"]
-    assert selected.select("run_id").distinct().count() == 2
+    assert selected.select("run_id").distinct().count() == runs + 1
 
 
 def test_same_inputs_and_seed_same_selection(spark, text_run, tmp_path, docstrings):
@@ -282,6 +305,27 @@ def test_own_size_density_sizes_a_selection_without_a_budget(spark, tmp_path, ca
     assert f"explode: the selection's own size: {n} rows" in capsys.readouterr().out
 
 
+def test_own_size_auto_takes_whole_clusters_where_the_candidates_do_not_fit(spark, tmp_path,
+                                                                          capsys):
+    """The default (select.own_size: auto) on the same rows with select.max_candidates below
+    the candidates' 368 rows: the log says the clusters size the selection, and the rows are
+    those select.own_size: clusters selects, under a run id of their own."""
+    pool, comp, target = clustered_vectors()
+    cfg = vectors_config(tmp_path, pool, target, select__max_candidates=100)
+    auto = run_pipeline(spark, cfg)
+    assert "select's chosen clusters decide it instead" in capsys.readouterr().out
+    whole = run_pipeline(spark, vectors_config(tmp_path, pool, target,
+                                               select__own_size="clusters"))
+
+    def ids(summary):
+        return sorted(r["id"] for r in spark.read.format("delta").load(summary["table"])
+                      .where(F.col("run_id") == summary["run_id"]).collect())
+    assert auto["run_id"] != whole["run_id"]
+    assert ids(auto) == ids(whole) and auto["selected_rows"] == whole["selected_rows"] > 0
+    detail = stagelog.latest(spark, cfg.output.path, "explode", auto["run_id"])["detail"]
+    assert json.loads(detail)["row_step"] is None
+
+
 def test_where_the_row_step_runs_follows_the_cap():
     """The driver where the candidate clusters fit select.max_candidates; Spark tasks and the
     driver where twice the selection does; else the tasks alone under refine: rows, and
@@ -317,6 +361,39 @@ def test_where_the_row_step_runs_follows_the_cap():
         assert where is None and why.startswith(
             "select.own_size: density sizes the selection on the driver, and its candidate "
             "clusters hold 1500 rows, more than select.max_candidates=1000"), why
+
+
+def test_own_size_auto_lets_the_clusters_size_what_the_driver_cannot_hold(capsys):
+    """select.own_size: auto (the default) sizes a selection without a budget by density on
+    the driver; where the candidates do not fit select.max_candidates, select's chosen
+    clusters size it instead, and the log says so: whole clusters under select.refine: auto,
+    the row step (in Spark tasks, then the driver) under rows. density takes whole clusters,
+    with its reason."""
+    from types import SimpleNamespace as Ns
+
+    from jobs.stages.explode import RowStep, placed, row_step_plan
+    unset = dict(candidates=3.0, shares=None, max_rows=None, max_fraction=None,
+                 max_candidates=1000)
+    auto = Ns(**unset, refine="auto", own_size="auto")
+    step = row_step_plan(auto, None, 300, 6000)
+    assert step == RowStep(True, 300, 900, sized=True)
+    assert placed(auto, step, 1000) == (step, "driver")
+    assert capsys.readouterr().out == ""
+    said = "the selection's own size by density needs its 1500 candidate rows on the driver"
+    assert placed(auto, step, 1500) == (RowStep(False, 300, 900), None)
+    out = capsys.readouterr().out
+    assert said in out and "select.max_candidates=1000" in out and "(300 rows" in out
+    rows = Ns(**unset, refine="rows", own_size="auto")
+    assert placed(rows, row_step_plan(rows, None, 300, 6000), 1500) == (
+        RowStep(True, 300, 900), "tasks+driver")
+    assert said in capsys.readouterr().out
+    density = Ns(**unset, refine="auto", own_size="density")
+    step, where = placed(density, row_step_plan(density, None, 300, 6000), 1500)
+    assert where is None and not step.run and step.why.startswith("select.own_size: density")
+    assert said not in capsys.readouterr().out
+    # select.refine: clusters: the row step does not run, so clusters size it
+    assert not row_step_plan(Ns(**unset, refine="clusters", own_size="auto"), None, 300,
+                             6000).run
 
 
 @pytest.mark.e2e

@@ -64,8 +64,11 @@ def test_the_plan_says_what_the_run_then_does_and_takes(spark, texts, tmp_path):
     assert plan.clusters["pool_k"] == auto_pool_k(pool_rows, cfg.select)
     assert plan.clusters["dim"] == 384
     assert plan.embedding["sides"]["pool"]["tasks"] == 2 and plan.embedding["slots"] == 2
-    assert list(plan.driver["phases"]) == ["select"]                  # no row budget
-    assert plan.driver["need_bytes"] == sum(plan.driver["phases"]["select"].values()) > 0
+    # no row budget: the row step sizes the selection (select.own_size: auto)
+    assert list(plan.driver["phases"]) == ["select", "row step"]
+    assert "own size" in plan.driver["phases"]["row step"]
+    assert plan.driver["need_bytes"] == memory_need(plan.driver["phases"]) >= sum(
+        plan.driver["phases"]["select"].values()) > 0
     runtime = plan.driver["runtime"]                                 # JAX's, probed
     assert runtime["phase"] == "select" and runtime["compiled"] > 20 * 2 ** 20
     assert plan.driver["phases"]["select"]["runtime"] == runtime["counted"] == (
@@ -140,17 +143,33 @@ def test_the_warnings_name_the_setting_to_change():
     assert memory_need(phases) == sum(select.values())
     # select.own_size: density without a budget: the cap's candidates, and the size's blocks
     own = load_config(None, ["select.own_size=density"], command="config")
-    step = driver_memory(own, 20_000, 5000, 384, 40_000, 300)["row step"]
+    step = driver_memory(own, 20_000, 5000, 384, 400_000, 300)["row step"]
     assert step["own size"] == (300 * 384 + 2 * 4096 * 384 + 2 * 4096 * 300) * 8
     assert step["collect"] == (own.select.max_candidates + 300) * 384 * 4 * 3
+    small = driver_memory(own, 20_000, 5000, 384, 40_000, 300)["row step"]   # the pool's rows
+    assert small["collect"] == (40_000 + 300) * 384 * 4 * 3
+    for setting, sized in (("auto", True), ("clusters", False)):     # auto: the default
+        by = load_config(None, [f"select.own_size={setting}"], command="config")
+        assert ("row step" in driver_memory(by, 20_000, 5000, 384, 400_000, 300)) is sized
+    assert driver_memory(load_config(None, [], command="config"), 20_000, 5000, 384, 400_000,
+                         300)["row step"] == step
     f = Forecast("run-x", "out")
     f.driver = {"phases": phases, "need_bytes": memory_need(phases), "free_bytes": 2 ** 28,
                 "max_result": "32m", "driver_memory": "64m"}
     found = _warnings(cfg, f, 20_000, 5000, 384, 4000)
     assert any("spark.driver.maxResultSize=32m" in w and "quantize.pool_k" in w for w in found)
     assert any("spark.driver.memory" in w for w in found)
-    assert any("this machine has 256.0 MiB free" in w for w in found)
+    assert any("this machine has 256.0 MiB free" in w and "quantize.pool_k" in w
+               for w in found)
     assert any("row budget (5,000) is the whole pool (4,000 rows)" in w for w in found)
+    # where the row step is the larger phase, the warning names its settings
+    step_heavy = {"select": {"collect": 2 ** 20, "runtime": 2 ** 27},
+                  "row step": {"collect": 2 ** 28}}
+    f.driver.update(phases=step_heavy, need_bytes=memory_need(step_heavy))
+    found = _warnings(cfg, f, 20_000, 5000, 384, 400_000)
+    assert any("this machine has 256.0 MiB free: lower select.max_candidates" in w
+               for w in found), found
+    f.driver.update(phases=phases, need_bytes=memory_need(phases))
     f.driver.update(free_bytes=2 ** 40, max_result="4g", driver_memory="8g")
     assert _warnings(cfg, f, 20_000, 5000, 384, 400_000) == []
 

@@ -62,40 +62,51 @@ def test_pool_k_auto_clusters_again_when_the_budget_changes():
 
 
 def test_the_row_step_options_change_the_run_only_where_the_row_step_can_run():
-    """Without a row budget (and select.refine not rows) explode takes whole clusters whatever
-    the row step's options say: the run keeps its id. With a budget each one changes it."""
-    base = planned()
+    """Without a row budget, where select's clusters size the selection (select.own_size:
+    clusters) and select.refine is not rows, explode takes whole clusters whatever the row
+    step's options say: the run keeps its id. With a budget, or where the row step sizes the
+    selection (the default), each one changes it."""
+    base = planned("select.own_size=clusters")
+    assert planned("select.refine=clusters") == base     # no row step: nothing to size with
     for knob in ("select.refine=clusters", "select.candidates=5", "select.max_candidates=10",
                  "select.max_target_rows=50"):
-        assert planned(knob) == base, knob
+        assert planned("select.own_size=clusters", knob) == base, knob
         with_budget = planned("select.max_rows=100", knob)
         assert with_budget.run_id != planned("select.max_rows=100").run_id, knob
         assert with_budget.clustering_id == base.clustering_id
-    assert planned("select.refine=rows").run_id != base.run_id
+        assert planned(knob).run_id != planned().run_id, knob
+    assert planned("select.own_size=clusters", "select.refine=rows").run_id != base.run_id
 
 
 def test_own_size_changes_the_run_only_where_it_decides_the_size():
-    """select.own_size: density without a budget sizes the selection in the row step: a new
-    run id, with the row step's options and version in it. Its default, and any value under
-    a row budget (where the budget is the size), keep the ids runs had."""
-    base, budget = planned(), planned("select.max_rows=100")
-    density = planned("select.own_size=density")
-    assert planned("select.own_size=clusters") == base
-    assert (density.clustering_id, density.embed) == (base.clustering_id, base.embed)
-    assert density.run_id != base.run_id and density.explode != base.explode
+    """select.own_size auto (the default) or density, without a budget, sizes the selection in
+    the row step: a run id of its own, with the row step's options and version in it.
+    clusters, and any value under a row budget (where the budget is the size), or where the
+    row step cannot run (select.refine: clusters, shares), keep the ids runs had before."""
+    base, budget = planned("select.own_size=clusters"), planned("select.max_rows=100")
+    auto, density = planned(), planned("select.own_size=density")
+    for sized in (auto, density):
+        assert (sized.clustering_id, sized.embed) == (base.clustering_id, base.embed)
+        assert sized.run_id != base.run_id and sized.explode != base.explode
+    assert auto.run_id != density.run_id          # two settings, each named in the run's params
     assert planned("select.own_size=density", "select.candidates=5").run_id != density.run_id
-    assert planned("select.own_size=density", "select.max_rows=100") == budget
+    assert planned("select.candidates=5").run_id != auto.run_id
+    for own in ("auto", "density", "clusters"):
+        assert planned(f"select.own_size={own}", "select.max_rows=100") == budget, own
+    assert planned("select.refine=clusters") == planned("select.refine=clusters",
+                                                        "select.own_size=clusters")
 
 
 def test_a_new_row_step_recomputes_explode_under_the_same_run_id(monkeypatch):
     """The row step's version is in explode's fingerprint where the step can run: a new one
     recomputes the rows of such runs (same run id, same selection) and leaves the others be."""
-    budget, whole = planned("select.max_rows=100"), planned()
+    budget, sized = planned("select.max_rows=100"), planned()
+    whole = planned("select.own_size=clusters")
     monkeypatch.setattr(reuse, "ROW_STEP_VERSION", reuse.ROW_STEP_VERSION + 1)
-    newer = planned("select.max_rows=100")
-    assert newer.explode != budget.explode
-    assert (newer.run_id, newer.select) == (budget.run_id, budget.select)
-    assert planned() == whole
+    for before, now in ((budget, planned("select.max_rows=100")), (sized, planned())):
+        assert now.explode != before.explode
+        assert (now.run_id, now.select) == (before.run_id, before.select)
+    assert planned("select.own_size=clusters") == whole
     clusters = planned("select.max_rows=100", "select.refine=clusters")
     monkeypatch.setattr(reuse, "ROW_STEP_VERSION", reuse.ROW_STEP_VERSION - 1)
     assert planned("select.max_rows=100", "select.refine=clusters") == clusters
@@ -213,9 +224,13 @@ def test_an_update_is_keyed_by_the_clustering_it_updates_and_recluster_keeps_its
 # Ids of configs without the options added since (several targets...), as the release before
 # them computed them (precomputed vectors, so no model's identity is in them). A change here
 # means every user's outputs stop being reused: it must be deliberate and in the changelog.
-PINNED = {(): ("run-1b0695613c8c", "2644dc1f53eba669", "939570fa158fde1b"),
-          ("quantize.update=assign",): ("run-3fdbbbe2e613", "5e8abbbf21668187",
-                                        "939570fa158fde1b"),
+# Without a row budget the selection is sized by density since select.own_size: auto became
+# the default (a deliberate change: other rows, a new id); select.own_size: clusters keeps
+# the id such runs had.
+PINNED = {("select.own_size=clusters",): ("run-1b0695613c8c", "2644dc1f53eba669",
+                                          "939570fa158fde1b"),
+          ("quantize.update=assign", "select.own_size=clusters"): (
+              "run-3fdbbbe2e613", "5e8abbbf21668187", "939570fa158fde1b"),
           ("select.max_rows=100",): ("run-03aa6d8866f8", "2644dc1f53eba669", "939570fa158fde1b")}
 
 
