@@ -499,10 +499,9 @@ def driver_memory(cfg: JobConfig, pool_k: int, target_k: int, dim: int,
     rows``, or no budget where the selection sizes itself, ``select.own_size`` ``auto`` or
     ``density``): the candidate rows (``select.candidates`` times the budget, at most
     ``select.max_candidates`` on the driver; without a budget that cap or the pool's rows,
-    whichever is less) and the target rows it
-    matches (``select.max_target_rows``), collected through Arrow into float32 arrays (3
-    copies at the peak), their distances and their scoring; where it sizes the selection, its
-    size's float64 blocks (``own size``).
+    whichever is less) and the target rows it matches (``select.max_target_rows``), collected
+    through Arrow into float32 arrays (3 copies at the peak), their distances and their
+    scoring; where it sizes the selection, its size's float64 blocks (``own size``).
     """
     s = cfg.select
     values = (pool_k + target_k) * dim
